@@ -1,0 +1,37 @@
+//! Weight files: safetensors (memory-mapped) and GGUF (dequantized at load).
+//!
+//! Both readers hand the model f32 [`HostTensor`]s named with Hugging Face names
+//! (`model.layers.3.self_attn.q_proj.weight`), so the model loader is written once.
+
+pub mod ggml_quants;
+pub mod gguf;
+pub mod gguf_value;
+pub mod safetensors;
+
+use crate::error::Result;
+
+/// A dense f32 tensor in host memory, row-major (C order), with its shape.
+///
+/// Invariant: `data.len() == shape.iter().product()`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+impl HostTensor {
+    /// Number of elements.
+    pub fn numel(&self) -> usize {
+        self.data.len()
+    }
+}
+
+/// A source of named tensors. Names follow Hugging Face's Llama naming.
+pub trait WeightSource: Send + Sync {
+    /// Whether a tensor of this name exists (optional tensors: biases, q/k norms, `lm_head`).
+    fn contains(&self, name: &str) -> bool;
+    /// Reads one tensor, converted to f32. Errors name the tensor and the file.
+    fn load_f32(&self, name: &str) -> Result<HostTensor>;
+    /// Every tensor name in the source (for error messages and checks).
+    fn names(&self) -> Vec<String>;
+}
