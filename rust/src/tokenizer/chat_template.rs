@@ -1,0 +1,128 @@
+//! Chat templates: the Jinja program shipped with a model that turns a conversation into the
+//! prompt text it was trained on. Rendered with `minijinja` set up as transformers sets up Jinja
+//! (`trim_blocks`, `lstrip_blocks`, Python string/dict methods through `pycompat`, loop controls,
+//! `raise_exception`, `strftime_now`, a `json.dumps`-compatible `tojson`), with the same
+//! variables: `messages`, `add_generation_prompt`, `tools` and `documents` (none), and the
+//! special tokens (`bos_token`, `eos_token`) where the tokenizer has them.
+
+use std::collections::BTreeMap;
+
+use minijinja::value::Value;
+use minijinja::Environment;
+use serde::{Deserialize, Serialize};
+
+use super::template_functions::{self, TemplateException};
+use crate::error::{Error, Result};
+
+/// Name of the one template held by a [`ChatTemplate`]'s environment.
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// One message of a conversation, as templates see it: `message.role` / `message['content']`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who speaks: usually "system", "user" or "assistant"; templates decide what they accept.
+    pub role: String,
+    /// What they say.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A message from `role` saying `content`.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// A compiled chat template. Compiled once by [`ChatTemplate::new`]; rendering is thread-safe.
+#[derive(Clone)]
+pub struct ChatTemplate {
+    /// Holds exactly one template, named [`TEMPLATE_NAME`], compiled with the HF-compatible
+    /// settings and functions.
+    env: Environment<'static>,
+    /// The template's Jinja source, as given.
+    source: String,
+    /// Exposed to the template as `bos_token` when present; undefined otherwise.
+    bos_token: Option<String>,
+    /// Exposed to the template as `eos_token` when present; undefined otherwise.
+    eos_token: Option<String>,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("source", &self.source())
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish()
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles `source`; `bos_token` / `eos_token` are the texts the template sees under those
+    /// names. A template that does not parse is an [`Error::Tokenizer`] naming the problem.
+    pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        template_functions::register(&mut env);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| Error::Tokenizer(format!("chat template does not compile: {e}")))?;
+        Ok(ChatTemplate {
+            env,
+            source: source.to_string(),
+            bos_token: bos_token.map(str::to_string),
+            eos_token: eos_token.map(str::to_string),
+        })
+    }
+
+    /// The template's Jinja source.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Renders `messages` into prompt text; with `add_generation_prompt`, the text ends with the
+    /// header that makes the model answer as the assistant. The text already holds the special
+    /// tokens the template writes (e.g. BOS), so encode it with `add_special_tokens = false`, as
+    /// transformers does.
+    ///
+    /// Errors: [`Error::Tokenizer`] with the template's message when it calls `raise_exception`
+    /// (e.g. Mistral on roles that do not alternate), or describing the failure otherwise.
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| Error::Tokenizer(format!("chat template: {e}")))?;
+        let mut context: BTreeMap<&str, Value> = BTreeMap::new();
+        context.insert("messages", Value::from_serialize(messages));
+        context.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        context.insert("tools", Value::from(()));
+        context.insert("documents", Value::from(()));
+        if let Some(bos) = &self.bos_token {
+            context.insert("bos_token", Value::from(bos.as_str()));
+        }
+        if let Some(eos) = &self.eos_token {
+            context.insert("eos_token", Value::from(eos.as_str()));
+        }
+        template.render(context).map_err(render_error)
+    }
+}
+
+/// The template's own message for `raise_exception`, or minijinja's description otherwise.
+fn render_error(error: minijinja::Error) -> Error {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    while let Some(current) = source {
+        if let Some(TemplateException(message)) = current.downcast_ref::<TemplateException>() {
+            return Error::Tokenizer(format!("chat template raised an exception: {message}"));
+        }
+        source = current.source();
+    }
+    Error::Tokenizer(format!("chat template failed: {error}"))
+}
+
+#[cfg(test)]
+#[path = "chat_template_tests.rs"]
+mod tests;
