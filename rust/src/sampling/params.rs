@@ -1,0 +1,144 @@
+//! Per-request sampling parameters, with vLLM's names, defaults and validation.
+
+use crate::error::{Error, Result};
+
+/// Most log-probabilities a request may ask for per token.
+pub const MAX_LOGPROBS: usize = 20;
+
+/// How to pick each new token, and when to stop.
+///
+/// Defaults follow vLLM: `max_tokens = 16`, `temperature = 1.0`, everything else off.
+/// [`SamplingParams::validate`] states the accepted ranges.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    /// Most tokens to generate; `None` means until `max_model_len`.
+    pub max_tokens: Option<usize>,
+    /// 0 means greedy; otherwise logits are divided by it.
+    pub temperature: f32,
+    /// Nucleus sampling: keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f32,
+    /// Keep the `top_k` most likely tokens; -1 (or 0) keeps all.
+    pub top_k: i32,
+    /// Drop tokens whose probability is below `min_p` times the most likely one's.
+    pub min_p: f32,
+    /// Seed of this request's random stream; the same seed gives the same tokens.
+    pub seed: Option<u64>,
+    /// Strings that end generation; the stop string is not included in the text.
+    pub stop: Vec<String>,
+    /// Token ids that end generation (included in `token_ids`, not in the text if special).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep generating past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// Multiplies down (divides positive, multiplies negative) logits of tokens already seen
+    /// in the prompt or the output; 1 is off.
+    pub repetition_penalty: f32,
+    /// Subtracted from logits of tokens present in the output; 0 is off.
+    pub presence_penalty: f32,
+    /// Subtracted from logits once per occurrence in the output; 0 is off.
+    pub frequency_penalty: f32,
+    /// Number of top log-probabilities to return per generated token; `None` returns none.
+    pub logprobs: Option<usize>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            max_tokens: Some(16),
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: -1,
+            min_p: 0.0,
+            seed: None,
+            stop: Vec::new(),
+            stop_token_ids: Vec::new(),
+            ignore_eos: false,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
+            logprobs: None,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Checks every value, naming the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::InvalidRequest(msg));
+        if self.max_tokens == Some(0) {
+            return bad("max_tokens must be at least 1, got 0".into());
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.top_k < -1 {
+            return bad(format!("top_k must be -1 (disabled), 0 (disabled) or >= 1, got {}", self.top_k));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return bad(format!(
+                "repetition_penalty must be a finite number > 0, got {}",
+                self.repetition_penalty
+            ));
+        }
+        for (name, v) in [
+            ("presence_penalty", self.presence_penalty),
+            ("frequency_penalty", self.frequency_penalty),
+        ] {
+            if !(-2.0..=2.0).contains(&v) {
+                return bad(format!("{name} must be in [-2, 2], got {v}"));
+            }
+        }
+        if let Some(k) = self.logprobs {
+            if k > MAX_LOGPROBS {
+                return bad(format!("logprobs must be at most {MAX_LOGPROBS}, got {k}"));
+            }
+        }
+        if self.stop.iter().any(String::is_empty) {
+            return bad("stop strings must not be empty".into());
+        }
+        Ok(())
+    }
+
+    /// Whether the next token is the argmax (no randomness involved).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == 1
+    }
+
+    /// Whether any penalty needs the history of the sequence.
+    pub fn has_penalties(&self) -> bool {
+        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_is_valid_and_bad_values_are_named() {
+        assert!(SamplingParams::default().validate().is_ok());
+        let cases: Vec<(SamplingParams, &str)> = vec![
+            (SamplingParams { temperature: -1.0, ..Default::default() }, "temperature"),
+            (SamplingParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
+            (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
+            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
+            (SamplingParams { top_k: -2, ..Default::default() }, "top_k"),
+            (SamplingParams { min_p: 1.1, ..Default::default() }, "min_p"),
+            (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
+            (SamplingParams { presence_penalty: 3.0, ..Default::default() }, "presence_penalty"),
+            (SamplingParams { frequency_penalty: -2.5, ..Default::default() }, "frequency_penalty"),
+            (SamplingParams { max_tokens: Some(0), ..Default::default() }, "max_tokens"),
+            (SamplingParams { logprobs: Some(21), ..Default::default() }, "logprobs"),
+            (SamplingParams { stop: vec![String::new()], ..Default::default() }, "stop"),
+        ];
+        for (p, name) in cases {
+            let err = p.validate().unwrap_err().to_string();
+            assert!(err.contains(name), "{err} should name {name}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The CPU sampler: penalties, temperature, top-k, top-p, min-p, and a per-request random
+//! stream, so a seeded request gives the same tokens whatever else shares its batch.
+
+use std::collections::HashMap;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::SamplingParams;
+
+/// A sampled token and, when asked for, log-probabilities of the raw model output.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    /// `(token, logprob)` of the top tokens and the sampled one (if not among them),
+    /// computed from the unprocessed logits as vLLM does by default.
+    pub logprobs: Option<Vec<(u32, f32)>>,
+}
+
+/// Sampling state of one sequence: its random stream and the token history penalties need.
+#[derive(Debug)]
+pub struct Sampler {
+    rng: StdRng,
+    /// Occurrences of each token in the output (presence and frequency penalties).
+    output_counts: HashMap<u32, u32>,
+    /// Tokens seen in the prompt or the output (repetition penalty).
+    seen: HashMap<u32, ()>,
+}
+
+impl Sampler {
+    /// A sampler for a sequence whose prompt is `prompt`; `seed` starts its random stream.
+    pub fn new(params: &SamplingParams, prompt: &[u32], seed: u64) -> Self {
+        let seen = if params.repetition_penalty != 1.0 {
+            prompt.iter().map(|&t| (t, ())).collect()
+        } else {
+            HashMap::new()
+        };
+        Sampler {
+            rng: StdRng::seed_from_u64(params.seed.unwrap_or(seed)),
+            output_counts: HashMap::new(),
+            seen,
+        }
+    }
+
+    /// Records a generated token (for penalties).
+    pub fn observe(&mut self, params: &SamplingParams, token: u32) {
+        if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
+            *self.output_counts.entry(token).or_insert(0) += 1;
+        }
+        if params.repetition_penalty != 1.0 {
+            self.seen.insert(token, ());
+        }
+    }
+
+    /// Picks the next token from one row of logits. `logits` is used as scratch space.
+    pub fn sample(&mut self, params: &SamplingParams, logits: &mut [f32]) -> Sampled {
+        // Log-probabilities describe the raw model output, so keep it before penalties.
+        let raw = params.logprobs.map(|k| (k, logits.to_vec()));
+        self.apply_penalties(params, logits);
+        let token = if params.is_greedy() { argmax(logits) } else { self.draw(params, logits) };
+        let logprobs = raw.map(|(k, raw)| {
+            let (mut top, lse) = log_softmax_top(&raw, k);
+            if !top.iter().any(|&(t, _)| t == token) {
+                top.push((token, raw[token as usize] - lse));
+            }
+            top
+        });
+        Sampled { token, logprobs }
+    }
+
+    fn apply_penalties(&self, params: &SamplingParams, logits: &mut [f32]) {
+        if params.repetition_penalty != 1.0 {
+            for &t in self.seen.keys() {
+                let l = &mut logits[t as usize];
+                *l = if *l > 0.0 { *l / params.repetition_penalty } else { *l * params.repetition_penalty };
+            }
+        }
+        for (&t, &n) in &self.output_counts {
+            logits[t as usize] -= params.frequency_penalty * n as f32 + params.presence_penalty;
+        }
+    }
+
+    /// Temperature, top-k, top-p and min-p, then one draw from what is left.
+    fn draw(&mut self, params: &SamplingParams, logits: &[f32]) -> u32 {
+        let inv_t = 1.0 / params.temperature;
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        // Candidates sorted by logit, highest first; only as many as the filters can keep.
+        let mut cand: Vec<(u32, f32)> =
+            logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())).collect();
+        let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if params.top_k > 0 && (params.top_k as usize) < cand.len() {
+            let k = params.top_k as usize;
+            cand.select_nth_unstable_by(k - 1, by_prob);
+            cand.truncate(k);
+        }
+        if params.min_p > 0.0 {
+            let threshold = params.min_p * cand.iter().map(|c| c.1).fold(0.0, f32::max);
+            cand.retain(|c| c.1 >= threshold);
+        }
+        if params.top_p < 1.0 {
+            cand.sort_unstable_by(by_prob);
+            let total: f32 = cand.iter().map(|c| c.1).sum();
+            let mut acc = 0.0;
+            let mut keep = cand.len();
+            for (i, c) in cand.iter().enumerate() {
+                acc += c.1;
+                if acc >= params.top_p * total {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cand.truncate(keep);
+        }
+        let total: f32 = cand.iter().map(|c| c.1).sum();
+        let mut u = self.rng.random::<f32>() * total;
+        for &(t, p) in &cand {
+            if u < p {
+                return t;
+            }
+            u -= p;
+        }
+        cand.last().map_or(0, |c| c.0)
+    }
+}
+
+/// Index of the largest value (the lowest index among equals).
+pub fn argmax(values: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in values.iter().enumerate() {
+        if v > values[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// The `k` highest log-probabilities of `log_softmax(logits)`, highest first, and the
+/// log-sum-exp of the row.
+pub fn log_softmax_top(logits: &[f32], k: usize) -> (Vec<(u32, f32)>, f32) {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
+    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    if k > 0 && k < idx.len() {
+        idx.select_nth_unstable_by(k - 1, cmp);
+    }
+    idx.truncate(k);
+    idx.sort_unstable_by(cmp);
+    (idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect(), lse)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(f: impl FnOnce(&mut SamplingParams)) -> SamplingParams {
+        let mut p = SamplingParams::default();
+        f(&mut p);
+        p
+    }
+
+    fn draws(p: &SamplingParams, logits: &[f32], n: usize, seed: u64) -> Vec<u32> {
+        let mut s = Sampler::new(p, &[], seed);
+        (0..n).map(|_| s.sample(p, &mut logits.to_vec()).token).collect()
+    }
+
+    #[test]
+    fn greedy_takes_the_argmax() {
+        let p = params(|p| p.temperature = 0.0);
+        assert_eq!(draws(&p, &[0.1, 2.0, -1.0, 1.9], 3, 0), vec![1, 1, 1]);
+        let p = params(|p| p.top_k = 1);
+        assert_eq!(draws(&p, &[0.1, 2.0, -1.0, 1.9], 3, 7), vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_different_seeds_differ() {
+        let logits: Vec<f32> = (0..100).map(|i| (i as f32 * 0.37).sin()).collect();
+        let p = params(|p| p.seed = Some(42));
+        assert_eq!(draws(&p, &logits, 50, 1), draws(&p, &logits, 50, 2));
+        let q = params(|p| p.seed = Some(43));
+        assert_ne!(draws(&p, &logits, 50, 1), draws(&q, &logits, 50, 1));
+    }
+
+    #[test]
+    fn filters_keep_only_allowed_tokens() {
+        let logits = [3.0, 2.9, 2.8, 0.0, -5.0];
+        let k2 = params(|p| p.top_k = 2);
+        assert!(draws(&k2, &logits, 200, 3).iter().all(|&t| t < 2));
+        // Probabilities ≈ [0.36, 0.33, 0.30, 0.02, 0.0001]: top_p 0.5 keeps two tokens.
+        let p05 = params(|p| p.top_p = 0.5);
+        assert!(draws(&p05, &logits, 200, 4).iter().all(|&t| t < 2));
+        let minp = params(|p| p.min_p = 0.5);
+        assert!(draws(&minp, &logits, 200, 5).iter().all(|&t| t < 3));
+        // Unfiltered sampling does reach the low-probability token 3 now and then.
+        assert!(draws(&SamplingParams::default(), &logits, 2000, 6).contains(&3));
+    }
+
+    #[test]
+    fn sampling_follows_the_distribution() {
+        let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
+        let n = 20_000;
+        let ones = draws(&SamplingParams::default(), &logits, n, 9).iter().filter(|&&t| t == 1).count();
+        let frac = ones as f64 / n as f64;
+        assert!((frac - 0.75).abs() < 0.015, "fraction {frac}");
+    }
+
+    #[test]
+    fn penalties_change_logits_as_vllm_does() {
+        let p = params(|p| {
+            p.repetition_penalty = 2.0;
+            p.presence_penalty = 0.5;
+            p.frequency_penalty = 0.25;
+        });
+        let mut s = Sampler::new(&p, &[0], 0);
+        s.observe(&p, 1);
+        s.observe(&p, 1);
+        let mut logits = vec![4.0, -4.0, 1.0];
+        s.apply_penalties(&p, &mut logits);
+        assert_eq!(logits, vec![2.0, -8.0 - 0.5 - 0.5, 1.0]);
+    }
+
+    #[test]
+    fn logprobs_are_raw_and_include_the_sampled_token() {
+        let p = params(|p| {
+            p.temperature = 0.0;
+            p.logprobs = Some(1);
+            p.repetition_penalty = 100.0;
+        });
+        // Token 0 is the raw argmax, but the prompt holds it, so the penalty flips the choice.
+        let mut s = Sampler::new(&p, &[0], 0);
+        let out = s.sample(&p, &mut [2.0, 1.0]);
+        assert_eq!(out.token, 1);
+        let lp = out.logprobs.unwrap();
+        let lse = (2.0f32.exp() + 1.0f32.exp()).ln();
+        assert_eq!(lp.len(), 2);
+        assert_eq!(lp[0].0, 0);
+        assert!((lp[0].1 - (2.0 - lse)).abs() < 1e-6);
+        assert!((lp[1].1 - (1.0 - lse)).abs() < 1e-6);
+    }
+}
