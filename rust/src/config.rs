@@ -89,9 +89,10 @@ impl ModelConfig {
     /// Parses the contents of an HF `config.json`.
     pub fn from_hf_json(json: &Value) -> Result<Self> {
         let bad = |reason: String| Error::invalid_model("config.json", reason);
-        let model_type = json.get("model_type").and_then(Value::as_str).ok_or_else(|| {
-            bad("missing \"model_type\"".into())
-        })?;
+        let model_type = json
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("missing \"model_type\"".into()))?;
         let architecture = Architecture::parse(model_type).ok_or_else(|| {
             Error::Unsupported(format!(
                 "architecture \"{model_type}\" (supported: llama, mistral, qwen2, qwen3)"
@@ -114,7 +115,10 @@ impl ModelConfig {
             .or_else(|| json.get("rope_theta"))
             .and_then(Value::as_f64)
             .unwrap_or(10000.0) as f32;
-        let scaling = json.get("rope_scaling").filter(|v| v.is_object()).or(rope_params);
+        let scaling = json
+            .get("rope_scaling")
+            .filter(|v| v.is_object())
+            .or(rope_params);
         let rope_scaling = match scaling {
             Some(s) => parse_hf_rope_scaling(s)?,
             None => None,
@@ -122,13 +126,20 @@ impl ModelConfig {
         let mut max_position_embeddings = opt("max_position_embeddings").unwrap_or(4096);
         // Sliding-window attention is exact while the context fits in the window.
         if let Some(window) = opt("sliding_window") {
-            let used = json.get("use_sliding_window").and_then(Value::as_bool).unwrap_or(true);
+            let used = json
+                .get("use_sliding_window")
+                .and_then(Value::as_bool)
+                .unwrap_or(true);
             if used && window > 0 {
                 max_position_embeddings = max_position_embeddings.min(window);
             }
         }
         let eos_token_ids = match json.get("eos_token_id") {
-            Some(Value::Array(ids)) => ids.iter().filter_map(Value::as_u64).map(|v| v as u32).collect(),
+            Some(Value::Array(ids)) => ids
+                .iter()
+                .filter_map(Value::as_u64)
+                .map(|v| v as u32)
+                .collect(),
             Some(v) => v.as_u64().map(|v| vec![v as u32]).unwrap_or_default(),
             None => Vec::new(),
         };
@@ -141,7 +152,10 @@ impl ModelConfig {
             num_key_value_heads: opt("num_key_value_heads").unwrap_or(num_attention_heads),
             head_dim,
             vocab_size: get("vocab_size")?,
-            rms_norm_eps: json.get("rms_norm_eps").and_then(Value::as_f64).unwrap_or(1e-6) as f32,
+            rms_norm_eps: json
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6) as f32,
             rope_theta,
             rope_scaling,
             max_position_embeddings,
@@ -181,7 +195,11 @@ impl ModelConfig {
                 .map(|v| v as usize)
                 .ok_or_else(|| bad(format!("missing or non-integer {}", key(k))))
         };
-        let opt_u = |k: &str| meta.get(&key(k)).and_then(GgufValue::as_u64).map(|v| v as usize);
+        let opt_u = |k: &str| {
+            meta.get(&key(k))
+                .and_then(GgufValue::as_u64)
+                .map(|v| v as usize)
+        };
         let opt_f = |k: &str| meta.get(&key(k)).and_then(GgufValue::as_f64);
         let hidden_size = get("embedding_length")?;
         let num_attention_heads = get("attention.head_count")?;
@@ -191,9 +209,17 @@ impl ModelConfig {
                 .get("tokenizer.ggml.tokens")
                 .and_then(GgufValue::as_array)
                 .map(<[GgufValue]>::len)
-                .ok_or_else(|| bad(format!("missing {} and tokenizer.ggml.tokens", key("vocab_size"))))?,
+                .ok_or_else(|| {
+                    bad(format!(
+                        "missing {} and tokenizer.ggml.tokens",
+                        key("vocab_size")
+                    ))
+                })?,
         };
-        let rope_scaling = match meta.get(&key("rope.scaling.type")).and_then(GgufValue::as_str) {
+        let rope_scaling = match meta
+            .get(&key("rope.scaling.type"))
+            .and_then(GgufValue::as_str)
+        {
             Some("linear") => Some(RopeScaling::Linear {
                 factor: opt_f("rope.scaling.factor").unwrap_or(1.0) as f32,
             }),
@@ -256,10 +282,16 @@ impl ModelConfig {
             ));
         }
         if self.head_dim % 2 != 0 {
-            return Err(format!("head_dim ({}) must be even for RoPE", self.head_dim));
+            return Err(format!(
+                "head_dim ({}) must be even for RoPE",
+                self.head_dim
+            ));
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps >= 0.0) {
-            return Err(format!("rms_norm_eps ({}) must be finite and non-negative", self.rms_norm_eps));
+            return Err(format!(
+                "rms_norm_eps ({}) must be finite and non-negative",
+                self.rms_norm_eps
+            ));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(format!("rope_theta ({}) must be positive", self.rope_theta));
@@ -299,8 +331,8 @@ impl ModelConfig {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth =
-                                (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -311,11 +343,16 @@ impl ModelConfig {
 }
 
 fn parse_hf_rope_scaling(s: &Value) -> Result<Option<RopeScaling>> {
-    let kind = s.get("rope_type").or_else(|| s.get("type")).and_then(Value::as_str);
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str);
     let f = |k: &str, default: f64| s.get(k).and_then(Value::as_f64).unwrap_or(default) as f32;
     match kind {
         None | Some("default") => Ok(None),
-        Some("linear") => Ok(Some(RopeScaling::Linear { factor: f("factor", 1.0) })),
+        Some("linear") => Ok(Some(RopeScaling::Linear {
+            factor: f("factor", 1.0),
+        })),
         Some("llama3") => Ok(Some(RopeScaling::Llama3 {
             factor: f("factor", 8.0),
             low_freq_factor: f("low_freq_factor", 1.0),
@@ -359,7 +396,11 @@ mod tests {
     fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
         let cfg = ModelConfig::from_hf_json(&llama3_json()).unwrap();
         let scaled = cfg.rope_inv_freq();
-        let plain = ModelConfig { rope_scaling: None, ..cfg }.rope_inv_freq();
+        let plain = ModelConfig {
+            rope_scaling: None,
+            ..cfg
+        }
+        .rope_inv_freq();
         assert_eq!(scaled[0], plain[0]);
         let last = plain.len() - 1;
         assert!((scaled[last] - plain[last] / 8.0).abs() <= 1e-12);
@@ -383,13 +424,22 @@ mod tests {
     fn rejects_unknown_architecture_and_bad_heads() {
         let mut j = llama3_json();
         j["model_type"] = json!("gpt_neox");
-        assert!(matches!(ModelConfig::from_hf_json(&j), Err(Error::Unsupported(_))));
+        assert!(matches!(
+            ModelConfig::from_hf_json(&j),
+            Err(Error::Unsupported(_))
+        ));
         let mut j = llama3_json();
         j["num_key_value_heads"] = json!(5);
-        assert!(matches!(ModelConfig::from_hf_json(&j), Err(Error::InvalidModel { .. })));
+        assert!(matches!(
+            ModelConfig::from_hf_json(&j),
+            Err(Error::InvalidModel { .. })
+        ));
         let mut j = llama3_json();
         j.as_object_mut().unwrap().remove("hidden_size");
-        assert!(matches!(ModelConfig::from_hf_json(&j), Err(Error::InvalidModel { .. })));
+        assert!(matches!(
+            ModelConfig::from_hf_json(&j),
+            Err(Error::InvalidModel { .. })
+        ));
     }
 
     #[test]
@@ -399,6 +449,11 @@ mod tests {
             "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
             "vocab_size": 32000, "max_position_embeddings": 32768, "sliding_window": 4096
         });
-        assert_eq!(ModelConfig::from_hf_json(&j).unwrap().max_position_embeddings, 4096);
+        assert_eq!(
+            ModelConfig::from_hf_json(&j)
+                .unwrap()
+                .max_position_embeddings,
+            4096
+        );
     }
 }

@@ -35,18 +35,27 @@ pub enum Error {
     Engine(String),
 
     #[error("I/O error on {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 impl Error {
     /// An [`Error::InvalidModel`] for `path`.
     pub fn invalid_model(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::InvalidModel { path: path.into(), reason: reason.into() }
+        Error::InvalidModel {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 }
 

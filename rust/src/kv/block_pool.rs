@@ -15,7 +15,11 @@ pub struct BlockPool {
 impl BlockPool {
     /// A pool of `num_blocks` free blocks of `block_size` tokens.
     pub fn new(num_blocks: usize, block_size: usize) -> Self {
-        BlockPool { block_size, num_blocks, free: (0..num_blocks as u32).rev().collect() }
+        BlockPool {
+            block_size,
+            num_blocks,
+            free: (0..num_blocks as u32).rev().collect(),
+        }
     }
 
     /// Tokens per block.

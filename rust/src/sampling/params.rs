@@ -68,13 +68,19 @@ impl SamplingParams {
             return bad("max_tokens must be at least 1, got 0".into());
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return bad(format!("temperature must be a finite number >= 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be a finite number >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
         }
         if self.top_k < -1 {
-            return bad(format!("top_k must be -1 (disabled), 0 (disabled) or >= 1, got {}", self.top_k));
+            return bad(format!(
+                "top_k must be -1 (disabled), 0 (disabled) or >= 1, got {}",
+                self.top_k
+            ));
         }
         if !(0.0..=1.0).contains(&self.min_p) {
             return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
@@ -111,7 +117,9 @@ impl SamplingParams {
 
     /// Whether any penalty needs the history of the sequence.
     pub fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0 || self.presence_penalty != 0.0 || self.frequency_penalty != 0.0
+        self.repetition_penalty != 1.0
+            || self.presence_penalty != 0.0
+            || self.frequency_penalty != 0.0
     }
 }
 
@@ -123,18 +131,90 @@ mod tests {
     fn default_is_valid_and_bad_values_are_named() {
         assert!(SamplingParams::default().validate().is_ok());
         let cases: Vec<(SamplingParams, &str)> = vec![
-            (SamplingParams { temperature: -1.0, ..Default::default() }, "temperature"),
-            (SamplingParams { temperature: f32::NAN, ..Default::default() }, "temperature"),
-            (SamplingParams { top_p: 0.0, ..Default::default() }, "top_p"),
-            (SamplingParams { top_p: 1.5, ..Default::default() }, "top_p"),
-            (SamplingParams { top_k: -2, ..Default::default() }, "top_k"),
-            (SamplingParams { min_p: 1.1, ..Default::default() }, "min_p"),
-            (SamplingParams { repetition_penalty: 0.0, ..Default::default() }, "repetition_penalty"),
-            (SamplingParams { presence_penalty: 3.0, ..Default::default() }, "presence_penalty"),
-            (SamplingParams { frequency_penalty: -2.5, ..Default::default() }, "frequency_penalty"),
-            (SamplingParams { max_tokens: Some(0), ..Default::default() }, "max_tokens"),
-            (SamplingParams { logprobs: Some(21), ..Default::default() }, "logprobs"),
-            (SamplingParams { stop: vec![String::new()], ..Default::default() }, "stop"),
+            (
+                SamplingParams {
+                    temperature: -1.0,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    temperature: f32::NAN,
+                    ..Default::default()
+                },
+                "temperature",
+            ),
+            (
+                SamplingParams {
+                    top_p: 0.0,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_p: 1.5,
+                    ..Default::default()
+                },
+                "top_p",
+            ),
+            (
+                SamplingParams {
+                    top_k: -2,
+                    ..Default::default()
+                },
+                "top_k",
+            ),
+            (
+                SamplingParams {
+                    min_p: 1.1,
+                    ..Default::default()
+                },
+                "min_p",
+            ),
+            (
+                SamplingParams {
+                    repetition_penalty: 0.0,
+                    ..Default::default()
+                },
+                "repetition_penalty",
+            ),
+            (
+                SamplingParams {
+                    presence_penalty: 3.0,
+                    ..Default::default()
+                },
+                "presence_penalty",
+            ),
+            (
+                SamplingParams {
+                    frequency_penalty: -2.5,
+                    ..Default::default()
+                },
+                "frequency_penalty",
+            ),
+            (
+                SamplingParams {
+                    max_tokens: Some(0),
+                    ..Default::default()
+                },
+                "max_tokens",
+            ),
+            (
+                SamplingParams {
+                    logprobs: Some(21),
+                    ..Default::default()
+                },
+                "logprobs",
+            ),
+            (
+                SamplingParams {
+                    stop: vec![String::new()],
+                    ..Default::default()
+                },
+                "stop",
+            ),
         ];
         for (p, name) in cases {
             let err = p.validate().unwrap_err().to_string();

@@ -57,7 +57,11 @@ impl Sampler {
         // Log-probabilities describe the raw model output, so keep it before penalties.
         let raw = params.logprobs.map(|k| (k, logits.to_vec()));
         self.apply_penalties(params, logits);
-        let token = if params.is_greedy() { argmax(logits) } else { self.draw(params, logits) };
+        let token = if params.is_greedy() {
+            argmax(logits)
+        } else {
+            self.draw(params, logits)
+        };
         let logprobs = raw.map(|(k, raw)| {
             let (mut top, lse) = log_softmax_top(&raw, k);
             if !top.iter().any(|&(t, _)| t == token) {
@@ -72,7 +76,11 @@ impl Sampler {
         if params.repetition_penalty != 1.0 {
             for &t in self.seen.keys() {
                 let l = &mut logits[t as usize];
-                *l = if *l > 0.0 { *l / params.repetition_penalty } else { *l * params.repetition_penalty };
+                *l = if *l > 0.0 {
+                    *l / params.repetition_penalty
+                } else {
+                    *l * params.repetition_penalty
+                };
             }
         }
         for (&t, &n) in &self.output_counts {
@@ -85,8 +93,11 @@ impl Sampler {
         let inv_t = 1.0 / params.temperature;
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         // Candidates sorted by logit, highest first; only as many as the filters can keep.
-        let mut cand: Vec<(u32, f32)> =
-            logits.iter().enumerate().map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp())).collect();
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp()))
+            .collect();
         let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         if params.top_k > 0 && (params.top_k as usize) < cand.len() {
             let k = params.top_k as usize;
@@ -141,13 +152,22 @@ pub fn log_softmax_top(logits: &[f32], k: usize) -> (Vec<(u32, f32)>, f32) {
     let sum: f64 = logits.iter().map(|&l| ((l - max) as f64).exp()).sum();
     let lse = max + sum.ln() as f32;
     let mut idx: Vec<u32> = (0..logits.len() as u32).collect();
-    let cmp = |a: &u32, b: &u32| logits[*b as usize].total_cmp(&logits[*a as usize]).then(a.cmp(b));
+    let cmp = |a: &u32, b: &u32| {
+        logits[*b as usize]
+            .total_cmp(&logits[*a as usize])
+            .then(a.cmp(b))
+    };
     if k > 0 && k < idx.len() {
         idx.select_nth_unstable_by(k - 1, cmp);
     }
     idx.truncate(k);
     idx.sort_unstable_by(cmp);
-    (idx.into_iter().map(|i| (i, logits[i as usize] - lse)).collect(), lse)
+    (
+        idx.into_iter()
+            .map(|i| (i, logits[i as usize] - lse))
+            .collect(),
+        lse,
+    )
 }
 
 #[cfg(test)]
@@ -162,7 +182,9 @@ mod tests {
 
     fn draws(p: &SamplingParams, logits: &[f32], n: usize, seed: u64) -> Vec<u32> {
         let mut s = Sampler::new(p, &[], seed);
-        (0..n).map(|_| s.sample(p, &mut logits.to_vec()).token).collect()
+        (0..n)
+            .map(|_| s.sample(p, &mut logits.to_vec()).token)
+            .collect()
     }
 
     #[test]
@@ -200,7 +222,10 @@ mod tests {
     fn sampling_follows_the_distribution() {
         let logits = [0.0f32, (3.0f32).ln()]; // p = [0.25, 0.75]
         let n = 20_000;
-        let ones = draws(&SamplingParams::default(), &logits, n, 9).iter().filter(|&&t| t == 1).count();
+        let ones = draws(&SamplingParams::default(), &logits, n, 9)
+            .iter()
+            .filter(|&&t| t == 1)
+            .count();
         let frac = ones as f64 / n as f64;
         assert!((frac - 0.75).abs() < 0.015, "fraction {frac}");
     }

@@ -11,7 +11,10 @@ pub struct StopChecker {
 
 impl StopChecker {
     pub fn new(stops: &[String]) -> Self {
-        StopChecker { max_len: stops.iter().map(String::len).max().unwrap_or(0), stops: stops.to_vec() }
+        StopChecker {
+            max_len: stops.iter().map(String::len).max().unwrap_or(0),
+            stops: stops.to_vec(),
+        }
     }
 
     /// The byte offset where the text must be cut if a stop string occurs in `text`, looking
