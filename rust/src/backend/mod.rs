@@ -1,0 +1,160 @@
+//! The operations the Llama-family forward pass is written against.
+//!
+//! A backend owns its buffers and weights in its own format (f32 host memory for the CPU,
+//! bf16 device memory for CUDA). The model (`crate::model`) calls these operations in order;
+//! nothing model-specific lives in a backend, and nothing backend-specific in the model.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::weights::HostTensor;
+
+/// The flat description of one forward step, shared by every backend.
+///
+/// Tokens of all sequences are laid end to end (`token_ids`, `positions`, `slot_mapping` have
+/// one entry per token); `seqs` says which rows belong to which sequence.
+#[derive(Debug, Clone, Default)]
+pub struct ForwardBatch {
+    /// Input token ids, one per row.
+    pub token_ids: Vec<u32>,
+    /// Position of each row in its sequence (0-based).
+    pub positions: Vec<u32>,
+    /// KV-cache slot written by each row: `block_id * block_size + offset`.
+    pub slot_mapping: Vec<u32>,
+    /// The sequences of this step, in row order.
+    pub seqs: Vec<SeqSlice>,
+    /// Rows whose logits are wanted (usually the last row of each sequence), in output order.
+    pub logits_rows: Vec<u32>,
+}
+
+/// One sequence's part of a [`ForwardBatch`].
+///
+/// Invariant: the rows `query_start .. query_start + query_len` hold the positions
+/// `context_len - query_len .. context_len`, and `block_table` covers `context_len` tokens.
+#[derive(Debug, Clone, Default)]
+pub struct SeqSlice {
+    /// First row of this sequence in the batch.
+    pub query_start: usize,
+    /// Number of rows (new tokens) of this sequence in the batch.
+    pub query_len: usize,
+    /// Tokens in the KV cache after this step (cached + new).
+    pub context_len: usize,
+    /// KV-cache block ids of the sequence, in order.
+    pub block_table: Vec<u32>,
+}
+
+impl ForwardBatch {
+    /// Number of token rows.
+    pub fn num_tokens(&self) -> usize {
+        self.token_ids.len()
+    }
+}
+
+/// Shape of the attention part of a model, as a backend needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttentionShape {
+    /// Width of the query part of a fused QKV row.
+    pub fn q_size(&self) -> usize {
+        self.num_heads * self.head_dim
+    }
+    /// Width of the key (and of the value) part of a fused QKV row.
+    pub fn kv_size(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}
+
+/// Operations of the forward pass. Buffers hold `rows × width` activations row-major; each
+/// operation is told the row count, so one buffer sized for the largest batch serves every step.
+pub trait Backend: Send {
+    /// An activation buffer.
+    type Buf: Send;
+    /// A weight matrix `[out, in]` (nn.Linear layout).
+    type Matrix: Send + Sync;
+    /// A 1-D weight (norm scale, bias).
+    type Vector: Send + Sync;
+    /// The paged KV cache of all layers.
+    type KvCache: Send;
+
+    /// Takes ownership of a weight matrix of shape `[out, in]`.
+    fn matrix(&self, t: HostTensor) -> Result<Self::Matrix>;
+    /// Takes ownership of a 1-D weight.
+    fn vector(&self, t: HostTensor) -> Result<Self::Vector>;
+    /// A zeroed activation buffer of `len` elements.
+    fn buffer(&self, len: usize) -> Result<Self::Buf>;
+    /// A KV cache of `num_blocks` blocks of `block_size` tokens for `num_layers` layers.
+    fn kv_cache(
+        &self,
+        num_layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        shape: AttentionShape,
+    ) -> Result<Self::KvCache>;
+
+    /// `out[r] = table[ids[r]]` for each row.
+    fn embedding(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Buf);
+    /// `out[r] = rmsnorm(x[r]) * w`.
+    fn rms_norm(&self, x: &Self::Buf, w: &Self::Vector, eps: f32, rows: usize, out: &mut Self::Buf);
+    /// `residual[r] += x[r]; out[r] = rmsnorm(residual[r]) * w` (fused residual add + norm).
+    fn add_rms_norm(
+        &self,
+        residual: &mut Self::Buf,
+        x: &Self::Buf,
+        w: &Self::Vector,
+        eps: f32,
+        rows: usize,
+        out: &mut Self::Buf,
+    );
+    /// `out = x · wᵀ (+ bias)` for `rows` rows.
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+        out: &mut Self::Buf,
+    );
+    /// RMSNorm of each head of q and k in a fused QKV buffer, in place (Qwen3).
+    fn qk_norm(
+        &self,
+        qkv: &mut Self::Buf,
+        rows: usize,
+        shape: AttentionShape,
+        q_w: &Self::Vector,
+        k_w: &Self::Vector,
+        eps: f32,
+    );
+    /// Applies RoPE to q and k of a fused QKV buffer in place (rotate-half convention, as HF)
+    /// and writes k and v of every row into `layer`'s cache at `batch.slot_mapping`.
+    fn rope_and_cache_write(
+        &self,
+        qkv: &mut Self::Buf,
+        batch: &ForwardBatch,
+        inv_freq: &[f32],
+        shape: AttentionShape,
+        cache: &mut Self::KvCache,
+        layer: usize,
+    );
+    /// Causal attention of each row's query over its sequence's cached keys and values;
+    /// `out` gets `rows × q_size`.
+    fn attention(
+        &self,
+        qkv: &Self::Buf,
+        batch: &ForwardBatch,
+        shape: AttentionShape,
+        cache: &Self::KvCache,
+        layer: usize,
+        out: &mut Self::Buf,
+    );
+    /// `out[r] = silu(x[r][..n]) * x[r][n..2n]` for a fused gate/up buffer of width `2n`.
+    fn silu_mul(&self, x: &Self::Buf, rows: usize, n: usize, out: &mut Self::Buf);
+    /// `out[i] = x[rows[i]]` for rows of width `width`.
+    fn gather_rows(&self, x: &Self::Buf, rows: &[u32], width: usize, out: &mut Self::Buf);
+    /// Copies `rows × width` values of a buffer to the host.
+    fn to_host(&self, x: &Self::Buf, len: usize) -> Vec<f32>;
+}
