@@ -1,0 +1,23 @@
+//! Infire: an LLM inference engine.
+//!
+//! The crate is organised as in `DESIGN.md`: weight readers (`weights`), model configuration
+//! (`config`), tokenizer and chat templates (`tokenizer`), the Llama-family forward pass
+//! (`model`) written once against the backend operations (`backend`), the KV block pool
+//! (`kv`), sampling (`sampling`) and the engine (`engine`). `python` holds the PyO3 bindings
+//! only.
+
+pub mod backend;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod kv;
+pub mod loader;
+pub mod model;
+pub mod sampling;
+pub mod tokenizer;
+pub mod weights;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use error::{Error, Result};

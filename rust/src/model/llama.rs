@@ -1,0 +1,256 @@
+//! The Llama-family forward pass (Llama 2/3, Mistral, Qwen2 with QKV bias, Qwen3 with q/k
+//! norm, tied embeddings), written once against [`Backend`].
+
+use crate::backend::{AttentionShape, Backend, ForwardBatch};
+use crate::config::{Architecture, ModelConfig};
+use crate::error::Result;
+use crate::weights::{HostTensor, WeightSource};
+
+use super::{concat_rows, load_checked};
+
+/// Weights of one decoder layer. QKV and gate/up are fused at load time so each is one GEMM.
+pub struct LayerWeights<B: Backend> {
+    pub input_norm: B::Vector,
+    /// Rows: q (heads × head_dim), then k, then v.
+    pub qkv: B::Matrix,
+    pub qkv_bias: Option<B::Vector>,
+    pub q_norm: Option<B::Vector>,
+    pub k_norm: Option<B::Vector>,
+    pub o_proj: B::Matrix,
+    pub post_attention_norm: B::Vector,
+    /// Rows: gate (intermediate), then up (intermediate).
+    pub gate_up: B::Matrix,
+    pub down: B::Matrix,
+}
+
+/// A Llama-family model on backend `B`.
+pub struct LlamaModel<B: Backend> {
+    pub config: ModelConfig,
+    pub embed_tokens: B::Matrix,
+    pub layers: Vec<LayerWeights<B>>,
+    pub norm: B::Vector,
+    /// `None` when the embeddings are tied.
+    pub lm_head: Option<B::Matrix>,
+    /// RoPE inverse frequencies (`head_dim / 2`), scaling applied.
+    pub inv_freq: Vec<f32>,
+}
+
+/// Activation buffers for steps of up to `max_tokens` rows, allocated once.
+pub struct StepBuffers<B: Backend> {
+    pub max_tokens: usize,
+    /// Most rows per step whose logits can be computed.
+    pub max_logits: usize,
+    hidden: B::Buf,
+    residual: B::Buf,
+    normed: B::Buf,
+    qkv: B::Buf,
+    attn: B::Buf,
+    gate_up: B::Buf,
+    act: B::Buf,
+    last_residual: B::Buf,
+    last_hidden: B::Buf,
+    last_normed: B::Buf,
+    logits: B::Buf,
+}
+
+impl<B: Backend> StepBuffers<B> {
+    /// Buffers for `max_tokens` rows per step, `max_logits` of which need logits.
+    pub fn new(
+        backend: &B,
+        cfg: &ModelConfig,
+        max_tokens: usize,
+        max_logits: usize,
+    ) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(StepBuffers {
+            max_tokens,
+            max_logits,
+            hidden: backend.buffer(max_tokens * h)?,
+            residual: backend.buffer(max_tokens * h)?,
+            normed: backend.buffer(max_tokens * h)?,
+            qkv: backend.buffer(max_tokens * cfg.qkv_size())?,
+            attn: backend.buffer(max_tokens * cfg.num_attention_heads * cfg.head_dim)?,
+            gate_up: backend.buffer(max_tokens * 2 * cfg.intermediate_size)?,
+            act: backend.buffer(max_tokens * cfg.intermediate_size)?,
+            last_residual: backend.buffer(max_logits * h)?,
+            last_hidden: backend.buffer(max_logits * h)?,
+            last_normed: backend.buffer(max_logits * h)?,
+            logits: backend.buffer(max_logits * cfg.vocab_size)?,
+        })
+    }
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Loads and fuses the weights named with HF names from `src`, checking every shape.
+    pub fn load(backend: &B, config: ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+        let c = &config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_rows, kv_rows) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let vector = |name: &str, len: usize| -> Result<B::Vector> {
+            backend.vector(load_checked(src, name, &[len])?)
+        };
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            let attn = |n: &str| format!("{p}.self_attn.{n}");
+            let qkv = concat_rows(vec![
+                load_checked(src, &attn("q_proj.weight"), &[q_rows, h])?,
+                load_checked(src, &attn("k_proj.weight"), &[kv_rows, h])?,
+                load_checked(src, &attn("v_proj.weight"), &[kv_rows, h])?,
+            ]);
+            let qkv_bias = if src.contains(&attn("q_proj.bias")) {
+                let parts = [
+                    ("q_proj.bias", q_rows),
+                    ("k_proj.bias", kv_rows),
+                    ("v_proj.bias", kv_rows),
+                ];
+                let mut data = Vec::with_capacity(q_rows + 2 * kv_rows);
+                for (name, len) in parts {
+                    data.extend(load_checked(src, &attn(name), &[len])?.data);
+                }
+                Some(backend.vector(HostTensor {
+                    shape: vec![data.len()],
+                    data,
+                })?)
+            } else {
+                None
+            };
+            let (q_norm, k_norm) =
+                if c.architecture == Architecture::Qwen3 || src.contains(&attn("q_norm.weight")) {
+                    (
+                        Some(vector(&attn("q_norm.weight"), hd)?),
+                        Some(vector(&attn("k_norm.weight"), hd)?),
+                    )
+                } else {
+                    (None, None)
+                };
+            let mlp = |n: &str| format!("{p}.mlp.{n}");
+            let inter = c.intermediate_size;
+            layers.push(LayerWeights {
+                input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
+                qkv: backend.matrix(qkv)?,
+                qkv_bias,
+                q_norm,
+                k_norm,
+                o_proj: backend.matrix(load_checked(src, &attn("o_proj.weight"), &[h, q_rows])?)?,
+                post_attention_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                gate_up: backend.matrix(concat_rows(vec![
+                    load_checked(src, &mlp("gate_proj.weight"), &[inter, h])?,
+                    load_checked(src, &mlp("up_proj.weight"), &[inter, h])?,
+                ]))?,
+                down: backend.matrix(load_checked(src, &mlp("down_proj.weight"), &[h, inter])?)?,
+            });
+        }
+        let embed_tokens = backend.matrix(load_checked(
+            src,
+            "model.embed_tokens.weight",
+            &[c.vocab_size, h],
+        )?)?;
+        let lm_head = if c.tie_word_embeddings || !src.contains("lm_head.weight") {
+            None
+        } else {
+            Some(backend.matrix(load_checked(src, "lm_head.weight", &[c.vocab_size, h])?)?)
+        };
+        Ok(LlamaModel {
+            inv_freq: config.rope_inv_freq(),
+            norm: vector("model.norm.weight", h)?,
+            embed_tokens,
+            layers,
+            lm_head,
+            config,
+        })
+    }
+
+    /// The attention shape of this model.
+    pub fn attention_shape(&self) -> AttentionShape {
+        AttentionShape {
+            num_heads: self.config.num_attention_heads,
+            num_kv_heads: self.config.num_key_value_heads,
+            head_dim: self.config.head_dim,
+        }
+    }
+
+    /// Runs one step: writes the batch's keys and values into `cache` and returns the logits
+    /// of `batch.logits_rows`, `vocab_size` values per row, on the host.
+    ///
+    /// The caller guarantees `batch.num_tokens() <= bufs.max_tokens`, that the logits rows fit
+    /// the buffers, and that every slot and block id lies inside `cache`.
+    pub fn forward(
+        &self,
+        backend: &B,
+        batch: &ForwardBatch,
+        cache: &mut B::KvCache,
+        bufs: &mut StepBuffers<B>,
+    ) -> Vec<f32> {
+        let c = &self.config;
+        let rows = batch.num_tokens();
+        let shape = self.attention_shape();
+        let eps = c.rms_norm_eps;
+        backend.embedding(&self.embed_tokens, &batch.token_ids, &mut bufs.residual);
+        for (i, layer) in self.layers.iter().enumerate() {
+            if i == 0 {
+                backend.rms_norm(
+                    &bufs.residual,
+                    &layer.input_norm,
+                    eps,
+                    rows,
+                    &mut bufs.normed,
+                );
+            } else {
+                backend.add_rms_norm(
+                    &mut bufs.residual,
+                    &bufs.hidden,
+                    &layer.input_norm,
+                    eps,
+                    rows,
+                    &mut bufs.normed,
+                );
+            }
+            backend.linear(
+                &bufs.normed,
+                rows,
+                &layer.qkv,
+                layer.qkv_bias.as_ref(),
+                &mut bufs.qkv,
+            );
+            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+                backend.qk_norm(&mut bufs.qkv, rows, shape, qn, kn, eps);
+            }
+            backend.rope_and_cache_write(&mut bufs.qkv, batch, &self.inv_freq, shape, cache, i);
+            backend.attention(&bufs.qkv, batch, shape, cache, i, &mut bufs.attn);
+            backend.linear(&bufs.attn, rows, &layer.o_proj, None, &mut bufs.hidden);
+            backend.add_rms_norm(
+                &mut bufs.residual,
+                &bufs.hidden,
+                &layer.post_attention_norm,
+                eps,
+                rows,
+                &mut bufs.normed,
+            );
+            backend.linear(&bufs.normed, rows, &layer.gate_up, None, &mut bufs.gate_up);
+            backend.silu_mul(&bufs.gate_up, rows, c.intermediate_size, &mut bufs.act);
+            backend.linear(&bufs.act, rows, &layer.down, None, &mut bufs.hidden);
+        }
+        // Only the rows that need logits go through the final norm and the LM head.
+        let n = batch.logits_rows.len();
+        let h = c.hidden_size;
+        backend.gather_rows(
+            &bufs.residual,
+            &batch.logits_rows,
+            h,
+            &mut bufs.last_residual,
+        );
+        backend.gather_rows(&bufs.hidden, &batch.logits_rows, h, &mut bufs.last_hidden);
+        backend.add_rms_norm(
+            &mut bufs.last_residual,
+            &bufs.last_hidden,
+            &self.norm,
+            eps,
+            n,
+            &mut bufs.last_normed,
+        );
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        backend.linear(&bufs.last_normed, n, head, None, &mut bufs.logits);
+        backend.to_host(&bufs.logits, n * c.vocab_size)
+    }
+}

@@ -1,0 +1,547 @@
+//! PyO3 bindings: conversion and error mapping only. The Python package `infire` wraps these
+//! in its public classes; logic lives in the Rust modules.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::backend::cpu::CpuBackend;
+use crate::engine::{Engine, EngineConfig, RequestOutput};
+use crate::error::Error;
+use crate::loader::{open_model, open_tokenizer};
+use crate::sampling::SamplingParams;
+use crate::tokenizer::{ChatMessage, Tokenizer};
+
+/// Raises the `infire.errors` class that matches `e`.
+fn to_pyerr(e: Error) -> PyErr {
+    let class = match &e {
+        Error::ModelNotFound { .. } => "ModelNotFoundError",
+        Error::InvalidModel { .. } => "InvalidModelError",
+        Error::Unsupported(_) => "UnsupportedModelError",
+        Error::Tokenizer(_) => "TokenizerError",
+        Error::InvalidRequest(_) => "InvalidRequestError",
+        Error::InvalidConfig(_) => "InvalidConfigError",
+        Error::Engine(_) => "EngineError",
+        Error::Io { .. } => "ModelNotFoundError",
+    };
+    let msg = e.to_string();
+    Python::attach(
+        |py| match py.import("infire.errors").and_then(|m| m.getattr(class)) {
+            Ok(cls) => PyErr::from_type(cls.cast_into().expect("infire.errors holds classes"), msg),
+            Err(_) => PyRuntimeError::new_err(msg),
+        },
+    )
+}
+
+/// Sampling parameters, validated in Rust (see `infire.SamplingParams` for the docs).
+#[pyclass(name = "SamplingParams", module = "infire._core", frozen)]
+#[derive(Clone)]
+pub struct PySamplingParams {
+    inner: SamplingParams,
+}
+
+#[pymethods]
+impl PySamplingParams {
+    #[new]
+    #[pyo3(signature = (max_tokens=Some(16), temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0,
+        seed=None, stop=None, stop_token_ids=None, ignore_eos=false, repetition_penalty=1.0,
+        presence_penalty=0.0, frequency_penalty=0.0, logprobs=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        max_tokens: Option<i64>,
+        temperature: f64,
+        top_p: f64,
+        top_k: i64,
+        min_p: f64,
+        seed: Option<i64>,
+        stop: Option<Vec<String>>,
+        stop_token_ids: Option<Vec<i64>>,
+        ignore_eos: bool,
+        repetition_penalty: f64,
+        presence_penalty: f64,
+        frequency_penalty: f64,
+        logprobs: Option<i64>,
+    ) -> PyResult<Self> {
+        let bad = |m: String| to_pyerr(Error::InvalidRequest(m));
+        let non_negative = |name: &str, v: i64| {
+            usize::try_from(v).map_err(|_| bad(format!("{name} must be >= 0, got {v}")))
+        };
+        let inner = SamplingParams {
+            max_tokens: max_tokens
+                .map(|v| non_negative("max_tokens", v))
+                .transpose()?,
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            top_k: i32::try_from(top_k).map_err(|_| bad(format!("top_k out of range: {top_k}")))?,
+            min_p: min_p as f32,
+            seed: seed.map(|s| s as u64),
+            stop: stop.unwrap_or_default(),
+            stop_token_ids: stop_token_ids
+                .unwrap_or_default()
+                .into_iter()
+                .map(|t| u32::try_from(t).map_err(|_| bad(format!("stop_token_ids: bad id {t}"))))
+                .collect::<PyResult<_>>()?,
+            ignore_eos,
+            repetition_penalty: repetition_penalty as f32,
+            presence_penalty: presence_penalty as f32,
+            frequency_penalty: frequency_penalty as f32,
+            logprobs: logprobs.map(|v| non_negative("logprobs", v)).transpose()?,
+        };
+        inner.validate().map_err(to_pyerr)?;
+        Ok(PySamplingParams { inner })
+    }
+
+    #[getter]
+    fn max_tokens(&self) -> Option<usize> {
+        self.inner.max_tokens
+    }
+    #[getter]
+    fn temperature(&self) -> f32 {
+        self.inner.temperature
+    }
+    #[getter]
+    fn top_p(&self) -> f32 {
+        self.inner.top_p
+    }
+    #[getter]
+    fn top_k(&self) -> i32 {
+        self.inner.top_k
+    }
+    #[getter]
+    fn min_p(&self) -> f32 {
+        self.inner.min_p
+    }
+    #[getter]
+    fn seed(&self) -> Option<u64> {
+        self.inner.seed
+    }
+    #[getter]
+    fn stop(&self) -> Vec<String> {
+        self.inner.stop.clone()
+    }
+    #[getter]
+    fn stop_token_ids(&self) -> Vec<u32> {
+        self.inner.stop_token_ids.clone()
+    }
+    #[getter]
+    fn ignore_eos(&self) -> bool {
+        self.inner.ignore_eos
+    }
+    #[getter]
+    fn repetition_penalty(&self) -> f32 {
+        self.inner.repetition_penalty
+    }
+    #[getter]
+    fn presence_penalty(&self) -> f32 {
+        self.inner.presence_penalty
+    }
+    #[getter]
+    fn frequency_penalty(&self) -> f32 {
+        self.inner.frequency_penalty
+    }
+    #[getter]
+    fn logprobs(&self) -> Option<usize> {
+        self.inner.logprobs
+    }
+
+    fn __repr__(&self) -> String {
+        let p = &self.inner;
+        format!(
+            "SamplingParams(max_tokens={:?}, temperature={}, top_p={}, top_k={}, min_p={}, \
+             seed={:?}, stop={:?}, stop_token_ids={:?}, ignore_eos={}, repetition_penalty={}, \
+             presence_penalty={}, frequency_penalty={}, logprobs={:?})",
+            p.max_tokens,
+            p.temperature,
+            p.top_p,
+            p.top_k,
+            p.min_p,
+            p.seed,
+            p.stop,
+            p.stop_token_ids,
+            p.ignore_eos,
+            p.repetition_penalty,
+            p.presence_penalty,
+            p.frequency_penalty,
+            p.logprobs
+        )
+    }
+}
+
+/// A prompt as Python gives it: text or token ids.
+#[derive(FromPyObject)]
+enum PromptArg {
+    Text(String),
+    Ids(Vec<u32>),
+}
+
+/// A tokenizer with its chat template.
+#[pyclass(name = "Tokenizer", module = "infire._core", frozen)]
+pub struct PyTokenizer {
+    inner: Arc<Tokenizer>,
+}
+
+#[pymethods]
+impl PyTokenizer {
+    #[pyo3(signature = (text, add_special_tokens=false))]
+    fn encode(&self, py: Python<'_>, text: &str, add_special_tokens: bool) -> PyResult<Vec<u32>> {
+        py.detach(|| self.inner.encode(text, add_special_tokens))
+            .map_err(to_pyerr)
+    }
+
+    #[pyo3(signature = (ids, skip_special_tokens=false))]
+    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+        py.detach(|| self.inner.decode(&ids, skip_special_tokens))
+            .map_err(to_pyerr)
+    }
+
+    #[pyo3(signature = (messages, add_generation_prompt=true))]
+    fn apply_chat_template(
+        &self,
+        messages: Vec<HashMap<String, String>>,
+        add_generation_prompt: bool,
+    ) -> PyResult<String> {
+        render_chat(&self.inner, messages, add_generation_prompt)
+    }
+
+    #[getter]
+    fn vocab_size(&self) -> usize {
+        self.inner.vocab_size()
+    }
+
+    #[getter]
+    fn eos_token_ids(&self) -> Vec<u32> {
+        self.inner.eos_token_ids()
+    }
+}
+
+fn render_chat(
+    tok: &Tokenizer,
+    messages: Vec<HashMap<String, String>>,
+    add_generation_prompt: bool,
+) -> PyResult<String> {
+    let mut chat = Vec::with_capacity(messages.len());
+    for mut m in messages {
+        let (Some(role), Some(content)) = (m.remove("role"), m.remove("content")) else {
+            return Err(to_pyerr(Error::InvalidRequest(
+                "each message needs a \"role\" and a \"content\"".into(),
+            )));
+        };
+        chat.push(ChatMessage { role, content });
+    }
+    let messages = chat;
+    tok.apply_chat_template(&messages, add_generation_prompt)
+        .map_err(to_pyerr)
+}
+
+/// Loads only the tokenizer of a model (a `.gguf` file or an HF directory).
+#[pyfunction]
+fn load_tokenizer(py: Python<'_>, path: PathBuf) -> PyResult<PyTokenizer> {
+    let tok = py.detach(|| open_tokenizer(&path)).map_err(to_pyerr)?;
+    Ok(PyTokenizer {
+        inner: Arc::new(tok),
+    })
+}
+
+type CpuEngine = Engine<CpuBackend>;
+
+/// The engine, shared by the Python object and its open streams.
+#[pyclass(name = "Engine", module = "infire._core", frozen)]
+pub struct PyEngine {
+    inner: Arc<Mutex<CpuEngine>>,
+    tokenizer: Arc<Tokenizer>,
+}
+
+fn lock(engine: &Mutex<CpuEngine>) -> PyResult<MutexGuard<'_, CpuEngine>> {
+    engine
+        .lock()
+        .map_err(|_| PyRuntimeError::new_err("engine is poisoned by an earlier panic"))
+}
+
+impl PyEngine {
+    fn tokenize(&self, prompt: PromptArg) -> Result<(Option<String>, Vec<u32>), Error> {
+        match prompt {
+            PromptArg::Text(t) => {
+                let ids = self.tokenizer.encode(&t, true)?;
+                Ok((Some(t), ids))
+            }
+            PromptArg::Ids(ids) => Ok((None, ids)),
+        }
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    #[new]
+    #[pyo3(signature = (model, max_model_len=None, kv_cache_tokens=None, max_num_batched_tokens=2048,
+        max_num_seqs=64, block_size=16, seed=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        model: PathBuf,
+        max_model_len: Option<usize>,
+        kv_cache_tokens: Option<usize>,
+        max_num_batched_tokens: usize,
+        max_num_seqs: usize,
+        block_size: usize,
+        seed: u64,
+    ) -> PyResult<Self> {
+        let config = EngineConfig {
+            max_model_len,
+            block_size,
+            kv_cache_tokens,
+            max_num_batched_tokens,
+            max_num_seqs,
+            seed,
+        };
+        let engine = py
+            .detach(|| open_model(&model).and_then(|files| Engine::new(CpuBackend, files, config)))
+            .map_err(to_pyerr)?;
+        let tokenizer = Arc::new(engine.tokenizer().clone());
+        Ok(PyEngine {
+            inner: Arc::new(Mutex::new(engine)),
+            tokenizer,
+        })
+    }
+
+    #[getter]
+    fn tokenizer(&self) -> PyTokenizer {
+        PyTokenizer {
+            inner: self.tokenizer.clone(),
+        }
+    }
+
+    #[getter]
+    fn max_model_len(&self) -> PyResult<usize> {
+        Ok(lock(&self.inner)?.max_model_len())
+    }
+
+    #[getter]
+    fn kv_cache_tokens(&self) -> PyResult<usize> {
+        Ok(lock(&self.inner)?.config().kv_cache_tokens.unwrap_or(0))
+    }
+
+    /// Load and KV-cache usage: `num_running`, `num_waiting`, `kv_blocks_total`,
+    /// `kv_blocks_used`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = lock(&self.inner)?.stats();
+        let d = PyDict::new(py);
+        d.set_item("num_running", s.num_running)?;
+        d.set_item("num_waiting", s.num_waiting)?;
+        d.set_item("kv_blocks_total", s.kv_blocks_total)?;
+        d.set_item("kv_blocks_used", s.kv_blocks_used)?;
+        Ok(d)
+    }
+
+    fn default_sampling_params(&self) -> PyResult<PySamplingParams> {
+        Ok(PySamplingParams {
+            inner: lock(&self.inner)?.default_sampling_params().clone(),
+        })
+    }
+
+    #[pyo3(signature = (messages, add_generation_prompt=true))]
+    fn apply_chat_template(
+        &self,
+        messages: Vec<HashMap<String, String>>,
+        add_generation_prompt: bool,
+    ) -> PyResult<String> {
+        render_chat(&self.tokenizer, messages, add_generation_prompt)
+    }
+
+    /// Runs every prompt to completion, batched. Either all requests are accepted or none is.
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<PromptArg>,
+        params: Vec<PySamplingParams>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        if prompts.len() != params.len() {
+            return Err(to_pyerr(Error::InvalidRequest(format!(
+                "{} prompts but {} sampling params",
+                prompts.len(),
+                params.len()
+            ))));
+        }
+        let inner = self.inner.clone();
+        let mut texts = Vec::with_capacity(prompts.len());
+        let mut ids = Vec::with_capacity(prompts.len());
+        for p in prompts {
+            let (text, tokens) = py.detach(|| self.tokenize(p)).map_err(to_pyerr)?;
+            texts.push(text);
+            ids.push(tokens);
+        }
+        let outputs = py.detach(move || -> Result<Vec<RequestOutput>, Error> {
+            let mut engine = inner
+                .lock()
+                .map_err(|_| Error::Engine("engine poisoned".into()))?;
+            let mut request_ids = Vec::with_capacity(ids.len());
+            for (tokens, p) in ids.into_iter().zip(params) {
+                match engine.add_request(tokens, p.inner) {
+                    Ok(id) => request_ids.push(id),
+                    Err(e) => {
+                        for id in request_ids {
+                            engine.abort(id);
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+            while request_ids
+                .iter()
+                .any(|&id| engine.get(id).is_some_and(|s| !s.is_finished()))
+            {
+                if let Err(e) = engine.step() {
+                    for &id in &request_ids {
+                        engine.abort(id);
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(request_ids
+                .into_iter()
+                .filter_map(|id| engine.take(id))
+                .map(|s| s.to_output())
+                .collect())
+        });
+        let outputs = outputs.map_err(to_pyerr)?;
+        let out = PyList::empty(py);
+        for (o, text) in outputs.iter().zip(texts) {
+            out.append(output_dict(py, o, text)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Starts one request and returns an iterator of its cumulative outputs.
+    fn stream(
+        &self,
+        py: Python<'_>,
+        prompt: PromptArg,
+        params: PySamplingParams,
+    ) -> PyResult<PyStream> {
+        let (text, ids) = py.detach(|| self.tokenize(prompt)).map_err(to_pyerr)?;
+        let request_id = lock(&self.inner)?
+            .add_request(ids, params.inner)
+            .map_err(to_pyerr)?;
+        Ok(PyStream {
+            engine: self.inner.clone(),
+            request_id,
+            prompt: text,
+            state: Mutex::new(0),
+        })
+    }
+}
+
+/// Iterator over the outputs of one streaming request. Dropping it aborts the request.
+#[pyclass(name = "Stream", module = "infire._core", frozen)]
+pub struct PyStream {
+    engine: Arc<Mutex<CpuEngine>>,
+    request_id: u64,
+    prompt: Option<String>,
+    /// Tokens already reported; `usize::MAX` once the final output was returned.
+    state: Mutex<usize>,
+}
+
+#[pymethods]
+impl PyStream {
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let mut reported = self
+            .state
+            .lock()
+            .map_err(|_| PyRuntimeError::new_err("poisoned"))?;
+        if *reported == usize::MAX {
+            return Err(PyStopIteration::new_err(()));
+        }
+        let id = self.request_id;
+        let engine = self.engine.clone();
+        let seen = *reported;
+        // Step the engine until this request has something new, without holding the GIL.
+        let output = py.detach(move || -> Result<RequestOutput, Error> {
+            let mut e = engine
+                .lock()
+                .map_err(|_| Error::Engine("engine poisoned".into()))?;
+            loop {
+                match e.get(id) {
+                    None => return Err(Error::Engine(format!("request {id} is gone"))),
+                    Some(s) if s.is_finished() => {
+                        let out = s.to_output();
+                        e.take(id);
+                        return Ok(out);
+                    }
+                    Some(s) if s.output.len() > seen => return Ok(s.to_output()),
+                    Some(_) => {
+                        e.step()?;
+                    }
+                }
+            }
+        });
+        let output = output.map_err(to_pyerr)?;
+        *reported = if output.finished() {
+            usize::MAX
+        } else {
+            output.token_ids.len()
+        };
+        output_dict(py, &output, self.prompt.clone())
+    }
+}
+
+impl Drop for PyStream {
+    fn drop(&mut self) {
+        let done = self.state.lock().map(|s| *s == usize::MAX).unwrap_or(false);
+        if !done {
+            if let Ok(mut e) = self.engine.lock() {
+                e.abort(self.request_id);
+            }
+        }
+    }
+}
+
+fn output_dict<'py>(
+    py: Python<'py>,
+    o: &RequestOutput,
+    prompt: Option<String>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let completion = PyDict::new(py);
+    completion.set_item("index", 0)?;
+    completion.set_item("text", &o.text)?;
+    completion.set_item("token_ids", &o.token_ids)?;
+    completion.set_item("finish_reason", o.finish_reason.map(|r| r.as_str()))?;
+    match &o.logprobs {
+        Some(steps) => {
+            let lps = PyList::empty(py);
+            for step in steps {
+                let d = PyDict::new(py);
+                for &(t, lp) in step {
+                    d.set_item(t, lp)?;
+                }
+                lps.append(d)?;
+            }
+            completion.set_item("logprobs", lps)?;
+        }
+        None => completion.set_item("logprobs", py.None())?,
+    }
+    let out = PyDict::new(py);
+    out.set_item("request_id", o.request_id.to_string())?;
+    out.set_item("prompt", prompt)?;
+    out.set_item("prompt_token_ids", &o.prompt_token_ids)?;
+    out.set_item("outputs", vec![completion])?;
+    out.set_item("finished", o.finished())?;
+    Ok(out)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEngine>()?;
+    m.add_class::<PySamplingParams>()?;
+    m.add_class::<PyTokenizer>()?;
+    m.add_class::<PyStream>()?;
+    m.add_function(wrap_pyfunction!(load_tokenizer, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
