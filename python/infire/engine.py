@@ -1,0 +1,214 @@
+"""``infire.Engine``: the Python face of the Rust engine."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+
+from . import _core
+from .errors import InvalidConfigError, InvalidRequestError
+from .model_resolution import resolve_model
+from .outputs import RequestOutput
+
+SamplingParams = _core.SamplingParams
+Tokenizer = _core.Tokenizer
+
+Prompt = str | list[int]
+Message = dict  # {"role": str, "content": str | list of {"type": "text", "text": str}}
+
+
+class Engine:
+    """An LLM engine for one model.
+
+    Args:
+        model: a local ``.gguf`` file, a Hugging Face model directory, a hub id (needs
+            ``huggingface_hub``), or ``None`` for the default model (SmolLM2-135M-Instruct,
+            downloaded on first use).
+        device: ``"auto"`` or ``"cpu"``. This build runs on the CPU.
+        dtype: ``"auto"`` or ``"float32"`` (the CPU backend computes in f32).
+        max_model_len: longest prompt + output in tokens; default: the model's context length.
+        seed: seed of requests that set none (request ``i`` uses ``seed + i``).
+        kv_cache_tokens: KV-cache capacity in tokens; default: sized from memory.
+        max_num_batched_tokens: most tokens in one forward step.
+        max_num_seqs: most sequences running at once.
+        block_size: tokens per KV-cache block.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        seed: int = 0,
+        *,
+        kv_cache_tokens: int | None = None,
+        max_num_batched_tokens: int = 2048,
+        max_num_seqs: int = 64,
+        block_size: int = 16,
+    ) -> None:
+        if device not in ("auto", "cpu"):
+            raise InvalidConfigError(
+                f"device {device!r} is not available: this build of infire runs on the CPU "
+                "(device='auto' or 'cpu')"
+            )
+        if dtype not in ("auto", "float32"):
+            raise InvalidConfigError(
+                f"dtype {dtype!r} is not supported on the CPU backend (use 'auto' or 'float32')"
+            )
+        for name, value in [
+            ("max_model_len", max_model_len),
+            ("kv_cache_tokens", kv_cache_tokens),
+            ("max_num_batched_tokens", max_num_batched_tokens),
+            ("max_num_seqs", max_num_seqs),
+            ("block_size", block_size),
+        ]:
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
+        self.model_path = resolve_model(model)
+        self.device = "cpu"
+        self._core = _core.Engine(
+            self.model_path,
+            max_model_len=max_model_len,
+            kv_cache_tokens=kv_cache_tokens,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_num_seqs=max_num_seqs,
+            block_size=block_size,
+            seed=seed,
+        )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (``encode``, ``decode``, ``apply_chat_template``)."""
+        return self._core.tokenizer
+
+    @property
+    def max_model_len(self) -> int:
+        return self._core.max_model_len
+
+    def stats(self) -> dict:
+        """Load and KV-cache usage: ``num_running``, ``num_waiting``, ``kv_blocks_total``,
+        ``kv_blocks_used``."""
+        return self._core.stats()
+
+    def get_default_sampling_params(self) -> SamplingParams:
+        """Sampling parameters used when none are given (from ``generation_config.json``)."""
+        return self._core.default_sampling_params()
+
+    def generate(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+    ) -> list[RequestOutput]:
+        """Generates a completion for each prompt, all batched together.
+
+        A prompt is a string or a list of token ids; ``prompts`` is one prompt or a list.
+        ``sampling_params`` is one ``SamplingParams`` for all prompts or one per prompt.
+        Returns one finished ``RequestOutput`` per prompt, in order.
+        """
+        prompt_list = _prompt_list(prompts)
+        params = self._params_list(sampling_params, len(prompt_list))
+        raw = self._core.generate(prompt_list, params)
+        return [RequestOutput._from_core(d) for d in raw]
+
+    def chat(
+        self,
+        messages: Sequence[Message] | Sequence[Sequence[Message]],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """Applies the model's chat template to one conversation (a list of messages) or to a
+        list of conversations, then generates as :meth:`generate` does."""
+        conversations = _conversation_list(messages)
+        rendered = [self.apply_chat_template(c, add_generation_prompt) for c in conversations]
+        ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in rendered]
+        params = self._params_list(sampling_params, len(ids))
+        raw = self._core.generate(ids, params)
+        return [RequestOutput._from_core(d, prompt=p) for d, p in zip(raw, rendered, strict=True)]
+
+    def stream(
+        self, prompt: Prompt, sampling_params: SamplingParams | None = None
+    ) -> Iterator[RequestOutput]:
+        """Yields the request's cumulative output each time it grows; the last one has
+        ``finished=True``. Closing or dropping the iterator aborts the request."""
+        params = self._params_list(sampling_params, 1)[0]
+        prompt = _prompt_list(prompt)[0]
+        return _Stream(self._core.stream(prompt, params))
+
+    def apply_chat_template(
+        self, messages: Sequence[Message], add_generation_prompt: bool = True
+    ) -> str:
+        """Renders one conversation with the model's chat template."""
+        return self._core.apply_chat_template(_text_messages(messages), add_generation_prompt)
+
+    def _params_list(self, sampling_params, n: int) -> list[SamplingParams]:
+        if sampling_params is None:
+            return [self.get_default_sampling_params()] * n
+        if isinstance(sampling_params, SamplingParams):
+            return [sampling_params] * n
+        params = list(sampling_params)
+        if len(params) != n or not all(isinstance(p, SamplingParams) for p in params):
+            raise InvalidRequestError(
+                f"sampling_params must be one SamplingParams or a list of {n} of them"
+            )
+        return params
+
+
+class _Stream:
+    """Iterator of ``RequestOutput`` over a core stream; closing it aborts the request."""
+
+    def __init__(self, core_stream) -> None:
+        self._core = core_stream
+
+    def __iter__(self) -> _Stream:
+        return self
+
+    def __next__(self) -> RequestOutput:
+        if self._core is None:
+            raise StopIteration
+        return RequestOutput._from_core(next(self._core))
+
+    def close(self) -> None:
+        """Aborts the request if it is still running."""
+        self._core = None
+
+
+def _prompt_list(prompts) -> list[Prompt]:
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts)
+    if prompts and all(isinstance(t, int) for t in prompts):
+        return [prompts]  # one prompt given as token ids
+    for p in prompts:
+        if not (isinstance(p, str) or (isinstance(p, list) and all(isinstance(t, int) for t in p))):
+            raise InvalidRequestError(
+                f"a prompt must be a string or a list of token ids, got {type(p).__name__}"
+            )
+    return prompts
+
+
+def _conversation_list(messages) -> list[list[Message]]:
+    messages = list(messages)
+    if messages and isinstance(messages[0], dict):
+        return [messages]
+    return [list(c) for c in messages]
+
+
+def _text_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
+    """Checks messages and flattens OpenAI text parts into one string per message."""
+    out = []
+    for m in messages:
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise InvalidRequestError(f"a message must be a dict with 'role' and 'content': {m!r}")
+        content = m["content"]
+        if isinstance(content, list):  # OpenAI text parts
+            texts = []
+            for part in content:
+                if not (isinstance(part, dict) and part.get("type") == "text"):
+                    raise InvalidRequestError(f"only text content parts are supported: {part!r}")
+                texts.append(part.get("text", ""))
+            content = "".join(texts)
+        if not isinstance(m["role"], str) or not isinstance(content, str):
+            raise InvalidRequestError(f"message role and content must be strings: {m!r}")
+        out.append({"role": m["role"], "content": content})
+    return out
