@@ -113,23 +113,6 @@ def test_stream_yields_growing_outputs_then_finishes(engine):
     assert outs[-1].outputs[0].text == full.outputs[0].text
 
 
-def test_dropping_a_stream_aborts_it_and_frees_its_blocks(engine):
-    it = engine.stream("Count to one hundred:", SamplingParams(max_tokens=100, temperature=0))
-    next(it)
-    assert engine.stats()["num_running"] == 1
-    assert engine.stats()["kv_blocks_used"] > 0
-    it.close()
-    del it
-    assert engine.stats() | {"kv_blocks_total": 0} == {
-        "num_running": 0,
-        "num_waiting": 0,
-        "kv_blocks_used": 0,
-        "kv_blocks_total": 0,
-    }
-    (out,) = engine.generate("Hi", GREEDY)
-    assert out.finished
-
-
 def test_sampling_params_defaults_and_repr():
     p = SamplingParams()
     assert (p.max_tokens, p.temperature, p.top_p, p.top_k) == (16, 1.0, 1.0, -1)

@@ -7,7 +7,7 @@
 """
 
 from . import _core
-from .engine import Engine, SamplingParams, Tokenizer
+from .engine import Engine, SamplingParams, Stream, Tokenizer
 from .errors import (
     EngineError,
     InfireError,
@@ -19,7 +19,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .model_resolution import default_model_path, resolve_model
-from .outputs import CompletionOutput, RequestOutput
+from .outputs import CompletionOutput, RequestMetrics, RequestOutput
 
 __version__ = _core.__version__
 
@@ -38,8 +38,10 @@ __all__ = [
     "InvalidModelError",
     "InvalidRequestError",
     "ModelNotFoundError",
+    "RequestMetrics",
     "RequestOutput",
     "SamplingParams",
+    "Stream",
     "Tokenizer",
     "TokenizerError",
     "UnsupportedModelError",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from . import _core
 from .errors import InvalidConfigError, InvalidRequestError
@@ -32,6 +33,7 @@ class Engine:
         max_num_batched_tokens: most tokens in one forward step.
         max_num_seqs: most sequences running at once.
         block_size: tokens per KV-cache block.
+        enable_prefix_caching: reuse the KV blocks of prompt prefixes seen before.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class Engine:
         max_num_batched_tokens: int = 2048,
         max_num_seqs: int = 64,
         block_size: int = 16,
+        enable_prefix_caching: bool = True,
     ) -> None:
         if device not in ("auto", "cpu"):
             raise InvalidConfigError(
@@ -74,6 +77,7 @@ class Engine:
             max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,
             block_size=block_size,
+            enable_prefix_caching=enable_prefix_caching,
             seed=seed,
         )
 
@@ -88,8 +92,13 @@ class Engine:
 
     def stats(self) -> dict:
         """Load and KV-cache usage: ``num_running``, ``num_waiting``, ``kv_blocks_total``,
-        ``kv_blocks_used``."""
+        ``kv_blocks_used``, ``prefix_cache_hit_rate``, ``num_preemptions``."""
         return self._core.stats()
+
+    def abort(self, request_id: str) -> None:
+        """Aborts a request (from any thread); its stream ends with ``finish_reason="abort"``.
+        Unknown or finished requests are ignored."""
+        self._core.abort(str(request_id))
 
     def get_default_sampling_params(self) -> SamplingParams:
         """Sampling parameters used when none are given (from ``generation_config.json``)."""
@@ -99,17 +108,29 @@ class Engine:
         self,
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
-        """Generates a completion for each prompt, all batched together.
+        """Generates completions for each prompt, all scheduled together.
 
         A prompt is a string or a list of token ids; ``prompts`` is one prompt or a list.
         ``sampling_params`` is one ``SamplingParams`` for all prompts or one per prompt.
-        Returns one finished ``RequestOutput`` per prompt, in order.
+        ``priority`` (one int per prompt, lower runs first) orders admission; default 0.
+        Returns one finished ``RequestOutput`` per prompt, in order. The GIL is released while
+        the engine works, so other Python threads run meanwhile.
         """
         prompt_list = _prompt_list(prompts)
         params = self._params_list(sampling_params, len(prompt_list))
-        raw = self._core.generate(prompt_list, params)
+        raw = self._core.generate(prompt_list, params, _priorities(priority, len(prompt_list)))
         return [RequestOutput._from_core(d) for d in raw]
+
+    async def generate_async(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        priority: Sequence[int] | None = None,
+    ) -> list[RequestOutput]:
+        """:meth:`generate` for asyncio: waits in a worker thread, not in the event loop."""
+        return await asyncio.to_thread(self.generate, prompts, sampling_params, priority)
 
     def chat(
         self,
@@ -123,17 +144,33 @@ class Engine:
         rendered = [self.apply_chat_template(c, add_generation_prompt) for c in conversations]
         ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in rendered]
         params = self._params_list(sampling_params, len(ids))
-        raw = self._core.generate(ids, params)
+        raw = self._core.generate(ids, params, [0] * len(ids))
         return [RequestOutput._from_core(d, prompt=p) for d, p in zip(raw, rendered, strict=True)]
 
     def stream(
-        self, prompt: Prompt, sampling_params: SamplingParams | None = None
-    ) -> Iterator[RequestOutput]:
-        """Yields the request's cumulative output each time it grows; the last one has
-        ``finished=True``. Closing or dropping the iterator aborts the request."""
+        self, prompt: Prompt, sampling_params: SamplingParams | None = None, priority: int = 0
+    ) -> Stream:
+        """Returns an iterator of the request's cumulative output, one item each time it
+        grows; the last one has ``finished=True``. Closing or dropping the iterator aborts the
+        request. Its ``request_id`` can be passed to :meth:`abort` from any thread."""
         params = self._params_list(sampling_params, 1)[0]
         prompt = _prompt_list(prompt)[0]
-        return _Stream(self._core.stream(prompt, params))
+        return Stream(self._core.stream(prompt, params, priority))
+
+    async def stream_async(
+        self, prompt: Prompt, sampling_params: SamplingParams | None = None, priority: int = 0
+    ) -> AsyncIterator[RequestOutput]:
+        """:meth:`stream` for asyncio. Cancelling the consumer aborts the request."""
+        stream = self.stream(prompt, sampling_params, priority)
+        done = object()
+        try:
+            while True:
+                out = await asyncio.to_thread(next, stream, done)
+                if out is done:
+                    return
+                yield out
+        finally:
+            stream.close()
 
     def apply_chat_template(
         self, messages: Sequence[Message], add_generation_prompt: bool = True
@@ -154,23 +191,29 @@ class Engine:
         return params
 
 
-class _Stream:
-    """Iterator of ``RequestOutput`` over a core stream; closing it aborts the request."""
+class Stream(Iterator[RequestOutput]):
+    """Iterator of one request's cumulative ``RequestOutput``; closing it (or dropping it)
+    aborts the request if it is still running."""
 
     def __init__(self, core_stream) -> None:
         self._core = core_stream
-
-    def __iter__(self) -> _Stream:
-        return self
+        self.request_id: str = core_stream.request_id
 
     def __next__(self) -> RequestOutput:
-        if self._core is None:
-            raise StopIteration
         return RequestOutput._from_core(next(self._core))
 
     def close(self) -> None:
         """Aborts the request if it is still running."""
-        self._core = None
+        self._core.close()
+
+
+def _priorities(priority, n: int) -> list[int]:
+    if priority is None:
+        return [0] * n
+    priorities = list(priority)
+    if len(priorities) != n or not all(isinstance(p, int) for p in priorities):
+        raise InvalidRequestError(f"priority must be a list of {n} ints")
+    return priorities
 
 
 def _prompt_list(prompts) -> list[Prompt]:

@@ -23,14 +23,29 @@ class CompletionOutput:
 
 
 @dataclass
+class RequestMetrics:
+    """Times of a request, in seconds since the epoch (``time.time()``)."""
+
+    arrival_time: float
+    first_token_time: float | None = None
+    finished_time: float | None = None
+
+
+@dataclass
 class RequestOutput:
-    """The result (or, while streaming, the progress) of one request."""
+    """The result (or, while streaming, the progress) of one request.
+
+    ``outputs`` holds one ``CompletionOutput`` per sequence (``SamplingParams.n``).
+    ``num_cached_tokens`` counts prompt tokens whose KV came from the prefix cache.
+    """
 
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
     outputs: list[CompletionOutput] = field(default_factory=list)
     finished: bool = False
+    num_cached_tokens: int = 0
+    metrics: RequestMetrics | None = None
 
     @classmethod
     def _from_core(cls, d: dict, prompt: str | None = None) -> RequestOutput:
@@ -40,4 +55,6 @@ class RequestOutput:
             prompt_token_ids=d["prompt_token_ids"],
             outputs=[CompletionOutput(**o) for o in d["outputs"]],
             finished=d["finished"],
+            num_cached_tokens=d["num_cached_tokens"],
+            metrics=RequestMetrics(**d["metrics"]),
         )

@@ -3,13 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::backend::cpu::CpuBackend;
+use crate::engine::engine_loop::{EngineHandle, Submitted};
 use crate::engine::{Engine, EngineConfig, RequestOutput};
 use crate::error::Error;
 use crate::loader::{open_model, open_tokenizer};
@@ -47,11 +48,12 @@ pub struct PySamplingParams {
 #[pymethods]
 impl PySamplingParams {
     #[new]
-    #[pyo3(signature = (max_tokens=Some(16), temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0,
+    #[pyo3(signature = (n=1, max_tokens=Some(16), temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0,
         seed=None, stop=None, stop_token_ids=None, ignore_eos=false, repetition_penalty=1.0,
         presence_penalty=0.0, frequency_penalty=0.0, logprobs=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
+        n: i64,
         max_tokens: Option<i64>,
         temperature: f64,
         top_p: f64,
@@ -71,6 +73,7 @@ impl PySamplingParams {
             usize::try_from(v).map_err(|_| bad(format!("{name} must be >= 0, got {v}")))
         };
         let inner = SamplingParams {
+            n: non_negative("n", n)?,
             max_tokens: max_tokens
                 .map(|v| non_negative("max_tokens", v))
                 .transpose()?,
@@ -95,6 +98,10 @@ impl PySamplingParams {
         Ok(PySamplingParams { inner })
     }
 
+    #[getter]
+    fn n(&self) -> usize {
+        self.inner.n
+    }
     #[getter]
     fn max_tokens(&self) -> Option<usize> {
         self.inner.max_tokens
@@ -151,9 +158,10 @@ impl PySamplingParams {
     fn __repr__(&self) -> String {
         let p = &self.inner;
         format!(
-            "SamplingParams(max_tokens={:?}, temperature={}, top_p={}, top_k={}, min_p={}, \
+            "SamplingParams(n={}, max_tokens={:?}, temperature={}, top_p={}, top_k={}, min_p={}, \
              seed={:?}, stop={:?}, stop_token_ids={:?}, ignore_eos={}, repetition_penalty={}, \
              presence_penalty={}, frequency_penalty={}, logprobs={:?})",
+            p.n,
             p.max_tokens,
             p.temperature,
             p.top_p,
@@ -246,19 +254,14 @@ fn load_tokenizer(py: Python<'_>, path: PathBuf) -> PyResult<PyTokenizer> {
     })
 }
 
-type CpuEngine = Engine<CpuBackend>;
-
-/// The engine, shared by the Python object and its open streams.
+/// The engine: a handle on the engine loop thread, shared by the Python object and its
+/// streams.
 #[pyclass(name = "Engine", module = "infire._core", frozen)]
 pub struct PyEngine {
-    inner: Arc<Mutex<CpuEngine>>,
+    handle: EngineHandle,
     tokenizer: Arc<Tokenizer>,
-}
-
-fn lock(engine: &Mutex<CpuEngine>) -> PyResult<MutexGuard<'_, CpuEngine>> {
-    engine
-        .lock()
-        .map_err(|_| PyRuntimeError::new_err("engine is poisoned by an earlier panic"))
+    default_sampling: SamplingParams,
+    kv_cache_tokens: usize,
 }
 
 impl PyEngine {
@@ -273,11 +276,16 @@ impl PyEngine {
     }
 }
 
+fn parse_request_id(id: &str) -> PyResult<u64> {
+    id.parse()
+        .map_err(|_| to_pyerr(Error::InvalidRequest(format!("unknown request id {id:?}"))))
+}
+
 #[pymethods]
 impl PyEngine {
     #[new]
     #[pyo3(signature = (model, max_model_len=None, kv_cache_tokens=None, max_num_batched_tokens=2048,
-        max_num_seqs=64, block_size=16, seed=0))]
+        max_num_seqs=64, block_size=16, enable_prefix_caching=true, seed=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -287,6 +295,7 @@ impl PyEngine {
         max_num_batched_tokens: usize,
         max_num_seqs: usize,
         block_size: usize,
+        enable_prefix_caching: bool,
         seed: u64,
     ) -> PyResult<Self> {
         let config = EngineConfig {
@@ -295,15 +304,23 @@ impl PyEngine {
             kv_cache_tokens,
             max_num_batched_tokens,
             max_num_seqs,
+            enable_prefix_caching,
             seed,
         };
-        let engine = py
-            .detach(|| open_model(&model).and_then(|files| Engine::new(CpuBackend, files, config)))
+        let (handle, tokenizer, default_sampling, kv_cache_tokens) = py
+            .detach(|| {
+                let engine = Engine::new(CpuBackend, open_model(&model)?, config)?;
+                let tokenizer = Arc::new(engine.tokenizer().clone());
+                let sampling = engine.default_sampling_params().clone();
+                let kv_tokens = engine.limits().kv_capacity_tokens;
+                Ok::<_, Error>((EngineHandle::spawn(engine)?, tokenizer, sampling, kv_tokens))
+            })
             .map_err(to_pyerr)?;
-        let tokenizer = Arc::new(engine.tokenizer().clone());
         Ok(PyEngine {
-            inner: Arc::new(Mutex::new(engine)),
+            handle,
             tokenizer,
+            default_sampling,
+            kv_cache_tokens,
         })
     }
 
@@ -315,31 +332,33 @@ impl PyEngine {
     }
 
     #[getter]
-    fn max_model_len(&self) -> PyResult<usize> {
-        Ok(lock(&self.inner)?.max_model_len())
+    fn max_model_len(&self) -> usize {
+        self.handle.limits().max_model_len
     }
 
     #[getter]
-    fn kv_cache_tokens(&self) -> PyResult<usize> {
-        Ok(lock(&self.inner)?.config().kv_cache_tokens.unwrap_or(0))
+    fn kv_cache_tokens(&self) -> usize {
+        self.kv_cache_tokens
     }
 
     /// Load and KV-cache usage: `num_running`, `num_waiting`, `kv_blocks_total`,
-    /// `kv_blocks_used`.
+    /// `kv_blocks_used`, `prefix_cache_hit_rate`, `num_preemptions`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = lock(&self.inner)?.stats();
+        let s = self.handle.stats();
         let d = PyDict::new(py);
         d.set_item("num_running", s.num_running)?;
         d.set_item("num_waiting", s.num_waiting)?;
         d.set_item("kv_blocks_total", s.kv_blocks_total)?;
         d.set_item("kv_blocks_used", s.kv_blocks_used)?;
+        d.set_item("prefix_cache_hit_rate", s.prefix_cache_hit_rate)?;
+        d.set_item("num_preemptions", s.num_preemptions)?;
         Ok(d)
     }
 
-    fn default_sampling_params(&self) -> PyResult<PySamplingParams> {
-        Ok(PySamplingParams {
-            inner: lock(&self.inner)?.default_sampling_params().clone(),
-        })
+    fn default_sampling_params(&self) -> PySamplingParams {
+        PySamplingParams {
+            inner: self.default_sampling.clone(),
+        }
     }
 
     #[pyo3(signature = (messages, add_generation_prompt=true))]
@@ -351,21 +370,23 @@ impl PyEngine {
         render_chat(&self.tokenizer, messages, add_generation_prompt)
     }
 
-    /// Runs every prompt to completion, batched. Either all requests are accepted or none is.
+    /// Runs every prompt to completion, all scheduled together. Either every request is
+    /// accepted or none is.
     fn generate<'py>(
         &self,
         py: Python<'py>,
         prompts: Vec<PromptArg>,
         params: Vec<PySamplingParams>,
+        priorities: Vec<i32>,
     ) -> PyResult<Bound<'py, PyList>> {
-        if prompts.len() != params.len() {
+        if prompts.len() != params.len() || prompts.len() != priorities.len() {
             return Err(to_pyerr(Error::InvalidRequest(format!(
-                "{} prompts but {} sampling params",
+                "{} prompts but {} sampling params and {} priorities",
                 prompts.len(),
-                params.len()
+                params.len(),
+                priorities.len()
             ))));
         }
-        let inner = self.inner.clone();
         let mut texts = Vec::with_capacity(prompts.len());
         let mut ids = Vec::with_capacity(prompts.len());
         for p in prompts {
@@ -373,40 +394,34 @@ impl PyEngine {
             texts.push(text);
             ids.push(tokens);
         }
-        let outputs = py.detach(move || -> Result<Vec<RequestOutput>, Error> {
-            let mut engine = inner
-                .lock()
-                .map_err(|_| Error::Engine("engine poisoned".into()))?;
-            let mut request_ids = Vec::with_capacity(ids.len());
-            for (tokens, p) in ids.into_iter().zip(params) {
-                match engine.add_request(tokens, p.inner) {
-                    Ok(id) => request_ids.push(id),
-                    Err(e) => {
-                        for id in request_ids {
-                            engine.abort(id);
+        let handle = &self.handle;
+        let outputs = py
+            .detach(|| -> Result<Vec<RequestOutput>, Error> {
+                let mut submitted: Vec<Submitted> = Vec::with_capacity(ids.len());
+                let requests = ids.into_iter().zip(params).zip(priorities);
+                for ((tokens, p), priority) in requests {
+                    match handle.submit(tokens, p.inner, priority) {
+                        Ok(s) => submitted.push(s),
+                        Err(e) => {
+                            submitted.iter().for_each(|s| handle.abort(s.request_id));
+                            return Err(e);
                         }
-                        return Err(e);
                     }
                 }
-            }
-            while request_ids
-                .iter()
-                .any(|&id| engine.get(id).is_some_and(|s| !s.is_finished()))
-            {
-                if let Err(e) = engine.step() {
-                    for &id in &request_ids {
-                        engine.abort(id);
+                let ids: Vec<u64> = submitted.iter().map(|s| s.request_id).collect();
+                let mut outputs = Vec::with_capacity(submitted.len());
+                for s in submitted {
+                    match s.wait() {
+                        Ok(o) => outputs.push(o),
+                        Err(e) => {
+                            ids.iter().for_each(|&id| handle.abort(id));
+                            return Err(e);
+                        }
                     }
-                    return Err(e);
                 }
-            }
-            Ok(request_ids
-                .into_iter()
-                .filter_map(|id| engine.take(id))
-                .map(|s| s.to_output())
-                .collect())
-        });
-        let outputs = outputs.map_err(to_pyerr)?;
+                Ok(outputs)
+            })
+            .map_err(to_pyerr)?;
         let out = PyList::empty(py);
         for (o, text) in outputs.iter().zip(texts) {
             out.append(output_dict(py, o, text)?)?;
@@ -415,33 +430,48 @@ impl PyEngine {
     }
 
     /// Starts one request and returns an iterator of its cumulative outputs.
+    #[pyo3(signature = (prompt, params, priority=0))]
     fn stream(
         &self,
         py: Python<'_>,
         prompt: PromptArg,
         params: PySamplingParams,
+        priority: i32,
     ) -> PyResult<PyStream> {
         let (text, ids) = py.detach(|| self.tokenize(prompt)).map_err(to_pyerr)?;
-        let request_id = lock(&self.inner)?
-            .add_request(ids, params.inner)
+        let submitted = self
+            .handle
+            .submit(ids, params.inner, priority)
             .map_err(to_pyerr)?;
         Ok(PyStream {
-            engine: self.inner.clone(),
-            request_id,
+            handle: self.handle.clone(),
+            request_id: submitted.request_id,
             prompt: text,
-            state: Mutex::new(0),
+            state: Mutex::new(Some(submitted)),
         })
+    }
+
+    /// Aborts a request by id; its stream ends with finish reason "abort". Unknown or finished
+    /// requests are ignored.
+    fn abort(&self, request_id: &str) -> PyResult<()> {
+        self.handle.abort(parse_request_id(request_id)?);
+        Ok(())
+    }
+
+    /// Stops the engine loop (requests still running fail).
+    fn shutdown(&self, py: Python<'_>) {
+        py.detach(|| self.handle.shutdown());
     }
 }
 
-/// Iterator over the outputs of one streaming request. Dropping it aborts the request.
+/// Iterator over the cumulative outputs of one request. Dropping it aborts the request.
 #[pyclass(name = "Stream", module = "infire._core", frozen)]
 pub struct PyStream {
-    engine: Arc<Mutex<CpuEngine>>,
+    handle: EngineHandle,
     request_id: u64,
     prompt: Option<String>,
-    /// Tokens already reported; `usize::MAX` once the final output was returned.
-    state: Mutex<usize>,
+    /// `None` once the final output was returned.
+    state: Mutex<Option<Submitted>>,
 }
 
 #[pymethods]
@@ -450,55 +480,51 @@ impl PyStream {
         slf
     }
 
+    #[getter]
+    fn request_id(&self) -> String {
+        self.request_id.to_string()
+    }
+
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let mut reported = self
+        let mut state = self
             .state
             .lock()
             .map_err(|_| PyRuntimeError::new_err("poisoned"))?;
-        if *reported == usize::MAX {
+        let Some(sub) = state.as_mut() else {
             return Err(PyStopIteration::new_err(()));
-        }
-        let id = self.request_id;
-        let engine = self.engine.clone();
-        let seen = *reported;
-        // Step the engine until this request has something new, without holding the GIL.
-        let output = py.detach(move || -> Result<RequestOutput, Error> {
-            let mut e = engine
-                .lock()
-                .map_err(|_| Error::Engine("engine poisoned".into()))?;
-            loop {
-                match e.get(id) {
-                    None => return Err(Error::Engine(format!("request {id} is gone"))),
-                    Some(s) if s.is_finished() => {
-                        let out = s.to_output();
-                        e.take(id);
-                        return Ok(out);
-                    }
-                    Some(s) if s.output.len() > seen => return Ok(s.to_output()),
-                    Some(_) => {
-                        e.step()?;
-                    }
-                }
-            }
-        });
-        let output = output.map_err(to_pyerr)?;
-        *reported = if output.finished() {
-            usize::MAX
-        } else {
-            output.token_ids.len()
         };
-        output_dict(py, &output, self.prompt.clone())
+        let advanced = py.detach(|| sub.advance());
+        match advanced {
+            Ok(true) => {}
+            Ok(false) => {
+                *state = None;
+                return Err(PyStopIteration::new_err(()));
+            }
+            Err(e) => {
+                *state = None;
+                return Err(to_pyerr(e));
+            }
+        }
+        let dict = output_dict(py, &sub.output, self.prompt.clone())?;
+        if sub.output.finished() {
+            *state = None;
+        }
+        Ok(dict)
+    }
+
+    /// Aborts the request if it is still running.
+    fn close(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            if state.take().is_some() {
+                self.handle.abort(self.request_id);
+            }
+        }
     }
 }
 
 impl Drop for PyStream {
     fn drop(&mut self) {
-        let done = self.state.lock().map(|s| *s == usize::MAX).unwrap_or(false);
-        if !done {
-            if let Ok(mut e) = self.engine.lock() {
-                e.abort(self.request_id);
-            }
-        }
+        self.close();
     }
 }
 
@@ -507,31 +533,41 @@ fn output_dict<'py>(
     o: &RequestOutput,
     prompt: Option<String>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let completion = PyDict::new(py);
-    completion.set_item("index", 0)?;
-    completion.set_item("text", &o.text)?;
-    completion.set_item("token_ids", &o.token_ids)?;
-    completion.set_item("finish_reason", o.finish_reason.map(|r| r.as_str()))?;
-    match &o.logprobs {
-        Some(steps) => {
-            let lps = PyList::empty(py);
-            for step in steps {
-                let d = PyDict::new(py);
-                for &(t, lp) in step {
-                    d.set_item(t, lp)?;
+    let completions = PyList::empty(py);
+    for c in &o.outputs {
+        let d = PyDict::new(py);
+        d.set_item("index", c.index)?;
+        d.set_item("text", &c.text)?;
+        d.set_item("token_ids", &c.token_ids)?;
+        d.set_item("finish_reason", c.finish_reason.map(|r| r.as_str()))?;
+        match &c.logprobs {
+            Some(steps) => {
+                let lps = PyList::empty(py);
+                for step in steps {
+                    let s = PyDict::new(py);
+                    for &(t, lp) in step {
+                        s.set_item(t, lp)?;
+                    }
+                    lps.append(s)?;
                 }
-                lps.append(d)?;
+                d.set_item("logprobs", lps)?;
             }
-            completion.set_item("logprobs", lps)?;
+            None => d.set_item("logprobs", py.None())?,
         }
-        None => completion.set_item("logprobs", py.None())?,
+        completions.append(d)?;
     }
+    let metrics = PyDict::new(py);
+    metrics.set_item("arrival_time", o.metrics.arrival_time)?;
+    metrics.set_item("first_token_time", o.metrics.first_token_time)?;
+    metrics.set_item("finished_time", o.metrics.finished_time)?;
     let out = PyDict::new(py);
     out.set_item("request_id", o.request_id.to_string())?;
     out.set_item("prompt", prompt)?;
     out.set_item("prompt_token_ids", &o.prompt_token_ids)?;
-    out.set_item("outputs", vec![completion])?;
+    out.set_item("outputs", completions)?;
     out.set_item("finished", o.finished())?;
+    out.set_item("num_cached_tokens", o.num_cached_tokens)?;
+    out.set_item("metrics", metrics)?;
     Ok(out)
 }
 

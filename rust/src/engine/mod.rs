@@ -1,21 +1,26 @@
-//! The engine: owns the model, the KV cache and the running sequences, and advances them one
-//! forward step at a time.
+//! The engine core: owns the model, the KV cache and the sequences, and advances them one
+//! forward step at a time. [`engine_loop`] runs it on its own thread behind channels.
 //!
-//! Each [`Engine::step`] batches every running sequence: decoding sequences contribute their
-//! last token, sequences still in prefill contribute the next chunk of their prompt, within a
-//! budget of `max_num_batched_tokens` rows. A request is admitted (first come, first served)
-//! once the KV blocks for its prompt and its whole output are free, so a running sequence never
-//! runs out of cache.
+//! A step: the [`Scheduler`] picks rows within the token budget → one flat [`ForwardBatch`]
+//! → forward → sampling for sequences whose last token was computed → stop checks and
+//! detokenization → a [`SeqDelta`] per sequence that changed.
 
+pub mod engine_loop;
+mod output;
+mod scheduler;
 mod sequence;
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
+use std::sync::Arc;
 
-pub use sequence::{FinishReason, RequestOutput, Sequence};
+pub use output::{CompletionOutput, RequestMetrics, RequestOutput};
+pub use scheduler::{Scheduled, Scheduler, SchedulerConfig};
+pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
 use crate::backend::{Backend, ForwardBatch, SeqSlice};
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::kv::BlockPool;
+use crate::kv::BlockManager;
 use crate::loader::ModelFiles;
 use crate::model::{LlamaModel, StepBuffers};
 use crate::sampling::SamplingParams;
@@ -35,7 +40,9 @@ pub struct EngineConfig {
     pub max_num_batched_tokens: usize,
     /// Most sequences running at once (default 64).
     pub max_num_seqs: usize,
-    /// Seed for requests that name none; request `i` uses `seed + i`.
+    /// Reuse KV blocks of equal prompt prefixes (default on).
+    pub enable_prefix_caching: bool,
+    /// Seed of sequences whose request names none; each sequence gets `seed + arrival`.
     pub seed: u64,
 }
 
@@ -47,6 +54,7 @@ impl Default for EngineConfig {
             kv_cache_tokens: None,
             max_num_batched_tokens: 2048,
             max_num_seqs: 64,
+            enable_prefix_caching: true,
             seed: 0,
         }
     }
@@ -56,19 +64,63 @@ impl Default for EngineConfig {
 pub const DEFAULT_CPU_KV_BYTES: usize = 1 << 30;
 
 /// A snapshot of the engine's load.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct EngineStats {
     pub num_running: usize,
     pub num_waiting: usize,
     pub kv_blocks_total: usize,
     pub kv_blocks_used: usize,
+    pub prefix_cache_hit_rate: f64,
+    pub num_preemptions: u64,
 }
 
-/// What one step changed for one request.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepEvent {
-    pub request_id: u64,
-    pub finished: bool,
+/// What a request may ask for; checked before it reaches the engine, so a bad request fails
+/// alone and changes nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestLimits {
+    pub max_model_len: usize,
+    pub vocab_size: usize,
+    /// Tokens the whole KV cache holds.
+    pub kv_capacity_tokens: usize,
+}
+
+impl RequestLimits {
+    /// Validates a request; returns the most tokens each of its sequences may generate.
+    pub fn check(&self, prompt: &[u32], params: &SamplingParams) -> Result<usize> {
+        params.validate()?;
+        if prompt.is_empty() {
+            return Err(Error::InvalidRequest(
+                "prompt must contain at least one token".into(),
+            ));
+        }
+        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(Error::InvalidRequest(format!(
+                "prompt token id {bad} is outside the vocabulary (size {})",
+                self.vocab_size
+            )));
+        }
+        if prompt.len() >= self.max_model_len {
+            return Err(Error::InvalidRequest(format!(
+                "prompt has {} tokens, but max_model_len is {}: at most {} prompt tokens fit",
+                prompt.len(),
+                self.max_model_len,
+                self.max_model_len - 1
+            )));
+        }
+        let room = self.max_model_len - prompt.len();
+        let max_new = params.max_tokens.map_or(room, |m| m.min(room));
+        if prompt.len() + max_new > self.kv_capacity_tokens {
+            return Err(Error::InvalidRequest(format!(
+                "request needs {} tokens of KV cache (prompt {} + max_tokens {}), but the cache \
+                 holds {}; lower max_tokens or raise kv_cache_tokens",
+                prompt.len() + max_new,
+                prompt.len(),
+                max_new,
+                self.kv_capacity_tokens
+            )));
+        }
+        Ok(max_new)
+    }
 }
 
 /// The inference engine over backend `B`.
@@ -80,14 +132,14 @@ pub struct Engine<B: Backend> {
     default_sampling: SamplingParams,
     cache: B::KvCache,
     bufs: StepBuffers<B>,
-    pool: BlockPool,
+    kv: BlockManager,
+    scheduler: Scheduler,
     config: EngineConfig,
-    max_model_len: usize,
-    waiting: VecDeque<Sequence>,
-    running: Vec<Sequence>,
-    /// Finished sequences not yet collected by [`Engine::take`].
-    finished: Vec<Sequence>,
-    next_request_id: u64,
+    limits: RequestLimits,
+    /// Sequences 1..n of requests whose sequence 0 is still in prefill: they start once its
+    /// prompt blocks are in the prefix cache, so the prompt is computed once.
+    pending_siblings: HashMap<u64, Vec<Sequence>>,
+    next_arrival: u64,
 }
 
 impl<B: Backend> Engine<B> {
@@ -146,13 +198,19 @@ impl<B: Backend> Engine<B> {
             default_sampling: files.default_sampling,
             cache,
             bufs,
-            pool: BlockPool::new(num_blocks, config.block_size),
-            max_model_len,
+            kv: BlockManager::new(num_blocks, config.block_size, config.enable_prefix_caching),
+            scheduler: Scheduler::new(SchedulerConfig {
+                max_num_seqs: config.max_num_seqs,
+                max_num_batched_tokens: config.max_num_batched_tokens,
+            }),
+            limits: RequestLimits {
+                max_model_len,
+                vocab_size: mc.vocab_size,
+                kv_capacity_tokens: num_blocks * config.block_size,
+            },
             config,
-            waiting: VecDeque::new(),
-            running: Vec::new(),
-            finished: Vec::new(),
-            next_request_id: 0,
+            pending_siblings: HashMap::new(),
+            next_arrival: 0,
         })
     }
 
@@ -160,15 +218,15 @@ impl<B: Backend> Engine<B> {
         &self.tokenizer
     }
 
-    pub fn max_model_len(&self) -> usize {
-        self.max_model_len
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
     }
 
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
 
-    pub fn model_config(&self) -> &crate::config::ModelConfig {
+    pub fn model_config(&self) -> &ModelConfig {
         &self.model.config
     }
 
@@ -182,207 +240,164 @@ impl<B: Backend> Engine<B> {
         &self.eos_token_ids
     }
 
+    /// Whether any sequence is waiting or running.
+    pub fn has_work(&self) -> bool {
+        self.scheduler.has_work()
+    }
+
     /// Current load and KV usage.
     pub fn stats(&self) -> EngineStats {
         EngineStats {
-            num_running: self.running.len(),
-            num_waiting: self.waiting.len(),
-            kv_blocks_total: self.pool.num_blocks(),
-            kv_blocks_used: self.pool.num_blocks() - self.pool.num_free(),
+            num_running: self.scheduler.running.len(),
+            num_waiting: self.scheduler.waiting.len()
+                + self.pending_siblings.values().map(Vec::len).sum::<usize>(),
+            kv_blocks_total: self.kv.num_blocks(),
+            kv_blocks_used: self.kv.num_blocks() - self.kv.num_free_blocks(),
+            prefix_cache_hit_rate: self.kv.hit_rate(),
+            num_preemptions: self.scheduler.num_preemptions,
         }
     }
 
-    /// Whether any request is waiting or running.
-    pub fn has_unfinished(&self) -> bool {
-        !self.waiting.is_empty() || !self.running.is_empty()
-    }
-
-    /// Queues a request. Fails, changing nothing, if the prompt or the parameters cannot be
-    /// served: empty or over-long prompt, token ids outside the vocabulary, bad parameters, or
-    /// more KV memory than the whole cache holds.
-    pub fn add_request(&mut self, prompt: Vec<u32>, params: SamplingParams) -> Result<u64> {
-        params.validate()?;
-        if prompt.is_empty() {
-            return Err(Error::InvalidRequest(
-                "prompt must contain at least one token".into(),
+    /// Queues request `request_id` with `params.n` sequences. Fails, changing nothing, if the
+    /// prompt or the parameters cannot be served (see [`RequestLimits::check`]).
+    pub fn add_request(
+        &mut self,
+        request_id: u64,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+    ) -> Result<()> {
+        let max_new = self.limits.check(&prompt, &params)?;
+        let n = params.n;
+        let params = Arc::new(params);
+        let mut seqs = Vec::with_capacity(n);
+        for index in 0..n {
+            let arrival = self.next_arrival;
+            self.next_arrival += 1;
+            // Sequences of a seeded request get distinct, reproducible streams.
+            let seed = match params.seed {
+                Some(s) => s.wrapping_add((index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                None => self.config.seed.wrapping_add(arrival),
+            };
+            seqs.push(Sequence::new(
+                request_id,
+                index,
+                priority,
+                arrival,
+                prompt.clone(),
+                params.clone(),
+                max_new,
+                seed,
             ));
         }
-        let vocab = self.model.config.vocab_size;
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::InvalidRequest(format!(
-                "prompt token id {bad} is outside the vocabulary (size {vocab})"
-            )));
+        let mut seqs = seqs.into_iter();
+        if let Some(first) = seqs.next() {
+            self.scheduler.add(first);
         }
-        if prompt.len() >= self.max_model_len {
-            return Err(Error::InvalidRequest(format!(
-                "prompt has {} tokens, but max_model_len is {}: at most {} prompt tokens fit",
-                prompt.len(),
-                self.max_model_len,
-                self.max_model_len - 1
-            )));
+        let rest: Vec<Sequence> = seqs.collect();
+        if !rest.is_empty() {
+            if self.config.enable_prefix_caching {
+                self.pending_siblings.insert(request_id, rest);
+            } else {
+                rest.into_iter().for_each(|s| self.scheduler.add(s));
+            }
         }
-        let room = self.max_model_len - prompt.len();
-        let max_new = params.max_tokens.map_or(room, |m| m.min(room));
-        let need = self.pool.blocks_for(prompt.len() + max_new);
-        if need > self.pool.num_blocks() {
-            return Err(Error::InvalidRequest(format!(
-                "request needs {} tokens of KV cache (prompt {} + max_tokens {}), but the cache \
-                 holds {}; lower max_tokens or raise kv_cache_tokens",
-                prompt.len() + max_new,
-                prompt.len(),
-                max_new,
-                self.pool.num_blocks() * self.pool.block_size()
-            )));
-        }
-        let id = self.next_request_id;
-        self.next_request_id += 1;
-        let seed = self.config.seed.wrapping_add(id);
-        self.waiting
-            .push_back(Sequence::new(id, prompt, params, max_new, seed));
-        Ok(id)
+        Ok(())
     }
 
-    /// Aborts a request wherever it is, freeing its blocks. Returns whether it was found.
-    pub fn abort(&mut self, request_id: u64) -> bool {
-        let mut seq = if let Some(i) = self.waiting.iter().position(|s| s.request_id == request_id)
-        {
-            self.waiting.remove(i)
-        } else if let Some(i) = self.running.iter().position(|s| s.request_id == request_id) {
-            Some(self.running.swap_remove(i))
-        } else {
-            None
-        };
-        if let Some(s) = seq.as_mut() {
-            self.pool.release(&mut s.block_table);
-            s.finish_reason = Some(FinishReason::Abort);
+    /// Aborts every sequence of a request wherever it is, freeing its blocks. Returns the final
+    /// deltas (finish reason `Abort`); empty if the request was unknown or already finished.
+    pub fn abort(&mut self, request_id: u64) -> Vec<SeqDelta> {
+        let mut seqs = self.scheduler.remove_request(request_id, &mut self.kv);
+        seqs.extend(
+            self.pending_siblings
+                .remove(&request_id)
+                .unwrap_or_default(),
+        );
+        seqs.iter_mut()
+            .filter_map(|s| {
+                s.finish(Some(FinishReason::Abort));
+                s.take_delta()
+            })
+            .collect()
+    }
+
+    /// Runs one step and returns what changed, one delta per sequence that produced tokens or
+    /// finished. A sequence that fails (e.g. its detokenization) is finished alone with its
+    /// error in the second list.
+    pub fn step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
+        let plan = self.scheduler.schedule(&mut self.kv);
+        if plan.is_empty() {
+            return (Vec::new(), Vec::new());
         }
-        seq.is_some() || self.take(request_id).is_some()
-    }
-
-    /// A running, waiting or finished (not yet taken) sequence.
-    pub fn get(&self, request_id: u64) -> Option<&Sequence> {
-        self.running
-            .iter()
-            .chain(self.waiting.iter())
-            .chain(self.finished.iter())
-            .find(|s| s.request_id == request_id)
-    }
-
-    /// Removes and returns a finished sequence.
-    pub fn take(&mut self, request_id: u64) -> Option<Sequence> {
-        let i = self
-            .finished
-            .iter()
-            .position(|s| s.request_id == request_id)?;
-        Some(self.finished.swap_remove(i))
-    }
-
-    /// Runs one forward step over the running sequences and samples where a sequence reached
-    /// its last token. Returns which requests got new tokens or finished.
-    pub fn step(&mut self) -> Result<Vec<StepEvent>> {
-        self.admit();
-        if self.running.is_empty() {
-            return Ok(Vec::new());
-        }
-        let batch = self.build_batch();
+        let batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
         let logits = self
             .model
             .forward(&self.backend, &batch, &mut self.cache, &mut self.bufs);
         let vocab = self.model.config.vocab_size;
-        let mut events = Vec::new();
-        let mut next_logits = logits.chunks_exact(vocab);
-        for (slice, seq) in batch.seqs.iter().zip(self.running.iter_mut()) {
-            seq.num_computed += slice.query_len;
+        let mut rows = logits.chunks_exact(vocab);
+        let mut deltas = Vec::new();
+        let mut errors = Vec::new();
+        for s in &plan {
+            let seq = &mut self.scheduler.running[s.seq];
+            seq.num_computed += s.num_tokens;
+            self.kv
+                .cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
             if seq.num_computed < seq.num_tokens() {
-                continue; // a prefill chunk that does not reach the end of the prompt yet
+                continue; // a prefill chunk short of the end of the prompt
             }
-            let Some(row) = next_logits.next() else {
-                return Err(Error::Engine(
-                    "forward returned fewer logits rows than asked".into(),
-                ));
-            };
+            let Some(row) = rows.next() else { break };
             let mut row = row.to_vec();
             let sampled = seq.sampler.sample(&seq.params, &mut row);
-            seq.append(
+            if let Err(e) = seq.append(
                 sampled.token,
                 sampled.logprobs,
                 &self.tokenizer,
                 &self.eos_token_ids,
-            )?;
-            events.push(StepEvent {
-                request_id: seq.request_id,
-                finished: seq.is_finished(),
-            });
+            ) {
+                seq.finish(Some(FinishReason::Abort));
+                errors.push((seq.request_id, e));
+                continue;
+            }
+            if seq.index == 0 {
+                if let Some(siblings) = self.pending_siblings.remove(&seq.request_id) {
+                    siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
+                }
+            }
+            deltas.extend(self.scheduler.running[s.seq].take_delta());
         }
-        let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
-            .into_iter()
-            .partition(Sequence::is_finished);
-        self.running = still;
-        for mut seq in done {
-            self.pool.release(&mut seq.block_table);
-            self.finished.push(seq);
+        // A request whose first sequence ended before its siblings started lets them go now.
+        for seq in self.scheduler.take_finished(&mut self.kv) {
+            if let Some(siblings) = self.pending_siblings.remove(&seq.request_id) {
+                siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
+            }
         }
-        Ok(events)
+        (deltas, errors)
     }
+}
 
-    /// Moves waiting requests to running while blocks for their whole length are free.
-    fn admit(&mut self) {
-        while self.running.len() < self.config.max_num_seqs {
-            let Some(seq) = self.waiting.front_mut() else {
-                break;
-            };
-            let total = seq.prompt.len() + seq.max_new_tokens;
-            if !self.pool.grow(&mut seq.block_table, total) {
-                break;
-            }
-            if let Some(seq) = self.waiting.pop_front() {
-                self.running.push(seq);
-            }
+/// The step's rows, in plan order.
+fn build_batch(running: &[Sequence], plan: &[Scheduled], block_size: usize) -> ForwardBatch {
+    let bs = block_size as u32;
+    let mut b = ForwardBatch::default();
+    for s in plan {
+        let seq = &running[s.seq];
+        let start = b.token_ids.len();
+        for pos in seq.num_computed..seq.num_computed + s.num_tokens {
+            b.token_ids.push(seq.tokens[pos]);
+            b.positions.push(pos as u32);
+            b.slot_mapping
+                .push(seq.block_table[pos / block_size] * bs + pos as u32 % bs);
         }
+        if seq.num_computed + s.num_tokens == seq.num_tokens() {
+            b.logits_rows.push((start + s.num_tokens - 1) as u32);
+        }
+        b.seqs.push(SeqSlice {
+            query_start: start,
+            query_len: s.num_tokens,
+            context_len: seq.num_computed + s.num_tokens,
+            block_table: seq.block_table.clone(),
+        });
     }
-
-    /// The step's rows: one token per decoding sequence, then prompt chunks within the budget.
-    /// Sequences left without budget get an empty slice this step.
-    fn build_batch(&self) -> ForwardBatch {
-        let bs = self.pool.block_size() as u32;
-        let mut budget = self.config.max_num_batched_tokens;
-        let mut b = ForwardBatch::default();
-        // Decoding sequences first, so long prompts never stall them.
-        let mut want: Vec<usize> = self
-            .running
-            .iter()
-            .map(|s| s.num_tokens() - s.num_computed)
-            .collect();
-        for (w, s) in want.iter_mut().zip(&self.running) {
-            if s.num_computed >= s.prompt.len() {
-                *w = (*w).min(budget);
-                budget -= *w;
-            }
-        }
-        for (w, s) in want.iter_mut().zip(&self.running) {
-            if s.num_computed < s.prompt.len() {
-                *w = (*w).min(budget);
-                budget -= *w;
-            }
-        }
-        for (s, &n) in self.running.iter().zip(&want) {
-            let start = b.token_ids.len();
-            for pos in s.num_computed..s.num_computed + n {
-                b.token_ids.push(s.token(pos));
-                b.positions.push(pos as u32);
-                b.slot_mapping
-                    .push(s.block_table[pos / bs as usize] * bs + pos as u32 % bs);
-            }
-            if n > 0 && s.num_computed + n == s.num_tokens() {
-                b.logits_rows.push((start + n - 1) as u32);
-            }
-            b.seqs.push(SeqSlice {
-                query_start: start,
-                query_len: n,
-                context_len: s.num_computed + n,
-                block_table: s.block_table.clone(),
-            });
-        }
-        b
-    }
+    b
 }

@@ -1,6 +1,11 @@
-//! One request's sequence: its tokens, KV blocks, sampler, detokenizer and stop state.
+//! One generated sequence: its tokens, KV blocks, sampler, detokenizer and stop state.
+//! A request with `n > 1` owns `n` sequences that share its prompt.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
+use crate::kv::BlockTable;
 use crate::sampling::{Sampler, SamplingParams, StopChecker};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
@@ -26,71 +31,111 @@ impl FinishReason {
     }
 }
 
-/// The state of one request inside the engine.
+/// Seconds since the Unix epoch, as vLLM's request metrics report times.
+pub fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The state of one sequence inside the engine.
 ///
-/// Invariant: `num_computed <= prompt.len() + output.len()`, and `block_table` covers at least
-/// `num_computed` tokens.
+/// Invariants: `num_computed <= tokens.len()`; `block_table` covers at least `num_computed`
+/// tokens; `tokens[..prompt_len]` is the prompt.
 pub struct Sequence {
     pub request_id: u64,
-    pub prompt: Vec<u32>,
-    pub output: Vec<u32>,
-    pub params: SamplingParams,
+    /// Index of this sequence among its request's `n`.
+    pub index: usize,
+    /// Lower runs first (vLLM's convention); ties go to the earlier arrival.
+    pub priority: i32,
+    /// Order of arrival, engine-wide; breaks priority ties and picks preemption victims.
+    pub arrival_seq: u64,
+    pub arrival_time: f64,
+    pub first_token_time: Option<f64>,
+    pub finished_time: Option<f64>,
+    /// Prompt then generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    pub params: Arc<SamplingParams>,
     /// Most tokens this sequence may generate (`max_tokens`, capped by `max_model_len`).
     pub max_new_tokens: usize,
     pub sampler: Sampler,
-    pub block_table: Vec<u32>,
+    pub block_table: BlockTable,
     /// Tokens whose keys and values are in the cache.
     pub num_computed: usize,
+    /// Prompt tokens found in the prefix cache at first admission.
+    pub num_cached_tokens: usize,
+    /// Whether the sequence was admitted once already (preempted sequences come back).
+    pub was_admitted: bool,
     detokenizer: IncrementalDetokenizer,
     stop: StopChecker,
-    /// Text of `output` (cut at a stop string once one is found).
+    /// Text of the output (cut at a stop string once one is found).
     pub text: String,
     /// Per generated token, the requested log-probabilities.
     pub logprobs: Vec<Vec<(u32, f32)>>,
     pub finish_reason: Option<FinishReason>,
+    /// Progress already reported to the caller: tokens, bytes of text, logprob steps.
+    pub reported: (usize, usize),
 }
 
 impl Sequence {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         request_id: u64,
+        index: usize,
+        priority: i32,
+        arrival_seq: u64,
         prompt: Vec<u32>,
-        params: SamplingParams,
+        params: Arc<SamplingParams>,
         max_new_tokens: usize,
         seed: u64,
     ) -> Self {
         Sequence {
             request_id,
+            index,
+            priority,
+            arrival_seq,
+            arrival_time: now_s(),
+            first_token_time: None,
+            finished_time: None,
             sampler: Sampler::new(&params, &prompt, seed),
             detokenizer: IncrementalDetokenizer::new(&prompt, true),
             stop: StopChecker::new(&params.stop),
-            prompt,
-            output: Vec::new(),
+            prompt_len: prompt.len(),
+            tokens: prompt,
             max_new_tokens,
-            block_table: Vec::new(),
+            block_table: BlockTable::new(),
             num_computed: 0,
+            num_cached_tokens: 0,
+            was_admitted: false,
             text: String::new(),
             logprobs: Vec::new(),
             finish_reason: None,
+            reported: (0, 0),
             params,
         }
     }
 
     /// Prompt and output tokens so far.
     pub fn num_tokens(&self) -> usize {
-        self.prompt.len() + self.output.len()
+        self.tokens.len()
     }
 
-    /// Token at position `i` of prompt + output.
-    pub fn token(&self, i: usize) -> u32 {
-        if i < self.prompt.len() {
-            self.prompt[i]
-        } else {
-            self.output[i - self.prompt.len()]
-        }
+    pub fn prompt(&self) -> &[u32] {
+        &self.tokens[..self.prompt_len]
+    }
+
+    pub fn output(&self) -> &[u32] {
+        &self.tokens[self.prompt_len..]
     }
 
     pub fn is_finished(&self) -> bool {
         self.finish_reason.is_some()
+    }
+
+    /// Whether the prompt has not been fully computed yet.
+    pub fn in_prefill(&self) -> bool {
+        self.num_computed < self.prompt_len
     }
 
     /// Appends a sampled token and updates text and finish state.
@@ -101,7 +146,8 @@ impl Sequence {
         tokenizer: &Tokenizer,
         eos_token_ids: &[u32],
     ) -> Result<()> {
-        self.output.push(token);
+        self.tokens.push(token);
+        self.first_token_time.get_or_insert_with(now_s);
         self.sampler.observe(&self.params, token);
         if let Some(lp) = logprobs {
             self.logprobs.push(lp);
@@ -113,7 +159,7 @@ impl Sequence {
             || self.params.stop_token_ids.contains(&token)
         {
             Some(FinishReason::Stop)
-        } else if self.output.len() >= self.max_new_tokens {
+        } else if self.output().len() >= self.max_new_tokens {
             Some(FinishReason::Length)
         } else {
             None
@@ -125,8 +171,16 @@ impl Sequence {
             self.text.truncate(cut);
             finish = Some(FinishReason::Stop);
         }
-        self.finish_reason = finish;
+        if finish.is_some() {
+            self.finish(finish);
+        }
         Ok(())
+    }
+
+    /// Marks the sequence finished (the caller frees its blocks).
+    pub fn finish(&mut self, reason: Option<FinishReason>) {
+        self.finish_reason = reason;
+        self.finished_time = Some(now_s());
     }
 
     /// The text that may be shown now: all of it once finished, else everything up to where a
@@ -138,37 +192,47 @@ impl Sequence {
             &self.text[..self.stop.safe_len(&self.text)]
         }
     }
+
+    /// What changed since the last call, or `None` if nothing did.
+    pub fn take_delta(&mut self) -> Option<SeqDelta> {
+        let (tokens_done, text_done) = self.reported;
+        let out_len = self.output().len();
+        let text = self.visible_text();
+        if out_len == tokens_done && !self.is_finished() {
+            return None;
+        }
+        let delta = SeqDelta {
+            request_id: self.request_id,
+            index: self.index,
+            token_ids: self.output()[tokens_done..].to_vec(),
+            text: text[text_done.min(text.len())..].to_string(),
+            logprobs: self
+                .params
+                .logprobs
+                .map(|_| self.logprobs[tokens_done.min(self.logprobs.len())..].to_vec()),
+            finish_reason: self.finish_reason,
+            num_cached_tokens: self.num_cached_tokens,
+            arrival_time: self.arrival_time,
+            first_token_time: self.first_token_time,
+            finished_time: self.finished_time,
+        };
+        self.reported = (out_len, text.len());
+        Some(delta)
+    }
 }
 
-/// What a caller sees of a request: a copy, so it can cross threads and outlive the engine's
-/// borrow. Cumulative: `text` and `token_ids` hold everything generated so far.
+/// New output of one sequence since the last report. `finish_reason` is set on the last one.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RequestOutput {
+pub struct SeqDelta {
     pub request_id: u64,
-    pub prompt_token_ids: Vec<u32>,
+    pub index: usize,
     pub token_ids: Vec<u32>,
     pub text: String,
-    /// `None` unless the request asked for log-probabilities.
+    /// `Some` (possibly empty) when the request asked for log-probabilities.
     pub logprobs: Option<Vec<Vec<(u32, f32)>>>,
     pub finish_reason: Option<FinishReason>,
-}
-
-impl RequestOutput {
-    pub fn finished(&self) -> bool {
-        self.finish_reason.is_some()
-    }
-}
-
-impl Sequence {
-    /// The caller's view of this sequence now.
-    pub fn to_output(&self) -> RequestOutput {
-        RequestOutput {
-            request_id: self.request_id,
-            prompt_token_ids: self.prompt.clone(),
-            token_ids: self.output.clone(),
-            text: self.visible_text().to_string(),
-            logprobs: self.params.logprobs.map(|_| self.logprobs.clone()),
-            finish_reason: self.finish_reason,
-        }
-    }
+    pub num_cached_tokens: usize,
+    pub arrival_time: f64,
+    pub first_token_time: Option<f64>,
+    pub finished_time: Option<f64>,
 }

@@ -2,6 +2,9 @@
 
 use crate::error::{Error, Result};
 
+/// Most sequences one request may ask for (`n`).
+pub const MAX_N: usize = 64;
+
 /// Most log-probabilities a request may ask for per token.
 pub const MAX_LOGPROBS: usize = 20;
 
@@ -11,6 +14,8 @@ pub const MAX_LOGPROBS: usize = 20;
 /// [`SamplingParams::validate`] states the accepted ranges.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
+    /// Number of sequences to generate from the prompt (they share its KV blocks).
+    pub n: usize,
     /// Most tokens to generate; `None` means until `max_model_len`.
     pub max_tokens: Option<usize>,
     /// 0 means greedy; otherwise logits are divided by it.
@@ -43,6 +48,7 @@ pub struct SamplingParams {
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {
+            n: 1,
             max_tokens: Some(16),
             temperature: 1.0,
             top_p: 1.0,
@@ -64,6 +70,9 @@ impl SamplingParams {
     /// Checks every value, naming the first one out of range.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidRequest(msg));
+        if self.n == 0 || self.n > MAX_N {
+            return bad(format!("n must be in [1, {MAX_N}], got {}", self.n));
+        }
         if self.max_tokens == Some(0) {
             return bad("max_tokens must be at least 1, got 0".into());
         }

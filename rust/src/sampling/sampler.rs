@@ -28,7 +28,8 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    /// A sampler for a sequence whose prompt is `prompt`; `seed` starts its random stream.
+    /// A sampler for a sequence whose prompt is `prompt`; `seed` starts its random stream
+    /// (the engine derives it from the request's seed and the sequence's index).
     pub fn new(params: &SamplingParams, prompt: &[u32], seed: u64) -> Self {
         let seen = if params.repetition_penalty != 1.0 {
             prompt.iter().map(|&t| (t, ())).collect()
@@ -36,7 +37,7 @@ impl Sampler {
             HashMap::new()
         };
         Sampler {
-            rng: StdRng::seed_from_u64(params.seed.unwrap_or(seed)),
+            rng: StdRng::seed_from_u64(seed),
             output_counts: HashMap::new(),
             seen,
         }
@@ -181,7 +182,7 @@ mod tests {
     }
 
     fn draws(p: &SamplingParams, logits: &[f32], n: usize, seed: u64) -> Vec<u32> {
-        let mut s = Sampler::new(p, &[], seed);
+        let mut s = Sampler::new(p, &[], p.seed.unwrap_or(seed));
         (0..n)
             .map(|_| s.sample(p, &mut logits.to_vec()).token)
             .collect()

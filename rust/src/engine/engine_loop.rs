@@ -1,0 +1,287 @@
+//! The engine loop: one Rust thread owns the [`Engine`] and steps it while there is work;
+//! callers talk to it through an [`EngineHandle`] (cheap to clone, usable from any thread).
+//!
+//! Commands go in over one channel; each request's outputs come back over its own channel as
+//! [`RequestEvent`]s. A caller that drops its receiver has its request aborted at the next
+//! step, freeing its blocks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use super::{Engine, EngineStats, RequestLimits, RequestOutput, SeqDelta};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::sampling::SamplingParams;
+
+/// What a request's receiver gets.
+#[derive(Debug)]
+pub enum RequestEvent {
+    /// New output of one of the request's sequences.
+    Delta(SeqDelta),
+    /// The request failed inside the engine; no more events follow.
+    Failed(Error),
+}
+
+enum Command {
+    Add {
+        request_id: u64,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+        events: Sender<RequestEvent>,
+    },
+    Abort(u64),
+    Shutdown,
+}
+
+/// State the loop publishes for readers on other threads.
+#[derive(Default)]
+struct Shared {
+    stats: Mutex<EngineStats>,
+}
+
+/// A handle on a running engine loop. Dropping the last handle stops the loop.
+pub struct EngineHandle {
+    commands: Sender<Command>,
+    shared: Arc<Shared>,
+    limits: RequestLimits,
+    next_request_id: Arc<AtomicU64>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl Clone for EngineHandle {
+    fn clone(&self) -> Self {
+        EngineHandle {
+            commands: self.commands.clone(),
+            shared: self.shared.clone(),
+            limits: self.limits,
+            next_request_id: self.next_request_id.clone(),
+            thread: self.thread.clone(),
+        }
+    }
+}
+
+/// A submitted request: its id, the receiver of its outputs and what arrived so far.
+pub struct Submitted {
+    pub request_id: u64,
+    events: Receiver<RequestEvent>,
+    /// Everything received so far.
+    pub output: RequestOutput,
+}
+
+impl Submitted {
+    /// Waits for the next event and folds it into `output`. Returns `Ok(false)` once the request
+    /// has finished (no more events will come).
+    pub fn advance(&mut self) -> Result<bool> {
+        if self.output.finished() {
+            return Ok(false);
+        }
+        match self.events.recv() {
+            Ok(RequestEvent::Delta(d)) => {
+                self.output.apply(d);
+                Ok(true)
+            }
+            Ok(RequestEvent::Failed(e)) => Err(e),
+            Err(_) => Err(Error::Engine("the engine loop has stopped".into())),
+        }
+    }
+
+    /// Waits until the request has finished and returns its output.
+    pub fn wait(mut self) -> Result<RequestOutput> {
+        while self.advance()? {}
+        Ok(self.output)
+    }
+}
+
+impl EngineHandle {
+    /// Moves `engine` onto its own rayon pool (one worker per core, `RAYON_NUM_THREADS`
+    /// overrides) and returns a handle on it. The loop runs on one of the pool's workers, so the
+    /// forward pass's parallel loops start without a cross-thread hand-off; a pool per engine
+    /// keeps engines in one process from blocking each other.
+    pub fn spawn<B: Backend + 'static>(engine: Engine<B>) -> Result<Self> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        *shared
+            .stats
+            .lock()
+            .map_err(|_| Error::Engine("stats poisoned".into()))? = engine.stats();
+        let limits = engine.limits();
+        let loop_shared = shared.clone();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|i| format!("infire-worker-{i}"))
+            .build()
+            .map_err(|e| Error::Engine(format!("cannot start the engine's threads: {e}")))?;
+        let thread = std::thread::Builder::new()
+            .name("infire-engine".into())
+            .spawn(move || pool.install(|| run(engine, rx, &loop_shared)))
+            .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
+        Ok(EngineHandle {
+            commands: tx,
+            shared,
+            limits,
+            next_request_id: Arc::new(AtomicU64::new(0)),
+            thread: Arc::new(Mutex::new(Some(thread))),
+        })
+    }
+
+    /// What requests may ask for.
+    pub fn limits(&self) -> RequestLimits {
+        self.limits
+    }
+
+    /// Validates and submits a request. A bad request fails here, alone, with nothing changed.
+    pub fn submit(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+    ) -> Result<Submitted> {
+        self.limits.check(&prompt, &params)?;
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let (events, rx) = mpsc::channel();
+        let output = RequestOutput::new(
+            request_id,
+            prompt.clone(),
+            params.n,
+            params.logprobs.is_some(),
+        );
+        self.commands
+            .send(Command::Add {
+                request_id,
+                prompt,
+                params,
+                priority,
+                events,
+            })
+            .map_err(|_| Error::Engine("the engine loop has stopped".into()))?;
+        Ok(Submitted {
+            request_id,
+            events: rx,
+            output,
+        })
+    }
+
+    /// Aborts a request; its receiver gets final deltas with finish reason `abort`. Unknown or
+    /// finished requests are ignored.
+    pub fn abort(&self, request_id: u64) {
+        let _ = self.commands.send(Command::Abort(request_id));
+    }
+
+    /// Load and KV usage as of the end of the last step.
+    pub fn stats(&self) -> EngineStats {
+        self.shared.stats.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Stops the loop after the step in flight and waits for the thread. Requests still running
+    /// get `Failed`.
+    pub fn shutdown(&self) {
+        let _ = self.commands.send(Command::Shutdown);
+        if let Ok(mut t) = self.thread.lock() {
+            if let Some(t) = t.take() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+/// Per-request bookkeeping of the loop.
+struct Route {
+    events: Sender<RequestEvent>,
+    /// Sequences not finished yet.
+    open: usize,
+}
+
+fn run<B: Backend>(mut engine: Engine<B>, commands: Receiver<Command>, shared: &Shared) {
+    let mut routes: HashMap<u64, Route> = HashMap::new();
+    loop {
+        // Block while idle; otherwise take whatever arrived since the last step.
+        let first = if engine.has_work() {
+            commands.try_recv().ok()
+        } else {
+            match commands.recv() {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            }
+        };
+        let mut next = first;
+        while let Some(cmd) = next {
+            match cmd {
+                Command::Add {
+                    request_id,
+                    prompt,
+                    params,
+                    priority,
+                    events,
+                } => {
+                    let n = params.n;
+                    match engine.add_request(request_id, prompt, params, priority) {
+                        Ok(()) => {
+                            routes.insert(request_id, Route { events, open: n });
+                        }
+                        Err(e) => {
+                            let _ = events.send(RequestEvent::Failed(e));
+                        }
+                    }
+                }
+                Command::Abort(id) => {
+                    let deltas = engine.abort(id);
+                    deliver(&mut routes, deltas);
+                    routes.remove(&id);
+                }
+                Command::Shutdown => {
+                    for (_, r) in routes.drain() {
+                        let _ = r.events.send(RequestEvent::Failed(Error::Engine(
+                            "the engine shut down".into(),
+                        )));
+                    }
+                    return;
+                }
+            }
+            next = commands.try_recv().ok();
+        }
+        if engine.has_work() {
+            let (deltas, errors) = engine.step();
+            let gone = deliver(&mut routes, deltas);
+            for (id, e) in errors {
+                engine.abort(id);
+                if let Some(r) = routes.remove(&id) {
+                    let _ = r.events.send(RequestEvent::Failed(e));
+                }
+            }
+            // Callers that went away: abort their requests so their blocks come back.
+            for id in gone {
+                engine.abort(id);
+                routes.remove(&id);
+            }
+        }
+        if let Ok(mut s) = shared.stats.lock() {
+            *s = engine.stats();
+        }
+    }
+}
+
+/// Sends deltas to their requests; returns requests whose receiver is gone.
+fn deliver(routes: &mut HashMap<u64, Route>, deltas: Vec<SeqDelta>) -> Vec<u64> {
+    let mut gone = Vec::new();
+    for d in deltas {
+        let id = d.request_id;
+        let Some(route) = routes.get_mut(&id) else {
+            continue;
+        };
+        let finished = d.finish_reason.is_some();
+        if route.events.send(RequestEvent::Delta(d)).is_err() {
+            gone.push(id);
+            continue;
+        }
+        if finished {
+            route.open -= 1;
+            if route.open == 0 {
+                routes.remove(&id);
+            }
+        }
+    }
+    gone
+}

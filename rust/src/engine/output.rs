@@ -1,0 +1,88 @@
+//! Request outputs as callers see them (vLLM's `RequestOutput`), built up from the
+//! [`SeqDelta`]s the engine loop sends.
+
+use super::{FinishReason, SeqDelta};
+
+/// One sequence of a request. Cumulative: `text` and `token_ids` hold everything so far.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CompletionOutput {
+    pub index: usize,
+    pub text: String,
+    pub token_ids: Vec<u32>,
+    /// Per generated token, `(token, logprob)` pairs; `None` unless asked for.
+    pub logprobs: Option<Vec<Vec<(u32, f32)>>>,
+    pub finish_reason: Option<FinishReason>,
+}
+
+/// Times of a request, in seconds since the Unix epoch.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct RequestMetrics {
+    pub arrival_time: f64,
+    pub first_token_time: Option<f64>,
+    pub finished_time: Option<f64>,
+}
+
+/// The progress or result of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestOutput {
+    pub request_id: u64,
+    pub prompt_token_ids: Vec<u32>,
+    /// One per sequence (`n`), by index.
+    pub outputs: Vec<CompletionOutput>,
+    /// Prompt tokens served from the prefix cache.
+    pub num_cached_tokens: usize,
+    pub metrics: RequestMetrics,
+}
+
+impl RequestOutput {
+    /// An empty output for a request of `n` sequences.
+    pub fn new(request_id: u64, prompt_token_ids: Vec<u32>, n: usize, logprobs: bool) -> Self {
+        RequestOutput {
+            request_id,
+            prompt_token_ids,
+            outputs: (0..n)
+                .map(|index| CompletionOutput {
+                    index,
+                    logprobs: logprobs.then(Vec::new),
+                    ..Default::default()
+                })
+                .collect(),
+            num_cached_tokens: 0,
+            metrics: RequestMetrics::default(),
+        }
+    }
+
+    /// Whether every sequence has finished.
+    pub fn finished(&self) -> bool {
+        self.outputs.iter().all(|o| o.finish_reason.is_some())
+    }
+
+    /// Folds one delta in.
+    pub fn apply(&mut self, d: SeqDelta) {
+        let Some(o) = self.outputs.get_mut(d.index) else {
+            return;
+        };
+        o.text.push_str(&d.text);
+        o.token_ids.extend_from_slice(&d.token_ids);
+        if let (Some(all), Some(new)) = (o.logprobs.as_mut(), d.logprobs) {
+            all.extend(new);
+        }
+        o.finish_reason = d.finish_reason;
+        if d.index == 0 {
+            self.num_cached_tokens = d.num_cached_tokens;
+        }
+        let m = &mut self.metrics;
+        m.arrival_time = if m.arrival_time == 0.0 {
+            d.arrival_time
+        } else {
+            m.arrival_time.min(d.arrival_time)
+        };
+        m.first_token_time = match (m.first_token_time, d.first_token_time) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if self.outputs.iter().all(|o| o.finish_reason.is_some()) {
+            m.finished_time = d.finished_time.or(m.finished_time);
+        }
+    }
+}

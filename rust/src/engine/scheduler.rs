@@ -1,0 +1,174 @@
+//! Continuous batching: which sequences run in the next step, and how many of their tokens.
+//!
+//! Each step has a budget of `max_num_batched_tokens` rows. Running sequences are served
+//! first, oldest first: a decoding sequence takes one row, a sequence still in prefill takes
+//! the next chunk of its prompt (chunked prefill mixes into decode steps). Waiting sequences
+//! are then admitted in (priority, arrival) order while the budget, `max_num_seqs` and the KV
+//! blocks allow, reusing cached prefix blocks. When a running sequence cannot get a block, the
+//! lowest-priority, newest running sequence is preempted: its blocks are freed and it goes
+//! back to the waiting queue to be recomputed later.
+
+use std::collections::VecDeque;
+
+use super::Sequence;
+use crate::kv::BlockManager;
+
+/// Limits of one step.
+#[derive(Debug, Clone, Copy)]
+pub struct SchedulerConfig {
+    pub max_num_seqs: usize,
+    pub max_num_batched_tokens: usize,
+}
+
+/// One sequence's share of a step: `running[seq]` computes its next `num_tokens` tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Scheduled {
+    pub seq: usize,
+    pub num_tokens: usize,
+}
+
+/// Waiting and running sequences, and the policy that moves them.
+///
+/// Invariants: `waiting` is sorted by `(priority, arrival_seq)`; a running sequence's block
+/// table covers its computed tokens; a waiting sequence holds no blocks.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    pub waiting: VecDeque<Sequence>,
+    pub running: Vec<Sequence>,
+    /// Preemptions since start.
+    pub num_preemptions: u64,
+}
+
+impl Scheduler {
+    pub fn new(config: SchedulerConfig) -> Self {
+        Scheduler {
+            config,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            num_preemptions: 0,
+        }
+    }
+
+    /// Queues a sequence in priority order (FCFS among equal priorities).
+    pub fn add(&mut self, seq: Sequence) {
+        let key = (seq.priority, seq.arrival_seq);
+        let at = self
+            .waiting
+            .partition_point(|s| (s.priority, s.arrival_seq) <= key);
+        self.waiting.insert(at, seq);
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    /// Plans the next step. Allocates KV blocks for every scheduled token; the returned
+    /// entries index `running` and are in the batch's row order.
+    pub fn schedule(&mut self, kv: &mut BlockManager) -> Vec<Scheduled> {
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut plan = Vec::with_capacity(self.running.len());
+        let preemptions_before = self.num_preemptions;
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let seq = &self.running[i];
+            let n = (seq.num_tokens() - seq.num_computed).min(budget);
+            let need = seq.num_computed + n;
+            if n == 0 {
+                i += 1;
+                continue;
+            }
+            if kv.allocate(&mut self.running[i].block_table, need) {
+                plan.push(Scheduled {
+                    seq: i,
+                    num_tokens: n,
+                });
+                budget -= n;
+                i += 1;
+                continue;
+            }
+            // Out of blocks: preempt the least important sequence not yet scheduled.
+            let victim = (i..self.running.len())
+                .max_by_key(|&j| (self.running[j].priority, self.running[j].arrival_seq))
+                .unwrap_or(i);
+            self.preempt(victim, kv);
+            // Removing `victim >= i` keeps every planned index valid; retry `i` (or the
+            // sequence that moved into its place).
+        }
+        // Admit waiting sequences while there is room; not in a step that had to preempt, which
+        // would only take blocks back from the sequences just served.
+        let preempted = self.num_preemptions != preemptions_before;
+        while !preempted && budget > 0 && self.running.len() < self.config.max_num_seqs {
+            let Some(seq) = self.waiting.front_mut() else {
+                break;
+            };
+            let cached = kv.match_prefix(&seq.tokens, &mut seq.block_table);
+            let n = (seq.num_tokens() - cached).min(budget);
+            if !kv.allocate(&mut seq.block_table, cached + n) {
+                kv.free(&mut seq.block_table);
+                break;
+            }
+            seq.num_computed = cached;
+            if !seq.was_admitted {
+                seq.num_cached_tokens = cached;
+                seq.was_admitted = true;
+            }
+            budget -= n;
+            plan.push(Scheduled {
+                seq: self.running.len(),
+                num_tokens: n,
+            });
+            if let Some(seq) = self.waiting.pop_front() {
+                self.running.push(seq);
+            }
+        }
+        plan
+    }
+
+    /// Frees a running sequence's blocks and sends it back to wait for recompute.
+    fn preempt(&mut self, index: usize, kv: &mut BlockManager) {
+        let mut seq = self.running.remove(index);
+        kv.free(&mut seq.block_table);
+        seq.num_computed = 0;
+        self.num_preemptions += 1;
+        self.add(seq);
+    }
+
+    /// Removes finished sequences from `running`, freeing their blocks, and returns them.
+    pub fn take_finished(&mut self, kv: &mut BlockManager) -> Vec<Sequence> {
+        let mut done = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].is_finished() {
+                let mut seq = self.running.remove(i);
+                kv.free(&mut seq.block_table);
+                done.push(seq);
+            } else {
+                i += 1;
+            }
+        }
+        done
+    }
+
+    /// Removes every sequence of `request_id`, freeing their blocks.
+    pub fn remove_request(&mut self, request_id: u64, kv: &mut BlockManager) -> Vec<Sequence> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].request_id == request_id {
+                out.push(self.running.remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        let (mine, rest): (Vec<_>, Vec<_>) = self
+            .waiting
+            .drain(..)
+            .partition(|s| s.request_id == request_id);
+        self.waiting = rest.into();
+        out.extend(mine);
+        for seq in &mut out {
+            kv.free(&mut seq.block_table);
+        }
+        out
+    }
+}

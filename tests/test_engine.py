@@ -1,0 +1,174 @@
+"""The engine loop: continuous batching, preemption, prefix caching, n > 1, seeds, streams
+from many threads, abort, asyncio, priorities and stats, on the default model (CPU)."""
+
+import asyncio
+import threading
+
+import pytest
+
+import infire
+from infire import SamplingParams
+
+GREEDY = SamplingParams(max_tokens=12, temperature=0.0)
+
+PROMPTS = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "1, 2, 3, 4,",
+    "Once upon a time, in a small village,",
+    "The three primary colors are",
+    "import numpy as np\n",
+    "Water boils at",
+    "My favourite fruit is",
+    "The quick brown fox",
+    "In 1492, Columbus",
+    "SELECT * FROM users WHERE",
+    "Dear Sir or Madam,",
+    "The mitochondria is",
+    "To be or not to be,",
+    "Hello! How are you",
+    "The largest planet in the solar system is",
+]
+
+
+def tokens(outs):
+    return [o.outputs[0].token_ids for o in outs]
+
+
+def wait_idle(engine):
+    stats = engine.stats()
+    assert (stats["num_running"], stats["num_waiting"], stats["kv_blocks_used"]) == (0, 0, 0)
+
+
+def test_sixteen_prompts_together_equal_each_alone(engine):
+    together = engine.generate(PROMPTS, GREEDY)
+    alone = [engine.generate(p, GREEDY)[0] for p in PROMPTS]
+    assert tokens(together) == tokens(alone)
+    wait_idle(engine)
+
+
+def test_small_cache_preempts_and_keeps_greedy_outputs(default_model_path, engine):
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    prompts = [p + " Let me explain in detail." for p in PROMPTS[:8]]
+    small = infire.Engine(
+        model=default_model_path, kv_cache_tokens=256, enable_prefix_caching=False
+    )
+    got = small.generate(prompts, params)
+    assert small.stats()["num_preemptions"] > 0
+    assert tokens(got) == tokens(engine.generate(prompts, params))
+    wait_idle(small)
+
+
+def test_shared_prefix_is_served_from_the_cache(default_model_path):
+    eng = infire.Engine(model=default_model_path)
+    prefix = eng.tokenizer.encode("The history of the town. " * 40)[:200]
+    assert len(prefix) == 200
+    first = eng.generate(prefix + eng.tokenizer.encode(" First question:"), GREEDY)[0]
+    assert first.num_cached_tokens == 0
+    second_prompt = prefix + eng.tokenizer.encode(" Second question:")
+    second = eng.generate(second_prompt, GREEDY)[0]
+    assert second.num_cached_tokens >= 192
+    assert eng.stats()["prefix_cache_hit_rate"] > 0.4
+    uncached = infire.Engine(model=default_model_path, enable_prefix_caching=False)
+    assert tokens([second]) == tokens(uncached.generate(second_prompt, GREEDY))
+
+
+def test_seeds_reproduce_n2_samples(engine):
+    p = SamplingParams(n=2, max_tokens=16, temperature=1.0, seed=7, ignore_eos=True)
+    a = engine.generate("Write a short poem about the sea.", p)[0]
+    b = engine.generate(["Another prompt first", "Write a short poem about the sea."], p)[1]
+    assert len(a.outputs) == 2 and [o.index for o in a.outputs] == [0, 1]
+    assert [o.token_ids for o in a.outputs] == [o.token_ids for o in b.outputs]
+    assert a.outputs[0].token_ids != a.outputs[1].token_ids
+    assert all(o.finish_reason in ("stop", "length") for o in a.outputs)
+
+
+def test_n_greedy_sequences_share_the_prompt(engine):
+    prompt = engine.tokenizer.encode("The history of the town. " * 10)
+    out = engine.generate(prompt, SamplingParams(n=3, max_tokens=6, temperature=0.0))[0]
+    assert out.outputs[0].token_ids == out.outputs[1].token_ids == out.outputs[2].token_ids
+
+
+def test_64_streams_from_8_threads(engine):
+    results, errors = {}, []
+
+    def worker(t):
+        try:
+            for i in range(8):
+                prompt = PROMPTS[(t + i) % len(PROMPTS)]
+                outs = list(engine.stream(prompt, SamplingParams(max_tokens=6, temperature=0.0)))
+                results[(t, i)] = (prompt, outs[-1])
+        except Exception as e:  # reported below with its thread
+            errors.append((t, e))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=600)
+    assert not errors
+    assert len(results) == 64
+    for prompt, last in results.values():
+        assert last.finished
+        (alone,) = engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0))
+        assert last.outputs[0].token_ids == alone.outputs[0].token_ids
+    wait_idle(engine)
+
+
+def test_abort_mid_stream_frees_every_block(engine):
+    stream = engine.stream("Count to one hundred:", SamplingParams(max_tokens=200, temperature=0))
+    next(stream)
+    assert engine.stats()["kv_blocks_used"] > 0
+    engine.abort(stream.request_id)
+    outs = list(stream)
+    assert outs and outs[-1].outputs[0].finish_reason == "abort"
+    wait_idle(engine)
+
+
+def test_dropping_a_stream_aborts_it(engine):
+    stream = engine.stream("Count to one hundred:", SamplingParams(max_tokens=200, temperature=0))
+    next(stream)
+    del stream
+    for _ in range(200):
+        if engine.stats()["kv_blocks_used"] == 0:
+            break
+        threading.Event().wait(0.01)
+    wait_idle(engine)
+
+
+def test_a_bad_request_fails_alone(engine):
+    stream = engine.stream("The capital of France is", GREEDY)
+    first = next(stream)
+    with pytest.raises(infire.InvalidRequestError, match="max_model_len"):
+        engine.generate([[1] * 10_000], GREEDY)
+    with pytest.raises(ValueError):
+        engine.generate("fine", SamplingParams(max_tokens=4, top_p=2.0))
+    rest = list(stream)
+    assert rest[-1].finished and len(rest[-1].outputs[0].token_ids) == 12
+    assert first.outputs[0].token_ids == rest[-1].outputs[0].token_ids[:1]
+
+
+def test_asyncio_generate_and_stream(engine):
+    async def main():
+        outs = await engine.generate_async(["Hi", "The capital of France is"], GREEDY)
+        seen = [o async for o in engine.stream_async("The capital of France is", GREEDY)]
+        return outs, seen
+
+    outs, seen = asyncio.run(main())
+    assert seen[-1].finished
+    assert seen[-1].outputs[0].token_ids == outs[1].outputs[0].token_ids
+
+
+def test_priority_orders_admission(default_model_path):
+    eng = infire.Engine(model=default_model_path, max_num_seqs=1)
+    blocker = eng.stream("Tell me a long story.", SamplingParams(max_tokens=30, ignore_eos=True))
+    next(blocker)
+    low, high = eng.generate(["low priority", "high priority"], GREEDY, priority=[1, 0])
+    assert high.metrics.first_token_time < low.metrics.first_token_time
+    list(blocker)
+
+
+def test_request_metrics(engine):
+    (out,) = engine.generate("The capital of France is", GREEDY)
+    m = out.metrics
+    assert m.arrival_time <= m.first_token_time <= m.finished_time
