@@ -172,3 +172,7 @@ impl Scheduler {
         out
     }
 }
+
+#[cfg(test)]
+#[path = "scheduler_proptest.rs"]
+mod proptests;
