@@ -2,7 +2,9 @@
 from many threads, abort, asyncio, priorities and stats, on the default model (CPU)."""
 
 import asyncio
+import json
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -172,3 +174,26 @@ def test_request_metrics(engine):
     (out,) = engine.generate("The capital of France is", GREEDY)
     m = out.metrics
     assert m.arrival_time <= m.first_token_time <= m.finished_time
+
+
+GOLDEN = json.loads((Path(__file__).parent / "golden" / "smollm2_generation.json").read_text())
+
+
+@pytest.mark.parametrize("chunk", [2048, 7])
+def test_prompt_logprobs_match_transformers(default_model_path, chunk):
+    """Teacher-forced: the golden prompt followed by its first 10 greedy tokens; the prompt
+    log-probabilities of those tokens are transformers' per-step log-probabilities (5e-4, as
+    in test_generation.py), also when the prompt is computed in chunks of 7 rows."""
+    case = next(c for c in GOLDEN["cases"] if c["name"] == "capital_of_france")
+    prompt = case["prompt_token_ids"] + case["token_ids"][:10]
+    eng = infire.Engine(model=default_model_path, max_num_batched_tokens=chunk)
+    params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=3)
+    (out,) = eng.generate(prompt, params)
+    plp = out.prompt_logprobs
+    assert len(plp) == len(prompt) and plp[0] is None
+    assert all(len(step) in (3, 4) for step in plp[1:])
+    n0 = len(case["prompt_token_ids"])
+    for i in range(10):
+        got = plp[n0 + i][case["token_ids"][i]]
+        assert abs(got - case["chosen_logprobs"][i]) < 5e-4, (i, got)
+    assert out.num_cached_tokens == 0

@@ -37,6 +37,8 @@ class RequestOutput:
 
     ``outputs`` holds one ``CompletionOutput`` per sequence (``SamplingParams.n``).
     ``num_cached_tokens`` counts prompt tokens whose KV came from the prefix cache.
+    ``prompt_logprobs`` (when asked for) has one entry per prompt token: ``None`` for the
+    first, then ``{token_id: logprob}`` with the top tokens and the prompt's own token.
     """
 
     request_id: str
@@ -46,6 +48,7 @@ class RequestOutput:
     finished: bool = False
     num_cached_tokens: int = 0
     metrics: RequestMetrics | None = None
+    prompt_logprobs: list[dict[int, float] | None] | None = None
 
     @classmethod
     def _from_core(cls, d: dict, prompt: str | None = None) -> RequestOutput:
@@ -57,4 +60,5 @@ class RequestOutput:
             finished=d["finished"],
             num_cached_tokens=d["num_cached_tokens"],
             metrics=RequestMetrics(**d["metrics"]),
+            prompt_logprobs=d["prompt_logprobs"],
         )

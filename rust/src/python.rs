@@ -50,7 +50,7 @@ impl PySamplingParams {
     #[new]
     #[pyo3(signature = (n=1, max_tokens=Some(16), temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0,
         seed=None, stop=None, stop_token_ids=None, ignore_eos=false, repetition_penalty=1.0,
-        presence_penalty=0.0, frequency_penalty=0.0, logprobs=None))]
+        presence_penalty=0.0, frequency_penalty=0.0, logprobs=None, prompt_logprobs=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         n: i64,
@@ -67,6 +67,7 @@ impl PySamplingParams {
         presence_penalty: f64,
         frequency_penalty: f64,
         logprobs: Option<i64>,
+        prompt_logprobs: Option<i64>,
     ) -> PyResult<Self> {
         let bad = |m: String| to_pyerr(Error::InvalidRequest(m));
         let non_negative = |name: &str, v: i64| {
@@ -93,6 +94,9 @@ impl PySamplingParams {
             presence_penalty: presence_penalty as f32,
             frequency_penalty: frequency_penalty as f32,
             logprobs: logprobs.map(|v| non_negative("logprobs", v)).transpose()?,
+            prompt_logprobs: prompt_logprobs
+                .map(|v| non_negative("prompt_logprobs", v))
+                .transpose()?,
         };
         inner.validate().map_err(to_pyerr)?;
         Ok(PySamplingParams { inner })
@@ -154,13 +158,17 @@ impl PySamplingParams {
     fn logprobs(&self) -> Option<usize> {
         self.inner.logprobs
     }
+    #[getter]
+    fn prompt_logprobs(&self) -> Option<usize> {
+        self.inner.prompt_logprobs
+    }
 
     fn __repr__(&self) -> String {
         let p = &self.inner;
         format!(
             "SamplingParams(n={}, max_tokens={:?}, temperature={}, top_p={}, top_k={}, min_p={}, \
              seed={:?}, stop={:?}, stop_token_ids={:?}, ignore_eos={}, repetition_penalty={}, \
-             presence_penalty={}, frequency_penalty={}, logprobs={:?})",
+             presence_penalty={}, frequency_penalty={}, logprobs={:?}, prompt_logprobs={:?})",
             p.n,
             p.max_tokens,
             p.temperature,
@@ -174,7 +182,8 @@ impl PySamplingParams {
             p.repetition_penalty,
             p.presence_penalty,
             p.frequency_penalty,
-            p.logprobs
+            p.logprobs,
+            p.prompt_logprobs
         )
     }
 }
@@ -528,6 +537,30 @@ impl Drop for PyStream {
     }
 }
 
+/// `[{token: logprob, ...}, ...]` per step, or `None`; with `leading_none`, a `None` first
+/// (the first prompt token has no log-probability, as in vLLM).
+fn logprob_list<'py>(
+    py: Python<'py>,
+    steps: Option<&[Vec<(u32, f32)>]>,
+    leading_none: bool,
+) -> PyResult<Bound<'py, PyAny>> {
+    let Some(steps) = steps else {
+        return Ok(py.None().into_bound(py));
+    };
+    let list = PyList::empty(py);
+    if leading_none {
+        list.append(py.None())?;
+    }
+    for step in steps {
+        let d = PyDict::new(py);
+        for &(t, lp) in step {
+            d.set_item(t, lp)?;
+        }
+        list.append(d)?;
+    }
+    Ok(list.into_any())
+}
+
 fn output_dict<'py>(
     py: Python<'py>,
     o: &RequestOutput,
@@ -540,20 +573,7 @@ fn output_dict<'py>(
         d.set_item("text", &c.text)?;
         d.set_item("token_ids", &c.token_ids)?;
         d.set_item("finish_reason", c.finish_reason.map(|r| r.as_str()))?;
-        match &c.logprobs {
-            Some(steps) => {
-                let lps = PyList::empty(py);
-                for step in steps {
-                    let s = PyDict::new(py);
-                    for &(t, lp) in step {
-                        s.set_item(t, lp)?;
-                    }
-                    lps.append(s)?;
-                }
-                d.set_item("logprobs", lps)?;
-            }
-            None => d.set_item("logprobs", py.None())?,
-        }
+        d.set_item("logprobs", logprob_list(py, c.logprobs.as_deref(), false)?)?;
         completions.append(d)?;
     }
     let metrics = PyDict::new(py);
@@ -567,6 +587,10 @@ fn output_dict<'py>(
     out.set_item("outputs", completions)?;
     out.set_item("finished", o.finished())?;
     out.set_item("num_cached_tokens", o.num_cached_tokens)?;
+    out.set_item(
+        "prompt_logprobs",
+        logprob_list(py, o.prompt_logprobs.as_deref(), true)?,
+    )?;
     out.set_item("metrics", metrics)?;
     Ok(out)
 }

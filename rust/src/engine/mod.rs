@@ -63,6 +63,9 @@ impl Default for EngineConfig {
 /// KV memory the CPU backend takes by default. Pages are touched only as the cache fills.
 pub const DEFAULT_CPU_KV_BYTES: usize = 1 << 30;
 
+/// Prompt rows per step whose logits are kept for `prompt_logprobs` requests.
+pub const PROMPT_LOGPROB_ROWS: usize = 256;
+
 /// A snapshot of the engine's load.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct EngineStats {
@@ -184,11 +187,12 @@ impl<B: Backend> Engine<B> {
         drop(files.weights);
         let shape = model.attention_shape();
         let cache = backend.kv_cache(mc.num_hidden_layers, num_blocks, config.block_size, shape)?;
+        // Logits rows: one per running sequence, plus the prompt-logprob rows.
         let bufs = StepBuffers::new(
             &backend,
             &mc,
             config.max_num_batched_tokens,
-            config.max_num_seqs,
+            config.max_num_seqs + PROMPT_LOGPROB_ROWS,
         )?;
         Ok(Engine {
             backend,
@@ -202,6 +206,7 @@ impl<B: Backend> Engine<B> {
             scheduler: Scheduler::new(SchedulerConfig {
                 max_num_seqs: config.max_num_seqs,
                 max_num_batched_tokens: config.max_num_batched_tokens,
+                max_prompt_logprob_rows: PROMPT_LOGPROB_ROWS,
             }),
             limits: RequestLimits {
                 max_model_len,
@@ -340,6 +345,13 @@ impl<B: Backend> Engine<B> {
         let mut errors = Vec::new();
         for s in &plan {
             let seq = &mut self.scheduler.running[s.seq];
+            if seq.params.prompt_logprobs.is_some() {
+                let n = scheduler::prompt_logprob_rows(seq, s.num_tokens);
+                for p in seq.num_computed..seq.num_computed + n {
+                    let Some(row) = rows.next() else { break };
+                    seq.record_prompt_logprobs(p, row);
+                }
+            }
             seq.num_computed += s.num_tokens;
             self.kv
                 .cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
@@ -388,6 +400,11 @@ fn build_batch(running: &[Sequence], plan: &[Scheduled], block_size: usize) -> F
             b.positions.push(pos as u32);
             b.slot_mapping
                 .push(seq.block_table[pos / block_size] * bs + pos as u32 % bs);
+        }
+        // Prompt-logprob rows first, then the row that samples the next token.
+        if seq.params.prompt_logprobs.is_some() {
+            let n = scheduler::prompt_logprob_rows(seq, s.num_tokens);
+            b.logits_rows.extend((start..start + n).map(|r| r as u32));
         }
         if seq.num_computed + s.num_tokens == seq.num_tokens() {
             b.logits_rows.push((start + s.num_tokens - 1) as u32);

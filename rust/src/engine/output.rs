@@ -31,6 +31,8 @@ pub struct RequestOutput {
     pub outputs: Vec<CompletionOutput>,
     /// Prompt tokens served from the prefix cache.
     pub num_cached_tokens: usize,
+    /// For prompt tokens from the second on, `(token, logprob)` pairs; `None` unless asked for.
+    pub prompt_logprobs: Option<Vec<Vec<(u32, f32)>>>,
     pub metrics: RequestMetrics,
 }
 
@@ -48,6 +50,7 @@ impl RequestOutput {
                 })
                 .collect(),
             num_cached_tokens: 0,
+            prompt_logprobs: None,
             metrics: RequestMetrics::default(),
         }
     }
@@ -70,6 +73,9 @@ impl RequestOutput {
         o.finish_reason = d.finish_reason;
         if d.index == 0 {
             self.num_cached_tokens = d.num_cached_tokens;
+            if d.prompt_logprobs.is_some() {
+                self.prompt_logprobs = d.prompt_logprobs;
+            }
         }
         let m = &mut self.metrics;
         m.arrival_time = if m.arrival_time == 0.0 {

@@ -18,6 +18,9 @@ use crate::kv::BlockManager;
 pub struct SchedulerConfig {
     pub max_num_seqs: usize,
     pub max_num_batched_tokens: usize,
+    /// Most prompt rows per step whose logits are kept for `prompt_logprobs` (they need a
+    /// vocabulary-wide row of the logits buffer each).
+    pub max_prompt_logprob_rows: usize,
 }
 
 /// One sequence's share of a step: `running[seq]` computes its next `num_tokens` tokens.
@@ -37,6 +40,31 @@ pub struct Scheduler {
     pub running: Vec<Sequence>,
     /// Preemptions since start.
     pub num_preemptions: u64,
+}
+
+/// Tokens `seq` computes next within `budget` rows; a prefill chunk of a `prompt_logprobs`
+/// request also stays within the step's prompt-logprob rows (and takes them).
+fn chunk(seq: &Sequence, budget: usize, plp_rows: &mut usize) -> usize {
+    let n = (seq.num_tokens() - seq.num_computed).min(budget);
+    if seq.params.prompt_logprobs.is_none() {
+        return n;
+    }
+    let rows = prompt_logprob_rows(seq, n);
+    if rows <= *plp_rows {
+        *plp_rows -= rows;
+        return n;
+    }
+    // Stop the chunk where the rows run out (it may still be 0 this step).
+    let n = *plp_rows;
+    *plp_rows = 0;
+    n
+}
+
+/// Rows among the next `n` tokens of `seq` whose logits give a prompt token's log-probability:
+/// positions `p < prompt_len - 1` (row `p` predicts prompt token `p + 1`).
+pub fn prompt_logprob_rows(seq: &Sequence, n: usize) -> usize {
+    let end = (seq.num_computed + n).min(seq.prompt_len.saturating_sub(1));
+    end.saturating_sub(seq.num_computed)
 }
 
 impl Scheduler {
@@ -66,12 +94,13 @@ impl Scheduler {
     /// entries index `running` and are in the batch's row order.
     pub fn schedule(&mut self, kv: &mut BlockManager) -> Vec<Scheduled> {
         let mut budget = self.config.max_num_batched_tokens;
+        let mut plp_rows = self.config.max_prompt_logprob_rows;
         let mut plan = Vec::with_capacity(self.running.len());
         let preemptions_before = self.num_preemptions;
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let seq = &self.running[i];
-            let n = (seq.num_tokens() - seq.num_computed).min(budget);
+            let n = chunk(seq, budget, &mut plp_rows);
             let need = seq.num_computed + n;
             if n == 0 {
                 i += 1;
@@ -101,13 +130,21 @@ impl Scheduler {
             let Some(seq) = self.waiting.front_mut() else {
                 break;
             };
-            let cached = kv.match_prefix(&seq.tokens, &mut seq.block_table);
-            let n = (seq.num_tokens() - cached).min(budget);
-            if !kv.allocate(&mut seq.block_table, cached + n) {
+            // Prompt log-probabilities need every prompt row computed, so no cache hits.
+            let cached = if seq.params.prompt_logprobs.is_some() {
+                0
+            } else {
+                kv.match_prefix(&seq.tokens, &mut seq.block_table)
+            };
+            seq.num_computed = cached;
+            let mut rows_left = plp_rows;
+            let n = chunk(seq, budget, &mut rows_left);
+            if n == 0 || !kv.allocate(&mut seq.block_table, cached + n) {
                 kv.free(&mut seq.block_table);
+                seq.num_computed = 0;
                 break;
             }
-            seq.num_computed = cached;
+            plp_rows = rows_left;
             if !seq.was_admitted {
                 seq.num_cached_tokens = cached;
                 seq.was_admitted = true;

@@ -87,7 +87,11 @@ proptest! {
         caching in any::<bool>(),
     ) {
         let mut kv = BlockManager::new(num_blocks, block_size, caching);
-        let mut s = Scheduler::new(SchedulerConfig { max_num_seqs, max_num_batched_tokens: budget });
+        let mut s = Scheduler::new(SchedulerConfig {
+            max_num_seqs,
+            max_num_batched_tokens: budget,
+            max_prompt_logprob_rows: 8,
+        });
         let params = Arc::new(SamplingParams::default());
         let mut next_id = 0u64;
         for op in ops {

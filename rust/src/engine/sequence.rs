@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
 use crate::kv::BlockTable;
-use crate::sampling::{Sampler, SamplingParams, StopChecker};
+use crate::sampling::{log_softmax_top, Sampler, SamplingParams, StopChecker};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 /// Why a sequence ended.
@@ -73,6 +73,8 @@ pub struct Sequence {
     pub text: String,
     /// Per generated token, the requested log-probabilities.
     pub logprobs: Vec<Vec<(u32, f32)>>,
+    /// Per prompt token from the second on, the requested log-probabilities.
+    pub prompt_logprobs: Vec<Vec<(u32, f32)>>,
     pub finish_reason: Option<FinishReason>,
     /// Progress already reported to the caller: tokens, bytes of text, logprob steps.
     pub reported: (usize, usize),
@@ -110,6 +112,7 @@ impl Sequence {
             was_admitted: false,
             text: String::new(),
             logprobs: Vec::new(),
+            prompt_logprobs: Vec::new(),
             finish_reason: None,
             reported: (0, 0),
             params,
@@ -136,6 +139,22 @@ impl Sequence {
     /// Whether the prompt has not been fully computed yet.
     pub fn in_prefill(&self) -> bool {
         self.num_computed < self.prompt_len
+    }
+
+    /// Records the log-probabilities of prompt token `pos + 1` from the logits of row `pos`
+    /// (once: a recompute after preemption finds them recorded).
+    pub fn record_prompt_logprobs(&mut self, pos: usize, logits: &[f32]) {
+        let (Some(k), Some(&next)) = (self.params.prompt_logprobs, self.tokens.get(pos + 1)) else {
+            return;
+        };
+        if self.prompt_logprobs.len() != pos || pos + 1 >= self.prompt_len {
+            return;
+        }
+        let (mut top, lse) = log_softmax_top(logits, k);
+        if !top.iter().any(|&(t, _)| t == next) {
+            top.push((next, logits[next as usize] - lse));
+        }
+        self.prompt_logprobs.push(top);
     }
 
     /// Appends a sampled token and updates text and finish state.
@@ -210,6 +229,8 @@ impl Sequence {
                 .params
                 .logprobs
                 .map(|_| self.logprobs[tokens_done.min(self.logprobs.len())..].to_vec()),
+            prompt_logprobs: (tokens_done == 0 && self.params.prompt_logprobs.is_some())
+                .then(|| self.prompt_logprobs.clone()),
             finish_reason: self.finish_reason,
             num_cached_tokens: self.num_cached_tokens,
             arrival_time: self.arrival_time,
@@ -230,6 +251,8 @@ pub struct SeqDelta {
     pub text: String,
     /// `Some` (possibly empty) when the request asked for log-probabilities.
     pub logprobs: Option<Vec<Vec<(u32, f32)>>>,
+    /// In the first delta of a request that asked for them: the prompt's log-probabilities.
+    pub prompt_logprobs: Option<Vec<Vec<(u32, f32)>>>,
     pub finish_reason: Option<FinishReason>,
     pub num_cached_tokens: usize,
     pub arrival_time: f64,

@@ -43,6 +43,9 @@ pub struct SamplingParams {
     pub frequency_penalty: f32,
     /// Number of top log-probabilities to return per generated token; `None` returns none.
     pub logprobs: Option<usize>,
+    /// Number of top log-probabilities to return for each prompt token (from the second on);
+    /// `None` returns none. Such requests compute their whole prompt (no prefix-cache hits).
+    pub prompt_logprobs: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -62,6 +65,7 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
             logprobs: None,
+            prompt_logprobs: None,
         }
     }
 }
@@ -108,9 +112,12 @@ impl SamplingParams {
                 return bad(format!("{name} must be in [-2, 2], got {v}"));
             }
         }
-        if let Some(k) = self.logprobs {
-            if k > MAX_LOGPROBS {
-                return bad(format!("logprobs must be at most {MAX_LOGPROBS}, got {k}"));
+        for (name, v) in [
+            ("logprobs", self.logprobs),
+            ("prompt_logprobs", self.prompt_logprobs),
+        ] {
+            if let Some(k) = v.filter(|&k| k > MAX_LOGPROBS) {
+                return bad(format!("{name} must be at most {MAX_LOGPROBS}, got {k}"));
             }
         }
         if self.stop.iter().any(String::is_empty) {
