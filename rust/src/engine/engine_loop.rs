@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -31,7 +33,7 @@ enum Command {
         prompt: Vec<u32>,
         params: SamplingParams,
         priority: i32,
-        events: Sender<RequestEvent>,
+        events: UnboundedSender<RequestEvent>,
     },
     Abort(u64),
     Shutdown,
@@ -67,25 +69,46 @@ impl Clone for EngineHandle {
 /// A submitted request: its id, the receiver of its outputs and what arrived so far.
 pub struct Submitted {
     pub request_id: u64,
-    events: Receiver<RequestEvent>,
+    events: UnboundedReceiver<RequestEvent>,
     /// Everything received so far.
     pub output: RequestOutput,
 }
 
 impl Submitted {
-    /// Waits for the next event and folds it into `output`. Returns `Ok(false)` once the request
-    /// has finished (no more events will come).
+    /// Waits (blocking the thread) for the next event and folds it into `output`. Returns
+    /// `Ok(false)` once the request has finished (no more events will come). Not for use
+    /// inside an async runtime: use [`Submitted::next_event`] there.
     pub fn advance(&mut self) -> Result<bool> {
         if self.output.finished() {
             return Ok(false);
         }
-        match self.events.recv() {
-            Ok(RequestEvent::Delta(d)) => {
+        let event = self.events.blocking_recv();
+        self.fold(event)
+    }
+
+    /// The async form of [`Submitted::advance`], returning the delta it folded in.
+    pub async fn next_event(&mut self) -> Result<Option<SeqDelta>> {
+        if self.output.finished() {
+            return Ok(None);
+        }
+        match self.events.recv().await {
+            Some(RequestEvent::Delta(d)) => {
+                self.output.apply(d.clone());
+                Ok(Some(d))
+            }
+            Some(RequestEvent::Failed(e)) => Err(e),
+            None => Err(Error::Engine("the engine loop has stopped".into())),
+        }
+    }
+
+    fn fold(&mut self, event: Option<RequestEvent>) -> Result<bool> {
+        match event {
+            Some(RequestEvent::Delta(d)) => {
                 self.output.apply(d);
                 Ok(true)
             }
-            Ok(RequestEvent::Failed(e)) => Err(e),
-            Err(_) => Err(Error::Engine("the engine loop has stopped".into())),
+            Some(RequestEvent::Failed(e)) => Err(e),
+            None => Err(Error::Engine("the engine loop has stopped".into())),
         }
     }
 
@@ -141,7 +164,7 @@ impl EngineHandle {
     ) -> Result<Submitted> {
         self.limits.check(&prompt, &params)?;
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
-        let (events, rx) = mpsc::channel();
+        let (events, rx) = unbounded_channel();
         let output = RequestOutput::new(
             request_id,
             prompt.clone(),
@@ -189,7 +212,7 @@ impl EngineHandle {
 
 /// Per-request bookkeeping of the loop.
 struct Route {
-    events: Sender<RequestEvent>,
+    events: UnboundedSender<RequestEvent>,
     /// Sequences not finished yet.
     open: usize,
 }
