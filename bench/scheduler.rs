@@ -22,6 +22,7 @@ fn main() {
     let mut sched = Scheduler::new(SchedulerConfig {
         max_num_seqs: SEQS,
         max_num_batched_tokens: SEQS * PROMPT + SEQS,
+        max_prompt_logprob_rows: 0,
     });
     let params = Arc::new(SamplingParams {
         max_tokens: None,
