@@ -172,8 +172,12 @@ impl Sequence {
             self.logprobs.push(lp);
         }
         let checked = self.text.len();
-        self.text
-            .push_str(&self.detokenizer.push(tokenizer, token)?);
+        // Models often have more embedding rows than their tokenizer has tokens (padding, as
+        // in Qwen2); such ids carry no text, as in vLLM.
+        if (token as usize) < tokenizer.vocab_size() {
+            self.text
+                .push_str(&self.detokenizer.push(tokenizer, token)?);
+        }
         let mut finish = if (!self.params.ignore_eos && eos_token_ids.contains(&token))
             || self.params.stop_token_ids.contains(&token)
         {
