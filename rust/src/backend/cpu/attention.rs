@@ -28,44 +28,44 @@ pub(super) fn paged_attention(
     let block_size = cache.block_size;
     let scale = 1.0 / (hd as f32).sqrt();
 
-    // One task per (row, kv head): it owns `group` contiguous heads of the row's output.
-    let mut tasks: Vec<(usize, usize, usize)> = Vec::with_capacity(batch.num_tokens());
+    // One task per (row, kv head): it owns the `group` contiguous output heads of that kv
+    // head, so a decode step (one row) still spreads over the kv heads.
+    let mut rows: Vec<(usize, usize)> = Vec::with_capacity(batch.num_tokens());
     for (s, seq) in batch.seqs.iter().enumerate() {
         let first_pos = seq.context_len - seq.query_len;
-        for i in 0..seq.query_len {
-            tasks.push((seq.query_start + i, s, first_pos + i));
-        }
+        rows.extend((0..seq.query_len).map(|i| (s, first_pos + i)));
     }
+    let span = group * hd;
     out[..batch.num_tokens() * q_size]
-        .par_chunks_mut(q_size)
-        .zip(tasks.par_iter())
-        .for_each(|(out_row, &(row, s, pos))| {
+        .par_chunks_mut(span)
+        .enumerate()
+        .for_each(|(task, out_group)| {
+            let (row, kvh) = (task / shape.num_kv_heads, task % shape.num_kv_heads);
+            let (s, pos) = rows[row];
             let table = &batch.seqs[s].block_table;
             let q_row = &qkv[row * qkv_width..row * qkv_width + q_size];
             let mut scores = vec![0.0f32; pos + 1];
-            for kvh in 0..shape.num_kv_heads {
-                for h in kvh * group..(kvh + 1) * group {
-                    let q = &q_row[h * hd..(h + 1) * hd];
-                    let mut max = f32::NEG_INFINITY;
-                    for (t, score) in scores.iter_mut().enumerate() {
-                        let slot = table[t / block_size] as usize * block_size + t % block_size;
-                        let k = &k_cache[(slot * shape.num_kv_heads + kvh) * hd..][..hd];
-                        *score = dot(q, k) * scale;
-                        max = max.max(*score);
-                    }
-                    let mut sum = 0.0f32;
-                    for score in scores.iter_mut() {
-                        *score = (*score - max).exp();
-                        sum += *score;
-                    }
-                    let o = &mut out_row[h * hd..(h + 1) * hd];
-                    o.fill(0.0);
-                    for (t, &p) in scores.iter().enumerate() {
-                        let slot = table[t / block_size] as usize * block_size + t % block_size;
-                        let v = &v_cache[(slot * shape.num_kv_heads + kvh) * hd..][..hd];
-                        let w = p / sum;
-                        o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
-                    }
+            for (j, o) in out_group.chunks_exact_mut(hd).enumerate() {
+                let h = kvh * group + j;
+                let q = &q_row[h * hd..(h + 1) * hd];
+                let mut max = f32::NEG_INFINITY;
+                for (t, score) in scores.iter_mut().enumerate() {
+                    let slot = table[t / block_size] as usize * block_size + t % block_size;
+                    let k = &k_cache[(slot * shape.num_kv_heads + kvh) * hd..][..hd];
+                    *score = dot(q, k) * scale;
+                    max = max.max(*score);
+                }
+                let mut sum = 0.0f32;
+                for score in scores.iter_mut() {
+                    *score = (*score - max).exp();
+                    sum += *score;
+                }
+                o.fill(0.0);
+                for (t, &p) in scores.iter().enumerate() {
+                    let slot = table[t / block_size] as usize * block_size + t % block_size;
+                    let v = &v_cache[(slot * shape.num_kv_heads + kvh) * hd..][..hd];
+                    let w = p / sum;
+                    o.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
                 }
             }
         });
