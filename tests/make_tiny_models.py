@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, decoders, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 OUT = Path(__file__).parent / "fixtures" / "tiny_models"
@@ -105,7 +105,9 @@ def main() -> None:
         (d / "tokenizer_config.json").write_text(
             json.dumps({"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": False})
         )
-        golden[name] = [dict(zip(("token_ids", "logprobs"), greedy(model, p))) for p in PROMPTS]
+        golden[name] = [
+            dict(zip(("token_ids", "logprobs"), greedy(model, p), strict=True)) for p in PROMPTS
+        ]
     meta = {"prompts": PROMPTS, "steps": STEPS, "torch": torch.__version__}
     (OUT / "golden.json").write_text(json.dumps({"metadata": meta, "models": golden}, indent=1))
 

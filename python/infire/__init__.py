@@ -20,6 +20,7 @@ from .errors import (
 )
 from .model_resolution import default_model_path, resolve_model
 from .outputs import CompletionOutput, RequestMetrics, RequestOutput
+from .server import serve
 
 __version__ = _core.__version__
 
@@ -48,4 +49,5 @@ __all__ = [
     "default_model_path",
     "load_tokenizer",
     "resolve_model",
+    "serve",
 ]

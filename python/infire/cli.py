@@ -1,6 +1,7 @@
 """The ``infire`` command line.
 
 infire generate "PROMPT" [--model M] [--max-tokens N] [--temperature T] [--chat] ...
+infire serve [--model M] [--host H] [--port P] [--api-key KEY] ...  # OpenAI-compatible server
 infire download            # fetch the default model into the cache, print its path
 """
 
@@ -44,12 +45,69 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=None, help="seed of the sampling stream")
     gen.add_argument("--max-model-len", type=int, default=None, help="context length")
 
+    _add_serve_parser(sub)
+
     sub.add_parser(
         "download",
         help="fetch the default model into the cache and print its path",
         description="Fetch the default model (SmolLM2-135M-Instruct) and print its path.",
     )
     return parser
+
+
+def _add_serve_parser(sub) -> None:
+    srv = sub.add_parser(
+        "serve",
+        help="serve the OpenAI-compatible HTTP API",
+        description="Serve /v1/completions, /v1/chat/completions, /v1/models, /health and "
+        "/metrics until SIGTERM or SIGINT.",
+    )
+    srv.add_argument("--model", default=None, help="as for `generate` (default: SmolLM2)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
+    srv.add_argument(
+        "--api-key",
+        default=None,
+        help="require `Authorization: Bearer KEY` on /v1 routes (default: $INFIRE_API_KEY)",
+    )
+    srv.add_argument(
+        "--served-model-name", default=None, help="model name clients use (default: file stem)"
+    )
+    srv.add_argument(
+        "--max-waiting", type=int, default=256, help="waiting sequences that trigger 429"
+    )
+    srv.add_argument("--max-model-len", type=int, default=None, help="context length")
+    srv.add_argument("--max-num-seqs", type=int, default=64, help="most sequences running")
+    srv.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    srv.add_argument("--kv-cache-tokens", type=int, default=None, help="KV-cache capacity")
+    srv.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
+    srv.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
+    srv.add_argument("--seed", type=int, default=0, help="seed of requests that give none")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    try:
+        serve(
+            args.model,
+            host=args.host,
+            port=args.port,
+            api_key=args.api_key,
+            served_model_name=args.served_model_name,
+            max_waiting=args.max_waiting,
+            max_model_len=args.max_model_len,
+            kv_cache_tokens=args.kv_cache_tokens,
+            max_num_batched_tokens=args.max_num_batched_tokens,
+            max_num_seqs=args.max_num_seqs,
+            block_size=args.block_size,
+            enable_prefix_caching=not args.no_prefix_caching,
+            seed=args.seed,
+        )
+    except KeyboardInterrupt:
+        # SIGINT already drained the server (Rust handles the signal); Python sees it after.
+        pass
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -89,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             return _generate(args)
+        if args.command == "serve":
+            return _serve(args)
         if args.command == "download":
             from .model_resolution import default_model_path
 

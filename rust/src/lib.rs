@@ -3,8 +3,8 @@
 //! The crate is organised as in `DESIGN.md`: weight readers (`weights`), model configuration
 //! (`config`), tokenizer and chat templates (`tokenizer`), the Llama-family forward pass
 //! (`model`) written once against the backend operations (`backend`), the KV block pool
-//! (`kv`), sampling (`sampling`) and the engine (`engine`). `python` holds the PyO3 bindings
-//! only.
+//! (`kv`), sampling (`sampling`), the engine (`engine`) and the OpenAI-compatible HTTP server
+//! (`server`). `python` holds the PyO3 bindings only.
 
 pub mod backend;
 pub mod config;
@@ -14,6 +14,7 @@ pub mod kv;
 pub mod loader;
 pub mod model;
 pub mod sampling;
+pub mod server;
 pub mod tokenizer;
 pub mod weights;
 

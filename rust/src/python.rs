@@ -15,6 +15,7 @@ use crate::engine::{Engine, EngineConfig, RequestOutput};
 use crate::error::Error;
 use crate::loader::{open_model, open_tokenizer};
 use crate::sampling::SamplingParams;
+use crate::server::{self, ServerConfig};
 use crate::tokenizer::{ChatMessage, Tokenizer};
 
 /// Raises the `infire.errors` class that matches `e`.
@@ -595,6 +596,62 @@ fn output_dict<'py>(
     Ok(out)
 }
 
+/// Loads `model`, starts the engine and serves the OpenAI-compatible API until SIGTERM or
+/// SIGINT (see `infire.serve`). Blocks without holding the GIL.
+#[pyfunction]
+#[pyo3(signature = (model, host="127.0.0.1".to_string(), port=8000, api_key=None,
+    served_model_name=None, max_waiting=256, max_model_len=None, kv_cache_tokens=None,
+    max_num_batched_tokens=2048, max_num_seqs=64, block_size=16, enable_prefix_caching=true,
+    seed=0))]
+#[allow(clippy::too_many_arguments)]
+fn serve(
+    py: Python<'_>,
+    model: PathBuf,
+    host: String,
+    port: u16,
+    api_key: Option<String>,
+    served_model_name: Option<String>,
+    max_waiting: usize,
+    max_model_len: Option<usize>,
+    kv_cache_tokens: Option<usize>,
+    max_num_batched_tokens: usize,
+    max_num_seqs: usize,
+    block_size: usize,
+    enable_prefix_caching: bool,
+    seed: u64,
+) -> PyResult<()> {
+    let engine_config = EngineConfig {
+        max_model_len,
+        block_size,
+        kv_cache_tokens,
+        max_num_batched_tokens,
+        max_num_seqs,
+        enable_prefix_caching,
+        seed,
+    };
+    let name = served_model_name.unwrap_or_else(|| {
+        model.file_stem().map_or_else(
+            || model.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        )
+    });
+    let config = ServerConfig {
+        host,
+        port,
+        api_key,
+        max_waiting,
+        ..ServerConfig::new(name)
+    };
+    py.detach(|| {
+        let engine = Engine::new(CpuBackend, open_model(&model)?, engine_config)?;
+        let tokenizer = Arc::new(engine.tokenizer().clone());
+        let defaults = engine.default_sampling_params().clone();
+        let handle = EngineHandle::spawn(engine)?;
+        server::run(handle, tokenizer, defaults, config)
+    })
+    .map_err(to_pyerr)
+}
+
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyEngine>()?;
@@ -602,6 +659,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyTokenizer>()?;
     m.add_class::<PyStream>()?;
     m.add_function(wrap_pyfunction!(load_tokenizer, m)?)?;
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

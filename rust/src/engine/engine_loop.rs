@@ -9,9 +9,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
-use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 use super::{Engine, EngineStats, RequestLimits, RequestOutput, SeqDelta};
 use crate::backend::Backend;
@@ -251,6 +251,7 @@ fn run<B: Backend>(mut engine: Engine<B>, commands: Receiver<Command>, shared: &
                 }
                 Command::Abort(id) => {
                     let deltas = engine.abort(id);
+                    publish(shared, &engine);
                     deliver(&mut routes, deltas);
                     routes.remove(&id);
                 }
@@ -267,22 +268,35 @@ fn run<B: Backend>(mut engine: Engine<B>, commands: Receiver<Command>, shared: &
         }
         if engine.has_work() {
             let (deltas, errors) = engine.step();
+            let failed: Vec<_> = errors
+                .into_iter()
+                .filter_map(|(id, e)| {
+                    engine.abort(id);
+                    routes.remove(&id).map(|r| (r, e))
+                })
+                .collect();
+            // Stats first: a caller that sees its request end must see the blocks it freed.
+            publish(shared, &engine);
+            for (r, e) in failed {
+                let _ = r.events.send(RequestEvent::Failed(e));
+            }
             let gone = deliver(&mut routes, deltas);
-            for (id, e) in errors {
-                engine.abort(id);
-                if let Some(r) = routes.remove(&id) {
-                    let _ = r.events.send(RequestEvent::Failed(e));
-                }
-            }
             // Callers that went away: abort their requests so their blocks come back.
-            for id in gone {
-                engine.abort(id);
-                routes.remove(&id);
+            for id in &gone {
+                engine.abort(*id);
+                routes.remove(id);
+            }
+            if !gone.is_empty() {
+                publish(shared, &engine);
             }
         }
-        if let Ok(mut s) = shared.stats.lock() {
-            *s = engine.stats();
-        }
+    }
+}
+
+/// Publishes the engine's stats for [`EngineHandle::stats`].
+fn publish<B: Backend>(shared: &Shared, engine: &Engine<B>) {
+    if let Ok(mut s) = shared.stats.lock() {
+        *s = engine.stats();
     }
 }
 

@@ -1,0 +1,239 @@
+//! `POST /v1/completions`: one engine request per prompt, `n` choices each; choice `i * n + j`
+//! is sequence `j` of prompt `i`, as in OpenAI's API.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures_util::future::try_join_all;
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Value};
+
+use super::errors::ApiError;
+use super::generation::Generation;
+use super::logprobs::{completion_shape, token_logprobs};
+use super::openai_types::{CompletionRequest, PromptArg, Usage};
+use super::request_params::sampling_params;
+use super::sse::{spawn_sse, Emitter};
+use super::{parse_json, unix_time, AppState};
+use crate::engine::{RequestOutput, SeqDelta};
+
+/// Per-choice state of a response being built.
+#[derive(Default, Clone)]
+struct Choice {
+    text_offset: usize,
+}
+
+pub async fn completions(
+    State(state): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let arrival = Instant::now();
+    let req: CompletionRequest = parse_json(body)?;
+    state.check_model(&req.model)?;
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(
+            "suffix is not supported by this server",
+            Some("suffix"),
+        ));
+    }
+    if req
+        .best_of
+        .is_some_and(|b| Some(b) != req.sampling.n.or(Some(1)))
+    {
+        return Err(ApiError::bad_request(
+            "best_of other than n is not supported by this server",
+            Some("best_of"),
+        ));
+    }
+    if req.echo && req.logprobs.is_some() {
+        return Err(ApiError::bad_request(
+            "echo together with logprobs is not supported by this server yet",
+            Some("echo"),
+        ));
+    }
+    let tok = &state.tokenizer;
+    // Tokenizing a long prompt takes a while: tell the runtime, so other requests move on.
+    let prompts: Vec<Vec<u32>> = tokio::task::block_in_place(|| match req.prompt {
+        PromptArg::Text(t) => Ok::<_, crate::Error>(vec![tok.encode(&t, true)?]),
+        PromptArg::Texts(ts) => ts.iter().map(|t| tok.encode(t, true)).collect(),
+        PromptArg::Ids(ids) => Ok(vec![ids]),
+        PromptArg::IdLists(lists) => Ok(lists),
+    })?;
+    if prompts.is_empty() {
+        return Err(ApiError::bad_request(
+            "prompt must not be empty",
+            Some("prompt"),
+        ));
+    }
+    let k = req.logprobs;
+    let params = sampling_params(
+        req.sampling,
+        Some(req.max_tokens.unwrap_or(16)),
+        k,
+        &state.defaults,
+    )?;
+    let n = params.n;
+    let echoes: Vec<Option<String>> = if req.echo {
+        prompts
+            .iter()
+            .map(|p| tok.decode(p, false).map(Some))
+            .collect::<Result<_, _>>()?
+    } else {
+        vec![None; prompts.len()]
+    };
+    let gens = prompts
+        .into_iter()
+        .map(|p| Generation::start(&state, p, params.clone(), arrival))
+        .collect::<Result<Vec<_>, _>>()?;
+    let id = format!("cmpl-{}", gens[0].output().request_id);
+    let k = k.map(|k| k.max(0) as usize);
+    let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
+    if req.stream {
+        return Ok(spawn_sse(move |out| {
+            stream_chunks(state, gens, out, id, n, k, echoes, include_usage)
+        }));
+    }
+    let outputs = try_join_all(gens.into_iter().map(Generation::finish)).await?;
+    Ok(Json(response(&state, &id, &outputs, n, k, &echoes)).into_response())
+}
+
+/// The whole (non-streamed) response.
+fn response(
+    state: &AppState,
+    id: &str,
+    outputs: &[RequestOutput],
+    n: usize,
+    k: Option<usize>,
+    echoes: &[Option<String>],
+) -> Value {
+    let mut usage = Usage::default();
+    let mut choices = Vec::new();
+    for (i, o) in outputs.iter().enumerate() {
+        usage.add(
+            o.prompt_token_ids.len(),
+            o.outputs.iter().map(|c| c.token_ids.len()).sum(),
+        );
+        for c in &o.outputs {
+            let logprobs = k.map(|k| {
+                let items = token_logprobs(
+                    &state.tokenizer,
+                    &c.token_ids,
+                    c.logprobs.as_deref().unwrap_or_default(),
+                    k,
+                );
+                completion_shape(&items, &mut 0)
+            });
+            let text = match &echoes[i] {
+                Some(e) => format!("{e}{}", c.text),
+                None => c.text.clone(),
+            };
+            choices.push(json!({
+                "index": i * n + c.index,
+                "text": text,
+                "logprobs": logprobs,
+                "finish_reason": c.finish_reason.map(|r| r.as_str()),
+            }));
+        }
+    }
+    json!({
+        "id": id,
+        "object": "text_completion",
+        "created": unix_time(),
+        "model": state.config.served_model_name,
+        "choices": choices,
+        "usage": usage,
+    })
+}
+
+/// Produces the chunks of a streamed response, all prompts' sequences interleaved.
+#[allow(clippy::too_many_arguments)]
+async fn stream_chunks(
+    state: Arc<AppState>,
+    gens: Vec<Generation>,
+    out: Emitter,
+    id: String,
+    n: usize,
+    k: Option<usize>,
+    echoes: Vec<Option<String>>,
+    include_usage: bool,
+) {
+    let created = unix_time();
+    let chunk = |choices: Value| {
+        json!({
+            "id": id,
+            "object": "text_completion",
+            "created": created,
+            "model": state.config.served_model_name,
+            "choices": choices,
+        })
+    };
+    for (i, echo) in echoes.iter().enumerate() {
+        if let Some(e) = echo {
+            for j in 0..n {
+                let c = json!([{"index": i * n + j, "text": e, "logprobs": null,
+                    "finish_reason": null}]);
+                out.send(&chunk(c));
+            }
+        }
+    }
+    let mut usage = Usage::default();
+    for g in &gens {
+        usage.add(g.output().prompt_token_ids.len(), 0);
+    }
+    let mut choices = vec![Choice::default(); gens.len() * n];
+    let mut merged = stream::select_all(gens.into_iter().enumerate().map(|(i, g)| {
+        stream::unfold(Some(g), move |g| async move {
+            let mut g = g?;
+            match g.next().await {
+                Ok(Some(d)) => Some((Ok((i, d)), Some(g))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+        .boxed()
+    }));
+    loop {
+        let item = tokio::select! {
+            item = merged.next() => item,
+            () = out.closed() => return,
+        };
+        let (i, d): (usize, SeqDelta) = match item {
+            None => break,
+            Some(Ok(x)) => x,
+            Some(Err(e)) => {
+                out.send(&e.body());
+                return;
+            }
+        };
+        usage.add(0, d.token_ids.len());
+        let choice = &mut choices[i * n + d.index];
+        let logprobs = k.map(|k| {
+            let items = token_logprobs(
+                &state.tokenizer,
+                &d.token_ids,
+                d.logprobs.as_deref().unwrap_or_default(),
+                k,
+            );
+            completion_shape(&items, &mut choice.text_offset)
+        });
+        let c = json!([{
+            "index": i * n + d.index,
+            "text": d.text,
+            "logprobs": logprobs,
+            "finish_reason": d.finish_reason.map(|r| r.as_str()),
+        }]);
+        if !out.send(&chunk(c)) {
+            return;
+        }
+    }
+    if include_usage {
+        let mut last = chunk(json!([]));
+        last["usage"] = json!(usage);
+        out.send(&last);
+    }
+}

@@ -1,0 +1,105 @@
+//! One request running in the engine on behalf of an HTTP client: submission with
+//! back-pressure, latency metrics, and abort when the client goes away (dropping a
+//! [`Generation`] before it finished aborts its request at once, freeing its KV blocks).
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::errors::ApiError;
+use super::AppState;
+use crate::engine::engine_loop::{EngineHandle, Submitted};
+use crate::engine::{RequestOutput, SeqDelta};
+use crate::sampling::SamplingParams;
+
+/// A request in flight.
+pub struct Generation {
+    handle: EngineHandle,
+    submitted: Submitted,
+    state: Arc<AppState>,
+    /// When the HTTP request arrived.
+    arrival: Instant,
+    /// When the last token reached us (for inter-token latency).
+    last_token: Option<Instant>,
+    finished: bool,
+}
+
+impl Generation {
+    /// Submits `prompt`; answers 429 when too many requests are waiting already, 503 once the
+    /// server is shutting down (a keep-alive connection may still bring requests).
+    pub fn start(
+        state: &Arc<AppState>,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        arrival: Instant,
+    ) -> Result<Self, ApiError> {
+        if state.shutting_down.load(Ordering::SeqCst) {
+            return Err(ApiError::shutting_down());
+        }
+        let waiting = state.handle.stats().num_waiting;
+        if waiting >= state.config.max_waiting {
+            return Err(ApiError::overloaded(waiting, state.config.max_waiting));
+        }
+        let submitted = state.handle.submit(prompt, params, 0)?;
+        Ok(Generation {
+            handle: state.handle.clone(),
+            submitted,
+            state: state.clone(),
+            arrival,
+            last_token: None,
+            finished: false,
+        })
+    }
+
+    /// The next delta of any of the request's sequences; `None` once all have finished.
+    pub async fn next(&mut self) -> Result<Option<SeqDelta>, ApiError> {
+        let delta = match self.submitted.next_event().await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.finished = true;
+                return Err(e.into());
+            }
+        };
+        let metrics = &self.state.metrics;
+        if !delta.token_ids.is_empty() {
+            let now = Instant::now();
+            match self.last_token {
+                None => metrics.ttft.observe(now - self.arrival),
+                Some(t) => metrics.inter_token.observe(now - t),
+            }
+            self.last_token = Some(now);
+            metrics
+                .generation_tokens
+                .fetch_add(delta.token_ids.len() as u64, Ordering::Relaxed);
+        }
+        if self.submitted.output.finished() {
+            self.finished = true;
+            metrics.e2e.observe(self.arrival.elapsed());
+            metrics.prompt_tokens.fetch_add(
+                self.submitted.output.prompt_token_ids.len() as u64,
+                Ordering::Relaxed,
+            );
+        }
+        Ok(Some(delta))
+    }
+
+    /// Runs the request to its end and returns its output.
+    pub async fn finish(mut self) -> Result<RequestOutput, ApiError> {
+        while self.next().await?.is_some() {}
+        Ok(self.submitted.output.clone())
+    }
+
+    /// What arrived so far.
+    pub fn output(&self) -> &RequestOutput {
+        &self.submitted.output
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.handle.abort(self.submitted.request_id);
+        }
+    }
+}

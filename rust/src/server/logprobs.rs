@@ -1,0 +1,79 @@
+//! Log-probabilities in OpenAI's two shapes: the completions shape (`tokens`,
+//! `token_logprobs`, `top_logprobs`, `text_offset`) and the chat shape (`content` entries with
+//! `token`, `logprob`, `bytes`, `top_logprobs`).
+
+use serde_json::{json, Map, Value};
+
+use crate::tokenizer::Tokenizer;
+
+/// One generated token with its log-probability and the top alternatives.
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub top: Vec<(String, f32)>,
+}
+
+/// Pairs each generated token with its step's `(token, logprob)` list (top `k` first, then
+/// the sampled token when it was not among them).
+pub fn token_logprobs(
+    tok: &Tokenizer,
+    ids: &[u32],
+    steps: &[Vec<(u32, f32)>],
+    k: usize,
+) -> Vec<TokenLogprob> {
+    let text = |id: u32| tok.decode(&[id], false).unwrap_or_default();
+    ids.iter()
+        .zip(steps)
+        .map(|(&id, step)| TokenLogprob {
+            token: text(id),
+            logprob: step
+                .iter()
+                .find(|(t, _)| *t == id)
+                .map_or(f32::NEG_INFINITY, |&(_, lp)| lp),
+            top: step.iter().take(k).map(|&(t, lp)| (text(t), lp)).collect(),
+        })
+        .collect()
+}
+
+/// A log-probability as JSON: finite values as numbers, -inf as OpenAI's -9999.0.
+fn num(lp: f32) -> Value {
+    json!(if lp.is_finite() { lp } else { -9999.0 })
+}
+
+/// The completions shape; `offset` is the text offset of the first token, advanced past the
+/// last.
+pub fn completion_shape(items: &[TokenLogprob], offset: &mut usize) -> Value {
+    let mut text_offset = Vec::with_capacity(items.len());
+    for it in items {
+        text_offset.push(*offset);
+        *offset += it.token.len();
+    }
+    let top: Vec<Value> = items
+        .iter()
+        .map(|it| {
+            let m: Map<String, Value> =
+                it.top.iter().map(|(t, lp)| (t.clone(), num(*lp))).collect();
+            Value::Object(m)
+        })
+        .collect();
+    json!({
+        "tokens": items.iter().map(|it| it.token.clone()).collect::<Vec<_>>(),
+        "token_logprobs": items.iter().map(|it| num(it.logprob)).collect::<Vec<_>>(),
+        "top_logprobs": top,
+        "text_offset": text_offset,
+    })
+}
+
+/// The chat shape.
+pub fn chat_shape(items: &[TokenLogprob]) -> Value {
+    let entry = |token: &str, lp: f32| json!({"token": token, "logprob": num(lp), "bytes": token.as_bytes()});
+    let content: Vec<Value> = items
+        .iter()
+        .map(|it| {
+            let mut e = entry(&it.token, it.logprob);
+            e["top_logprobs"] = it.top.iter().map(|(t, lp)| entry(t, *lp)).collect();
+            e
+        })
+        .collect();
+    json!({ "content": content })
+}

@@ -1,0 +1,428 @@
+"""The HTTP server (`infire serve`) end to end on the CPU, through the official `openai`
+client: a live server process on the default model, small max_tokens throughout."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+import infire
+
+API_KEY = "test-key"
+MODEL = "smol"
+MAX_MODEL_LEN = 1024
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Response:
+    """What the raw-HTTP helper returns: status, lower-cased headers and body text."""
+
+    def __init__(self, status: int, headers: dict[str, str], text: str) -> None:
+        self.status_code, self.headers, self.text = status, headers, text
+
+    def json(self):
+        return json.loads(self.text)
+
+
+def _request(
+    base: str, method: str, path: str, body: bytes | dict | None = None, key: str | None = None
+) -> _Response:
+    """One request over a fresh connection (stdlib only, so no extra test dependency)."""
+    host, port = base.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    try:
+        conn.request(method, path, body=body, headers=headers)
+        r = conn.getresponse()
+        text = r.read().decode()
+        return _Response(r.status, {k.lower(): v for k, v in r.getheaders()}, text)
+    finally:
+        conn.close()
+
+
+def _get(base: str, path: str) -> _Response:
+    return _request(base, "GET", path)
+
+
+def _start_server(model_path: str, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    cmd = [sys.executable, "-m", "infire", "serve", "--model", model_path, "--port", str(port)]
+    cmd += ["--served-model-name", MODEL, "--max-model-len", str(MAX_MODEL_LEN), *extra]
+    env = {k: v for k, v in os.environ.items() if k != "INFIRE_API_KEY"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if _get(base, "/health").status_code == 200:
+                return proc, base
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become healthy in 120 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(default_model_path):
+    proc, base = _start_server(default_model_path, "--api-key", API_KEY)
+    yield base
+    _stop(proc)
+
+
+@pytest.fixture(scope="module")
+def client(server) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(default_model_path):
+    return infire.load_tokenizer(default_model_path)
+
+
+CHAT = [{"role": "user", "content": "Name three colors."}]
+
+
+def _metrics(base: str) -> dict[str, float]:
+    text = _get(base, "/metrics").text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            key = s.name + (json.dumps(s.labels, sort_keys=True) if s.labels else "")
+            out[key] = s.value
+    return out
+
+
+def test_models_lists_the_served_model(client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+
+
+def test_health(server):
+    assert _get(server, "/health").status_code == 200
+
+
+def test_completion_usage_counts_prompt_tokens(client, tokenizer):
+    prompt = "The capital of France is"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=5, temperature=0)
+    assert r.usage.prompt_tokens == len(tokenizer.encode(prompt, add_special_tokens=True))
+    assert r.usage.completion_tokens == 5
+    assert r.usage.total_tokens == r.usage.prompt_tokens + 5
+    assert r.choices[0].finish_reason == "length"
+    assert r.choices[0].text
+
+
+def test_completion_prompt_forms(client, tokenizer):
+    ids = tokenizer.encode("Once upon a time", add_special_tokens=True)
+    by_text = client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=4, temperature=0
+    )
+    by_ids = client.completions.create(model=MODEL, prompt=ids, max_tokens=4, temperature=0)
+    assert by_ids.choices[0].text == by_text.choices[0].text
+    many = client.completions.create(
+        model=MODEL, prompt=["Hello", "Once upon a time"], max_tokens=4, temperature=0
+    )
+    assert [c.index for c in many.choices] == [0, 1]
+    assert many.choices[1].text == by_text.choices[0].text
+    lists = client.completions.create(model=MODEL, prompt=[ids, ids], max_tokens=4, temperature=0)
+    assert [c.text for c in lists.choices] == [by_text.choices[0].text] * 2
+    echo = client.completions.create(
+        model=MODEL, prompt="Once upon a time", max_tokens=4, temperature=0, echo=True
+    )
+    assert echo.choices[0].text == "Once upon a time" + by_text.choices[0].text
+
+
+def test_chat_usage_and_greedy_stream_matches(client, tokenizer):
+    full = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, temperature=0)
+    text = tokenizer.apply_chat_template(CHAT)
+    assert full.usage.prompt_tokens == len(tokenizer.encode(text, add_special_tokens=False))
+    assert full.choices[0].message.role == "assistant"
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_tokens=12,
+            temperature=0,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == full.choices[0].message.content
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finish[-1] == full.choices[0].finish_reason
+    assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+    assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
+
+
+def test_completion_stream_matches(client):
+    full = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=10, temperature=0)
+    chunks = list(
+        client.completions.create(
+            model=MODEL, prompt="1, 2, 3,", max_tokens=10, temperature=0, stream=True
+        )
+    )
+    assert "".join(c.choices[0].text for c in chunks) == full.choices[0].text
+    assert chunks[-1].choices[0].finish_reason == "length"
+
+
+def test_stream_ends_with_done(server):
+    body = {"model": MODEL, "prompt": "Hi", "max_tokens": 3, "stream": True}
+    r = _request(server, "POST", "/v1/completions", body, key=API_KEY)
+    assert r.headers["content-type"].startswith("text/event-stream")
+    events = [line for line in r.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "data: [DONE]"
+
+
+def test_n_and_seeds(client):
+    kw = dict(model=MODEL, messages=CHAT, max_tokens=8, temperature=1.0)
+    two = client.chat.completions.create(n=2, seed=7, **kw)
+    assert [c.index for c in two.choices] == [0, 1]
+    again = client.chat.completions.create(n=2, seed=7, **kw)
+    assert [c.message.content for c in again.choices] == [c.message.content for c in two.choices]
+    assert two.usage.completion_tokens > 8  # both choices count
+    a = client.completions.create(model=MODEL, prompt="Tell me", max_tokens=8, seed=3)
+    b = client.completions.create(model=MODEL, prompt="Tell me", max_tokens=8, seed=3)
+    assert a.choices[0].text == b.choices[0].text
+
+
+def test_stop_string(client):
+    full = client.completions.create(model=MODEL, prompt="1, 2, 3,", max_tokens=10, temperature=0)
+    text = full.choices[0].text
+    assert len(text) > 3
+    stop = text[2:4]
+    cut = client.completions.create(
+        model=MODEL, prompt="1, 2, 3,", max_tokens=10, temperature=0, stop=[stop]
+    )
+    assert cut.choices[0].text == text[: text.index(stop)]
+    assert cut.choices[0].finish_reason == "stop"
+
+
+def test_completion_logprobs(client):
+    r = client.completions.create(
+        model=MODEL, prompt="The sky is", max_tokens=4, temperature=0, logprobs=3
+    )
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == 4
+    assert all(x <= 0 for x in lp.token_logprobs)
+    assert all(len(t) == 3 for t in lp.top_logprobs)
+    # Greedy: the chosen token is the most likely one.
+    for tok, chosen, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert max(top.values()) == pytest.approx(chosen)
+        assert tok in top
+    assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
+
+
+def test_chat_logprobs(client):
+    r = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens
+    assert all(len(c.top_logprobs) == 2 and c.logprob <= 0 for c in content)
+
+
+def test_auth(server):
+    for key in ("wrong", None):
+        c = openai.OpenAI(base_url=f"{server}/v1", api_key=key or "x", max_retries=0)
+        if key is None:
+            r = _get(server, "/v1/models")
+            assert r.status_code == 401
+            assert r.json()["error"]["code"] == "invalid_api_key"
+            continue
+        with pytest.raises(openai.AuthenticationError):
+            c.models.list()
+    # /health and /metrics stay open.
+    assert _get(server, "/metrics").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("temperature", -1.0),
+        ("top_p", 0.0),
+        ("n", 0),
+        ("presence_penalty", 5.0),
+        ("max_tokens", 0),
+    ],
+)
+def test_bad_parameters_are_400_naming_the_field(client, field, value):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt="Hi", **{"max_tokens": 4, field: value})
+    assert field in str(e.value)
+    assert e.value.body["param"] == field
+
+
+def test_unsupported_chat_fields_are_400(client):
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    with pytest.raises(openai.BadRequestError, match="tools"):
+        client.chat.completions.create(model=MODEL, messages=CHAT, tools=tools)
+    with pytest.raises(openai.BadRequestError, match="response_format"):
+        client.chat.completions.create(
+            model=MODEL, messages=CHAT, response_format={"type": "json_object"}
+        )
+    ok = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=2, response_format={"type": "text"}
+    )
+    assert ok.choices[0].finish_reason == "length"
+
+
+def test_text_parts_content(client):
+    parts = [{"role": "user", "content": [{"type": "text", "text": "Name three colors."}]}]
+    a = client.chat.completions.create(model=MODEL, messages=parts, max_tokens=5, temperature=0)
+    b = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=5, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+
+
+def test_unknown_model_is_404(client):
+    with pytest.raises(openai.NotFoundError) as e:
+        client.completions.create(model="nope", prompt="Hi", max_tokens=2)
+    assert e.value.body["code"] == "model_not_found"
+
+
+def test_overlong_prompt_is_400(client):
+    with pytest.raises(openai.BadRequestError, match="max_model_len"):
+        client.completions.create(model=MODEL, prompt="hello " * 2 * MAX_MODEL_LEN, max_tokens=2)
+
+
+def test_body_too_large_is_413(server):
+    body = json.dumps({"model": MODEL, "prompt": "x" * (9 << 20)}).encode()
+    r = _request(server, "POST", "/v1/completions", body, key=API_KEY)
+    assert r.status_code == 413
+    assert "error" in r.json()
+
+
+def test_malformed_json_is_400(server):
+    r = _request(server, "POST", "/v1/completions", b"{not json", key=API_KEY)
+    assert r.status_code == 400
+    assert r.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_32_concurrent_streams(client):
+    def one(i: int) -> tuple[str, str]:
+        stream = client.completions.create(
+            model=MODEL, prompt=f"Count to {i}:", max_tokens=6, temperature=0, stream=True
+        )
+        chunks = list(stream)
+        return "".join(c.choices[0].text for c in chunks), chunks[-1].choices[0].finish_reason
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(one, range(32)))
+    assert len(results) == 32
+    assert all(reason in ("stop", "length") for _, reason in results)
+
+
+def test_disconnect_mid_stream_frees_blocks(server):
+    body = {
+        "model": MODEL,
+        "prompt": "Write a long story.",
+        "max_tokens": 800,
+        "ignore_eos": True,
+        "stream": True,
+    }
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers=headers)
+    r = conn.getresponse()
+    got = [r.readline() for _ in range(6)]
+    assert any(line.startswith(b"data: ") for line in got)
+    assert _metrics(server)["infire_kv_cache_blocks_used"] > 0
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        m = _metrics(server)
+        if m["infire_kv_cache_blocks_used"] == 0 and m["infire_num_requests_running"] == 0:
+            break
+        time.sleep(0.1)
+    m = _metrics(server)
+    assert m["infire_kv_cache_blocks_used"] == 0
+    assert m["infire_num_requests_running"] == 0
+
+
+def test_metrics_parse(server, client):
+    client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
+    text = _get(server, "/metrics").text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    for name in (
+        "infire_requests",
+        "infire_prompt_tokens",
+        "infire_generation_tokens",
+        "infire_time_to_first_token_seconds",
+        "infire_inter_token_latency_seconds",
+        "infire_e2e_request_latency_seconds",
+        "infire_num_requests_running",
+        "infire_num_requests_waiting",
+        "infire_kv_cache_usage_ratio",
+        "infire_prefix_cache_hit_rate",
+        "infire_preemptions",
+    ):
+        assert name in families, name
+    m = _metrics(server)
+    assert m['infire_requests_total{"status": "200"}'] > 0
+    assert m['infire_requests_total{"status": "401"}'] > 0
+    assert m["infire_generation_tokens_total"] > 0
+    assert m["infire_time_to_first_token_seconds_count"] > 0
+
+
+def test_full_waiting_queue_is_429(default_model_path):
+    proc, base = _start_server(default_model_path, "--max-waiting", "0")
+    try:
+        body = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+        r = _request(base, "POST", "/v1/completions", body)
+        assert r.status_code == 429
+        assert r.headers["retry-after"] == "1"
+        assert r.json()["error"]["type"] == "rate_limit_error"
+        # Ctrl-C with nothing running: a prompt, clean exit.
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        _stop(proc)
+
+
+def test_sigterm_lets_running_stream_finish(default_model_path):
+    proc, base = _start_server(default_model_path)
+    c = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+    stream = c.completions.create(
+        model=MODEL,
+        prompt="Write a story.",
+        max_tokens=40,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
+    it = iter(stream)
+    first = next(it)
+    proc.send_signal(signal.SIGTERM)
+    rest = list(it)
+    chunks = [first, *rest]
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert sum(1 for c in chunks if c.choices[0].text) > 1
+    assert proc.wait(timeout=30) == 0
