@@ -3,6 +3,9 @@
 
 mod attention;
 pub mod matmul;
+mod weight_buf;
+
+pub use weight_buf::WeightBuf;
 
 use rayon::prelude::*;
 
@@ -18,7 +21,7 @@ const ROWS_PER_TASK: usize = 16;
 pub struct CpuMatrix {
     pub rows: usize,
     pub cols: usize,
-    pub data: Vec<f32>,
+    pub data: WeightBuf,
 }
 
 /// The paged KV cache: per layer, keys and values laid out
@@ -45,7 +48,7 @@ impl Backend for CpuBackend {
             [rows, cols] => Ok(CpuMatrix {
                 rows,
                 cols,
-                data: t.data,
+                data: WeightBuf::new(t.data),
             }),
             _ => Err(Error::Engine(format!(
                 "expected a 2-D weight, got shape {:?}",
