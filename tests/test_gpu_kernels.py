@@ -1,0 +1,558 @@
+"""Every CUDA kernel in kernels/cuda against a torch reference, on the GPU (`pytest -m gpu`).
+
+Each kernel file is compiled through `infire.kernels.compile` (NVRTC, as the engine does) for
+the GPU's arch, loaded with `cuda.core` and launched on torch's current stream with the grid
+and block the engine uses. Inputs are fresh random tensors (seeded per test); outputs are
+poisoned with NaN first, so an element the kernel forgot to write fails the check. References
+run in fp64 on the upcast inputs; bounds are relative Frobenius errors ||out - ref|| / ||ref||,
+or exact equality where the kernel does no arithmetic.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import zlib
+from typing import NamedTuple
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+torch = pytest.importorskip("torch")
+np = pytest.importorskip("numpy")
+pytest.importorskip("cuda.core")
+try:  # cuda.core >= 0.4 exports the API at the top level; older releases under .experimental
+    from cuda.core import Device, LaunchConfig, ObjectCode, launch
+except ImportError:
+    from cuda.core.experimental import Device, LaunchConfig, ObjectCode, launch
+
+kernels = pytest.importorskip("infire.kernels")
+
+
+class Shape(NamedTuple):
+    """The model constants every kernel file is compiled with."""
+
+    head_dim: int = 128
+    num_heads: int = 32
+    num_kv_heads: int = 8
+    kv_block_size: int = 16
+
+    @property
+    def group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
+    @property
+    def qkv_width(self) -> int:
+        return (self.num_heads + 2 * self.num_kv_heads) * self.head_dim
+
+
+LLAMA_8B = Shape()
+DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+# Bound on ||out - ref|| / ||ref|| for outputs computed in fp32 and rounded to the dtype once or
+# twice: the unit roundoff is 2^-9 ~ 2.0e-3 for bf16 and 2^-12 ~ 2.4e-4 for f16, so a rounded
+# output has a relative error of about 0.6x that (rms); the bounds leave a margin of ~5-10x
+# for fp32 summation order and transcendental ulps, and stay far below any real bug.
+REL_TOL = {"bfloat16": 1e-2, "float16": 2e-3}
+# RMSNorm rounds twice (y, then y * w) and its reference rounds at the same points, so the
+# output is within one ulp almost everywhere: same bound.
+RMS_NORM_TOL = REL_TOL
+# Attention: fp32 softmax and accumulation, one rounding of the output.
+ATTENTION_TOL = REL_TOL
+
+
+@pytest.fixture(autouse=True)
+def _cuda_and_seed(request):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def _arch() -> str:
+    major, minor = torch.cuda.get_device_capability()
+    return "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
+
+
+class _TorchStream:
+    """torch's current stream, seen by cuda.core through the __cuda_stream__ protocol."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __cuda_stream__(self):
+        return (0, self.stream.cuda_stream)
+
+
+@functools.cache
+def _device():
+    device = Device(torch.cuda.current_device())
+    device.set_current()
+    return device
+
+
+@functools.cache
+def _object_code(name: str, dtype: str, shape: Shape):
+    defines = {
+        "HEAD_DIM": shape.head_dim,
+        "NUM_HEADS": shape.num_heads,
+        "NUM_KV_HEADS": shape.num_kv_heads,
+        "KV_BLOCK_SIZE": shape.kv_block_size,
+    }
+    _device()
+    cubin = kernels.compile(name, arch=_arch(), defines=defines, dtype=dtype, target="cubin")
+    return ObjectCode.from_cubin(cubin)
+
+
+def run(name, func, grid, block, *args, dtype="bfloat16", shape=LLAMA_8B):
+    """Launches function `func` of kernel file `name` and waits for it. Tensors are passed as
+    device pointers; other arguments must already be numpy scalars of the C parameter type."""
+    kernel = _object_code(name, dtype, shape).get_kernel(func)
+    params = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
+    stream = _device().create_stream(_TorchStream(torch.cuda.current_stream()))
+    launch(stream, LaunchConfig(grid=grid, block=block), kernel, *params)
+    torch.cuda.synchronize()
+
+
+def i32(x: int):
+    return np.int32(x)
+
+
+def f32(x: float):
+    return np.float32(x)
+
+
+def nan_like(shape, dtype):
+    return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
+
+
+def rel_err(out, ref) -> float:
+    assert torch.isfinite(out).all(), "some outputs were not written (NaN poison left)"
+    out, ref = out.double(), ref.double()
+    return ((out - ref).norm() / ref.norm()).item()
+
+
+ROWS = [1, 3, 17, 100]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_embedding(dtype, rows):
+    vocab, hidden = 1000, 576
+    table = torch.randn(vocab, hidden, device="cuda").to(DTYPES[dtype])
+    ids = torch.randint(0, vocab, (rows,), dtype=torch.int32, device="cuda")
+    ids[0] = vocab - 1
+    out = nan_like((rows, hidden), DTYPES[dtype])
+    run("embedding", "embedding", rows, 128, table, ids, out, i32(hidden), dtype=dtype)
+    assert torch.equal(out, table[ids.long()])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", ROWS)
+def test_gather_rows(dtype, rows):
+    width = 4104  # not a multiple of the 128 * 8 elements a CTA copies per step
+    x = torch.randn(250, width, device="cuda").to(DTYPES[dtype])
+    idx = torch.randint(0, 250, (rows,), dtype=torch.int32, device="cuda")
+    out = nan_like((rows, width), DTYPES[dtype])
+    run("gather_rows", "gather_rows", rows, 128, x, idx, out, i32(width), dtype=dtype)
+    assert torch.equal(out, x[idx.long()])
+
+
+def rms_norm_reference(x, w, eps):
+    """transformers' LlamaRMSNorm: fp32 statistics, y rounded to the dtype, then y * w."""
+    xf = x.float()
+    y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+    return w * y.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "hidden"), [(1, 576), (3, 4096), (17, 5128), (100, 16384)])
+def test_rms_norm(dtype, rows, hidden):
+    t = DTYPES[dtype]
+    x = (3 * torch.randn(rows, hidden, device="cuda")).to(t)
+    w = (1 + 0.1 * torch.randn(hidden, device="cuda")).to(t)
+    out = nan_like((rows, hidden), t)
+    eps = 1e-5
+    run("rms_norm", "rms_norm", rows, 256, x, w, out, i32(hidden), f32(eps), dtype=dtype)
+    assert rel_err(out, rms_norm_reference(x, w, eps)) < RMS_NORM_TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "hidden"), [(1, 576), (3, 4096), (17, 5128), (100, 16384)])
+def test_add_rms_norm(dtype, rows, hidden):
+    t = DTYPES[dtype]
+    residual = (3 * torch.randn(rows, hidden, device="cuda")).to(t)
+    x = torch.randn(rows, hidden, device="cuda").to(t)
+    w = (1 + 0.1 * torch.randn(hidden, device="cuda")).to(t)
+    expected_residual = residual + x  # torch adds in fp32 and rounds once, as the kernel does
+    out = nan_like((rows, hidden), t)
+    eps = 1e-6
+    run(
+        "rms_norm",
+        "add_rms_norm",
+        rows,
+        256,
+        residual,
+        x,
+        w,
+        out,
+        i32(hidden),
+        f32(eps),
+        dtype=dtype,
+    )
+    assert torch.equal(residual, expected_residual)
+    assert rel_err(out, rms_norm_reference(expected_residual, w, eps)) < RMS_NORM_TOL[dtype]
+
+
+QK_SHAPES = [Shape(128, 32, 8), Shape(64, 9, 3), Shape(128, 16, 16)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", QK_SHAPES, ids=str)
+@pytest.mark.parametrize("rows", [1, 17])
+def test_qk_norm(dtype, shape, rows):
+    t, hd, nh, nkv = DTYPES[dtype], shape.head_dim, shape.num_heads, shape.num_kv_heads
+    qkv = (2 * torch.randn(rows, shape.qkv_width, device="cuda")).to(t)
+    q_w = (1 + 0.1 * torch.randn(hd, device="cuda")).to(t)
+    k_w = (1 + 0.1 * torch.randn(hd, device="cuda")).to(t)
+    before = qkv.clone()
+    eps = 1e-6
+    run(
+        "qk_norm",
+        "qk_norm",
+        (rows, nh + nkv),
+        32,
+        qkv,
+        q_w,
+        k_w,
+        i32(shape.qkv_width),
+        f32(eps),
+        dtype=dtype,
+        shape=shape,
+    )
+    q_ref = rms_norm_reference(before[:, : nh * hd].view(rows, nh, hd), q_w, eps)
+    k_ref = rms_norm_reference(before[:, nh * hd : (nh + nkv) * hd].view(rows, nkv, hd), k_w, eps)
+    assert rel_err(qkv[:, : nh * hd].view(rows, nh, hd), q_ref) < RMS_NORM_TOL[dtype]
+    assert (
+        rel_err(qkv[:, nh * hd : (nh + nkv) * hd].view(rows, nkv, hd), k_ref)
+        < (RMS_NORM_TOL[dtype])
+    )
+    assert torch.equal(qkv[:, (nh + nkv) * hd :], before[:, (nh + nkv) * hd :])
+
+
+def rope_reference(x, positions, inv_freq):
+    """Rotate-half RoPE in fp64 from the kernel's fp32 angles. x: [rows, heads, head_dim]."""
+    angle = (positions.float()[:, None] * inv_freq[None, :]).double()[:, None, :]
+    cos, sin = angle.cos(), angle.sin()
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half].double(), x[..., half:].double()
+    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [Shape(128, 32, 8), Shape(64, 9, 3)], ids=str)
+@pytest.mark.parametrize("rows", ROWS)
+def test_rope_cache_write(dtype, shape, rows):
+    t, hd, nh, nkv = DTYPES[dtype], shape.head_dim, shape.num_heads, shape.num_kv_heads
+    bs, num_blocks = shape.kv_block_size, 16
+    qkv = torch.randn(rows, shape.qkv_width, device="cuda").to(t)
+    positions = torch.randint(0, 131072, (rows,), dtype=torch.int32, device="cuda")
+    positions[0] = 0
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, hd, 2, device="cuda").float() / hd))
+    slots = torch.randperm(num_blocks * bs, device="cuda")[:rows].int()
+    slots[rows // 2] = -1  # a padding row: rotated, but not cached
+    k_cache = nan_like((num_blocks, bs, nkv, hd), t)
+    v_cache = nan_like((num_blocks, bs, nkv, hd), t)
+    before = qkv.clone()
+    run(
+        "rope_cache_write",
+        "rope_cache_write",
+        rows,
+        128,
+        qkv,
+        positions,
+        slots,
+        inv_freq,
+        k_cache,
+        v_cache,
+        i32(shape.qkv_width),
+        dtype=dtype,
+        shape=shape,
+    )
+
+    q, k = qkv[:, : nh * hd].view(rows, nh, hd), qkv[:, nh * hd : (nh + nkv) * hd]
+    q_ref = rope_reference(before[:, : nh * hd].view(rows, nh, hd), positions, inv_freq)
+    k_ref = rope_reference(
+        before[:, nh * hd : (nh + nkv) * hd].view(rows, nkv, hd), positions, inv_freq
+    )
+    assert rel_err(q, q_ref) < REL_TOL[dtype]
+    assert rel_err(k.view(rows, nkv, hd), k_ref) < REL_TOL[dtype]
+    v = before[:, (nh + nkv) * hd :]
+    assert torch.equal(qkv[:, (nh + nkv) * hd :], v)
+
+    cached = slots >= 0
+    flat_k, flat_v = k_cache.view(-1, nkv * hd), v_cache.view(-1, nkv * hd)
+    assert torch.equal(flat_k[slots[cached].long()], k[cached])
+    assert torch.equal(flat_v[slots[cached].long()], v[cached])
+    untouched = torch.ones(num_blocks * bs, dtype=torch.bool, device="cuda")
+    untouched[slots[cached].long()] = False
+    assert flat_k[untouched].isnan().all() and flat_v[untouched].isnan().all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "n"), [(1, 14336), (3, 1000), (17, 2048), (100, 4104)])
+def test_silu_mul(dtype, rows, n):
+    t = DTYPES[dtype]
+    x = (3 * torch.randn(rows, 2 * n, device="cuda")).to(t)
+    out = nan_like((rows, n), t)
+    grid = (math.ceil(n / (8 * 256)), rows)
+    run("silu_mul", "silu_mul", grid, 256, x, out, i32(n), dtype=dtype)
+    gate, up = x[:, :n].double(), x[:, n:].double()
+    assert rel_err(out, gate * torch.sigmoid(gate) * up) < REL_TOL[dtype]
+
+
+@pytest.mark.parametrize(("rows", "vocab"), [(1, 128256), (3, 1000), (17, 7), (100, 49152)])
+def test_argmax(rows, vocab):
+    logits = torch.randn(rows, vocab, device="cuda")
+    # Ties: the row maximum copied to a later index must not win over the first one.
+    all_rows = torch.arange(rows, device="cuda")
+    first = torch.randint(0, vocab, (rows,), device="cuda")
+    logits[all_rows, first] = 100.0
+    logits[all_rows, (first + 1 + vocab // 2) % vocab] = 100.0
+    # NaN ranks below every number.
+    logits[0, torch.randint(0, vocab, (3,), device="cuda")] = float("nan")
+    if rows > 1:
+        logits[1] = -float("inf")
+        logits[1, vocab // 3] = -1e30
+    out = torch.full((rows,), -7, dtype=torch.int32, device="cuda")
+    run("argmax", "argmax", rows, 1024, logits, i32(vocab), out)
+    expected = torch.argmax(torch.where(logits.isnan(), -float("inf"), logits), dim=-1)
+    assert torch.equal(out.long(), expected)
+
+
+# --- attention -----------------------------------------------------------------------------
+
+CONTEXT_LENS = [15, 16, 17, 255, 256, 257, 1000, 1]
+ATTENTION_SHAPES = [
+    Shape(128, 8, 8),  # MHA
+    Shape(128, 32, 8),  # Llama-3-8B, GQA 4
+    Shape(128, 32, 4),  # GQA 8
+    Shape(128, 64, 4),  # GQA 16: two passes over the keys
+    Shape(64, 8, 8),
+    Shape(64, 32, 8),
+    Shape(64, 32, 4),
+    Shape(64, 9, 3),  # SmolLM2, GQA 3
+]
+
+
+class PagedCache(NamedTuple):
+    k: object  # [num_blocks, KV_BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM]
+    v: object
+    block_tables: object  # [num_seqs, max_blocks_per_seq] int32
+
+
+def make_paged_cache(context_lens, shape, dtype) -> PagedCache:
+    """Random K/V for sequences of the given lengths in shuffled (non-contiguous) blocks. Every
+    other slot, and the block that unused block-table entries point at, holds NaN, so a kernel
+    reading past a sequence's keys produces NaN."""
+    bs, nkv, hd = shape.kv_block_size, shape.num_kv_heads, shape.head_dim
+    blocks_needed = [math.ceil(n / bs) for n in context_lens]
+    num_blocks = sum(blocks_needed) + 1
+    order = torch.randperm(num_blocks, device="cuda").int()
+    nan_block = order[-1].item()
+    block_tables = torch.full(
+        (len(context_lens), max(blocks_needed) + 1), nan_block, dtype=torch.int32, device="cuda"
+    )
+    k = nan_like((num_blocks, bs, nkv, hd), dtype)
+    v = nan_like((num_blocks, bs, nkv, hd), dtype)
+    taken = 0
+    for s, (n, nb) in enumerate(zip(context_lens, blocks_needed, strict=True)):
+        block_tables[s, :nb] = order[taken : taken + nb]
+        taken += nb
+        p = torch.arange(n, device="cuda")
+        blocks = block_tables[s, p // bs].long()
+        k[blocks, p % bs] = torch.randn(n, nkv, hd, device="cuda").to(dtype)
+        v[blocks, p % bs] = torch.randn(n, nkv, hd, device="cuda").to(dtype)
+    return PagedCache(k, v, block_tables)
+
+
+def attention_reference(qkv, cache: PagedCache, row_seq, row_pos, shape, scale):
+    """fp64 causal attention of each row over keys 0..=row_pos of its sequence, read through
+    the block table; zeros for rows with row_pos < 0. Returns [rows, NUM_HEADS * HEAD_DIM]."""
+    hd, nh, bs = shape.head_dim, shape.num_heads, shape.kv_block_size
+    rows = qkv.shape[0]
+    q = qkv[:, : nh * hd].double().view(rows, nh, hd)
+    out = torch.zeros(rows, nh, hd, dtype=torch.float64, device="cuda")
+    for r, (seq, pos) in enumerate(zip(row_seq.tolist(), row_pos.tolist(), strict=True)):
+        if pos < 0:
+            continue
+        p = torch.arange(pos + 1, device="cuda")
+        blocks = cache.block_tables[seq, p // bs].long()
+        k = cache.k[blocks, p % bs].double().repeat_interleave(shape.group, dim=1)
+        v = cache.v[blocks, p % bs].double().repeat_interleave(shape.group, dim=1)
+        probs = (torch.einsum("hd,phd->hp", q[r], k) * scale).softmax(dim=-1)
+        out[r] = torch.einsum("hp,phd->hd", probs, v)
+    return out.view(rows, nh * hd)
+
+
+def decode_rows(context_lens, padding_rows):
+    """Query rows for paged attention: each sequence's last position (a decode step), two
+    earlier positions of it (any row must work), and padding rows (row_pos = -1), shuffled."""
+    seqs, positions = [], []
+    for s, n in enumerate(context_lens):
+        for pos in {n - 1, n // 2, 0}:
+            seqs.append(s)
+            positions.append(pos)
+    seqs += [0] * padding_rows
+    positions += [-1] * padding_rows
+    order = torch.randperm(len(seqs))
+    row_seq = torch.tensor(seqs, dtype=torch.int32)[order].cuda()
+    row_pos = torch.tensor(positions, dtype=torch.int32)[order].cuda()
+    return row_seq, row_pos
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", ATTENTION_SHAPES, ids=str)
+def test_paged_attention(dtype, shape):
+    t = DTYPES[dtype]
+    cache = make_paged_cache(CONTEXT_LENS, shape, t)
+    row_seq, row_pos = decode_rows(CONTEXT_LENS, padding_rows=2)
+    rows = row_seq.numel()
+    qkv = torch.randn(rows, shape.qkv_width, device="cuda").to(t)
+    out = nan_like((rows, shape.num_heads * shape.head_dim), t)
+    scale = shape.head_dim**-0.5
+    run(
+        "paged_attention",
+        "paged_attention",
+        (rows, shape.num_kv_heads),
+        128,
+        qkv,
+        cache.k,
+        cache.v,
+        out,
+        row_seq,
+        row_pos,
+        cache.block_tables,
+        i32(cache.block_tables.shape[1]),
+        i32(shape.qkv_width),
+        f32(scale),
+        dtype=dtype,
+        shape=shape,
+    )
+    ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
+    assert rel_err(out, ref) < ATTENTION_TOL[dtype]
+    assert (out[row_pos < 0] == 0).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [Shape(128, 32, 8), Shape(64, 32, 4)], ids=str)
+@pytest.mark.parametrize("num_splits", [1, 3, 16])
+def test_paged_attention_split(dtype, shape, num_splits):
+    t, nh, hd = DTYPES[dtype], shape.num_heads, shape.head_dim
+    cache = make_paged_cache(CONTEXT_LENS, shape, t)
+    row_seq, row_pos = decode_rows(CONTEXT_LENS, padding_rows=1)
+    rows = row_seq.numel()
+    qkv = torch.randn(rows, shape.qkv_width, device="cuda").to(t)
+    partial_out = nan_like((rows, num_splits, nh, hd), torch.float32)
+    partial_lse = nan_like((rows, num_splits, nh), torch.float32)
+    out = nan_like((rows, nh * hd), t)
+    scale = hd**-0.5
+    run(
+        "paged_attention",
+        "paged_attention_split",
+        (rows, shape.num_kv_heads, num_splits),
+        128,
+        qkv,
+        cache.k,
+        cache.v,
+        out,
+        row_seq,
+        row_pos,
+        cache.block_tables,
+        i32(cache.block_tables.shape[1]),
+        i32(shape.qkv_width),
+        f32(scale),
+        partial_out,
+        partial_lse,
+        i32(num_splits),
+        dtype=dtype,
+        shape=shape,
+    )
+    assert not partial_out.isnan().any() and not partial_lse.isnan().any()
+    run(
+        "paged_attention",
+        "paged_attention_combine",
+        (rows, nh),
+        hd,
+        partial_out,
+        partial_lse,
+        out,
+        i32(num_splits),
+        dtype=dtype,
+        shape=shape,
+    )
+    ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
+    assert rel_err(out, ref) < ATTENTION_TOL[dtype]
+    assert (out[row_pos < 0] == 0).all()
+
+
+# (query_len, context_len) per sequence: whole prompts, chunked prefill and prefix-cache hits
+# (context_len > query_len), tile (64) and block (16) boundaries.
+PREFILL_SEQS = [(1, 1), (17, 17), (64, 64), (65, 100), (100, 1000), (130, 130), (16, 257), (3, 3)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    "shape",
+    [
+        Shape(128, 8, 8),
+        Shape(128, 32, 8),
+        Shape(128, 32, 4),
+        Shape(64, 32, 8),
+        Shape(64, 16, 16),
+        Shape(64, 32, 4),
+    ],
+    ids=str,
+)
+def test_prefill_attention(dtype, shape):
+    t = DTYPES[dtype]
+    query_lens = [q for q, _ in PREFILL_SEQS]
+    context_lens = [c for _, c in PREFILL_SEQS]
+    cache = make_paged_cache(context_lens, shape, t)
+    starts = [sum(query_lens[:i]) for i in range(len(query_lens))]
+    rows = sum(query_lens)
+    row_seq = torch.tensor(
+        [s for s, q in enumerate(query_lens) for _ in range(q)], dtype=torch.int32, device="cuda"
+    )
+    row_pos = torch.tensor(
+        [c - q + j for q, c in PREFILL_SEQS for j in range(q)], dtype=torch.int32, device="cuda"
+    )
+    qkv = torch.randn(rows, shape.qkv_width, device="cuda").to(t)
+    out = nan_like((rows, shape.num_heads * shape.head_dim), t)
+    scale = shape.head_dim**-0.5
+
+    def ints(values):
+        return torch.tensor(values, dtype=torch.int32, device="cuda")
+
+    grid = (math.ceil(max(query_lens) / 64), shape.num_heads, len(PREFILL_SEQS))
+    run(
+        "prefill_attention",
+        "prefill_attention",
+        grid,
+        128,
+        qkv,
+        cache.k,
+        cache.v,
+        out,
+        ints(starts),
+        ints(query_lens),
+        ints(context_lens),
+        cache.block_tables,
+        i32(cache.block_tables.shape[1]),
+        i32(shape.qkv_width),
+        f32(scale),
+        dtype=dtype,
+        shape=shape,
+    )
+    ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
+    assert rel_err(out, ref) < ATTENTION_TOL[dtype]

@@ -1,0 +1,58 @@
+"""Every CUDA kernel compiles with NVRTC, as the engine compiles it, for Hopper (sm_90a) and
+Ampere (sm_80), bf16 and f16, and several model shapes. Needs no GPU: NVRTC and the CUDA
+headers come from the `nvidia-cuda-nvrtc` and `nvidia-cuda-runtime` wheels."""
+
+import re
+
+import pytest
+
+from infire import kernels
+
+KERNEL_FILES = {
+    "embedding",
+    "rms_norm",
+    "qk_norm",
+    "rope_cache_write",
+    "silu_mul",
+    "gather_rows",
+    "argmax",
+    "paged_attention",
+    "prefill_attention",
+}
+
+# (HEAD_DIM, NUM_HEADS, NUM_KV_HEADS): Llama-3-8B (GQA 4), SmolLM2-135M (head_dim 64, GQA 3),
+# MHA, GQA 8 with head_dim 64, and GQA 16 (paged attention's multi-pass path).
+SHAPES = [(128, 32, 8), (64, 9, 3), (128, 32, 32), (64, 32, 4), (128, 64, 4)]
+
+ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)')
+
+
+def test_every_kernel_file_is_embedded():
+    assert KERNEL_FILES <= set(kernels.names())
+
+
+def kernel_functions(name: str) -> list[str]:
+    functions = ENTRY.findall(kernels.source(name))
+    assert functions, f'no extern "C" __global__ function in {name}'
+    return functions
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "hd{}-h{}-kv{}".format(*s))
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
+@pytest.mark.parametrize("name", sorted(kernels.names()))
+def test_kernel_compiles(name, arch, dtype, shape):
+    head_dim, heads, kv_heads = shape
+    defines = {
+        "HEAD_DIM": head_dim,
+        "NUM_HEADS": heads,
+        "NUM_KV_HEADS": kv_heads,
+        "KV_BLOCK_SIZE": 16,
+    }
+    cubin = kernels.compile(name, arch=arch, defines=defines, dtype=dtype, target="cubin")
+    assert isinstance(cubin, bytes) and cubin[:4] == b"\x7fELF"
+
+    ptx = kernels.compile(name, arch=arch, defines=defines, dtype=dtype, target="ptx")
+    ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
+    for function in kernel_functions(name):
+        assert re.search(rf"\.entry\s+{function}\s*\(", ptx), f"{function} missing from the PTX"
