@@ -44,6 +44,7 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None, help="seed of the sampling stream")
     gen.add_argument("--max-model-len", type=int, default=None, help="context length")
+    _add_device_args(gen)
 
     _add_serve_parser(sub)
 
@@ -77,12 +78,25 @@ def _add_serve_parser(sub) -> None:
         "--max-waiting", type=int, default=256, help="waiting sequences that trigger 429"
     )
     srv.add_argument("--max-model-len", type=int, default=None, help="context length")
+    _add_device_args(srv)
     srv.add_argument("--max-num-seqs", type=int, default=64, help="most sequences running")
     srv.add_argument("--max-num-batched-tokens", type=int, default=2048)
     srv.add_argument("--kv-cache-tokens", type=int, default=None, help="KV-cache capacity")
     srv.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
     srv.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
     srv.add_argument("--seed", type=int, default=0, help="seed of requests that give none")
+
+
+def _add_device_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", help="auto (CUDA when a GPU is present), cpu, cuda, cuda:N"
+    )
+    parser.add_argument(
+        "--dtype", default="auto", help="auto, bfloat16, float16 (CUDA), float32 (CPU)"
+    )
+    parser.add_argument(
+        "--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory to use"
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -96,6 +110,9 @@ def _serve(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             served_model_name=args.served_model_name,
             max_waiting=args.max_waiting,
+            device=args.device,
+            dtype=args.dtype,
+            gpu_memory_utilization=args.gpu_memory_utilization,
             max_model_len=args.max_model_len,
             kv_cache_tokens=args.kv_cache_tokens,
             max_num_batched_tokens=args.max_num_batched_tokens,
@@ -113,7 +130,13 @@ def _serve(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from .engine import Engine, SamplingParams
 
-    engine = Engine(model=args.model, max_model_len=args.max_model_len)
+    engine = Engine(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_model_len=args.max_model_len,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+    )
     params = SamplingParams(
         max_tokens=args.max_tokens,
         temperature=args.temperature,

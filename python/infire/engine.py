@@ -7,8 +7,9 @@ import os
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 from . import _core
-from .errors import InvalidConfigError, InvalidRequestError
+from .errors import InvalidRequestError
 from .model_resolution import resolve_model
+from .options import engine_options
 from .outputs import RequestOutput
 
 SamplingParams = _core.SamplingParams
@@ -25,8 +26,10 @@ class Engine:
         model: a local ``.gguf`` file, a Hugging Face model directory, a hub id (needs
             ``huggingface_hub``), or ``None`` for the default model (SmolLM2-135M-Instruct,
             downloaded on first use).
-        device: ``"auto"`` or ``"cpu"``. This build runs on the CPU.
-        dtype: ``"auto"`` or ``"float32"`` (the CPU backend computes in f32).
+        device: ``"auto"`` (CUDA when a GPU is present, else the CPU), ``"cpu"``, ``"cuda"``
+            or ``"cuda:N"``.
+        dtype: ``"auto"`` (bfloat16 on CUDA, float32 on the CPU), ``"bfloat16"`` or
+            ``"float16"`` (CUDA), ``"float32"`` (CPU).
         max_model_len: longest prompt + output in tokens; default: the model's context length.
         seed: seed of requests that set none (request ``i`` uses ``seed + i``).
         kv_cache_tokens: KV-cache capacity in tokens; default: sized from memory.
@@ -34,6 +37,8 @@ class Engine:
         max_num_seqs: most sequences running at once.
         block_size: tokens per KV-cache block.
         enable_prefix_caching: reuse the KV blocks of prompt prefixes seen before.
+        gpu_memory_utilization: fraction of the GPU's memory the engine may use in all
+            (weights, activations, KV cache); the KV cache gets what is left.
     """
 
     def __init__(
@@ -49,37 +54,26 @@ class Engine:
         max_num_seqs: int = 64,
         block_size: int = 16,
         enable_prefix_caching: bool = True,
+        gpu_memory_utilization: float = 0.9,
     ) -> None:
-        if device not in ("auto", "cpu"):
-            raise InvalidConfigError(
-                f"device {device!r} is not available: this build of infire runs on the CPU "
-                "(device='auto' or 'cpu')"
-            )
-        if dtype not in ("auto", "float32"):
-            raise InvalidConfigError(
-                f"dtype {dtype!r} is not supported on the CPU backend (use 'auto' or 'float32')"
-            )
-        for name, value in [
-            ("max_model_len", max_model_len),
-            ("kv_cache_tokens", kv_cache_tokens),
-            ("max_num_batched_tokens", max_num_batched_tokens),
-            ("max_num_seqs", max_num_seqs),
-            ("block_size", block_size),
-        ]:
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
         self.model_path = resolve_model(model)
-        self.device = "cpu"
-        self._core = _core.Engine(
-            self.model_path,
+        options = engine_options(
+            device=device,
+            dtype=dtype,
             max_model_len=max_model_len,
+            seed=seed,
             kv_cache_tokens=kv_cache_tokens,
             max_num_batched_tokens=max_num_batched_tokens,
             max_num_seqs=max_num_seqs,
             block_size=block_size,
             enable_prefix_caching=enable_prefix_caching,
-            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
         )
+        self._core = _core.Engine(self.model_path, options)
+        self.device = self._core.device
+        """``"cpu"`` or ``"cuda"``: where the model runs."""
+        self.device_name = self._core.device_name
+        """The GPU's name (e.g. ``"NVIDIA H200"``), or ``"cpu"``."""
 
     @property
     def tokenizer(self) -> Tokenizer:

@@ -6,6 +6,7 @@ import os
 
 from . import _core
 from .model_resolution import resolve_model
+from .options import engine_options
 
 
 def serve(
@@ -16,6 +17,9 @@ def serve(
     served_model_name: str | None = None,
     max_waiting: int = 256,
     *,
+    device: str = "auto",
+    dtype: str = "auto",
+    gpu_memory_utilization: float = 0.9,
     max_model_len: int | None = None,
     kv_cache_tokens: int | None = None,
     max_num_batched_tokens: int = 2048,
@@ -40,13 +44,10 @@ def serve(
     """
     if api_key is None:
         api_key = os.environ.get("INFIRE_API_KEY") or None
-    _core.serve(
-        resolve_model(model),
-        host=host,
-        port=port,
-        api_key=api_key,
-        served_model_name=served_model_name,
-        max_waiting=max_waiting,
+    options = engine_options(
+        device=device,
+        dtype=dtype,
+        gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
         kv_cache_tokens=kv_cache_tokens,
         max_num_batched_tokens=max_num_batched_tokens,
@@ -54,4 +55,13 @@ def serve(
         block_size=block_size,
         enable_prefix_caching=enable_prefix_caching,
         seed=seed,
+    )
+    _core.serve(
+        resolve_model(model),
+        host=host,
+        port=port,
+        api_key=api_key,
+        served_model_name=served_model_name,
+        max_waiting=max_waiting,
+        options=options,
     )

@@ -9,11 +9,11 @@ use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::backend::cpu::CpuBackend;
 use crate::engine::engine_loop::{EngineHandle, Submitted};
-use crate::engine::{Engine, EngineConfig, RequestOutput};
+use crate::engine::launch::{launch, DeviceOptions};
+use crate::engine::{EngineConfig, RequestOutput};
 use crate::error::Error;
-use crate::loader::{open_model, open_tokenizer};
+use crate::loader::open_tokenizer;
 use crate::sampling::SamplingParams;
 use crate::server::{self, ServerConfig};
 use crate::tokenizer::{ChatMessage, Tokenizer};
@@ -272,6 +272,8 @@ pub struct PyEngine {
     tokenizer: Arc<Tokenizer>,
     default_sampling: SamplingParams,
     kv_cache_tokens: usize,
+    device: &'static str,
+    device_name: String,
 }
 
 impl PyEngine {
@@ -293,45 +295,34 @@ fn parse_request_id(id: &str) -> PyResult<u64> {
 
 #[pymethods]
 impl PyEngine {
+    /// `options`: the engine options of `infire.Engine` as a dict (see [`engine_options`]).
     #[new]
-    #[pyo3(signature = (model, max_model_len=None, kv_cache_tokens=None, max_num_batched_tokens=2048,
-        max_num_seqs=64, block_size=16, enable_prefix_caching=true, seed=0))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        model: PathBuf,
-        max_model_len: Option<usize>,
-        kv_cache_tokens: Option<usize>,
-        max_num_batched_tokens: usize,
-        max_num_seqs: usize,
-        block_size: usize,
-        enable_prefix_caching: bool,
-        seed: u64,
-    ) -> PyResult<Self> {
-        let config = EngineConfig {
-            max_model_len,
-            block_size,
-            kv_cache_tokens,
-            max_num_batched_tokens,
-            max_num_seqs,
-            enable_prefix_caching,
-            seed,
-        };
-        let (handle, tokenizer, default_sampling, kv_cache_tokens) = py
-            .detach(|| {
-                let engine = Engine::new(CpuBackend, open_model(&model)?, config)?;
-                let tokenizer = Arc::new(engine.tokenizer().clone());
-                let sampling = engine.default_sampling_params().clone();
-                let kv_tokens = engine.limits().kv_capacity_tokens;
-                Ok::<_, Error>((EngineHandle::spawn(engine)?, tokenizer, sampling, kv_tokens))
-            })
+    #[pyo3(signature = (model, options=None))]
+    fn new(py: Python<'_>, model: PathBuf, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
+        let (config, device) = engine_options(options)?;
+        let launched = py
+            .detach(|| launch(&model, &device, config))
             .map_err(to_pyerr)?;
         Ok(PyEngine {
-            handle,
-            tokenizer,
-            default_sampling,
-            kv_cache_tokens,
+            handle: launched.handle,
+            tokenizer: launched.tokenizer,
+            default_sampling: launched.default_sampling,
+            kv_cache_tokens: launched.kv_capacity_tokens,
+            device: launched.device,
+            device_name: launched.device_name,
         })
+    }
+
+    /// `"cpu"` or `"cuda"`.
+    #[getter]
+    fn device(&self) -> &'static str {
+        self.device
+    }
+
+    /// The GPU's name (e.g. "NVIDIA H200"), or "cpu".
+    #[getter]
+    fn device_name(&self) -> &str {
+        &self.device_name
     }
 
     #[getter]
@@ -600,9 +591,7 @@ fn output_dict<'py>(
 /// SIGINT (see `infire.serve`). Blocks without holding the GIL.
 #[pyfunction]
 #[pyo3(signature = (model, host="127.0.0.1".to_string(), port=8000, api_key=None,
-    served_model_name=None, max_waiting=256, max_model_len=None, kv_cache_tokens=None,
-    max_num_batched_tokens=2048, max_num_seqs=64, block_size=16, enable_prefix_caching=true,
-    seed=0))]
+    served_model_name=None, max_waiting=256, options=None))]
 #[allow(clippy::too_many_arguments)]
 fn serve(
     py: Python<'_>,
@@ -612,23 +601,9 @@ fn serve(
     api_key: Option<String>,
     served_model_name: Option<String>,
     max_waiting: usize,
-    max_model_len: Option<usize>,
-    kv_cache_tokens: Option<usize>,
-    max_num_batched_tokens: usize,
-    max_num_seqs: usize,
-    block_size: usize,
-    enable_prefix_caching: bool,
-    seed: u64,
+    options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<()> {
-    let engine_config = EngineConfig {
-        max_model_len,
-        block_size,
-        kv_cache_tokens,
-        max_num_batched_tokens,
-        max_num_seqs,
-        enable_prefix_caching,
-        seed,
-    };
+    let (engine_config, device) = engine_options(options)?;
     let name = served_model_name.unwrap_or_else(|| {
         model.file_stem().map_or_else(
             || model.display().to_string(),
@@ -643,13 +618,54 @@ fn serve(
         ..ServerConfig::new(name)
     };
     py.detach(|| {
-        let engine = Engine::new(CpuBackend, open_model(&model)?, engine_config)?;
-        let tokenizer = Arc::new(engine.tokenizer().clone());
-        let defaults = engine.default_sampling_params().clone();
-        let handle = EngineHandle::spawn(engine)?;
-        server::run(handle, tokenizer, defaults, config)
+        let launched = launch(&model, &device, engine_config)?;
+        server::run(
+            launched.handle,
+            launched.tokenizer,
+            launched.default_sampling,
+            config,
+        )
     })
     .map_err(to_pyerr)
+}
+
+/// Engine options from the dict the Python layer builds: `max_model_len`, `kv_cache_tokens`,
+/// `max_num_batched_tokens`, `max_num_seqs`, `block_size`, `enable_prefix_caching`, `seed`,
+/// `device`, `dtype`, `gpu_memory_utilization`. Missing keys take the defaults; unknown keys
+/// are an error.
+fn engine_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, DeviceOptions)> {
+    let mut config = EngineConfig::default();
+    let mut device = DeviceOptions::default();
+    let Some(options) = options else {
+        return Ok((config, device));
+    };
+    for (key, value) in options.iter() {
+        let key: String = key.extract()?;
+        match key.as_str() {
+            "max_model_len" => config.max_model_len = value.extract()?,
+            "kv_cache_tokens" => config.kv_cache_tokens = value.extract()?,
+            "max_num_batched_tokens" => config.max_num_batched_tokens = value.extract()?,
+            "max_num_seqs" => config.max_num_seqs = value.extract()?,
+            "block_size" => config.block_size = value.extract()?,
+            "enable_prefix_caching" => config.enable_prefix_caching = value.extract()?,
+            "seed" => config.seed = value.extract()?,
+            "device" => device.device = value.extract()?,
+            "dtype" => device.dtype = value.extract()?,
+            "gpu_memory_utilization" => device.gpu_memory_utilization = value.extract()?,
+            _ => {
+                return Err(to_pyerr(Error::InvalidConfig(format!(
+                    "unknown engine option {key:?}"
+                ))))
+            }
+        }
+    }
+    Ok((config, device))
+}
+
+/// Number of CUDA devices this build can use (0 without a driver or GPU).
+#[pyfunction]
+fn cuda_device_count() -> usize {
+    crate::engine::launch::cuda_device_count()
 }
 
 #[pymodule]
@@ -660,6 +676,81 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyStream>()?;
     m.add_function(wrap_pyfunction!(load_tokenizer, m)?)?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
+    #[cfg(feature = "cuda")]
+    {
+        m.add_function(wrap_pyfunction!(kernel_names, m)?)?;
+        m.add_function(wrap_pyfunction!(kernel_source, m)?)?;
+        m.add_function(wrap_pyfunction!(compile_kernel, m)?)?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
+}
+
+/// The CUDA kernel files (`kernels/cuda/*.cu` stems).
+#[cfg(feature = "cuda")]
+#[pyfunction]
+fn kernel_names() -> Vec<&'static str> {
+    crate::backend::cuda::jit::names()
+}
+
+/// The full source NVRTC compiles for kernel file `name` (common header included).
+#[cfg(feature = "cuda")]
+#[pyfunction]
+fn kernel_source(name: &str) -> PyResult<String> {
+    crate::backend::cuda::jit::source(name).map_err(to_pyerr)
+}
+
+/// Compiles kernel file `name` with NVRTC for `arch` (e.g. "sm_90a") to a cubin or PTX.
+#[cfg(feature = "cuda")]
+#[pyfunction]
+#[pyo3(signature = (name, arch, defines=None, dtype="bfloat16", target="cubin"))]
+fn compile_kernel<'py>(
+    py: Python<'py>,
+    name: &str,
+    arch: &str,
+    defines: Option<&Bound<'py, PyDict>>,
+    dtype: &str,
+    target: &str,
+) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
+    use crate::backend::cuda::jit::{compile, KernelDtype, KernelSpec, Target};
+    let dtype = match dtype {
+        "bfloat16" => KernelDtype::Bf16,
+        "float16" => KernelDtype::F16,
+        d => {
+            return Err(to_pyerr(Error::InvalidRequest(format!(
+                "dtype must be \"bfloat16\" or \"float16\", got {d:?}"
+            ))))
+        }
+    };
+    let target = match target {
+        "cubin" => Target::Cubin,
+        "ptx" => Target::Ptx,
+        t => {
+            return Err(to_pyerr(Error::InvalidRequest(format!(
+                "target must be \"cubin\" or \"ptx\", got {t:?}"
+            ))))
+        }
+    };
+    let mut defs = Vec::new();
+    if let Some(d) = defines {
+        for (k, v) in d.iter() {
+            let value = if v.is_none() {
+                None
+            } else {
+                Some(v.str()?.to_string())
+            };
+            defs.push((k.extract::<String>()?, value));
+        }
+    }
+    let spec = KernelSpec {
+        name: name.to_string(),
+        arch: arch.to_string(),
+        dtype,
+        defines: defs,
+    };
+    let bytes = py
+        .detach(|| compile(&spec, target, None))
+        .map_err(to_pyerr)?;
+    Ok(pyo3::types::PyBytes::new(py, &bytes))
 }

@@ -5,6 +5,8 @@
 //! nothing model-specific lives in a backend, and nothing backend-specific in the model.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::error::Result;
 use crate::weights::HostTensor;
@@ -87,6 +89,24 @@ pub trait Backend: Send {
     fn vector(&self, t: HostTensor) -> Result<Self::Vector>;
     /// A zeroed activation buffer of `len` elements.
     fn buffer(&self, len: usize) -> Result<Self::Buf>;
+    /// A zeroed buffer of `len` f32 values for logits (the LM head writes f32 on every
+    /// backend, so log-probabilities do not pay for a narrower activation dtype).
+    fn logits_buffer(&self, len: usize) -> Result<Self::Buf> {
+        self.buffer(len)
+    }
+    /// Bytes of one element of the KV cache.
+    fn kv_element_bytes(&self) -> usize {
+        4
+    }
+    /// Bytes the KV cache may take once weights and activation buffers are in place, when the
+    /// backend sizes it from its memory (`None`: the engine's own default applies).
+    fn kv_cache_budget_bytes(&self) -> Option<usize> {
+        None
+    }
+    /// Called once per step before the operations, with the step's batch. A device backend
+    /// copies the batch description (ids, positions, slots, block tables) to the device here
+    /// and its operations read that copy rather than the host slices they are also given.
+    fn prepare_step(&mut self, _batch: &ForwardBatch) {}
     /// A KV cache of `num_blocks` blocks of `block_size` tokens for `num_layers` layers.
     fn kv_cache(
         &self,
@@ -155,6 +175,18 @@ pub trait Backend: Send {
     fn silu_mul(&self, x: &Self::Buf, rows: usize, n: usize, out: &mut Self::Buf);
     /// `out[i] = x[rows[i]]` for rows of width `width`.
     fn gather_rows(&self, x: &Self::Buf, rows: &[u32], width: usize, out: &mut Self::Buf);
-    /// Copies `rows × width` values of a buffer to the host.
-    fn to_host(&self, x: &Self::Buf, len: usize) -> Vec<f32>;
+    /// Copies the first `len` values of a buffer to the host, as f32. Waits for the work
+    /// enqueued so far, and reports the first failure of any of it (operations do not return
+    /// errors themselves, so that a device backend can enqueue them without waiting).
+    fn to_host(&self, x: &Self::Buf, len: usize) -> Result<Vec<f32>>;
+    /// The index of the largest of each of `rows` rows of `width` logits (lowest index among
+    /// equals), waiting and reporting failures as [`to_host`](Self::to_host) does. A device
+    /// backend computes it in place, so only the indices travel.
+    fn argmax_rows(&self, logits: &Self::Buf, rows: usize, width: usize) -> Result<Vec<u32>> {
+        let host = self.to_host(logits, rows * width)?;
+        Ok(host
+            .chunks_exact(width)
+            .map(crate::sampling::argmax)
+            .collect())
+    }
 }

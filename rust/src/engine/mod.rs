@@ -6,6 +6,7 @@
 //! detokenization → a [`SeqDelta`] per sequence that changed.
 
 pub mod engine_loop;
+pub mod launch;
 mod output;
 mod scheduler;
 mod sequence;
@@ -23,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::loader::ModelFiles;
 use crate::model::{LlamaModel, StepBuffers};
-use crate::sampling::SamplingParams;
+use crate::sampling::{Sampled, SamplingParams};
 use crate::tokenizer::Tokenizer;
 
 /// Engine options. Defaults are documented on each field.
@@ -170,11 +171,28 @@ impl<B: Backend> Engine<B> {
                 "block_size, max_num_batched_tokens and max_num_seqs must be at least 1".into(),
             ));
         }
-        let kv_bytes_per_token =
-            2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 4;
-        let kv_tokens = config
-            .kv_cache_tokens
-            .unwrap_or_else(|| max_model_len.max(DEFAULT_CPU_KV_BYTES / kv_bytes_per_token));
+        let model = LlamaModel::load(&backend, mc.clone(), files.weights.as_ref())?;
+        drop(files.weights);
+        // Logits rows: one per running sequence, plus the prompt-logprob rows.
+        let bufs = StepBuffers::new(
+            &backend,
+            &mc,
+            config.max_num_batched_tokens,
+            config.max_num_seqs + PROMPT_LOGPROB_ROWS,
+        )?;
+        // The KV cache takes what the backend can spare once weights and buffers are in place.
+        let kv_bytes_per_token = 2
+            * mc.num_hidden_layers
+            * mc.num_key_value_heads
+            * mc.head_dim
+            * backend.kv_element_bytes();
+        let kv_tokens =
+            config
+                .kv_cache_tokens
+                .unwrap_or_else(|| match backend.kv_cache_budget_bytes() {
+                    Some(bytes) => bytes / kv_bytes_per_token,
+                    None => max_model_len.max(DEFAULT_CPU_KV_BYTES / kv_bytes_per_token),
+                });
         let num_blocks = kv_tokens / config.block_size;
         if num_blocks == 0 {
             return Err(Error::InvalidConfig(format!(
@@ -183,17 +201,8 @@ impl<B: Backend> Engine<B> {
             )));
         }
         config.kv_cache_tokens = Some(num_blocks * config.block_size);
-        let model = LlamaModel::load(&backend, mc.clone(), files.weights.as_ref())?;
-        drop(files.weights);
         let shape = model.attention_shape();
         let cache = backend.kv_cache(mc.num_hidden_layers, num_blocks, config.block_size, shape)?;
-        // Logits rows: one per running sequence, plus the prompt-logprob rows.
-        let bufs = StepBuffers::new(
-            &backend,
-            &mc,
-            config.max_num_batched_tokens,
-            config.max_num_seqs + PROMPT_LOGPROB_ROWS,
-        )?;
         Ok(Engine {
             backend,
             model,
@@ -336,11 +345,39 @@ impl<B: Backend> Engine<B> {
             return (Vec::new(), Vec::new());
         }
         let batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
-        let logits = self
-            .model
-            .forward(&self.backend, &batch, &mut self.cache, &mut self.bufs);
+        self.backend.prepare_step(&batch);
+        // When every sampled row is plain greedy, only the token ids leave the backend.
+        let greedy_only = plan.iter().all(|s| {
+            let p = &self.scheduler.running[s.seq].params;
+            p.is_greedy()
+                && !p.has_penalties()
+                && p.logprobs.is_none()
+                && p.prompt_logprobs.is_none()
+        });
+        let (model, backend) = (&self.model, &self.backend);
+        let (cache, bufs) = (&mut self.cache, &mut self.bufs);
+        let out = if greedy_only {
+            model
+                .forward_greedy(backend, &batch, cache, bufs)
+                .map(StepOutput::Tokens)
+        } else {
+            model
+                .forward(backend, &batch, cache, bufs)
+                .map(StepOutput::Logits)
+        };
+        let out = match out {
+            Ok(out) => out,
+            Err(e) => return (Vec::new(), self.fail_step(&plan, e)),
+        };
         let vocab = self.model.config.vocab_size;
-        let mut rows = logits.chunks_exact(vocab);
+        let mut rows = match &out {
+            StepOutput::Logits(logits) => logits.chunks_exact(vocab),
+            StepOutput::Tokens(_) => [].chunks_exact(vocab),
+        };
+        let mut greedy_tokens = match &out {
+            StepOutput::Tokens(t) => t.iter(),
+            StepOutput::Logits(_) => [].iter(),
+        };
         let mut deltas = Vec::new();
         let mut errors = Vec::new();
         for s in &plan {
@@ -358,9 +395,19 @@ impl<B: Backend> Engine<B> {
             if seq.num_computed < seq.num_tokens() {
                 continue; // a prefill chunk short of the end of the prompt
             }
-            let Some(row) = rows.next() else { break };
-            let mut row = row.to_vec();
-            let sampled = seq.sampler.sample(&seq.params, &mut row);
+            let sampled = if greedy_only {
+                let Some(&token) = greedy_tokens.next() else {
+                    break;
+                };
+                Sampled {
+                    token,
+                    logprobs: None,
+                }
+            } else {
+                let Some(row) = rows.next() else { break };
+                let mut row = row.to_vec();
+                seq.sampler.sample(&seq.params, &mut row)
+            };
             if let Err(e) = seq.append(
                 sampled.token,
                 sampled.logprobs,
@@ -385,6 +432,32 @@ impl<B: Backend> Engine<B> {
             }
         }
         (deltas, errors)
+    }
+}
+
+/// What a forward step hands to sampling.
+enum StepOutput {
+    /// Logits of every logits row.
+    Logits(Vec<f32>),
+    /// The greedy token of every logits row.
+    Tokens(Vec<u32>),
+}
+
+impl<B: Backend> Engine<B> {
+    /// A forward step failed on the backend: its requests end with the error (their blocks are
+    /// freed); requests that were not in the step go on.
+    fn fail_step(&mut self, plan: &[Scheduled], e: Error) -> Vec<(u64, Error)> {
+        let mut ids: Vec<u64> = plan
+            .iter()
+            .map(|s| self.scheduler.running[s.seq].request_id)
+            .collect();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| {
+                self.abort(id);
+                (id, Error::Engine(format!("forward step failed: {e}")))
+            })
+            .collect()
     }
 }
 

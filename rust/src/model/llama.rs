@@ -75,7 +75,7 @@ impl<B: Backend> StepBuffers<B> {
             last_residual: backend.buffer(max_logits * h)?,
             last_hidden: backend.buffer(max_logits * h)?,
             last_normed: backend.buffer(max_logits * h)?,
-            logits: backend.buffer(max_logits * cfg.vocab_size)?,
+            logits: backend.logits_buffer(max_logits * cfg.vocab_size)?,
         })
     }
 }
@@ -171,7 +171,8 @@ impl<B: Backend> LlamaModel<B> {
     }
 
     /// Runs one step: writes the batch's keys and values into `cache` and returns the logits
-    /// of `batch.logits_rows`, `vocab_size` values per row, on the host.
+    /// of `batch.logits_rows`, `vocab_size` values per row, on the host. The caller has
+    /// passed `batch` to [`Backend::prepare_step`] first.
     ///
     /// The caller guarantees `batch.num_tokens() <= bufs.max_tokens`, that the logits rows fit
     /// the buffers, and that every slot and block id lies inside `cache`.
@@ -181,7 +182,33 @@ impl<B: Backend> LlamaModel<B> {
         batch: &ForwardBatch,
         cache: &mut B::KvCache,
         bufs: &mut StepBuffers<B>,
-    ) -> Vec<f32> {
+    ) -> Result<Vec<f32>> {
+        let n = self.compute_logits(backend, batch, cache, bufs);
+        backend.to_host(&bufs.logits, n * self.config.vocab_size)
+    }
+
+    /// Like [`forward`](Self::forward), but returns only the greedy token of each logits row:
+    /// the argmax runs on the backend, so the logits never travel to the host.
+    pub fn forward_greedy(
+        &self,
+        backend: &B,
+        batch: &ForwardBatch,
+        cache: &mut B::KvCache,
+        bufs: &mut StepBuffers<B>,
+    ) -> Result<Vec<u32>> {
+        let n = self.compute_logits(backend, batch, cache, bufs);
+        backend.argmax_rows(&bufs.logits, n, self.config.vocab_size)
+    }
+
+    /// Enqueues the whole step; the logits of `batch.logits_rows` end in `bufs.logits`.
+    /// Returns the number of logits rows.
+    fn compute_logits(
+        &self,
+        backend: &B,
+        batch: &ForwardBatch,
+        cache: &mut B::KvCache,
+        bufs: &mut StepBuffers<B>,
+    ) -> usize {
         let c = &self.config;
         let rows = batch.num_tokens();
         let shape = self.attention_shape();
@@ -251,6 +278,6 @@ impl<B: Backend> LlamaModel<B> {
         );
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
         backend.linear(&bufs.last_normed, n, head, None, &mut bufs.logits);
-        backend.to_host(&bufs.logits, n * c.vocab_size)
+        n
     }
 }

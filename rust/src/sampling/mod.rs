@@ -5,5 +5,5 @@ mod sampler;
 mod stop;
 
 pub use params::SamplingParams;
-pub use sampler::{log_softmax_top, Sampled, Sampler};
+pub use sampler::{argmax, log_softmax_top, Sampled, Sampler};
 pub use stop::StopChecker;

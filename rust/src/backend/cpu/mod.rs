@@ -249,8 +249,8 @@ impl Backend for CpuBackend {
         }
     }
 
-    fn to_host(&self, x: &Vec<f32>, len: usize) -> Vec<f32> {
-        x[..len].to_vec()
+    fn to_host(&self, x: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
+        Ok(x[..len].to_vec())
     }
 }
 

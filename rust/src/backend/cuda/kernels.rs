@@ -1,0 +1,355 @@
+//! The compiled kernels of one model and their launch wrappers.
+//!
+//! Each wrapper states the grid and block shape its kernel was written for (see the header
+//! comment of each file in `kernels/cuda/`); the argument order matches the kernel signature.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+
+use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::nvrtc::Ptx;
+use rayon::prelude::*;
+
+use super::device_mem::cuda_err;
+use super::jit::{self, KernelDtype, KernelSpec, Target};
+use super::step_meta::StepMeta;
+use crate::backend::AttentionShape;
+use crate::error::{Error, Result};
+
+/// Query rows per CTA of the prefill attention kernel.
+const PREFILL_TILE: usize = 64;
+
+type Compiled = std::result::Result<Vec<(String, Vec<u8>)>, String>;
+
+/// Kernels being compiled on a background thread, loaded into the context on first use.
+pub struct KernelSet {
+    pending: Mutex<Option<JoinHandle<Compiled>>>,
+    loaded: OnceLock<std::result::Result<Kernels, String>>,
+}
+
+impl KernelSet {
+    /// Starts compiling every kernel file for `arch`, specialized for `shape` and
+    /// `block_size`, in parallel.
+    pub fn compile_in_background(
+        arch: String,
+        dtype: KernelDtype,
+        shape: AttentionShape,
+        block_size: usize,
+        cache_dir: Option<PathBuf>,
+    ) -> KernelSet {
+        let defines: Vec<(String, Option<String>)> = [
+            ("HEAD_DIM", shape.head_dim),
+            ("NUM_HEADS", shape.num_heads),
+            ("NUM_KV_HEADS", shape.num_kv_heads),
+            ("KV_BLOCK_SIZE", block_size),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+        .collect();
+        let handle = std::thread::spawn(move || {
+            jit::names()
+                .par_iter()
+                .map(|name| {
+                    let spec = KernelSpec {
+                        name: name.to_string(),
+                        arch: arch.clone(),
+                        dtype,
+                        defines: defines.clone(),
+                    };
+                    jit::compile(&spec, Target::Cubin, cache_dir.as_deref())
+                        .map(|cubin| (name.to_string(), cubin))
+                        .map_err(|e| e.to_string())
+                })
+                .collect()
+        });
+        KernelSet {
+            pending: Mutex::new(Some(handle)),
+            loaded: OnceLock::new(),
+        }
+    }
+
+    /// The loaded kernels; waits for the compilation the first time.
+    pub fn get(&self, ctx: &Arc<CudaContext>) -> Result<&Kernels> {
+        self.loaded
+            .get_or_init(|| {
+                let handle = self
+                    .pending
+                    .lock()
+                    .map_err(|_| "kernel compilation lock poisoned".to_string())?
+                    .take()
+                    .ok_or("kernel compilation already consumed")?;
+                let cubins = handle
+                    .join()
+                    .map_err(|_| "kernel compilation panicked".to_string())??;
+                Kernels::load(ctx, cubins).map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Engine(e.clone()))
+    }
+}
+
+/// The loaded kernel functions.
+pub struct Kernels {
+    embedding: CudaFunction,
+    rms_norm: CudaFunction,
+    add_rms_norm: CudaFunction,
+    qk_norm: CudaFunction,
+    rope_cache_write: CudaFunction,
+    silu_mul: CudaFunction,
+    gather_rows: CudaFunction,
+    argmax: CudaFunction,
+    paged_attention: CudaFunction,
+    prefill_attention: CudaFunction,
+}
+
+fn cfg(grid: (usize, usize, usize), block: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn launched<T>(r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<()> {
+    r.map(|_| ()).map_err(cuda_err)
+}
+
+impl Kernels {
+    fn load(ctx: &Arc<CudaContext>, cubins: Vec<(String, Vec<u8>)>) -> Result<Kernels> {
+        let mut modules = std::collections::HashMap::new();
+        for (file, cubin) in cubins {
+            let module = ctx
+                .load_module(Ptx::from_binary(cubin))
+                .map_err(|e| Error::Engine(format!("loading kernel module {file}: {e:?}")))?;
+            modules.insert(file, module);
+        }
+        let f = |file: &str, func: &str| -> Result<CudaFunction> {
+            modules
+                .get(file)
+                .ok_or_else(|| Error::Engine(format!("kernel file {file} was not compiled")))?
+                .load_function(func)
+                .map_err(|e| Error::Engine(format!("kernel {func} in {file}: {e:?}")))
+        };
+        Ok(Kernels {
+            embedding: f("embedding", "embedding")?,
+            rms_norm: f("rms_norm", "rms_norm")?,
+            add_rms_norm: f("rms_norm", "add_rms_norm")?,
+            qk_norm: f("qk_norm", "qk_norm")?,
+            rope_cache_write: f("rope_cache_write", "rope_cache_write")?,
+            silu_mul: f("silu_mul", "silu_mul")?,
+            gather_rows: f("gather_rows", "gather_rows")?,
+            argmax: f("argmax", "argmax")?,
+            paged_attention: f("paged_attention", "paged_attention")?,
+            prefill_attention: f("prefill_attention", "prefill_attention")?,
+        })
+    }
+
+    pub fn embedding(
+        &self,
+        stream: &Arc<CudaStream>,
+        table: u64,
+        ids: u64,
+        out: u64,
+        rows: usize,
+        hidden: usize,
+    ) -> Result<()> {
+        let hidden = hidden as i32;
+        let mut b = stream.launch_builder(&self.embedding);
+        b.arg(&table).arg(&ids).arg(&out).arg(&hidden);
+        // SAFETY: argument types and order match `embedding.cu`; buffers are sized by the model.
+        launched(unsafe { b.launch(cfg((rows, 1, 1), 128)) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: u64,
+        w: u64,
+        out: u64,
+        rows: usize,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let hidden = hidden as i32;
+        let mut b = stream.launch_builder(&self.rms_norm);
+        b.arg(&x).arg(&w).arg(&out).arg(&hidden).arg(&eps);
+        // SAFETY: as in `embedding`.
+        launched(unsafe { b.launch(cfg((rows, 1, 1), 256)) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rms_norm(
+        &self,
+        stream: &Arc<CudaStream>,
+        residual: u64,
+        x: u64,
+        w: u64,
+        out: u64,
+        rows: usize,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let hidden = hidden as i32;
+        let mut b = stream.launch_builder(&self.add_rms_norm);
+        b.arg(&residual)
+            .arg(&x)
+            .arg(&w)
+            .arg(&out)
+            .arg(&hidden)
+            .arg(&eps);
+        // SAFETY: as in `embedding`.
+        launched(unsafe { b.launch(cfg((rows, 1, 1), 256)) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn qk_norm(
+        &self,
+        stream: &Arc<CudaStream>,
+        qkv: u64,
+        q_w: u64,
+        k_w: u64,
+        rows: usize,
+        shape: AttentionShape,
+        eps: f32,
+    ) -> Result<()> {
+        let width = (shape.q_size() + 2 * shape.kv_size()) as i32;
+        let mut b = stream.launch_builder(&self.qk_norm);
+        b.arg(&qkv).arg(&q_w).arg(&k_w).arg(&width).arg(&eps);
+        let heads = shape.num_heads + shape.num_kv_heads;
+        // SAFETY: as in `embedding`.
+        launched(unsafe { b.launch(cfg((rows, heads, 1), 32)) })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_cache_write(
+        &self,
+        stream: &Arc<CudaStream>,
+        qkv: u64,
+        meta: &StepMeta,
+        inv_freq: u64,
+        k_cache: u64,
+        v_cache: u64,
+        shape: AttentionShape,
+    ) -> Result<()> {
+        let width = (shape.q_size() + 2 * shape.kv_size()) as i32;
+        let (positions, slots) = (meta.positions(), meta.slots());
+        let mut b = stream.launch_builder(&self.rope_cache_write);
+        b.arg(&qkv)
+            .arg(&positions)
+            .arg(&slots)
+            .arg(&inv_freq)
+            .arg(&k_cache)
+            .arg(&v_cache)
+            .arg(&width);
+        // SAFETY: as in `embedding`; every slot lies inside the cache (the block manager's
+        // invariant).
+        launched(unsafe { b.launch(cfg((meta.rows, 1, 1), 128)) })
+    }
+
+    /// Attention of every row of the step: the paged decode kernel when each sequence has one
+    /// query row, the tensor-core prefill kernel otherwise.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        stream: &Arc<CudaStream>,
+        qkv: u64,
+        k_cache: u64,
+        v_cache: u64,
+        out: u64,
+        meta: &StepMeta,
+        shape: AttentionShape,
+    ) -> Result<()> {
+        let width = (shape.q_size() + 2 * shape.kv_size()) as i32;
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let max_blocks = meta.max_blocks as i32;
+        let tables = meta.block_tables();
+        if meta.max_query_len <= 1 {
+            let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
+            let mut b = stream.launch_builder(&self.paged_attention);
+            b.arg(&qkv)
+                .arg(&k_cache)
+                .arg(&v_cache)
+                .arg(&out)
+                .arg(&row_seq)
+                .arg(&row_pos)
+                .arg(&tables)
+                .arg(&max_blocks)
+                .arg(&width)
+                .arg(&scale);
+            // SAFETY: as in `embedding`; block tables cover every position (batch invariant).
+            return launched(unsafe { b.launch(cfg((meta.rows, shape.num_kv_heads, 1), 128)) });
+        }
+        let (q_start, q_len, ctx_len) = (
+            meta.seq_query_start(),
+            meta.seq_query_len(),
+            meta.seq_context_len(),
+        );
+        let mut b = stream.launch_builder(&self.prefill_attention);
+        b.arg(&qkv)
+            .arg(&k_cache)
+            .arg(&v_cache)
+            .arg(&out)
+            .arg(&q_start)
+            .arg(&q_len)
+            .arg(&ctx_len)
+            .arg(&tables)
+            .arg(&max_blocks)
+            .arg(&width)
+            .arg(&scale);
+        let tiles = meta.max_query_len.div_ceil(PREFILL_TILE);
+        // SAFETY: as above.
+        launched(unsafe { b.launch(cfg((tiles, shape.num_heads, meta.num_seqs), 128)) })
+    }
+
+    pub fn silu_mul(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: u64,
+        out: u64,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        let n32 = n as i32;
+        let mut b = stream.launch_builder(&self.silu_mul);
+        b.arg(&x).arg(&out).arg(&n32);
+        // SAFETY: as in `embedding`.
+        launched(unsafe { b.launch(cfg((n.div_ceil(8 * 256), rows, 1), 256)) })
+    }
+
+    pub fn gather_rows(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: u64,
+        rows_ptr: u64,
+        out: u64,
+        n: usize,
+        width: usize,
+    ) -> Result<()> {
+        if n == 0 {
+            return Ok(());
+        }
+        let width = width as i32;
+        let mut b = stream.launch_builder(&self.gather_rows);
+        b.arg(&x).arg(&rows_ptr).arg(&out).arg(&width);
+        // SAFETY: as in `embedding`.
+        launched(unsafe { b.launch(cfg((n, 1, 1), 128)) })
+    }
+
+    /// `out[r] = argmax(logits[r])` over `vocab` f32 logits per row, as `i32`.
+    pub fn argmax(
+        &self,
+        stream: &Arc<CudaStream>,
+        logits: u64,
+        rows: usize,
+        vocab: usize,
+        out: u64,
+    ) -> Result<()> {
+        let vocab = vocab as i32;
+        let mut b = stream.launch_builder(&self.argmax);
+        b.arg(&logits).arg(&vocab).arg(&out);
+        // SAFETY: as in `embedding`.
+        launched(unsafe { b.launch(cfg((rows, 1, 1), 1024)) })
+    }
+}

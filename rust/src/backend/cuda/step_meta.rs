@@ -1,0 +1,143 @@
+//! A step's batch description in device memory: one packed `i32` array uploaded once per
+//! step, which the kernels index into.
+//!
+//! Layout (each part starts at the offset kept in [`StepMeta`]):
+//! `token_ids[rows] | positions[rows] | slots[rows] | row_seq[rows] | logits_rows[n] |
+//! seq_query_start[s] | seq_query_len[s] | seq_context_len[s] | block_tables[s × max_blocks]`.
+//! `row_seq` maps a row to its sequence's index in the batch; a row's causal limit is its
+//! position.
+
+use std::sync::Arc;
+
+use cudarc::driver::{result, CudaStream};
+
+use super::device_mem::{cuda_err, DeviceMem};
+use crate::backend::ForwardBatch;
+use crate::error::Result;
+
+/// Device copy of the current step's [`ForwardBatch`], and the offsets of its parts.
+pub struct StepMeta {
+    mem: DeviceMem,
+    host: Vec<i32>,
+    pub rows: usize,
+    pub num_seqs: usize,
+    pub num_logits: usize,
+    pub max_blocks: usize,
+    /// Longest `query_len` of the step (1 for a decode-only step).
+    pub max_query_len: usize,
+    off_tokens: usize,
+    off_positions: usize,
+    off_slots: usize,
+    off_row_seq: usize,
+    off_logits: usize,
+    off_q_start: usize,
+    off_q_len: usize,
+    off_ctx: usize,
+    off_tables: usize,
+}
+
+impl StepMeta {
+    pub fn new(stream: &Arc<CudaStream>) -> Result<StepMeta> {
+        Ok(StepMeta {
+            mem: DeviceMem::zeroed(stream, 4 << 10)?,
+            host: Vec::new(),
+            rows: 0,
+            num_seqs: 0,
+            num_logits: 0,
+            max_blocks: 0,
+            max_query_len: 0,
+            off_tokens: 0,
+            off_positions: 0,
+            off_slots: 0,
+            off_row_seq: 0,
+            off_logits: 0,
+            off_q_start: 0,
+            off_q_len: 0,
+            off_ctx: 0,
+            off_tables: 0,
+        })
+    }
+
+    /// Packs `batch` and enqueues its copy to the device (growing the device array if needed).
+    pub fn upload(&mut self, stream: &Arc<CudaStream>, batch: &ForwardBatch) -> Result<()> {
+        let rows = batch.num_tokens();
+        let s = batch.seqs.len();
+        let max_blocks = batch
+            .seqs
+            .iter()
+            .map(|q| q.block_table.len())
+            .max()
+            .unwrap_or(0)
+            .max(1);
+        let h = &mut self.host;
+        h.clear();
+        self.off_tokens = h.len();
+        h.extend(batch.token_ids.iter().map(|&t| t as i32));
+        self.off_positions = h.len();
+        h.extend(batch.positions.iter().map(|&p| p as i32));
+        self.off_slots = h.len();
+        h.extend(batch.slot_mapping.iter().map(|&p| p as i32));
+        self.off_row_seq = h.len();
+        for (i, q) in batch.seqs.iter().enumerate() {
+            h.extend(std::iter::repeat_n(i as i32, q.query_len));
+        }
+        self.off_logits = h.len();
+        h.extend(batch.logits_rows.iter().map(|&r| r as i32));
+        self.off_q_start = h.len();
+        h.extend(batch.seqs.iter().map(|q| q.query_start as i32));
+        self.off_q_len = h.len();
+        h.extend(batch.seqs.iter().map(|q| q.query_len as i32));
+        self.off_ctx = h.len();
+        h.extend(batch.seqs.iter().map(|q| q.context_len as i32));
+        self.off_tables = h.len();
+        for q in &batch.seqs {
+            h.extend(q.block_table.iter().map(|&b| b as i32));
+            h.extend(std::iter::repeat_n(0, max_blocks - q.block_table.len()));
+        }
+        self.rows = rows;
+        self.num_seqs = s;
+        self.num_logits = batch.logits_rows.len();
+        self.max_blocks = max_blocks;
+        self.max_query_len = batch.seqs.iter().map(|q| q.query_len).max().unwrap_or(0);
+        let bytes = self.host.len() * 4;
+        if bytes > self.mem.bytes() {
+            stream.synchronize().map_err(cuda_err)?;
+            self.mem = DeviceMem::zeroed(stream, bytes.next_power_of_two())?;
+        }
+        // SAFETY: the device array holds `bytes`; the host vector is not touched again until
+        // the next step, after the engine has synchronized on this step's results.
+        unsafe { result::memcpy_htod_async(self.mem.ptr, &self.host[..], stream.cu_stream()) }
+            .map_err(cuda_err)
+    }
+
+    fn at(&self, off: usize) -> u64 {
+        self.mem.ptr + (off * 4) as u64
+    }
+    pub fn token_ids(&self) -> u64 {
+        self.at(self.off_tokens)
+    }
+    pub fn positions(&self) -> u64 {
+        self.at(self.off_positions)
+    }
+    pub fn slots(&self) -> u64 {
+        self.at(self.off_slots)
+    }
+    pub fn row_seq(&self) -> u64 {
+        self.at(self.off_row_seq)
+    }
+    pub fn logits_rows(&self) -> u64 {
+        self.at(self.off_logits)
+    }
+    pub fn seq_query_start(&self) -> u64 {
+        self.at(self.off_q_start)
+    }
+    pub fn seq_query_len(&self) -> u64 {
+        self.at(self.off_q_len)
+    }
+    pub fn seq_context_len(&self) -> u64 {
+        self.at(self.off_ctx)
+    }
+    pub fn block_tables(&self) -> u64 {
+        self.at(self.off_tables)
+    }
+}

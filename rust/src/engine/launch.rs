@@ -1,0 +1,196 @@
+//! Starting an engine on the backend a user asked for: opens the model, builds the backend,
+//! loads the weights and spawns the engine loop. The Python API and the server both start
+//! engines through [`launch`].
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::engine_loop::EngineHandle;
+use super::{Engine, EngineConfig};
+use crate::backend::cpu::CpuBackend;
+use crate::error::{Error, Result};
+use crate::loader::open_model;
+use crate::sampling::SamplingParams;
+use crate::tokenizer::Tokenizer;
+
+/// Where and in which precision the model runs.
+#[derive(Debug, Clone)]
+pub struct DeviceOptions {
+    /// `"auto"` (CUDA when a GPU is present, else the CPU), `"cpu"`, `"cuda"` or `"cuda:N"`.
+    pub device: String,
+    /// `"auto"` (bf16 on CUDA, f32 on the CPU), `"bfloat16"`, `"float16"` or `"float32"`.
+    pub dtype: String,
+    /// Fraction of the GPU's memory the engine may use (weights, activations and KV cache).
+    pub gpu_memory_utilization: f64,
+}
+
+impl Default for DeviceOptions {
+    fn default() -> Self {
+        DeviceOptions {
+            device: "auto".into(),
+            dtype: "auto".into(),
+            gpu_memory_utilization: 0.9,
+        }
+    }
+}
+
+/// A running engine and what its callers need to know about it.
+pub struct Launched {
+    pub handle: EngineHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub default_sampling: SamplingParams,
+    pub kv_capacity_tokens: usize,
+    /// `"cpu"` or `"cuda"`.
+    pub device: &'static str,
+    /// The processor's name for a GPU (e.g. "NVIDIA H200"), `"cpu"` otherwise.
+    pub device_name: String,
+}
+
+/// Which backend [`DeviceOptions`] selects: `None` for the CPU, `Some(ordinal)` for a GPU.
+fn resolve_device(opts: &DeviceOptions) -> Result<Option<usize>> {
+    let gpus = cuda_device_count();
+    match opts.device.as_str() {
+        "cpu" => Ok(None),
+        "auto" => Ok((gpus > 0).then_some(0)),
+        d if d == "cuda" || d.starts_with("cuda:") => {
+            let ordinal = match d.strip_prefix("cuda:") {
+                None => 0,
+                Some(n) => n.parse().map_err(|_| {
+                    Error::InvalidConfig(format!("device {d:?}: expected cuda:<ordinal>"))
+                })?,
+            };
+            if ordinal >= gpus {
+                return Err(Error::InvalidConfig(format!(
+                    "device {d:?} is not available: {gpus} CUDA device(s) found{}",
+                    if cfg!(feature = "cuda") {
+                        ""
+                    } else {
+                        " (this build has no CUDA backend)"
+                    }
+                )));
+            }
+            Ok(Some(ordinal))
+        }
+        d => Err(Error::InvalidConfig(format!(
+            "device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\", got {d:?}"
+        ))),
+    }
+}
+
+/// Number of CUDA devices this build can use.
+pub fn cuda_device_count() -> usize {
+    #[cfg(feature = "cuda")]
+    {
+        crate::backend::cuda::device_count()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        0
+    }
+}
+
+/// Opens `model`, loads it on the selected backend and spawns the engine loop.
+pub fn launch(model: &Path, opts: &DeviceOptions, config: EngineConfig) -> Result<Launched> {
+    let files = open_model(model)?;
+    match resolve_device(opts)? {
+        None => {
+            if !matches!(opts.dtype.as_str(), "auto" | "float32") {
+                return Err(Error::InvalidConfig(format!(
+                    "dtype {:?} is not supported on the CPU backend (use \"auto\" or \"float32\")",
+                    opts.dtype
+                )));
+            }
+            finish(Engine::new(CpuBackend, files, config)?, "cpu", "cpu".into())
+        }
+        #[cfg(feature = "cuda")]
+        Some(ordinal) => {
+            use crate::backend::cuda::{gemm::ElemType, CudaBackend, CudaOptions};
+            let dtype = match opts.dtype.as_str() {
+                "auto" | "bfloat16" => ElemType::Bf16,
+                "float16" => ElemType::F16,
+                d => {
+                    return Err(Error::InvalidConfig(format!(
+                        "dtype {d:?} is not supported on CUDA (use \"bfloat16\" or \"float16\")"
+                    )))
+                }
+            };
+            let backend = CudaBackend::new(
+                CudaOptions {
+                    device: ordinal,
+                    dtype,
+                    gpu_memory_utilization: opts.gpu_memory_utilization,
+                    block_size: config.block_size,
+                    kernel_cache_dir: kernel_cache_dir(),
+                },
+                &files.config,
+            )?;
+            let name = backend.device_name().to_string();
+            finish(Engine::new(backend, files, config)?, "cuda", name)
+        }
+        #[cfg(not(feature = "cuda"))]
+        Some(_) => unreachable!("no CUDA device is counted without the cuda feature"),
+    }
+}
+
+fn finish<B: crate::backend::Backend + 'static>(
+    engine: Engine<B>,
+    device: &'static str,
+    device_name: String,
+) -> Result<Launched> {
+    let tokenizer = Arc::new(engine.tokenizer().clone());
+    let default_sampling = engine.default_sampling_params().clone();
+    let kv_capacity_tokens = engine.limits().kv_capacity_tokens;
+    Ok(Launched {
+        handle: EngineHandle::spawn(engine)?,
+        tokenizer,
+        default_sampling,
+        kv_capacity_tokens,
+        device,
+        device_name,
+    })
+}
+
+/// Where compiled kernels are kept: `$INFIRE_CACHE_DIR/kernels`, else
+/// `$XDG_CACHE_HOME/infire/kernels`, else `~/.cache/infire/kernels` (the model cache's
+/// parent, as the Python layer resolves it).
+pub fn kernel_cache_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    let root = env("INFIRE_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("infire")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache").join("infire")))?;
+    Some(root.join("kernels"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(device: &str) -> DeviceOptions {
+        DeviceOptions {
+            device: device.into(),
+            ..DeviceOptions::default()
+        }
+    }
+
+    #[test]
+    fn devices_resolve_or_fail_clearly() {
+        assert_eq!(resolve_device(&opts("cpu")).unwrap(), None);
+        let gpus = cuda_device_count();
+        assert_eq!(
+            resolve_device(&opts("auto")).unwrap(),
+            (gpus > 0).then_some(0)
+        );
+        let err = resolve_device(&opts("tpu")).unwrap_err().to_string();
+        assert!(err.contains("device must be"), "{err}");
+        let err = resolve_device(&opts("cuda:x")).unwrap_err().to_string();
+        assert!(err.contains("cuda:<ordinal>"), "{err}");
+        let err = resolve_device(&opts(&format!("cuda:{gpus}")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not available"), "{err}");
+    }
+}
