@@ -15,6 +15,7 @@ KERNEL_FILES = {
     "rope_cache_write",
     "silu_mul",
     "gather_rows",
+    "gemv",
     "argmax",
     "paged_attention",
     "prefill_attention",
