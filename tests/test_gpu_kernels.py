@@ -556,39 +556,3 @@ def test_prefill_attention(dtype, shape):
     )
     ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
     assert rel_err(out, ref) < ATTENTION_TOL[dtype]
-
-
-# --- gemv ----------------------------------------------------------------------------------
-
-# (n, k): Llama-3.1-8B's qkv, o_proj, down and gate_up projections, a partial last CTA with a
-# k that leaves only the tail loop (72 = 9 vectors), and a single CTA of one vector per row.
-GEMV_SHAPES = [(6144, 4096), (4096, 4096), (4096, 14336), (1000, 72), (28672, 4096), (8, 8)]
-GEMV_ROWS = [1, 2, 3, 5, 8]
-# gemv_f32 stores the fp32 sum: its only error against fp64 on the same inputs is the fp32
-# summation order (~sqrt(terms per lane) x 2^-24 relative).
-GEMV_F32_TOL = 1e-5
-NULL = np.uint64(0)  # a null pointer argument (bias absent)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize(("n", "k"), GEMV_SHAPES, ids=str)
-@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
-def test_gemv(dtype, n, k, with_bias):
-    t = DTYPES[dtype]
-    w = (torch.randn(n, k, device="cuda") * k**-0.5).to(t)
-    bias = torch.randn(n, device="cuda").to(t) if with_bias else None
-    w64, grid = w.double(), math.ceil(n / 8)
-    for rows in GEMV_ROWS:
-        x = torch.randn(rows, k, device="cuda").to(t)
-        ref = x.double() @ w64.T
-        if bias is not None:
-            ref += bias.double()
-        b = bias if bias is not None else NULL
-        out = nan_like((rows, n), t)
-        run("gemv", "gemv", grid, 256, x, w, b, out, i32(rows), i32(n), i32(k), dtype=dtype)
-        err = rel_err(out, ref)
-        assert err < REL_TOL[dtype], f"gemv rows={rows}: {err:.2e}"
-        out32 = nan_like((rows, n), torch.float32)
-        run("gemv", "gemv_f32", grid, 256, x, w, b, out32, i32(rows), i32(n), i32(k), dtype=dtype)
-        err = rel_err(out32, ref)
-        assert err < GEMV_F32_TOL, f"gemv_f32 rows={rows}: {err:.2e}"

@@ -15,7 +15,6 @@ KERNEL_FILES = {
     "rope_cache_write",
     "silu_mul",
     "gather_rows",
-    "gemv",
     "argmax",
     "paged_attention",
     "prefill_attention",
