@@ -9,7 +9,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::error::Result;
-use crate::weights::HostTensor;
+use crate::weights::{HostTensor, RawTensor};
 
 /// The flat description of one forward step, shared by every backend.
 ///
@@ -85,6 +85,12 @@ pub trait Backend: Send {
 
     /// Takes ownership of a weight matrix of shape `[out, in]`.
     fn matrix(&self, t: HostTensor) -> Result<Self::Matrix>;
+    /// A weight matrix made of `parts` stacked along rows (QKV and gate/up fusion), copied
+    /// straight from the file's bytes. `None` when this backend does not keep the parts'
+    /// dtype as is; the caller then converts through [`matrix`](Self::matrix).
+    fn matrix_raw(&self, _parts: &[RawTensor<'_>]) -> Option<Result<Self::Matrix>> {
+        None
+    }
     /// Takes ownership of a 1-D weight.
     fn vector(&self, t: HostTensor) -> Result<Self::Vector>;
     /// A zeroed activation buffer of `len` elements.
@@ -101,6 +107,19 @@ pub trait Backend: Send {
     /// Bytes the KV cache may take once weights and activation buffers are in place, when the
     /// backend sizes it from its memory (`None`: the engine's own default applies).
     fn kv_cache_budget_bytes(&self) -> Option<usize> {
+        None
+    }
+    /// Called once the weights are loaded: a backend that prepares something in the
+    /// background (the CUDA backend compiles its kernels while weights load) finishes it here,
+    /// so that an engine is ready to serve when it is returned.
+    fn finish_loading(&self) -> Result<()> {
+        Ok(())
+    }
+    /// The row count a decode-only step of `rows` rows should be padded to, when this backend
+    /// replays decode steps as captured graphs (fixed shapes); `None` runs every step as is.
+    /// Padding rows have position and slot `u32::MAX`: they attend to nothing and write no
+    /// KV, and their outputs are dropped.
+    fn decode_graph_rows(&self, _rows: usize) -> Option<usize> {
         None
     }
     /// Called once per step before the operations, with the step's batch. A device backend

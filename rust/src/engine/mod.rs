@@ -203,6 +203,7 @@ impl<B: Backend> Engine<B> {
         config.kv_cache_tokens = Some(num_blocks * config.block_size);
         let shape = model.attention_shape();
         let cache = backend.kv_cache(mc.num_hidden_layers, num_blocks, config.block_size, shape)?;
+        backend.finish_loading()?;
         Ok(Engine {
             backend,
             model,
@@ -344,7 +345,15 @@ impl<B: Backend> Engine<B> {
         if plan.is_empty() {
             return (Vec::new(), Vec::new());
         }
-        let batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
+        let mut batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
+        let rows = batch.num_tokens();
+        // A backend that replays decode steps as graphs wants them at fixed sizes.
+        let decode_only = batch.seqs.len() == rows && batch.logits_rows.len() == rows;
+        let fits = |n: &usize| *n <= self.bufs.max_tokens && *n <= self.bufs.max_logits;
+        let padded = self.backend.decode_graph_rows(rows).filter(fits);
+        if let Some(padded) = padded.filter(|_| decode_only) {
+            pad_decode_batch(&mut batch, padded);
+        }
         self.backend.prepare_step(&batch);
         // When every sampled row is plain greedy, only the token ids leave the backend.
         let greedy_only = plan.iter().all(|s| {
@@ -458,6 +467,24 @@ impl<B: Backend> Engine<B> {
                 (id, Error::Engine(format!("forward step failed: {e}")))
             })
             .collect()
+    }
+}
+
+/// Pads a decode-only batch to `rows` rows with rows that touch nothing: position and slot
+/// `u32::MAX` (no attention, no KV write), an empty block table, and a logits row each, which
+/// the caller ignores (it reads only as many results as it scheduled).
+fn pad_decode_batch(b: &mut ForwardBatch, rows: usize) {
+    for r in b.num_tokens()..rows {
+        b.token_ids.push(0);
+        b.positions.push(u32::MAX);
+        b.slot_mapping.push(u32::MAX);
+        b.logits_rows.push(r as u32);
+        b.seqs.push(SeqSlice {
+            query_start: r,
+            query_len: 1,
+            context_len: 0,
+            block_table: Vec::new(),
+        });
     }
 }
 

@@ -6,7 +6,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
 use crate::weights::{HostTensor, WeightSource};
 
-use super::{concat_rows, load_checked};
+use super::{load_checked, load_matrix};
 
 /// Weights of one decoder layer. QKV and gate/up are fused at load time so each is one GEMM.
 pub struct LayerWeights<B: Backend> {
@@ -93,11 +93,15 @@ impl<B: Backend> LlamaModel<B> {
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
             let attn = |n: &str| format!("{p}.self_attn.{n}");
-            let qkv = concat_rows(vec![
-                load_checked(src, &attn("q_proj.weight"), &[q_rows, h])?,
-                load_checked(src, &attn("k_proj.weight"), &[kv_rows, h])?,
-                load_checked(src, &attn("v_proj.weight"), &[kv_rows, h])?,
-            ]);
+            let qkv = load_matrix(
+                backend,
+                src,
+                &[
+                    (&attn("q_proj.weight"), q_rows, h),
+                    (&attn("k_proj.weight"), kv_rows, h),
+                    (&attn("v_proj.weight"), kv_rows, h),
+                ],
+            )?;
             let qkv_bias = if src.contains(&attn("q_proj.bias")) {
                 let parts = [
                     ("q_proj.bias", q_rows),
@@ -128,28 +132,36 @@ impl<B: Backend> LlamaModel<B> {
             let inter = c.intermediate_size;
             layers.push(LayerWeights {
                 input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
-                qkv: backend.matrix(qkv)?,
+                qkv,
                 qkv_bias,
                 q_norm,
                 k_norm,
-                o_proj: backend.matrix(load_checked(src, &attn("o_proj.weight"), &[h, q_rows])?)?,
+                o_proj: load_matrix(backend, src, &[(&attn("o_proj.weight"), h, q_rows)])?,
                 post_attention_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate_up: backend.matrix(concat_rows(vec![
-                    load_checked(src, &mlp("gate_proj.weight"), &[inter, h])?,
-                    load_checked(src, &mlp("up_proj.weight"), &[inter, h])?,
-                ]))?,
-                down: backend.matrix(load_checked(src, &mlp("down_proj.weight"), &[h, inter])?)?,
+                gate_up: load_matrix(
+                    backend,
+                    src,
+                    &[
+                        (&mlp("gate_proj.weight"), inter, h),
+                        (&mlp("up_proj.weight"), inter, h),
+                    ],
+                )?,
+                down: load_matrix(backend, src, &[(&mlp("down_proj.weight"), h, inter)])?,
             });
         }
-        let embed_tokens = backend.matrix(load_checked(
+        let embed_tokens = load_matrix(
+            backend,
             src,
-            "model.embed_tokens.weight",
-            &[c.vocab_size, h],
-        )?)?;
+            &[("model.embed_tokens.weight", c.vocab_size, h)],
+        )?;
         let lm_head = if c.tie_word_embeddings || !src.contains("lm_head.weight") {
             None
         } else {
-            Some(backend.matrix(load_checked(src, "lm_head.weight", &[c.vocab_size, h])?)?)
+            Some(load_matrix(
+                backend,
+                src,
+                &[("lm_head.weight", c.vocab_size, h)],
+            )?)
         };
         Ok(LlamaModel {
             inv_freq: config.rope_inv_freq(),

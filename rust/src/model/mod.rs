@@ -4,8 +4,9 @@ mod llama;
 
 pub use llama::{LayerWeights, LlamaModel, StepBuffers};
 
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::weights::{HostTensor, WeightSource};
+use crate::weights::{HostTensor, RawTensor, WeightSource};
 
 /// Reads a tensor and checks its shape, naming the tensor when it is missing or wrong.
 pub(crate) fn load_checked(
@@ -29,6 +30,27 @@ pub(crate) fn load_checked(
         });
     }
     Ok(t)
+}
+
+/// Loads the matrices `parts` (name, rows, cols), stacked along rows, into `backend`: from the
+/// file's bytes when the backend keeps their dtype, else converted through f32.
+pub(crate) fn load_matrix<B: Backend>(
+    backend: &B,
+    src: &dyn WeightSource,
+    parts: &[(&str, usize, usize)],
+) -> Result<B::Matrix> {
+    let raw: Option<Vec<RawTensor<'_>>> = parts
+        .iter()
+        .map(|&(name, rows, cols)| src.raw(name).filter(|r| r.shape == [rows, cols]))
+        .collect();
+    if let Some(m) = raw.and_then(|raw| backend.matrix_raw(&raw)) {
+        return m;
+    }
+    let tensors = parts
+        .iter()
+        .map(|&(name, rows, cols)| load_checked(src, name, &[rows, cols]))
+        .collect::<Result<Vec<_>>>()?;
+    backend.matrix(concat_rows(tensors))
 }
 
 /// Concatenates matrices with the same column count along rows (QKV and gate/up fusion).

@@ -26,6 +26,15 @@ impl HostTensor {
     }
 }
 
+/// A tensor's bytes as its file stores them (little-endian), unconverted.
+#[derive(Debug, Clone, Copy)]
+pub struct RawTensor<'a> {
+    /// The file's dtype name (`"BF16"`, `"F16"`, `"F32"`).
+    pub dtype: &'a str,
+    pub shape: &'a [usize],
+    pub bytes: &'a [u8],
+}
+
 /// A source of named tensors. Names follow Hugging Face's Llama naming.
 pub trait WeightSource: Send + Sync {
     /// Whether a tensor of this name exists (optional tensors: biases, q/k norms, `lm_head`).
@@ -34,4 +43,9 @@ pub trait WeightSource: Send + Sync {
     fn load_f32(&self, name: &str) -> Result<HostTensor>;
     /// Every tensor name in the source (for error messages and checks).
     fn names(&self) -> Vec<String>;
+    /// The tensor's bytes as stored, when the source keeps them in a plain dense dtype (so a
+    /// backend that computes in that dtype copies them as they are). `None` otherwise.
+    fn raw(&self, _name: &str) -> Option<RawTensor<'_>> {
+        None
+    }
 }

@@ -16,7 +16,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use serde::Deserialize;
 
-use super::{HostTensor, WeightSource};
+use super::{HostTensor, RawTensor, WeightSource};
 use crate::error::{Error, Result};
 
 /// The single-file checkpoint name transformers writes.
@@ -177,6 +177,15 @@ impl WeightSource for SafetensorsWeights {
 
     fn names(&self) -> Vec<String> {
         self.tensors.keys().cloned().collect()
+    }
+
+    fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+        let (shard, entry) = self.tensors.get(name)?;
+        Some(RawTensor {
+            dtype: &entry.dtype,
+            shape: &entry.shape,
+            bytes: &self.shards[*shard].mmap[entry.range.clone()],
+        })
     }
 }
 

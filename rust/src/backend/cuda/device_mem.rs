@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{result, CudaSlice, CudaStream, DevicePtr};
 use half::{bf16, f16};
+use rayon::prelude::*;
 
 use super::gemm::ElemType;
 use crate::error::{Error, Result};
@@ -99,5 +100,54 @@ impl DeviceMem {
                 .map(f32::from)
                 .collect(),
         })
+    }
+}
+
+/// Bytes per pinned staging buffer of [`Uploader`].
+const STAGING_BYTES: usize = 64 << 20;
+
+/// Host-to-device copies of weights through two pinned staging buffers: while the GPU copies
+/// one buffer, host threads fill the other from the (memory-mapped) source, so reading the
+/// file and the PCIe transfer overlap and the transfer runs at pinned-memory speed.
+pub struct Uploader {
+    staging: [cudarc::driver::PinnedHostSlice<u8>; 2],
+    /// Recorded after each buffer's last copy; waited on before the buffer is refilled.
+    copied: [cudarc::driver::CudaEvent; 2],
+    next: usize,
+}
+
+impl Uploader {
+    pub fn new(stream: &Arc<CudaStream>) -> Result<Uploader> {
+        let ctx = stream.context();
+        // SAFETY: plain page-locked allocations, written by the host before each copy.
+        let alloc = || unsafe { ctx.alloc_pinned::<u8>(STAGING_BYTES) }.map_err(cuda_err);
+        let event = || ctx.new_event(None).map_err(cuda_err);
+        Ok(Uploader {
+            staging: [alloc()?, alloc()?],
+            copied: [event()?, event()?],
+            next: 0,
+        })
+    }
+
+    /// Enqueues the copy of `src` to device address `dst`. `src` may be reused as soon as this
+    /// returns; the device copy completes in stream order.
+    pub fn upload(&mut self, stream: &Arc<CudaStream>, dst: u64, src: &[u8]) -> Result<()> {
+        let mut offset = 0u64;
+        for chunk in src.chunks(STAGING_BYTES) {
+            let i = self.next;
+            self.next ^= 1;
+            self.copied[i].synchronize().map_err(cuda_err)?;
+            let buf = &mut self.staging[i].as_mut_slice().map_err(cuda_err)?[..chunk.len()];
+            buf.par_chunks_mut(1 << 20)
+                .zip(chunk.par_chunks(1 << 20))
+                .for_each(|(d, s)| d.copy_from_slice(s));
+            // SAFETY: `buf` is pinned and is not written again before `copied[i]` completes;
+            // the destination range lies inside the caller's allocation.
+            unsafe { result::memcpy_htod_async(dst + offset, &*buf, stream.cu_stream()) }
+                .map_err(cuda_err)?;
+            self.copied[i].record(stream).map_err(cuda_err)?;
+            offset += chunk.len() as u64;
+        }
+        Ok(())
     }
 }

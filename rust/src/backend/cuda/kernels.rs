@@ -20,6 +20,39 @@ use crate::error::{Error, Result};
 /// Query rows per CTA of the prefill attention kernel.
 const PREFILL_TILE: usize = 64;
 
+/// CTAs a decode attention launch should have to keep the GPU busy (about two per SM on an
+/// H100/H200). Fewer (row, kv head) pairs than this split each row's keys.
+const DECODE_TARGET_CTAS: usize = 264;
+/// Fewest keys a split of decode attention gets: below this the combine costs more than the
+/// split saves.
+const MIN_KEYS_PER_SPLIT: usize = 64;
+
+/// Scratch of split-KV decode attention: per (row, split) one partial output and one
+/// log-sum-exp per query head, f32.
+pub struct SplitBuffers {
+    pub partial_out: u64,
+    pub partial_lse: u64,
+    /// Most `rows × splits` the buffers hold.
+    pub rows_times_splits: usize,
+    /// Longest context the step's block tables can hold (their width × block size): the
+    /// split count depends on it rather than on the exact lengths, so that it repeats from
+    /// step to step (a captured graph keeps its grid).
+    pub max_context: usize,
+}
+
+/// How many splits decode attention uses for this step: enough (row, kv head, split) CTAs to
+/// fill the GPU, no split shorter than [`MIN_KEYS_PER_SPLIT`], within the scratch buffers.
+fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usize {
+    let ctas = rows * shape.num_kv_heads;
+    if ctas == 0 || ctas >= DECODE_TARGET_CTAS {
+        return 1;
+    }
+    let by_gpu = DECODE_TARGET_CTAS.div_ceil(ctas);
+    let by_keys = buf.max_context.div_ceil(MIN_KEYS_PER_SPLIT);
+    let by_buffer = buf.rows_times_splits / rows.max(1);
+    by_gpu.min(by_keys).min(by_buffer).max(1)
+}
+
 type Compiled = std::result::Result<Vec<(String, Vec<u8>)>, String>;
 
 /// Kernels being compiled on a background thread, loaded into the context on first use.
@@ -100,6 +133,8 @@ pub struct Kernels {
     gather_rows: CudaFunction,
     argmax: CudaFunction,
     paged_attention: CudaFunction,
+    paged_attention_split: CudaFunction,
+    paged_attention_combine: CudaFunction,
     prefill_attention: CudaFunction,
 }
 
@@ -141,6 +176,8 @@ impl Kernels {
             gather_rows: f("gather_rows", "gather_rows")?,
             argmax: f("argmax", "argmax")?,
             paged_attention: f("paged_attention", "paged_attention")?,
+            paged_attention_split: f("paged_attention", "paged_attention_split")?,
+            paged_attention_combine: f("paged_attention", "paged_attention_combine")?,
             prefill_attention: f("prefill_attention", "prefill_attention")?,
         })
     }
@@ -260,6 +297,7 @@ impl Kernels {
         out: u64,
         meta: &StepMeta,
         shape: AttentionShape,
+        split_buf: &SplitBuffers,
     ) -> Result<()> {
         let width = (shape.q_size() + 2 * shape.kv_size()) as i32;
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
@@ -267,6 +305,33 @@ impl Kernels {
         let tables = meta.block_tables();
         if meta.max_query_len <= 1 {
             let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
+            let splits = decode_splits(meta.rows, shape, split_buf);
+            if splits > 1 {
+                let splits32 = splits as i32;
+                let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
+                let mut b = stream.launch_builder(&self.paged_attention_split);
+                b.arg(&qkv)
+                    .arg(&k_cache)
+                    .arg(&v_cache)
+                    .arg(&out)
+                    .arg(&row_seq)
+                    .arg(&row_pos)
+                    .arg(&tables)
+                    .arg(&max_blocks)
+                    .arg(&width)
+                    .arg(&scale)
+                    .arg(&p_out)
+                    .arg(&p_lse)
+                    .arg(&splits32);
+                let grid = (meta.rows, shape.num_kv_heads, splits);
+                // SAFETY: as below; the partial buffers hold `rows_times_splits` rows.
+                launched(unsafe { b.launch(cfg(grid, 128)) })?;
+                let mut b = stream.launch_builder(&self.paged_attention_combine);
+                b.arg(&p_out).arg(&p_lse).arg(&out).arg(&splits32);
+                let block = shape.head_dim as u32;
+                // SAFETY: as below.
+                return launched(unsafe { b.launch(cfg((meta.rows, shape.num_heads, 1), block)) });
+            }
             let mut b = stream.launch_builder(&self.paged_attention);
             b.arg(&qkv)
                 .arg(&k_cache)

@@ -11,27 +11,33 @@
 
 mod device_mem;
 pub mod gemm;
+mod graphs;
 pub mod jit;
 mod kernels;
 mod libs;
 mod step_meta;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaContext, CudaStream};
+use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
 use self::device_mem::DeviceMem;
 use self::gemm::{ElemType, Gemm, GemmShape};
-use self::kernels::{KernelSet, Kernels};
+use self::kernels::{KernelSet, Kernels, SplitBuffers};
 use self::step_meta::StepMeta;
 use super::{AttentionShape, Backend, ForwardBatch};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::weights::HostTensor;
+use crate::weights::{HostTensor, RawTensor};
+
+/// `rows × splits` the split-KV decode scratch holds: two CTAs per SM's worth of splits for a
+/// few rows (see `kernels::decode_splits`).
+const SPLIT_ROWS: usize = 1024;
 
 /// Options of the CUDA backend.
 #[derive(Debug, Clone)]
@@ -106,6 +112,19 @@ pub struct CudaBackend {
     meta: StepMeta,
     /// RoPE inverse frequencies on the device, uploaded on first use.
     inv_freq: RefCell<Option<(Vec<f32>, DeviceMem)>>,
+    /// Pinned staging for weights copied from the file as they are; made on first use and
+    /// freed once loading is done.
+    uploader: RefCell<Option<device_mem::Uploader>>,
+    /// Partial outputs, then log-sum-exps, of split-KV decode attention.
+    split_scratch: DeviceMem,
+    split_lse_offset: usize,
+    /// Decode steps replayed as CUDA graphs.
+    graphs: graphs::DecodeGraphs,
+    /// Recorded after a step's work; the host waits on it (see [`CudaBackend::wait`]).
+    step_done: CudaEvent,
+    /// How long the last wait of a decode-only step ([0]) and of a step with prefill rows
+    /// ([1]) lasted: the next wait of the same kind sleeps through most of it.
+    last_wait: [Cell<Duration>; 2],
     /// Greedy token ids of the logits rows (`argmax_rows`).
     argmax_out: RefCell<DeviceMem>,
     /// First failure of an enqueued operation; reported by the next `to_host`.
@@ -171,8 +190,11 @@ impl CudaBackend {
                     .into(),
             ));
         }
-        let cuda_err = |e: cudarc::driver::DriverError| Error::Engine(format!("CUDA: {e:?}"));
+        let cuda_err = device_mem::cuda_err;
         let ctx = CudaContext::new(opts.device).map_err(cuda_err)?;
+        // The engine thread waits for each step's results; blocking (instead of spinning)
+        // leaves its core free while the GPU works.
+        ctx.set_blocking_synchronize().map_err(cuda_err)?;
         // One stream, and every buffer used only on it: cudarc's per-buffer event tracking
         // (for multi-stream safety) would only add two event records per use.
         // SAFETY: no buffer exists yet.
@@ -194,9 +216,18 @@ impl CudaBackend {
         let ws = DeviceMem::zeroed(&stream, workspace_bytes)?;
         let gemm = Gemm::new(ws.slice, ws.ptr)?;
         let argmax_out = RefCell::new(DeviceMem::zeroed(&stream, 4 << 10)?);
+        let split_lse_offset = SPLIT_ROWS * shape.q_size() * 4;
+        let split_scratch =
+            DeviceMem::zeroed(&stream, split_lse_offset + SPLIT_ROWS * shape.num_heads * 4)?;
         Ok(CudaBackend {
             meta: StepMeta::new(&stream)?,
             argmax_out,
+            uploader: RefCell::new(None),
+            graphs: graphs::DecodeGraphs::new(),
+            step_done: ctx.new_event(None).map_err(cuda_err)?,
+            last_wait: [Cell::new(Duration::ZERO), Cell::new(Duration::ZERO)],
+            split_scratch,
+            split_lse_offset,
             ctx,
             stream,
             opts,
@@ -228,32 +259,65 @@ impl CudaBackend {
         }
     }
 
+    /// Waits until the stream has done everything enqueued so far and reports the first
+    /// failure of it.
+    ///
+    /// Spinning keeps a core busy for the whole step, a blocking wait adds the wake-up latency
+    /// of the thread to every step. So the host sleeps through three quarters of what the last
+    /// wait of the same kind of step took (decode steps of a running batch take about the same
+    /// time) and spins on the event for the rest.
+    fn wait(&self) -> Result<()> {
+        if let Some(e) = self.error.borrow_mut().take() {
+            return Err(e);
+        }
+        self.step_done
+            .record(&self.stream)
+            .map_err(device_mem::cuda_err)?;
+        let start = Instant::now();
+        let last = &self.last_wait[usize::from(self.meta.max_query_len > 1)];
+        let nap = last.get().mul_f32(0.75);
+        if nap > Duration::from_micros(100) {
+            std::thread::sleep(nap);
+        }
+        while !self
+            .step_done
+            .try_is_complete()
+            .map_err(device_mem::cuda_err)?
+        {
+            std::hint::spin_loop();
+        }
+        last.set(start.elapsed());
+        Ok(())
+    }
+
+    /// Ends the step's graph capture, or launches its graph, before the host reads results.
+    fn finish_graph(&self) -> Result<()> {
+        let failed = self.error.borrow().is_some();
+        self.graphs.finish_step(&self.stream, failed)
+    }
+
     fn kernels(&self) -> Result<&Kernels> {
         self.kernels.get(&self.ctx)
     }
 
+    /// Converts a weight to the activation dtype (in parallel) and copies it to the device.
     fn upload_weights(&self, t: &HostTensor) -> Result<DeviceMem> {
-        let bytes: Vec<u8> = match self.opts.dtype {
+        match self.opts.dtype {
             ElemType::F16 => {
                 let v: Vec<f16> = t.data.par_iter().map(|&x| f16::from_f32(x)).collect();
-                bytemuck_vec(v)
+                DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&v))
             }
             ElemType::Bf16 => {
                 let v: Vec<bf16> = t.data.par_iter().map(|&x| bf16::from_f32(x)).collect();
-                bytemuck_vec(v)
+                DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&v))
             }
-            ElemType::F32 => bytemuck_vec(t.data.clone()),
-        };
-        DeviceMem::from_host(&self.stream, &bytes)
+            ElemType::F32 => DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&t.data)),
+        }
     }
 
     fn gemm_input(&self) -> ElemType {
         self.opts.dtype
     }
-}
-
-fn bytemuck_vec<T: bytemuck::Pod>(v: Vec<T>) -> Vec<u8> {
-    bytemuck::cast_slice(&v).to_vec()
 }
 
 impl Backend for CudaBackend {
@@ -274,6 +338,36 @@ impl Backend for CudaBackend {
             rows,
             cols,
         })
+    }
+
+    fn matrix_raw(&self, parts: &[RawTensor<'_>]) -> Option<Result<CudaMatrix>> {
+        let want = match self.opts.dtype {
+            ElemType::Bf16 => "BF16",
+            ElemType::F16 => "F16",
+            ElemType::F32 => "F32",
+        };
+        let cols = parts.first()?.shape.get(1).copied()?;
+        if parts
+            .iter()
+            .any(|p| p.dtype != want || p.shape.len() != 2 || p.shape[1] != cols)
+        {
+            return None;
+        }
+        let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+        Some((|| {
+            let mem = DeviceMem::zeroed(&self.stream, rows * cols * self.elem_bytes())?;
+            let mut slot = self.uploader.borrow_mut();
+            let uploader = match slot.as_mut() {
+                Some(u) => u,
+                None => slot.insert(device_mem::Uploader::new(&self.stream)?),
+            };
+            let mut offset = 0u64;
+            for p in parts {
+                uploader.upload(&self.stream, mem.ptr + offset, p.bytes)?;
+                offset += p.bytes.len() as u64;
+            }
+            Ok(CudaMatrix { mem, rows, cols })
+        })())
     }
 
     fn vector(&self, t: HostTensor) -> Result<CudaVector> {
@@ -335,12 +429,38 @@ impl Backend for CudaBackend {
         })
     }
 
+    fn finish_loading(&self) -> Result<()> {
+        // The staging buffers go once the copies out of them are done.
+        self.stream.synchronize().map_err(device_mem::cuda_err)?;
+        self.uploader.borrow_mut().take();
+        self.kernels().map(|_| ())
+    }
+
+    fn decode_graph_rows(&self, rows: usize) -> Option<usize> {
+        graphs::bucket_rows(rows)
+    }
+
     fn prepare_step(&mut self, batch: &ForwardBatch) {
-        let r = self.meta.upload(&self.stream, batch);
+        let r = self.meta.upload(&self.stream, batch).and_then(|moved| {
+            if moved {
+                self.graphs.clear();
+            }
+            // A decode-only step of a bucket's size repeats its launches exactly.
+            let decode = batch.seqs.len() == batch.num_tokens()
+                && batch.logits_rows.len() == batch.num_tokens()
+                && self.meta.max_query_len == 1;
+            let key = (decode
+                && graphs::bucket_rows(batch.num_tokens()) == Some(batch.num_tokens()))
+            .then_some((batch.num_tokens(), self.meta.max_blocks));
+            self.graphs.begin_step(&self.stream, key)
+        });
         self.record(r);
     }
 
     fn embedding(&self, table: &CudaMatrix, _ids: &[u32], out: &mut CudaBuf) {
+        if self.graphs.replaying() {
+            return;
+        }
         let r = self.kernels().and_then(|k| {
             k.embedding(
                 &self.stream,
@@ -355,6 +475,9 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &CudaBuf, w: &CudaVector, eps: f32, rows: usize, out: &mut CudaBuf) {
+        if self.graphs.replaying() {
+            return;
+        }
         let r = self.kernels().and_then(|k| {
             k.rms_norm(
                 &self.stream,
@@ -378,6 +501,9 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut CudaBuf,
     ) {
+        if self.graphs.replaying() {
+            return;
+        }
         let r = self.kernels().and_then(|k| {
             k.add_rms_norm(
                 &self.stream,
@@ -401,6 +527,9 @@ impl Backend for CudaBackend {
         bias: Option<&CudaVector>,
         out: &mut CudaBuf,
     ) {
+        if self.graphs.replaying() {
+            return;
+        }
         debug_assert!(rows * w.cols <= x.len && rows * w.rows <= out.len);
         let shape = GemmShape {
             rows,
@@ -430,6 +559,9 @@ impl Backend for CudaBackend {
         k_w: &CudaVector,
         eps: f32,
     ) {
+        if self.graphs.replaying() {
+            return;
+        }
         let r = self.kernels().and_then(|k| {
             k.qk_norm(
                 &self.stream,
@@ -453,6 +585,9 @@ impl Backend for CudaBackend {
         cache: &mut CudaKvCache,
         layer: usize,
     ) {
+        if self.graphs.replaying() {
+            return;
+        }
         let r = self.inv_freq_ptr(inv_freq).and_then(|freq| {
             self.kernels()?.rope_cache_write(
                 &self.stream,
@@ -476,6 +611,9 @@ impl Backend for CudaBackend {
         layer: usize,
         out: &mut CudaBuf,
     ) {
+        if self.graphs.replaying() {
+            return;
+        }
         let r = self.kernels().and_then(|k| {
             k.attention(
                 &self.stream,
@@ -485,12 +623,21 @@ impl Backend for CudaBackend {
                 out.mem.ptr,
                 &self.meta,
                 shape,
+                &SplitBuffers {
+                    partial_out: self.split_scratch.ptr,
+                    partial_lse: self.split_scratch.ptr + self.split_lse_offset as u64,
+                    rows_times_splits: SPLIT_ROWS,
+                    max_context: self.meta.max_blocks * self.opts.block_size,
+                },
             )
         });
         self.record(r);
     }
 
     fn silu_mul(&self, x: &CudaBuf, rows: usize, n: usize, out: &mut CudaBuf) {
+        if self.graphs.replaying() {
+            return;
+        }
         let r = self
             .kernels()
             .and_then(|k| k.silu_mul(&self.stream, x.mem.ptr, out.mem.ptr, rows, n));
@@ -498,6 +645,9 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&self, x: &CudaBuf, rows: &[u32], width: usize, out: &mut CudaBuf) {
+        if self.graphs.replaying() {
+            return;
+        }
         debug_assert_eq!(rows.len(), self.meta.num_logits);
         let r = self.kernels().and_then(|k| {
             k.gather_rows(
@@ -513,13 +663,13 @@ impl Backend for CudaBackend {
     }
 
     fn to_host(&self, x: &CudaBuf, len: usize) -> Result<Vec<f32>> {
-        if let Some(e) = self.error.borrow_mut().take() {
-            return Err(e);
-        }
+        self.finish_graph()?;
+        self.wait()?;
         x.mem.read_f32(&self.stream, x.dtype, len)
     }
 
     fn argmax_rows(&self, logits: &CudaBuf, rows: usize, width: usize) -> Result<Vec<u32>> {
+        self.finish_graph()?;
         if let Some(e) = self.error.borrow_mut().take() {
             return Err(e);
         }
@@ -530,6 +680,7 @@ impl Backend for CudaBackend {
         }
         self.kernels()?
             .argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr)?;
+        self.wait()?;
         let ids = out.read_i32(&self.stream, rows)?;
         Ok(ids.into_iter().map(|t| t as u32).collect())
     }

@@ -58,8 +58,9 @@ impl StepMeta {
         })
     }
 
-    /// Packs `batch` and enqueues its copy to the device (growing the device array if needed).
-    pub fn upload(&mut self, stream: &Arc<CudaStream>, batch: &ForwardBatch) -> Result<()> {
+    /// Packs `batch` and enqueues its copy to the device. Returns whether the device array
+    /// moved (it grows when a step needs more room), which invalidates captured graphs.
+    pub fn upload(&mut self, stream: &Arc<CudaStream>, batch: &ForwardBatch) -> Result<bool> {
         let rows = batch.num_tokens();
         let s = batch.seqs.len();
         let max_blocks = batch
@@ -68,7 +69,9 @@ impl StepMeta {
             .map(|q| q.block_table.len())
             .max()
             .unwrap_or(0)
-            .max(1);
+            .max(1)
+            // A power of two, so that a decode graph's block-table width changes rarely.
+            .next_power_of_two();
         let h = &mut self.host;
         h.clear();
         self.off_tokens = h.len();
@@ -100,14 +103,16 @@ impl StepMeta {
         self.max_blocks = max_blocks;
         self.max_query_len = batch.seqs.iter().map(|q| q.query_len).max().unwrap_or(0);
         let bytes = self.host.len() * 4;
-        if bytes > self.mem.bytes() {
+        let moved = bytes > self.mem.bytes();
+        if moved {
             stream.synchronize().map_err(cuda_err)?;
             self.mem = DeviceMem::zeroed(stream, bytes.next_power_of_two())?;
         }
         // SAFETY: the device array holds `bytes`; the host vector is not touched again until
         // the next step, after the engine has synchronized on this step's results.
         unsafe { result::memcpy_htod_async(self.mem.ptr, &self.host[..], stream.cu_stream()) }
-            .map_err(cuda_err)
+            .map_err(cuda_err)?;
+        Ok(moved)
     }
 
     fn at(&self, off: usize) -> u64 {

@@ -1,0 +1,133 @@
+//! CUDA graphs of decode steps, one per (batch-size bucket, block-table width).
+//!
+//! A decode step is ~350 small launches; replaying them as one graph removes the host's launch
+//! work and the gaps between kernels. The engine pads a decode-only batch to a bucket size
+//! ([`bucket_rows`]) so that the kernels' grids and arguments repeat; the step's batch
+//! description is uploaded to the same device addresses before each replay, and the block
+//! table's row width is rounded up to a power of two so that it changes rarely.
+//!
+//! A key's graph is captured the second time the key is seen (the first step runs eagerly and
+//! creates everything a step needs: cuBLASLt plans, the RoPE table), from the operations the
+//! model enqueues, and launched in place of them from then on. Capture ends where the host
+//! first waits for results.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::{CudaGraph, CudaStream};
+
+use super::device_mem::cuda_err;
+use crate::error::{Error, Result};
+
+/// Decode batch sizes that get a graph: a batch of `n` rows is padded to the smallest bucket
+/// ≥ `n` (at most a quarter of padding, a few rows for small batches).
+const BUCKETS: [usize; 20] = [
+    1, 2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256,
+];
+
+/// The bucket a decode batch of `rows` rows is padded to; `None` above the largest.
+pub fn bucket_rows(rows: usize) -> Option<usize> {
+    BUCKETS.iter().copied().find(|&b| b >= rows && rows > 0)
+}
+
+/// (rows, block-table width): what a captured graph is specialized for.
+pub type GraphKey = (usize, usize);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Operations launch as they come.
+    Eager,
+    /// Operations are recorded into the graph of this key.
+    Capturing(GraphKey),
+    /// Operations are skipped; the graph of this key runs in their place.
+    Replaying(GraphKey),
+}
+
+/// The graphs captured so far and what the current step does with them.
+pub struct DecodeGraphs {
+    graphs: RefCell<HashMap<GraphKey, CudaGraph>>,
+    seen: RefCell<HashSet<GraphKey>>,
+    mode: Cell<Mode>,
+}
+
+impl DecodeGraphs {
+    pub fn new() -> DecodeGraphs {
+        DecodeGraphs {
+            graphs: RefCell::new(HashMap::new()),
+            seen: RefCell::new(HashSet::new()),
+            mode: Cell::new(Mode::Eager),
+        }
+    }
+
+    /// Forgets every graph (their buffers' addresses changed).
+    pub fn clear(&self) {
+        self.graphs.borrow_mut().clear();
+        self.seen.borrow_mut().clear();
+    }
+
+    /// Starts a step: replays the graph of `key` if there is one, captures it if the key was
+    /// seen before, runs eagerly otherwise (and for steps that have no key).
+    pub fn begin_step(&self, stream: &CudaStream, key: Option<GraphKey>) -> Result<()> {
+        self.mode.set(Mode::Eager);
+        let Some(key) = key else { return Ok(()) };
+        if self.graphs.borrow().contains_key(&key) {
+            self.mode.set(Mode::Replaying(key));
+        } else if !self.seen.borrow_mut().insert(key) {
+            stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_RELAXED)
+                .map_err(cuda_err)?;
+            self.mode.set(Mode::Capturing(key));
+        }
+        Ok(())
+    }
+
+    /// Whether the step's operations are to be skipped (a graph replays them).
+    pub fn replaying(&self) -> bool {
+        matches!(self.mode.get(), Mode::Replaying(_))
+    }
+
+    /// Ends the step's capture or launches its graph; a no-op for an eager step. `failed`
+    /// says whether an operation of the step failed while it was captured: the capture is
+    /// then ended and thrown away.
+    pub fn finish_step(&self, stream: &Arc<CudaStream>, failed: bool) -> Result<()> {
+        match self.mode.replace(Mode::Eager) {
+            Mode::Eager => Ok(()),
+            Mode::Replaying(key) => self.graphs.borrow()[&key].launch().map_err(cuda_err),
+            Mode::Capturing(key) => {
+                let graph = stream
+                    .end_capture(CUgraphInstantiate_flags(0))
+                    .map_err(cuda_err)?;
+                if failed {
+                    return Ok(());
+                }
+                let graph = graph.ok_or_else(|| {
+                    Error::Engine("CUDA graph capture of a decode step returned nothing".into())
+                })?;
+                graph.launch().map_err(cuda_err)?;
+                self.graphs.borrow_mut().insert(key, graph);
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_every_batch_up_to_256_with_little_padding() {
+        assert_eq!(bucket_rows(0), None);
+        assert_eq!(bucket_rows(1), Some(1));
+        assert_eq!(bucket_rows(3), Some(4));
+        assert_eq!(bucket_rows(65), Some(80));
+        assert_eq!(bucket_rows(256), Some(256));
+        assert_eq!(bucket_rows(257), None);
+        for n in 1..=256 {
+            let b = bucket_rows(n).unwrap();
+            assert!(b >= n && b * 4 <= n * 5 + 32, "{n} -> {b}");
+        }
+    }
+}
