@@ -1,0 +1,115 @@
+"""Where a single-stream decode step of the Llama-3.1-8B-shaped model spends its time.
+
+Two parts, for the kernel notes (kernels/cuda/NOTES.md):
+
+    python bench/cuda_step_profile.py gemm     # cuBLAS (through torch) floor of the step's GEMMs
+    ncu --clock-control none --launch-skip 3000 --launch-count 400 --csv \\
+        --metrics gpu__time_duration.sum,dram__bytes_read.sum \\
+        python bench/cuda_step_profile.py decode [--batch 256 --prompt-len 1024]
+                                                  # every kernel of ~one decode step
+
+`gemm` times `F.linear` on one row for each weight shape of the model (QKV, O, gate/up, down,
+LM head), rotating among copies of each weight so that no repeat reads it from L2, and prints
+the GEMM time of one decode step next to the bytes it must read and the card's copy
+bandwidth. `decode` loads the checkpoint that bench/cuda_bench.py writes and decodes one
+sequence, so that ncu sees a steady stream of decode steps after the first few thousand
+kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cuda_bench import LLAMA_3_1_8B, copy_bandwidth, write_checkpoint  # noqa: E402
+
+HIDDEN = LLAMA_3_1_8B["hidden_size"]
+INTER = LLAMA_3_1_8B["intermediate_size"]
+HEAD_DIM = HIDDEN // LLAMA_3_1_8B["num_attention_heads"]
+KV = LLAMA_3_1_8B["num_key_value_heads"] * HEAD_DIM
+LAYERS = LLAMA_3_1_8B["num_hidden_layers"]
+VOCAB = LLAMA_3_1_8B["vocab_size"]
+
+# (name, out features, in features, times per step)
+SHAPES = [
+    ("qkv", HIDDEN + 2 * KV, HIDDEN, LAYERS),
+    ("o_proj", HIDDEN, HIDDEN, LAYERS),
+    ("gate_up", 2 * INTER, HIDDEN, LAYERS),
+    ("down", HIDDEN, INTER, LAYERS),
+    ("lm_head", VOCAB, HIDDEN, 1),
+]
+
+
+def time_linear(n: int, k: int, copies: int = 4, repeats: int = 50) -> float:
+    """Median seconds of `F.linear(x[1, k], w[n, k])`, bf16, cycling through `copies` weights."""
+    ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
+    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    for w in ws:
+        torch.nn.functional.linear(x, w)
+    times = []
+    for i in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.nn.functional.linear(x, ws[i % copies])
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def gemm_floor() -> None:
+    bw = copy_bandwidth()
+    print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s")
+    print("| GEMM | n × k | µs | GB/s | per step µs |\n| --- | --- | --- | --- | --- |")
+    total = 0.0
+    total_bytes = 0
+    for name, n, k, times in SHAPES:
+        t = time_linear(n, k)
+        nbytes = 2 * n * k
+        total += t * times
+        total_bytes += nbytes * times
+        gbs = nbytes / t / 1e9
+        print(f"| {name} | {n} × {k} | {t * 1e6:.1f} | {gbs:.0f} | {t * times * 1e6:.0f} |")
+    print(
+        f"GEMMs of one decode step: {total * 1e3:.2f} ms for {total_bytes / 1e9:.2f} GB "
+        f"({total_bytes / total / 1e12:.2f} TB/s); at copy bandwidth: "
+        f"{total_bytes / bw * 1e3:.2f} ms"
+    )
+
+
+def decode(model_dir: Path, batch: int, prompt_len: int, new_tokens: int) -> None:
+    import infire
+
+    write_checkpoint(model_dir, LLAMA_3_1_8B)
+    engine = infire.Engine(
+        str(model_dir), device="cuda", max_num_seqs=max(batch, 8), max_num_batched_tokens=8192
+    )
+    params = infire.SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
+    prompts = [[1000 + (i * 7919 + j) % 100000 for j in range(prompt_len)] for i in range(batch)]
+    outs = engine.generate(prompts, params)
+    m = outs[0].metrics
+    n = len(outs[0].outputs[0].token_ids)
+    print(f"decode: {(n - 1) / (m.finished_time - m.first_token_time):.1f} steps/s at {batch}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("part", choices=["gemm", "decode"])
+    ap.add_argument("--model-dir", type=Path, default=Path("/tmp/llama8b-random"))
+    ap.add_argument("--batch", type=int, default=1, help="sequences decoded together")
+    ap.add_argument("--prompt-len", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    args = ap.parse_args()
+    if args.part == "gemm":
+        gemm_floor()
+    else:
+        decode(args.model_dir, args.batch, args.prompt_len, args.new_tokens)
+
+
+if __name__ == "__main__":
+    main()
