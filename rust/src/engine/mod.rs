@@ -186,14 +186,21 @@ impl<B: Backend> Engine<B> {
             * mc.num_key_value_heads
             * mc.head_dim
             * backend.kv_element_bytes();
-        let kv_tokens =
-            config
-                .kv_cache_tokens
-                .unwrap_or_else(|| match backend.kv_cache_budget_bytes() {
-                    Some(bytes) => bytes / kv_bytes_per_token,
-                    None => max_model_len.max(DEFAULT_CPU_KV_BYTES / kv_bytes_per_token),
-                });
+        let budget = backend.kv_cache_budget_bytes();
+        let kv_tokens = config.kv_cache_tokens.unwrap_or_else(|| match budget {
+            Some(bytes) => bytes / kv_bytes_per_token,
+            None => max_model_len.max(DEFAULT_CPU_KV_BYTES / kv_bytes_per_token),
+        });
         let num_blocks = kv_tokens / config.block_size;
+        if let (None, Some(bytes), 0) = (config.kv_cache_tokens, budget, num_blocks) {
+            return Err(Error::InvalidConfig(format!(
+                "no GPU memory is left for the KV cache ({} MiB for {} tokens of {} KiB): \
+                 raise gpu_memory_utilization or lower max_num_batched_tokens / max_num_seqs",
+                bytes >> 20,
+                config.block_size,
+                kv_bytes_per_token >> 10
+            )));
+        }
         if num_blocks == 0 {
             return Err(Error::InvalidConfig(format!(
                 "kv_cache_tokens {kv_tokens} is less than one block of {} tokens",

@@ -118,6 +118,8 @@ pub struct CudaBackend {
     /// Partial outputs, then log-sum-exps, of split-KV decode attention.
     split_scratch: DeviceMem,
     split_lse_offset: usize,
+    /// Free device memory when the backend started, before any of its allocations.
+    free_at_start: usize,
     /// Decode steps replayed as CUDA graphs.
     graphs: graphs::DecodeGraphs,
     /// Recorded after a step's work; the host waits on it (see [`CudaBackend::wait`]).
@@ -200,6 +202,7 @@ impl CudaBackend {
         // SAFETY: no buffer exists yet.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(cuda_err)?;
+        let (free_at_start, _) = ctx.mem_get_info().map_err(cuda_err)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
         let name = ctx.name().map_err(cuda_err)?;
         let kernels = KernelSet::compile_in_background(
@@ -223,6 +226,7 @@ impl CudaBackend {
             meta: StepMeta::new(&stream)?,
             argmax_out,
             uploader: RefCell::new(None),
+            free_at_start,
             graphs: graphs::DecodeGraphs::new(),
             step_done: ctx.new_event(None).map_err(cuda_err)?,
             last_wait: [Cell::new(Duration::ZERO), Cell::new(Duration::ZERO)],
@@ -399,11 +403,17 @@ impl Backend for CudaBackend {
 
     fn kv_cache_budget_bytes(&self) -> Option<usize> {
         let (free, total) = self.ctx.mem_get_info().ok()?;
-        // Keep what the other processes and our own later allocations (cuBLASLt, graphs)
-        // need: the budget is the utilization's share of the card minus what is used now.
-        let used = total - free;
+        // gpu_memory_utilization is this engine's share of the card (as in vLLM), so other
+        // processes' memory does not count against it; what is free bounds it all the same.
+        // 256 MiB stay for what comes later (cuBLASLt, CUDA graphs).
+        let own = self.free_at_start.saturating_sub(free);
         let allowed = (total as f64 * self.opts.gpu_memory_utilization) as usize;
-        Some(allowed.saturating_sub(used).saturating_sub(256 << 20))
+        let reserve = 256 << 20;
+        Some(
+            allowed
+                .saturating_sub(own + reserve)
+                .min(free.saturating_sub(reserve)),
+        )
     }
 
     fn kv_cache(
