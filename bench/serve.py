@@ -2,7 +2,11 @@
 
 For each rate, --requests streamed completions arrive with exponential gaps (seeded by the
 rate's index in --rates); each generates --new-tokens tokens with ignore_eos from a prompt of
-about --prompt-words words.
+about --prompt-words words (or of --prompt-ids random token ids).
+With --in-process MODEL the same arrivals (same seeds, same prompts) then run through
+`infire.Engine.stream` in this process, so that the HTTP layer's cost shows as the difference
+of the two TTFTs measured in one run. Each request runs on its own thread in both modes; the
+HTTP client is the standard library's (the server's own tests use the openai package).
 Reports TTFT, inter-token latency (ITL) and end-to-end latency p50/p99, output-token
 throughput, errors, and the server process's CPU use (cores, from /proc/<pid>/stat) over each
 run, after --warmup unmeasured requests. Prints a table and writes
@@ -15,19 +19,20 @@ bench/results/serve_<tag>.json.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import datetime
+import http.client
 import json
 import os
 import random
+import resource
 import shlex
 import statistics
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
-
-import openai
 
 
 def server_pid(port: int) -> int | None:
@@ -66,45 +71,21 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, round(q / 100 * (len(s) - 1)))]
 
 
-async def one_request(client, model: str, prompt: str, new_tokens: int) -> dict:
-    start = time.perf_counter()
-    times = []
-    stream = await client.completions.create(
-        model=model,
-        prompt=prompt,
-        max_tokens=new_tokens,
-        temperature=0,
-        stream=True,
-        extra_body={"ignore_eos": True},
-    )
-    async for chunk in stream:
-        if chunk.choices and chunk.choices[0].text:
-            times.append(time.perf_counter())
-    end = time.perf_counter()
-    return {
-        "ttft": times[0] - start if times else float("nan"),
-        "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
-        "e2e": end - start,
-        "chunks": len(times),
-    }
-
-
-async def run_rate(args, client, model: str, rate: float, pid: int | None, seed: int) -> dict:
-    # A seed per rate: prompts repeated across rates would hit the prefix cache.
-    rng = random.Random(seed)
+def make_prompts(args, rng: random.Random) -> list:
+    """--requests prompts: text of --prompt-words words, or lists of --prompt-ids token ids."""
+    if args.prompt_ids:
+        return [
+            [rng.randrange(100, 30000) for _ in range(args.prompt_ids)]
+            for _ in range(args.requests)
+        ]
     words = "the river city trade grain salt wool port market bridge tower road".split()
-    prompts = [
+    return [
         " ".join(rng.choice(words) for _ in range(args.prompt_words)) for _ in range(args.requests)
     ]
-    cpu0 = cpu_seconds(pid) if pid else None
-    t0 = time.perf_counter()
-    tasks = []
-    for p in prompts:
-        tasks.append(asyncio.create_task(one_request(client, model, p, args.new_tokens)))
-        await asyncio.sleep(rng.expovariate(rate))
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    wall = time.perf_counter() - t0
-    cpu = (cpu_seconds(pid) - cpu0) / wall if pid else None
+
+
+def summarize(args, rate: float, results: list, wall: float, cpu: float | None) -> dict:
+    """One table row from the requests' timings (exceptions count as errors)."""
     ok = [r for r in results if isinstance(r, dict)]
     itl = [x for r in ok for x in r["itl"]]
     ms = 1e3
@@ -126,26 +107,97 @@ async def run_rate(args, client, model: str, rate: float, pid: int | None, seed:
     }
 
 
-async def main_async(args) -> None:
-    base = args.url.rstrip("/")
-    client = openai.AsyncOpenAI(
-        base_url=f"{base}/v1",
-        api_key=args.api_key or "unused",
-        max_retries=0,
-        timeout=600,
-    )
-    model = (await client.models.list()).data[0].id
-    port = urlsplit(base).port or 80
-    pid = args.server_pid or server_pid(port)
-    for _ in range(args.warmup):
-        await one_request(client, model, "warm up", args.new_tokens)
-    rows = [await run_rate(args, client, model, r, pid, i) for i, r in enumerate(args.rates)]
-    header = (
+def timings(start: float, times: list[float], end: float) -> dict:
+    return {
+        "ttft": times[0] - start if times else float("nan"),
+        "itl": [b - a for a, b in zip(times, times[1:], strict=False)],
+        "e2e": end - start,
+        "chunks": len(times),
+    }
+
+
+def http_request(args, model: str, prompt) -> dict:
+    """One streamed completion over HTTP (the server's SSE, read with the standard library so
+    the bench runs wherever Python does); times are taken as chunks with text arrive."""
+    url = urlsplit(args.url)
+    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=600)
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": args.new_tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    headers = {"Content-Type": "application/json"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
+    start, times = time.perf_counter(), []
+    conn.request("POST", "/v1/completions", json.dumps(body), headers)
+    resp = conn.getresponse()
+    if resp.status != 200:
+        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
+    for line in resp:
+        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+            choices = json.loads(line[6:]).get("choices")
+            if choices and choices[0].get("text"):
+                times.append(time.perf_counter())
+    conn.close()
+    return timings(start, times, time.perf_counter())
+
+
+def engine_request(args, engine, prompt) -> dict:
+    """One streamed request through `infire.Engine.stream` in this process."""
+    import infire
+
+    params = infire.SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
+    start, times, seen = time.perf_counter(), [], 0
+    for out in engine.stream(prompt, params):
+        if len(out.outputs[0].token_ids) > seen:
+            seen = len(out.outputs[0].token_ids)
+            times.append(time.perf_counter())
+    return timings(start, times, time.perf_counter())
+
+
+def run_rate(args, send, rate: float, seed: int, cpu_of) -> dict:
+    """--requests calls of `send(prompt)`, each on its own thread, started at Poisson arrival
+    times of `rate` per second; `cpu_of()` reads the CPU seconds of the process to charge."""
+    # A seed per rate: prompts repeated across rates would hit the prefix cache.
+    rng = random.Random(seed)
+    prompts = make_prompts(args, rng)
+    results: list = [None] * len(prompts)
+
+    def call(i: int, prompt) -> None:
+        try:
+            results[i] = send(prompt)
+        except Exception as e:  # counted as an error
+            results[i] = e
+
+    cpu0 = cpu_of()
+    t0 = time.perf_counter()
+    threads = []
+    for i, p in enumerate(prompts):
+        threads.append(threading.Thread(target=call, args=(i, p)))
+        threads[-1].start()
+        time.sleep(rng.expovariate(rate))
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    cpu = cpu_of()
+    return summarize(args, rate, results, wall, None if cpu is None else (cpu - cpu0) / wall)
+
+
+def own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    print(title)
+    print(
         f"{'rate/s':>7} {'ok':>4} {'err':>4} {'TTFT p50':>9} {'p99':>8} {'ITL p50':>8} "
         f"{'p99':>8} {'e2e p50':>8} {'p99':>7} {'tok/s':>7} {'CPU':>5}"
     )
-    print(f"model {model}, {args.requests} requests/rate, {args.new_tokens} new tokens each")
-    print(header)
     for r in rows:
         cpu = f"{r['server_cpu_cores']:.2f}" if r["server_cpu_cores"] is not None else "n/a"
         print(
@@ -154,6 +206,47 @@ async def main_async(args) -> None:
             f"{r['itl_ms_p99']:>6.1f}ms {r['e2e_s_p50']:>7.2f}s {r['e2e_s_p99']:>6.2f}s "
             f"{r['output_tok_per_s']:>7.1f} {cpu:>5}"
         )
+
+
+def main_run(args) -> None:
+    with urllib.request.urlopen(f"{args.url.rstrip('/')}/v1/models") as r:
+        model = json.load(r)["data"][0]["id"]
+    pid = args.server_pid or server_pid(urlsplit(args.url).port or 80)
+    warm = [1, 2, 3] if args.prompt_ids else "warm up"
+    for _ in range(args.warmup):
+        http_request(args, model, warm)
+    rows = [
+        run_rate(
+            args,
+            lambda p: http_request(args, model, p),
+            rate,
+            i,
+            lambda: cpu_seconds(pid) if pid else None,
+        )
+        for i, rate in enumerate(args.rates)
+    ]
+    print(f"model {model}, {args.requests} requests/rate, {args.new_tokens} new tokens each")
+    print_rows("HTTP (infire serve):", rows)
+    in_process = []
+    if args.in_process:
+        import infire
+
+        engine = infire.Engine(
+            args.in_process,
+            device=args.device,
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_num_seqs=args.max_num_seqs,
+        )
+        for _ in range(args.warmup):
+            engine_request(args, engine, warm)
+        in_process = [
+            run_rate(args, lambda p: engine_request(args, engine, p), rate, i, own_cpu_seconds)
+            for i, rate in enumerate(args.rates)
+        ]
+        print_rows("in process (infire.Engine.stream):", in_process)
+        for h, p in zip(rows, in_process, strict=True):
+            delta = h["ttft_ms_p50"] - p["ttft_ms_p50"]
+            print(f"rate {h['rate_rps']:g}/s: HTTP adds {delta:+.2f} ms to TTFT p50")
     out = Path(args.out or Path(__file__).parent / "results" / f"serve_{args.tag}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(
@@ -166,7 +259,9 @@ async def main_async(args) -> None:
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "prompt_words": args.prompt_words,
                 "new_tokens": args.new_tokens,
+                "prompt_ids": args.prompt_ids,
                 "results": rows,
+                "in_process": in_process,
             },
             indent=2,
         )
@@ -188,9 +283,14 @@ def main() -> None:
     ap.add_argument("--machine", required=True, help="named in the JSON, e.g. '8-core x86-64'")
     ap.add_argument("--tag", default="cpu", help="results file: bench/results/serve_<tag>.json")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--prompt-ids", type=int, default=0, help="token-id prompts of this length")
+    ap.add_argument("--in-process", default=None, help="model to rerun the rates in process")
+    ap.add_argument("--device", default="auto", help="for --in-process")
+    ap.add_argument("--gpu-memory-utilization", type=float, default=0.4, help="--in-process")
+    ap.add_argument("--max-num-seqs", type=int, default=64, help="for --in-process")
     args = ap.parse_args()
     args.argv = sys.argv[1:]
-    asyncio.run(main_async(args))
+    main_run(args)
 
 
 if __name__ == "__main__":
