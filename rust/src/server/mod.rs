@@ -30,6 +30,7 @@ use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde_json::json;
@@ -135,6 +136,11 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
     let local = listener
         .local_addr()
         .map_err(|e| Error::InvalidConfig(format!("cannot listen on {addr}: {e}")))?;
+    // Stream chunks are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
+    // back until the previous is acknowledged, which delays tokens by milliseconds.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     on_listening(local);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();
