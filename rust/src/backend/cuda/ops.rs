@@ -1,0 +1,383 @@
+//! The operations of the forward pass on the GPU: each enqueues a kernel or a cuBLASLt GEMM on
+//! the backend's stream and returns at once; failures are kept for the next wait.
+//! While a captured decode graph replays a step, the operations enqueue nothing.
+
+use super::device_mem::{self, DeviceMem};
+use super::gemm::{ElemType, GemmShape};
+use super::kernels::SplitBuffers;
+use super::{graphs, CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, SPLIT_ROWS};
+use crate::backend::{AttentionShape, Backend, ForwardBatch};
+use crate::error::{Error, Result};
+use crate::weights::{HostTensor, RawTensor};
+
+impl Backend for CudaBackend {
+    type Buf = CudaBuf;
+    type Matrix = CudaMatrix;
+    type Vector = CudaVector;
+    type KvCache = CudaKvCache;
+
+    fn matrix(&self, t: HostTensor) -> Result<CudaMatrix> {
+        let [rows, cols] = t.shape[..] else {
+            return Err(Error::Engine(format!(
+                "expected a 2-D weight, got shape {:?}",
+                t.shape
+            )));
+        };
+        Ok(CudaMatrix {
+            mem: self.upload_weights(&t)?,
+            rows,
+            cols,
+        })
+    }
+
+    fn matrix_raw(&self, parts: &[RawTensor<'_>]) -> Option<Result<CudaMatrix>> {
+        let want = match self.opts.dtype {
+            ElemType::Bf16 => "BF16",
+            ElemType::F16 => "F16",
+            ElemType::F32 => "F32",
+        };
+        let cols = parts.first()?.shape.get(1).copied()?;
+        if parts
+            .iter()
+            .any(|p| p.dtype != want || p.shape.len() != 2 || p.shape[1] != cols)
+        {
+            return None;
+        }
+        let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+        Some((|| {
+            let mem = DeviceMem::zeroed(&self.stream, rows * cols * self.elem_bytes())?;
+            let mut slot = self.uploader.borrow_mut();
+            let uploader = match slot.as_mut() {
+                Some(u) => u,
+                None => slot.insert(device_mem::Uploader::new(&self.stream)?),
+            };
+            let mut offset = 0u64;
+            for p in parts {
+                uploader.upload(&self.stream, mem.ptr + offset, p.bytes)?;
+                offset += p.bytes.len() as u64;
+            }
+            Ok(CudaMatrix { mem, rows, cols })
+        })())
+    }
+
+    fn vector(&self, t: HostTensor) -> Result<CudaVector> {
+        Ok(CudaVector {
+            mem: self.upload_weights(&t)?,
+            len: t.data.len(),
+        })
+    }
+
+    fn buffer(&self, len: usize) -> Result<CudaBuf> {
+        Ok(CudaBuf {
+            mem: DeviceMem::zeroed(&self.stream, len * self.elem_bytes())?,
+            len,
+            dtype: self.opts.dtype,
+        })
+    }
+
+    fn logits_buffer(&self, len: usize) -> Result<CudaBuf> {
+        Ok(CudaBuf {
+            mem: DeviceMem::zeroed(&self.stream, len * 4)?,
+            len,
+            dtype: ElemType::F32,
+        })
+    }
+
+    fn kv_element_bytes(&self) -> usize {
+        self.elem_bytes()
+    }
+
+    fn kv_cache_budget_bytes(&self) -> Option<usize> {
+        let (free, total) = self.ctx.mem_get_info().ok()?;
+        // gpu_memory_utilization is this engine's share of the card (as in vLLM), so other
+        // processes' memory does not count against it; what is free bounds it all the same.
+        // 256 MiB stay for what comes later (cuBLASLt, CUDA graphs).
+        let own = self.free_at_start.saturating_sub(free);
+        let allowed = (total as f64 * self.opts.gpu_memory_utilization) as usize;
+        let reserve = 256 << 20;
+        Some(
+            allowed
+                .saturating_sub(own + reserve)
+                .min(free.saturating_sub(reserve)),
+        )
+    }
+
+    fn kv_cache(
+        &self,
+        num_layers: usize,
+        num_blocks: usize,
+        block_size: usize,
+        shape: AttentionShape,
+    ) -> Result<CudaKvCache> {
+        if block_size != self.opts.block_size || shape != self.shape {
+            return Err(Error::Engine(format!(
+                "KV cache shape {shape:?} / block {block_size} differs from the kernels' \
+                 {:?} / {}",
+                self.shape, self.opts.block_size
+            )));
+        }
+        let plane_bytes = num_blocks
+            .checked_mul(block_size * shape.kv_size() * self.elem_bytes())
+            .ok_or_else(|| Error::InvalidConfig("KV cache size overflows".into()))?;
+        Ok(CudaKvCache {
+            mem: DeviceMem::zeroed(&self.stream, 2 * num_layers * plane_bytes)?,
+            plane_bytes,
+        })
+    }
+
+    fn finish_loading(&self) -> Result<()> {
+        // The staging buffers go once the copies out of them are done.
+        self.stream.synchronize().map_err(device_mem::cuda_err)?;
+        self.uploader.borrow_mut().take();
+        self.kernels().map(|_| ())
+    }
+
+    fn decode_graph_rows(&self, rows: usize) -> Option<usize> {
+        graphs::bucket_rows(rows)
+    }
+
+    fn prepare_step(&mut self, batch: &ForwardBatch) {
+        let r = self.meta.upload(&self.stream, batch).and_then(|moved| {
+            if moved {
+                self.graphs.clear();
+            }
+            // A decode-only step of a bucket's size repeats its launches exactly.
+            let decode = batch.seqs.len() == batch.num_tokens()
+                && batch.logits_rows.len() == batch.num_tokens()
+                && self.meta.max_query_len == 1;
+            let key = (decode
+                && graphs::bucket_rows(batch.num_tokens()) == Some(batch.num_tokens()))
+            .then_some((batch.num_tokens(), self.meta.max_blocks));
+            self.graphs.begin_step(&self.stream, key)
+        });
+        self.record(r);
+    }
+
+    fn embedding(&self, table: &CudaMatrix, _ids: &[u32], out: &mut CudaBuf) {
+        if self.graphs.replaying() {
+            return;
+        }
+        let r = self.kernels().and_then(|k| {
+            k.embedding(
+                &self.stream,
+                table.mem.ptr,
+                self.meta.token_ids(),
+                out.mem.ptr,
+                self.meta.rows,
+                table.cols,
+            )
+        });
+        self.record(r);
+    }
+
+    fn rms_norm(&self, x: &CudaBuf, w: &CudaVector, eps: f32, rows: usize, out: &mut CudaBuf) {
+        if self.graphs.replaying() {
+            return;
+        }
+        let r = self.kernels().and_then(|k| {
+            k.rms_norm(
+                &self.stream,
+                x.mem.ptr,
+                w.mem.ptr,
+                out.mem.ptr,
+                rows,
+                w.len,
+                eps,
+            )
+        });
+        self.record(r);
+    }
+
+    fn add_rms_norm(
+        &self,
+        residual: &mut CudaBuf,
+        x: &CudaBuf,
+        w: &CudaVector,
+        eps: f32,
+        rows: usize,
+        out: &mut CudaBuf,
+    ) {
+        if self.graphs.replaying() {
+            return;
+        }
+        let r = self.kernels().and_then(|k| {
+            k.add_rms_norm(
+                &self.stream,
+                residual.mem.ptr,
+                x.mem.ptr,
+                w.mem.ptr,
+                out.mem.ptr,
+                rows,
+                w.len,
+                eps,
+            )
+        });
+        self.record(r);
+    }
+
+    fn linear(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        out: &mut CudaBuf,
+    ) {
+        if self.graphs.replaying() {
+            return;
+        }
+        debug_assert!(rows * w.cols <= x.len && rows * w.rows <= out.len);
+        let shape = GemmShape {
+            rows,
+            n: w.rows,
+            k: w.cols,
+            input: self.gemm_input(),
+            output: out.dtype,
+            bias: bias.is_some(),
+        };
+        let r = self.gemm.run(
+            shape,
+            x.mem.ptr,
+            w.mem.ptr,
+            bias.map(|b| b.mem.ptr),
+            out.mem.ptr,
+            &self.stream,
+        );
+        self.record(r);
+    }
+
+    fn qk_norm(
+        &self,
+        qkv: &mut CudaBuf,
+        rows: usize,
+        shape: AttentionShape,
+        q_w: &CudaVector,
+        k_w: &CudaVector,
+        eps: f32,
+    ) {
+        if self.graphs.replaying() {
+            return;
+        }
+        let r = self.kernels().and_then(|k| {
+            k.qk_norm(
+                &self.stream,
+                qkv.mem.ptr,
+                q_w.mem.ptr,
+                k_w.mem.ptr,
+                rows,
+                shape,
+                eps,
+            )
+        });
+        self.record(r);
+    }
+
+    fn rope_and_cache_write(
+        &self,
+        qkv: &mut CudaBuf,
+        _batch: &ForwardBatch,
+        inv_freq: &[f32],
+        shape: AttentionShape,
+        cache: &mut CudaKvCache,
+        layer: usize,
+    ) {
+        if self.graphs.replaying() {
+            return;
+        }
+        let r = self.inv_freq_ptr(inv_freq).and_then(|freq| {
+            self.kernels()?.rope_cache_write(
+                &self.stream,
+                qkv.mem.ptr,
+                &self.meta,
+                freq,
+                cache.k_ptr(layer),
+                cache.v_ptr(layer),
+                shape,
+            )
+        });
+        self.record(r);
+    }
+
+    fn attention(
+        &self,
+        qkv: &CudaBuf,
+        _batch: &ForwardBatch,
+        shape: AttentionShape,
+        cache: &CudaKvCache,
+        layer: usize,
+        out: &mut CudaBuf,
+    ) {
+        if self.graphs.replaying() {
+            return;
+        }
+        let r = self.kernels().and_then(|k| {
+            k.attention(
+                &self.stream,
+                qkv.mem.ptr,
+                cache.k_ptr(layer),
+                cache.v_ptr(layer),
+                out.mem.ptr,
+                &self.meta,
+                shape,
+                &SplitBuffers {
+                    partial_out: self.split_scratch.ptr,
+                    partial_lse: self.split_scratch.ptr + self.split_lse_offset as u64,
+                    rows_times_splits: SPLIT_ROWS,
+                    max_context: self.meta.max_blocks * self.opts.block_size,
+                },
+            )
+        });
+        self.record(r);
+    }
+
+    fn silu_mul(&self, x: &CudaBuf, rows: usize, n: usize, out: &mut CudaBuf) {
+        if self.graphs.replaying() {
+            return;
+        }
+        let r = self
+            .kernels()
+            .and_then(|k| k.silu_mul(&self.stream, x.mem.ptr, out.mem.ptr, rows, n));
+        self.record(r);
+    }
+
+    fn gather_rows(&self, x: &CudaBuf, rows: &[u32], width: usize, out: &mut CudaBuf) {
+        if self.graphs.replaying() {
+            return;
+        }
+        debug_assert_eq!(rows.len(), self.meta.num_logits);
+        let r = self.kernels().and_then(|k| {
+            k.gather_rows(
+                &self.stream,
+                x.mem.ptr,
+                self.meta.logits_rows(),
+                out.mem.ptr,
+                rows.len(),
+                width,
+            )
+        });
+        self.record(r);
+    }
+
+    fn to_host(&self, x: &CudaBuf, len: usize) -> Result<Vec<f32>> {
+        self.finish_graph()?;
+        self.wait()?;
+        x.mem.read_f32(&self.stream, x.dtype, len)
+    }
+
+    fn argmax_rows(&self, logits: &CudaBuf, rows: usize, width: usize) -> Result<Vec<u32>> {
+        self.finish_graph()?;
+        if let Some(e) = self.error.borrow_mut().take() {
+            return Err(e);
+        }
+        debug_assert!(logits.dtype == ElemType::F32 && rows * width <= logits.len);
+        let mut out = self.argmax_out.borrow_mut();
+        if out.bytes() < rows * 4 {
+            *out = DeviceMem::zeroed(&self.stream, (rows * 4).next_power_of_two())?;
+        }
+        self.kernels()?
+            .argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr)?;
+        self.wait()?;
+        let ids = out.read_i32(&self.stream, rows)?;
+        Ok(ids.into_iter().map(|t| t as u32).collect())
+    }
+}
