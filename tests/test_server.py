@@ -240,6 +240,32 @@ def test_completion_logprobs(client):
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
 
 
+def test_completion_echo_with_logprobs_covers_the_prompt(client, tokenizer, engine):
+    """echo + logprobs: the prompt's tokens come first, the first with null (nothing predicts
+    it), the others with the engine's prompt log-probabilities; streamed chunks add up to the
+    same tokens and log-probabilities."""
+    prompt = "The capital of France is"
+    ids = tokenizer.encode(prompt)
+    kw = dict(model=MODEL, prompt=prompt, max_tokens=3, temperature=0, logprobs=2, echo=True)
+    r = client.completions.create(**kw)
+    lp = r.choices[0].logprobs
+    assert r.choices[0].text.startswith(prompt)
+    assert len(lp.tokens) == len(ids) + 3
+    assert lp.token_logprobs[0] is None and lp.top_logprobs[0] is None
+    assert all(x <= 0 for x in lp.token_logprobs[1:])
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert lp.text_offset == sorted(lp.text_offset) and lp.text_offset[0] == 0
+    want = engine.generate(
+        ids, infire.SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=0)
+    )[0].prompt_logprobs
+    for pos in range(1, len(ids)):
+        assert abs(lp.token_logprobs[pos] - want[pos][ids[pos]]) < 1e-4, pos
+    chunks = list(client.completions.create(stream=True, **kw))
+    tokens = [t for c in chunks if c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    assert tokens == lp.tokens
+    assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
+
+
 def test_chat_logprobs(client):
     r = client.chat.completions.create(
         model=MODEL, messages=CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::errors::ApiError;
 use super::generation::Generation;
-use super::logprobs::{completion_shape, token_logprobs};
+use super::logprobs::{completion_shape, prompt_token_logprobs, token_logprobs};
 use super::openai_types::{CompletionRequest, PromptArg, Usage};
 use super::request_params::sampling_params;
 use super::sse::{spawn_sse, Emitter};
@@ -50,12 +50,6 @@ pub async fn completions(
             Some("best_of"),
         ));
     }
-    if req.echo && req.logprobs.is_some() {
-        return Err(ApiError::bad_request(
-            "echo together with logprobs is not supported by this server yet",
-            Some("echo"),
-        ));
-    }
     let tok = &state.tokenizer;
     // Tokenizing a long prompt takes a while: tell the runtime, so other requests move on.
     let prompts: Vec<Vec<u32>> = tokio::task::block_in_place(|| match req.prompt {
@@ -71,12 +65,16 @@ pub async fn completions(
         ));
     }
     let k = req.logprobs;
-    let params = sampling_params(
+    let mut params = sampling_params(
         req.sampling,
         Some(req.max_tokens.unwrap_or(16)),
         k,
         &state.defaults,
     )?;
+    // Echo with logprobs covers the prompt's tokens too: the engine's prompt logprobs.
+    if req.echo {
+        params.prompt_logprobs = params.logprobs;
+    }
     let n = params.n;
     let echoes: Vec<Option<String>> = if req.echo {
         prompts
@@ -120,12 +118,21 @@ fn response(
         );
         for c in &o.outputs {
             let logprobs = k.map(|k| {
-                let items = token_logprobs(
+                let mut items = match echoes[i] {
+                    Some(_) => prompt_token_logprobs(
+                        &state.tokenizer,
+                        &o.prompt_token_ids,
+                        o.prompt_logprobs.as_deref().unwrap_or_default(),
+                        k,
+                    ),
+                    None => Vec::new(),
+                };
+                items.extend(token_logprobs(
                     &state.tokenizer,
                     &c.token_ids,
                     c.logprobs.as_deref().unwrap_or_default(),
                     k,
-                );
+                ));
                 completion_shape(&items, &mut 0)
             });
             let text = match &echoes[i] {
@@ -172,15 +179,24 @@ async fn stream_chunks(
             "choices": choices,
         })
     };
-    for (i, echo) in echoes.iter().enumerate() {
-        if let Some(e) = echo {
-            for j in 0..n {
-                let c = json!([{"index": i * n + j, "text": e, "logprobs": null,
-                    "finish_reason": null}]);
-                out.send(&chunk(c));
+    // An echoed prompt goes first; with logprobs it waits for the sequence's first delta,
+    // which carries the prompt's log-probabilities.
+    if k.is_none() {
+        for (i, echo) in echoes.iter().enumerate() {
+            if let Some(e) = echo {
+                for j in 0..n {
+                    let c = json!([{"index": i * n + j, "text": e, "logprobs": null,
+                        "finish_reason": null}]);
+                    out.send(&chunk(c));
+                }
             }
         }
     }
+    let prompts: Vec<Vec<u32>> = gens
+        .iter()
+        .map(|g| g.output().prompt_token_ids.clone())
+        .collect();
+    let mut echo_pending = vec![k.is_some(); gens.len() * n];
     let mut usage = Usage::default();
     for g in &gens {
         usage.add(g.output().prompt_token_ids.len(), 0);
@@ -212,6 +228,24 @@ async fn stream_chunks(
         };
         usage.add(0, d.token_ids.len());
         let choice = &mut choices[i * n + d.index];
+        if let (Some(k), Some(echo), true) = (k, &echoes[i], echo_pending[i * n + d.index]) {
+            echo_pending[i * n + d.index] = false;
+            let items = prompt_token_logprobs(
+                &state.tokenizer,
+                &prompts[i],
+                d.prompt_logprobs.as_deref().unwrap_or_default(),
+                k,
+            );
+            let c = json!([{
+                "index": i * n + d.index,
+                "text": echo,
+                "logprobs": completion_shape(&items, &mut choice.text_offset),
+                "finish_reason": null,
+            }]);
+            if !out.send(&chunk(c)) {
+                return;
+            }
+        }
         let logprobs = k.map(|k| {
             let items = token_logprobs(
                 &state.tokenizer,

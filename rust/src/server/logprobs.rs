@@ -6,11 +6,12 @@ use serde_json::{json, Map, Value};
 
 use crate::tokenizer::Tokenizer;
 
-/// One generated token with its log-probability and the top alternatives.
+/// One token with its log-probability and the top alternatives. `None` for the first token
+/// of an echoed prompt, which nothing predicts (OpenAI answers `null` there).
 pub struct TokenLogprob {
     pub token: String,
-    pub logprob: f32,
-    pub top: Vec<(String, f32)>,
+    pub logprob: Option<f32>,
+    pub top: Option<Vec<(String, f32)>>,
 }
 
 /// Pairs each generated token with its step's `(token, logprob)` list (top `k` first, then
@@ -26,18 +27,43 @@ pub fn token_logprobs(
         .zip(steps)
         .map(|(&id, step)| TokenLogprob {
             token: text(id),
-            logprob: step
-                .iter()
-                .find(|(t, _)| *t == id)
-                .map_or(f32::NEG_INFINITY, |&(_, lp)| lp),
-            top: step.iter().take(k).map(|&(t, lp)| (text(t), lp)).collect(),
+            logprob: Some(
+                step.iter()
+                    .find(|(t, _)| *t == id)
+                    .map_or(f32::NEG_INFINITY, |&(_, lp)| lp),
+            ),
+            top: Some(step.iter().take(k).map(|&(t, lp)| (text(t), lp)).collect()),
         })
         .collect()
 }
 
-/// A log-probability as JSON: finite values as numbers, -inf as OpenAI's -9999.0.
-fn num(lp: f32) -> Value {
-    json!(if lp.is_finite() { lp } else { -9999.0 })
+/// The log-probabilities of an echoed prompt: `null` for its first token, then each token's
+/// from `steps` (the engine's prompt log-probabilities, one per token from the second on).
+pub fn prompt_token_logprobs(
+    tok: &Tokenizer,
+    prompt: &[u32],
+    steps: &[Vec<(u32, f32)>],
+    k: usize,
+) -> Vec<TokenLogprob> {
+    let Some((&first, rest)) = prompt.split_first() else {
+        return Vec::new();
+    };
+    let mut items = vec![TokenLogprob {
+        token: tok.decode(&[first], false).unwrap_or_default(),
+        logprob: None,
+        top: None,
+    }];
+    items.extend(token_logprobs(tok, rest, steps, k));
+    items
+}
+
+/// A log-probability as JSON: finite values as numbers, -inf as OpenAI's -9999.0, none as
+/// `null`.
+fn num(lp: Option<f32>) -> Value {
+    match lp {
+        None => Value::Null,
+        Some(lp) => json!(if lp.is_finite() { lp } else { -9999.0 }),
+    }
 }
 
 /// The completions shape; `offset` is the text offset of the first token, advanced past the
@@ -50,10 +76,13 @@ pub fn completion_shape(items: &[TokenLogprob], offset: &mut usize) -> Value {
     }
     let top: Vec<Value> = items
         .iter()
-        .map(|it| {
-            let m: Map<String, Value> =
-                it.top.iter().map(|(t, lp)| (t.clone(), num(*lp))).collect();
-            Value::Object(m)
+        .map(|it| match &it.top {
+            None => Value::Null,
+            Some(top) => Value::Object(
+                top.iter()
+                    .map(|(t, lp)| (t.clone(), num(Some(*lp))))
+                    .collect::<Map<String, Value>>(),
+            ),
         })
         .collect();
     json!({
@@ -66,12 +95,17 @@ pub fn completion_shape(items: &[TokenLogprob], offset: &mut usize) -> Value {
 
 /// The chat shape.
 pub fn chat_shape(items: &[TokenLogprob]) -> Value {
-    let entry = |token: &str, lp: f32| json!({"token": token, "logprob": num(lp), "bytes": token.as_bytes()});
+    let entry = |token: &str, lp: Option<f32>| json!({"token": token, "logprob": num(lp), "bytes": token.as_bytes()});
     let content: Vec<Value> = items
         .iter()
         .map(|it| {
             let mut e = entry(&it.token, it.logprob);
-            e["top_logprobs"] = it.top.iter().map(|(t, lp)| entry(t, *lp)).collect();
+            e["top_logprobs"] = it
+                .top
+                .iter()
+                .flatten()
+                .map(|(t, lp)| entry(t, Some(*lp)))
+                .collect();
             e
         })
         .collect();
