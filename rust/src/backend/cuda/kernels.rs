@@ -418,3 +418,39 @@ impl Kernels {
         launched(unsafe { b.launch(cfg((rows, 1, 1), 1024)) })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buf(max_context: usize) -> SplitBuffers {
+        SplitBuffers {
+            partial_out: 0,
+            partial_lse: 0,
+            rows_times_splits: 1024,
+            max_context,
+        }
+    }
+
+    #[test]
+    fn decode_splits_fill_the_gpu_only_when_rows_leave_it_idle() {
+        let shape = AttentionShape {
+            num_heads: 32,
+            num_kv_heads: 8,
+            head_dim: 128,
+        };
+        // One row, long context: 264 / 8 = 33 splits.
+        assert_eq!(decode_splits(1, shape, &buf(8192)), 33);
+        // Short context: no split shorter than 64 keys.
+        assert_eq!(decode_splits(1, shape, &buf(128)), 2);
+        // Enough (row, kv head) pairs already: no split.
+        assert_eq!(decode_splits(33, shape, &buf(8192)), 1);
+        // Never more rows × splits than the scratch holds.
+        let mha = AttentionShape {
+            num_kv_heads: 1,
+            ..shape
+        };
+        assert!(decode_splits(200, mha, &buf(1 << 20)) * 200 <= 1024);
+        assert_eq!(decode_splits(0, shape, &buf(8192)), 1);
+    }
+}
