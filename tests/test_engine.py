@@ -3,6 +3,8 @@ from many threads, abort, asyncio, priorities and stats, on the default model (C
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -197,3 +199,38 @@ def test_prompt_logprobs_match_transformers(default_model_path, chunk):
         got = plp[n0 + i][case["token_ids"][i]]
         assert abs(got - case["chosen_logprobs"][i]) < 5e-4, (i, got)
     assert out.num_cached_tokens == 0
+
+
+CANCEL_SCRIPT = """
+import asyncio, sys, infire
+engine = infire.Engine(sys.argv[1], device="cpu")
+params = infire.SamplingParams(max_tokens=300, temperature=0, ignore_eos=True)
+async def consume():
+    async for _ in engine.stream_async("Once upon a time", params):
+        pass
+async def main():
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(1.0)
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+asyncio.run(main())
+out = engine.generate("Hi", infire.SamplingParams(max_tokens=2, temperature=0))
+print(engine.stats()["num_running"], len(out[0].outputs[0].token_ids))
+"""
+
+
+def test_cancelling_an_async_stream_aborts_it_without_hanging(default_model_path):
+    """Cancelling the consumer of `stream_async` mid-stream closes the stream while a worker
+    thread waits in `next`: the request is aborted and the engine keeps serving (this used to
+    deadlock on the stream's lock, so it runs in a subprocess with a timeout)."""
+    r = subprocess.run(
+        [sys.executable, "-c", CANCEL_SCRIPT, default_model_path],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["0", "2"]

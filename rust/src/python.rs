@@ -515,10 +515,16 @@ impl PyStream {
 
     /// Aborts the request if it is still running.
     fn close(&self) {
-        if let Ok(mut state) = self.state.lock() {
-            if state.take().is_some() {
-                self.handle.abort(self.request_id);
+        match self.state.try_lock() {
+            Ok(mut state) => {
+                if state.take().is_some() {
+                    self.handle.abort(self.request_id);
+                }
             }
+            // A `__next__` on another thread holds the state while it waits for the engine
+            // (without the GIL, which this thread holds): waiting for the lock here would
+            // deadlock. Aborting ends that wait; the iterator then finds the request over.
+            Err(_) => self.handle.abort(self.request_id),
         }
     }
 }
