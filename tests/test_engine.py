@@ -201,6 +201,23 @@ def test_prompt_logprobs_match_transformers(default_model_path, chunk):
     assert out.num_cached_tokens == 0
 
 
+def test_many_async_streams_at_once(engine):
+    """More concurrent `stream_async` consumers than an executor has workers all finish, each
+    with the tokens `generate` gives its prompt."""
+    prompts = [f"Count to {i}:" for i in range(24)]
+    want = [o.outputs[0].token_ids for o in engine.generate(prompts, GREEDY)]
+
+    async def last(prompt):
+        return [o async for o in engine.stream_async(prompt, GREEDY)][-1]
+
+    async def main():
+        return await asyncio.gather(*(last(p) for p in prompts))
+
+    outs = asyncio.run(main())
+    assert all(o.finished for o in outs)
+    assert [o.outputs[0].token_ids for o in outs] == want
+
+
 CANCEL_SCRIPT = """
 import asyncio, sys, infire
 engine = infire.Engine(sys.argv[1], device="cpu")

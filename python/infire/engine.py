@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 from . import _core
@@ -16,6 +17,7 @@ SamplingParams = _core.SamplingParams
 Tokenizer = _core.Tokenizer
 
 Prompt = str | list[int]
+_END = object()  # the last item a stream_async pump thread hands over
 Message = dict  # {"role": str, "content": str | list of {"type": "text", "text": str}}
 
 
@@ -154,15 +156,35 @@ class Engine:
     async def stream_async(
         self, prompt: Prompt, sampling_params: SamplingParams | None = None, priority: int = 0
     ) -> AsyncIterator[RequestOutput]:
-        """:meth:`stream` for asyncio. Cancelling the consumer aborts the request."""
+        """:meth:`stream` for asyncio. Cancelling the consumer aborts the request.
+
+        Each stream has a thread of its own that waits on the engine (without the GIL) and
+        hands outputs to the event loop, so any number of streams advance together; a shared
+        executor would cap them at its worker count."""
         stream = self.stream(prompt, sampling_params, priority)
-        done = object()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody listens any more
+                pass
+
+        def pump() -> None:
+            try:
+                for out in stream:
+                    put(out)
+                put(_END)
+            except BaseException as e:  # handed to the consumer, raised there
+                put(e)
+
+        threading.Thread(target=pump, name="infire-stream", daemon=True).start()
         try:
-            while True:
-                out = await asyncio.to_thread(next, stream, done)
-                if out is done:
-                    return
-                yield out
+            while (item := await queue.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
         finally:
             stream.close()
 
