@@ -720,15 +720,11 @@ fn compile_kernel<'py>(
     target: &str,
 ) -> PyResult<Bound<'py, pyo3::types::PyBytes>> {
     use crate::backend::cuda::jit::{compile, KernelDtype, KernelSpec, Target};
-    let dtype = match dtype {
-        "bfloat16" => KernelDtype::Bf16,
-        "float16" => KernelDtype::F16,
-        d => {
-            return Err(to_pyerr(Error::InvalidRequest(format!(
-                "dtype must be \"bfloat16\" or \"float16\", got {d:?}"
-            ))))
-        }
-    };
+    let dtype = KernelDtype::from_name(dtype).ok_or_else(|| {
+        to_pyerr(Error::InvalidRequest(format!(
+            "dtype must be \"bfloat16\" or \"float16\", got {dtype:?}"
+        )))
+    })?;
     let target = match target {
         "cubin" => Target::Cubin,
         "ptx" => Target::Ptx,

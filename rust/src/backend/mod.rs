@@ -69,6 +69,10 @@ impl AttentionShape {
     pub fn kv_size(&self) -> usize {
         self.num_kv_heads * self.head_dim
     }
+    /// Width of a fused QKV row.
+    pub fn qkv_width(&self) -> usize {
+        self.q_size() + 2 * self.kv_size()
+    }
 }
 
 /// Operations of the forward pass. Buffers hold `rows × width` activations row-major; each

@@ -104,16 +104,17 @@ pub fn launch(model: &Path, opts: &DeviceOptions, config: EngineConfig) -> Resul
         }
         #[cfg(feature = "cuda")]
         Some(ordinal) => {
-            use crate::backend::cuda::{gemm::ElemType, CudaBackend, CudaOptions};
+            use crate::backend::cuda::{jit::KernelDtype, CudaBackend, CudaOptions};
             let dtype = match opts.dtype.as_str() {
-                "auto" | "bfloat16" => ElemType::Bf16,
-                "float16" => ElemType::F16,
-                d => {
-                    return Err(Error::InvalidConfig(format!(
-                        "dtype {d:?} is not supported on CUDA (use \"bfloat16\" or \"float16\")"
-                    )))
-                }
-            };
+                "auto" => Some(KernelDtype::Bf16),
+                d => KernelDtype::from_name(d),
+            }
+            .ok_or_else(|| {
+                Error::InvalidConfig(format!(
+                    "dtype {:?} is not supported on CUDA (use \"bfloat16\" or \"float16\")",
+                    opts.dtype
+                ))
+            })?;
             let backend = CudaBackend::new(
                 CudaOptions {
                     device: ordinal,

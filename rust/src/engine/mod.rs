@@ -374,28 +374,22 @@ impl<B: Backend> Engine<B> {
         });
         let (model, backend) = (&self.model, &self.backend);
         let (cache, bufs) = (&mut self.cache, &mut self.bufs);
+        // Either the logits of every logits row or, for an all-greedy step, their tokens.
         let out = if greedy_only {
             model
                 .forward_greedy(backend, &batch, cache, bufs)
-                .map(StepOutput::Tokens)
+                .map(|tokens| (Vec::new(), tokens))
         } else {
             model
                 .forward(backend, &batch, cache, bufs)
-                .map(StepOutput::Logits)
+                .map(|logits| (logits, Vec::new()))
         };
-        let out = match out {
+        let (logits, tokens) = match out {
             Ok(out) => out,
             Err(e) => return (Vec::new(), self.fail_step(&plan, e)),
         };
-        let vocab = self.model.config.vocab_size;
-        let mut rows = match &out {
-            StepOutput::Logits(logits) => logits.chunks_exact(vocab),
-            StepOutput::Tokens(_) => [].chunks_exact(vocab),
-        };
-        let mut greedy_tokens = match &out {
-            StepOutput::Tokens(t) => t.iter(),
-            StepOutput::Logits(_) => [].iter(),
-        };
+        let mut rows = logits.chunks_exact(self.model.config.vocab_size);
+        let mut greedy_tokens = tokens.into_iter();
         let mut deltas = Vec::new();
         let mut errors = Vec::new();
         for s in &plan {
@@ -414,7 +408,7 @@ impl<B: Backend> Engine<B> {
                 continue; // a prefill chunk short of the end of the prompt
             }
             let sampled = if greedy_only {
-                let Some(&token) = greedy_tokens.next() else {
+                let Some(token) = greedy_tokens.next() else {
                     break;
                 };
                 Sampled {
@@ -453,14 +447,6 @@ impl<B: Backend> Engine<B> {
     }
 }
 
-/// What a forward step hands to sampling.
-enum StepOutput {
-    /// Logits of every logits row.
-    Logits(Vec<f32>),
-    /// The greedy token of every logits row.
-    Tokens(Vec<u32>),
-}
-
 impl<B: Backend> Engine<B> {
     /// A forward step failed on the backend: its requests end with the error (their blocks are
     /// freed); requests that were not in the step go on.
@@ -469,6 +455,7 @@ impl<B: Backend> Engine<B> {
             .iter()
             .map(|s| self.scheduler.running[s.seq].request_id)
             .collect();
+        ids.sort_unstable();
         ids.dedup();
         ids.into_iter()
             .map(|id| {

@@ -22,7 +22,7 @@ pub(super) fn paged_attention(
 ) {
     let hd = shape.head_dim;
     let group = shape.num_heads / shape.num_kv_heads;
-    let qkv_width = shape.q_size() + 2 * shape.kv_size();
+    let qkv_width = shape.qkv_width();
     let q_size = shape.q_size();
     let (k_cache, v_cache) = (&cache.k[layer], &cache.v[layer]);
     let block_size = cache.block_size;

@@ -159,7 +159,7 @@ impl Backend for CpuBackend {
         k_w: &Vec<f32>,
         eps: f32,
     ) {
-        let width = shape.q_size() + 2 * shape.kv_size();
+        let width = shape.qkv_width();
         let hd = shape.head_dim;
         let mut tmp = vec![0.0f32; hd];
         for row in qkv[..rows * width].chunks_exact_mut(width) {
@@ -182,7 +182,7 @@ impl Backend for CpuBackend {
         cache: &mut CpuKvCache,
         layer: usize,
     ) {
-        let width = shape.q_size() + 2 * shape.kv_size();
+        let width = shape.qkv_width();
         let hd = shape.head_dim;
         let half = hd / 2;
         let kv = shape.kv_size();
@@ -312,7 +312,7 @@ mod tests {
             num_kv_heads: 1,
             head_dim: 4,
         };
-        let width = shape.q_size() + 2 * shape.kv_size();
+        let width = shape.qkv_width();
         let mut qkv: Vec<f32> = (0..2 * width).map(|i| i as f32 + 1.0).collect();
         let orig = qkv.clone();
         let batch = ForwardBatch {

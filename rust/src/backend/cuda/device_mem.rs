@@ -58,13 +58,13 @@ impl DeviceMem {
         self.slice.len()
     }
 
-    /// Waits for the stream, then reads the first `len` `i32` values.
-    pub fn read_i32(&self, stream: &Arc<CudaStream>, len: usize) -> Result<Vec<i32>> {
+    /// Waits for the stream, then reads the first `len` values of type `T`.
+    pub fn read<T: bytemuck::Pod>(&self, stream: &Arc<CudaStream>, len: usize) -> Result<Vec<T>> {
         assert!(
-            len * 4 <= self.bytes(),
+            len * std::mem::size_of::<T>() <= self.bytes(),
             "read past the end of a device buffer"
         );
-        let mut out = vec![0i32; len];
+        let mut out = vec![T::zeroed(); len];
         // SAFETY: `out` holds `len` values and lives until the synchronize below.
         unsafe { result::memcpy_dtoh_async(&mut out[..], self.ptr, stream.cu_stream()) }
             .and_then(|()| stream.synchronize())
@@ -79,23 +79,15 @@ impl DeviceMem {
         dtype: ElemType,
         len: usize,
     ) -> Result<Vec<f32>> {
-        let elem = if dtype == ElemType::F32 { 4 } else { 2 };
-        assert!(
-            len * elem <= self.bytes(),
-            "read past the end of a device buffer"
-        );
-        let mut raw = vec![0u8; len * elem];
-        // SAFETY: `raw` holds `len * elem` bytes and lives until the synchronize below.
-        unsafe { result::memcpy_dtoh_async(&mut raw[..], self.ptr, stream.cu_stream()) }
-            .and_then(|()| stream.synchronize())
-            .map_err(cuda_err)?;
         Ok(match dtype {
-            ElemType::F32 => bytemuck::pod_collect_to_vec(&raw),
-            ElemType::Bf16 => bytemuck::pod_collect_to_vec::<u8, bf16>(&raw)
+            ElemType::F32 => self.read(stream, len)?,
+            ElemType::Bf16 => self
+                .read::<bf16>(stream, len)?
                 .into_iter()
                 .map(f32::from)
                 .collect(),
-            ElemType::F16 => bytemuck::pod_collect_to_vec::<u8, f16>(&raw)
+            ElemType::F16 => self
+                .read::<f16>(stream, len)?
                 .into_iter()
                 .map(f32::from)
                 .collect(),

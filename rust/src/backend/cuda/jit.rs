@@ -76,6 +76,15 @@ pub enum KernelDtype {
 }
 
 impl KernelDtype {
+    /// The dtype by its torch name: `"bfloat16"` or `"float16"`.
+    pub fn from_name(name: &str) -> Option<KernelDtype> {
+        match name {
+            "bfloat16" => Some(KernelDtype::Bf16),
+            "float16" => Some(KernelDtype::F16),
+            _ => None,
+        }
+    }
+
     fn define(self) -> &'static str {
         match self {
             KernelDtype::Bf16 => "INFIRE_DTYPE_BF16",

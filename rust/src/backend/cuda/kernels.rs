@@ -150,6 +150,18 @@ fn launched<T>(r: std::result::Result<T, cudarc::driver::DriverError>) -> Result
     r.map(|_| ()).map_err(cuda_err)
 }
 
+/// Launches kernel `func` on `stream`: `grid` CTAs of `block` threads, the arguments (locals,
+/// passed by address) in the order of the kernel's signature.
+macro_rules! launch {
+    ($stream:expr, $func:expr, $grid:expr, $block:expr; $($arg:ident),+ $(,)?) => {{
+        let mut b = $stream.launch_builder($func);
+        $( b.arg(&$arg); )+
+        // SAFETY: every caller passes the arguments in the order and with the C types of the
+        // kernel's signature (see its file in kernels/cuda/), and buffers sized for the grid.
+        launched(unsafe { b.launch(cfg($grid, $block)) })
+    }};
+}
+
 impl Kernels {
     fn load(ctx: &Arc<CudaContext>, cubins: Vec<(String, Vec<u8>)>) -> Result<Kernels> {
         let mut modules = std::collections::HashMap::new();
@@ -192,10 +204,7 @@ impl Kernels {
         hidden: usize,
     ) -> Result<()> {
         let hidden = hidden as i32;
-        let mut b = stream.launch_builder(&self.embedding);
-        b.arg(&table).arg(&ids).arg(&out).arg(&hidden);
-        // SAFETY: argument types and order match `embedding.cu`; buffers are sized by the model.
-        launched(unsafe { b.launch(cfg((rows, 1, 1), 128)) })
+        launch!(stream, &self.embedding, (rows, 1, 1), 128; table, ids, out, hidden)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -210,10 +219,7 @@ impl Kernels {
         eps: f32,
     ) -> Result<()> {
         let hidden = hidden as i32;
-        let mut b = stream.launch_builder(&self.rms_norm);
-        b.arg(&x).arg(&w).arg(&out).arg(&hidden).arg(&eps);
-        // SAFETY: as in `embedding`.
-        launched(unsafe { b.launch(cfg((rows, 1, 1), 256)) })
+        launch!(stream, &self.rms_norm, (rows, 1, 1), 256; x, w, out, hidden, eps)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -229,15 +235,8 @@ impl Kernels {
         eps: f32,
     ) -> Result<()> {
         let hidden = hidden as i32;
-        let mut b = stream.launch_builder(&self.add_rms_norm);
-        b.arg(&residual)
-            .arg(&x)
-            .arg(&w)
-            .arg(&out)
-            .arg(&hidden)
-            .arg(&eps);
-        // SAFETY: as in `embedding`.
-        launched(unsafe { b.launch(cfg((rows, 1, 1), 256)) })
+        let f = &self.add_rms_norm;
+        launch!(stream, f, (rows, 1, 1), 256; residual, x, w, out, hidden, eps)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -251,14 +250,13 @@ impl Kernels {
         shape: AttentionShape,
         eps: f32,
     ) -> Result<()> {
-        let width = (shape.q_size() + 2 * shape.kv_size()) as i32;
-        let mut b = stream.launch_builder(&self.qk_norm);
-        b.arg(&qkv).arg(&q_w).arg(&k_w).arg(&width).arg(&eps);
+        let width = shape.qkv_width() as i32;
         let heads = shape.num_heads + shape.num_kv_heads;
-        // SAFETY: as in `embedding`.
-        launched(unsafe { b.launch(cfg((rows, heads, 1), 32)) })
+        launch!(stream, &self.qk_norm, (rows, heads, 1), 32; qkv, q_w, k_w, width, eps)
     }
 
+    /// RoPE on q and k of every row and the cache write of k and v; every slot lies inside
+    /// the cache (the block manager's invariant) or is -1 (padding, skipped).
     #[allow(clippy::too_many_arguments)]
     pub fn rope_cache_write(
         &self,
@@ -270,23 +268,15 @@ impl Kernels {
         v_cache: u64,
         shape: AttentionShape,
     ) -> Result<()> {
-        let width = (shape.q_size() + 2 * shape.kv_size()) as i32;
+        let width = shape.qkv_width() as i32;
         let (positions, slots) = (meta.positions(), meta.slots());
-        let mut b = stream.launch_builder(&self.rope_cache_write);
-        b.arg(&qkv)
-            .arg(&positions)
-            .arg(&slots)
-            .arg(&inv_freq)
-            .arg(&k_cache)
-            .arg(&v_cache)
-            .arg(&width);
-        // SAFETY: as in `embedding`; every slot lies inside the cache (the block manager's
-        // invariant).
-        launched(unsafe { b.launch(cfg((meta.rows, 1, 1), 128)) })
+        launch!(stream, &self.rope_cache_write, (meta.rows, 1, 1), 128;
+            qkv, positions, slots, inv_freq, k_cache, v_cache, width)
     }
 
-    /// Attention of every row of the step: the paged decode kernel when each sequence has one
-    /// query row, the tensor-core prefill kernel otherwise.
+    /// Attention of every row of the step: the paged decode kernel (split over the keys when
+    /// the rows leave SMs idle) when each sequence has one query row, the tensor-core prefill
+    /// kernel otherwise. Block tables cover every position (the batch's invariant).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -299,73 +289,40 @@ impl Kernels {
         shape: AttentionShape,
         split_buf: &SplitBuffers,
     ) -> Result<()> {
-        let width = (shape.q_size() + 2 * shape.kv_size()) as i32;
+        let width = shape.qkv_width() as i32;
         let scale = 1.0 / (shape.head_dim as f32).sqrt();
         let max_blocks = meta.max_blocks as i32;
         let tables = meta.block_tables();
-        if meta.max_query_len <= 1 {
-            let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
-            let splits = decode_splits(meta.rows, shape, split_buf);
-            if splits > 1 {
-                let splits32 = splits as i32;
-                let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
-                let mut b = stream.launch_builder(&self.paged_attention_split);
-                b.arg(&qkv)
-                    .arg(&k_cache)
-                    .arg(&v_cache)
-                    .arg(&out)
-                    .arg(&row_seq)
-                    .arg(&row_pos)
-                    .arg(&tables)
-                    .arg(&max_blocks)
-                    .arg(&width)
-                    .arg(&scale)
-                    .arg(&p_out)
-                    .arg(&p_lse)
-                    .arg(&splits32);
-                let grid = (meta.rows, shape.num_kv_heads, splits);
-                // SAFETY: as below; the partial buffers hold `rows_times_splits` rows.
-                launched(unsafe { b.launch(cfg(grid, 128)) })?;
-                let mut b = stream.launch_builder(&self.paged_attention_combine);
-                b.arg(&p_out).arg(&p_lse).arg(&out).arg(&splits32);
-                let block = shape.head_dim as u32;
-                // SAFETY: as below.
-                return launched(unsafe { b.launch(cfg((meta.rows, shape.num_heads, 1), block)) });
-            }
-            let mut b = stream.launch_builder(&self.paged_attention);
-            b.arg(&qkv)
-                .arg(&k_cache)
-                .arg(&v_cache)
-                .arg(&out)
-                .arg(&row_seq)
-                .arg(&row_pos)
-                .arg(&tables)
-                .arg(&max_blocks)
-                .arg(&width)
-                .arg(&scale);
-            // SAFETY: as in `embedding`; block tables cover every position (batch invariant).
-            return launched(unsafe { b.launch(cfg((meta.rows, shape.num_kv_heads, 1), 128)) });
+        if meta.max_query_len > 1 {
+            let (q_start, q_len, ctx_len) = (
+                meta.seq_query_start(),
+                meta.seq_query_len(),
+                meta.seq_context_len(),
+            );
+            let grid = (
+                meta.max_query_len.div_ceil(PREFILL_TILE),
+                shape.num_heads,
+                meta.num_seqs,
+            );
+            return launch!(stream, &self.prefill_attention, grid, 128;
+                qkv, k_cache, v_cache, out, q_start, q_len, ctx_len, tables, max_blocks, width,
+                scale);
         }
-        let (q_start, q_len, ctx_len) = (
-            meta.seq_query_start(),
-            meta.seq_query_len(),
-            meta.seq_context_len(),
-        );
-        let mut b = stream.launch_builder(&self.prefill_attention);
-        b.arg(&qkv)
-            .arg(&k_cache)
-            .arg(&v_cache)
-            .arg(&out)
-            .arg(&q_start)
-            .arg(&q_len)
-            .arg(&ctx_len)
-            .arg(&tables)
-            .arg(&max_blocks)
-            .arg(&width)
-            .arg(&scale);
-        let tiles = meta.max_query_len.div_ceil(PREFILL_TILE);
-        // SAFETY: as above.
-        launched(unsafe { b.launch(cfg((tiles, shape.num_heads, meta.num_seqs), 128)) })
+        let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
+        let splits = decode_splits(meta.rows, shape, split_buf);
+        if splits == 1 {
+            return launch!(stream, &self.paged_attention, (meta.rows, shape.num_kv_heads, 1), 128;
+                qkv, k_cache, v_cache, out, row_seq, row_pos, tables, max_blocks, width, scale);
+        }
+        let splits32 = splits as i32;
+        let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
+        let grid = (meta.rows, shape.num_kv_heads, splits);
+        launch!(stream, &self.paged_attention_split, grid, 128;
+            qkv, k_cache, v_cache, out, row_seq, row_pos, tables, max_blocks, width, scale, p_out,
+            p_lse, splits32)?;
+        let grid = (meta.rows, shape.num_heads, 1);
+        let f = &self.paged_attention_combine;
+        launch!(stream, f, grid, shape.head_dim as u32; p_out, p_lse, out, splits32)
     }
 
     pub fn silu_mul(
@@ -377,10 +334,7 @@ impl Kernels {
         n: usize,
     ) -> Result<()> {
         let n32 = n as i32;
-        let mut b = stream.launch_builder(&self.silu_mul);
-        b.arg(&x).arg(&out).arg(&n32);
-        // SAFETY: as in `embedding`.
-        launched(unsafe { b.launch(cfg((n.div_ceil(8 * 256), rows, 1), 256)) })
+        launch!(stream, &self.silu_mul, (n.div_ceil(8 * 256), rows, 1), 256; x, out, n32)
     }
 
     pub fn gather_rows(
@@ -396,10 +350,7 @@ impl Kernels {
             return Ok(());
         }
         let width = width as i32;
-        let mut b = stream.launch_builder(&self.gather_rows);
-        b.arg(&x).arg(&rows_ptr).arg(&out).arg(&width);
-        // SAFETY: as in `embedding`.
-        launched(unsafe { b.launch(cfg((n, 1, 1), 128)) })
+        launch!(stream, &self.gather_rows, (n, 1, 1), 128; x, rows_ptr, out, width)
     }
 
     /// `out[r] = argmax(logits[r])` over `vocab` f32 logits per row, as `i32`.
@@ -412,10 +363,7 @@ impl Kernels {
         out: u64,
     ) -> Result<()> {
         let vocab = vocab as i32;
-        let mut b = stream.launch_builder(&self.argmax);
-        b.arg(&logits).arg(&vocab).arg(&out);
-        // SAFETY: as in `embedding`.
-        launched(unsafe { b.launch(cfg((rows, 1, 1), 1024)) })
+        launch!(stream, &self.argmax, (rows, 1, 1), 1024; logits, vocab, out)
     }
 }
 

@@ -30,12 +30,16 @@ use rayon::prelude::*;
 
 use self::device_mem::DeviceMem;
 use self::gemm::{ElemType, Gemm};
+use self::jit::KernelDtype;
 use self::kernels::{KernelSet, Kernels};
 use self::step_meta::StepMeta;
 use super::AttentionShape;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::weights::HostTensor;
+
+/// Bytes of one activation, weight or KV-cache element (bf16 or f16).
+const ELEM_BYTES: usize = 2;
 
 /// `rows × splits` the split-KV decode scratch holds: two CTAs per SM's worth of splits for a
 /// few rows (see `kernels::decode_splits`).
@@ -46,8 +50,8 @@ const SPLIT_ROWS: usize = 1024;
 pub struct CudaOptions {
     /// GPU ordinal.
     pub device: usize,
-    /// Activation and weight dtype: `Bf16` (default) or `F16`.
-    pub dtype: ElemType,
+    /// Activation, weight and KV-cache dtype: `Bf16` (default) or `F16`.
+    pub dtype: KernelDtype,
     /// Fraction of the GPU's memory the engine may hold in all (weights, activations, KV).
     pub gpu_memory_utilization: f64,
     /// Tokens per KV-cache block (a kernel constant).
@@ -209,10 +213,7 @@ impl CudaBackend {
         let name = ctx.name().map_err(cuda_err)?;
         let kernels = KernelSet::compile_in_background(
             jit::arch_for(major, minor),
-            match opts.dtype {
-                ElemType::F16 => jit::KernelDtype::F16,
-                _ => jit::KernelDtype::Bf16,
-            },
+            opts.dtype,
             shape,
             opts.block_size,
             opts.kernel_cache_dir.clone(),
@@ -251,17 +252,28 @@ impl CudaBackend {
         &self.name
     }
 
-    fn elem_bytes(&self) -> usize {
-        match self.opts.dtype {
-            ElemType::F32 => 4,
-            _ => 2,
-        }
-    }
-
     /// Keeps the first error of an enqueued operation for the next `to_host`.
     fn record(&self, r: Result<()>) {
         if let Err(e) = r {
             self.error.borrow_mut().get_or_insert(e);
+        }
+    }
+
+    /// Enqueues one operation of the step, unless a captured graph replays the step in its
+    /// place; a failure is kept for the next wait.
+    fn enqueue(&self, op: impl FnOnce(&Kernels) -> Result<()>) {
+        if self.graphs.replaying() {
+            return;
+        }
+        let r = self.kernels().and_then(op);
+        self.record(r);
+    }
+
+    /// The GEMM element type of activations and weights.
+    fn elem_type(&self) -> ElemType {
+        match self.opts.dtype {
+            KernelDtype::Bf16 => ElemType::Bf16,
+            KernelDtype::F16 => ElemType::F16,
         }
     }
 
@@ -309,30 +321,25 @@ impl CudaBackend {
     /// Converts a weight to the activation dtype (in parallel) and copies it to the device.
     fn upload_weights(&self, t: &HostTensor) -> Result<DeviceMem> {
         match self.opts.dtype {
-            ElemType::F16 => {
+            KernelDtype::F16 => {
                 let v: Vec<f16> = t.data.par_iter().map(|&x| f16::from_f32(x)).collect();
                 DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&v))
             }
-            ElemType::Bf16 => {
+            KernelDtype::Bf16 => {
                 let v: Vec<bf16> = t.data.par_iter().map(|&x| bf16::from_f32(x)).collect();
                 DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&v))
             }
-            ElemType::F32 => DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&t.data)),
         }
     }
 
-    fn gemm_input(&self) -> ElemType {
-        self.opts.dtype
-    }
-}
-
-impl CudaBackend {
+    /// The RoPE table on the device, uploaded the first time (the model's table never
+    /// changes; a different one replaces it).
     fn inv_freq_ptr(&self, inv_freq: &[f32]) -> Result<u64> {
         let mut cached = self.inv_freq.borrow_mut();
         if cached.as_ref().map(|(v, _)| v.as_slice()) != Some(inv_freq) {
             let mem = DeviceMem::from_host(&self.stream, bytemuck::cast_slice(inv_freq))?;
             *cached = Some((inv_freq.to_vec(), mem));
         }
-        Ok(cached.as_ref().map(|(_, m)| m.ptr).unwrap_or(0))
+        Ok(cached.as_ref().map_or(0, |(_, m)| m.ptr))
     }
 }

@@ -4,8 +4,11 @@
 
 use super::device_mem::{self, DeviceMem};
 use super::gemm::{ElemType, GemmShape};
+use super::jit::KernelDtype;
 use super::kernels::SplitBuffers;
-use super::{graphs, CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, SPLIT_ROWS};
+use super::{
+    graphs, CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, ELEM_BYTES, SPLIT_ROWS,
+};
 use crate::backend::{AttentionShape, Backend, ForwardBatch};
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, RawTensor};
@@ -32,9 +35,8 @@ impl Backend for CudaBackend {
 
     fn matrix_raw(&self, parts: &[RawTensor<'_>]) -> Option<Result<CudaMatrix>> {
         let want = match self.opts.dtype {
-            ElemType::Bf16 => "BF16",
-            ElemType::F16 => "F16",
-            ElemType::F32 => "F32",
+            KernelDtype::Bf16 => "BF16",
+            KernelDtype::F16 => "F16",
         };
         let cols = parts.first()?.shape.get(1).copied()?;
         if parts
@@ -45,7 +47,7 @@ impl Backend for CudaBackend {
         }
         let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
         Some((|| {
-            let mem = DeviceMem::zeroed(&self.stream, rows * cols * self.elem_bytes())?;
+            let mem = DeviceMem::zeroed(&self.stream, rows * cols * ELEM_BYTES)?;
             let mut slot = self.uploader.borrow_mut();
             let uploader = match slot.as_mut() {
                 Some(u) => u,
@@ -69,9 +71,9 @@ impl Backend for CudaBackend {
 
     fn buffer(&self, len: usize) -> Result<CudaBuf> {
         Ok(CudaBuf {
-            mem: DeviceMem::zeroed(&self.stream, len * self.elem_bytes())?,
+            mem: DeviceMem::zeroed(&self.stream, len * ELEM_BYTES)?,
             len,
-            dtype: self.opts.dtype,
+            dtype: self.elem_type(),
         })
     }
 
@@ -84,7 +86,7 @@ impl Backend for CudaBackend {
     }
 
     fn kv_element_bytes(&self) -> usize {
-        self.elem_bytes()
+        ELEM_BYTES
     }
 
     fn kv_cache_budget_bytes(&self) -> Option<usize> {
@@ -117,7 +119,7 @@ impl Backend for CudaBackend {
             )));
         }
         let plane_bytes = num_blocks
-            .checked_mul(block_size * shape.kv_size() * self.elem_bytes())
+            .checked_mul(block_size * shape.kv_size() * ELEM_BYTES)
             .ok_or_else(|| Error::InvalidConfig("KV cache size overflows".into()))?;
         Ok(CudaKvCache {
             mem: DeviceMem::zeroed(&self.stream, 2 * num_layers * plane_bytes)?,
@@ -154,10 +156,7 @@ impl Backend for CudaBackend {
     }
 
     fn embedding(&self, table: &CudaMatrix, _ids: &[u32], out: &mut CudaBuf) {
-        if self.graphs.replaying() {
-            return;
-        }
-        let r = self.kernels().and_then(|k| {
+        self.enqueue(|k| {
             k.embedding(
                 &self.stream,
                 table.mem.ptr,
@@ -167,14 +166,10 @@ impl Backend for CudaBackend {
                 table.cols,
             )
         });
-        self.record(r);
     }
 
     fn rms_norm(&self, x: &CudaBuf, w: &CudaVector, eps: f32, rows: usize, out: &mut CudaBuf) {
-        if self.graphs.replaying() {
-            return;
-        }
-        let r = self.kernels().and_then(|k| {
+        self.enqueue(|k| {
             k.rms_norm(
                 &self.stream,
                 x.mem.ptr,
@@ -185,7 +180,6 @@ impl Backend for CudaBackend {
                 eps,
             )
         });
-        self.record(r);
     }
 
     fn add_rms_norm(
@@ -197,10 +191,7 @@ impl Backend for CudaBackend {
         rows: usize,
         out: &mut CudaBuf,
     ) {
-        if self.graphs.replaying() {
-            return;
-        }
-        let r = self.kernels().and_then(|k| {
+        self.enqueue(|k| {
             k.add_rms_norm(
                 &self.stream,
                 residual.mem.ptr,
@@ -212,7 +203,6 @@ impl Backend for CudaBackend {
                 eps,
             )
         });
-        self.record(r);
     }
 
     fn linear(
@@ -223,27 +213,25 @@ impl Backend for CudaBackend {
         bias: Option<&CudaVector>,
         out: &mut CudaBuf,
     ) {
-        if self.graphs.replaying() {
-            return;
-        }
         debug_assert!(rows * w.cols <= x.len && rows * w.rows <= out.len);
         let shape = GemmShape {
             rows,
             n: w.rows,
             k: w.cols,
-            input: self.gemm_input(),
+            input: self.elem_type(),
             output: out.dtype,
             bias: bias.is_some(),
         };
-        let r = self.gemm.run(
-            shape,
-            x.mem.ptr,
-            w.mem.ptr,
-            bias.map(|b| b.mem.ptr),
-            out.mem.ptr,
-            &self.stream,
-        );
-        self.record(r);
+        self.enqueue(|_| {
+            self.gemm.run(
+                shape,
+                x.mem.ptr,
+                w.mem.ptr,
+                bias.map(|b| b.mem.ptr),
+                out.mem.ptr,
+                &self.stream,
+            )
+        });
     }
 
     fn qk_norm(
@@ -255,10 +243,7 @@ impl Backend for CudaBackend {
         k_w: &CudaVector,
         eps: f32,
     ) {
-        if self.graphs.replaying() {
-            return;
-        }
-        let r = self.kernels().and_then(|k| {
+        self.enqueue(|k| {
             k.qk_norm(
                 &self.stream,
                 qkv.mem.ptr,
@@ -269,7 +254,6 @@ impl Backend for CudaBackend {
                 eps,
             )
         });
-        self.record(r);
     }
 
     fn rope_and_cache_write(
@@ -281,21 +265,17 @@ impl Backend for CudaBackend {
         cache: &mut CudaKvCache,
         layer: usize,
     ) {
-        if self.graphs.replaying() {
-            return;
-        }
-        let r = self.inv_freq_ptr(inv_freq).and_then(|freq| {
-            self.kernels()?.rope_cache_write(
+        self.enqueue(|k| {
+            k.rope_cache_write(
                 &self.stream,
                 qkv.mem.ptr,
                 &self.meta,
-                freq,
+                self.inv_freq_ptr(inv_freq)?,
                 cache.k_ptr(layer),
                 cache.v_ptr(layer),
                 shape,
             )
         });
-        self.record(r);
     }
 
     fn attention(
@@ -307,10 +287,7 @@ impl Backend for CudaBackend {
         layer: usize,
         out: &mut CudaBuf,
     ) {
-        if self.graphs.replaying() {
-            return;
-        }
-        let r = self.kernels().and_then(|k| {
+        self.enqueue(|k| {
             k.attention(
                 &self.stream,
                 qkv.mem.ptr,
@@ -327,25 +304,15 @@ impl Backend for CudaBackend {
                 },
             )
         });
-        self.record(r);
     }
 
     fn silu_mul(&self, x: &CudaBuf, rows: usize, n: usize, out: &mut CudaBuf) {
-        if self.graphs.replaying() {
-            return;
-        }
-        let r = self
-            .kernels()
-            .and_then(|k| k.silu_mul(&self.stream, x.mem.ptr, out.mem.ptr, rows, n));
-        self.record(r);
+        self.enqueue(|k| k.silu_mul(&self.stream, x.mem.ptr, out.mem.ptr, rows, n));
     }
 
     fn gather_rows(&self, x: &CudaBuf, rows: &[u32], width: usize, out: &mut CudaBuf) {
-        if self.graphs.replaying() {
-            return;
-        }
         debug_assert_eq!(rows.len(), self.meta.num_logits);
-        let r = self.kernels().and_then(|k| {
+        self.enqueue(|k| {
             k.gather_rows(
                 &self.stream,
                 x.mem.ptr,
@@ -355,7 +322,6 @@ impl Backend for CudaBackend {
                 width,
             )
         });
-        self.record(r);
     }
 
     fn to_host(&self, x: &CudaBuf, len: usize) -> Result<Vec<f32>> {
@@ -377,7 +343,7 @@ impl Backend for CudaBackend {
         self.kernels()?
             .argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr)?;
         self.wait()?;
-        let ids = out.read_i32(&self.stream, rows)?;
+        let ids = out.read::<i32>(&self.stream, rows)?;
         Ok(ids.into_iter().map(|t| t as u32).collect())
     }
 }
