@@ -496,6 +496,66 @@ def test_paged_attention_split(dtype, shape, num_splits):
     assert (out[row_pos < 0] == 0).all()
 
 
+DECODE_SHAPES = ATTENTION_SHAPES + [Shape(64, 32, 1)]  # + GQA 32: two CTAs of 16 heads
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", DECODE_SHAPES, ids=str)
+@pytest.mark.parametrize("num_splits", [1, 3, 16])
+def test_decode_attention(dtype, shape, num_splits):
+    """The engine's decode attention (tensor cores), whole or split over the keys and then
+    combined, for every row kind: last positions, earlier ones, padding rows."""
+    t, nh, hd = DTYPES[dtype], shape.num_heads, shape.head_dim
+    cache = make_paged_cache(CONTEXT_LENS, shape, t)
+    row_seq, row_pos = decode_rows(CONTEXT_LENS, padding_rows=2)
+    rows = row_seq.numel()
+    qkv = torch.randn(rows, shape.qkv_width, device="cuda").to(t)
+    partial_out = nan_like((rows, num_splits, nh, hd), torch.float32)
+    partial_lse = nan_like((rows, num_splits, nh), torch.float32)
+    out = nan_like((rows, nh * hd), t)
+    scale = hd**-0.5
+    head_tiles = -(-shape.group // 16)
+    run(
+        "decode_attention",
+        "decode_attention",
+        (rows, shape.num_kv_heads * head_tiles, num_splits),
+        32,
+        qkv,
+        cache.k,
+        cache.v,
+        out,
+        row_seq,
+        row_pos,
+        cache.block_tables,
+        i32(cache.block_tables.shape[1]),
+        i32(shape.qkv_width),
+        f32(scale),
+        partial_out,
+        partial_lse,
+        i32(num_splits),
+        dtype=dtype,
+        shape=shape,
+    )
+    if num_splits > 1:
+        assert not partial_out.isnan().any() and not partial_lse.isnan().any()
+        assert out.isnan().all(), "a split launch must leave out to the combine"
+        run(
+            "decode_attention",
+            "attention_combine",
+            (rows, nh),
+            hd,
+            partial_out,
+            partial_lse,
+            out,
+            i32(num_splits),
+            dtype=dtype,
+            shape=shape,
+        )
+    ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
+    assert rel_err(out, ref) < ATTENTION_TOL[dtype]
+    assert (out[row_pos < 0] == 0).all()
+
+
 # (query_len, context_len) per sequence: whole prompts, chunked prefill and prefix-cache hits
 # (context_len > query_len), tile (64) and block (16) boundaries.
 PREFILL_SEQS = [(1, 1), (17, 17), (64, 64), (65, 100), (100, 1000), (130, 130), (16, 257), (3, 3)]

@@ -41,9 +41,9 @@ SHAPES = [
     (256, 16, 8),
 ]
 QUICK_SHAPES = [(128, 32, 8)]
-# Head sizes a kernel file rejects with a static_assert, by design: prefill_attention keeps
-# Q and O in registers and two K/V tiles in 48 KiB of static shared memory, up to 128.
-UNSUPPORTED_HEAD_DIMS = {"prefill_attention": {256}}
+# Head sizes a kernel file rejects with a static_assert, by design: the tensor-core attention
+# kernels keep Q and O in registers and K/V tiles in static shared memory, up to 128.
+UNSUPPORTED_HEAD_DIMS = {"prefill_attention": {256}, "decode_attention": {256}}
 ARCHS = ["sm_90a", "sm_80"]
 DTYPES = {"bfloat16": "INFIRE_DTYPE_BF16", "float16": "INFIRE_DTYPE_F16"}
 KV_BLOCK_SIZE = 16

@@ -26,6 +26,10 @@ const COMMON: &str = include_str!("../../../../kernels/cuda/common.cuh");
 const SOURCES: &[(&str, &str)] = &[
     ("argmax", include_str!("../../../../kernels/cuda/argmax.cu")),
     (
+        "decode_attention",
+        include_str!("../../../../kernels/cuda/decode_attention.cu"),
+    ),
+    (
         "embedding",
         include_str!("../../../../kernels/cuda/embedding.cu"),
     ),

@@ -20,9 +20,9 @@ use crate::error::{Error, Result};
 /// Query rows per CTA of the prefill attention kernel.
 const PREFILL_TILE: usize = 64;
 
-/// CTAs a decode attention launch should have to keep the GPU busy (about two per SM on an
-/// H100/H200). Fewer (row, kv head) pairs than this split each row's keys.
-const DECODE_TARGET_CTAS: usize = 264;
+/// One-warp decode attention CTAs an SM holds at once (26 KiB of shared memory each for
+/// head_dim 128; see `kernels/cuda/decode_attention.cu`).
+const DECODE_CTAS_PER_SM: usize = 8;
 /// Fewest keys a split of decode attention gets: below this the combine costs more than the
 /// split saves.
 const MIN_KEYS_PER_SPLIT: usize = 64;
@@ -38,19 +38,29 @@ pub struct SplitBuffers {
     /// split count depends on it rather than on the exact lengths, so that it repeats from
     /// step to step (a captured graph keeps its grid).
     pub max_context: usize,
+    /// The GPU's streaming multiprocessors.
+    pub sm_count: usize,
 }
 
-/// How many splits decode attention uses for this step: enough (row, kv head, split) CTAs to
-/// fill the GPU, no split shorter than [`MIN_KEYS_PER_SPLIT`], within the scratch buffers.
+/// How many splits decode attention uses for this step: as many (row, kv head, split) CTAs as
+/// the GPU holds at once — never more, so that equal rows finish in one wave rather than
+/// leaving a tail — with no split shorter than [`MIN_KEYS_PER_SPLIT`], within the scratch
+/// buffers.
 fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usize {
-    let ctas = rows * shape.num_kv_heads;
-    if ctas == 0 || ctas >= DECODE_TARGET_CTAS {
+    let ctas = rows * shape.num_kv_heads * decode_head_tiles(shape);
+    let resident = buf.sm_count * DECODE_CTAS_PER_SM;
+    if ctas == 0 || 2 * ctas > resident {
         return 1;
     }
-    let by_gpu = DECODE_TARGET_CTAS.div_ceil(ctas);
+    let by_gpu = resident / ctas;
     let by_keys = buf.max_context.div_ceil(MIN_KEYS_PER_SPLIT);
     let by_buffer = buf.rows_times_splits / rows.max(1);
     by_gpu.min(by_keys).min(by_buffer).max(1)
+}
+
+/// CTAs per (row, kv head) of decode attention: one per 16 query heads of the GQA group.
+fn decode_head_tiles(shape: AttentionShape) -> usize {
+    (shape.num_heads / shape.num_kv_heads).div_ceil(16)
 }
 
 type Compiled = std::result::Result<Vec<(String, Vec<u8>)>, String>;
@@ -132,9 +142,8 @@ pub struct Kernels {
     silu_mul: CudaFunction,
     gather_rows: CudaFunction,
     argmax: CudaFunction,
-    paged_attention: CudaFunction,
-    paged_attention_split: CudaFunction,
-    paged_attention_combine: CudaFunction,
+    decode_attention: CudaFunction,
+    attention_combine: CudaFunction,
     prefill_attention: CudaFunction,
 }
 
@@ -187,9 +196,8 @@ impl Kernels {
             silu_mul: f("silu_mul", "silu_mul")?,
             gather_rows: f("gather_rows", "gather_rows")?,
             argmax: f("argmax", "argmax")?,
-            paged_attention: f("paged_attention", "paged_attention")?,
-            paged_attention_split: f("paged_attention", "paged_attention_split")?,
-            paged_attention_combine: f("paged_attention", "paged_attention_combine")?,
+            decode_attention: f("decode_attention", "decode_attention")?,
+            attention_combine: f("decode_attention", "attention_combine")?,
             prefill_attention: f("prefill_attention", "prefill_attention")?,
         })
     }
@@ -274,9 +282,9 @@ impl Kernels {
             qkv, positions, slots, inv_freq, k_cache, v_cache, width)
     }
 
-    /// Attention of every row of the step: the paged decode kernel (split over the keys when
-    /// the rows leave SMs idle) when each sequence has one query row, the tensor-core prefill
-    /// kernel otherwise. Block tables cover every position (the batch's invariant).
+    /// Attention of every row of the step: the decode kernel (split over the keys when the
+    /// rows leave SMs idle) when each sequence has one query row, the prefill kernel
+    /// otherwise; both on tensor cores. Block tables cover every position (the batch's invariant).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -310,18 +318,21 @@ impl Kernels {
         }
         let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
         let splits = decode_splits(meta.rows, shape, split_buf);
-        if splits == 1 {
-            return launch!(stream, &self.paged_attention, (meta.rows, shape.num_kv_heads, 1), 128;
-                qkv, k_cache, v_cache, out, row_seq, row_pos, tables, max_blocks, width, scale);
-        }
         let splits32 = splits as i32;
         let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
-        let grid = (meta.rows, shape.num_kv_heads, splits);
-        launch!(stream, &self.paged_attention_split, grid, 128;
+        let grid = (
+            meta.rows,
+            shape.num_kv_heads * decode_head_tiles(shape),
+            splits,
+        );
+        launch!(stream, &self.decode_attention, grid, 32;
             qkv, k_cache, v_cache, out, row_seq, row_pos, tables, max_blocks, width, scale, p_out,
             p_lse, splits32)?;
+        if splits == 1 {
+            return Ok(());
+        }
         let grid = (meta.rows, shape.num_heads, 1);
-        let f = &self.paged_attention_combine;
+        let f = &self.attention_combine;
         launch!(stream, f, grid, shape.head_dim as u32; p_out, p_lse, out, splits32)
     }
 
@@ -377,6 +388,7 @@ mod tests {
             partial_lse: 0,
             rows_times_splits: 1024,
             max_context,
+            sm_count: 132,
         }
     }
 
@@ -387,18 +399,29 @@ mod tests {
             num_kv_heads: 8,
             head_dim: 128,
         };
-        // One row, long context: 264 / 8 = 33 splits.
-        assert_eq!(decode_splits(1, shape, &buf(8192)), 33);
+        // 132 SMs hold 1056 CTAs. One row, long context: 1056 / 8 = 132 splits.
+        assert_eq!(decode_splits(1, shape, &buf(1 << 16)), 132);
         // Short context: no split shorter than 64 keys.
         assert_eq!(decode_splits(1, shape, &buf(128)), 2);
+        // Never more CTAs than the GPU holds at once: 64 rows x 8 kv heads x 2 = 1024.
+        assert_eq!(decode_splits(64, shape, &buf(8192)), 2);
         // Enough (row, kv head) pairs already: no split.
-        assert_eq!(decode_splits(33, shape, &buf(8192)), 1);
+        assert_eq!(decode_splits(67, shape, &buf(8192)), 1);
+        assert_eq!(decode_splits(256, shape, &buf(8192)), 1);
         // Never more rows × splits than the scratch holds.
         let mha = AttentionShape {
             num_kv_heads: 1,
+            num_heads: 8,
             ..shape
         };
         assert!(decode_splits(200, mha, &buf(1 << 20)) * 200 <= 1024);
         assert_eq!(decode_splits(0, shape, &buf(8192)), 1);
+        // A GQA group of 32 heads takes two CTAs per (row, kv head).
+        let mqa = AttentionShape {
+            num_kv_heads: 1,
+            ..shape
+        };
+        assert_eq!(decode_head_tiles(mqa), 2);
+        assert_eq!(decode_splits(4, mqa, &buf(1 << 16)), 132);
     }
 }

@@ -41,8 +41,8 @@ use crate::weights::HostTensor;
 /// Bytes of one activation, weight or KV-cache element (bf16 or f16).
 const ELEM_BYTES: usize = 2;
 
-/// `rows × splits` the split-KV decode scratch holds: two CTAs per SM's worth of splits for a
-/// few rows (see `kernels::decode_splits`).
+/// `rows × splits` the split-KV decode scratch holds: a full GPU's worth of one-warp CTAs for
+/// a few rows (see `kernels::decode_splits`).
 const SPLIT_ROWS: usize = 1024;
 
 /// Options of the CUDA backend.
@@ -113,6 +113,8 @@ pub struct CudaBackend {
     opts: CudaOptions,
     shape: AttentionShape,
     name: String,
+    /// Streaming multiprocessors (sizes the split-KV decode grid).
+    sm_count: usize,
     gemm: Gemm,
     kernels: KernelSet,
     meta: StepMeta,
@@ -211,6 +213,11 @@ impl CudaBackend {
         let (free_at_start, _) = ctx.mem_get_info().map_err(cuda_err)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;
         let name = ctx.name().map_err(cuda_err)?;
+        let sm_count = ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .map_err(cuda_err)? as usize;
         let kernels = KernelSet::compile_in_background(
             jit::arch_for(major, minor),
             opts.dtype,
@@ -240,6 +247,7 @@ impl CudaBackend {
             opts,
             shape,
             name,
+            sm_count,
             gemm,
             kernels,
             inv_freq: RefCell::new(None),

@@ -301,6 +301,7 @@ impl Backend for CudaBackend {
                     partial_lse: self.split_scratch.ptr + self.split_lse_offset as u64,
                     rows_times_splits: SPLIT_ROWS,
                     max_context: self.meta.max_blocks * self.opts.block_size,
+                    sm_count: self.sm_count,
                 },
             )
         });

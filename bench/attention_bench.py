@@ -1,0 +1,195 @@
+"""Decode attention alone: the bandwidth it reaches reading the paged KV cache.
+
+    python bench/attention_bench.py [--out bench/results/attention_h200.json]
+
+Llama-3.1-8B shape (32 heads, 8 kv heads, head_dim 128, bf16, 16-token blocks in shuffled
+order), one query row per sequence at the given context length, for several batch sizes. Each
+kernel runs with the split count the engine would choose (`rust/src/backend/cuda/kernels.rs`,
+`decode_splits`), the combine pass included when it splits. Times are CUDA-event medians of
+single launches, with the L2 cache flushed before each (a 256 MiB write), so a small cache is
+read from HBM as in the engine; bandwidth counts the K/V bytes the step must read. The card's
+copy bandwidth is measured in the same run.
+
+Kernels: `decode_attention` (tensor cores, what the engine runs) and, while it is in the tree,
+`paged_attention` (its CUDA-core predecessor, with the split rule it had).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:  # cuda.core >= 0.4 exports the API at the top level; older releases under .experimental
+    from cuda.core import Device, LaunchConfig, ObjectCode, launch
+except ImportError:
+    from cuda.core.experimental import Device, LaunchConfig, ObjectCode, launch
+
+from infire import kernels
+
+sys.path.insert(0, str(Path(__file__).parent))
+from cuda_bench import copy_bandwidth  # noqa: E402
+
+HEAD_DIM, NUM_HEADS, NUM_KV_HEADS, BLOCK = 128, 32, 8, 16
+GROUP = NUM_HEADS // NUM_KV_HEADS
+QKV_WIDTH = (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM
+CASES = [(1, 1024), (1, 8192), (16, 1024), (64, 1024), (128, 1024), (256, 1024), (64, 4096)]
+REPEATS = 30
+
+
+class _TorchStream:
+    def __init__(self, stream):
+        self.stream = stream
+
+    def __cuda_stream__(self):
+        return (0, self.stream.cuda_stream)
+
+
+def load(name: str, func: str, **extra_defines):
+    major, minor = torch.cuda.get_device_capability()
+    arch = "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
+    defines = {
+        "HEAD_DIM": HEAD_DIM,
+        "NUM_HEADS": NUM_HEADS,
+        "NUM_KV_HEADS": NUM_KV_HEADS,
+        "KV_BLOCK_SIZE": BLOCK,
+        **extra_defines,
+    }
+    cubin = kernels.compile(name, arch=arch, defines=defines, dtype="bfloat16", target="cubin")
+    return ObjectCode.from_cubin(cubin).get_kernel(func)
+
+
+def engine_splits(rows: int, max_context: int, sm_count: int) -> int:
+    """`decode_splits` of kernels.rs: as many CTAs as the GPU holds (8 one-warp CTAs per SM)."""
+    ctas, resident = rows * NUM_KV_HEADS, sm_count * 8
+    if 2 * ctas > resident:
+        return 1
+    return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows))
+
+
+def old_splits(rows: int, max_context: int) -> int:
+    """The split rule paged_attention ran with: ceil(264 / CTAs)."""
+    ctas = rows * NUM_KV_HEADS
+    if ctas >= 264:
+        return 1
+    return max(1, min(math.ceil(264 / ctas), math.ceil(max_context / 64), 1024 // rows))
+
+
+def time_step(stream, kernel, block, combine, rows, splits, flush, tensors) -> float:
+    """Median seconds of one decode attention launch (and its combine when split), L2 flushed."""
+    qkv, k, v, out, row_seq, row_pos, tables = tensors
+    p_out = torch.empty(rows * splits * NUM_HEADS * HEAD_DIM, device="cuda")
+    p_lse = torch.empty(rows * splits * NUM_HEADS, device="cuda")
+    ptrs = [t.data_ptr() for t in (qkv, k, v, out, row_seq, row_pos, tables)]
+    params = ptrs + [np.int32(tables.shape[1]), np.int32(QKV_WIDTH), np.float32(HEAD_DIM**-0.5)]
+    params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits)]
+    combine_params = (p_out.data_ptr(), p_lse.data_ptr(), out.data_ptr(), np.int32(splits))
+
+    def step():
+        launch(
+            stream, LaunchConfig(grid=(rows, NUM_KV_HEADS, splits), block=block), kernel, *params
+        )
+        if splits > 1:
+            cfg = LaunchConfig(grid=(rows, NUM_HEADS), block=HEAD_DIM)
+            launch(stream, cfg, combine, *combine_params)
+
+    step()
+    times = []
+    for _ in range(REPEATS):
+        flush.zero_()
+        start = torch.cuda.Event(enable_timing=True)
+        end = torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    device = Device(torch.cuda.current_device())
+    device.set_current()
+    stream = device.create_stream(_TorchStream(torch.cuda.current_stream()))
+    sm_count = torch.cuda.get_device_properties(0).multi_processor_count
+    copy_bw = copy_bandwidth()
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu}, {sm_count} SMs, copy {copy_bw / 1e12:.2f} TB/s")
+
+    variants = {"decode_attention": (load("decode_attention", "decode_attention"), 32)}
+    combine = {"decode_attention": load("decode_attention", "attention_combine")}
+    for stages in (2, 4):  # the pipeline depth (3 in the engine)
+        name = f"decode_attention/{stages}"
+        variants[name] = (load("decode_attention", "decode_attention", DECODE_STAGES=stages), 32)
+        combine[name] = combine["decode_attention"]
+    try:
+        variants["paged_attention"] = (load("paged_attention", "paged_attention_split"), 128)
+        combine["paged_attention"] = load("paged_attention", "paged_attention_combine")
+    except Exception as e:  # noqa: BLE001 - the old kernel is optional
+        print(f"(paged_attention not timed: {e})")
+
+    flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+    results = []
+    for rows, context in CASES:
+        blocks_per_seq = math.ceil(context / BLOCK)
+        num_blocks = rows * blocks_per_seq
+        k = torch.randn(num_blocks, BLOCK, NUM_KV_HEADS, HEAD_DIM, device="cuda").bfloat16()
+        v = torch.randn_like(k)
+        tables = torch.randperm(num_blocks, device="cuda").int().view(rows, blocks_per_seq)
+        qkv = torch.randn(rows, QKV_WIDTH, device="cuda").bfloat16()
+        out = torch.empty(rows, NUM_HEADS * HEAD_DIM, device="cuda").bfloat16()
+        row_seq = torch.arange(rows, device="cuda", dtype=torch.int32)
+        row_pos = torch.full((rows,), context - 1, device="cuda", dtype=torch.int32)
+        tensors = (qkv, k, v, out, row_seq, row_pos, tables)
+        kv_bytes = 2 * rows * context * NUM_KV_HEADS * HEAD_DIM * 2
+        max_context = blocks_per_seq * BLOCK
+        for name, (kernel, block) in variants.items():
+            splits = (
+                engine_splits(rows, max_context, sm_count)
+                if name.startswith("decode_attention")
+                else old_splits(rows, max_context)
+            )
+            t = time_step(stream, kernel, block, combine[name], rows, splits, flush, tensors)
+            row = {
+                "kernel": name,
+                "rows": rows,
+                "context": context,
+                "splits": splits,
+                "kv_mib": kv_bytes / 2**20,
+                "us": t * 1e6,
+                "tb_per_s": kv_bytes / t / 1e12,
+                "of_copy": kv_bytes / t / copy_bw,
+            }
+            results.append(row)
+            print(
+                f"{name:19s} rows {rows:4d} context {context:5d} splits {splits:3d}  "
+                f"{row['us']:8.1f} us  {row['tb_per_s']:.2f} TB/s = {100 * row['of_copy']:.0f} %"
+            )
+        del k, v
+        torch.cuda.empty_cache()
+
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        record = {
+            "gpu": gpu,
+            "date": date.today().isoformat(),
+            "command": "python bench/attention_bench.py",
+            "copy_bytes_per_s": copy_bw,
+            "results": results,
+        }
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
