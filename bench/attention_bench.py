@@ -10,8 +10,9 @@ single launches, with the L2 cache flushed before each (a 256 MiB write), so a s
 read from HBM as in the engine; bandwidth counts the K/V bytes the step must read. The card's
 copy bandwidth is measured in the same run.
 
-Kernels: `decode_attention` (tensor cores, what the engine runs) and, while it is in the tree,
-`paged_attention` (its CUDA-core predecessor, with the split rule it had).
+Kernels: `decode_attention` as the engine runs it (3 pipeline stages) and with 2 and 4 stages.
+Its CUDA-core predecessor `paged_attention` was timed beside it by this script at commit
+dbc67f5 (bench/results/attention_h200.json, kernels/cuda/NOTES.md).
 """
 
 from __future__ import annotations
@@ -74,14 +75,6 @@ def engine_splits(rows: int, max_context: int, sm_count: int) -> int:
     return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows))
 
 
-def old_splits(rows: int, max_context: int) -> int:
-    """The split rule paged_attention ran with: ceil(264 / CTAs)."""
-    ctas = rows * NUM_KV_HEADS
-    if ctas >= 264:
-        return 1
-    return max(1, min(math.ceil(264 / ctas), math.ceil(max_context / 64), 1024 // rows))
-
-
 def time_step(stream, kernel, block, combine, rows, splits, flush, tensors) -> float:
     """Median seconds of one decode attention launch (and its combine when split), L2 flushed."""
     qkv, k, v, out, row_seq, row_pos, tables = tensors
@@ -133,11 +126,6 @@ def main() -> None:
         name = f"decode_attention/{stages}"
         variants[name] = (load("decode_attention", "decode_attention", DECODE_STAGES=stages), 32)
         combine[name] = combine["decode_attention"]
-    try:
-        variants["paged_attention"] = (load("paged_attention", "paged_attention_split"), 128)
-        combine["paged_attention"] = load("paged_attention", "paged_attention_combine")
-    except Exception as e:  # noqa: BLE001 - the old kernel is optional
-        print(f"(paged_attention not timed: {e})")
 
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     results = []
@@ -155,11 +143,7 @@ def main() -> None:
         kv_bytes = 2 * rows * context * NUM_KV_HEADS * HEAD_DIM * 2
         max_context = blocks_per_seq * BLOCK
         for name, (kernel, block) in variants.items():
-            splits = (
-                engine_splits(rows, max_context, sm_count)
-                if name.startswith("decode_attention")
-                else old_splits(rows, max_context)
-            )
+            splits = engine_splits(rows, max_context, sm_count)
             t = time_step(stream, kernel, block, combine[name], rows, splits, flush, tensors)
             row = {
                 "kernel": name,

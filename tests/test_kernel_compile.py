@@ -16,13 +16,13 @@ KERNEL_FILES = {
     "silu_mul",
     "gather_rows",
     "argmax",
-    "paged_attention",
+    "decode_attention",
     "prefill_attention",
 }
 
 # (HEAD_DIM, NUM_HEADS, NUM_KV_HEADS): Llama-3-8B (GQA 4), SmolLM2-135M (head_dim 64, GQA 3),
-# MHA, GQA 8 with head_dim 64, and GQA 16 (paged attention's multi-pass path).
-SHAPES = [(128, 32, 8), (64, 9, 3), (128, 32, 32), (64, 32, 4), (128, 64, 4)]
+# MHA, GQA 8 with head_dim 64, GQA 16, and GQA 32 (decode attention's two head tiles).
+SHAPES = [(128, 32, 8), (64, 9, 3), (128, 32, 32), (64, 32, 4), (128, 64, 4), (64, 32, 1)]
 
 ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)')
 

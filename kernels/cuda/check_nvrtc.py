@@ -11,7 +11,7 @@ NVRTC comes from the pip wheels ``nvidia-cuda-nvrtc==13.0.*`` (``libnvrtc.so.13`
 ``site-packages/nvidia/cu13``; ``--cuda-home DIR`` uses a toolkit instead.
 
     python kernels/cuda/check_nvrtc.py                   # everything
-    python kernels/cuda/check_nvrtc.py paged_attention   # one kernel file
+    python kernels/cuda/check_nvrtc.py decode_attention  # one kernel file
     python kernels/cuda/check_nvrtc.py --quick           # sm_90a, bf16, head_dim 128, group 4
 """
 

@@ -9,7 +9,7 @@
 //   out[r, h, :] = softmax_p(scale * q[r, h, :] . k[p, h / GROUP, :]) @ v[p, h / GROUP, :],
 //   p = 0..=row_pos[r], keys of sequence row_seq[r]. Rows with row_pos[r] < 0 get zeros.
 //
-// Layout (as paged_attention / prefill_attention):
+// Layout (as prefill_attention's):
 //   qkv [rows, qkv_width] T: q head h at column h * HEAD_DIM (already rotated).
 //   k_cache, v_cache [num_blocks, KV_BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM] T; key p of sequence s
 //     is at block block_tables[s * max_blocks_per_seq + p / KV_BLOCK_SIZE], offset

@@ -1,6 +1,6 @@
 """Infire's CUDA kernels, compiled with NVRTC as the engine compiles them.
 
-For tests and inspection: ``compile("paged_attention", "sm_90a", {"HEAD_DIM": 128, ...})``
+For tests and inspection: ``compile("decode_attention", "sm_90a", {"HEAD_DIM": 128, ...})``
 returns the cubin (or PTX with ``target="ptx"``) that the engine would load, so a test can
 launch a kernel through ``cuda.core`` against a torch reference. NVRTC needs no GPU.
 """

@@ -38,10 +38,6 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../../kernels/cuda/gather_rows.cu"),
     ),
     (
-        "paged_attention",
-        include_str!("../../../../kernels/cuda/paged_attention.cu"),
-    ),
-    (
         "prefill_attention",
         include_str!("../../../../kernels/cuda/prefill_attention.cu"),
     ),
