@@ -4,9 +4,12 @@ For each rate, --requests streamed completions arrive with exponential gaps (see
 rate's index in --rates); each generates --new-tokens tokens with ignore_eos from a prompt of
 about --prompt-words words (or of --prompt-ids random token ids).
 With --in-process MODEL the same arrivals (same seeds, same prompts) then run through
-`infire.Engine.stream` in this process, so that the HTTP layer's cost shows as the difference
-of the two TTFTs measured in one run. Each request runs on its own thread in both modes; the
-HTTP client is the standard library's (the server's own tests use the openai package).
+`infire.Engine.stream_async` in this process, so that the HTTP layer's cost shows as the
+difference of the two TTFTs measured in one run. Both modes run their requests as tasks of one
+asyncio event loop: the HTTP client is a small one over asyncio streams (standard library only,
+so the bench runs wherever Python does; the server's own tests use the openai package), so no
+client thread waits for the GIL between a chunk's arrival and its timestamp — with a thread
+per request, GIL hand-offs between 64 client threads added milliseconds to both modes.
 Reports TTFT, inter-token latency (ITL) and end-to-end latency p50/p99, output-token
 throughput, errors, and the server process's CPU use (cores, from /proc/<pid>/stat) over each
 run, after --warmup unmeasured requests. Prints a table and writes
@@ -19,8 +22,8 @@ bench/results/serve_<tag>.json.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
-import http.client
 import json
 import os
 import random
@@ -28,7 +31,6 @@ import resource
 import shlex
 import statistics
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -116,72 +118,100 @@ def timings(start: float, times: list[float], end: float) -> dict:
     }
 
 
-def http_request(args, model: str, prompt) -> dict:
-    """One streamed completion over HTTP (the server's SSE, read with the standard library so
-    the bench runs wherever Python does); times are taken as chunks with text arrive."""
+async def response_body(reader: asyncio.StreamReader, chunked: bool):
+    """The body of an HTTP/1.1 response as it arrives (chunked transfer coding undone)."""
+    if not chunked:
+        while data := await reader.read(1 << 16):
+            yield data
+        return
+    while True:
+        size = int((await reader.readline()).split(b";")[0], 16)
+        if size == 0:
+            return
+        yield await reader.readexactly(size)
+        await reader.readexactly(2)  # the chunk's CRLF
+
+
+async def http_request(args, model: str, prompt) -> dict:
+    """One streamed completion over HTTP/1.1; times are taken as SSE events with text arrive."""
     url = urlsplit(args.url)
-    conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=600)
-    body = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": args.new_tokens,
-        "temperature": 0,
-        "stream": True,
-        "ignore_eos": True,
-    }
-    headers = {"Content-Type": "application/json"}
+    body = json.dumps(
+        {
+            "model": model,
+            "prompt": prompt,
+            "max_tokens": args.new_tokens,
+            "temperature": 0,
+            "stream": True,
+            "ignore_eos": True,
+        }
+    ).encode()
+    head = [
+        "POST /v1/completions HTTP/1.1",
+        f"Host: {url.netloc}",
+        "Content-Type: application/json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+    ]
     if args.api_key:
-        headers["Authorization"] = f"Bearer {args.api_key}"
+        head.append(f"Authorization: Bearer {args.api_key}")
     start, times = time.perf_counter(), []
-    conn.request("POST", "/v1/completions", json.dumps(body), headers)
-    resp = conn.getresponse()
-    if resp.status != 200:
-        raise RuntimeError(f"HTTP {resp.status}: {resp.read()[:200]!r}")
-    for line in resp:
-        if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-            choices = json.loads(line[6:]).get("choices")
-            if choices and choices[0].get("text"):
-                times.append(time.perf_counter())
-    conn.close()
+    reader, writer = await asyncio.open_connection(url.hostname, url.port or 80)
+    try:
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        status = await reader.readline()
+        if status.split()[1:2] != [b"200"]:
+            raise RuntimeError(f"{status!r}: {(await reader.read(200))!r}")
+        chunked = False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            if name.strip().lower() == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        pending = b""
+        async for data in response_body(reader, chunked):
+            *lines, pending = (pending + data).split(b"\n")
+            for line in lines:
+                if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
+                    choices = json.loads(line[6:]).get("choices")
+                    if choices and choices[0].get("text"):
+                        times.append(time.perf_counter())
+    finally:
+        writer.close()
     return timings(start, times, time.perf_counter())
 
 
-def engine_request(args, engine, prompt) -> dict:
-    """One streamed request through `infire.Engine.stream` in this process."""
+async def engine_request(args, engine, prompt) -> dict:
+    """One streamed request through `infire.Engine.stream_async` in this process."""
     import infire
 
     params = infire.SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
     start, times, seen = time.perf_counter(), [], 0
-    for out in engine.stream(prompt, params):
+    async for out in engine.stream_async(prompt, params):
         if len(out.outputs[0].token_ids) > seen:
             seen = len(out.outputs[0].token_ids)
             times.append(time.perf_counter())
     return timings(start, times, time.perf_counter())
 
 
-def run_rate(args, send, rate: float, seed: int, cpu_of) -> dict:
-    """--requests calls of `send(prompt)`, each on its own thread, started at Poisson arrival
-    times of `rate` per second; `cpu_of()` reads the CPU seconds of the process to charge."""
+async def run_rate(args, send, rate: float, seed: int, cpu_of) -> dict:
+    """--requests calls of `send(prompt)` as tasks started at Poisson arrival times of `rate`
+    per second; `cpu_of()` reads the CPU seconds of the process to charge."""
     # A seed per rate: prompts repeated across rates would hit the prefix cache.
     rng = random.Random(seed)
     prompts = make_prompts(args, rng)
-    results: list = [None] * len(prompts)
 
-    def call(i: int, prompt) -> None:
+    async def call(prompt):
         try:
-            results[i] = send(prompt)
+            return await send(prompt)
         except Exception as e:  # counted as an error
-            results[i] = e
+            return e
 
     cpu0 = cpu_of()
     t0 = time.perf_counter()
-    threads = []
-    for i, p in enumerate(prompts):
-        threads.append(threading.Thread(target=call, args=(i, p)))
-        threads[-1].start()
-        time.sleep(rng.expovariate(rate))
-    for t in threads:
-        t.join()
+    tasks = []
+    for p in prompts:
+        tasks.append(asyncio.create_task(call(p)))
+        await asyncio.sleep(rng.expovariate(rate))
+    results = await asyncio.gather(*tasks)
     wall = time.perf_counter() - t0
     cpu = cpu_of()
     return summarize(args, rate, results, wall, None if cpu is None else (cpu - cpu0) / wall)
@@ -208,15 +238,15 @@ def print_rows(title: str, rows: list[dict]) -> None:
         )
 
 
-def main_run(args) -> None:
+async def main_run(args) -> None:
     with urllib.request.urlopen(f"{args.url.rstrip('/')}/v1/models") as r:
         model = json.load(r)["data"][0]["id"]
     pid = args.server_pid or server_pid(urlsplit(args.url).port or 80)
     warm = [1, 2, 3] if args.prompt_ids else "warm up"
     for _ in range(args.warmup):
-        http_request(args, model, warm)
+        await http_request(args, model, warm)
     rows = [
-        run_rate(
+        await run_rate(
             args,
             lambda p: http_request(args, model, p),
             rate,
@@ -238,12 +268,14 @@ def main_run(args) -> None:
             max_num_seqs=args.max_num_seqs,
         )
         for _ in range(args.warmup):
-            engine_request(args, engine, warm)
+            await engine_request(args, engine, warm)
         in_process = [
-            run_rate(args, lambda p: engine_request(args, engine, p), rate, i, own_cpu_seconds)
+            await run_rate(
+                args, lambda p: engine_request(args, engine, p), rate, i, own_cpu_seconds
+            )
             for i, rate in enumerate(args.rates)
         ]
-        print_rows("in process (infire.Engine.stream):", in_process)
+        print_rows("in process (infire.Engine.stream_async):", in_process)
         for h, p in zip(rows, in_process, strict=True):
             delta = h["ttft_ms_p50"] - p["ttft_ms_p50"]
             print(f"rate {h['rate_rps']:g}/s: HTTP adds {delta:+.2f} ms to TTFT p50")
@@ -290,7 +322,7 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=64, help="for --in-process")
     args = ap.parse_args()
     args.argv = sys.argv[1:]
-    main_run(args)
+    asyncio.run(main_run(args))
 
 
 if __name__ == "__main__":
