@@ -82,8 +82,8 @@ def time_step(stream, kernel, block, combine, rows, splits, flush, tensors) -> f
     p_lse = torch.empty(rows * splits * NUM_HEADS, device="cuda")
     ptrs = [t.data_ptr() for t in (qkv, k, v, out, row_seq, row_pos, tables)]
     params = ptrs + [np.int32(tables.shape[1]), np.int32(QKV_WIDTH), np.float32(HEAD_DIM**-0.5)]
-    params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits)]
-    combine_params = (p_out.data_ptr(), p_lse.data_ptr(), out.data_ptr(), np.int32(splits))
+    params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits), 0]  # 0: no row list
+    combine_params = (p_out.data_ptr(), p_lse.data_ptr(), out.data_ptr(), np.int32(splits), 0)
 
     def step():
         launch(

@@ -343,7 +343,10 @@ def bench_throughput(engine: infire.Engine, limit: dict, args) -> dict:
     engine.generate(prompts[:8], greedy(16))  # warm-up
     params = [greedy(n) for n in output_lens]
     cpu0, t0 = cpu_seconds(), time.perf_counter()
+    # The capture range of `nsys profile --capture-range=cudaProfilerApi`; no-ops otherwise.
+    torch.cuda.profiler.start()
     outs = engine.generate(prompts, params)
+    torch.cuda.profiler.stop()
     wall = time.perf_counter() - t0
     cpu = cpu_seconds() - cpu0
     produced = sum(len(o.outputs[0].token_ids) for o in outs)

@@ -133,7 +133,7 @@ async def response_body(reader: asyncio.StreamReader, chunked: bool):
 
 
 async def http_request(args, model: str, prompt) -> dict:
-    """One streamed completion over HTTP/1.1; times are taken as SSE events with text arrive."""
+    """One streamed completion over HTTP/1.1; times are taken as its SSE events arrive."""
     url = urlsplit(args.url)
     body = json.dumps(
         {
@@ -170,9 +170,10 @@ async def http_request(args, model: str, prompt) -> dict:
         async for data in response_body(reader, chunked):
             *lines, pending = (pending + data).split(b"\n")
             for line in lines:
+                # One event per engine delta (new tokens), text or not: a token that ends
+                # inside a UTF-8 sequence, or a special token, streams with empty text.
                 if line.startswith(b"data: ") and not line.startswith(b"data: [DONE]"):
-                    choices = json.loads(line[6:]).get("choices")
-                    if choices and choices[0].get("text"):
+                    if json.loads(line[6:]).get("choices"):
                         times.append(time.perf_counter())
     finally:
         writer.close()

@@ -101,6 +101,26 @@ def test_sixteen_prompts_together_equal_each_alone(engine):
     wait_idle(engine)
 
 
+def test_chunked_prompts_beside_decoding_sequences(checkpoint, engine):
+    """With 64-token steps the 16 prompts are prefilled over many steps while the first ones
+    already decode, so steps mix multi-token chunks (the prefill kernel over its tile list)
+    with one-token rows (the decode kernel over its row list). Each result equals the prompt
+    alone up to a near-tie."""
+    chunked = infire.Engine(
+        model=checkpoint,
+        device="cuda",
+        kv_cache_tokens=KV_CACHE_TOKENS,
+        max_num_batched_tokens=64,
+        enable_prefix_caching=False,
+    )
+    got = completions(chunked.generate(PROMPTS, GREEDY))
+    alone = [completions(engine.generate(p, GREEDY))[0] for p in PROMPTS]
+    for i, (a, b) in enumerate(zip(alone, got, strict=True)):
+        assert len(b.token_ids) == STEPS
+        assert_equal_up_to_near_tie(a, b, f"prompt {i}")
+    wait_idle(chunked)
+
+
 def test_small_cache_preempts_and_keeps_greedy_outputs(checkpoint, engine):
     """A 256-token KV cache cannot hold 8 requests of 47-95 tokens: the engine preempts (and
     later recomputes) some, every request still completes, and each result equals the

@@ -122,6 +122,10 @@ def f32(x: float):
     return np.float32(x)
 
 
+# A null pointer argument (pointers are passed as Python ints).
+NULL = 0
+
+
 def nan_like(shape, dtype):
     return torch.full(shape, float("nan"), dtype=dtype, device="cuda")
 
@@ -415,23 +419,29 @@ def decode_rows(context_lens, padding_rows):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", DECODE_SHAPES, ids=str)
 @pytest.mark.parametrize("num_splits", [1, 3, 16])
-def test_decode_attention(dtype, shape, num_splits):
+@pytest.mark.parametrize("listed", [False, True], ids=["all-rows", "row-list"])
+def test_decode_attention(dtype, shape, num_splits, listed):
     """The engine's decode attention (tensor cores), whole or split over the keys and then
-    combined, for every row kind: last positions, earlier ones, padding rows."""
+    combined, for every row kind: last positions, earlier ones, padding rows. With a row list
+    (a step that mixes prompts and decoding sequences), only the listed rows are written."""
     t, nh, hd = DTYPES[dtype], shape.num_heads, shape.head_dim
     cache = make_paged_cache(CONTEXT_LENS, shape, t)
     row_seq, row_pos = decode_rows(CONTEXT_LENS, padding_rows=2)
     rows = row_seq.numel()
+    row_list, launched = NULL, rows
+    if listed:
+        row_list = torch.randperm(rows, device="cuda")[: rows // 2].int()
+        launched = row_list.numel()
     qkv = torch.randn(rows, shape.qkv_width, device="cuda").to(t)
-    partial_out = nan_like((rows, num_splits, nh, hd), torch.float32)
-    partial_lse = nan_like((rows, num_splits, nh), torch.float32)
+    partial_out = nan_like((launched, num_splits, nh, hd), torch.float32)
+    partial_lse = nan_like((launched, num_splits, nh), torch.float32)
     out = nan_like((rows, nh * hd), t)
     scale = hd**-0.5
     head_tiles = -(-shape.group // 16)
     run(
         "decode_attention",
         "decode_attention",
-        (rows, shape.num_kv_heads * head_tiles, num_splits),
+        (launched, shape.num_kv_heads * head_tiles, num_splits),
         32,
         qkv,
         cache.k,
@@ -446,6 +456,7 @@ def test_decode_attention(dtype, shape, num_splits):
         partial_out,
         partial_lse,
         i32(num_splits),
+        row_list,
         dtype=dtype,
         shape=shape,
     )
@@ -455,18 +466,23 @@ def test_decode_attention(dtype, shape, num_splits):
         run(
             "decode_attention",
             "attention_combine",
-            (rows, nh),
+            (launched, nh),
             hd,
             partial_out,
             partial_lse,
             out,
             i32(num_splits),
+            row_list,
             dtype=dtype,
             shape=shape,
         )
     ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
-    assert rel_err(out, ref) < ATTENTION_TOL[dtype]
-    assert (out[row_pos < 0] == 0).all()
+    served = row_list.long() if listed else torch.arange(rows, device="cuda")
+    assert rel_err(out[served], ref[served]) < ATTENTION_TOL[dtype]
+    assert (out[served][row_pos[served] < 0] == 0).all()
+    others = torch.ones(rows, dtype=torch.bool, device="cuda")
+    others[served] = False
+    assert out[others].isnan().all(), "a row outside the row list was written"
 
 
 # (query_len, context_len) per sequence: whole prompts, chunked prefill and prefix-cache hits
@@ -507,11 +523,13 @@ def test_prefill_attention(dtype, shape):
     def ints(values):
         return torch.tensor(values, dtype=torch.int32, device="cuda")
 
-    grid = (math.ceil(max(query_lens) / 64), shape.num_heads, len(PREFILL_SEQS))
+    # One (sequence, first row) pair per 64-row tile, in shuffled order.
+    tiles = [(z, first) for z, q in enumerate(query_lens) for first in range(0, q, 64)]
+    tiles = [tiles[i] for i in torch.randperm(len(tiles)).tolist()]
     run(
         "prefill_attention",
         "prefill_attention",
-        grid,
+        (len(tiles), shape.num_heads),
         128,
         qkv,
         cache.k,
@@ -524,6 +542,7 @@ def test_prefill_attention(dtype, shape):
         i32(cache.block_tables.shape[1]),
         i32(shape.qkv_width),
         f32(scale),
+        ints([x for tile in tiles for x in tile]),
         dtype=dtype,
         shape=shape,
     )

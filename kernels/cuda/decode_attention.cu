@@ -15,17 +15,20 @@
 //     is at block block_tables[s * max_blocks_per_seq + p / KV_BLOCK_SIZE], offset
 //     p % KV_BLOCK_SIZE.
 //   out [rows, NUM_HEADS * HEAD_DIM] T.
+//   row_list [grid x] i32 (or null: row r = blockIdx.x): the rows this launch serves, so that a
+//     step mixing prompts and decoding sequences runs its one-token sequences here.
 //   With num_splits > 1, split s of a row covers keys [s * chunk, min((s + 1) * chunk, len)),
 //   len = row_pos[r] + 1, chunk = ceil(len / num_splits) rounded up to KV_BLOCK_SIZE, and writes
-//   partial_out [rows, num_splits, NUM_HEADS, HEAD_DIM] f32 (its normalized output) and
-//   partial_lse [rows, num_splits, NUM_HEADS] f32 (natural-log sum of exp(score); -inf for an
+//   partial_out [grid x, num_splits, NUM_HEADS, HEAD_DIM] f32 (its normalized output) and
+//   partial_lse [grid x, num_splits, NUM_HEADS] f32 (natural-log sum of exp(score); -inf for an
 //   empty split) instead of out; attention_combine reduces them into out.
 //
 // Launch:
-//   decode_attention   grid (rows, NUM_KV_HEADS * HEAD_TILES, num_splits), block 32 (one warp).
+//   decode_attention   grid (rows or len(row_list), NUM_KV_HEADS * HEAD_TILES, num_splits),
+//                      block 32 (one warp).
 //                      HEAD_TILES = ceil(GROUP / 16); CTA y = kv_head * HEAD_TILES + tile
 //                      takes query heads tile*16 .. tile*16+15 of kv head kv_head's group.
-//   attention_combine  grid (rows, NUM_HEADS), block HEAD_DIM.
+//   attention_combine  grid (as decode_attention's x, NUM_HEADS), block HEAD_DIM; same row_list.
 //
 // Inside the warp: keys go through shared memory in tiles of 16 (K and V, rows padded to
 // HEAD_DIM + 8 elements so that ldmatrix is conflict-free), gathered through the block table
@@ -85,11 +88,12 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                  const int* __restrict__ row_seq, const int* __restrict__ row_pos,
                  const int* __restrict__ block_tables, int max_blocks_per_seq, int qkv_width,
                  float scale, float* __restrict__ partial_out, float* __restrict__ partial_lse,
-                 int num_splits) {
+                 int num_splits, const int* __restrict__ row_list) {
     __shared__ Vec k_smem[STAGES][TILE_KEYS * STRIDE / VEC];
     __shared__ Vec v_smem[STAGES][TILE_KEYS * STRIDE / VEC];
 
-    const int r = blockIdx.x, kv_head = blockIdx.y / HEAD_TILES;
+    const int r = row_list ? row_list[blockIdx.x] : blockIdx.x;
+    const int kv_head = blockIdx.y / HEAD_TILES;
     const int head_tile = blockIdx.y % HEAD_TILES, split = blockIdx.z, lane = threadIdx.x;
     const int head0 = kv_head * GROUP + head_tile * TILE_HEADS;  // this CTA's first query head
     const int heads = min(TILE_HEADS, GROUP - head_tile * TILE_HEADS);
@@ -224,7 +228,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                 *reinterpret_cast<unsigned*>(dst + dt * 8) =
                     pack2(o[dt][2 * rr] * inv_l, o[dt][2 * rr + 1] * inv_l);
         } else {
-            const long long part = ((long long)r * num_splits + split) * NUM_HEADS + head;
+            const long long part = ((long long)blockIdx.x * num_splits + split) * NUM_HEADS + head;
             float* dst = partial_out + part * HEAD_DIM + tig * 2;
 #pragma unroll
             for (int dt = 0; dt < O_TILES; ++dt)
@@ -237,10 +241,11 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
 
 extern "C" __global__ void __launch_bounds__(256)
 attention_combine(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
-                  T* __restrict__ out, int num_splits) {
-    const int r = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-    const float* lse = partial_lse + (long long)r * num_splits * NUM_HEADS + h;
-    const float* part = partial_out + ((long long)r * num_splits * NUM_HEADS + h) * HEAD_DIM + d;
+                  T* __restrict__ out, int num_splits, const int* __restrict__ row_list) {
+    const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+    const int r = row_list ? row_list[i] : i;
+    const float* lse = partial_lse + (long long)i * num_splits * NUM_HEADS + h;
+    const float* part = partial_out + ((long long)i * num_splits * NUM_HEADS + h) * HEAD_DIM + d;
     float lse_max = -INFINITY;
     for (int s = 0; s < num_splits; ++s) lse_max = fmaxf(lse_max, lse[s * NUM_HEADS]);
     float weight_sum = 0.0f, acc = 0.0f;

@@ -12,8 +12,11 @@
 // [num_blocks, KV_BLOCK_SIZE, NUM_KV_HEADS, HEAD_DIM] T with key k of sequence z in block
 // block_tables[z * max_blocks_per_seq + k / KV_BLOCK_SIZE] at offset k % KV_BLOCK_SIZE;
 // out [rows, NUM_HEADS * HEAD_DIM] T; seq_* [num_seqs] i32.
-// Launch: grid = (ceil(max_query_len / 64), NUM_HEADS, num_seqs), block = 128. CTA (x, h, z)
-// takes query rows x*64 .. x*64+63 of sequence z (CTAs past its end exit at once), head h.
+// tiles [num_tiles, 2] i32: (sequence z, first query row within it, a multiple of 64) per CTA.
+// Launch: grid = (num_tiles, NUM_HEADS), block = 128. CTA (x, h) takes query rows
+// tiles[x][1] .. tiles[x][1]+63 of sequence tiles[x][0] (rows past its end are skipped), head
+// h. A tile list rather than a (tile, head, sequence) grid: a step that mixes one long prompt
+// with many decoding sequences would otherwise launch ~a million CTAs that exit at once.
 //
 // Inside a CTA: warp w owns query rows w*16 .. w*16+15; its Q fragments stay in registers.
 // K and V go through shared memory in tiles of 64 keys gathered from the block table with
@@ -63,14 +66,15 @@ prefill_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                   const T* __restrict__ v_cache, T* __restrict__ out,
                   const int* __restrict__ seq_query_start, const int* __restrict__ seq_query_len,
                   const int* __restrict__ seq_context_len, const int* __restrict__ block_tables,
-                  int max_blocks_per_seq, int qkv_width, float scale) {
+                  int max_blocks_per_seq, int qkv_width, float scale,
+                  const int* __restrict__ tiles) {
     __shared__ Vec k_smem[KV_TILE * STRIDE / VEC], v_smem[KV_TILE * STRIDE / VEC];
     T* k_tile = reinterpret_cast<T*>(k_smem);
     T* v_tile = reinterpret_cast<T*>(v_smem);
 
-    const int seq = blockIdx.z, head = blockIdx.y, kv_head = head / GROUP;
+    const int seq = tiles[2 * blockIdx.x], head = blockIdx.y, kv_head = head / GROUP;
     const int q_len = seq_query_len[seq];
-    const int q_begin = blockIdx.x * Q_TILE;  // first query row of this CTA, within the sequence
+    const int q_begin = tiles[2 * blockIdx.x + 1];  // first query row of this CTA, in the sequence
     if (q_begin >= q_len) return;
     const int q_rows = min(Q_TILE, q_len - q_begin);
     const int first_pos = seq_context_len[seq] - q_len + q_begin;  // position of row q_begin

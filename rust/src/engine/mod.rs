@@ -15,6 +15,8 @@ mod sequence;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use rayon::prelude::*;
+
 pub use output::{CompletionOutput, RequestMetrics, RequestOutput};
 pub use scheduler::{Scheduled, Scheduler, SchedulerConfig};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
@@ -390,8 +392,10 @@ impl<B: Backend> Engine<B> {
         };
         let mut rows = logits.chunks_exact(self.model.config.vocab_size);
         let mut greedy_tokens = tokens.into_iter();
-        let mut deltas = Vec::new();
-        let mut errors = Vec::new();
+        // In plan order (increasing `s.seq`): progress, prefix-cache blocks and prompt
+        // log-probabilities, which read the logits rows in order; then what each sequence that
+        // reached the end of its prompt samples from.
+        let mut samples: Vec<(usize, Sample)> = Vec::with_capacity(plan.len());
         for s in &plan {
             let seq = &mut self.scheduler.running[s.seq];
             if seq.params.prompt_logprobs.is_some() {
@@ -407,35 +411,61 @@ impl<B: Backend> Engine<B> {
             if seq.num_computed < seq.num_tokens() {
                 continue; // a prefill chunk short of the end of the prompt
             }
-            let sampled = if greedy_only {
-                let Some(token) = greedy_tokens.next() else {
-                    break;
-                };
-                Sampled {
-                    token,
-                    logprobs: None,
-                }
+            let sample = if greedy_only {
+                greedy_tokens.next().map(Sample::Token)
             } else {
-                let Some(row) = rows.next() else { break };
-                let mut row = row.to_vec();
-                seq.sampler.sample(&seq.params, &mut row)
+                rows.next().map(Sample::Logits)
             };
-            if let Err(e) = seq.append(
-                sampled.token,
-                sampled.logprobs,
-                &self.tokenizer,
-                &self.eos_token_ids,
-            ) {
-                seq.finish(Some(FinishReason::Abort));
-                errors.push((seq.request_id, e));
-                continue;
+            let Some(sample) = sample else { break };
+            samples.push((s.seq, sample));
+        }
+        // Sampling, detokenization and stop checks are per sequence: in parallel over the
+        // engine's threads (a few µs per sequence, and a softmax over the vocabulary when
+        // sampling on the host), so that the GPU waits less between steps.
+        let (tokenizer, eos) = (&self.tokenizer, &self.eos_token_ids[..]);
+        let mut work: Vec<(&mut Sequence, Sample)> = Vec::with_capacity(samples.len());
+        let mut samples = samples.into_iter().peekable();
+        for (i, seq) in self.scheduler.running.iter_mut().enumerate() {
+            if samples.peek().is_some_and(|(j, _)| *j == i) {
+                let (_, sample) = samples.next().expect("peeked");
+                work.push((seq, sample));
             }
-            if seq.index == 0 {
-                if let Some(siblings) = self.pending_siblings.remove(&seq.request_id) {
-                    siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
+        }
+        let outcomes: Vec<(u64, bool, Result<Option<SeqDelta>>)> = work
+            .into_par_iter()
+            .with_min_len(16)
+            .map(|(seq, sample)| {
+                let sampled = match sample {
+                    Sample::Token(token) => Sampled {
+                        token,
+                        logprobs: None,
+                    },
+                    Sample::Logits(row) => seq.sampler.sample(&seq.params, &mut row.to_vec()),
+                };
+                let first = seq.index == 0;
+                match seq.append(sampled.token, sampled.logprobs, tokenizer, eos) {
+                    Ok(()) => (seq.request_id, first, Ok(seq.take_delta())),
+                    Err(e) => {
+                        seq.finish(Some(FinishReason::Abort));
+                        (seq.request_id, first, Err(e))
+                    }
+                }
+            })
+            .collect();
+        let mut deltas = Vec::with_capacity(outcomes.len());
+        let mut errors = Vec::new();
+        for (request_id, first, outcome) in outcomes {
+            match outcome {
+                Err(e) => errors.push((request_id, e)),
+                Ok(delta) => {
+                    if first {
+                        if let Some(siblings) = self.pending_siblings.remove(&request_id) {
+                            siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
+                        }
+                    }
+                    deltas.extend(delta);
                 }
             }
-            deltas.extend(self.scheduler.running[s.seq].take_delta());
         }
         // A request whose first sequence ended before its siblings started lets them go now.
         for seq in self.scheduler.take_finished(&mut self.kv) {
@@ -445,6 +475,14 @@ impl<B: Backend> Engine<B> {
         }
         (deltas, errors)
     }
+}
+
+/// What a sequence samples its next token from in a step.
+enum Sample<'a> {
+    /// Chosen on the device (greedy).
+    Token(u32),
+    /// Its row of the step's logits.
+    Logits(&'a [f32]),
 }
 
 impl<B: Backend> Engine<B> {

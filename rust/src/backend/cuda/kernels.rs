@@ -17,9 +17,6 @@ use super::step_meta::StepMeta;
 use crate::backend::AttentionShape;
 use crate::error::{Error, Result};
 
-/// Query rows per CTA of the prefill attention kernel.
-const PREFILL_TILE: usize = 64;
-
 /// One-warp decode attention CTAs an SM holds at once (26 KiB of shared memory each for
 /// head_dim 128; see `kernels/cuda/decode_attention.cu`).
 const DECODE_CTAS_PER_SM: usize = 8;
@@ -282,9 +279,11 @@ impl Kernels {
             qkv, positions, slots, inv_freq, k_cache, v_cache, width)
     }
 
-    /// Attention of every row of the step: the decode kernel (split over the keys when the
-    /// rows leave SMs idle) when each sequence has one query row, the prefill kernel
-    /// otherwise; both on tensor cores. Block tables cover every position (the batch's invariant).
+    /// Attention of every row of the step. A decode-only step runs the decode kernel over all
+    /// rows (split over the keys when the rows leave SMs idle); a step with multi-token
+    /// queries runs the prefill kernel over their 64-row tiles and the decode kernel over the
+    /// one-token sequences' rows. Both on tensor cores. Block tables cover every position (the
+    /// batch's invariant).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -297,43 +296,64 @@ impl Kernels {
         shape: AttentionShape,
         split_buf: &SplitBuffers,
     ) -> Result<()> {
-        let width = shape.qkv_width() as i32;
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let max_blocks = meta.max_blocks as i32;
-        let tables = meta.block_tables();
-        if meta.max_query_len > 1 {
+        let caches = (k_cache, v_cache);
+        if meta.max_query_len <= 1 {
+            return self.decode_attention(stream, qkv, caches, out, meta, shape, split_buf, None);
+        }
+        if meta.num_prefill_tiles > 0 {
+            let width = shape.qkv_width() as i32;
+            let scale = 1.0 / (shape.head_dim as f32).sqrt();
+            let max_blocks = meta.max_blocks as i32;
+            let (tables, tiles) = (meta.block_tables(), meta.prefill_tiles());
             let (q_start, q_len, ctx_len) = (
                 meta.seq_query_start(),
                 meta.seq_query_len(),
                 meta.seq_context_len(),
             );
-            let grid = (
-                meta.max_query_len.div_ceil(PREFILL_TILE),
-                shape.num_heads,
-                meta.num_seqs,
-            );
-            return launch!(stream, &self.prefill_attention, grid, 128;
+            let grid = (meta.num_prefill_tiles, shape.num_heads, 1);
+            launch!(stream, &self.prefill_attention, grid, 128;
                 qkv, k_cache, v_cache, out, q_start, q_len, ctx_len, tables, max_blocks, width,
-                scale);
+                scale, tiles)?;
         }
-        let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
-        let splits = decode_splits(meta.rows, shape, split_buf);
+        if meta.num_decode_rows > 0 {
+            let rows = Some((meta.decode_rows(), meta.num_decode_rows));
+            self.decode_attention(stream, qkv, caches, out, meta, shape, split_buf, rows)?;
+        }
+        Ok(())
+    }
+
+    /// Decode attention (and its combine pass when split) over every row of the step, or over
+    /// the `n` rows listed at device address `list` when `rows` is `Some((list, n))`.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_attention(
+        &self,
+        stream: &Arc<CudaStream>,
+        qkv: u64,
+        (k_cache, v_cache): (u64, u64),
+        out: u64,
+        meta: &StepMeta,
+        shape: AttentionShape,
+        split_buf: &SplitBuffers,
+        rows: Option<(u64, usize)>,
+    ) -> Result<()> {
+        let (row_list, n) = rows.unwrap_or((0, meta.rows));
+        let width = shape.qkv_width() as i32;
+        let scale = 1.0 / (shape.head_dim as f32).sqrt();
+        let max_blocks = meta.max_blocks as i32;
+        let (tables, row_seq, row_pos) = (meta.block_tables(), meta.row_seq(), meta.positions());
+        let splits = decode_splits(n, shape, split_buf);
         let splits32 = splits as i32;
         let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
-        let grid = (
-            meta.rows,
-            shape.num_kv_heads * decode_head_tiles(shape),
-            splits,
-        );
+        let grid = (n, shape.num_kv_heads * decode_head_tiles(shape), splits);
         launch!(stream, &self.decode_attention, grid, 32;
             qkv, k_cache, v_cache, out, row_seq, row_pos, tables, max_blocks, width, scale, p_out,
-            p_lse, splits32)?;
+            p_lse, splits32, row_list)?;
         if splits == 1 {
             return Ok(());
         }
-        let grid = (meta.rows, shape.num_heads, 1);
+        let grid = (n, shape.num_heads, 1);
         let f = &self.attention_combine;
-        launch!(stream, f, grid, shape.head_dim as u32; p_out, p_lse, out, splits32)
+        launch!(stream, f, grid, shape.head_dim as u32; p_out, p_lse, out, splits32, row_list)
     }
 
     pub fn silu_mul(

@@ -3,9 +3,13 @@
 //!
 //! Layout (each part starts at the offset kept in [`StepMeta`]):
 //! `token_ids[rows] | positions[rows] | slots[rows] | row_seq[rows] | logits_rows[n] |
-//! seq_query_start[s] | seq_query_len[s] | seq_context_len[s] | block_tables[s × max_blocks]`.
+//! seq_query_start[s] | seq_query_len[s] | seq_context_len[s] | block_tables[s × max_blocks] |
+//! prefill_tiles[2 × t] | decode_rows[d]`.
 //! `row_seq` maps a row to its sequence's index in the batch; a row's causal limit is its
-//! position.
+//! position. The last two parts split the attention of a step with a multi-token query: one
+//! (sequence, first query row) pair per 64-row tile of each sequence whose query has several
+//! tokens (for `prefill_attention`), and the row of each one-token sequence (for
+//! `decode_attention`). A decode-only step leaves them empty.
 
 use std::sync::Arc;
 
@@ -14,6 +18,9 @@ use cudarc::driver::{result, CudaStream};
 use super::device_mem::{cuda_err, DeviceMem};
 use crate::backend::ForwardBatch;
 use crate::error::Result;
+
+/// Query rows per CTA of `prefill_attention` (its `Q_TILE`).
+pub const PREFILL_TILE: usize = 64;
 
 /// Device copy of the current step's [`ForwardBatch`], and the offsets of its parts.
 pub struct StepMeta {
@@ -25,6 +32,9 @@ pub struct StepMeta {
     pub max_blocks: usize,
     /// Longest `query_len` of the step (1 for a decode-only step).
     pub max_query_len: usize,
+    /// Entries of `prefill_tiles` and `decode_rows`.
+    pub num_prefill_tiles: usize,
+    pub num_decode_rows: usize,
     off_tokens: usize,
     off_positions: usize,
     off_slots: usize,
@@ -34,6 +44,8 @@ pub struct StepMeta {
     off_q_len: usize,
     off_ctx: usize,
     off_tables: usize,
+    off_tiles: usize,
+    off_decode_rows: usize,
 }
 
 impl StepMeta {
@@ -46,6 +58,8 @@ impl StepMeta {
             num_logits: 0,
             max_blocks: 0,
             max_query_len: 0,
+            num_prefill_tiles: 0,
+            num_decode_rows: 0,
             off_tokens: 0,
             off_positions: 0,
             off_slots: 0,
@@ -55,6 +69,8 @@ impl StepMeta {
             off_q_len: 0,
             off_ctx: 0,
             off_tables: 0,
+            off_tiles: 0,
+            off_decode_rows: 0,
         })
     }
 
@@ -97,11 +113,32 @@ impl StepMeta {
             h.extend(q.block_table.iter().map(|&b| b as i32));
             h.extend(std::iter::repeat_n(0, max_blocks - q.block_table.len()));
         }
+        let max_query_len = batch.seqs.iter().map(|q| q.query_len).max().unwrap_or(0);
+        self.off_tiles = h.len();
+        if max_query_len > 1 {
+            for (i, q) in batch
+                .seqs
+                .iter()
+                .enumerate()
+                .filter(|(_, q)| q.query_len > 1)
+            {
+                for first in (0..q.query_len).step_by(PREFILL_TILE) {
+                    h.extend([i as i32, first as i32]);
+                }
+            }
+        }
+        self.num_prefill_tiles = (h.len() - self.off_tiles) / 2;
+        self.off_decode_rows = h.len();
+        if max_query_len > 1 {
+            let one_token = batch.seqs.iter().filter(|q| q.query_len == 1);
+            h.extend(one_token.map(|q| q.query_start as i32));
+        }
+        self.num_decode_rows = h.len() - self.off_decode_rows;
         self.rows = rows;
         self.num_seqs = s;
         self.num_logits = batch.logits_rows.len();
         self.max_blocks = max_blocks;
-        self.max_query_len = batch.seqs.iter().map(|q| q.query_len).max().unwrap_or(0);
+        self.max_query_len = max_query_len;
         let bytes = self.host.len() * 4;
         let moved = bytes > self.mem.bytes();
         if moved {
@@ -144,5 +181,11 @@ impl StepMeta {
     }
     pub fn block_tables(&self) -> u64 {
         self.at(self.off_tables)
+    }
+    pub fn prefill_tiles(&self) -> u64 {
+        self.at(self.off_tiles)
+    }
+    pub fn decode_rows(&self) -> u64 {
+        self.at(self.off_decode_rows)
     }
 }
