@@ -5,12 +5,8 @@
 //! `xᵀ [k, rows]`, `wᵀ [k, n]` and `outᵀ [n, rows]`, so cuBLASLt computes
 //! `outᵀ = op(wᵀ)ᵀ · xᵀ` with `transa = T`: m = n, n = rows, k = k.
 //!
-//! Descriptors and the algorithm are chosen once per shape and kept: the heuristic query costs
-//! tens of microseconds, the cached launch a few. For decode-sized GEMMs (at most
-//! [`TUNE_MAX_ROWS`] rows), which only stream the weight, the heuristic's first choice is often
-//! a split-K kernel plus a reduction kernel that another candidate beats: there the candidates
-//! are timed once, on the real operands with the L2 cache flushed, and the fastest is kept
-//! (as cuBLAS's autotuning users and vLLM's tuned GEMM configs do).
+//! Descriptors and the heuristic's algorithm are made once per shape and kept: the heuristic
+//! query costs tens of microseconds, the cached launch a few.
 
 use std::cell::RefCell;
 use std::collections::hash_map::Entry;
@@ -18,23 +14,10 @@ use std::collections::HashMap;
 use std::ffi::c_void;
 use std::mem::size_of;
 
-use std::sync::Arc;
-
 use cudarc::cublaslt::{result as lt, sys};
-use cudarc::driver::sys::{CUevent_flags, CUstreamCaptureStatus};
 use cudarc::driver::{CudaSlice, CudaStream};
 
 use crate::error::{Error, Result};
-
-/// GEMMs of at most this many rows get their algorithm by timing (see the module docs).
-const TUNE_MAX_ROWS: usize = 16;
-/// Candidates asked of the heuristic for such GEMMs.
-const TUNE_CANDIDATES: usize = 8;
-/// Timed runs per candidate (the median counts).
-const TUNE_REPEATS: usize = 5;
-/// Bytes written between timed runs so that the weight is read from memory, as in a decode
-/// step (the H100/H200 L2 cache holds 50 MiB).
-const L2_FLUSH_BYTES: usize = 96 << 20;
 
 /// Element type of a GEMM operand or result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -72,8 +55,6 @@ struct Plan {
     b: sys::cublasLtMatrixLayout_t,
     d: sys::cublasLtMatrixLayout_t,
     algo: sys::cublasLtMatmulAlgo_t,
-    /// The heuristic's candidates, best-ranked first (`algo` is the first until tuned).
-    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
 impl Drop for Plan {
@@ -110,7 +91,6 @@ impl Plan {
                 .map_err(|e| lt_err("layout", e))?,
             // SAFETY: plain-old-data; overwritten by the heuristic below.
             algo: unsafe { std::mem::zeroed() },
-            candidates: Vec::new(),
         };
         let transpose: i32 = 1;
         // SAFETY: the attribute values outlive the calls and have the documented sizes.
@@ -141,42 +121,12 @@ impl Plan {
                 size_of::<u64>(),
             )
             .and_then(|()| {
-                let wanted = if s.rows <= TUNE_MAX_ROWS {
-                    TUNE_CANDIDATES
-                } else {
-                    1
-                };
-                // SAFETY: plain-old-data, filled in by the heuristic.
-                let mut results: Vec<sys::cublasLtMatmulHeuristicResult_t> =
-                    vec![std::mem::zeroed(); wanted];
-                let mut returned = 0;
-                sys::cublasLtMatmulAlgoGetHeuristic(
-                    handle,
-                    desc,
-                    plan.a,
-                    plan.b,
-                    plan.d,
-                    plan.d,
-                    pref,
-                    wanted as i32,
-                    results.as_mut_ptr(),
-                    &mut returned,
-                )
-                .result()?;
-                results.truncate(returned.max(0) as usize);
-                Ok(results)
+                lt::get_matmul_algo_heuristic(handle, desc, plan.a, plan.b, plan.d, plan.d, pref)
             });
             let _ = lt::destroy_matmul_pref(pref);
-            let found = found.map_err(|e| lt_err(&format!("no algorithm for {s:?}"), e))?;
-            plan.candidates = found
-                .iter()
-                .filter(|r| r.state == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS)
-                .map(|r| r.algo)
-                .collect();
-            plan.algo = *plan
-                .candidates
-                .first()
-                .ok_or_else(|| Error::Engine(format!("cuBLASLt has no algorithm for {s:?}")))?;
+            plan.algo = found
+                .map_err(|e| lt_err(&format!("no algorithm for {s:?}"), e))?
+                .algo;
         }
         Ok(plan)
     }
@@ -216,8 +166,7 @@ impl Gemm {
     }
 
     /// Enqueues `out = x · wᵀ (+ bias)` on `stream`. Pointers are device addresses of buffers
-    /// large enough for `shape`. The first call of a decode-sized shape outside a graph
-    /// capture times the heuristic's candidates (a few milliseconds, synchronizing `stream`).
+    /// large enough for `shape`.
     pub fn run(
         &self,
         shape: GemmShape,
@@ -225,82 +174,16 @@ impl Gemm {
         w: u64,
         bias: Option<u64>,
         out: u64,
-        stream: &Arc<CudaStream>,
+        stream: &CudaStream,
     ) -> Result<()> {
         let mut plans = self.plans.borrow_mut();
         let plan = match plans.entry(shape) {
             Entry::Occupied(e) => e.into_mut(),
-            Entry::Vacant(e) => {
-                let plan = e.insert(Plan::new(self.handle, shape, self.workspace.len())?);
-                let capturing = stream
-                    .capture_status()
-                    .map_err(super::device_mem::cuda_err)?
-                    != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-                if plan.candidates.len() > 1 && !capturing {
-                    plan.algo = self.fastest(plan, (x, w, bias, out), stream)?;
-                }
-                plan
-            }
+            Entry::Vacant(e) => e.insert(Plan::new(self.handle, shape, self.workspace.len())?),
         };
-        self.matmul(plan, &plan.algo, (x, w, bias, out), stream)
-            .map_err(|e| Error::Engine(format!("{e} ({shape:?})")))
-    }
-
-    /// Times every candidate of `plan` on the given operands (median of [`TUNE_REPEATS`] runs,
-    /// L2 flushed before each) and returns the fastest; candidates that fail are skipped.
-    fn fastest(
-        &self,
-        plan: &Plan,
-        operands: (u64, u64, Option<u64>, u64),
-        stream: &Arc<CudaStream>,
-    ) -> Result<sys::cublasLtMatmulAlgo_t> {
-        let cuda_err = super::device_mem::cuda_err;
-        let ctx = stream.context();
-        let start = ctx
-            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(cuda_err)?;
-        let end = ctx
-            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(cuda_err)?;
-        // Without room for the flush buffer the timings read a warm L2: still a ranking.
-        let mut flush = stream.alloc_zeros::<u8>(L2_FLUSH_BYTES).ok();
-        let mut best = (f32::INFINITY, plan.algo);
-        for algo in &plan.candidates {
-            if self.matmul(plan, algo, operands, stream).is_err() {
-                continue;
-            }
-            let mut times = Vec::with_capacity(TUNE_REPEATS);
-            for _ in 0..TUNE_REPEATS {
-                if let Some(f) = flush.as_mut() {
-                    stream.memset_zeros(f).map_err(cuda_err)?;
-                }
-                start.record(stream).map_err(cuda_err)?;
-                self.matmul(plan, algo, operands, stream)?;
-                end.record(stream).map_err(cuda_err)?;
-                times.push(start.elapsed_ms(&end).map_err(cuda_err)?);
-            }
-            times.sort_by(f32::total_cmp);
-            let median = times[times.len() / 2];
-            if median < best.0 {
-                best = (median, *algo);
-            }
-        }
-        stream.synchronize().map_err(cuda_err)?; // the flush buffer is freed next
-        Ok(best.1)
-    }
-
-    /// Enqueues the GEMM of `plan` with `algo`.
-    fn matmul(
-        &self,
-        plan: &Plan,
-        algo: &sys::cublasLtMatmulAlgo_t,
-        (x, w, bias, out): (u64, u64, Option<u64>, u64),
-        stream: &CudaStream,
-    ) -> Result<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);
-        // SAFETY: the plan matches the operands' shape, the caller guarantees the buffers'
-        // sizes, and the bias pointer (when the plan has the bias epilogue) stays valid for
-        // the launch.
+        // SAFETY: the plan matches `shape`, the caller guarantees the buffers' sizes, and the
+        // bias pointer (when the plan has the bias epilogue) stays valid for the launch.
         unsafe {
             if let Some(b) = bias {
                 lt::set_matmul_desc_attribute(
@@ -324,12 +207,12 @@ impl Gemm {
                 plan.d,
                 out as *mut c_void,
                 plan.d,
-                algo,
+                &plan.algo,
                 self.workspace_ptr as *mut c_void,
                 self.workspace.len(),
                 stream.cu_stream() as sys::cudaStream_t,
             )
-            .map_err(|e| lt_err("matmul", e))
+            .map_err(|e| lt_err(&format!("matmul {shape:?}"), e))
         }
     }
 }
