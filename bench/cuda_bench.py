@@ -456,6 +456,7 @@ def make_engine(model_dir: Path, args) -> infire.Engine:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        async_scheduling=args.async_scheduling == "on",
     )
 
 
@@ -539,6 +540,7 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    ap.add_argument("--async-scheduling", choices=["on", "off"], default="off")
     ap.add_argument("--baseline", choices=["transformers"], default=None)
     ap.add_argument("--baseline-requests", type=int, default=32)
     ap.add_argument("--baseline-new-tokens", type=int, default=256)

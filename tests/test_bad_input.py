@@ -186,6 +186,7 @@ def test_bad_messages(short_engine):
         ({"max_num_seqs": 0}, "max_num_seqs"),
         ({"device": "tpu"}, "device"),
         ({"dtype": "int3"}, "dtype"),
+        ({"async_scheduling": "yes"}, "async_scheduling"),
     ],
 )
 def test_bad_engine_options(default_model_path, kwargs, match):

@@ -251,3 +251,100 @@ def test_cancelling_an_async_stream_aborts_it_without_hanging(default_model_path
     )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["0", "2"]
+
+
+# --- async scheduling --------------------------------------------------------------------------
+# With async_scheduling the engine launches each step before it turns the previous step's
+# tokens into text and deltas (for CUDA, where the host's work then overlaps the GPU's). On the
+# CPU every row is computed alone, so an engine with it on must give exactly the synchronous
+# engine's outputs; the engine loop takes the same paths (aborts while a step is in flight).
+
+MIXED_PARAMS = [
+    SamplingParams(max_tokens=12, temperature=0.0),
+    SamplingParams(max_tokens=24, temperature=0.0, stop=[".", " the"]),
+    SamplingParams(n=2, max_tokens=10, temperature=1.0, seed=3),
+    SamplingParams(max_tokens=8, temperature=0.7, top_p=0.9, seed=5, logprobs=2),
+    SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True),
+]
+
+
+@pytest.fixture(scope="module")
+def async_engine(default_model_path) -> infire.Engine:
+    return infire.Engine(model=default_model_path, device="cpu", async_scheduling=True)
+
+
+def wait_idle_soon(engine):
+    """Blocks of a request aborted while a step is in flight return when that step is
+    collected, one step after the abort."""
+    for _ in range(500):
+        if engine.stats()["kv_blocks_used"] == 0:
+            break
+        threading.Event().wait(0.01)
+    wait_idle(engine)
+
+
+def outcome(out):
+    return [(o.token_ids, o.text, o.finish_reason, o.logprobs) for o in out.outputs]
+
+
+def test_async_scheduling_gives_the_synchronous_outputs(engine, async_engine):
+    prompts = PROMPTS[:10]
+    params = [MIXED_PARAMS[i % len(MIXED_PARAMS)] for i in range(len(prompts))]
+    want = engine.generate(prompts, params)
+    got = async_engine.generate(prompts, params)
+    assert [outcome(o) for o in got] == [outcome(o) for o in want]
+    assert any(o.outputs[0].finish_reason == "stop" for o in got)
+    wait_idle_soon(async_engine)
+
+
+def test_async_scheduling_preempts_like_the_synchronous_engine(default_model_path, engine):
+    params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+    prompts = [p + " Let me explain in detail." for p in PROMPTS[:8]]
+    small = infire.Engine(
+        model=default_model_path,
+        kv_cache_tokens=256,
+        enable_prefix_caching=False,
+        async_scheduling=True,
+    )
+    got = small.generate(prompts, params)
+    assert small.stats()["num_preemptions"] > 0
+    assert tokens(got) == tokens(engine.generate(prompts, params))
+    wait_idle_soon(small)
+
+
+def test_async_scheduling_abort_and_dropped_streams_free_their_blocks(async_engine):
+    params = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
+    stream = async_engine.stream("Count to one hundred:", params)
+    next(stream)
+    async_engine.abort(stream.request_id)
+    outs = list(stream)
+    assert outs and outs[-1].outputs[0].finish_reason == "abort"
+    wait_idle_soon(async_engine)
+    dropped = async_engine.stream("Count to one hundred:", params)
+    next(dropped)
+    del dropped
+    wait_idle_soon(async_engine)
+
+
+def test_async_scheduling_streams_from_threads(engine, async_engine):
+    results, errors = {}, []
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+
+    def worker(t):
+        try:
+            for i in range(4):
+                prompt = PROMPTS[(t + i) % len(PROMPTS)]
+                results[(t, i)] = (prompt, list(async_engine.stream(prompt, params))[-1])
+        except Exception as e:  # reported below with its thread
+            errors.append((t, e))
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout=600)
+    assert not errors and len(results) == 16
+    for prompt, last in results.values():
+        (alone,) = engine.generate(prompt, params)
+        assert last.outputs[0].token_ids == alone.outputs[0].token_ids
+    wait_idle_soon(async_engine)

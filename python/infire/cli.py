@@ -97,6 +97,11 @@ def _add_device_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory to use"
     )
+    parser.add_argument(
+        "--async-scheduling",
+        action="store_true",
+        help="launch each step before the previous one's outputs are processed (CUDA)",
+    )
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -113,6 +118,7 @@ def _serve(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             gpu_memory_utilization=args.gpu_memory_utilization,
+            async_scheduling=args.async_scheduling,
             max_model_len=args.max_model_len,
             kv_cache_tokens=args.kv_cache_tokens,
             max_num_batched_tokens=args.max_num_batched_tokens,
@@ -136,6 +142,7 @@ def _generate(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         max_model_len=args.max_model_len,
         gpu_memory_utilization=args.gpu_memory_utilization,
+        async_scheduling=args.async_scheduling,
     )
     params = SamplingParams(
         max_tokens=args.max_tokens,

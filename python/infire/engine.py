@@ -41,6 +41,9 @@ class Engine:
         enable_prefix_caching: reuse the KV blocks of prompt prefixes seen before.
         gpu_memory_utilization: fraction of the GPU's memory the engine may use in all
             (weights, activations, KV cache); the KV cache gets what is left.
+        async_scheduling: launch each step before turning the previous one's tokens into
+            text and outputs, so that this host work overlaps the GPU's (CUDA; +2.7 % offline
+            throughput on an H200). Off by default, as in vLLM.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class Engine:
         block_size: int = 16,
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float = 0.9,
+        async_scheduling: bool = False,
     ) -> None:
         self.model_path = resolve_model(model)
         options = engine_options(
@@ -70,6 +74,7 @@ class Engine:
             block_size=block_size,
             enable_prefix_caching=enable_prefix_caching,
             gpu_memory_utilization=gpu_memory_utilization,
+            async_scheduling=async_scheduling,
         )
         self._core = _core.Engine(self.model_path, options)
         self.device = self._core.device

@@ -19,6 +19,7 @@ def engine_options(
     block_size: int = 16,
     enable_prefix_caching: bool = True,
     gpu_memory_utilization: float = 0.9,
+    async_scheduling: bool = False,
 ) -> dict:
     """The options dict for ``_core.Engine`` / ``_core.serve``; see ``infire.Engine``."""
     for name, value in [
@@ -42,6 +43,8 @@ def engine_options(
         raise InvalidConfigError(
             f"gpu_memory_utilization must be a number, got {gpu_memory_utilization!r}"
         )
+    if not isinstance(async_scheduling, bool):
+        raise InvalidConfigError(f"async_scheduling must be a bool, got {async_scheduling!r}")
     if device != "cpu":
         cuda_libs.preload()
     return {
@@ -55,4 +58,5 @@ def engine_options(
         "block_size": block_size,
         "enable_prefix_caching": enable_prefix_caching,
         "gpu_memory_utilization": float(gpu_memory_utilization),
+        "async_scheduling": async_scheduling,
     }

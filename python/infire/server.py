@@ -27,6 +27,7 @@ def serve(
     block_size: int = 16,
     enable_prefix_caching: bool = True,
     seed: int = 0,
+    async_scheduling: bool = False,
 ) -> None:
     """Loads ``model`` and serves it until SIGTERM or SIGINT (blocks).
 
@@ -48,6 +49,7 @@ def serve(
         device=device,
         dtype=dtype,
         gpu_memory_utilization=gpu_memory_utilization,
+        async_scheduling=async_scheduling,
         max_model_len=max_model_len,
         kv_cache_tokens=kv_cache_tokens,
         max_num_batched_tokens=max_num_batched_tokens,

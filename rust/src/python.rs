@@ -637,7 +637,7 @@ fn serve(
 
 /// Engine options from the dict the Python layer builds: `max_model_len`, `kv_cache_tokens`,
 /// `max_num_batched_tokens`, `max_num_seqs`, `block_size`, `enable_prefix_caching`, `seed`,
-/// `device`, `dtype`, `gpu_memory_utilization`. Missing keys take the defaults; unknown keys
+/// `async_scheduling`, `device`, `dtype`, `gpu_memory_utilization`. Missing keys take the defaults; unknown keys
 /// are an error.
 fn engine_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, DeviceOptions)> {
     let mut config = EngineConfig::default();
@@ -655,6 +655,7 @@ fn engine_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig
             "block_size" => config.block_size = value.extract()?,
             "enable_prefix_caching" => config.enable_prefix_caching = value.extract()?,
             "seed" => config.seed = value.extract()?,
+            "async_scheduling" => config.async_scheduling = value.extract()?,
             "device" => device.device = value.extract()?,
             "dtype" => device.dtype = value.extract()?,
             "gpu_memory_utilization" => device.gpu_memory_utilization = value.extract()?,

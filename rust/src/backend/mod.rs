@@ -130,6 +130,11 @@ pub trait Backend: Send {
     /// copies the batch description (ids, positions, slots, block tables) to the device here
     /// and its operations read that copy rather than the host slices they are also given.
     fn prepare_step(&mut self, _batch: &ForwardBatch) {}
+    /// Called once all of a step's operations are enqueued: a backend that defers work (a
+    /// replayed CUDA graph) starts it now, and with `argmax = Some((rows, width))` also starts
+    /// the argmax of the step's logits, which [`argmax_rows`](Self::argmax_rows) then waits for
+    /// instead of starting it. Errors surface in `to_host` / `argmax_rows`.
+    fn submit_step(&self, _logits: &Self::Buf, _argmax: Option<(usize, usize)>) {}
     /// A KV cache of `num_blocks` blocks of `block_size` tokens for `num_layers` layers.
     fn kv_cache(
         &self,

@@ -6,6 +6,7 @@
 //! step, freeing its blocks.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
@@ -221,75 +222,117 @@ fn run<B: Backend>(mut engine: Engine<B>, commands: Receiver<Command>, shared: &
     let mut routes: HashMap<u64, Route> = HashMap::new();
     loop {
         // Block while idle; otherwise take whatever arrived since the last step.
-        let first = if engine.has_work() {
-            commands.try_recv().ok()
-        } else {
-            match commands.recv() {
-                Ok(c) => Some(c),
-                Err(_) => return,
-            }
-        };
-        let mut next = first;
-        while let Some(cmd) = next {
-            match cmd {
-                Command::Add {
-                    request_id,
-                    prompt,
-                    params,
-                    priority,
-                    events,
-                } => {
-                    let n = params.n;
-                    match engine.add_request(request_id, prompt, params, priority) {
-                        Ok(()) => {
-                            routes.insert(request_id, Route { events, open: n });
-                        }
-                        Err(e) => {
-                            let _ = events.send(RequestEvent::Failed(e));
-                        }
-                    }
-                }
-                Command::Abort(id) => {
-                    let deltas = engine.abort(id);
-                    publish(shared, &engine);
-                    deliver(&mut routes, deltas);
-                    routes.remove(&id);
-                }
-                Command::Shutdown => {
-                    for (_, r) in routes.drain() {
-                        let _ = r.events.send(RequestEvent::Failed(Error::Engine(
-                            "the engine shut down".into(),
-                        )));
-                    }
-                    return;
-                }
-            }
-            next = commands.try_recv().ok();
-        }
-        if engine.has_work() {
-            let (deltas, errors) = engine.step();
-            let failed: Vec<_> = errors
-                .into_iter()
-                .filter_map(|(id, e)| {
-                    engine.abort(id);
-                    routes.remove(&id).map(|r| (r, e))
-                })
-                .collect();
-            // Stats first: a caller that sees its request end must see the blocks it freed.
-            publish(shared, &engine);
-            for (r, e) in failed {
-                let _ = r.events.send(RequestEvent::Failed(e));
-            }
-            let gone = deliver(&mut routes, deltas);
-            // Callers that went away: abort their requests so their blocks come back.
-            for id in &gone {
-                engine.abort(*id);
-                routes.remove(id);
-            }
-            if !gone.is_empty() {
-                publish(shared, &engine);
+        if !engine.has_work() {
+            let Ok(cmd) = commands.recv() else { return };
+            if handle(&mut engine, &mut routes, shared, cmd).is_break() {
+                return;
             }
         }
+        if intake(&mut engine, &mut routes, shared, &commands).is_break() {
+            return;
+        }
+        if !engine.has_work() {
+            continue;
+        }
+        // The step's results (and the finished sequences' last deltas) first; then requests
+        // that arrived while it ran join the next step, which starts (with async scheduling)
+        // before the text and deltas of this one are made.
+        let (deltas, errors) = engine.collect_step();
+        dispatch(&mut engine, &mut routes, shared, deltas, errors);
+        if intake(&mut engine, &mut routes, shared, &commands).is_break() {
+            return;
+        }
+        engine.launch_next();
+        let (deltas, errors) = engine.emit();
+        dispatch(&mut engine, &mut routes, shared, deltas, errors);
+    }
+}
+
+/// Handles every command already queued; `Break` on shutdown.
+fn intake<B: Backend>(
+    engine: &mut Engine<B>,
+    routes: &mut HashMap<u64, Route>,
+    shared: &Shared,
+    commands: &Receiver<Command>,
+) -> ControlFlow<()> {
+    while let Ok(cmd) = commands.try_recv() {
+        handle(engine, routes, shared, cmd)?;
+    }
+    ControlFlow::Continue(())
+}
+
+/// Handles one command; `Break` on shutdown (running requests get `Failed`).
+fn handle<B: Backend>(
+    engine: &mut Engine<B>,
+    routes: &mut HashMap<u64, Route>,
+    shared: &Shared,
+    cmd: Command,
+) -> ControlFlow<()> {
+    match cmd {
+        Command::Add {
+            request_id,
+            prompt,
+            params,
+            priority,
+            events,
+        } => {
+            let n = params.n;
+            match engine.add_request(request_id, prompt, params, priority) {
+                Ok(()) => {
+                    routes.insert(request_id, Route { events, open: n });
+                }
+                Err(e) => {
+                    let _ = events.send(RequestEvent::Failed(e));
+                }
+            }
+        }
+        Command::Abort(id) => {
+            let deltas = engine.abort(id);
+            publish(shared, engine);
+            deliver(routes, deltas);
+            routes.remove(&id);
+        }
+        Command::Shutdown => {
+            for (_, r) in routes.drain() {
+                let _ = r.events.send(RequestEvent::Failed(Error::Engine(
+                    "the engine shut down".into(),
+                )));
+            }
+            return ControlFlow::Break(());
+        }
+    }
+    ControlFlow::Continue(())
+}
+
+/// Hands a step's deltas and failures to their requests: failed requests are aborted, and so
+/// are requests whose caller went away (their blocks come back).
+fn dispatch<B: Backend>(
+    engine: &mut Engine<B>,
+    routes: &mut HashMap<u64, Route>,
+    shared: &Shared,
+    deltas: Vec<SeqDelta>,
+    errors: Vec<(u64, Error)>,
+) {
+    let failed: Vec<_> = errors
+        .into_iter()
+        .filter_map(|(id, e)| {
+            engine.abort(id);
+            routes.remove(&id).map(|r| (r, e))
+        })
+        .collect();
+    // Stats first: a caller that sees its request end must see the blocks it freed (a request
+    // aborted while a step was in flight frees them when that step is collected).
+    publish(shared, engine);
+    for (r, e) in failed {
+        let _ = r.events.send(RequestEvent::Failed(e));
+    }
+    let gone = deliver(routes, deltas);
+    for id in &gone {
+        engine.abort(*id);
+        routes.remove(id);
+    }
+    if !gone.is_empty() {
+        publish(shared, engine);
     }
 }
 

@@ -49,6 +49,11 @@ pub struct EngineConfig {
     pub enable_prefix_caching: bool,
     /// Seed of sequences whose request names none; each sequence gets `seed + arrival`.
     pub seed: u64,
+    /// Launch each step before turning the previous step's tokens into text and deltas, so
+    /// that this host work overlaps the device's (vLLM's `async_scheduling`). For backends
+    /// that run asynchronously (CUDA); on the CPU it only reorders the same work. Default off,
+    /// as in vLLM.
+    pub async_scheduling: bool,
 }
 
 impl Default for EngineConfig {
@@ -61,6 +66,7 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             enable_prefix_caching: true,
             seed: 0,
+            async_scheduling: false,
         }
     }
 }
@@ -148,6 +154,10 @@ pub struct Engine<B: Backend> {
     /// prompt blocks are in the prefix cache, so the prompt is computed once.
     pending_siblings: HashMap<u64, Vec<Sequence>>,
     next_arrival: u64,
+    /// Whether steps overlap (see [`EngineConfig::async_scheduling`]).
+    async_scheduling: bool,
+    /// The step launched and not yet collected (async scheduling only).
+    in_flight: Option<Launched>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -215,6 +225,7 @@ impl<B: Backend> Engine<B> {
         let shape = model.attention_shape();
         let cache = backend.kv_cache(mc.num_hidden_layers, num_blocks, config.block_size, shape)?;
         backend.finish_loading()?;
+        let async_scheduling = config.async_scheduling;
         Ok(Engine {
             backend,
             model,
@@ -237,6 +248,8 @@ impl<B: Backend> Engine<B> {
             config,
             pending_siblings: HashMap::new(),
             next_arrival: 0,
+            async_scheduling,
+            in_flight: None,
         })
     }
 
@@ -266,9 +279,9 @@ impl<B: Backend> Engine<B> {
         &self.eos_token_ids
     }
 
-    /// Whether any sequence is waiting or running.
+    /// Whether any sequence is waiting or running, or a step is in flight.
     pub fn has_work(&self) -> bool {
-        self.scheduler.has_work()
+        self.in_flight.is_some() || self.scheduler.has_work()
     }
 
     /// Current load and KV usage.
@@ -333,28 +346,129 @@ impl<B: Backend> Engine<B> {
 
     /// Aborts every sequence of a request wherever it is, freeing its blocks. Returns the final
     /// deltas (finish reason `Abort`); empty if the request was unknown or already finished.
+    /// While a step is in flight its running sequences finish at once but keep their blocks
+    /// (the device may still be writing them) until the next [`step`](Self::step) collects it.
     pub fn abort(&mut self, request_id: u64) -> Vec<SeqDelta> {
-        let mut seqs = self.scheduler.remove_request(request_id, &mut self.kv);
+        let mut deltas = Vec::new();
+        let in_flight = self.in_flight.is_some();
+        if in_flight {
+            let mine = |s: &&mut Sequence| s.request_id == request_id && !s.is_finished();
+            for seq in self.scheduler.running.iter_mut().filter(mine) {
+                seq.finish(Some(FinishReason::Abort));
+                deltas.extend(seq.take_delta());
+            }
+        }
+        let mut seqs = self
+            .scheduler
+            .remove_request(request_id, &mut self.kv, in_flight);
         seqs.extend(
             self.pending_siblings
                 .remove(&request_id)
                 .unwrap_or_default(),
         );
-        seqs.iter_mut()
-            .filter_map(|s| {
-                s.finish(Some(FinishReason::Abort));
-                s.take_delta()
-            })
-            .collect()
+        deltas.extend(seqs.iter_mut().filter_map(|s| {
+            s.finish(Some(FinishReason::Abort));
+            s.take_delta()
+        }));
+        deltas
     }
 
     /// Runs one step and returns what changed, one delta per sequence that produced tokens or
     /// finished. A sequence that fails (e.g. its detokenization) is finished alone with its
-    /// error in the second list.
+    /// error in the second list. The three parts, [`collect_step`](Self::collect_step),
+    /// [`launch_next`](Self::launch_next) and [`emit`](Self::emit), are public so that the
+    /// engine loop can take in new requests between collecting a step and launching the next.
+    ///
+    /// With async scheduling (see [`EngineConfig::async_scheduling`]) a step is launched
+    /// before the previous one's tokens are turned into text and deltas, so that this host work
+    /// overlaps the device's. At most one step is in flight; sequences aborted meanwhile keep
+    /// their KV blocks until it has been collected.
     pub fn step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
+        let (mut deltas, mut errors) = self.collect_step();
+        self.launch_next();
+        let (more, failed) = self.emit();
+        deltas.extend(more);
+        errors.extend(failed);
+        (deltas, errors)
+    }
+
+    /// Finishes the step in flight, or runs one now, and applies its tokens (see
+    /// [`apply_step`](Self::apply_step)). Sequences that finished leave, freeing their blocks;
+    /// returns their last deltas and the sequences that failed.
+    pub fn collect_step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
+        let launched = match self.in_flight.take() {
+            Some(launched) => launched,
+            None => match self.launch_step() {
+                Some(launched) => launched,
+                None => return (Vec::new(), Vec::new()),
+            },
+        };
+        let (model, backend, bufs) = (&self.model, &self.backend, &self.bufs);
+        let (logits, tokens) = match model.collect(backend, bufs, launched.rows, launched.greedy) {
+            Ok(out) => out,
+            Err(e) => return (Vec::new(), self.fail_step(&launched.plan, e)),
+        };
+        let mut errors = self.apply_step(&launched, &logits, &tokens, self.async_scheduling);
+        let mut deltas = Vec::new();
+        for mut seq in self.scheduler.take_finished(&mut self.kv) {
+            match seq.detokenize(&self.tokenizer) {
+                Ok(()) => deltas.extend(seq.take_delta()),
+                Err(e) => errors.push((seq.request_id, e)),
+            }
+            // A request whose first sequence ended before its siblings started lets them go.
+            if let Some(siblings) = self.pending_siblings.remove(&seq.request_id) {
+                siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
+            }
+        }
+        (deltas, errors)
+    }
+
+    /// With async scheduling, plans and launches the next step (if there is work) without
+    /// waiting for it; otherwise does nothing (the next [`collect_step`](Self::collect_step)
+    /// runs it).
+    pub fn launch_next(&mut self) {
+        if self.async_scheduling && self.in_flight.is_none() {
+            self.in_flight = self.launch_step();
+        }
+    }
+
+    /// Text and deltas of every sequence with news since the last call: in parallel over the
+    /// engine's threads in chunks of 64 sequences (waking workers for fewer costs more CPU
+    /// than it saves). With async scheduling this runs while the device computes the step
+    /// [`launch_next`](Self::launch_next) started.
+    pub fn emit(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
+        let tokenizer = &self.tokenizer;
+        let emit = |seq: &mut Sequence| match seq.detokenize(tokenizer) {
+            Ok(()) => Ok(seq.take_delta()),
+            Err(e) => {
+                seq.finish(Some(FinishReason::Abort));
+                Err((seq.request_id, e))
+            }
+        };
+        let running: Vec<_> = self
+            .scheduler
+            .running
+            .par_iter_mut()
+            .with_min_len(64)
+            .map(emit)
+            .collect();
+        let waiting: Vec<_> = self.scheduler.waiting.iter_mut().map(emit).collect();
+        let (mut deltas, mut errors) = (Vec::new(), Vec::new());
+        for outcome in running.into_iter().chain(waiting) {
+            match outcome {
+                Ok(delta) => deltas.extend(delta),
+                Err(e) => errors.push(e),
+            }
+        }
+        (deltas, errors)
+    }
+
+    /// Plans the next step and launches it on the backend without waiting; `None` when there
+    /// is nothing to run.
+    fn launch_step(&mut self) -> Option<Launched> {
         let plan = self.scheduler.schedule(&mut self.kv);
         if plan.is_empty() {
-            return (Vec::new(), Vec::new());
+            return None;
         }
         let mut batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
         let rows = batch.num_tokens();
@@ -367,7 +481,7 @@ impl<B: Backend> Engine<B> {
         }
         self.backend.prepare_step(&batch);
         // When every sampled row is plain greedy, only the token ids leave the backend.
-        let greedy_only = plan.iter().all(|s| {
+        let greedy = plan.iter().all(|s| {
             let p = &self.scheduler.running[s.seq].params;
             p.is_greedy()
                 && !p.has_penalties()
@@ -375,54 +489,63 @@ impl<B: Backend> Engine<B> {
                 && p.prompt_logprobs.is_none()
         });
         let (model, backend) = (&self.model, &self.backend);
-        let (cache, bufs) = (&mut self.cache, &mut self.bufs);
-        // Either the logits of every logits row or, for an all-greedy step, their tokens.
-        let out = if greedy_only {
-            model
-                .forward_greedy(backend, &batch, cache, bufs)
-                .map(|tokens| (Vec::new(), tokens))
-        } else {
-            model
-                .forward(backend, &batch, cache, bufs)
-                .map(|logits| (logits, Vec::new()))
-        };
-        let (logits, tokens) = match out {
-            Ok(out) => out,
-            Err(e) => return (Vec::new(), self.fail_step(&plan, e)),
-        };
+        let rows = model.launch(backend, &batch, &mut self.cache, &mut self.bufs, greedy);
+        Some(Launched { plan, rows, greedy })
+    }
+
+    /// Applies a collected step: progress, prefix-cache blocks, prompt log-probabilities, and
+    /// the sampled token of each sequence that reached the end of its prompt, with the finish
+    /// checks that need no text (end and stop token ids, length). Sequences with stop strings,
+    /// and all of them when `defer_text` is false, are detokenized here too, since their text
+    /// decides whether they run in the next step. Sequences that finished while the step was
+    /// in flight (aborted) only have their rows skipped. Returns the sequences that failed.
+    fn apply_step(
+        &mut self,
+        launched: &Launched,
+        logits: &[f32],
+        tokens: &[u32],
+        defer_text: bool,
+    ) -> Vec<(u64, Error)> {
         let mut rows = logits.chunks_exact(self.model.config.vocab_size);
-        let mut greedy_tokens = tokens.into_iter();
-        // In plan order (increasing `s.seq`): progress, prefix-cache blocks and prompt
-        // log-probabilities, which read the logits rows in order; then what each sequence that
-        // reached the end of its prompt samples from.
-        let mut samples: Vec<(usize, Sample)> = Vec::with_capacity(plan.len());
-        for s in &plan {
+        let mut greedy_tokens = tokens.iter().copied();
+        // In plan order (increasing `s.seq`), as the logits rows are.
+        let mut samples: Vec<(usize, Sample)> = Vec::with_capacity(launched.plan.len());
+        for s in &launched.plan {
             let seq = &mut self.scheduler.running[s.seq];
+            let gone = seq.is_finished();
             if seq.params.prompt_logprobs.is_some() {
                 let n = scheduler::prompt_logprob_rows(seq, s.num_tokens);
                 for p in seq.num_computed..seq.num_computed + n {
                     let Some(row) = rows.next() else { break };
-                    seq.record_prompt_logprobs(p, row);
+                    if !gone {
+                        seq.record_prompt_logprobs(p, row);
+                    }
                 }
             }
-            seq.num_computed += s.num_tokens;
-            self.kv
-                .cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
-            if seq.num_computed < seq.num_tokens() {
-                continue; // a prefill chunk short of the end of the prompt
+            if seq.num_computed + s.num_tokens < seq.num_tokens() {
+                if !gone {
+                    seq.num_computed += s.num_tokens; // a prefill chunk short of the prompt's end
+                    self.kv
+                        .cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
+                }
+                continue;
             }
-            let sample = if greedy_only {
+            let sample = if launched.greedy {
                 greedy_tokens.next().map(Sample::Token)
             } else {
                 rows.next().map(Sample::Logits)
             };
             let Some(sample) = sample else { break };
+            if gone {
+                continue;
+            }
+            seq.num_computed += s.num_tokens;
+            self.kv
+                .cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
             samples.push((s.seq, sample));
         }
-        // Sampling, detokenization and stop checks are per sequence: in parallel over the
-        // engine's threads in chunks of 64 sequences (a few µs each, plus a softmax over the
-        // vocabulary when sampling on the host), so that the GPU waits less between large
-        // steps; smaller steps stay on this thread (waking workers costs CPU for nothing).
+        // Sampling (a softmax over the vocabulary when on the host) is per sequence: in
+        // parallel over the engine's threads in chunks of 64 sequences.
         let (tokenizer, eos) = (&self.tokenizer, &self.eos_token_ids[..]);
         let mut work: Vec<(&mut Sequence, Sample)> = Vec::with_capacity(samples.len());
         let mut samples = samples.into_iter().peekable();
@@ -432,7 +555,7 @@ impl<B: Backend> Engine<B> {
                 work.push((seq, sample));
             }
         }
-        let outcomes: Vec<(u64, bool, Result<Option<SeqDelta>>)> = work
+        let outcomes: Vec<(u64, bool, Result<()>)> = work
             .into_par_iter()
             .with_min_len(64)
             .map(|(seq, sample)| {
@@ -443,39 +566,51 @@ impl<B: Backend> Engine<B> {
                     },
                     Sample::Logits(row) => seq.sampler.sample(&seq.params, &mut row.to_vec()),
                 };
-                let first = seq.index == 0;
-                match seq.append(sampled.token, sampled.logprobs, tokenizer, eos) {
-                    Ok(()) => (seq.request_id, first, Ok(seq.take_delta())),
-                    Err(e) => {
+                seq.push_token(sampled.token, sampled.logprobs, eos);
+                let mut r = Ok(());
+                if !defer_text || seq.has_stop_strings() {
+                    r = seq.detokenize(tokenizer);
+                    if r.is_err() {
                         seq.finish(Some(FinishReason::Abort));
-                        (seq.request_id, first, Err(e))
                     }
                 }
+                (seq.request_id, seq.index == 0, r)
             })
             .collect();
-        let mut deltas = Vec::with_capacity(outcomes.len());
         let mut errors = Vec::new();
         for (request_id, first, outcome) in outcomes {
-            match outcome {
-                Err(e) => errors.push((request_id, e)),
-                Ok(delta) => {
-                    if first {
-                        if let Some(siblings) = self.pending_siblings.remove(&request_id) {
-                            siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
-                        }
-                    }
-                    deltas.extend(delta);
+            if let Err(e) = outcome {
+                errors.push((request_id, e));
+            } else if first {
+                // Its prompt is in the prefix cache now: the request's other sequences start.
+                if let Some(siblings) = self.pending_siblings.remove(&request_id) {
+                    siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
                 }
             }
         }
-        // A request whose first sequence ended before its siblings started lets them go now.
-        for seq in self.scheduler.take_finished(&mut self.kv) {
-            if let Some(siblings) = self.pending_siblings.remove(&seq.request_id) {
-                siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
-            }
-        }
-        (deltas, errors)
+        errors
     }
+}
+
+impl<B: Backend> Drop for Engine<B> {
+    /// Waits for a step still in flight: the device must be done with the buffers before they
+    /// are freed.
+    fn drop(&mut self) {
+        if let Some(l) = self.in_flight.take() {
+            let _ = self
+                .model
+                .collect(&self.backend, &self.bufs, l.rows, l.greedy);
+        }
+    }
+}
+
+/// A step launched on the backend and not yet collected.
+struct Launched {
+    plan: Vec<Scheduled>,
+    /// Logits rows of the step.
+    rows: usize,
+    /// Whether the backend returns greedy tokens instead of logits.
+    greedy: bool,
 }
 
 /// What a sequence samples its next token from in a step.

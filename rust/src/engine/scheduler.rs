@@ -186,11 +186,17 @@ impl Scheduler {
         done
     }
 
-    /// Removes every sequence of `request_id`, freeing their blocks.
-    pub fn remove_request(&mut self, request_id: u64, kv: &mut BlockManager) -> Vec<Sequence> {
+    /// Removes every sequence of `request_id`, freeing their blocks; with `waiting_only`,
+    /// only those not running.
+    pub fn remove_request(
+        &mut self,
+        request_id: u64,
+        kv: &mut BlockManager,
+        waiting_only: bool,
+    ) -> Vec<Sequence> {
         let mut out = Vec::new();
         let mut i = 0;
-        while i < self.running.len() {
+        while i < self.running.len() && !waiting_only {
             if self.running[i].request_id == request_id {
                 out.push(self.running.remove(i));
             } else {

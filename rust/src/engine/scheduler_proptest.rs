@@ -108,7 +108,7 @@ proptest! {
                 }
                 Op::Step => step(&mut s, &mut kv)?,
                 Op::Abort(id) => {
-                    s.remove_request(id, &mut kv);
+                    s.remove_request(id, &mut kv, false);
                 }
             }
             check(&s, &kv)?;

@@ -68,6 +68,8 @@ pub struct Sequence {
     /// Whether the sequence was admitted once already (preempted sequences come back).
     pub was_admitted: bool,
     detokenizer: IncrementalDetokenizer,
+    /// Tokens whose text is in `text` (the prompt's count as done).
+    detokenized: usize,
     stop: StopChecker,
     /// Text of the output (cut at a stop string once one is found).
     pub text: String,
@@ -78,6 +80,8 @@ pub struct Sequence {
     pub finish_reason: Option<FinishReason>,
     /// Progress already reported to the caller: tokens, bytes of text, logprob steps.
     pub reported: (usize, usize),
+    /// Whether the delta with the finish reason went out (there is only one).
+    final_reported: bool,
 }
 
 impl Sequence {
@@ -104,6 +108,7 @@ impl Sequence {
             detokenizer: IncrementalDetokenizer::new(&prompt, true),
             stop: StopChecker::new(&params.stop),
             prompt_len: prompt.len(),
+            detokenized: prompt.len(),
             tokens: prompt,
             max_new_tokens,
             block_table: BlockTable::new(),
@@ -115,6 +120,7 @@ impl Sequence {
             prompt_logprobs: Vec::new(),
             finish_reason: None,
             reported: (0, 0),
+            final_reported: false,
             params,
         }
     }
@@ -165,37 +171,62 @@ impl Sequence {
         tokenizer: &Tokenizer,
         eos_token_ids: &[u32],
     ) -> Result<()> {
+        self.push_token(token, logprobs, eos_token_ids);
+        self.detokenize(tokenizer)
+    }
+
+    /// Appends a sampled token and finishes the sequence on an end-of-sequence or stop token
+    /// id or at its length limit; the text (and stop strings) follow in
+    /// [`detokenize`](Self::detokenize). Cheap: the engine does this before planning the next
+    /// step, and the text while that step runs.
+    pub fn push_token(
+        &mut self,
+        token: u32,
+        logprobs: Option<Vec<(u32, f32)>>,
+        eos_token_ids: &[u32],
+    ) {
         self.tokens.push(token);
         self.first_token_time.get_or_insert_with(now_s);
         self.sampler.observe(&self.params, token);
         if let Some(lp) = logprobs {
             self.logprobs.push(lp);
         }
-        let checked = self.text.len();
-        // Models often have more embedding rows than their tokenizer has tokens (padding, as
-        // in Qwen2); such ids carry no text, as in vLLM.
-        if (token as usize) < tokenizer.vocab_size() {
-            self.text
-                .push_str(&self.detokenizer.push(tokenizer, token)?);
-        }
-        let mut finish = if (!self.params.ignore_eos && eos_token_ids.contains(&token))
+        if (!self.params.ignore_eos && eos_token_ids.contains(&token))
             || self.params.stop_token_ids.contains(&token)
         {
-            Some(FinishReason::Stop)
+            self.finish(Some(FinishReason::Stop));
         } else if self.output().len() >= self.max_new_tokens {
-            Some(FinishReason::Length)
-        } else {
-            None
-        };
-        if finish.is_some() {
-            self.text.push_str(&self.detokenizer.finish(tokenizer)?);
+            self.finish(Some(FinishReason::Length));
         }
-        if let Some(cut) = self.stop.find(&self.text, checked) {
-            self.text.truncate(cut);
-            finish = Some(FinishReason::Stop);
-        }
-        if finish.is_some() {
-            self.finish(finish);
+    }
+
+    /// Whether a stop string can end the sequence (only text tells).
+    pub fn has_stop_strings(&self) -> bool {
+        !self.params.stop.is_empty()
+    }
+
+    /// Brings `text` up to the tokens: decodes the tokens appended since the last call (all of
+    /// the rest once finished) and finishes the sequence at a stop string, cutting the text
+    /// there.
+    pub fn detokenize(&mut self, tokenizer: &Tokenizer) -> Result<()> {
+        while self.detokenized < self.tokens.len() {
+            let token = self.tokens[self.detokenized];
+            self.detokenized += 1;
+            let checked = self.text.len();
+            // Models often have more embedding rows than their tokenizer has tokens (padding,
+            // as in Qwen2); such ids carry no text, as in vLLM.
+            if (token as usize) < tokenizer.vocab_size() {
+                self.text
+                    .push_str(&self.detokenizer.push(tokenizer, token)?);
+            }
+            if self.is_finished() && self.detokenized == self.tokens.len() {
+                self.text.push_str(&self.detokenizer.finish(tokenizer)?);
+            }
+            if let Some(cut) = self.stop.find(&self.text, checked) {
+                self.text.truncate(cut);
+                self.finish(Some(FinishReason::Stop));
+                self.detokenized = self.tokens.len();
+            }
         }
         Ok(())
     }
@@ -220,10 +251,11 @@ impl Sequence {
     pub fn take_delta(&mut self) -> Option<SeqDelta> {
         let (tokens_done, text_done) = self.reported;
         let out_len = self.output().len();
-        let text = self.visible_text();
-        if out_len == tokens_done && !self.is_finished() {
+        if out_len == tokens_done && (!self.is_finished() || self.final_reported) {
             return None;
         }
+        self.final_reported = self.is_finished();
+        let text = self.visible_text();
         let delta = SeqDelta {
             request_id: self.request_id,
             index: self.index,

@@ -195,8 +195,9 @@ impl<B: Backend> LlamaModel<B> {
         cache: &mut B::KvCache,
         bufs: &mut StepBuffers<B>,
     ) -> Result<Vec<f32>> {
-        let n = self.compute_logits(backend, batch, cache, bufs);
-        backend.to_host(&bufs.logits, n * self.config.vocab_size)
+        let n = self.launch(backend, batch, cache, bufs, false);
+        self.collect(backend, bufs, n, false)
+            .map(|(logits, _)| logits)
     }
 
     /// Like [`forward`](Self::forward), but returns only the greedy token of each logits row:
@@ -208,8 +209,42 @@ impl<B: Backend> LlamaModel<B> {
         cache: &mut B::KvCache,
         bufs: &mut StepBuffers<B>,
     ) -> Result<Vec<u32>> {
+        let n = self.launch(backend, batch, cache, bufs, true);
+        self.collect(backend, bufs, n, true)
+            .map(|(_, tokens)| tokens)
+    }
+
+    /// The first half of [`forward`](Self::forward) / [`forward_greedy`](Self::forward_greedy):
+    /// enqueues the step (and, when `greedy`, the argmax of its logits) and returns the number
+    /// of logits rows, without waiting for the backend.
+    pub fn launch(
+        &self,
+        backend: &B,
+        batch: &ForwardBatch,
+        cache: &mut B::KvCache,
+        bufs: &mut StepBuffers<B>,
+        greedy: bool,
+    ) -> usize {
         let n = self.compute_logits(backend, batch, cache, bufs);
-        backend.argmax_rows(&bufs.logits, n, self.config.vocab_size)
+        backend.submit_step(&bufs.logits, greedy.then_some((n, self.config.vocab_size)));
+        n
+    }
+
+    /// The second half: waits for the step launched last and returns its `n` logits rows
+    /// (empty when `greedy`) and greedy tokens (empty unless `greedy`).
+    pub fn collect(
+        &self,
+        backend: &B,
+        bufs: &StepBuffers<B>,
+        n: usize,
+        greedy: bool,
+    ) -> Result<(Vec<f32>, Vec<u32>)> {
+        let vocab = self.config.vocab_size;
+        if greedy {
+            Ok((Vec::new(), backend.argmax_rows(&bufs.logits, n, vocab)?))
+        } else {
+            Ok((backend.to_host(&bufs.logits, n * vocab)?, Vec::new()))
+        }
     }
 
     /// Enqueues the whole step; the logits of `batch.logits_rows` end in `bufs.logits`.

@@ -137,6 +137,8 @@ pub struct CudaBackend {
     last_wait: [Cell<Duration>; 2],
     /// Greedy token ids of the logits rows (`argmax_rows`).
     argmax_out: RefCell<DeviceMem>,
+    /// Rows of the argmax `submit_step` started, which `argmax_rows` then collects.
+    argmax_started: Cell<Option<usize>>,
     /// First failure of an enqueued operation; reported by the next `to_host`.
     error: RefCell<Option<Error>>,
 }
@@ -235,6 +237,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             meta: StepMeta::new(&stream)?,
             argmax_out,
+            argmax_started: Cell::new(None),
             uploader: RefCell::new(None),
             free_at_start,
             graphs: graphs::DecodeGraphs::new(),
@@ -314,6 +317,21 @@ impl CudaBackend {
         }
         last.set(start.elapsed());
         Ok(())
+    }
+
+    /// Enqueues the argmax of `rows` rows of `width` f32 logits into `argmax_out`; reports an
+    /// error of the step's operations first.
+    fn start_argmax(&self, logits: &CudaBuf, rows: usize, width: usize) -> Result<()> {
+        if let Some(e) = self.error.borrow_mut().take() {
+            return Err(e);
+        }
+        debug_assert!(logits.dtype == ElemType::F32 && rows * width <= logits.len);
+        let mut out = self.argmax_out.borrow_mut();
+        if out.bytes() < rows * 4 {
+            *out = DeviceMem::zeroed(&self.stream, (rows * 4).next_power_of_two())?;
+        }
+        self.kernels()?
+            .argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr)
     }
 
     /// Ends the step's graph capture, or launches its graph, before the host reads results.

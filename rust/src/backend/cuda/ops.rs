@@ -333,18 +333,23 @@ impl Backend for CudaBackend {
 
     fn argmax_rows(&self, logits: &CudaBuf, rows: usize, width: usize) -> Result<Vec<u32>> {
         self.finish_graph()?;
-        if let Some(e) = self.error.borrow_mut().take() {
-            return Err(e);
+        if self.argmax_started.take() != Some(rows) {
+            self.start_argmax(logits, rows, width)?;
         }
-        debug_assert!(logits.dtype == ElemType::F32 && rows * width <= logits.len);
-        let mut out = self.argmax_out.borrow_mut();
-        if out.bytes() < rows * 4 {
-            *out = DeviceMem::zeroed(&self.stream, (rows * 4).next_power_of_two())?;
-        }
-        self.kernels()?
-            .argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr)?;
         self.wait()?;
-        let ids = out.read::<i32>(&self.stream, rows)?;
+        let ids = self.argmax_out.borrow().read::<i32>(&self.stream, rows)?;
         Ok(ids.into_iter().map(|t| t as u32).collect())
+    }
+
+    fn submit_step(&self, logits: &CudaBuf, argmax: Option<(usize, usize)>) {
+        let r = self.finish_graph().and_then(|()| match argmax {
+            Some((rows, width)) => {
+                self.start_argmax(logits, rows, width)?;
+                self.argmax_started.set(Some(rows));
+                Ok(())
+            }
+            None => Ok(()),
+        });
+        self.record(r);
     }
 }
