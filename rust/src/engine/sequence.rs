@@ -163,18 +163,6 @@ impl Sequence {
         self.prompt_logprobs.push(top);
     }
 
-    /// Appends a sampled token and updates text and finish state.
-    pub fn append(
-        &mut self,
-        token: u32,
-        logprobs: Option<Vec<(u32, f32)>>,
-        tokenizer: &Tokenizer,
-        eos_token_ids: &[u32],
-    ) -> Result<()> {
-        self.push_token(token, logprobs, eos_token_ids);
-        self.detokenize(tokenizer)
-    }
-
     /// Appends a sampled token and finishes the sequence on an end-of-sequence or stop token
     /// id or at its length limit; the text (and stop strings) follow in
     /// [`detokenize`](Self::detokenize). Cheap: the engine does this before planning the next
@@ -294,4 +282,90 @@ pub struct SeqDelta {
     pub arrival_time: f64,
     pub first_token_time: Option<f64>,
     pub finished_time: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+    use crate::tokenizer::test_vocab::gpt2_metadata;
+
+    fn sequence(params: SamplingParams, max_new_tokens: usize) -> Sequence {
+        Sequence::new(1, 0, 0, 0, vec![5, 6], Arc::new(params), max_new_tokens, 0)
+    }
+
+    /// Every delta's text and tokens, concatenated, and the finish reason.
+    fn run(
+        seq: &mut Sequence,
+        tokenizer: &Tokenizer,
+        ids: &[u32],
+        text_every: usize,
+    ) -> (String, Vec<u32>, Option<FinishReason>) {
+        let (mut text, mut tokens) = (String::new(), Vec::new());
+        for (i, &id) in ids.iter().enumerate() {
+            if seq.is_finished() {
+                break;
+            }
+            seq.push_token(id, None, &[0]);
+            if (i + 1) % text_every == 0 || seq.is_finished() || seq.has_stop_strings() {
+                seq.detokenize(tokenizer).unwrap();
+                if let Some(d) = seq.take_delta() {
+                    text.push_str(&d.text);
+                    tokens.extend(d.token_ids);
+                }
+            }
+        }
+        seq.detokenize(tokenizer).unwrap();
+        while let Some(d) = seq.take_delta() {
+            text.push_str(&d.text);
+            tokens.extend(d.token_ids);
+        }
+        (text, tokens, seq.finish_reason)
+    }
+
+    /// Async scheduling makes the text of a step later than its tokens: deferring
+    /// `detokenize` by a few tokens must not change a sequence's text, tokens or finish, and
+    /// the final delta comes once.
+    #[test]
+    fn deferred_text_equals_text_after_every_token() {
+        let tokenizer = Tokenizer::from_gguf_metadata(&gpt2_metadata(None, None)).unwrap();
+        let mut rng = StdRng::seed_from_u64(3);
+        let vocab = tokenizer.vocab_size() as u32;
+        for case in 0..200 {
+            let ids: Vec<u32> = (0..rng.random_range(1..30))
+                .map(|_| rng.random_range(1..vocab))
+                .collect();
+            let max_new = rng.random_range(1..40);
+            let params = SamplingParams {
+                ignore_eos: case % 2 == 0,
+                ..Default::default()
+            };
+            let want = run(&mut sequence(params.clone(), max_new), &tokenizer, &ids, 1);
+            let got = run(&mut sequence(params, max_new), &tokenizer, &ids, 4);
+            assert_eq!(got, want, "case {case}");
+            // Unfinished, the text holds back an incomplete character at the end.
+            let full = tokenizer.decode(&want.1, true).unwrap();
+            if want.2.is_some() {
+                assert_eq!(want.0, full, "case {case}");
+            } else {
+                assert!(full.starts_with(&want.0), "case {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_stop_string_cuts_the_text_and_finishes_once() {
+        let tokenizer = Tokenizer::from_gguf_metadata(&gpt2_metadata(None, None)).unwrap();
+        let ids = tokenizer.encode("hello world, again", false).unwrap();
+        let params = SamplingParams {
+            stop: vec![" wor".into()],
+            ..Default::default()
+        };
+        let mut seq = sequence(params, 100);
+        let (text, _, finish) = run(&mut seq, &tokenizer, &ids, 1);
+        assert_eq!((text.as_str(), finish), ("hello", Some(FinishReason::Stop)));
+        assert!(seq.take_delta().is_none());
+    }
 }

@@ -14,7 +14,7 @@ mod python_json;
 mod special_tokens;
 mod template_functions;
 #[cfg(test)]
-mod test_vocab;
+pub(crate) mod test_vocab;
 
 use std::collections::BTreeMap;
 use std::path::Path;
