@@ -354,6 +354,8 @@ impl<B: Backend> Engine<B> {
         if in_flight {
             let mine = |s: &&mut Sequence| s.request_id == request_id && !s.is_finished();
             for seq in self.scheduler.running.iter_mut().filter(mine) {
+                // Text first: with async scheduling the last collected token has none yet.
+                let _ = seq.detokenize(&self.tokenizer);
                 seq.finish(Some(FinishReason::Abort));
                 deltas.extend(seq.take_delta());
             }
@@ -367,6 +369,7 @@ impl<B: Backend> Engine<B> {
                 .unwrap_or_default(),
         );
         deltas.extend(seqs.iter_mut().filter_map(|s| {
+            let _ = s.detokenize(&self.tokenizer);
             s.finish(Some(FinishReason::Abort));
             s.take_delta()
         }));
@@ -406,7 +409,13 @@ impl<B: Backend> Engine<B> {
         let (model, backend, bufs) = (&self.model, &self.backend, &self.bufs);
         let (logits, tokens) = match model.collect(backend, bufs, launched.rows, launched.greedy) {
             Ok(out) => out,
-            Err(e) => return (Vec::new(), self.fail_step(&launched.plan, e)),
+            Err(e) => {
+                let failed = self.fail_step(&launched.plan, e);
+                // Sequences aborted while the step was in flight but not in its plan leave too
+                // (their final deltas went out with the abort).
+                self.scheduler.take_finished(&mut self.kv);
+                return (Vec::new(), failed);
+            }
         };
         let mut errors = self.apply_step(&launched, &logits, &tokens, self.async_scheduling);
         let mut deltas = Vec::new();
@@ -639,3 +648,7 @@ impl<B: Backend> Engine<B> {
             .collect()
     }
 }
+
+#[cfg(test)]
+#[path = "async_tests.rs"]
+mod async_tests;
