@@ -267,6 +267,7 @@ async def main_run(args) -> None:
             device=args.device,
             gpu_memory_utilization=args.gpu_memory_utilization,
             max_num_seqs=args.max_num_seqs,
+            async_scheduling=args.async_scheduling,
         )
         for _ in range(args.warmup):
             await engine_request(args, engine, warm)
@@ -321,6 +322,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="for --in-process")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.4, help="--in-process")
     ap.add_argument("--max-num-seqs", type=int, default=64, help="for --in-process")
+    ap.add_argument("--async-scheduling", action="store_true", help="for --in-process")
     args = ap.parse_args()
     args.argv = sys.argv[1:]
     asyncio.run(main_run(args))
