@@ -2,7 +2,8 @@
 
 Two parts, for the kernel notes (kernels/cuda/NOTES.md):
 
-    python bench/cuda_step_profile.py gemm     # cuBLAS (through torch) floor of the step's GEMMs
+    python bench/cuda_step_profile.py gemm     # cuBLAS (through torch) floor of the step's GEMMs,
+                                               # then the step's GEMMs at 1..256 rows
     ncu --clock-control none --launch-skip 3000 --launch-count 400 --csv \\
         --metrics gpu__time_duration.sum,dram__bytes_read.sum \\
         python bench/cuda_step_profile.py decode [--batch 256 --prompt-len 1024]
@@ -11,9 +12,11 @@ Two parts, for the kernel notes (kernels/cuda/NOTES.md):
 `gemm` times `F.linear` on one row for each weight shape of the model (QKV, O, gate/up, down,
 LM head), rotating among copies of each weight so that no repeat reads it from L2, and prints
 the GEMM time of one decode step next to the bytes it must read and the card's copy
-bandwidth. `decode` loads the checkpoint that bench/cuda_bench.py writes and decodes one
-sequence, so that ncu sees a steady stream of decode steps after the first few thousand
-kernels.
+bandwidth; then, for batched decode steps of --rows rows, the step's GEMM time against its
+floor (per GEMM the larger of weight bytes / copy bandwidth and FLOPs / the 8192^3 rate),
+which shows where decode turns compute-bound and how close cuBLAS gets there. `decode` loads
+the checkpoint that bench/cuda_bench.py writes and decodes one sequence, so that ncu sees a
+steady stream of decode steps after the first few thousand kernels.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cuda_bench import LLAMA_3_1_8B, copy_bandwidth, write_checkpoint  # noqa: E402
+from cuda_bench import LLAMA_3_1_8B, copy_bandwidth, gemm_rate, write_checkpoint  # noqa: E402
 
 HIDDEN = LLAMA_3_1_8B["hidden_size"]
 INTER = LLAMA_3_1_8B["intermediate_size"]
@@ -45,10 +48,11 @@ SHAPES = [
 ]
 
 
-def time_linear(n: int, k: int, copies: int = 4, repeats: int = 50) -> float:
-    """Median seconds of `F.linear(x[1, k], w[n, k])`, bf16, cycling through `copies` weights."""
+def time_linear(n: int, k: int, rows: int = 1, copies: int = 4, repeats: int = 50) -> float:
+    """Median seconds of `F.linear(x[rows, k], w[n, k])`, bf16, cycling through `copies`
+    weights so that no repeat reads its weight from L2."""
     ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
-    x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
     for w in ws:
         torch.nn.functional.linear(x, w)
     times = []
@@ -62,7 +66,7 @@ def time_linear(n: int, k: int, copies: int = 4, repeats: int = 50) -> float:
     return statistics.median(times)
 
 
-def gemm_floor() -> None:
+def gemm_floor(rows_list: list[int]) -> None:
     bw = copy_bandwidth()
     print(f"card: {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s")
     print("| GEMM | n × k | µs | GB/s | per step µs |\n| --- | --- | --- | --- | --- |")
@@ -80,6 +84,23 @@ def gemm_floor() -> None:
         f"({total_bytes / total / 1e12:.2f} TB/s); at copy bandwidth: "
         f"{total_bytes / bw * 1e3:.2f} ms"
     )
+    # Batched decode: where a step turns from reading weights to computing. Floor per GEMM =
+    # max(weight bytes / copy bandwidth, FLOPs / the 8192^3 rate).
+    rate = gemm_rate()
+    print(f"\nbf16 GEMM rate (8192^3): {rate / 1e12:.0f} TFLOP/s")
+    print("| rows | decode-step GEMMs ms | floor ms | of floor | TFLOP/s |")
+    print("| --- | --- | --- | --- | --- |")
+    for rows in rows_list:
+        step = floor = flops = 0.0
+        for _, n, k, times in SHAPES:
+            t = time_linear(n, k, rows=rows, copies=3, repeats=20)
+            step += t * times
+            floor += max(2 * n * k / bw, 2 * rows * n * k / rate) * times
+            flops += 2 * rows * n * k * times
+        print(
+            f"| {rows} | {step * 1e3:.2f} | {floor * 1e3:.2f} | {floor / step:.0%} "
+            f"| {flops / step / 1e12:.0f} |"
+        )
 
 
 def decode(model_dir: Path, batch: int, prompt_len: int, new_tokens: int) -> None:
@@ -104,9 +125,16 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1, help="sequences decoded together")
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument(
+        "--rows",
+        type=int,
+        nargs="+",
+        default=[1, 16, 64, 128, 192, 256],
+        help="gemm: batched decode sizes to time",
+    )
     args = ap.parse_args()
     if args.part == "gemm":
-        gemm_floor()
+        gemm_floor(args.rows)
     else:
         decode(args.model_dir, args.batch, args.prompt_len, args.new_tokens)
 
