@@ -75,7 +75,7 @@ def engine_splits(rows: int, max_context: int, sm_count: int) -> int:
     return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows))
 
 
-def time_step(stream, kernel, block, combine, rows, splits, flush, tensors) -> float:
+def time_step(stream, kernel, combine, rows, splits, flush, tensors) -> float:
     """Median seconds of one decode attention launch (and its combine when split), L2 flushed."""
     qkv, k, v, out, row_seq, row_pos, tables = tensors
     p_out = torch.empty(rows * splits * NUM_HEADS * HEAD_DIM, device="cuda")
@@ -86,9 +86,7 @@ def time_step(stream, kernel, block, combine, rows, splits, flush, tensors) -> f
     combine_params = (p_out.data_ptr(), p_lse.data_ptr(), out.data_ptr(), np.int32(splits), 0)
 
     def step():
-        launch(
-            stream, LaunchConfig(grid=(rows, NUM_KV_HEADS, splits), block=block), kernel, *params
-        )
+        launch(stream, LaunchConfig(grid=(rows, NUM_KV_HEADS, splits), block=32), kernel, *params)
         if splits > 1:
             cfg = LaunchConfig(grid=(rows, NUM_HEADS), block=HEAD_DIM)
             launch(stream, cfg, combine, *combine_params)
@@ -120,12 +118,13 @@ def main() -> None:
     gpu = torch.cuda.get_device_name()
     print(f"{gpu}, {sm_count} SMs, copy {copy_bw / 1e12:.2f} TB/s")
 
-    variants = {"decode_attention": (load("decode_attention", "decode_attention"), 32)}
-    combine = {"decode_attention": load("decode_attention", "attention_combine")}
-    for stages in (2, 4):  # the pipeline depth (3 in the engine)
-        name = f"decode_attention/{stages}"
-        variants[name] = (load("decode_attention", "decode_attention", DECODE_STAGES=stages), 32)
-        combine[name] = combine["decode_attention"]
+    # The engine's kernel, then other pipeline depths (3 in the engine); one warp per CTA.
+    variants = {"decode_attention": load("decode_attention", "decode_attention")}
+    for stages in (2, 4):
+        variants[f"decode_attention/{stages}"] = load(
+            "decode_attention", "decode_attention", DECODE_STAGES=stages
+        )
+    combine = load("decode_attention", "attention_combine")
 
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     results = []
@@ -142,9 +141,9 @@ def main() -> None:
         tensors = (qkv, k, v, out, row_seq, row_pos, tables)
         kv_bytes = 2 * rows * context * NUM_KV_HEADS * HEAD_DIM * 2
         max_context = blocks_per_seq * BLOCK
-        for name, (kernel, block) in variants.items():
+        for name, kernel in variants.items():
             splits = engine_splits(rows, max_context, sm_count)
-            t = time_step(stream, kernel, block, combine[name], rows, splits, flush, tensors)
+            t = time_step(stream, kernel, combine, rows, splits, flush, tensors)
             row = {
                 "kernel": name,
                 "rows": rows,

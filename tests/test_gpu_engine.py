@@ -68,6 +68,17 @@ def wait_idle(engine):
     assert (stats["num_running"], stats["num_waiting"], stats["kv_blocks_used"]) == (0, 0, 0)
 
 
+def wait_idle_soon(engine):
+    """wait_idle, once the engine has had a few seconds to return the blocks of a request that
+    was dropped or aborted (its engine loop aborts a dropped stream at its next step; with
+    async scheduling a sequence aborted mid-step frees its blocks when that step completes)."""
+    for _ in range(500):
+        if engine.stats()["kv_blocks_used"] == 0:
+            break
+        threading.Event().wait(0.01)
+    wait_idle(engine)
+
+
 def assert_equal_up_to_near_tie(a: infire.CompletionOutput, b: infire.CompletionOutput, what):
     """`a` and `b` (greedy, with logprobs) share their tokens up to a near-tie: the first token
     where they part is within TIE_LOGPROB of `a`'s choice in `a`'s own distribution, and the
@@ -163,12 +174,6 @@ def test_abort_mid_stream_frees_every_block(engine):
     outs = list(stream)
     assert outs and outs[-1].outputs[0].finish_reason == "abort"
     assert len(outs[-1].outputs[0].token_ids) < 3000
-    # (With async scheduling the blocks of a sequence aborted while a step is in flight return
-    # when that step is collected, a step later; test_async_scheduling_* cover that.)
-    for _ in range(200):
-        if engine.stats()["kv_blocks_used"] == 0:
-            break
-        threading.Event().wait(0.01)
     wait_idle(engine)
 
 
@@ -177,11 +182,7 @@ def test_dropping_a_stream_aborts_it(engine):
     stream = engine.stream(PROMPTS[5], SamplingParams(max_tokens=3000, ignore_eos=True))
     next(stream)
     del stream
-    for _ in range(200):
-        if engine.stats()["kv_blocks_used"] == 0:
-            break
-        threading.Event().wait(0.01)
-    wait_idle(engine)
+    wait_idle_soon(engine)
 
 
 def test_async_scheduling_agrees_with_synchronous(checkpoint, engine):
@@ -202,11 +203,7 @@ def test_async_scheduling_agrees_with_synchronous(checkpoint, engine):
     eng.abort(stream.request_id)
     outs = list(stream)
     assert outs and outs[-1].outputs[0].finish_reason == "abort"
-    for _ in range(200):
-        if eng.stats()["kv_blocks_used"] == 0:
-            break
-        threading.Event().wait(0.01)
-    wait_idle(eng)
+    wait_idle_soon(eng)
 
 
 def test_seeds_reproduce_n2_samples(engine):

@@ -637,8 +637,8 @@ fn serve(
 
 /// Engine options from the dict the Python layer builds: `max_model_len`, `kv_cache_tokens`,
 /// `max_num_batched_tokens`, `max_num_seqs`, `block_size`, `enable_prefix_caching`, `seed`,
-/// `async_scheduling`, `device`, `dtype`, `gpu_memory_utilization`. Missing keys take the defaults; unknown keys
-/// are an error.
+/// `async_scheduling`, `device`, `dtype`, `gpu_memory_utilization`. Missing keys take the
+/// defaults; unknown keys are an error.
 fn engine_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, DeviceOptions)> {
     let mut config = EngineConfig::default();
     let mut device = DeviceOptions::default();

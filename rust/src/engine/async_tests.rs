@@ -49,6 +49,31 @@ fn fold(outs: &mut HashMap<(u64, usize), Out>, deltas: Vec<SeqDelta>) {
     }
 }
 
+/// Equal tokens, text, final deltas and finish reasons per sequence; prompt log-probabilities
+/// with equal ids and values within 1e-4 (they differ in the last bits with the batch's size).
+fn assert_same_outputs(got: &HashMap<(u64, usize), Out>, want: &HashMap<(u64, usize), Out>) {
+    assert_eq!(got.len(), want.len());
+    for (k, w) in want {
+        let g = &got[k];
+        assert_eq!(
+            (&g.tokens, &g.text, g.finals, g.finish),
+            (&w.tokens, &w.text, w.finals, w.finish),
+            "{k:?}"
+        );
+        let (gp, wp) = (
+            g.plp.clone().unwrap_or_default(),
+            w.plp.clone().unwrap_or_default(),
+        );
+        assert_eq!(gp.len(), wp.len());
+        for (a, b) in gp.iter().zip(&wp) {
+            for ((ta, la), (tb, lb)) in a.iter().zip(b) {
+                assert_eq!(ta, tb);
+                assert!((la - lb).abs() < 1e-4);
+            }
+        }
+    }
+}
+
 fn prompt(e: &Engine<CpuBackend>, s: &str) -> Vec<u32> {
     e.tokenizer().encode(s, true).unwrap()
 }
@@ -165,26 +190,7 @@ fn abort_in_flight_keeps_the_rows_of_the_others() {
     };
     let want = run(false, false);
     let got = run(true, true);
-    // Logprobs differ in the last bits with the batch's size: compare ids and values to 1e-4.
-    assert_eq!(got.len(), want.len());
-    for (k, w) in &want {
-        let g = &got[k];
-        assert_eq!(
-            (&g.tokens, &g.text, g.finals, g.finish),
-            (&w.tokens, &w.text, w.finals, w.finish)
-        );
-        let (gp, wp) = (
-            g.plp.clone().unwrap_or_default(),
-            w.plp.clone().unwrap_or_default(),
-        );
-        assert_eq!(gp.len(), wp.len());
-        for (a, b) in gp.iter().zip(&wp) {
-            for ((ta, la), (tb, lb)) in a.iter().zip(b) {
-                assert_eq!(ta, tb);
-                assert!((la - lb).abs() < 1e-4);
-            }
-        }
-    }
+    assert_same_outputs(&got, &want);
 }
 
 /// A sequence aborted while a step is in flight gets exactly one final delta and its blocks
@@ -407,24 +413,5 @@ fn abort_in_flight_victim_rows_first() {
     };
     let want = run(false);
     let got = run(true);
-    assert_eq!(got.len(), want.len());
-    for (k, w) in &want {
-        let g = &got[k];
-        assert_eq!(
-            (&g.tokens, &g.text, g.finals, g.finish),
-            (&w.tokens, &w.text, w.finals, w.finish),
-            "{k:?}"
-        );
-        let (gp, wp) = (
-            g.plp.clone().unwrap_or_default(),
-            w.plp.clone().unwrap_or_default(),
-        );
-        assert_eq!(gp.len(), wp.len());
-        for (a, b) in gp.iter().zip(&wp) {
-            for ((ta, la), (tb, lb)) in a.iter().zip(b) {
-                assert_eq!(ta, tb);
-                assert!((la - lb).abs() < 1e-4);
-            }
-        }
-    }
+    assert_same_outputs(&got, &want);
 }

@@ -353,12 +353,8 @@ impl<B: Backend> Engine<B> {
         let in_flight = self.in_flight.is_some();
         if in_flight {
             let mine = |s: &&mut Sequence| s.request_id == request_id && !s.is_finished();
-            for seq in self.scheduler.running.iter_mut().filter(mine) {
-                // Text first: with async scheduling the last collected token has none yet.
-                let _ = seq.detokenize(&self.tokenizer);
-                seq.finish(Some(FinishReason::Abort));
-                deltas.extend(seq.take_delta());
-            }
+            let aborted = self.scheduler.running.iter_mut().filter(mine);
+            deltas.extend(aborted.filter_map(|s| abort_delta(s, &self.tokenizer)));
         }
         let mut seqs = self
             .scheduler
@@ -368,11 +364,10 @@ impl<B: Backend> Engine<B> {
                 .remove(&request_id)
                 .unwrap_or_default(),
         );
-        deltas.extend(seqs.iter_mut().filter_map(|s| {
-            let _ = s.detokenize(&self.tokenizer);
-            s.finish(Some(FinishReason::Abort));
-            s.take_delta()
-        }));
+        deltas.extend(
+            seqs.iter_mut()
+                .filter_map(|s| abort_delta(s, &self.tokenizer)),
+        );
         deltas
     }
 
@@ -417,12 +412,12 @@ impl<B: Backend> Engine<B> {
                 return (Vec::new(), failed);
             }
         };
-        let mut errors = self.apply_step(&launched, &logits, &tokens, self.async_scheduling);
+        let mut errors = self.apply_step(&launched, &logits, &tokens);
         let mut deltas = Vec::new();
         for mut seq in self.scheduler.take_finished(&mut self.kv) {
-            match seq.detokenize(&self.tokenizer) {
-                Ok(()) => deltas.extend(seq.take_delta()),
-                Err(e) => errors.push((seq.request_id, e)),
+            match emit_delta(&mut seq, &self.tokenizer) {
+                Ok(delta) => deltas.extend(delta),
+                Err(e) => errors.push(e),
             }
             // A request whose first sequence ended before its siblings started lets them go.
             if let Some(siblings) = self.pending_siblings.remove(&seq.request_id) {
@@ -447,13 +442,7 @@ impl<B: Backend> Engine<B> {
     /// [`launch_next`](Self::launch_next) started.
     pub fn emit(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
         let tokenizer = &self.tokenizer;
-        let emit = |seq: &mut Sequence| match seq.detokenize(tokenizer) {
-            Ok(()) => Ok(seq.take_delta()),
-            Err(e) => {
-                seq.finish(Some(FinishReason::Abort));
-                Err((seq.request_id, e))
-            }
-        };
+        let emit = |seq: &mut Sequence| emit_delta(seq, tokenizer);
         let running: Vec<_> = self
             .scheduler
             .running
@@ -505,15 +494,14 @@ impl<B: Backend> Engine<B> {
     /// Applies a collected step: progress, prefix-cache blocks, prompt log-probabilities, and
     /// the sampled token of each sequence that reached the end of its prompt, with the finish
     /// checks that need no text (end and stop token ids, length). Sequences with stop strings,
-    /// and all of them when `defer_text` is false, are detokenized here too, since their text
-    /// decides whether they run in the next step. Sequences that finished while the step was
+    /// and all of them without async scheduling, are detokenized here too: their text decides
+    /// whether they run in the next step. Sequences that finished while the step was
     /// in flight (aborted) only have their rows skipped. Returns the sequences that failed.
     fn apply_step(
         &mut self,
         launched: &Launched,
         logits: &[f32],
         tokens: &[u32],
-        defer_text: bool,
     ) -> Vec<(u64, Error)> {
         let mut rows = logits.chunks_exact(self.model.config.vocab_size);
         let mut greedy_tokens = tokens.iter().copied();
@@ -556,6 +544,7 @@ impl<B: Backend> Engine<B> {
         // Sampling (a softmax over the vocabulary when on the host) is per sequence: in
         // parallel over the engine's threads in chunks of 64 sequences.
         let (tokenizer, eos) = (&self.tokenizer, &self.eos_token_ids[..]);
+        let defer_text = self.async_scheduling;
         let mut work: Vec<(&mut Sequence, Sample)> = Vec::with_capacity(samples.len());
         let mut samples = samples.into_iter().peekable();
         for (i, seq) in self.scheduler.running.iter_mut().enumerate() {
@@ -611,6 +600,29 @@ impl<B: Backend> Drop for Engine<B> {
                 .collect(&self.backend, &self.bufs, l.rows, l.greedy);
         }
     }
+}
+
+/// Brings `seq`'s text up to its tokens and takes its delta; a failed detokenization finishes
+/// it (Abort) and comes back with its request id.
+fn emit_delta(
+    seq: &mut Sequence,
+    tokenizer: &Tokenizer,
+) -> std::result::Result<Option<SeqDelta>, (u64, Error)> {
+    match seq.detokenize(tokenizer) {
+        Ok(()) => Ok(seq.take_delta()),
+        Err(e) => {
+            seq.finish(Some(FinishReason::Abort));
+            Err((seq.request_id, e))
+        }
+    }
+}
+
+/// Finishes `seq` as aborted and returns its final delta, with the text of every token first
+/// (with async scheduling the last collected token has none yet).
+fn abort_delta(seq: &mut Sequence, tokenizer: &Tokenizer) -> Option<SeqDelta> {
+    let _ = seq.detokenize(tokenizer);
+    seq.finish(Some(FinishReason::Abort));
+    seq.take_delta()
 }
 
 /// A step launched on the backend and not yet collected.

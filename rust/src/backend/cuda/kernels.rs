@@ -55,6 +55,13 @@ fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usiz
     by_gpu.min(by_keys).min(by_buffer).max(1)
 }
 
+/// The scalar arguments both attention kernels take: the qkv row width, the softmax scale
+/// 1/√head_dim, and the block-table row width.
+fn attention_args(shape: AttentionShape, meta: &StepMeta) -> (i32, f32, i32) {
+    let scale = 1.0 / (shape.head_dim as f32).sqrt();
+    (shape.qkv_width() as i32, scale, meta.max_blocks as i32)
+}
+
 /// CTAs per (row, kv head) of decode attention: one per 16 query heads of the GQA group.
 fn decode_head_tiles(shape: AttentionShape) -> usize {
     (shape.num_heads / shape.num_kv_heads).div_ceil(16)
@@ -301,9 +308,7 @@ impl Kernels {
             return self.decode_attention(stream, qkv, caches, out, meta, shape, split_buf, None);
         }
         if meta.num_prefill_tiles > 0 {
-            let width = shape.qkv_width() as i32;
-            let scale = 1.0 / (shape.head_dim as f32).sqrt();
-            let max_blocks = meta.max_blocks as i32;
+            let (width, scale, max_blocks) = attention_args(shape, meta);
             let (tables, tiles) = (meta.block_tables(), meta.prefill_tiles());
             let (q_start, q_len, ctx_len) = (
                 meta.seq_query_start(),
@@ -337,9 +342,7 @@ impl Kernels {
         rows: Option<(u64, usize)>,
     ) -> Result<()> {
         let (row_list, n) = rows.unwrap_or((0, meta.rows));
-        let width = shape.qkv_width() as i32;
-        let scale = 1.0 / (shape.head_dim as f32).sqrt();
-        let max_blocks = meta.max_blocks as i32;
+        let (width, scale, max_blocks) = attention_args(shape, meta);
         let (tables, row_seq, row_pos) = (meta.block_tables(), meta.row_seq(), meta.positions());
         let splits = decode_splits(n, shape, split_buf);
         let splits32 = splits as i32;

@@ -20,7 +20,7 @@ use crate::backend::ForwardBatch;
 use crate::error::Result;
 
 /// Query rows per CTA of `prefill_attention` (its `Q_TILE`).
-pub const PREFILL_TILE: usize = 64;
+const PREFILL_TILE: usize = 64;
 
 /// Device copy of the current step's [`ForwardBatch`], and the offsets of its parts.
 pub struct StepMeta {
