@@ -315,6 +315,67 @@ def test_silu_mul(dtype, rows, n):
     assert rel_err(out, gate * torch.sigmoid(gate) * up) < REL_TOL[dtype]
 
 
+GEMV_VARIANTS = [
+    ("plain", "store"),
+    ("plain", "f32"),
+    ("plain", "add"),
+    ("norm", "store"),
+    ("norm", "f32"),
+    ("silu", "add"),
+]
+
+
+def gemv_input_reference(prologue, x, nw, eps):
+    """What the GEMV's prologue feeds the product, rounded where the unfused kernels round."""
+    if prologue == "norm":
+        return rms_norm_reference(x, nw, eps).float()
+    if prologue == "silu":
+        k = x.shape[1] // 2
+        gate, up = x[:, :k].float(), x[:, k:].float()
+        return (gate / (1 + torch.exp(-gate)) * up).to(x.dtype).float()
+    return x.float()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("prologue", "epilogue"), GEMV_VARIANTS, ids="-".join)
+@pytest.mark.parametrize(
+    ("n", "k", "cols_per_cta"),
+    # n not a multiple of the 4-column group; k below one vector per thread (k = 64), not a
+    # multiple of 256 vectors (k = 2056), a Llama-3-8B o_proj (4096 x 4096) with the engine's
+    # split (8 columns per CTA on 132 SMs x 4 CTAs), and its down_proj's k (14336).
+    [(37, 64, 4), (1003, 2056, 12), (4096, 4096, 8), (520, 14336, 8)],
+)
+def test_gemv(dtype, prologue, epilogue, n, k, cols_per_cta):
+    t, rows = DTYPES[dtype], 1
+    x_width = 2 * k if prologue == "silu" else k
+    # Two extra rows past `rows` that the kernel must not read or write.
+    x = (2 * torch.randn(rows + 2, x_width, device="cuda")).to(t)
+    w = (torch.randn(n, k, device="cuda") / math.sqrt(k)).to(t)
+    nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(t)
+    bias = (0.1 * torch.randn(n, device="cuda")).to(t) if epilogue != "add" else None
+    eps = 1e-5
+    xin = gemv_input_reference(prologue, x[:rows], nw, eps)
+    acc = xin.double() @ w.double().T
+    if epilogue == "add":
+        out = torch.randn(rows + 2, n, device="cuda").to(t)
+        before = out.clone()
+        expected = (before[:rows].double() + acc.to(t).double()).to(t)
+    else:
+        out = nan_like((rows + 2, n), torch.float32 if epilogue == "f32" else t)
+        before = out.clone()
+        expected = acc + bias.double()
+    grid = math.ceil(n / cols_per_cta)
+    func = f"gemv_{prologue}_{epilogue}_m1"
+    bias_arg = bias if bias is not None else NULL
+    args = (w, x, nw, bias_arg, out, i32(rows), i32(n), i32(k), i32(cols_per_cta), f32(eps))
+    run("gemv", func, grid, 256, *args, dtype=dtype)
+    tol = REL_TOL[dtype] / 10 if epilogue == "f32" else REL_TOL[dtype]
+    assert rel_err(out[:rows], expected) < tol
+    assert torch.equal(out[rows:].isnan(), before[rows:].isnan())
+    if epilogue == "add":
+        assert torch.equal(out[rows:], before[rows:])
+
+
 @pytest.mark.parametrize(("rows", "vocab"), [(1, 128256), (3, 1000), (17, 7), (100, 49152)])
 def test_argmax(rows, vocab):
     logits = torch.randn(rows, vocab, device="cuda")

@@ -18,7 +18,21 @@ KERNEL_FILES = {
     "argmax",
     "decode_attention",
     "prefill_attention",
+    "gemv",
 }
+
+# gemv.cu's entry points come from a macro: gemv_<input>_<output>_m<rows>.
+GEMV_ENTRIES = [
+    f"gemv_{variant}_m1"
+    for variant in (
+        "plain_store",
+        "plain_f32",
+        "plain_add",
+        "norm_store",
+        "norm_f32",
+        "silu_add",
+    )
+]
 
 # (HEAD_DIM, NUM_HEADS, NUM_KV_HEADS): Llama-3-8B (GQA 4), SmolLM2-135M (head_dim 64, GQA 3),
 # MHA, GQA 8 with head_dim 64, GQA 16, and GQA 32 (decode attention's two head tiles).
@@ -32,6 +46,8 @@ def test_every_kernel_file_is_embedded():
 
 
 def kernel_functions(name: str) -> list[str]:
+    if name == "gemv":
+        return GEMV_ENTRIES
     functions = ENTRY.findall(kernels.source(name))
     assert functions, f'no extern "C" __global__ function in {name}'
     return functions
@@ -56,3 +72,9 @@ def test_kernel_compiles(name, arch, dtype, shape):
     ptx = ptx.decode() if isinstance(ptx, bytes) else ptx
     for function in kernel_functions(name):
         assert re.search(rf"\.entry\s+{function}\s*\(", ptx), f"{function} missing from the PTX"
+    if arch == "sm_90a":
+        # Every kernel waits for the kernel before it (pdl_begin in common.cuh): the runtime
+        # launches them all with programmatic dependent launch on Hopper.
+        for body in re.split(r"\.entry\s+", ptx)[1:]:
+            function = body.split("(", 1)[0]
+            assert "griddepcontrol.wait" in body, f"{function} never calls pdl_begin()"

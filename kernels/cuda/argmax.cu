@@ -16,6 +16,7 @@ __device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi) 
 
 extern "C" __global__ void __launch_bounds__(ARGMAX_THREADS)
 argmax(const float* __restrict__ logits, int vocab, int* __restrict__ out) {
+    pdl_begin();
     const float* row = logits + (long long)blockIdx.x * vocab;
     // Start from "NaN at no index", which every element beats or ties past.
     float best = __int_as_float(0x7fffffff);

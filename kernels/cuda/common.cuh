@@ -30,6 +30,21 @@ __device__ __forceinline__ T from_float(float x) { return __float2half_rn(x); }
 #define INFINITY __int_as_float(0x7f800000)
 #endif
 
+// Programmatic dependent launch (sm_90+). The runtime launches kernels with the programmatic
+// stream serialization attribute, so a kernel's CTAs may start while the kernel before it on the
+// stream is still running. Every kernel therefore calls pdl_begin() before it reads anything an
+// earlier kernel wrote and before it writes anything: griddepcontrol.wait returns once the
+// preceding grid has completed and its writes are visible (at once when there is no such
+// launch). It then lets the next kernel's CTAs be scheduled, so their launch, and any prologue
+// they run before their own wait (a GEMV's first weight loads), overlap this kernel's work.
+// tests/test_kernel_compile.py checks that every kernel calls it.
+__device__ __forceinline__ void pdl_begin() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" :::);
+#endif
+}
+
 // One 16-byte vector = 8 elements of T: the unit of every global load and store of T.
 constexpr int VEC = 8;
 typedef uint4 Vec;

@@ -89,6 +89,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                  const int* __restrict__ block_tables, int max_blocks_per_seq, int qkv_width,
                  float scale, float* __restrict__ partial_out, float* __restrict__ partial_lse,
                  int num_splits, const int* __restrict__ row_list) {
+    pdl_begin();
     __shared__ Vec k_smem[STAGES][TILE_KEYS * STRIDE / VEC];
     __shared__ Vec v_smem[STAGES][TILE_KEYS * STRIDE / VEC];
 
@@ -242,6 +243,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
 extern "C" __global__ void __launch_bounds__(256)
 attention_combine(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
                   T* __restrict__ out, int num_splits, const int* __restrict__ row_list) {
+    pdl_begin();
     const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const int r = row_list ? row_list[i] : i;
     const float* lse = partial_lse + (long long)i * num_splits * NUM_HEADS + h;

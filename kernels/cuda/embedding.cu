@@ -6,6 +6,7 @@
 extern "C" __global__ void __launch_bounds__(128)
 embedding(const T* __restrict__ table, const unsigned* __restrict__ ids, T* __restrict__ out,
           int hidden) {
+    pdl_begin();
     const long long r = blockIdx.x;
     const T* src = table + (long long)ids[r] * hidden;
     T* dst = out + r * hidden;

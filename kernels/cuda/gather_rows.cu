@@ -7,6 +7,7 @@
 extern "C" __global__ void __launch_bounds__(128)
 gather_rows(const T* __restrict__ x, const int* __restrict__ rows, T* __restrict__ out,
             int width) {
+    pdl_begin();
     const long long i = blockIdx.x;
     const T* src = x + (long long)rows[i] * width;
     T* dst = out + i * width;

@@ -68,6 +68,7 @@ prefill_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                   const int* __restrict__ seq_context_len, const int* __restrict__ block_tables,
                   int max_blocks_per_seq, int qkv_width, float scale,
                   const int* __restrict__ tiles) {
+    pdl_begin();
     __shared__ Vec k_smem[KV_TILE * STRIDE / VEC], v_smem[KV_TILE * STRIDE / VEC];
     T* k_tile = reinterpret_cast<T*>(k_smem);
     T* v_tile = reinterpret_cast<T*>(v_smem);

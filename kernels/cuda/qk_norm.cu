@@ -11,6 +11,7 @@ static_assert(HEAD_DIM % VEC == 0 && HEAD_DIM / VEC <= 32, "qk_norm: HEAD_DIM mu
 extern "C" __global__ void __launch_bounds__(32)
 qk_norm(T* __restrict__ qkv, const T* __restrict__ q_w, const T* __restrict__ k_w,
         int qkv_width, float eps) {
+    pdl_begin();
     const int head = blockIdx.y;
     const T* w = head < NUM_HEADS ? q_w : k_w;
     T* x = qkv + (long long)blockIdx.x * qkv_width + head * HEAD_DIM;

@@ -34,6 +34,7 @@ __device__ __forceinline__ void normalize_store(float (&v)[MAX_VECS_PER_THREAD][
 extern "C" __global__ void __launch_bounds__(RMS_THREADS)
 rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, int hidden,
          float eps) {
+    pdl_begin();
     const long long row = (long long)blockIdx.x * hidden;
     float v[MAX_VECS_PER_THREAD][VEC];
     float sum_sq = 0.0f;
@@ -51,6 +52,7 @@ rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, 
 extern "C" __global__ void __launch_bounds__(RMS_THREADS)
 add_rms_norm(T* __restrict__ residual, const T* __restrict__ x, const T* __restrict__ w,
              T* __restrict__ out, int hidden, float eps) {
+    pdl_begin();
     const long long row = (long long)blockIdx.x * hidden;
     float v[MAX_VECS_PER_THREAD][VEC];
     float sum_sq = 0.0f;

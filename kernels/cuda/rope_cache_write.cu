@@ -27,6 +27,7 @@ extern "C" __global__ void __launch_bounds__(128)
 rope_cache_write(T* __restrict__ qkv, const int* __restrict__ positions,
                  const int* __restrict__ slot_mapping, const float* __restrict__ inv_freq,
                  T* __restrict__ k_cache, T* __restrict__ v_cache, int qkv_width) {
+    pdl_begin();
     __shared__ float cos_a[ROPE_HALF], sin_a[ROPE_HALF];
     const int r = blockIdx.x;
     const float pos = (float)positions[r];

@@ -7,6 +7,7 @@
 // so results may differ from it by one ulp). n is a multiple of 8.
 extern "C" __global__ void __launch_bounds__(256)
 silu_mul(const T* __restrict__ x, T* __restrict__ out, int n) {
+    pdl_begin();
     const int j = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     if (j >= n) return;
     const long long r = blockIdx.y;

@@ -75,6 +75,15 @@ impl AttentionShape {
     }
 }
 
+/// Where the result of a [`Backend::linear_residual`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Residual {
+    /// Added into the residual stream.
+    Added,
+    /// Written to the `out` buffer; the caller adds it (with its next norm).
+    Pending,
+}
+
 /// Operations of the forward pass. Buffers hold `rows × width` activations row-major; each
 /// operation is told the row count, so one buffer sized for the largest batch serves every step.
 pub trait Backend: Send {
@@ -167,6 +176,63 @@ pub trait Backend: Send {
         bias: Option<&Self::Vector>,
         out: &mut Self::Buf,
     );
+    /// `out = rmsnorm(residual) * norm_w · wᵀ (+ bias)`, with `residual += add` first (stored,
+    /// as [`add_rms_norm`](Self::add_rms_norm) does) when `add` is given. `normed` is
+    /// scratch of `rows × w.cols` for a backend that materializes the normalized rows (this
+    /// default does); a backend that fuses the norm into the projection may leave it alone.
+    #[allow(clippy::too_many_arguments)]
+    fn norm_linear(
+        &self,
+        residual: &mut Self::Buf,
+        add: Option<&Self::Buf>,
+        norm_w: &Self::Vector,
+        eps: f32,
+        rows: usize,
+        w: &Self::Matrix,
+        bias: Option<&Self::Vector>,
+        normed: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) {
+        match add {
+            Some(x) => self.add_rms_norm(residual, x, norm_w, eps, rows, normed),
+            None => self.rms_norm(residual, norm_w, eps, rows, normed),
+        }
+        self.linear(normed, rows, w, bias, out);
+    }
+    /// A projection whose result belongs to the residual stream: either adds `x · wᵀ` into
+    /// `residual` itself ([`Residual::Added`]) or writes it to `out` and leaves the add to the
+    /// caller's next [`norm_linear`](Self::norm_linear) ([`Residual::Pending`], this default:
+    /// the add then fuses with the norm).
+    #[must_use]
+    fn linear_residual(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        w: &Self::Matrix,
+        _residual: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Residual {
+        self.linear(x, rows, w, None, out);
+        Residual::Pending
+    }
+    /// The MLP's second half: `act = silu(gate) * up` of a fused gate/up buffer of width
+    /// `2n`, then `act · wᵀ` into the residual stream as [`linear_residual`](Self::linear_residual).
+    /// `act` is scratch of `rows × n` for a backend that materializes it (this default does).
+    #[must_use]
+    #[allow(clippy::too_many_arguments)]
+    fn silu_mul_linear_residual(
+        &self,
+        gate_up: &Self::Buf,
+        rows: usize,
+        n: usize,
+        w: &Self::Matrix,
+        act: &mut Self::Buf,
+        residual: &mut Self::Buf,
+        out: &mut Self::Buf,
+    ) -> Residual {
+        self.silu_mul(gate_up, rows, n, act);
+        self.linear_residual(act, rows, w, residual, out)
+    }
     /// RMSNorm of each head of q and k in a fused QKV buffer, in place (Qwen3).
     fn qk_norm(
         &self,

@@ -1,7 +1,7 @@
 //! The Llama-family forward pass (Llama 2/3, Mistral, Qwen2 with QKV bias, Qwen3 with q/k
 //! norm, tied embeddings), written once against [`Backend`].
 
-use crate::backend::{AttentionShape, Backend, ForwardBatch};
+use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
 use crate::weights::{HostTensor, WeightSource};
@@ -261,30 +261,19 @@ impl<B: Backend> LlamaModel<B> {
         let shape = self.attention_shape();
         let eps = c.rms_norm_eps;
         backend.embedding(&self.embed_tokens, &batch.token_ids, &mut bufs.residual);
+        // Whether `bufs.hidden` holds a projection not yet added to the residual stream (the
+        // backend left the add to the next norm: see `Backend::linear_residual`).
+        let mut pending = false;
         for (i, layer) in self.layers.iter().enumerate() {
-            if i == 0 {
-                backend.rms_norm(
-                    &bufs.residual,
-                    &layer.input_norm,
-                    eps,
-                    rows,
-                    &mut bufs.normed,
-                );
-            } else {
-                backend.add_rms_norm(
-                    &mut bufs.residual,
-                    &bufs.hidden,
-                    &layer.input_norm,
-                    eps,
-                    rows,
-                    &mut bufs.normed,
-                );
-            }
-            backend.linear(
-                &bufs.normed,
+            backend.norm_linear(
+                &mut bufs.residual,
+                pending.then_some(&bufs.hidden),
+                &layer.input_norm,
+                eps,
                 rows,
                 &layer.qkv,
                 layer.qkv_bias.as_ref(),
+                &mut bufs.normed,
                 &mut bufs.qkv,
             );
             if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
@@ -292,18 +281,34 @@ impl<B: Backend> LlamaModel<B> {
             }
             backend.rope_and_cache_write(&mut bufs.qkv, batch, &self.inv_freq, shape, cache, i);
             backend.attention(&bufs.qkv, batch, shape, cache, i, &mut bufs.attn);
-            backend.linear(&bufs.attn, rows, &layer.o_proj, None, &mut bufs.hidden);
-            backend.add_rms_norm(
+            let o = backend.linear_residual(
+                &bufs.attn,
+                rows,
+                &layer.o_proj,
                 &mut bufs.residual,
-                &bufs.hidden,
+                &mut bufs.hidden,
+            );
+            backend.norm_linear(
+                &mut bufs.residual,
+                (o == Residual::Pending).then_some(&bufs.hidden),
                 &layer.post_attention_norm,
                 eps,
                 rows,
+                &layer.gate_up,
+                None,
                 &mut bufs.normed,
+                &mut bufs.gate_up,
             );
-            backend.linear(&bufs.normed, rows, &layer.gate_up, None, &mut bufs.gate_up);
-            backend.silu_mul(&bufs.gate_up, rows, c.intermediate_size, &mut bufs.act);
-            backend.linear(&bufs.act, rows, &layer.down, None, &mut bufs.hidden);
+            let down = backend.silu_mul_linear_residual(
+                &bufs.gate_up,
+                rows,
+                c.intermediate_size,
+                &layer.down,
+                &mut bufs.act,
+                &mut bufs.residual,
+                &mut bufs.hidden,
+            );
+            pending = down == Residual::Pending;
         }
         // Only the rows that need logits go through the final norm and the LM head.
         let n = batch.logits_rows.len();
@@ -314,17 +319,21 @@ impl<B: Backend> LlamaModel<B> {
             h,
             &mut bufs.last_residual,
         );
-        backend.gather_rows(&bufs.hidden, &batch.logits_rows, h, &mut bufs.last_hidden);
-        backend.add_rms_norm(
+        if pending {
+            backend.gather_rows(&bufs.hidden, &batch.logits_rows, h, &mut bufs.last_hidden);
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        backend.norm_linear(
             &mut bufs.last_residual,
-            &bufs.last_hidden,
+            pending.then_some(&bufs.last_hidden),
             &self.norm,
             eps,
             n,
+            head,
+            None,
             &mut bufs.last_normed,
+            &mut bufs.logits,
         );
-        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        backend.linear(&bufs.last_normed, n, head, None, &mut bufs.logits);
         n
     }
 }

@@ -33,6 +33,7 @@ const SOURCES: &[(&str, &str)] = &[
         "embedding",
         include_str!("../../../../kernels/cuda/embedding.cu"),
     ),
+    ("gemv", include_str!("../../../../kernels/cuda/gemv.cu")),
     (
         "gather_rows",
         include_str!("../../../../kernels/cuda/gather_rows.cu"),

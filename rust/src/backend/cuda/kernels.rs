@@ -3,11 +3,12 @@
 //! Each wrapper states the grid and block shape its kernel was written for (see the header
 //! comment of each file in `kernels/cuda/`); the argument order matches the kernel signature.
 
+use std::ffi::c_void;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaContext, CudaFunction, CudaStream};
 use cudarc::nvrtc::Ptx;
 use rayon::prelude::*;
 
@@ -23,6 +24,108 @@ const DECODE_CTAS_PER_SM: usize = 8;
 /// Fewest keys a split of decode attention gets: below this the combine costs more than the
 /// split saves.
 const MIN_KEYS_PER_SPLIT: usize = 64;
+/// Threads of a GEMV CTA (`GEMV_THREADS` in gemv.cu).
+const GEMV_THREADS: u32 = 256;
+
+/// Most rows a step may have for its projections to run as GEMVs (`kernels/cuda/gemv.cu`)
+/// rather than cuBLASLt GEMMs: one (at 2-8 rows the GEMV lost to cuBLASLt; NOTES.md).
+pub const GEMV_MAX_ROWS: usize = 1;
+/// The row counts the GEMV kernels are compiled for; a step runs the smallest that holds it.
+const GEMV_ROWS: [usize; 1] = [1];
+/// Output columns a GEMV CTA takes at a time (`GROUP` in gemv.cu): its columns per CTA are a
+/// multiple of this.
+const GEMV_GROUP: usize = 4;
+
+/// How a GEMV reads its input (see `kernels/cuda/gemv.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvInput {
+    /// As is.
+    Plain,
+    /// RMS-normalized and scaled by a norm weight.
+    Norm,
+    /// `silu(gate) * up` of a fused gate/up buffer twice as wide as `k`.
+    Silu,
+}
+
+/// What a GEMV does with its sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvOutput {
+    /// Rounded to the activation dtype (plus the bias, if any).
+    Store,
+    /// As f32 (plus the bias, if any): logits.
+    F32,
+    /// Rounded and added into the output (the residual stream).
+    Add,
+}
+
+/// The GEMV entry points gemv.cu defines, in the order of [`Kernels::gemv`].
+const GEMV_VARIANTS: [(GemvInput, GemvOutput); 6] = [
+    (GemvInput::Plain, GemvOutput::Store),
+    (GemvInput::Plain, GemvOutput::F32),
+    (GemvInput::Plain, GemvOutput::Add),
+    (GemvInput::Norm, GemvOutput::Store),
+    (GemvInput::Norm, GemvOutput::F32),
+    (GemvInput::Silu, GemvOutput::Add),
+];
+
+fn gemv_name(input: GemvInput, output: GemvOutput, m: usize) -> String {
+    let i = match input {
+        GemvInput::Plain => "plain",
+        GemvInput::Norm => "norm",
+        GemvInput::Silu => "silu",
+    };
+    let o = match output {
+        GemvOutput::Store => "store",
+        GemvOutput::F32 => "f32",
+        GemvOutput::Add => "add",
+    };
+    format!("gemv_{i}_{o}_m{m}")
+}
+
+/// Columns per CTA of an `n`-column GEMV: a multiple of [`GEMV_GROUP`], as few as let the
+/// whole grid be resident at once (`ctas_per_sm` on each of `sm_count` SMs), so that it runs
+/// in one wave with every CTA streaming the same number of weight bytes.
+fn gemv_cols_per_cta(n: usize, sm_count: usize, ctas_per_sm: usize) -> usize {
+    GEMV_GROUP * n.div_ceil(GEMV_GROUP * sm_count * ctas_per_sm).max(1)
+}
+
+/// A GEMV entry point and how many of its CTAs an SM holds.
+struct GemvKernel {
+    func: CudaFunction,
+    ctas_per_sm: usize,
+}
+
+impl GemvKernel {
+    fn new(func: CudaFunction) -> Result<GemvKernel> {
+        let ctas_per_sm = func
+            .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, 0, None)
+            .map_err(cuda_err)?
+            .max(1) as usize;
+        Ok(GemvKernel { func, ctas_per_sm })
+    }
+
+    /// Grid and columns per CTA for the launch `a`: as many CTAs as the GPU holds at once.
+    fn grid(&self, a: &GemvArgs, sm_count: usize) -> ((usize, usize, usize), i32) {
+        let cols = gemv_cols_per_cta(a.n, sm_count, self.ctas_per_sm);
+        ((a.n.div_ceil(cols), 1, 1), cols as i32)
+    }
+}
+
+/// The arguments of one GEMV launch (device addresses; 0 for an absent norm weight or bias).
+pub struct GemvArgs {
+    pub input: GemvInput,
+    pub output: GemvOutput,
+    pub rows: usize,
+    /// `[n, k]` weight.
+    pub w: u64,
+    pub n: usize,
+    pub k: usize,
+    pub x: u64,
+    pub norm_w: u64,
+    pub bias: u64,
+    pub out: u64,
+    pub eps: f32,
+}
 
 /// Scratch of split-KV decode attention: per (row, split) one partial output and one
 /// log-sum-exp per query head, f32.
@@ -149,29 +252,80 @@ pub struct Kernels {
     decode_attention: CudaFunction,
     attention_combine: CudaFunction,
     prefill_attention: CudaFunction,
+    /// `GEMV_VARIANTS.len() × GEMV_ROWS.len()` entry points, variant-major.
+    gemv: Vec<GemvKernel>,
+    /// Whether launches use programmatic dependent launch (Hopper and later).
+    pdl: bool,
 }
 
-fn cfg(grid: (usize, usize, usize), block: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0 as u32, grid.1 as u32, grid.2 as u32),
-        block_dim: (block, 1, 1),
-        shared_mem_bytes: 0,
+/// Launches `func` on `stream`: `grid` CTAs of `block` threads, `params` the addresses of the
+/// arguments in the order of the kernel's signature. With `pdl`, under programmatic dependent
+/// launch: the kernel may start before the one ahead of it has finished, which every kernel in
+/// kernels/cuda/ allows for by calling `pdl_begin()` (common.cuh) before it touches memory an
+/// earlier kernel writes or reads.
+///
+/// # Safety
+/// `params` match the kernel's signature in number, order and C types, and every buffer they
+/// point to is sized for the grid.
+unsafe fn launch_raw(
+    pdl: bool,
+    stream: &CudaStream,
+    func: &CudaFunction,
+    grid: (usize, usize, usize),
+    block: u32,
+    params: &mut [*mut c_void],
+) -> Result<()> {
+    stream.context().bind_to_thread().map_err(cuda_err)?;
+    // SAFETY: plain-old-data, every field set below or meaningful as zero.
+    let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr.value.programmaticStreamSerializationAllowed = 1;
+    let config = sys::CUlaunchConfig {
+        gridDimX: grid.0 as u32,
+        gridDimY: grid.1 as u32,
+        gridDimZ: grid.2 as u32,
+        blockDimX: block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: 0,
+        hStream: stream.cu_stream(),
+        attrs: &mut attr,
+        numAttrs: u32::from(pdl),
+    };
+    // SAFETY: the caller's contract; `config` and `attr` outlive the call.
+    unsafe {
+        sys::cuLaunchKernelEx(
+            &config,
+            func.cu_function(),
+            params.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
     }
+    .result()
+    .map_err(cuda_err)
 }
 
-fn launched<T>(r: std::result::Result<T, cudarc::driver::DriverError>) -> Result<()> {
-    r.map(|_| ()).map_err(cuda_err)
+/// The C types kernel parameters have here: `int`, `float`, and pointers as `u64` device
+/// addresses. Anything else (a `usize`, a Rust reference) fails to compile instead of passing
+/// the wrong number of bytes.
+trait KernelParam {}
+impl KernelParam for i32 {}
+impl KernelParam for f32 {}
+impl KernelParam for u64 {}
+
+/// The address of a kernel argument, as `cuLaunchKernelEx` takes it.
+fn param<T: KernelParam>(x: &T) -> *mut c_void {
+    x as *const T as *mut c_void
 }
 
-/// Launches kernel `func` on `stream`: `grid` CTAs of `block` threads, the arguments (locals,
-/// passed by address) in the order of the kernel's signature.
+/// Launches kernel `func` on `stream` for the [`Kernels`] `k`: `grid` CTAs of `block` threads,
+/// the arguments (locals, passed by address) in the order of the kernel's signature.
 macro_rules! launch {
-    ($stream:expr, $func:expr, $grid:expr, $block:expr; $($arg:ident),+ $(,)?) => {{
-        let mut b = $stream.launch_builder($func);
-        $( b.arg(&$arg); )+
+    ($k:expr, $stream:expr, $func:expr, $grid:expr, $block:expr; $($arg:ident),+ $(,)?) => {{
+        let mut params = [$( param(&$arg) ),+];
         // SAFETY: every caller passes the arguments in the order and with the C types of the
         // kernel's signature (see its file in kernels/cuda/), and buffers sized for the grid.
-        launched(unsafe { b.launch(cfg($grid, $block)) })
+        unsafe { launch_raw($k.pdl, $stream, $func, $grid, $block, &mut params) }
     }};
 }
 
@@ -191,7 +345,18 @@ impl Kernels {
                 .load_function(func)
                 .map_err(|e| Error::Engine(format!("kernel {func} in {file}: {e:?}")))
         };
+        let mut gemv = Vec::with_capacity(GEMV_VARIANTS.len() * GEMV_ROWS.len());
+        for (input, output) in GEMV_VARIANTS {
+            for m in GEMV_ROWS {
+                gemv.push(GemvKernel::new(f("gemv", &gemv_name(input, output, m))?)?);
+            }
+        }
+        // Programmatic dependent launch needs sm_90; INFIRE_PDL=0 turns it off (to measure it).
+        let (major, _) = ctx.compute_capability().map_err(cuda_err)?;
+        let pdl = major >= 9 && std::env::var("INFIRE_PDL").map_or(true, |v| v != "0");
         Ok(Kernels {
+            pdl,
+            gemv,
             embedding: f("embedding", "embedding")?,
             rms_norm: f("rms_norm", "rms_norm")?,
             add_rms_norm: f("rms_norm", "add_rms_norm")?,
@@ -216,7 +381,7 @@ impl Kernels {
         hidden: usize,
     ) -> Result<()> {
         let hidden = hidden as i32;
-        launch!(stream, &self.embedding, (rows, 1, 1), 128; table, ids, out, hidden)
+        launch!(self, stream, &self.embedding, (rows, 1, 1), 128; table, ids, out, hidden)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -231,7 +396,7 @@ impl Kernels {
         eps: f32,
     ) -> Result<()> {
         let hidden = hidden as i32;
-        launch!(stream, &self.rms_norm, (rows, 1, 1), 256; x, w, out, hidden, eps)
+        launch!(self, stream, &self.rms_norm, (rows, 1, 1), 256; x, w, out, hidden, eps)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -248,7 +413,7 @@ impl Kernels {
     ) -> Result<()> {
         let hidden = hidden as i32;
         let f = &self.add_rms_norm;
-        launch!(stream, f, (rows, 1, 1), 256; residual, x, w, out, hidden, eps)
+        launch!(self, stream, f, (rows, 1, 1), 256; residual, x, w, out, hidden, eps)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -264,7 +429,7 @@ impl Kernels {
     ) -> Result<()> {
         let width = shape.qkv_width() as i32;
         let heads = shape.num_heads + shape.num_kv_heads;
-        launch!(stream, &self.qk_norm, (rows, heads, 1), 32; qkv, q_w, k_w, width, eps)
+        launch!(self, stream, &self.qk_norm, (rows, heads, 1), 32; qkv, q_w, k_w, width, eps)
     }
 
     /// RoPE on q and k of every row and the cache write of k and v; every slot lies inside
@@ -282,7 +447,7 @@ impl Kernels {
     ) -> Result<()> {
         let width = shape.qkv_width() as i32;
         let (positions, slots) = (meta.positions(), meta.slots());
-        launch!(stream, &self.rope_cache_write, (meta.rows, 1, 1), 128;
+        launch!(self, stream, &self.rope_cache_write, (meta.rows, 1, 1), 128;
             qkv, positions, slots, inv_freq, k_cache, v_cache, width)
     }
 
@@ -316,7 +481,7 @@ impl Kernels {
                 meta.seq_context_len(),
             );
             let grid = (meta.num_prefill_tiles, shape.num_heads, 1);
-            launch!(stream, &self.prefill_attention, grid, 128;
+            launch!(self, stream, &self.prefill_attention, grid, 128;
                 qkv, k_cache, v_cache, out, q_start, q_len, ctx_len, tables, max_blocks, width,
                 scale, tiles)?;
         }
@@ -348,7 +513,7 @@ impl Kernels {
         let splits32 = splits as i32;
         let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
         let grid = (n, shape.num_kv_heads * decode_head_tiles(shape), splits);
-        launch!(stream, &self.decode_attention, grid, 32;
+        launch!(self, stream, &self.decode_attention, grid, 32;
             qkv, k_cache, v_cache, out, row_seq, row_pos, tables, max_blocks, width, scale, p_out,
             p_lse, splits32, row_list)?;
         if splits == 1 {
@@ -356,7 +521,26 @@ impl Kernels {
         }
         let grid = (n, shape.num_heads, 1);
         let f = &self.attention_combine;
-        launch!(stream, f, grid, shape.head_dim as u32; p_out, p_lse, out, splits32, row_list)
+        launch!(self, stream, f, grid, shape.head_dim as u32; p_out, p_lse, out, splits32, row_list)
+    }
+
+    /// One projection of at most [`GEMV_MAX_ROWS`] rows on the GEMV kernels; `a.k` is a
+    /// multiple of 8 (16-byte vectors) and the buffers hold `a.rows` rows.
+    pub fn gemv(&self, stream: &Arc<CudaStream>, a: &GemvArgs, sm_count: usize) -> Result<()> {
+        let variant = GEMV_VARIANTS
+            .iter()
+            .position(|&v| v == (a.input, a.output))
+            .expect("every (input, output) pair the backend asks for is compiled");
+        let slot = GEMV_ROWS
+            .iter()
+            .position(|&m| m >= a.rows)
+            .ok_or_else(|| Error::Engine(format!("GEMV of {} rows", a.rows)))?;
+        let kernel = &self.gemv[variant * GEMV_ROWS.len() + slot];
+        let (grid, cols) = kernel.grid(a, sm_count);
+        let (w, x, norm_w, bias, out, eps) = (a.w, a.x, a.norm_w, a.bias, a.out, a.eps);
+        let (rows, n, k) = (a.rows as i32, a.n as i32, a.k as i32);
+        launch!(self, stream, &kernel.func, grid, GEMV_THREADS;
+            w, x, norm_w, bias, out, rows, n, k, cols, eps)
     }
 
     pub fn silu_mul(
@@ -368,7 +552,7 @@ impl Kernels {
         n: usize,
     ) -> Result<()> {
         let n32 = n as i32;
-        launch!(stream, &self.silu_mul, (n.div_ceil(8 * 256), rows, 1), 256; x, out, n32)
+        launch!(self, stream, &self.silu_mul, (n.div_ceil(8 * 256), rows, 1), 256; x, out, n32)
     }
 
     pub fn gather_rows(
@@ -384,7 +568,7 @@ impl Kernels {
             return Ok(());
         }
         let width = width as i32;
-        launch!(stream, &self.gather_rows, (n, 1, 1), 128; x, rows_ptr, out, width)
+        launch!(self, stream, &self.gather_rows, (n, 1, 1), 128; x, rows_ptr, out, width)
     }
 
     /// `out[r] = argmax(logits[r])` over `vocab` f32 logits per row, as `i32`.
@@ -397,7 +581,7 @@ impl Kernels {
         out: u64,
     ) -> Result<()> {
         let vocab = vocab as i32;
-        launch!(stream, &self.argmax, (rows, 1, 1), 1024; logits, vocab, out)
+        launch!(self, stream, &self.argmax, (rows, 1, 1), 1024; logits, vocab, out)
     }
 }
 
@@ -413,6 +597,24 @@ mod tests {
             max_context,
             sm_count: 132,
         }
+    }
+
+    #[test]
+    fn gemv_grids_fit_the_gpu_in_one_wave() {
+        // 132 SMs x 4 CTAs = 528 resident CTAs.
+        for n in [37, 4096, 6144, 28672, 128256] {
+            let cols = gemv_cols_per_cta(n, 132, 4);
+            assert_eq!(cols % GEMV_GROUP, 0);
+            assert!(
+                n.div_ceil(cols) <= 528,
+                "n = {n}: {} CTAs",
+                n.div_ceil(cols)
+            );
+            // And no fewer columns per CTA would do.
+            assert!(cols == GEMV_GROUP || n.div_ceil(cols - GEMV_GROUP) > 528);
+        }
+        assert_eq!(gemv_cols_per_cta(4096, 132, 4), 8);
+        assert_eq!(gemv_cols_per_cta(37, 132, 4), 4);
     }
 
     #[test]

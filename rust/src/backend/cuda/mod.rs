@@ -31,7 +31,7 @@ use rayon::prelude::*;
 use self::device_mem::DeviceMem;
 use self::gemm::{ElemType, Gemm};
 use self::jit::KernelDtype;
-use self::kernels::{KernelSet, Kernels};
+use self::kernels::{GemvArgs, GemvInput, GemvOutput, KernelSet, Kernels, GEMV_MAX_ROWS};
 use self::step_meta::StepMeta;
 use super::AttentionShape;
 use crate::config::ModelConfig;
@@ -113,8 +113,12 @@ pub struct CudaBackend {
     opts: CudaOptions,
     shape: AttentionShape,
     name: String,
-    /// Streaming multiprocessors (sizes the split-KV decode grid).
+    /// Streaming multiprocessors (sizes the split-KV decode and GEMV grids).
     sm_count: usize,
+    /// Steps of up to this many rows (one) run their projections on the GEMV kernels, with
+    /// the norms, SwiGLU and residual adds fused in; larger steps on cuBLASLt. The environment
+    /// variable `INFIRE_GEMV_MAX_ROWS=0` turns the GEMVs off (to measure one against the other).
+    gemv_max_rows: usize,
     gemm: Gemm,
     kernels: KernelSet,
     meta: StepMeta,
@@ -251,6 +255,11 @@ impl CudaBackend {
             shape,
             name,
             sm_count,
+            gemv_max_rows: std::env::var("INFIRE_GEMV_MAX_ROWS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(GEMV_MAX_ROWS)
+                .min(GEMV_MAX_ROWS),
             gemm,
             kernels,
             inv_freq: RefCell::new(None),
@@ -278,6 +287,76 @@ impl CudaBackend {
         }
         let r = self.kernels().and_then(op);
         self.record(r);
+    }
+
+    /// Whether a projection of `rows` rows through `w` runs on the GEMV kernels.
+    fn use_gemv(&self, rows: usize, w: &CudaMatrix) -> bool {
+        (1..=self.gemv_max_rows).contains(&rows) && w.cols % 8 == 0
+    }
+
+    /// The GEMV output kind that writes `out`'s dtype.
+    fn gemv_output(out: &CudaBuf) -> GemvOutput {
+        if out.dtype == ElemType::F32 {
+            GemvOutput::F32
+        } else {
+            GemvOutput::Store
+        }
+    }
+
+    /// Enqueues one GEMV (see `kernels/cuda/gemv.cu`): `out` = `input`-read `x` times `w`ᵀ,
+    /// stored, stored as f32 or added as `output` says.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        &self,
+        input: GemvInput,
+        output: GemvOutput,
+        rows: usize,
+        w: &CudaMatrix,
+        x: &CudaBuf,
+        norm_w: Option<&CudaVector>,
+        bias: Option<&CudaVector>,
+        out: &mut CudaBuf,
+        eps: f32,
+    ) {
+        let x_width = if input == GemvInput::Silu {
+            2 * w.cols
+        } else {
+            w.cols
+        };
+        debug_assert!(rows * x_width <= x.len && rows * w.rows <= out.len);
+        let args = GemvArgs {
+            norm_w: norm_w.map_or(0, |v| v.mem.ptr),
+            bias: bias.map_or(0, |v| v.mem.ptr),
+            out: out.mem.ptr,
+            eps,
+            ..self.gemv_args(input, output, rows, w, x)
+        };
+        self.enqueue(|k| k.gemv(&self.stream, &args, self.sm_count));
+    }
+
+    /// The arguments of a GEMV of `rows` rows of `x` through `w`, without norm weight, bias
+    /// or output yet (zeros).
+    fn gemv_args(
+        &self,
+        input: GemvInput,
+        output: GemvOutput,
+        rows: usize,
+        w: &CudaMatrix,
+        x: &CudaBuf,
+    ) -> GemvArgs {
+        GemvArgs {
+            input,
+            output,
+            rows,
+            w: w.mem.ptr,
+            n: w.rows,
+            k: w.cols,
+            x: x.mem.ptr,
+            norm_w: 0,
+            bias: 0,
+            out: 0,
+            eps: 0.0,
+        }
     }
 
     /// The GEMM element type of activations and weights.

@@ -5,11 +5,11 @@
 use super::device_mem::{self, DeviceMem};
 use super::gemm::{ElemType, GemmShape};
 use super::jit::KernelDtype;
-use super::kernels::SplitBuffers;
+use super::kernels::{GemvInput, GemvOutput, SplitBuffers};
 use super::{
     graphs, CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, ELEM_BYTES, SPLIT_ROWS,
 };
-use crate::backend::{AttentionShape, Backend, ForwardBatch};
+use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual};
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, RawTensor};
 
@@ -214,6 +214,10 @@ impl Backend for CudaBackend {
         out: &mut CudaBuf,
     ) {
         debug_assert!(rows * w.cols <= x.len && rows * w.rows <= out.len);
+        if self.use_gemv(rows, w) {
+            let output = Self::gemv_output(out);
+            return self.gemv(GemvInput::Plain, output, rows, w, x, None, bias, out, 0.0);
+        }
         let shape = GemmShape {
             rows,
             n: w.rows,
@@ -232,6 +236,86 @@ impl Backend for CudaBackend {
                 &self.stream,
             )
         });
+    }
+
+    fn norm_linear(
+        &self,
+        residual: &mut CudaBuf,
+        add: Option<&CudaBuf>,
+        norm_w: &CudaVector,
+        eps: f32,
+        rows: usize,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        normed: &mut CudaBuf,
+        out: &mut CudaBuf,
+    ) {
+        if add.is_some() || !self.use_gemv(rows, w) {
+            match add {
+                Some(x) => self.add_rms_norm(residual, x, norm_w, eps, rows, normed),
+                None => self.rms_norm(residual, norm_w, eps, rows, normed),
+            }
+            return self.linear(normed, rows, w, bias, out);
+        }
+        let output = Self::gemv_output(out);
+        let norm = Some(norm_w);
+        self.gemv(
+            GemvInput::Norm,
+            output,
+            rows,
+            w,
+            residual,
+            norm,
+            bias,
+            out,
+            eps,
+        );
+    }
+
+    fn linear_residual(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        w: &CudaMatrix,
+        residual: &mut CudaBuf,
+        out: &mut CudaBuf,
+    ) -> Residual {
+        if !self.use_gemv(rows, w) {
+            self.linear(x, rows, w, None, out);
+            return Residual::Pending;
+        }
+        self.gemv(
+            GemvInput::Plain,
+            GemvOutput::Add,
+            rows,
+            w,
+            x,
+            None,
+            None,
+            residual,
+            0.0,
+        );
+        Residual::Added
+    }
+
+    fn silu_mul_linear_residual(
+        &self,
+        gate_up: &CudaBuf,
+        rows: usize,
+        n: usize,
+        w: &CudaMatrix,
+        act: &mut CudaBuf,
+        residual: &mut CudaBuf,
+        out: &mut CudaBuf,
+    ) -> Residual {
+        if !self.use_gemv(rows, w) {
+            self.silu_mul(gate_up, rows, n, act);
+            return self.linear_residual(act, rows, w, residual, out);
+        }
+        debug_assert_eq!(n, w.cols);
+        let (input, output) = (GemvInput::Silu, GemvOutput::Add);
+        self.gemv(input, output, rows, w, gate_up, None, None, residual, 0.0);
+        Residual::Added
     }
 
     fn qk_norm(

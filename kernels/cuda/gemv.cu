@@ -1,0 +1,220 @@
+// Projections of one-row steps (single-stream decode), with the element-wise work around them
+// fused in:
+//
+//   out[m, n] = epilogue( sum_k W[n, k] * xin(m, k) )        m < rows <= M, n < N
+//
+// Prologues (how xin is read; each rounds where the unfused kernel it replaces rounds):
+//   plain: xin(m, k) = x[m, k]                                             x [rows, K]
+//   norm:  xin(m, k) = round(round(x[m, k] * r[m]) * nw[k]),               x [rows, K], nw [K]
+//          r[m] = rsqrt(mean_k x[m, k]^2 + eps)            (= rms_norm.cu's rms_norm output)
+//   silu:  xin(m, k) = round(silu(x[m, k]) * x[m, K + k])                  x [rows, 2K]
+//                                                          (= silu_mul.cu's output)
+// Epilogues:
+//   store: out[m, n] = round(acc + bias[n])                 out T [rows, N]; bias may be null
+//   f32:   out[m, n] = acc + bias[n]                        out f32 [rows, N] (logits)
+//   add:   out[m, n] = round(out[m, n] + round(acc))        out T [rows, N], the residual stream
+//          (= the unfused GEMM's rounded output added by add_rms_norm.cu)
+//
+// W is [N, K] row-major (nn.Linear). Reading W is the whole cost at these row counts, so the
+// kernel is built around streaming it: each CTA owns `cols_per_cta` consecutive rows of W (one
+// contiguous range of memory), taken GROUP rows at a time; every thread holds GROUP x UNROLL
+// 16-byte vectors of W in flight and loads the next ones as soon as it has used these, before
+// the group's block reduction (so the reduction overlaps the next loads). The host sizes
+// cols_per_cta so that the whole grid is resident at once (one wave, no tail). x is read through
+// L1 and the prologue applied as each group reads it (running the prologue once per CTA into
+// shared memory instead was slower: it puts a pass over x and a barrier before the first
+// product; kernels/cuda/NOTES.md). Loads of W go around L1 (`ld.global.nc.L1::no_allocate`).
+//
+// Launch: grid = ceil(N / cols_per_cta), block = GEMV_THREADS; cols_per_cta a multiple of
+// GROUP; K a multiple of 8; rows >= 1. Rows m >= rows of out are not touched.
+// Numerics: fp32 products and sums; the order of the k-sum differs from cuBLASLt's.
+// The kernel waits for the preceding kernel (pdl_begin, common.cuh) only after its first loads
+// of W, which depend on no kernel: under programmatic dependent launch they overlap the previous
+// kernel's tail.
+
+constexpr int GEMV_THREADS = 256;
+constexpr int GEMV_WARPS = GEMV_THREADS / 32;
+constexpr int GROUP = 4;
+
+enum { PRO_PLAIN = 0, PRO_NORM = 1, PRO_SILU = 2 };
+enum { EPI_STORE = 0, EPI_F32 = 1, EPI_ADD = 2 };
+
+__device__ __forceinline__ Vec load_stream(const T* p) {
+    Vec v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ float round_t(float v) { return to_float(from_float(v)); }
+
+// xin(m, k0 .. k0 + 7) of the prologue, as floats.
+template <int PRO>
+__device__ __forceinline__ void load_input(const T* __restrict__ x, const T* __restrict__ nw,
+                                           int m, int k, int k0, float inv_rms,
+                                           float (&f)[VEC]) {
+    if (PRO == PRO_SILU) {
+        const T* row = x + (long long)m * 2 * k;
+        float u[VEC];
+        vec_to_float(load_vec(row + k0), f);
+        vec_to_float(load_vec(row + k + k0), u);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) f[i] = round_t(f[i] / (1.0f + expf(-f[i])) * u[i]);
+    } else {
+        vec_to_float(load_vec(x + (long long)m * k + k0), f);
+        if (PRO == PRO_NORM) {
+            float w[VEC];
+            vec_to_float(load_vec(nw + k0), w);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) f[i] = round_t(round_t(f[i] * inv_rms) * w[i]);
+        }
+    }
+}
+
+template <int M, int PRO, int EPI, int UNROLL>
+__device__ __forceinline__ void gemv(const T* __restrict__ W, const T* __restrict__ x,
+                                     const T* __restrict__ nw, const T* __restrict__ bias,
+                                     void* __restrict__ out, int rows, int n, int k,
+                                     int cols_per_cta, float eps) {
+    __shared__ float s_part[GEMV_WARPS][M];
+    __shared__ float s_red[2][GEMV_WARPS][GROUP * M];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int kv = k / VEC;  // 16-byte vectors per row of W
+    const int col0 = blockIdx.x * cols_per_cta;
+    const int col_end = min(col0 + cols_per_cta, n);
+    if (col0 >= col_end) return;
+
+    // W[c0 + g, (v0 + u * THREADS + tid) * 8 ..] for every g, u; zeros outside the matrix.
+    Vec w[GROUP][UNROLL];
+    auto load_w = [&](int c0, int v0) {
+#pragma unroll
+        for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+            for (int u = 0; u < UNROLL; ++u) {
+                const int v = v0 + u * GEMV_THREADS + tid;
+                w[g][u] = (c0 + g < col_end && v < kv)
+                              ? load_stream(W + (long long)(c0 + g) * k + (long long)v * VEC)
+                              : make_uint4(0, 0, 0, 0);
+            }
+    };
+    int c0 = col0, v0 = 0;
+    load_w(c0, v0);  // the weights depend on no kernel: load them before waiting for one
+    pdl_begin();
+
+    float inv_rms[M];
+#pragma unroll
+    for (int m = 0; m < M; ++m) inv_rms[m] = 1.0f;
+    if (PRO == PRO_NORM) {
+        float ss[M];
+#pragma unroll
+        for (int m = 0; m < M; ++m) ss[m] = 0.0f;
+        for (int v = tid; v < kv; v += GEMV_THREADS) {
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+                if (m >= rows) break;
+                float f[VEC];
+                vec_to_float(load_vec(x + (long long)m * k + v * VEC), f);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) ss[m] += f[i] * f[i];
+            }
+        }
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            ss[m] = warp_sum(ss[m]);
+            if (lane == 0) s_part[warp][m] = ss[m];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int m = 0; m < M; ++m) {
+            float total = 0.0f;
+#pragma unroll
+            for (int i = 0; i < GEMV_WARPS; ++i) total += s_part[i][m];
+            inv_rms[m] = rsqrtf(total / (float)k + eps);
+        }
+    }
+
+    float acc[GROUP][M];
+#pragma unroll
+    for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+        for (int m = 0; m < M; ++m) acc[g][m] = 0.0f;
+    int parity = 0;
+    while (c0 < col_end) {
+#pragma unroll
+        for (int u = 0; u < UNROLL; ++u) {
+            const int v = v0 + u * GEMV_THREADS + tid;
+            if (v >= kv) break;
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+                if (m >= rows) break;
+                float xf[VEC];
+                load_input<PRO>(x, nw, m, k, v * VEC, inv_rms[m], xf);
+#pragma unroll
+                for (int g = 0; g < GROUP; ++g) {
+                    float wf[VEC];
+                    vec_to_float(w[g][u], wf);
+#pragma unroll
+                    for (int i = 0; i < VEC; ++i) acc[g][m] += wf[i] * xf[i];
+                }
+            }
+        }
+        // Next vectors of W: the rest of this group's rows, or the next group's.
+        v0 += UNROLL * GEMV_THREADS;
+        const bool group_done = v0 >= kv;
+        const int next_c0 = group_done ? c0 + GROUP : c0;
+        if (group_done) v0 = 0;
+        if (next_c0 < col_end) load_w(next_c0, v0);
+        if (group_done) {
+#pragma unroll
+            for (int g = 0; g < GROUP; ++g)
+#pragma unroll
+                for (int m = 0; m < M; ++m) {
+                    const float s = warp_sum(acc[g][m]);
+                    if (lane == 0) s_red[parity][warp][g * M + m] = s;
+                    acc[g][m] = 0.0f;
+                }
+            __syncthreads();
+            if (tid < GROUP * M) {
+                const int g = tid / M, m = tid % M, col = c0 + g;
+                if (col < col_end && m < rows) {
+                    float s = 0.0f;
+#pragma unroll
+                    for (int i = 0; i < GEMV_WARPS; ++i) s += s_red[parity][i][tid];
+                    const long long o = (long long)m * n + col;
+                    if (EPI == EPI_ADD) {
+                        T* y = static_cast<T*>(out);
+                        y[o] = from_float(to_float(y[o]) + round_t(s));
+                    } else {
+                        if (bias != nullptr) s += to_float(bias[col]);
+                        if (EPI == EPI_F32)
+                            static_cast<float*>(out)[o] = s;
+                        else
+                            static_cast<T*>(out)[o] = from_float(s);
+                    }
+                }
+            }
+            parity ^= 1;
+        }
+        c0 = next_c0;
+    }
+}
+
+// One entry point per (prologue, epilogue): gemv_<prologue>_<epilogue>_m1, for one row; 4 CTAs
+// per SM (<= 64 registers). The kernel is written for M <= 8 rows, but at 2-8 rows it lost to
+// cuBLASLt (kernels/cuda/NOTES.md: each 4-column group re-reads x and redoes the prologue, which
+// makes it instruction-bound), so only M = 1 is compiled.
+#define GEMV_ENTRY(NAME, PRO, EPI)                                                           \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)                            \
+        NAME##_m1(const T* __restrict__ W, const T* __restrict__ x, const T* __restrict__ nw, \
+                  const T* __restrict__ bias, void* __restrict__ out, int rows, int n, int k, \
+                  int cols_per_cta, float eps) {                                             \
+        gemv<1, PRO, EPI, 2>(W, x, nw, bias, out, rows, n, k, cols_per_cta, eps);            \
+    }
+
+GEMV_ENTRY(gemv_plain_store, PRO_PLAIN, EPI_STORE)
+GEMV_ENTRY(gemv_plain_f32, PRO_PLAIN, EPI_F32)
+GEMV_ENTRY(gemv_plain_add, PRO_PLAIN, EPI_ADD)
+GEMV_ENTRY(gemv_norm_store, PRO_NORM, EPI_STORE)
+GEMV_ENTRY(gemv_norm_f32, PRO_NORM, EPI_F32)
+GEMV_ENTRY(gemv_silu_add, PRO_SILU, EPI_ADD)
