@@ -139,6 +139,29 @@ def gemm_rate() -> float:
     return 2 * GEMM_N**3 / (ms / 1e3)
 
 
+def time_graph(build, launches: int) -> float:
+    """Seconds per launch of the chain of `launches` kernels that `build()` enqueues on torch's
+    current stream: captured once in a CUDA graph and replayed 10 times (median), so that no
+    host launch gap is timed. For kernels of a few microseconds, where events around single
+    launches would time the launch itself."""
+    build()  # warm up outside the graph (module loads, cuBLAS workspaces)
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        build()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(10):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / 1e3 / launches)
+    return statistics.median(times)
+
+
 def ceilings() -> dict:
     result = {"copy_bytes_per_s": copy_bandwidth(), "bf16_gemm_flop_per_s": gemm_rate()}
     gc.collect()

@@ -10,7 +10,9 @@ Two parts, for the kernel notes (kernels/cuda/NOTES.md):
                                                   # every kernel of ~one decode step
 
 `gemm` times `F.linear` on one row for each weight shape of the model (QKV, O, gate/up, down,
-LM head), rotating among copies of each weight so that no repeat reads it from L2, and prints
+LM head), in CUDA graphs of back-to-back launches over copies of each weight so that no launch
+reads it from L2 and no host gap is timed (events around single launches timed the launch:
+their first run summed to 7.2 ms of GEMMs for a 4.9 ms step), and prints
 the GEMM time of one decode step next to the bytes it must read and the card's copy
 bandwidth; then, for batched decode steps of --rows rows, the step's GEMM time against its
 floor (per GEMM the larger of weight bytes / copy bandwidth and FLOPs / the 8192^3 rate),
@@ -22,14 +24,20 @@ steady stream of decode steps after the first few thousand kernels.
 from __future__ import annotations
 
 import argparse
-import statistics
+import math
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from cuda_bench import LLAMA_3_1_8B, copy_bandwidth, gemm_rate, write_checkpoint  # noqa: E402
+from cuda_bench import (  # noqa: E402
+    LLAMA_3_1_8B,
+    copy_bandwidth,
+    gemm_rate,
+    time_graph,
+    write_checkpoint,
+)
 
 HIDDEN = LLAMA_3_1_8B["hidden_size"]
 INTER = LLAMA_3_1_8B["intermediate_size"]
@@ -48,22 +56,21 @@ SHAPES = [
 ]
 
 
-def time_linear(n: int, k: int, rows: int = 1, copies: int = 4, repeats: int = 50) -> float:
-    """Median seconds of `F.linear(x[rows, k], w[n, k])`, bf16, cycling through `copies`
-    weights so that no repeat reads its weight from L2."""
+def time_linear(n: int, k: int, rows: int = 1) -> float:
+    """Seconds of one `F.linear(x[rows, k], w[n, k])`, bf16, in a CUDA graph of back-to-back
+    launches over enough weight copies (>= 400 MB) that each reads its weight from HBM, as in
+    a decode step."""
+    copies = max(2, math.ceil(400e6 / (2 * n * k)))
     ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
     x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
-    for w in ws:
-        torch.nn.functional.linear(x, w)
-    times = []
-    for i in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        torch.nn.functional.linear(x, ws[i % copies])
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    out = torch.empty(rows, n, device="cuda", dtype=torch.bfloat16)
+
+    def chain():
+        for _ in range(4):
+            for w in ws:
+                torch.nn.functional.linear(x, w, out=out)
+
+    return time_graph(chain, 4 * copies)
 
 
 def gemm_floor(rows_list: list[int]) -> None:
@@ -93,7 +100,7 @@ def gemm_floor(rows_list: list[int]) -> None:
     for rows in rows_list:
         step = floor = flops = 0.0
         for _, n, k, times in SHAPES:
-            t = time_linear(n, k, rows=rows, copies=3, repeats=20)
+            t = time_linear(n, k, rows=rows)
             step += t * times
             floor += max(2 * n * k / bw, 2 * rows * n * k / rate) * times
             flops += 2 * rows * n * k * times

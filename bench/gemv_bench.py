@@ -1,0 +1,221 @@
+"""The decode projections at one row: the fused GEMV kernels against cuBLAS.
+
+    python bench/gemv_bench.py [--out bench/results/gemv_h200.json]
+
+Llama-3.1-8B shapes, bf16. Each case is captured in a CUDA graph as a chain of launches over
+enough copies of the weights (>= 400 MB) that every launch reads its weight from HBM, as in a
+decode step; the time per launch is the graph's CUDA-event time over the launch count (median
+of 10 replays), so there are no host gaps and each kernel's ramp and tail count.
+
+Two tables:
+- per projection: `gemv_*_m1` (the fused variant the engine runs for that projection, with the
+  engine's CTA split) against `torch.nn.functional.linear` (cuBLAS) of the same shape;
+- per layer: the four projections with their neighbours, unfused as the engine runs them with
+  cuBLASLt (add_rms_norm, qkv, o_proj, add_rms_norm, gate_up, silu_mul, down; here the
+  projections through torch/cuBLAS, the element-wise kernels Infire's own) against fused
+  (gemv_norm_store qkv, gemv_plain_add o_proj, gemv_norm_store gate_up, gemv_silu_add down).
+
+Bandwidth counts weight bytes only. The card's copy bandwidth is measured in the same run.
+The 2-8-row variants were timed by this script before they were removed (they lost to cuBLAS:
+bench/results/gemv_rows1to8_h200.json, kernels/cuda/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:  # cuda.core >= 0.4 exports the API at the top level; older releases under .experimental
+    from cuda.core import Device, LaunchConfig, launch
+except ImportError:
+    from cuda.core.experimental import Device, LaunchConfig, launch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from attention_bench import _TorchStream, load  # noqa: E402
+from cuda_bench import copy_bandwidth, time_graph  # noqa: E402
+
+HIDDEN, INTER, VOCAB, QKV = 4096, 14336, 128256, 6144
+EPS = 1e-5
+# (name, n, k, GEMV variant the engine uses)
+PROJECTIONS = [
+    ("qkv", QKV, HIDDEN, "norm_store"),
+    ("o_proj", HIDDEN, HIDDEN, "plain_add"),
+    ("gate_up", 2 * INTER, HIDDEN, "norm_store"),
+    ("down", HIDDEN, INTER, "silu_add"),
+    ("lm_head", VOCAB, HIDDEN, "norm_f32"),
+]
+ROW_COUNTS = [1]
+MIN_BYTES = 400e6
+
+
+def cols_per_cta(n: int, sm_count: int, ctas_per_sm: int = 4) -> int:
+    """The engine's split (`gemv_cols_per_cta`): a multiple of 4 columns, so that the grid fits
+    the GPU at once."""
+    return 4 * math.ceil(n / (sm_count * ctas_per_sm * 4))
+
+
+class Gemv:
+    def __init__(self, sm_count: int):
+        self.sm_count = sm_count
+        self.kernels = {}
+
+    def launch(self, variant, m, w, x, nw, out, rows):
+        n, k = w.shape
+        key = (variant, m)
+        if key not in self.kernels:
+            self.kernels[key] = load("gemv", f"gemv_{variant}_m{m}")
+        cols = cols_per_cta(n, self.sm_count)
+        stream = Device().create_stream(_TorchStream(torch.cuda.current_stream()))
+        cfg = LaunchConfig(grid=math.ceil(n / cols), block=256)
+        args = (w.data_ptr(), x.data_ptr(), nw.data_ptr(), 0, out.data_ptr())
+        args += (np.int32(rows), np.int32(n), np.int32(k), np.int32(cols), np.float32(EPS))
+        launch(stream, cfg, self.kernels[key], *args)
+
+
+def bench_projection(gemv, name, n, k, variant, copy_bw) -> list[dict]:
+    """One projection at every row count: cuBLAS, and the GEMV."""
+    bf16 = torch.bfloat16
+    nbytes = n * k * 2
+    copies = max(2, math.ceil(MIN_BYTES / nbytes))
+    ws = [torch.randn(n, k, device="cuda", dtype=bf16) / math.sqrt(k) for _ in range(copies)]
+    nw = torch.ones(k, device="cuda", dtype=bf16)
+    reps = 4
+    rows = []
+    for m in ROW_COUNTS:
+        x_width = 2 * k if variant.startswith("silu") else k
+        x = torch.randn(m, x_width, device="cuda", dtype=bf16)
+        xl = x[:, :k].contiguous()
+        out_t = torch.float32 if variant.endswith("f32") else bf16
+        out = torch.zeros(m, n, device="cuda", dtype=out_t)
+        lin = torch.empty(m, n, device="cuda", dtype=bf16)
+
+        def cublas(xl=xl, lin=lin):
+            for _ in range(reps):
+                for w in ws:
+                    F.linear(xl, w, out=lin)
+
+        def fused(m=m, x=x, out=out):
+            for _ in range(reps):
+                for w in ws:
+                    gemv.launch(variant, m, w, x, nw, out, m)
+
+        t_cublas = time_graph(cublas, reps * copies)
+        t, floor = time_graph(fused, reps * copies), nbytes / copy_bw
+        print(
+            f"| {name} [{n}x{k}] {variant} | {m} | {nbytes / 1e6:.1f} | {floor * 1e6:.1f} "
+            f"| {t_cublas * 1e6:.1f} ({nbytes / t_cublas / 1e12:.2f}) "
+            f"| {t * 1e6:.1f} ({nbytes / t / 1e12:.2f}, {100 * floor / t:.0f} %) |"
+        )
+        rows.append(
+            {
+                "projection": name,
+                "n": n,
+                "k": k,
+                "variant": variant,
+                "rows": m,
+                "floor_s": floor,
+                "cublas_s": t_cublas,
+                "gemv_s": t,
+            }
+        )
+    return rows
+
+
+def bench_layer(gemv, m, layers, copy_bw) -> dict:
+    """One layer's four projections with their neighbours, unfused and fused, at `m` rows."""
+    bf16 = torch.bfloat16
+    rms = load("rms_norm", "add_rms_norm")
+    silu = load("silu_mul", "silu_mul")
+    nw = (1 + 0.1 * torch.randn(HIDDEN, device="cuda")).to(bf16)
+    res = torch.randn(m, HIDDEN, device="cuda", dtype=bf16)
+    hid = torch.randn(m, HIDDEN, device="cuda", dtype=bf16)
+    normed = torch.empty(m, HIDDEN, device="cuda", dtype=bf16)
+    qkv = torch.empty(m, QKV, device="cuda", dtype=bf16)
+    attn = torch.randn(m, HIDDEN, device="cuda", dtype=bf16)
+    gu = torch.empty(m, 2 * INTER, device="cuda", dtype=bf16)
+    act = torch.empty(m, INTER, device="cuda", dtype=bf16)
+
+    def stream():
+        return Device().create_stream(_TorchStream(torch.cuda.current_stream()))
+
+    def add_norm():
+        params = (res.data_ptr(), hid.data_ptr(), nw.data_ptr(), normed.data_ptr())
+        cfg = LaunchConfig(grid=m, block=256)
+        launch(stream(), cfg, rms, *params, np.int32(HIDDEN), np.float32(EPS))
+
+    def unfused():
+        for lw in layers:
+            add_norm()
+            F.linear(normed, lw["qkv"], out=qkv)
+            F.linear(attn, lw["o_proj"], out=hid)
+            add_norm()
+            F.linear(normed, lw["gate_up"], out=gu)
+            cfg = LaunchConfig(grid=(math.ceil(INTER / 2048), m), block=256)
+            launch(stream(), cfg, silu, gu.data_ptr(), act.data_ptr(), np.int32(INTER))
+            F.linear(act, lw["down"], out=hid)
+
+    def fused():
+        for lw in layers:
+            gemv.launch("norm_store", m, lw["qkv"], res, nw, qkv, m)
+            gemv.launch("plain_add", m, lw["o_proj"], attn, nw, res, m)
+            gemv.launch("norm_store", m, lw["gate_up"], res, nw, gu, m)
+            gemv.launch("silu_add", m, lw["down"], gu, nw, res, m)
+
+    t_unfused = time_graph(unfused, len(layers))
+    t_fused = time_graph(fused, len(layers))
+    floor = sum(w.numel() * 2 for w in layers[0].values()) / copy_bw
+    print(
+        f"| qkv + o + gate_up + down | {m} | {floor * 1e6:.1f} | {t_unfused * 1e6:.1f} "
+        f"| {t_fused * 1e6:.1f} ({100 * floor / t_fused:.0f} % of the floor) |"
+    )
+    return {"rows": m, "floor_s": floor, "unfused_s": t_unfused, "fused_s": t_fused}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    device = Device(torch.cuda.current_device())
+    device.set_current()
+    sm_count = torch.cuda.get_device_properties(0).multi_processor_count
+    copy_bw = copy_bandwidth()
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu}, {sm_count} SMs, copy {copy_bw / 1e12:.2f} TB/s")
+    gemv = Gemv(sm_count)
+    result = {"gpu": gpu, "date": str(date.today()), "copy_bandwidth": copy_bw}
+
+    print(
+        "\n| projection | rows | weight MB | floor µs | cuBLAS µs (TB/s) "
+        "| GEMV µs (TB/s, % of floor) |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    result["projections"] = []
+    for name, n, k, variant in PROJECTIONS:
+        result["projections"] += bench_projection(gemv, name, n, k, variant, copy_bw)
+        torch.cuda.empty_cache()
+
+    layers = [
+        {
+            name: torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / math.sqrt(k)
+            for name, n, k, _ in PROJECTIONS[:4]
+        }
+        for _ in range(4)
+    ]
+    print("\n| one layer's projections | rows | floor µs | unfused (cuBLAS) µs | fused GEMV µs |")
+    print("| --- | --- | --- | --- | --- |")
+    result["layer"] = [bench_layer(gemv, m, layers, copy_bw) for m in ROW_COUNTS]
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
