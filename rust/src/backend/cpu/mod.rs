@@ -9,7 +9,7 @@ pub use weight_buf::WeightBuf;
 
 use rayon::prelude::*;
 
-use super::{AttentionShape, Backend, ForwardBatch};
+use super::{AttentionShape, Backend, ForwardBatch, Residual};
 use crate::error::{Error, Result};
 use crate::weights::HostTensor;
 
@@ -148,6 +148,31 @@ impl Backend for CpuBackend {
             bias.map(Vec::as_slice),
             &mut out[..rows * w.rows],
         );
+    }
+
+    /// One-row steps add the projection into the residual stream here ([`Residual::Added`]);
+    /// larger steps leave the add to the next norm ([`Residual::Pending`]), which fuses it.
+    /// The arithmetic is the same either way (`residual += x · wᵀ` in f32, then the norm); the
+    /// split mirrors the CUDA backend's (a GEMV that adds for one row, cuBLASLt beyond), so
+    /// that the CPU tests run both of the model's paths.
+    fn linear_residual(
+        &self,
+        x: &Vec<f32>,
+        rows: usize,
+        w: &CpuMatrix,
+        residual: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) -> Residual {
+        self.linear(x, rows, w, None, out);
+        if rows != 1 {
+            return Residual::Pending;
+        }
+        let n = w.rows;
+        residual[..n]
+            .iter_mut()
+            .zip(&out[..n])
+            .for_each(|(r, x)| *r += x);
+        Residual::Added
     }
 
     fn qk_norm(
