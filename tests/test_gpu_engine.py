@@ -132,6 +132,29 @@ def test_chunked_prompts_beside_decoding_sequences(checkpoint, engine):
     wait_idle(chunked)
 
 
+def test_prompt_longer_than_a_step_alone(checkpoint, engine):
+    """One prompt prefilled over several steps with nothing else running: the steps before its
+    last chunk have no logits rows (no final norm, LM head or argmax; nothing read back). It
+    equals the prompt prefilled in one step up to a near-tie, on both result paths (logits to
+    the host with logprobs, the device argmax without)."""
+    chunked = infire.Engine(
+        model=checkpoint,
+        device="cuda",
+        kv_cache_tokens=KV_CACHE_TOKENS,
+        max_num_batched_tokens=64,
+        enable_prefix_caching=False,
+    )
+    prompt = PROMPTS[-1]  # 255 tokens: four chunks, the first three without logits rows
+    got = completions(chunked.generate(prompt, GREEDY))[0]
+    plain = SamplingParams(max_tokens=STEPS, temperature=0.0, ignore_eos=True)
+    got_argmax = completions(chunked.generate(prompt, plain))[0]
+    alone = completions(engine.generate(prompt, GREEDY))[0]
+    assert len(got.token_ids) == len(got_argmax.token_ids) == STEPS
+    assert_equal_up_to_near_tie(alone, got, "255 tokens in 64-token steps")
+    assert got_argmax.token_ids == got.token_ids
+    wait_idle(chunked)
+
+
 def test_small_cache_preempts_and_keeps_greedy_outputs(checkpoint, engine):
     """A 256-token KV cache cannot hold 8 requests of 47-95 tokens: the engine preempts (and
     later recomputes) some, every request still completes, and each result equals the

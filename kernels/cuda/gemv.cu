@@ -6,14 +6,15 @@
 // Prologues (how xin is read; each rounds where the unfused kernel it replaces rounds):
 //   plain: xin(m, k) = x[m, k]                                             x [rows, K]
 //   norm:  xin(m, k) = round(round(x[m, k] * r[m]) * nw[k]),               x [rows, K], nw [K]
-//          r[m] = rsqrt(mean_k x[m, k]^2 + eps)            (= rms_norm.cu's rms_norm output)
+//          r[m] = rsqrt(mean_k x[m, k]^2 + eps)  (rms_norm.cu's roundings; its block sum of
+//          squares adds the 8 warps' shares in another order, so r[m] may differ by an ulp)
 //   silu:  xin(m, k) = round(silu(x[m, k]) * x[m, K + k])                  x [rows, 2K]
 //                                                          (= silu_mul.cu's output)
 // Epilogues:
 //   store: out[m, n] = round(acc + bias[n])                 out T [rows, N]; bias may be null
 //   f32:   out[m, n] = acc + bias[n]                        out f32 [rows, N] (logits)
 //   add:   out[m, n] = round(out[m, n] + round(acc))        out T [rows, N], the residual stream
-//          (= the unfused GEMM's rounded output added by add_rms_norm.cu)
+//          (= the unfused GEMM's rounded output added by add_rms_norm.cu); takes no bias
 //
 // W is [N, K] row-major (nn.Linear). Reading W is the whole cost at these row counts, so the
 // kernel is built around streaming it: each CTA owns `cols_per_cta` consecutive rows of W (one

@@ -310,8 +310,12 @@ impl<B: Backend> LlamaModel<B> {
             );
             pending = down == Residual::Pending;
         }
-        // Only the rows that need logits go through the final norm and the LM head.
+        // Only the rows that need logits go through the final norm and the LM head (none in a
+        // step that only prefills part of a prompt).
         let n = batch.logits_rows.len();
+        if n == 0 {
+            return 0;
+        }
         let h = c.hidden_size;
         backend.gather_rows(
             &bufs.residual,

@@ -64,6 +64,10 @@ impl DeviceMem {
             len * std::mem::size_of::<T>() <= self.bytes(),
             "read past the end of a device buffer"
         );
+        if len == 0 {
+            stream.synchronize().map_err(cuda_err)?;
+            return Ok(Vec::new());
+        }
         let mut out = vec![T::zeroed(); len];
         // SAFETY: `out` holds `len` values and lives until the synchronize below.
         unsafe { result::memcpy_dtoh_async(&mut out[..], self.ptr, stream.cu_stream()) }

@@ -318,6 +318,10 @@ impl CudaBackend {
         out: &mut CudaBuf,
         eps: f32,
     ) {
+        debug_assert!(
+            output != GemvOutput::Add || bias.is_none(),
+            "gemv.cu's add takes no bias"
+        );
         let x_width = if input == GemvInput::Silu {
             2 * w.cols
         } else {
@@ -405,6 +409,9 @@ impl CudaBackend {
             return Err(e);
         }
         debug_assert!(logits.dtype == ElemType::F32 && rows * width <= logits.len);
+        if rows == 0 {
+            return Ok(()); // a step with no logits rows (a prompt chunk short of its end)
+        }
         let mut out = self.argmax_out.borrow_mut();
         if out.bytes() < rows * 4 {
             *out = DeviceMem::zeroed(&self.stream, (rows * 4).next_power_of_two())?;
