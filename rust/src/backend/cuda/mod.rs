@@ -329,26 +329,6 @@ impl CudaBackend {
         };
         debug_assert!(rows * x_width <= x.len && rows * w.rows <= out.len);
         let args = GemvArgs {
-            norm_w: norm_w.map_or(0, |v| v.mem.ptr),
-            bias: bias.map_or(0, |v| v.mem.ptr),
-            out: out.mem.ptr,
-            eps,
-            ..self.gemv_args(input, output, rows, w, x)
-        };
-        self.enqueue(|k| k.gemv(&self.stream, &args, self.sm_count));
-    }
-
-    /// The arguments of a GEMV of `rows` rows of `x` through `w`, without norm weight, bias
-    /// or output yet (zeros).
-    fn gemv_args(
-        &self,
-        input: GemvInput,
-        output: GemvOutput,
-        rows: usize,
-        w: &CudaMatrix,
-        x: &CudaBuf,
-    ) -> GemvArgs {
-        GemvArgs {
             input,
             output,
             rows,
@@ -356,11 +336,12 @@ impl CudaBackend {
             n: w.rows,
             k: w.cols,
             x: x.mem.ptr,
-            norm_w: 0,
-            bias: 0,
-            out: 0,
-            eps: 0.0,
-        }
+            norm_w: norm_w.map_or(0, |v| v.mem.ptr),
+            bias: bias.map_or(0, |v| v.mem.ptr),
+            out: out.mem.ptr,
+            eps,
+        };
+        self.enqueue(|k| k.gemv(&self.stream, &args, self.sm_count));
     }
 
     /// The GEMM element type of activations and weights.
