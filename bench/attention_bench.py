@@ -53,6 +53,22 @@ class _TorchStream:
         return (0, self.stream.cuda_stream)
 
 
+def torch_stream():
+    """torch's current stream (the capture stream inside `torch.cuda.graph`) for cuda.core."""
+    return Device().create_stream(_TorchStream(torch.cuda.current_stream()))
+
+
+def card() -> tuple[int, float, str]:
+    """Makes torch's GPU cuda.core's current device, prints its name, SM count and copy
+    bandwidth (measured now), and returns those three: (SMs, bytes/s, name)."""
+    Device(torch.cuda.current_device()).set_current()
+    sm_count = torch.cuda.get_device_properties(0).multi_processor_count
+    copy_bw = copy_bandwidth()
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu}, {sm_count} SMs, copy {copy_bw / 1e12:.2f} TB/s")
+    return sm_count, copy_bw, gpu
+
+
 def load(name: str, func: str, **extra_defines):
     major, minor = torch.cuda.get_device_capability()
     arch = "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
@@ -110,13 +126,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
-    device = Device(torch.cuda.current_device())
-    device.set_current()
-    stream = device.create_stream(_TorchStream(torch.cuda.current_stream()))
-    sm_count = torch.cuda.get_device_properties(0).multi_processor_count
-    copy_bw = copy_bandwidth()
-    gpu = torch.cuda.get_device_name()
-    print(f"{gpu}, {sm_count} SMs, copy {copy_bw / 1e12:.2f} TB/s")
+    sm_count, copy_bw, gpu = card()
+    stream = torch_stream()
 
     # The engine's kernel, then other pipeline depths (3 in the engine); one warp per CTA.
     variants = {"decode_attention": load("decode_attention", "decode_attention")}

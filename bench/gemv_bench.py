@@ -34,13 +34,13 @@ import torch
 import torch.nn.functional as F
 
 try:  # cuda.core >= 0.4 exports the API at the top level; older releases under .experimental
-    from cuda.core import Device, LaunchConfig, launch
+    from cuda.core import LaunchConfig, launch
 except ImportError:
-    from cuda.core.experimental import Device, LaunchConfig, launch
+    from cuda.core.experimental import LaunchConfig, launch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from attention_bench import _TorchStream, load  # noqa: E402
-from cuda_bench import copy_bandwidth, time_graph  # noqa: E402
+from attention_bench import card, load, torch_stream  # noqa: E402
+from cuda_bench import time_graph  # noqa: E402
 
 HIDDEN, INTER, VOCAB, QKV = 4096, 14336, 128256, 6144
 EPS = 1e-5
@@ -52,7 +52,6 @@ PROJECTIONS = [
     ("down", HIDDEN, INTER, "silu_add"),
     ("lm_head", VOCAB, HIDDEN, "norm_f32"),
 ]
-ROW_COUNTS = [1]
 MIN_BYTES = 400e6
 
 
@@ -63,74 +62,70 @@ def cols_per_cta(n: int, sm_count: int, ctas_per_sm: int = 4) -> int:
 
 
 class Gemv:
+    """The engine's one-row GEMV entry points (`gemv_<variant>_m1`), launched as it does."""
+
     def __init__(self, sm_count: int):
         self.sm_count = sm_count
         self.kernels = {}
 
-    def launch(self, variant, m, w, x, nw, out, rows):
+    def launch(self, variant, w, x, nw, out):
         n, k = w.shape
-        key = (variant, m)
-        if key not in self.kernels:
-            self.kernels[key] = load("gemv", f"gemv_{variant}_m{m}")
+        if variant not in self.kernels:
+            self.kernels[variant] = load("gemv", f"gemv_{variant}_m1")
         cols = cols_per_cta(n, self.sm_count)
-        stream = Device().create_stream(_TorchStream(torch.cuda.current_stream()))
         cfg = LaunchConfig(grid=math.ceil(n / cols), block=256)
         args = (w.data_ptr(), x.data_ptr(), nw.data_ptr(), 0, out.data_ptr())
-        args += (np.int32(rows), np.int32(n), np.int32(k), np.int32(cols), np.float32(EPS))
-        launch(stream, cfg, self.kernels[key], *args)
+        args += (np.int32(1), np.int32(n), np.int32(k), np.int32(cols), np.float32(EPS))
+        launch(torch_stream(), cfg, self.kernels[variant], *args)
 
 
-def bench_projection(gemv, name, n, k, variant, copy_bw) -> list[dict]:
-    """One projection at every row count: cuBLAS, and the GEMV."""
+def bench_projection(gemv, name, n, k, variant, copy_bw) -> dict:
+    """One projection of one row: cuBLAS, and the GEMV."""
     bf16 = torch.bfloat16
     nbytes = n * k * 2
     copies = max(2, math.ceil(MIN_BYTES / nbytes))
     ws = [torch.randn(n, k, device="cuda", dtype=bf16) / math.sqrt(k) for _ in range(copies)]
     nw = torch.ones(k, device="cuda", dtype=bf16)
     reps = 4
-    rows = []
-    for m in ROW_COUNTS:
-        x_width = 2 * k if variant.startswith("silu") else k
-        x = torch.randn(m, x_width, device="cuda", dtype=bf16)
-        xl = x[:, :k].contiguous()
-        out_t = torch.float32 if variant.endswith("f32") else bf16
-        out = torch.zeros(m, n, device="cuda", dtype=out_t)
-        lin = torch.empty(m, n, device="cuda", dtype=bf16)
+    x_width = 2 * k if variant.startswith("silu") else k
+    x = torch.randn(1, x_width, device="cuda", dtype=bf16)
+    xl = x[:, :k].contiguous()
+    out_t = torch.float32 if variant.endswith("f32") else bf16
+    out = torch.zeros(1, n, device="cuda", dtype=out_t)
+    lin = torch.empty(1, n, device="cuda", dtype=bf16)
 
-        def cublas(xl=xl, lin=lin):
-            for _ in range(reps):
-                for w in ws:
-                    F.linear(xl, w, out=lin)
+    def cublas():
+        for _ in range(reps):
+            for w in ws:
+                F.linear(xl, w, out=lin)
 
-        def fused(m=m, x=x, out=out):
-            for _ in range(reps):
-                for w in ws:
-                    gemv.launch(variant, m, w, x, nw, out, m)
+    def fused():
+        for _ in range(reps):
+            for w in ws:
+                gemv.launch(variant, w, x, nw, out)
 
-        t_cublas = time_graph(cublas, reps * copies)
-        t, floor = time_graph(fused, reps * copies), nbytes / copy_bw
-        print(
-            f"| {name} [{n}x{k}] {variant} | {m} | {nbytes / 1e6:.1f} | {floor * 1e6:.1f} "
-            f"| {t_cublas * 1e6:.1f} ({nbytes / t_cublas / 1e12:.2f}) "
-            f"| {t * 1e6:.1f} ({nbytes / t / 1e12:.2f}, {100 * floor / t:.0f} %) |"
-        )
-        rows.append(
-            {
-                "projection": name,
-                "n": n,
-                "k": k,
-                "variant": variant,
-                "rows": m,
-                "floor_s": floor,
-                "cublas_s": t_cublas,
-                "gemv_s": t,
-            }
-        )
-    return rows
+    t_cublas = time_graph(cublas, reps * copies)
+    t, floor = time_graph(fused, reps * copies), nbytes / copy_bw
+    print(
+        f"| {name} [{n}x{k}] {variant} | 1 | {nbytes / 1e6:.1f} | {floor * 1e6:.1f} "
+        f"| {t_cublas * 1e6:.1f} ({nbytes / t_cublas / 1e12:.2f}) "
+        f"| {t * 1e6:.1f} ({nbytes / t / 1e12:.2f}, {100 * floor / t:.0f} %) |"
+    )
+    return {
+        "projection": name,
+        "n": n,
+        "k": k,
+        "variant": variant,
+        "rows": 1,
+        "floor_s": floor,
+        "cublas_s": t_cublas,
+        "gemv_s": t,
+    }
 
 
-def bench_layer(gemv, m, layers, copy_bw) -> dict:
-    """One layer's four projections with their neighbours, unfused and fused, at `m` rows."""
+def bench_layer(gemv, layers, copy_bw) -> dict:
+    """One layer's four projections with their neighbours, unfused and fused, at one row."""
+    m = 1
     bf16 = torch.bfloat16
     rms = load("rms_norm", "add_rms_norm")
     silu = load("silu_mul", "silu_mul")
@@ -143,13 +138,10 @@ def bench_layer(gemv, m, layers, copy_bw) -> dict:
     gu = torch.empty(m, 2 * INTER, device="cuda", dtype=bf16)
     act = torch.empty(m, INTER, device="cuda", dtype=bf16)
 
-    def stream():
-        return Device().create_stream(_TorchStream(torch.cuda.current_stream()))
-
     def add_norm():
         params = (res.data_ptr(), hid.data_ptr(), nw.data_ptr(), normed.data_ptr())
         cfg = LaunchConfig(grid=m, block=256)
-        launch(stream(), cfg, rms, *params, np.int32(HIDDEN), np.float32(EPS))
+        launch(torch_stream(), cfg, rms, *params, np.int32(HIDDEN), np.float32(EPS))
 
     def unfused():
         for lw in layers:
@@ -159,15 +151,15 @@ def bench_layer(gemv, m, layers, copy_bw) -> dict:
             add_norm()
             F.linear(normed, lw["gate_up"], out=gu)
             cfg = LaunchConfig(grid=(math.ceil(INTER / 2048), m), block=256)
-            launch(stream(), cfg, silu, gu.data_ptr(), act.data_ptr(), np.int32(INTER))
+            launch(torch_stream(), cfg, silu, gu.data_ptr(), act.data_ptr(), np.int32(INTER))
             F.linear(act, lw["down"], out=hid)
 
     def fused():
         for lw in layers:
-            gemv.launch("norm_store", m, lw["qkv"], res, nw, qkv, m)
-            gemv.launch("plain_add", m, lw["o_proj"], attn, nw, res, m)
-            gemv.launch("norm_store", m, lw["gate_up"], res, nw, gu, m)
-            gemv.launch("silu_add", m, lw["down"], gu, nw, res, m)
+            gemv.launch("norm_store", lw["qkv"], res, nw, qkv)
+            gemv.launch("plain_add", lw["o_proj"], attn, nw, res)
+            gemv.launch("norm_store", lw["gate_up"], res, nw, gu)
+            gemv.launch("silu_add", lw["down"], gu, nw, res)
 
     t_unfused = time_graph(unfused, len(layers))
     t_fused = time_graph(fused, len(layers))
@@ -183,12 +175,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    device = Device(torch.cuda.current_device())
-    device.set_current()
-    sm_count = torch.cuda.get_device_properties(0).multi_processor_count
-    copy_bw = copy_bandwidth()
-    gpu = torch.cuda.get_device_name()
-    print(f"{gpu}, {sm_count} SMs, copy {copy_bw / 1e12:.2f} TB/s")
+    sm_count, copy_bw, gpu = card()
     gemv = Gemv(sm_count)
     result = {"gpu": gpu, "date": str(date.today()), "copy_bandwidth": copy_bw}
 
@@ -199,7 +186,7 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     result["projections"] = []
     for name, n, k, variant in PROJECTIONS:
-        result["projections"] += bench_projection(gemv, name, n, k, variant, copy_bw)
+        result["projections"].append(bench_projection(gemv, name, n, k, variant, copy_bw))
         torch.cuda.empty_cache()
 
     layers = [
@@ -211,7 +198,7 @@ def main() -> None:
     ]
     print("\n| one layer's projections | rows | floor µs | unfused (cuBLAS) µs | fused GEMV µs |")
     print("| --- | --- | --- | --- | --- |")
-    result["layer"] = [bench_layer(gemv, m, layers, copy_bw) for m in ROW_COUNTS]
+    result["layer"] = [bench_layer(gemv, layers, copy_bw)]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -104,28 +104,35 @@ def test_n_greedy_sequences_share_the_prompt(engine):
     assert out.outputs[0].token_ids == out.outputs[1].token_ids == out.outputs[2].token_ids
 
 
-def test_64_streams_from_8_threads(engine):
+def stream_from_threads(engine, num_threads, per_thread, params):
+    """Streams PROMPTS from `num_threads` threads, `per_thread` requests each, at once; returns
+    {(thread, i): (prompt, last output)} and the errors the threads raised."""
     results, errors = {}, []
 
     def worker(t):
         try:
-            for i in range(8):
+            for i in range(per_thread):
                 prompt = PROMPTS[(t + i) % len(PROMPTS)]
-                outs = list(engine.stream(prompt, SamplingParams(max_tokens=6, temperature=0.0)))
-                results[(t, i)] = (prompt, outs[-1])
-        except Exception as e:  # reported below with its thread
+                results[(t, i)] = (prompt, list(engine.stream(prompt, params))[-1])
+        except Exception as e:  # reported by the caller with its thread
             errors.append((t, e))
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(num_threads)]
     for th in threads:
         th.start()
     for th in threads:
         th.join(timeout=600)
+    return results, errors
+
+
+def test_64_streams_from_8_threads(engine):
+    params = SamplingParams(max_tokens=6, temperature=0.0)
+    results, errors = stream_from_threads(engine, 8, 8, params)
     assert not errors
     assert len(results) == 64
     for prompt, last in results.values():
         assert last.finished
-        (alone,) = engine.generate(prompt, SamplingParams(max_tokens=6, temperature=0.0))
+        (alone,) = engine.generate(prompt, params)
         assert last.outputs[0].token_ids == alone.outputs[0].token_ids
     wait_idle(engine)
 
@@ -324,22 +331,8 @@ def test_async_scheduling_abort_and_dropped_streams_free_their_blocks(async_engi
 
 
 def test_async_scheduling_streams_from_threads(engine, async_engine):
-    results, errors = {}, []
     params = SamplingParams(max_tokens=6, temperature=0.0)
-
-    def worker(t):
-        try:
-            for i in range(4):
-                prompt = PROMPTS[(t + i) % len(PROMPTS)]
-                results[(t, i)] = (prompt, list(async_engine.stream(prompt, params))[-1])
-        except Exception as e:  # reported below with its thread
-            errors.append((t, e))
-
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join(timeout=600)
+    results, errors = stream_from_threads(async_engine, 4, 4, params)
     assert not errors and len(results) == 16
     for prompt, last in results.values():
         (alone,) = engine.generate(prompt, params)

@@ -14,9 +14,8 @@ within LOGPROB_ATOL until then.
 
 from __future__ import annotations
 
-import threading
-
 import pytest
+from test_engine import wait_idle, wait_idle_soon
 from test_gpu_models import (  # skips this module too where torch or transformers is missing
     COMMON,
     LOGPROB_ATOL,
@@ -59,24 +58,21 @@ def engine(checkpoint) -> infire.Engine:
     return infire.Engine(model=checkpoint, device="cuda", kv_cache_tokens=KV_CACHE_TOKENS)
 
 
+@pytest.fixture(scope="module")
+def chunked(checkpoint) -> infire.Engine:
+    """Steps of 64 tokens, so that prompts are prefilled over several steps; no prefix cache,
+    so that a prompt run twice is prefilled twice."""
+    return infire.Engine(
+        model=checkpoint,
+        device="cuda",
+        kv_cache_tokens=KV_CACHE_TOKENS,
+        max_num_batched_tokens=64,
+        enable_prefix_caching=False,
+    )
+
+
 def completions(outs) -> list[infire.CompletionOutput]:
     return [o.outputs[0] for o in outs]
-
-
-def wait_idle(engine):
-    stats = engine.stats()
-    assert (stats["num_running"], stats["num_waiting"], stats["kv_blocks_used"]) == (0, 0, 0)
-
-
-def wait_idle_soon(engine):
-    """wait_idle, once the engine has had a few seconds to return the blocks of a request that
-    was dropped or aborted (its engine loop aborts a dropped stream at its next step; with
-    async scheduling a sequence aborted mid-step frees its blocks when that step completes)."""
-    for _ in range(500):
-        if engine.stats()["kv_blocks_used"] == 0:
-            break
-        threading.Event().wait(0.01)
-    wait_idle(engine)
 
 
 def assert_equal_up_to_near_tie(a: infire.CompletionOutput, b: infire.CompletionOutput, what):
@@ -112,18 +108,11 @@ def test_sixteen_prompts_together_equal_each_alone(engine):
     wait_idle(engine)
 
 
-def test_chunked_prompts_beside_decoding_sequences(checkpoint, engine):
+def test_chunked_prompts_beside_decoding_sequences(chunked, engine):
     """With 64-token steps the 16 prompts are prefilled over many steps while the first ones
     already decode, so steps mix multi-token chunks (the prefill kernel over its tile list)
     with one-token rows (the decode kernel over its row list). Each result equals the prompt
     alone up to a near-tie."""
-    chunked = infire.Engine(
-        model=checkpoint,
-        device="cuda",
-        kv_cache_tokens=KV_CACHE_TOKENS,
-        max_num_batched_tokens=64,
-        enable_prefix_caching=False,
-    )
     got = completions(chunked.generate(PROMPTS, GREEDY))
     alone = [completions(engine.generate(p, GREEDY))[0] for p in PROMPTS]
     for i, (a, b) in enumerate(zip(alone, got, strict=True)):
@@ -132,18 +121,11 @@ def test_chunked_prompts_beside_decoding_sequences(checkpoint, engine):
     wait_idle(chunked)
 
 
-def test_prompt_longer_than_a_step_alone(checkpoint, engine):
+def test_prompt_longer_than_a_step_alone(chunked, engine):
     """One prompt prefilled over several steps with nothing else running: the steps before its
     last chunk have no logits rows (no final norm, LM head or argmax; nothing read back). It
     equals the prompt prefilled in one step up to a near-tie, on both result paths (logits to
     the host with logprobs, the device argmax without)."""
-    chunked = infire.Engine(
-        model=checkpoint,
-        device="cuda",
-        kv_cache_tokens=KV_CACHE_TOKENS,
-        max_num_batched_tokens=64,
-        enable_prefix_caching=False,
-    )
     prompt = PROMPTS[-1]  # 255 tokens: four chunks, the first three without logits rows
     got = completions(chunked.generate(prompt, GREEDY))[0]
     plain = SamplingParams(max_tokens=STEPS, temperature=0.0, ignore_eos=True)

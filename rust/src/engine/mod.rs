@@ -51,8 +51,8 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Launch each step before turning the previous step's tokens into text and deltas, so
     /// that this host work overlaps the device's (vLLM's `async_scheduling`). For backends
-    /// that run asynchronously (CUDA); on the CPU it only reorders the same work. Default off,
-    /// as in vLLM.
+    /// that run asynchronously (CUDA); the CPU computes a step as it is launched, so there it
+    /// only delays each step's output by a step. Default off, as in vLLM.
     pub async_scheduling: bool,
 }
 

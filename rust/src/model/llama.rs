@@ -182,41 +182,12 @@ impl<B: Backend> LlamaModel<B> {
         }
     }
 
-    /// Runs one step: writes the batch's keys and values into `cache` and returns the logits
-    /// of `batch.logits_rows`, `vocab_size` values per row, on the host. The caller has
-    /// passed `batch` to [`Backend::prepare_step`] first.
-    ///
-    /// The caller guarantees `batch.num_tokens() <= bufs.max_tokens`, that the logits rows fit
-    /// the buffers, and that every slot and block id lies inside `cache`.
-    pub fn forward(
-        &self,
-        backend: &B,
-        batch: &ForwardBatch,
-        cache: &mut B::KvCache,
-        bufs: &mut StepBuffers<B>,
-    ) -> Result<Vec<f32>> {
-        let n = self.launch(backend, batch, cache, bufs, false);
-        self.collect(backend, bufs, n, false)
-            .map(|(logits, _)| logits)
-    }
-
-    /// Like [`forward`](Self::forward), but returns only the greedy token of each logits row:
-    /// the argmax runs on the backend, so the logits never travel to the host.
-    pub fn forward_greedy(
-        &self,
-        backend: &B,
-        batch: &ForwardBatch,
-        cache: &mut B::KvCache,
-        bufs: &mut StepBuffers<B>,
-    ) -> Result<Vec<u32>> {
-        let n = self.launch(backend, batch, cache, bufs, true);
-        self.collect(backend, bufs, n, true)
-            .map(|(_, tokens)| tokens)
-    }
-
-    /// The first half of [`forward`](Self::forward) / [`forward_greedy`](Self::forward_greedy):
-    /// enqueues the step (and, when `greedy`, the argmax of its logits) and returns the number
-    /// of logits rows, without waiting for the backend.
+    /// Starts one step: enqueues it (and, when `greedy`, the argmax of its logits) and returns
+    /// the number of logits rows, without waiting for the backend; [`collect`](Self::collect)
+    /// waits for the results. The step writes the batch's keys and values into `cache`. The
+    /// caller has passed `batch` to [`Backend::prepare_step`] first, and guarantees
+    /// `batch.num_tokens() <= bufs.max_tokens`, that the logits rows fit the buffers, and that
+    /// every slot and block id lies inside `cache`.
     pub fn launch(
         &self,
         backend: &B,
@@ -230,8 +201,8 @@ impl<B: Backend> LlamaModel<B> {
         n
     }
 
-    /// The second half: waits for the step launched last and returns its `n` logits rows
-    /// (empty when `greedy`) and greedy tokens (empty unless `greedy`).
+    /// The second half of a step: waits for the one [`launch`](Self::launch)ed last and returns
+    /// its `n` logits rows (empty when `greedy`) and greedy tokens (empty unless `greedy`).
     pub fn collect(
         &self,
         backend: &B,

@@ -28,10 +28,9 @@ const MIN_KEYS_PER_SPLIT: usize = 64;
 const GEMV_THREADS: u32 = 256;
 
 /// Most rows a step may have for its projections to run as GEMVs (`kernels/cuda/gemv.cu`)
-/// rather than cuBLASLt GEMMs: one (at 2-8 rows the GEMV lost to cuBLASLt; NOTES.md).
+/// rather than cuBLASLt GEMMs, and the row count the GEMV entry points are compiled for
+/// (`_m1`): one (at 2-8 rows the GEMV lost to cuBLASLt; NOTES.md).
 pub const GEMV_MAX_ROWS: usize = 1;
-/// The row counts the GEMV kernels are compiled for; a step runs the smallest that holds it.
-const GEMV_ROWS: [usize; 1] = [1];
 /// Output columns a GEMV CTA takes at a time (`GROUP` in gemv.cu): its columns per CTA are a
 /// multiple of this.
 const GEMV_GROUP: usize = 4;
@@ -68,7 +67,7 @@ const GEMV_VARIANTS: [(GemvInput, GemvOutput); 6] = [
     (GemvInput::Silu, GemvOutput::Add),
 ];
 
-fn gemv_name(input: GemvInput, output: GemvOutput, m: usize) -> String {
+fn gemv_name(input: GemvInput, output: GemvOutput) -> String {
     let i = match input {
         GemvInput::Plain => "plain",
         GemvInput::Norm => "norm",
@@ -79,7 +78,7 @@ fn gemv_name(input: GemvInput, output: GemvOutput, m: usize) -> String {
         GemvOutput::F32 => "f32",
         GemvOutput::Add => "add",
     };
-    format!("gemv_{i}_{o}_m{m}")
+    format!("gemv_{i}_{o}_m{GEMV_MAX_ROWS}")
 }
 
 /// Columns per CTA of an `n`-column GEMV: a multiple of [`GEMV_GROUP`], as few as let the
@@ -252,7 +251,7 @@ pub struct Kernels {
     decode_attention: CudaFunction,
     attention_combine: CudaFunction,
     prefill_attention: CudaFunction,
-    /// `GEMV_VARIANTS.len() × GEMV_ROWS.len()` entry points, variant-major.
+    /// The entry points of `GEMV_VARIANTS`, in its order.
     gemv: Vec<GemvKernel>,
     /// Whether launches use programmatic dependent launch (Hopper and later).
     pdl: bool,
@@ -345,12 +344,10 @@ impl Kernels {
                 .load_function(func)
                 .map_err(|e| Error::Engine(format!("kernel {func} in {file}: {e:?}")))
         };
-        let mut gemv = Vec::with_capacity(GEMV_VARIANTS.len() * GEMV_ROWS.len());
-        for (input, output) in GEMV_VARIANTS {
-            for m in GEMV_ROWS {
-                gemv.push(GemvKernel::new(f("gemv", &gemv_name(input, output, m))?)?);
-            }
-        }
+        let gemv = GEMV_VARIANTS
+            .iter()
+            .map(|&(input, output)| GemvKernel::new(f("gemv", &gemv_name(input, output))?))
+            .collect::<Result<Vec<_>>>()?;
         // Programmatic dependent launch needs sm_90; INFIRE_PDL=0 turns it off (to measure it).
         let (major, _) = ctx.compute_capability().map_err(cuda_err)?;
         let pdl = major >= 9 && std::env::var("INFIRE_PDL").map_or(true, |v| v != "0");
@@ -531,11 +528,10 @@ impl Kernels {
             .iter()
             .position(|&v| v == (a.input, a.output))
             .expect("every (input, output) pair the backend asks for is compiled");
-        let slot = GEMV_ROWS
-            .iter()
-            .position(|&m| m >= a.rows)
-            .ok_or_else(|| Error::Engine(format!("GEMV of {} rows", a.rows)))?;
-        let kernel = &self.gemv[variant * GEMV_ROWS.len() + slot];
+        if a.rows > GEMV_MAX_ROWS {
+            return Err(Error::Engine(format!("GEMV of {} rows", a.rows)));
+        }
+        let kernel = &self.gemv[variant];
         let (grid, cols) = kernel.grid(a, sm_count);
         let (w, x, norm_w, bias, out, eps) = (a.w, a.x, a.norm_w, a.bias, a.out, a.eps);
         let (rows, n, k) = (a.rows as i32, a.n as i32, a.k as i32);
@@ -596,6 +592,30 @@ mod tests {
             rows_times_splits: 1024,
             max_context,
             sm_count: 132,
+        }
+    }
+
+    #[test]
+    fn gemv_entry_points_are_named_as_gemv_cu_defines_them() {
+        let names: Vec<_> = GEMV_VARIANTS
+            .iter()
+            .map(|&(i, o)| gemv_name(i, o))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "gemv_plain_store_m1",
+                "gemv_plain_f32_m1",
+                "gemv_plain_add_m1",
+                "gemv_norm_store_m1",
+                "gemv_norm_f32_m1",
+                "gemv_silu_add_m1",
+            ]
+        );
+        let source = crate::backend::cuda::jit::source("gemv").unwrap();
+        for name in &names {
+            let (stem, _) = name.rsplit_once("_m").unwrap();
+            assert!(source.contains(&format!("GEMV_ENTRY({stem},")), "{name}");
         }
     }
 
