@@ -14,7 +14,9 @@ decodes.
 decode      one stream: 128-token prompt, 256 new tokens, greedy, ignore_eos; tok/s from the
             first token to the last (engine timestamps), median of 3, against the roofline
             copy bandwidth / weight bytes (decode reads every weight once per token, and the
-            copy bandwidth counts bytes read + written).
+            copy bandwidth counts bytes read + written). Then the same with sampling
+            (temperature 0.8, top-k 50, top-p 0.95, repetition penalty 1.1, seeded), whose
+            tokens are picked on the GPU: `decode_sampled`.
 ttft        time to first token of a 1024-token prompt (max_tokens=1), median of 5 after a
             warm-up, each with fresh random ids so that no prefix is cached.
 throughput  256 requests, prompt and output lengths uniform in [100, 1024] (numpy
@@ -322,11 +324,24 @@ def random_ids(n: int, seed: int) -> list[int]:
     return np.random.default_rng(seed).integers(0, PROMPT_ID_LIMIT, size=n).tolist()
 
 
-def bench_decode(engine: infire.Engine, weights: int, copy_bw: float) -> dict:
-    engine.generate(random_ids(DECODE_PROMPT, 100), greedy(8))  # warm-up
+def sampled(max_tokens: int) -> infire.SamplingParams:
+    """Sampling with the usual filters and penalties on: the tokens are picked on the GPU."""
+    return infire.SamplingParams(
+        max_tokens=max_tokens,
+        temperature=0.8,
+        top_k=50,
+        top_p=0.95,
+        repetition_penalty=1.1,
+        seed=0,
+        ignore_eos=True,
+    )
+
+
+def bench_decode(engine: infire.Engine, weights: int, copy_bw: float, params=greedy) -> dict:
+    engine.generate(random_ids(DECODE_PROMPT, 100), params(8))  # warm-up
     runs = []
     for i in range(DECODE_RUNS):
-        (out,) = engine.generate(random_ids(DECODE_PROMPT, 101 + i), greedy(DECODE_NEW))
+        (out,) = engine.generate(random_ids(DECODE_PROMPT, 101 + i), params(DECODE_NEW))
         m, n = out.metrics, len(out.outputs[0].token_ids)
         runs.append((n - 1) / (m.finished_time - m.first_token_time))
     roofline = copy_bw / weights
@@ -532,6 +547,9 @@ def run_engine_benches(report: Report, run: set[str], args, ceil, weights) -> No
         return
     if "decode" in run and ceil and weights:
         report.step("decode", bench_decode, engine, weights, ceil["copy_bytes_per_s"])
+        report.step(
+            "decode_sampled", bench_decode, engine, weights, ceil["copy_bytes_per_s"], sampled
+        )
     if "ttft" in run:
         report.step("ttft", bench_ttft, engine)
     if "throughput" in run and ceil and weights:

@@ -226,6 +226,33 @@ def test_seeds_reproduce_n2_samples(engine):
     wait_idle(engine)
 
 
+def test_device_sampling_picks_the_host_samplers_tokens(engine):
+    """Sampling with every filter and penalty on picks its tokens on the GPU; asking for
+    log-probabilities moves the choice to the host (the logits are copied there), where the
+    same rules run on the same keys. Both runs compute the same logits (the prompt is shorter
+    than a KV block, so nothing is cached), so they must give the same tokens."""
+    kw = dict(
+        max_tokens=24,
+        temperature=0.8,
+        top_k=40,
+        top_p=0.9,
+        min_p=0.02,
+        repetition_penalty=1.2,
+        presence_penalty=0.3,
+        frequency_penalty=0.2,
+        seed=11,
+        ignore_eos=True,
+    )
+    prompt = PROMPTS[0]
+    device = engine.generate(prompt, SamplingParams(**kw))[0].outputs[0]
+    host = engine.generate(prompt, SamplingParams(**kw, logprobs=1))[0].outputs[0]
+    assert device.logprobs is None and host.logprobs is not None
+    assert device.token_ids == host.token_ids
+    # Not all one token: the draws and penalties did something.
+    assert len(set(device.token_ids)) > 4
+    wait_idle(engine)
+
+
 def test_float16_agrees_with_bfloat16(checkpoint, engine):
     """dtype="float16" (10 mantissa bits to bf16's 7) gives bf16's greedy tokens up to a
     near-tie, with log-probabilities within the bf16 tolerance."""

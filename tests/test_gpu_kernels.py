@@ -390,9 +390,203 @@ def test_argmax(rows, vocab):
         logits[1] = -float("inf")
         logits[1, vocab // 3] = -1e30
     out = torch.full((rows,), -7, dtype=torch.int32, device="cuda")
-    run("argmax", "argmax", rows, 1024, logits, i32(vocab), out)
+    run("sampling", "argmax", rows, 1024, logits, i32(vocab), out)
     expected = torch.argmax(torch.where(logits.isnan(), -float("inf"), logits), dim=-1)
     assert torch.equal(out.long(), expected)
+
+
+# --- sampling --------------------------------------------------------------------------------
+# The rules (sampling.cu's header, rust/src/sampling/filter.rs) again, in numpy.
+
+GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+SEEN_BIT = 1 << 31
+
+
+def uniform(key: int, n: int) -> np.ndarray:
+    """splitmix64's outputs 1..n from state `key`, as float32 in (0, 1)."""
+    with np.errstate(over="ignore"):
+        z = np.uint64(key) + np.arange(1, n + 1, dtype=np.uint64) * GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z ^= z >> np.uint64(31)
+    return ((z >> np.uint64(41)).astype(np.float32) + np.float32(0.5)) * np.float32(2.0**-23)
+
+
+def test_uniform_matches_the_rust_copy():
+    """The values rust/src/sampling/filter.rs asserts (exact in float32)."""
+    want = np.array([0.38982969522476196, 0.0167883038520813, 0.9007607102394104], np.float32)
+    assert np.array_equal(uniform(7, 3), want)
+    assert uniform(2**63 + 5, 100_001)[-1] == np.float32(0.5986538529396057)
+
+
+def penalize(row: np.ndarray, p: dict) -> None:
+    for token, count, seen in p["penalties"]:
+        v = row[token]
+        if seen:
+            v = v / np.float32(p["rep"]) if v > 0 else v * np.float32(p["rep"])
+        if count:
+            v = v - (np.float32(p["freq"]) * np.float32(count) + np.float32(p["pres"]))
+        row[token] = v
+
+
+def keep_floor(row: np.ndarray, p: dict, m, top_p) -> float:
+    """The smallest kept logit: top-k threshold, min-p floor, top-p threshold (ties kept)."""
+    t = np.float32(p["temperature"])
+    inv_t = np.float32(1) / t
+    valid = np.sort(row[~np.isnan(row)])[::-1]
+    floor = -np.inf
+    if 0 < p["top_k"] < len(row):
+        floor = valid[min(p["top_k"], len(valid)) - 1]
+    if p["min_p"] > 0:
+        floor = max(floor, m + np.log(np.float32(p["min_p"])) * t)
+    if top_p < 1:
+        kept = valid[valid >= floor]
+        mass = np.exp((kept - m) * inv_t).astype(np.float64)
+        cum = np.cumsum(mass)
+        floor = max(floor, kept[np.searchsorted(cum, top_p * cum[-1])])
+    return floor
+
+
+def sample_reference(logits: np.ndarray, params: list[dict]):
+    """Per row: the token, the race value of every token (-inf where not kept), and the kept
+    mask with top_p loosened by 1e-3 (what a kernel may keep, given float sums)."""
+    out = []
+    for row, p in zip(logits, params, strict=True):
+        row = row.copy()
+        penalize(row, p)
+        arg = int(np.argmax(np.where(np.isnan(row), -np.inf, row)))
+        if p["temperature"] == 0 or p["top_k"] == 1:
+            out.append((arg, None, None))
+            continue
+        m = row[arg]
+        inv_t = np.float32(1) / np.float32(p["temperature"])
+        ok = ~np.isnan(row)
+        floor = keep_floor(row, p, m, p["top_p"])
+        loose = keep_floor(row, p, m, min(1.0, p["top_p"] + 1e-3))
+        u = uniform(p["key"], len(row))
+        race = np.where(ok & (row >= floor), (row - m) * inv_t - np.log(-np.log(u)), -np.inf)
+        out.append((int(np.argmax(race)), race, ok & (row >= loose)))
+    return out
+
+
+def pack_sampling(params: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """The sample kernel's parameter words and penalty entries (pack_sampling in kernels.rs)."""
+    words, entries = [], []
+    for p in params:
+        begin = len(entries)
+        entries += [(t, c | (SEEN_BIT if seen else 0)) for t, c, seen in p["penalties"]]
+
+        def bits(x):
+            return int(np.float32(x).view(np.uint32))
+
+        words.append(
+            [
+                bits(p["temperature"]),
+                bits(p["top_p"]),
+                bits(p["min_p"]),
+                p["top_k"] & 0xFFFFFFFF,
+                bits(p["rep"]),
+                bits(p["pres"]),
+                bits(p["freq"]),
+                begin,
+                len(entries),
+                p["key"] & 0xFFFFFFFF,
+                p["key"] >> 32,
+                0,
+            ]
+        )
+    flat_entries = np.array(entries or [(0, 0)], dtype=np.uint32).reshape(-1)
+    return np.array(words, dtype=np.uint32).reshape(-1), flat_entries
+
+
+def random_params(rng: np.random.Generator, vocab: int) -> dict:
+    penalties = []
+    if rng.random() < 0.5:
+        tokens = rng.choice(vocab, size=min(vocab, int(rng.integers(1, 40))), replace=False)
+        penalties = [(int(t), int(rng.integers(0, 4)), bool(rng.random() < 0.7)) for t in tokens]
+    return {
+        "temperature": float(rng.choice([0.0, 0.3, 0.7, 1.0, 1.6])),
+        "top_k": int(rng.choice([-1, 1, 2, 20, 50, vocab + 5])),
+        "top_p": float(rng.choice([1.0, 0.95, 0.8, 0.3])),
+        "min_p": float(rng.choice([0.0, 0.0, 0.05, 0.3])),
+        "rep": float(rng.choice([1.0, 1.3])),
+        "pres": float(rng.choice([0.0, 0.5])),
+        "freq": float(rng.choice([0.0, 0.25])),
+        "key": int(rng.integers(0, 2**63)) * 2 + 1,
+        "penalties": penalties,
+    }
+
+
+def run_sample(logits, params):
+    words, entries = pack_sampling(params)
+    words_t = torch.from_numpy(words.view(np.int32)).cuda()
+    entries_t = torch.from_numpy(entries.view(np.int32)).cuda()
+    rows, vocab = logits.shape
+    out = torch.full((rows,), -7, dtype=torch.int32, device="cuda")
+    run("sampling", "sample", rows, 1024, logits, i32(vocab), words_t, entries_t, out)
+    return out.cpu().numpy()
+
+
+@pytest.mark.parametrize(
+    ("rows", "vocab"), [(1, 128256), (64, 1000), (33, 49152), (4, 151936), (40, 7), (9, 32001)]
+)
+def test_sample_matches_the_reference(rows, vocab):
+    """Penalties (applied in place), greedy rows, and every filter combination: each token is
+    one the filters keep, and equal to the reference's draw from the same key unless the two
+    race values are within float rounding of each other."""
+    rng = np.random.default_rng(zlib.crc32(f"{rows},{vocab}".encode()))
+    logits = torch.randn(rows, vocab, device="cuda") * 3
+    logits[:, : vocab // 4] = logits[:, : vocab // 4].round()  # ties among logits
+    if rows > 1:
+        logits[1, :: max(1, vocab // 7)] = float("nan")
+    params = [random_params(rng, vocab) for _ in range(rows)]
+    host = logits.cpu().numpy()
+    want = sample_reference(host, params)
+    out = run_sample(logits, params)
+    penalized = host.copy()
+    for row, p in zip(penalized, params, strict=True):
+        penalize(row, p)
+    torch.testing.assert_close(
+        logits.cpu(), torch.from_numpy(penalized), rtol=1e-6, atol=1e-6, equal_nan=True
+    )
+    for r, ((token, race, kept), got) in enumerate(zip(want, out, strict=True)):
+        if race is None:
+            assert got == token, f"row {r}: greedy {got} != {token}"
+            continue
+        assert 0 <= got < vocab and kept[got], f"row {r}: token {got} is filtered out"
+        if got != token:
+            assert abs(race[got] - race[token]) <= 1e-5 * max(1.0, abs(race[token])), (
+                f"row {r}: {got} (race {race[got]}) != {token} (race {race[token]})"
+            )
+
+
+def test_sample_follows_the_distribution():
+    """20,000 draws of one row with different keys: frequencies within 5 sigma of the
+    renormalized probabilities of the kept tokens, and a key always gives the same token."""
+    vocab, n = 64, 20_000
+    base = torch.randn(vocab) * 2
+    rng = np.random.default_rng(0)
+    cases = [
+        {"temperature": 1.0, "top_k": -1, "top_p": 1.0, "min_p": 0.0},
+        {"temperature": 0.7, "top_k": 10, "top_p": 1.0, "min_p": 0.0},
+        {"temperature": 1.3, "top_k": -1, "top_p": 0.6, "min_p": 0.0},
+        {"temperature": 1.0, "top_k": 30, "top_p": 0.9, "min_p": 0.05},
+    ]
+    for case in cases:
+        p = {**case, "rep": 1.0, "pres": 0.0, "freq": 0.0, "penalties": []}
+        params = [{**p, "key": int(k)} for k in rng.integers(0, 2**62, size=n)]
+        out = run_sample(base.repeat(n, 1).cuda(), params)
+        again = run_sample(base.repeat(n, 1).cuda(), params)
+        assert np.array_equal(out, again)
+        row = base.numpy()
+        m = row.max()
+        floor = keep_floor(row, p, m, p["top_p"])
+        prob = np.where(row >= floor, np.exp((row.astype(np.float64) - m) / p["temperature"]), 0)
+        prob /= prob.sum()
+        freq = np.bincount(out, minlength=vocab) / n
+        sigma = np.sqrt(prob * (1 - prob) / n)
+        assert (freq[prob == 0] == 0).all(), case
+        assert (np.abs(freq - prob) <= 5 * sigma + 1e-3).all(), (case, freq, prob)
 
 
 # --- attention -----------------------------------------------------------------------------

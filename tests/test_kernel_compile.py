@@ -15,7 +15,7 @@ KERNEL_FILES = {
     "rope_cache_write",
     "silu_mul",
     "gather_rows",
-    "argmax",
+    "sampling",
     "decode_attention",
     "prefill_attention",
     "gemv",

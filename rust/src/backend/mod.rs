@@ -9,6 +9,7 @@ pub mod cpu;
 pub mod cuda;
 
 use crate::error::Result;
+use crate::sampling::StepSampling;
 use crate::weights::{HostTensor, RawTensor};
 
 /// The flat description of one forward step, shared by every backend.
@@ -140,10 +141,11 @@ pub trait Backend: Send {
     /// and its operations read that copy rather than the host slices they are also given.
     fn prepare_step(&mut self, _batch: &ForwardBatch) {}
     /// Called once all of a step's operations are enqueued: a backend that defers work (a
-    /// replayed CUDA graph) starts it now, and with `argmax = Some((rows, width))` also starts
-    /// the argmax of the step's logits, which [`argmax_rows`](Self::argmax_rows) then waits for
-    /// instead of starting it. Errors surface in `to_host` / `argmax_rows`.
-    fn submit_step(&self, _logits: &Self::Buf, _argmax: Option<(usize, usize)>) {}
+    /// replayed CUDA graph) starts it now, and with `sampling = Some((rows, width))` also
+    /// starts picking the tokens of the step's logits rows, which
+    /// [`sample_rows`](Self::sample_rows) then waits for instead of starting it. Errors
+    /// surface in `to_host` / `sample_rows`.
+    fn submit_step(&self, _logits: &Self::Buf, _sampling: Option<(&StepSampling, usize)>) {}
     /// A KV cache of `num_blocks` blocks of `block_size` tokens for `num_layers` layers.
     fn kv_cache(
         &self,
@@ -273,14 +275,17 @@ pub trait Backend: Send {
     /// enqueued so far, and reports the first failure of any of it (operations do not return
     /// errors themselves, so that a device backend can enqueue them without waiting).
     fn to_host(&self, x: &Self::Buf, len: usize) -> Result<Vec<f32>>;
-    /// The index of the largest of each of `rows` rows of `width` logits (lowest index among
-    /// equals), waiting and reporting failures as [`to_host`](Self::to_host) does. A device
-    /// backend computes it in place, so only the indices travel.
-    fn argmax_rows(&self, logits: &Self::Buf, rows: usize, width: usize) -> Result<Vec<u32>> {
-        let host = self.to_host(logits, rows * width)?;
-        Ok(host
-            .chunks_exact(width)
-            .map(crate::sampling::argmax)
-            .collect())
+    /// The token of each logits row (`sampling.rows.len()` rows of `width`), picked by the
+    /// rules of [`crate::sampling::sample_row`], waiting and reporting failures as
+    /// [`to_host`](Self::to_host) does. A device backend picks them in place, so only the
+    /// token ids travel; this default copies the logits and picks them on the host.
+    fn sample_rows(
+        &self,
+        logits: &Self::Buf,
+        sampling: &StepSampling,
+        width: usize,
+    ) -> Result<Vec<u32>> {
+        let mut host = self.to_host(logits, sampling.rows.len() * width)?;
+        Ok(sampling.sample(&mut host, width))
     }
 }

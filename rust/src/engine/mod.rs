@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::loader::ModelFiles;
 use crate::model::{LlamaModel, StepBuffers};
-use crate::sampling::{Sampled, SamplingParams};
+use crate::sampling::{RowSampling, Sampled, SamplingParams, StepSampling};
 use crate::tokenizer::Tokenizer;
 
 /// Engine options. Defaults are documented on each field.
@@ -402,7 +402,8 @@ impl<B: Backend> Engine<B> {
             },
         };
         let (model, backend, bufs) = (&self.model, &self.backend, &self.bufs);
-        let (logits, tokens) = match model.collect(backend, bufs, launched.rows, launched.greedy) {
+        let sampling = launched.sampling.as_ref();
+        let (logits, tokens) = match model.collect(backend, bufs, launched.rows, sampling) {
             Ok(out) => out,
             Err(e) => {
                 let failed = self.fail_step(&launched.plan, e);
@@ -478,17 +479,39 @@ impl<B: Backend> Engine<B> {
             pad_decode_batch(&mut batch, padded);
         }
         self.backend.prepare_step(&batch);
-        // When every sampled row is plain greedy, only the token ids leave the backend.
-        let greedy = plan.iter().all(|s| {
+        // Tokens are picked on the backend, so that only their ids leave it, unless a request
+        // of the step wants log-probabilities (computed on the host from the logits).
+        let on_backend = plan.iter().all(|s| {
             let p = &self.scheduler.running[s.seq].params;
-            p.is_greedy()
-                && !p.has_penalties()
-                && p.logprobs.is_none()
-                && p.prompt_logprobs.is_none()
+            p.logprobs.is_none() && p.prompt_logprobs.is_none()
+        });
+        let sampling = on_backend.then(|| {
+            let mut step = StepSampling::default();
+            for s in &plan {
+                let seq = &mut self.scheduler.running[s.seq];
+                if seq.num_computed + s.num_tokens == seq.num_tokens() {
+                    let row = seq.sampler.row(&seq.params, &mut step.penalty_tokens);
+                    step.rows.push(row);
+                }
+            }
+            // Padding rows of a decode graph take their (unused) argmax.
+            step.rows
+                .resize(batch.logits_rows.len(), RowSampling::GREEDY);
+            step
         });
         let (model, backend) = (&self.model, &self.backend);
-        let rows = model.launch(backend, &batch, &mut self.cache, &mut self.bufs, greedy);
-        Some(Launched { plan, rows, greedy })
+        let rows = model.launch(
+            backend,
+            &batch,
+            &mut self.cache,
+            &mut self.bufs,
+            sampling.as_ref(),
+        );
+        Some(Launched {
+            plan,
+            rows,
+            sampling,
+        })
     }
 
     /// Applies a collected step: progress, prefix-cache blocks, prompt log-probabilities, and
@@ -504,7 +527,7 @@ impl<B: Backend> Engine<B> {
         tokens: &[u32],
     ) -> Vec<(u64, Error)> {
         let mut rows = logits.chunks_exact(self.model.config.vocab_size);
-        let mut greedy_tokens = tokens.iter().copied();
+        let mut backend_tokens = tokens.iter().copied();
         // In plan order (increasing `s.seq`), as the logits rows are.
         let mut samples: Vec<(usize, Sample)> = Vec::with_capacity(launched.plan.len());
         for s in &launched.plan {
@@ -527,8 +550,8 @@ impl<B: Backend> Engine<B> {
                 }
                 continue;
             }
-            let sample = if launched.greedy {
-                greedy_tokens.next().map(Sample::Token)
+            let sample = if launched.sampling.is_some() {
+                backend_tokens.next().map(Sample::Token)
             } else {
                 rows.next().map(Sample::Logits)
             };
@@ -597,7 +620,7 @@ impl<B: Backend> Drop for Engine<B> {
         if let Some(l) = self.in_flight.take() {
             let _ = self
                 .model
-                .collect(&self.backend, &self.bufs, l.rows, l.greedy);
+                .collect(&self.backend, &self.bufs, l.rows, l.sampling.as_ref());
         }
     }
 }
@@ -630,13 +653,13 @@ struct Launched {
     plan: Vec<Scheduled>,
     /// Logits rows of the step.
     rows: usize,
-    /// Whether the backend returns greedy tokens instead of logits.
-    greedy: bool,
+    /// How the backend picks the step's tokens; `None`: it returns the logits instead.
+    sampling: Option<StepSampling>,
 }
 
 /// What a sequence samples its next token from in a step.
 enum Sample<'a> {
-    /// Chosen on the device (greedy).
+    /// Picked by the backend.
     Token(u32),
     /// Its row of the step's logits.
     Logits(&'a [f32]),

@@ -4,6 +4,7 @@
 use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
+use crate::sampling::StepSampling;
 use crate::weights::{HostTensor, WeightSource};
 
 use super::{load_checked, load_matrix};
@@ -182,10 +183,11 @@ impl<B: Backend> LlamaModel<B> {
         }
     }
 
-    /// Starts one step: enqueues it (and, when `greedy`, the argmax of its logits) and returns
-    /// the number of logits rows, without waiting for the backend; [`collect`](Self::collect)
-    /// waits for the results. The step writes the batch's keys and values into `cache`. The
-    /// caller has passed `batch` to [`Backend::prepare_step`] first, and guarantees
+    /// Starts one step: enqueues it (and, with `sampling`, the choice of its tokens, one
+    /// [`RowSampling`](crate::sampling::RowSampling) per logits row) and returns the number of
+    /// logits rows, without waiting for the backend; [`collect`](Self::collect) waits for the
+    /// results. The step writes the batch's keys and values into `cache`. The caller has
+    /// passed `batch` to [`Backend::prepare_step`] first, and guarantees
     /// `batch.num_tokens() <= bufs.max_tokens`, that the logits rows fit the buffers, and that
     /// every slot and block id lies inside `cache`.
     pub fn launch(
@@ -194,27 +196,27 @@ impl<B: Backend> LlamaModel<B> {
         batch: &ForwardBatch,
         cache: &mut B::KvCache,
         bufs: &mut StepBuffers<B>,
-        greedy: bool,
+        sampling: Option<&StepSampling>,
     ) -> usize {
         let n = self.compute_logits(backend, batch, cache, bufs);
-        backend.submit_step(&bufs.logits, greedy.then_some((n, self.config.vocab_size)));
+        debug_assert!(sampling.is_none_or(|s| s.rows.len() == n));
+        backend.submit_step(&bufs.logits, sampling.map(|s| (s, self.config.vocab_size)));
         n
     }
 
     /// The second half of a step: waits for the one [`launch`](Self::launch)ed last and returns
-    /// its `n` logits rows (empty when `greedy`) and greedy tokens (empty unless `greedy`).
+    /// its `n` logits rows (empty with `sampling`) and its tokens (empty without).
     pub fn collect(
         &self,
         backend: &B,
         bufs: &StepBuffers<B>,
         n: usize,
-        greedy: bool,
+        sampling: Option<&StepSampling>,
     ) -> Result<(Vec<f32>, Vec<u32>)> {
         let vocab = self.config.vocab_size;
-        if greedy {
-            Ok((Vec::new(), backend.argmax_rows(&bufs.logits, n, vocab)?))
-        } else {
-            Ok((backend.to_host(&bufs.logits, n * vocab)?, Vec::new()))
+        match sampling {
+            Some(s) => Ok((Vec::new(), backend.sample_rows(&bufs.logits, s, vocab)?)),
+            None => Ok((backend.to_host(&bufs.logits, n * vocab)?, Vec::new())),
         }
     }
 

@@ -1,9 +1,12 @@
-//! Sampling: parameters of a request, the CPU sampler, and stop conditions.
+//! Sampling: parameters of a request, each sequence's sampler state, the rules that turn a row
+//! of logits into a token (shared by every backend), and stop conditions.
 
+mod filter;
 mod params;
 mod sampler;
 mod stop;
 
+pub use filter::{sample_row, uniform, PenaltyToken, RowSampling, StepSampling};
 pub use params::SamplingParams;
 pub use sampler::{argmax, log_softmax_top, Sampled, Sampler};
 pub use stop::StopChecker;

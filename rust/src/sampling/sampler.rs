@@ -1,11 +1,14 @@
-//! The CPU sampler: penalties, temperature, top-k, top-p, min-p, and a per-request random
-//! stream, so a seeded request gives the same tokens whatever else shares its batch.
+//! A sequence's sampling state: its seeded random stream and the token history penalties
+//! need. Each step it hands the backend a [`RowSampling`] (a fresh random key and its penalty
+//! entries); the rules that turn a row of logits into a token are in [`super::filter`]. A
+//! seeded request gives the same tokens whatever else shares its batch.
 
 use std::collections::HashMap;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use super::filter::{sample_row, PenaltyToken, RowSampling};
 use super::SamplingParams;
 
 /// A sampled token and, when asked for, log-probabilities of the raw model output.
@@ -53,16 +56,47 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token from one row of logits. `logits` is used as scratch space.
+    /// This step's sampling of the sequence's row: its parameters, a fresh key from the
+    /// sequence's random stream, and its penalty entries appended to `penalty_tokens` (one
+    /// per token seen in the prompt or output, when a penalty is on).
+    pub fn row(
+        &mut self,
+        params: &SamplingParams,
+        penalty_tokens: &mut Vec<PenaltyToken>,
+    ) -> RowSampling {
+        let begin = penalty_tokens.len() as u32;
+        for (&token, &output_count) in &self.output_counts {
+            let seen = self.seen.contains_key(&token);
+            penalty_tokens.push(PenaltyToken {
+                token,
+                output_count,
+                seen,
+            });
+        }
+        for &token in self.seen.keys() {
+            if !self.output_counts.contains_key(&token) {
+                penalty_tokens.push(PenaltyToken {
+                    token,
+                    output_count: 0,
+                    seen: true,
+                });
+            }
+        }
+        RowSampling {
+            key: self.rng.random(),
+            penalties: (begin, penalty_tokens.len() as u32),
+            ..RowSampling::new(params)
+        }
+    }
+
+    /// Picks the next token from one row of logits on the host (see [`sample_row`]), with
+    /// log-probabilities when asked for. `logits` is used as scratch space.
     pub fn sample(&mut self, params: &SamplingParams, logits: &mut [f32]) -> Sampled {
         // Log-probabilities describe the raw model output, so keep it before penalties.
         let raw = params.logprobs.map(|k| (k, logits.to_vec()));
-        self.apply_penalties(params, logits);
-        let token = if params.is_greedy() {
-            argmax(logits)
-        } else {
-            self.draw(params, logits)
-        };
+        let mut penalties = Vec::new();
+        let row = self.row(params, &mut penalties);
+        let token = sample_row(logits, &row, &penalties);
         let logprobs = raw.map(|(k, raw)| {
             let (mut top, lse) = log_softmax_top(&raw, k);
             if !top.iter().any(|&(t, _)| t == token) {
@@ -71,67 +105,6 @@ impl Sampler {
             top
         });
         Sampled { token, logprobs }
-    }
-
-    fn apply_penalties(&self, params: &SamplingParams, logits: &mut [f32]) {
-        if params.repetition_penalty != 1.0 {
-            for &t in self.seen.keys() {
-                let l = &mut logits[t as usize];
-                *l = if *l > 0.0 {
-                    *l / params.repetition_penalty
-                } else {
-                    *l * params.repetition_penalty
-                };
-            }
-        }
-        for (&t, &n) in &self.output_counts {
-            logits[t as usize] -= params.frequency_penalty * n as f32 + params.presence_penalty;
-        }
-    }
-
-    /// Temperature, top-k, top-p and min-p, then one draw from what is left.
-    fn draw(&mut self, params: &SamplingParams, logits: &[f32]) -> u32 {
-        let inv_t = 1.0 / params.temperature;
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        // Candidates sorted by logit, highest first; only as many as the filters can keep.
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, ((l - max) * inv_t).exp()))
-            .collect();
-        let by_prob = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-        if params.top_k > 0 && (params.top_k as usize) < cand.len() {
-            let k = params.top_k as usize;
-            cand.select_nth_unstable_by(k - 1, by_prob);
-            cand.truncate(k);
-        }
-        if params.min_p > 0.0 {
-            let threshold = params.min_p * cand.iter().map(|c| c.1).fold(0.0, f32::max);
-            cand.retain(|c| c.1 >= threshold);
-        }
-        if params.top_p < 1.0 {
-            cand.sort_unstable_by(by_prob);
-            let total: f32 = cand.iter().map(|c| c.1).sum();
-            let mut acc = 0.0;
-            let mut keep = cand.len();
-            for (i, c) in cand.iter().enumerate() {
-                acc += c.1;
-                if acc >= params.top_p * total {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            cand.truncate(keep);
-        }
-        let total: f32 = cand.iter().map(|c| c.1).sum();
-        let mut u = self.rng.random::<f32>() * total;
-        for &(t, p) in &cand {
-            if u < p {
-                return t;
-            }
-            u -= p;
-        }
-        cand.last().map_or(0, |c| c.0)
     }
 }
 
@@ -232,18 +205,40 @@ mod tests {
     }
 
     #[test]
-    fn penalties_change_logits_as_vllm_does() {
+    fn rows_carry_penalty_entries_of_prompt_and_output() {
         let p = params(|p| {
             p.repetition_penalty = 2.0;
-            p.presence_penalty = 0.5;
             p.frequency_penalty = 0.25;
         });
-        let mut s = Sampler::new(&p, &[0], 0);
+        let mut s = Sampler::new(&p, &[0, 5], 0);
         s.observe(&p, 1);
         s.observe(&p, 1);
-        let mut logits = vec![4.0, -4.0, 1.0];
-        s.apply_penalties(&p, &mut logits);
-        assert_eq!(logits, vec![2.0, -8.0 - 0.5 - 0.5, 1.0]);
+        s.observe(&p, 5);
+        let mut pens = vec![PenaltyToken {
+            token: 9,
+            output_count: 0,
+            seen: true,
+        }];
+        let row = s.row(&p, &mut pens);
+        assert_eq!(row.penalties, (1, 4));
+        let mut mine = pens[1..].to_vec();
+        mine.sort_by_key(|t| t.token);
+        let entry = |token, output_count, seen| PenaltyToken {
+            token,
+            output_count,
+            seen,
+        };
+        assert_eq!(
+            mine,
+            [entry(0, 0, true), entry(1, 2, true), entry(5, 1, true)]
+        );
+        // Without penalties a row has no entries; each row gets a new key.
+        let q = SamplingParams::default();
+        let mut s = Sampler::new(&q, &[0], 0);
+        s.observe(&q, 1);
+        let (a, b) = (s.row(&q, &mut pens), s.row(&q, &mut pens));
+        assert_eq!((a.penalties.0, a.penalties.1), (4, 4));
+        assert_ne!(a.key, b.key);
     }
 
     #[test]

@@ -24,7 +24,6 @@ const COMMON: &str = include_str!("../../../../kernels/cuda/common.cuh");
 
 /// The kernel files, by stem. Each file may define several `extern "C"` kernels.
 const SOURCES: &[(&str, &str)] = &[
-    ("argmax", include_str!("../../../../kernels/cuda/argmax.cu")),
     (
         "decode_attention",
         include_str!("../../../../kernels/cuda/decode_attention.cu"),
@@ -53,6 +52,10 @@ const SOURCES: &[(&str, &str)] = &[
     (
         "rope_cache_write",
         include_str!("../../../../kernels/cuda/rope_cache_write.cu"),
+    ),
+    (
+        "sampling",
+        include_str!("../../../../kernels/cuda/sampling.cu"),
     ),
     (
         "silu_mul",

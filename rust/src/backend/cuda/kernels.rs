@@ -17,6 +17,7 @@ use super::jit::{self, KernelDtype, KernelSpec, Target};
 use super::step_meta::StepMeta;
 use crate::backend::AttentionShape;
 use crate::error::{Error, Result};
+use crate::sampling::StepSampling;
 
 /// One-warp decode attention CTAs an SM holds at once (26 KiB of shared memory each for
 /// head_dim 128; see `kernels/cuda/decode_attention.cu`).
@@ -248,6 +249,7 @@ pub struct Kernels {
     silu_mul: CudaFunction,
     gather_rows: CudaFunction,
     argmax: CudaFunction,
+    sample: CudaFunction,
     decode_attention: CudaFunction,
     attention_combine: CudaFunction,
     prefill_attention: CudaFunction,
@@ -361,7 +363,8 @@ impl Kernels {
             rope_cache_write: f("rope_cache_write", "rope_cache_write")?,
             silu_mul: f("silu_mul", "silu_mul")?,
             gather_rows: f("gather_rows", "gather_rows")?,
-            argmax: f("argmax", "argmax")?,
+            argmax: f("sampling", "argmax")?,
+            sample: f("sampling", "sample")?,
             decode_attention: f("decode_attention", "decode_attention")?,
             attention_combine: f("decode_attention", "attention_combine")?,
             prefill_attention: f("prefill_attention", "prefill_attention")?,
@@ -579,11 +582,88 @@ impl Kernels {
         let vocab = vocab as i32;
         launch!(self, stream, &self.argmax, (rows, 1, 1), 1024; logits, vocab, out)
     }
+
+    /// Sampled tokens of `rows` rows of f32 logits, penalties applied to the logits in place:
+    /// `params` holds [`SAMPLE_PARAM_WORDS`] words per row, `penalty_tokens` the rows' entries.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &self,
+        stream: &Arc<CudaStream>,
+        logits: u64,
+        rows: usize,
+        vocab: usize,
+        params: u64,
+        penalty_tokens: u64,
+        out: u64,
+    ) -> Result<()> {
+        let vocab = vocab as i32;
+        launch!(self, stream, &self.sample, (rows, 1, 1), 1024;
+            logits, vocab, params, penalty_tokens, out)
+    }
+}
+
+/// 32-bit words per row of the `sample` kernel's parameters (`SampleParam` in sampling.cu).
+const SAMPLE_PARAM_WORDS: usize = 12;
+/// Marks a penalty entry's token as seen in the prompt or output (`SEEN_BIT` in sampling.cu).
+const SEEN_BIT: u32 = 1 << 31;
+
+/// Packs a step's sampling as the `sample` kernel reads it: [`SAMPLE_PARAM_WORDS`] words per
+/// row (floats as their bits, in the order of sampling.cu's `SampleParam`), then two words
+/// (token, output count | [`SEEN_BIT`]) per penalty entry. Returns the offset, in words, of
+/// the entries.
+pub fn pack_sampling(s: &StepSampling, out: &mut Vec<u32>) -> usize {
+    out.clear();
+    for r in &s.rows {
+        let words: [u32; SAMPLE_PARAM_WORDS] = [
+            r.temperature.to_bits(),
+            r.top_p.to_bits(),
+            r.min_p.to_bits(),
+            r.top_k as u32,
+            r.repetition_penalty.to_bits(),
+            r.presence_penalty.to_bits(),
+            r.frequency_penalty.to_bits(),
+            r.penalties.0,
+            r.penalties.1,
+            r.key as u32,
+            (r.key >> 32) as u32,
+            0,
+        ];
+        out.extend(words);
+    }
+    let entries = out.len();
+    for t in &s.penalty_tokens {
+        let seen = if t.seen { SEEN_BIT } else { 0 };
+        out.extend([t.token, t.output_count.min(SEEN_BIT - 1) | seen]);
+    }
+    entries
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_layout_matches_sampling_cu() {
+        let src = include_str!("../../../../kernels/cuda/sampling.cu");
+        assert!(src.contains(&format!("SAMPLE_PARAM_WORDS = {SAMPLE_PARAM_WORDS},")));
+        assert!(src.contains(&format!("SEEN_BIT = {SEEN_BIT:#x}u;")));
+        let step = StepSampling {
+            rows: vec![crate::sampling::RowSampling {
+                key: 0x1234_5678_9abc_def0,
+                penalties: (0, 1),
+                ..crate::sampling::RowSampling::GREEDY
+            }],
+            penalty_tokens: vec![crate::sampling::PenaltyToken {
+                token: 7,
+                output_count: 3,
+                seen: true,
+            }],
+        };
+        let mut out = Vec::new();
+        assert_eq!(pack_sampling(&step, &mut out), SAMPLE_PARAM_WORDS);
+        assert_eq!(out[9..11], [0x9abc_def0, 0x1234_5678]);
+        assert_eq!(out[SAMPLE_PARAM_WORDS..], [7, 3 | SEEN_BIT]);
+    }
 
     fn buf(max_context: usize) -> SplitBuffers {
         SplitBuffers {

@@ -24,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::{CudaContext, CudaEvent, CudaStream};
+use cudarc::driver::{result, CudaContext, CudaEvent, CudaStream};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -36,6 +36,7 @@ use self::step_meta::StepMeta;
 use super::AttentionShape;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::sampling::StepSampling;
 use crate::weights::HostTensor;
 
 /// Bytes of one activation, weight or KV-cache element (bf16 or f16).
@@ -139,10 +140,13 @@ pub struct CudaBackend {
     /// How long the last wait of a decode-only step ([0]) and of a step with prefill rows
     /// ([1]) lasted: the next wait of the same kind sleeps through most of it.
     last_wait: [Cell<Duration>; 2],
-    /// Greedy token ids of the logits rows (`argmax_rows`).
-    argmax_out: RefCell<DeviceMem>,
-    /// Rows of the argmax `submit_step` started, which `argmax_rows` then collects.
-    argmax_started: Cell<Option<usize>>,
+    /// Token ids of the logits rows (`sample_rows`).
+    tokens_out: RefCell<DeviceMem>,
+    /// The sample kernel's parameters of the current step: packed on the host (kept until
+    /// the next step, the copy reads them asynchronously), and their device copy.
+    sample_params: RefCell<(Vec<u32>, DeviceMem)>,
+    /// Rows whose tokens `submit_step` started picking, which `sample_rows` then collects.
+    sampling_started: Cell<Option<usize>>,
     /// First failure of an enqueued operation; reported by the next `to_host`.
     error: RefCell<Option<Error>>,
 }
@@ -234,14 +238,16 @@ impl CudaBackend {
         let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
         let ws = DeviceMem::zeroed(&stream, workspace_bytes)?;
         let gemm = Gemm::new(ws.slice, ws.ptr)?;
-        let argmax_out = RefCell::new(DeviceMem::zeroed(&stream, 4 << 10)?);
+        let tokens_out = RefCell::new(DeviceMem::zeroed(&stream, 4 << 10)?);
+        let sample_params = RefCell::new((Vec::new(), DeviceMem::zeroed(&stream, 16 << 10)?));
         let split_lse_offset = SPLIT_ROWS * shape.q_size() * 4;
         let split_scratch =
             DeviceMem::zeroed(&stream, split_lse_offset + SPLIT_ROWS * shape.num_heads * 4)?;
         Ok(CudaBackend {
             meta: StepMeta::new(&stream)?,
-            argmax_out,
-            argmax_started: Cell::new(None),
+            tokens_out,
+            sample_params,
+            sampling_started: Cell::new(None),
             uploader: RefCell::new(None),
             free_at_start,
             graphs: graphs::DecodeGraphs::new(),
@@ -383,22 +389,53 @@ impl CudaBackend {
         Ok(())
     }
 
-    /// Enqueues the argmax of `rows` rows of `width` f32 logits into `argmax_out`; reports an
-    /// error of the step's operations first.
-    fn start_argmax(&self, logits: &CudaBuf, rows: usize, width: usize) -> Result<()> {
+    /// Enqueues the choice of the token of each of `sampling.rows` rows of `width` f32 logits
+    /// into `tokens_out`: the argmax kernel when every row is plain greedy, else the sample
+    /// kernel with the rows' parameters (uploaded here). Reports an error of the step's
+    /// operations first.
+    fn start_sampling(
+        &self,
+        logits: &CudaBuf,
+        sampling: &StepSampling,
+        width: usize,
+    ) -> Result<()> {
         if let Some(e) = self.error.borrow_mut().take() {
             return Err(e);
         }
+        let rows = sampling.rows.len();
         debug_assert!(logits.dtype == ElemType::F32 && rows * width <= logits.len);
         if rows == 0 {
             return Ok(()); // a step with no logits rows (a prompt chunk short of its end)
         }
-        let mut out = self.argmax_out.borrow_mut();
+        let mut out = self.tokens_out.borrow_mut();
         if out.bytes() < rows * 4 {
             *out = DeviceMem::zeroed(&self.stream, (rows * 4).next_power_of_two())?;
         }
-        self.kernels()?
-            .argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr)
+        let k = self.kernels()?;
+        if sampling.is_plain_greedy() {
+            return k.argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr);
+        }
+        let mut params = self.sample_params.borrow_mut();
+        let (host, mem) = &mut *params;
+        let entries = kernels::pack_sampling(sampling, host);
+        let bytes = host.len() * 4;
+        if mem.bytes() < bytes {
+            *mem = DeviceMem::zeroed(&self.stream, bytes.next_power_of_two())?;
+        }
+        // SAFETY: the device buffer holds `bytes`; the host vector stays untouched until the
+        // next step's sampling, after the engine has waited for this one.
+        unsafe { result::memcpy_htod_async(mem.ptr, &host[..], self.stream.cu_stream()) }
+            .map_err(device_mem::cuda_err)?;
+        let entries_ptr = mem.ptr + 4 * entries as u64;
+        k.sample(
+            &self.stream,
+            logits.mem.ptr,
+            rows,
+            width,
+            mem.ptr,
+            entries_ptr,
+            out.ptr,
+        )
     }
 
     /// Ends the step's graph capture, or launches its graph, before the host reads results.

@@ -11,6 +11,7 @@ use super::{
 };
 use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual};
 use crate::error::{Error, Result};
+use crate::sampling::StepSampling;
 use crate::weights::{HostTensor, RawTensor};
 
 impl Backend for CudaBackend {
@@ -415,21 +416,27 @@ impl Backend for CudaBackend {
         x.mem.read_f32(&self.stream, x.dtype, len)
     }
 
-    fn argmax_rows(&self, logits: &CudaBuf, rows: usize, width: usize) -> Result<Vec<u32>> {
+    fn sample_rows(
+        &self,
+        logits: &CudaBuf,
+        sampling: &StepSampling,
+        width: usize,
+    ) -> Result<Vec<u32>> {
+        let rows = sampling.rows.len();
         self.finish_graph()?;
-        if self.argmax_started.take() != Some(rows) {
-            self.start_argmax(logits, rows, width)?;
+        if self.sampling_started.take() != Some(rows) {
+            self.start_sampling(logits, sampling, width)?;
         }
         self.wait()?;
-        let ids = self.argmax_out.borrow().read::<i32>(&self.stream, rows)?;
+        let ids = self.tokens_out.borrow().read::<i32>(&self.stream, rows)?;
         Ok(ids.into_iter().map(|t| t as u32).collect())
     }
 
-    fn submit_step(&self, logits: &CudaBuf, argmax: Option<(usize, usize)>) {
-        let r = self.finish_graph().and_then(|()| match argmax {
-            Some((rows, width)) => {
-                self.start_argmax(logits, rows, width)?;
-                self.argmax_started.set(Some(rows));
+    fn submit_step(&self, logits: &CudaBuf, sampling: Option<(&StepSampling, usize)>) {
+        let r = self.finish_graph().and_then(|()| match sampling {
+            Some((s, width)) => {
+                self.start_sampling(logits, s, width)?;
+                self.sampling_started.set(Some(s.rows.len()));
                 Ok(())
             }
             None => Ok(()),

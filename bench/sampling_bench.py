@@ -1,0 +1,133 @@
+"""Token selection on the GPU: the argmax and sample kernels (kernels/cuda/sampling.cu) over
+Llama-3's vocabulary (128,256 f32 logits per row), per filter setting and row count.
+
+    python bench/sampling_bench.py [--out bench/results/sampling_h200.json]
+
+Each case is a chain of launches captured in a CUDA graph (time per launch = graph time over
+the launch count, median of 10 replays), over copies of the logits that together exceed the
+L2 cache, so that every launch reads its rows from HBM as in a decode step. No penalties, so a
+launch leaves its logits as it found them. The floor is one read of the rows at the measured
+copy bandwidth (counting read + write bytes, as the other benches): the sample kernel reads
+each row once per pass (max, 3 per radix select, the draw), so its time over the floor is
+roughly its pass count, unless a pass is bound by something else than bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:  # cuda.core >= 0.4 exports the API at the top level; older releases under .experimental
+    from cuda.core import LaunchConfig, launch
+except ImportError:
+    from cuda.core.experimental import LaunchConfig, launch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from attention_bench import card, load, torch_stream  # noqa: E402
+from cuda_bench import time_graph  # noqa: E402
+
+VOCAB = 128256
+ROWS = [1, 8, 64, 256]
+MIN_BYTES = 200e6
+# (name, temperature, top_k, top_p, min_p)
+SETTINGS = [
+    ("temperature", 0.8, -1, 1.0, 0.0),
+    ("top_p 0.95", 0.8, -1, 0.95, 0.0),
+    ("top_k 50", 0.8, 50, 1.0, 0.0),
+    ("min_p 0.05", 0.8, -1, 1.0, 0.05),
+    ("top_k 50 + top_p 0.9", 0.8, 50, 0.9, 0.0),
+]
+PARAM_WORDS = 12
+
+
+def params(rows: int, temperature: float, top_k: int, top_p: float, min_p: float):
+    """The packed parameters of `rows` rows (pack_sampling in kernels.rs), no penalties."""
+    f = lambda x: int(np.float32(x).view(np.uint32))  # noqa: E731
+    words = np.zeros((rows, PARAM_WORDS), dtype=np.uint32)
+    for r in range(rows):
+        # temperature, top_p, min_p, top_k, penalties (off), penalty range, key, unused
+        words[r] = [f(temperature), f(top_p), f(min_p), top_k & 0xFFFFFFFF, f(1.0), 0, 0]
+        words[r, 7:] = [0, 0, r * 7919 + 1, r, 0]
+    return torch.from_numpy(words.view(np.int32)).cuda()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    _, copy_bw, gpu = card()
+    argmax, sample = load("sampling", "argmax"), load("sampling", "sample")
+    entries = torch.zeros(2, dtype=torch.int32, device="cuda")
+    results = []
+    print(f"{'rows':>5} {'setting':<22} {'us':>8} {'floor us':>9} {'x floor':>8}")
+    for rows in ROWS:
+        row_bytes = rows * VOCAB * 4
+        copies = max(1, math.ceil(MIN_BYTES / row_bytes))
+        logits = [torch.randn(rows, VOCAB, device="cuda") * 3 for _ in range(copies)]
+        out = torch.empty(rows, dtype=torch.int32, device="cuda")
+        floor = 2 * row_bytes / copy_bw  # read + write bytes, as the copy figure counts them
+        cfg = LaunchConfig(grid=rows, block=1024)
+        vocab = np.int32(VOCAB)
+
+        def chain_argmax(logits=logits, out=out, cfg=cfg, vocab=vocab):
+            s = torch_stream()
+            for lg in logits:
+                launch(s, cfg, argmax, lg.data_ptr(), vocab, out.data_ptr())
+
+        cases = [("argmax", chain_argmax)]
+        for name, t, k, p, m in SETTINGS:
+            words = params(rows, t, k, p, m)
+
+            def chain(logits=logits, out=out, cfg=cfg, vocab=vocab, words=words):
+                s = torch_stream()
+                for lg in logits:
+                    launch(
+                        s,
+                        cfg,
+                        sample,
+                        lg.data_ptr(),
+                        vocab,
+                        words.data_ptr(),
+                        entries.data_ptr(),
+                        out.data_ptr(),
+                    )
+
+            cases.append((name, chain))
+        for name, build in cases:
+            sec = time_graph(build, copies)
+            results.append(
+                {
+                    "rows": rows,
+                    "setting": name,
+                    "us": round(sec * 1e6, 2),
+                    "floor_us": round(floor * 1e6, 2),
+                }
+            )
+            print(f"{rows:>5} {name:<22} {sec * 1e6:>8.1f} {floor * 1e6:>9.1f} {sec / floor:>8.1f}")
+        del logits
+        torch.cuda.empty_cache()
+    if args.out:
+        args.out.write_text(
+            json.dumps(
+                {
+                    "gpu": gpu,
+                    "date": date.today().isoformat(),
+                    "command": "python bench/sampling_bench.py",
+                    "copy_bytes_per_s": copy_bw,
+                    "vocab": VOCAB,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
+
+
+if __name__ == "__main__":
+    main()

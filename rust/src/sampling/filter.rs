@@ -1,0 +1,311 @@
+//! How one row of logits becomes a token: penalties, then greedy or temperature with top-k,
+//! min-p and top-p, then one draw. This is the host reference of the device sampler
+//! (`kernels/cuda/sampling.cu`, whose header states the same rules) and what the CPU backend
+//! runs, so both backends sample by the same rules from the same random keys.
+//!
+//! Randomness: the draw is an exponential race — the argmax over kept tokens of
+//! `s - ln(-ln u)`, `s` the temperature-scaled logit and `u` uniform from a counter-based hash
+//! of (the row's key, token index) — which picks each token with probability proportional to
+//! `exp(s)` and needs no prefix sum over the vocabulary. Each step's key comes from the
+//! sequence's seeded random stream ([`crate::sampling::Sampler`]).
+
+use super::SamplingParams;
+
+/// What a backend needs to pick one row's token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RowSampling {
+    /// 0: greedy.
+    pub temperature: f32,
+    /// ≤ 0 or ≥ the vocabulary: off.
+    pub top_k: i32,
+    /// 1: off.
+    pub top_p: f32,
+    /// 0: off.
+    pub min_p: f32,
+    pub repetition_penalty: f32,
+    pub presence_penalty: f32,
+    pub frequency_penalty: f32,
+    /// This step's random key.
+    pub key: u64,
+    /// The row's entries in [`StepSampling::penalty_tokens`]: `begin..end`.
+    pub penalties: (u32, u32),
+}
+
+impl RowSampling {
+    /// Plain greedy (padding rows, and rows of greedy requests).
+    pub const GREEDY: RowSampling = RowSampling {
+        temperature: 0.0,
+        top_k: -1,
+        top_p: 1.0,
+        min_p: 0.0,
+        repetition_penalty: 1.0,
+        presence_penalty: 0.0,
+        frequency_penalty: 0.0,
+        key: 0,
+        penalties: (0, 0),
+    };
+
+    /// The row of a request with `params`, before its key and penalty entries are set.
+    pub fn new(params: &SamplingParams) -> RowSampling {
+        RowSampling {
+            temperature: params.temperature,
+            top_k: params.top_k,
+            top_p: params.top_p,
+            min_p: params.min_p,
+            repetition_penalty: params.repetition_penalty,
+            presence_penalty: params.presence_penalty,
+            frequency_penalty: params.frequency_penalty,
+            ..RowSampling::GREEDY
+        }
+    }
+
+    /// Whether the row takes the argmax (no random draw).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0 || self.top_k == 1
+    }
+}
+
+/// A token a penalty applies to, in one row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PenaltyToken {
+    pub token: u32,
+    /// Occurrences in the output (presence and frequency penalties).
+    pub output_count: u32,
+    /// Seen in the prompt or the output (repetition penalty).
+    pub seen: bool,
+}
+
+/// How every logits row of a step is turned into a token.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepSampling {
+    pub rows: Vec<RowSampling>,
+    /// Penalty entries of all rows; each row names its range, and a token at most once.
+    pub penalty_tokens: Vec<PenaltyToken>,
+}
+
+impl StepSampling {
+    /// Whether every row is greedy with no penalties: an argmax is all it takes.
+    pub fn is_plain_greedy(&self) -> bool {
+        self.penalty_tokens.is_empty() && self.rows.iter().all(RowSampling::is_greedy)
+    }
+
+    /// Picks every row's token from `logits` (`rows × width`, used as scratch).
+    pub fn sample(&self, logits: &mut [f32], width: usize) -> Vec<u32> {
+        self.rows
+            .iter()
+            .zip(logits.chunks_exact_mut(width))
+            .map(|(row, l)| {
+                let (b, e) = row.penalties;
+                sample_row(l, row, &self.penalty_tokens[b as usize..e as usize])
+            })
+            .collect()
+    }
+}
+
+/// Picks the token of one row (see the module docs); `logits` gets the penalties applied.
+pub fn sample_row(logits: &mut [f32], row: &RowSampling, penalties: &[PenaltyToken]) -> u32 {
+    apply_penalties(logits, row, penalties);
+    let arg = super::argmax(logits);
+    if row.is_greedy() {
+        return arg;
+    }
+    let m = logits[arg as usize];
+    let inv_t = 1.0 / row.temperature;
+    let floor = keep_floor(logits, row, m, inv_t);
+    let mut best: Option<(f32, u32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if v.is_nan() || v < floor {
+            continue;
+        }
+        let race = (v - m) * inv_t - (-uniform(row.key, i as u32).ln()).ln();
+        if best.is_none_or(|(b, _)| race > b) {
+            best = Some((race, i as u32));
+        }
+    }
+    best.map_or(arg, |(_, i)| i)
+}
+
+/// Repetition (seen tokens), then frequency and presence (output tokens), as vLLM.
+fn apply_penalties(logits: &mut [f32], row: &RowSampling, penalties: &[PenaltyToken]) {
+    for p in penalties {
+        let l = &mut logits[p.token as usize];
+        if p.seen {
+            *l = if *l > 0.0 {
+                *l / row.repetition_penalty
+            } else {
+                *l * row.repetition_penalty
+            };
+        }
+        if p.output_count > 0 {
+            *l -= row.frequency_penalty * p.output_count as f32 + row.presence_penalty;
+        }
+    }
+}
+
+/// The smallest logit a token may have to stay a candidate: the top-k threshold, the min-p
+/// floor and the top-p threshold, whichever is highest (ties with a threshold are kept).
+fn keep_floor(logits: &[f32], row: &RowSampling, m: f32, inv_t: f32) -> f32 {
+    let mut floor = f32::NEG_INFINITY;
+    let k = row.top_k;
+    let top_k = k > 0 && (k as usize) < logits.len();
+    if !top_k && row.min_p <= 0.0 && row.top_p >= 1.0 {
+        return floor;
+    }
+    let mut sorted: Vec<f32> = logits.iter().copied().filter(|v| !v.is_nan()).collect();
+    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
+    if top_k && !sorted.is_empty() {
+        floor = sorted[(k as usize).min(sorted.len()) - 1];
+    }
+    if row.min_p > 0.0 {
+        floor = floor.max(m + row.min_p.ln() * row.temperature);
+    }
+    if row.top_p < 1.0 {
+        let kept = &sorted[..sorted.partition_point(|&v| v >= floor)];
+        let mass = |v: f32| f64::from(((v - m) * inv_t).exp());
+        let target = f64::from(row.top_p) * kept.iter().map(|&v| mass(v)).sum::<f64>();
+        let mut acc = 0.0;
+        for &v in kept {
+            acc += mass(v);
+            if acc >= target {
+                floor = floor.max(v);
+                break;
+            }
+        }
+    }
+    floor
+}
+
+/// splitmix64's output number `i + 1` from state `key`, as an f32 uniform in (0, 1): the
+/// random number of token `i` in a row with this key.
+pub fn uniform(key: u64, i: u32) -> f32 {
+    let mut z = key.wrapping_add(u64::from(i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 41) as f32 + 0.5) * (1.0 / (1u64 << 23) as f32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(f: impl FnOnce(&mut RowSampling)) -> RowSampling {
+        let mut r = RowSampling {
+            temperature: 1.0,
+            ..RowSampling::GREEDY
+        };
+        f(&mut r);
+        r
+    }
+
+    fn draws(r: &RowSampling, logits: &[f32], n: u64) -> Vec<u32> {
+        (0..n)
+            .map(|key| {
+                let r = RowSampling { key, ..*r };
+                sample_row(&mut logits.to_vec(), &r, &[])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn uniform_is_inside_the_open_interval_and_spread() {
+        let u: Vec<f32> = (0..100_000).map(|i| uniform(7, i)).collect();
+        assert!(u.iter().all(|&x| x > 0.0 && x < 1.0));
+        let mean = u.iter().map(|&x| f64::from(x)).sum::<f64>() / u.len() as f64;
+        assert!((mean - 0.5).abs() < 0.005, "mean {mean}");
+        assert_ne!(uniform(7, 0), uniform(8, 0));
+        // The same numbers as sampling.cu's and the GPU tests' copies (exact in f32).
+        let want = [0.389_829_695_224_761_96, 0.016_788_303_852_081_3, 0.900_760_710_239_410_4];
+        assert_eq!([uniform(7, 0), uniform(7, 1), uniform(7, 2)], want);
+        assert_eq!(uniform((1 << 63) + 5, 100_000), 0.598_653_852_939_605_7);
+    }
+
+    #[test]
+    fn thresholds_keep_ties_and_compose_in_order() {
+        let logits = [3.0, 2.0, 2.0, 1.0, 0.0];
+        // top-k 2: the 2nd largest is 2.0; its tie is kept too.
+        let r = row(|r| r.top_k = 2);
+        assert_eq!(keep_floor(&logits, &r, 3.0, 1.0), 2.0);
+        // min-p: floor at max + ln(0.3) ≈ 1.796.
+        let r = row(|r| r.min_p = 0.3);
+        assert!((keep_floor(&logits, &r, 3.0, 1.0) - (3.0 + 0.3f32.ln())).abs() < 1e-6);
+        // top-p over e^0, e^-1, e^-1, e^-2, e^-3 (sum 1.92): token 0 alone reaches 0.5 of it.
+        let r = row(|r| r.top_p = 0.5);
+        assert_eq!(keep_floor(&logits, &r, 3.0, 1.0), 3.0);
+        // 0.6 needs the next logit (2.0), with its tie.
+        let r = row(|r| r.top_p = 0.6);
+        assert_eq!(keep_floor(&logits, &r, 3.0, 1.0), 2.0);
+        // top-p renormalizes over what top-k keeps: of 1, e^-1, e^-1 (sum 1.74), 0.6 needs 2.0.
+        let r = row(|r| (r.top_k, r.top_p) = (3, 0.6));
+        assert_eq!(keep_floor(&logits, &r, 3.0, 1.0), 2.0);
+    }
+
+    #[test]
+    fn draws_follow_the_kept_distribution() {
+        // p ∝ [1, 3, 0 (filtered by top-k 2)].
+        let logits = [0.0, 3.0f32.ln(), -0.5];
+        let r = row(|r| r.top_k = 2);
+        let d = draws(&r, &logits, 40_000);
+        assert!(d.iter().all(|&t| t < 2));
+        let frac = d.iter().filter(|&&t| t == 1).count() as f64 / d.len() as f64;
+        assert!((frac - 0.75).abs() < 0.01, "fraction {frac}");
+        // Temperature 2 flattens it: p ∝ [1, √3].
+        let r = row(|r| r.temperature = 2.0);
+        let d = draws(&r, &logits[..2], 40_000);
+        let frac = d.iter().filter(|&&t| t == 1).count() as f64 / d.len() as f64;
+        let want = 3f64.sqrt() / (1.0 + 3f64.sqrt());
+        assert!((frac - want).abs() < 0.01, "fraction {frac}, want {want}");
+    }
+
+    #[test]
+    fn nan_is_never_drawn_and_an_empty_row_falls_back_to_the_argmax() {
+        let logits = [f32::NAN, 0.0, f32::NAN, 0.1];
+        assert!(draws(&row(|_| ()), &logits, 500)
+            .iter()
+            .all(|&t| t == 1 || t == 3));
+        let all_inf = [f32::NEG_INFINITY; 4];
+        assert_eq!(draws(&row(|_| ()), &all_inf, 3), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn penalties_change_logits_as_vllm_does() {
+        let r = row(|r| {
+            r.repetition_penalty = 2.0;
+            r.presence_penalty = 0.5;
+            r.frequency_penalty = 0.25;
+        });
+        let pens = [
+            PenaltyToken {
+                token: 0,
+                output_count: 0,
+                seen: true,
+            },
+            PenaltyToken {
+                token: 1,
+                output_count: 2,
+                seen: true,
+            },
+        ];
+        let mut logits = vec![4.0, -4.0, 1.0];
+        apply_penalties(&mut logits, &r, &pens);
+        assert_eq!(logits, vec![2.0, -8.0 - 0.5 - 0.5, 1.0]);
+    }
+
+    #[test]
+    fn step_sampling_uses_each_rows_penalty_range() {
+        let mut greedy_penalized = RowSampling::GREEDY;
+        greedy_penalized.repetition_penalty = 10.0;
+        greedy_penalized.penalties = (0, 1);
+        let step = StepSampling {
+            rows: vec![greedy_penalized, RowSampling::GREEDY],
+            penalty_tokens: vec![PenaltyToken {
+                token: 0,
+                output_count: 0,
+                seen: true,
+            }],
+        };
+        assert!(!step.is_plain_greedy());
+        let mut logits = vec![2.0, 1.0, 2.0, 1.0];
+        assert_eq!(step.sample(&mut logits, 2), vec![1, 0]);
+    }
+}
