@@ -83,12 +83,13 @@ def load(name: str, func: str, **extra_defines):
     return ObjectCode.from_cubin(cubin).get_kernel(func)
 
 
-def engine_splits(rows: int, max_context: int, sm_count: int) -> int:
-    """`decode_splits` of kernels.rs: as many CTAs as the GPU holds (8 one-warp CTAs per SM)."""
+def engine_splits(rows: int, sm_count: int) -> int:
+    """`decode_splits` of kernels.rs: as many CTAs as the GPU holds (8 one-warp CTAs per SM);
+    each row uses as many of them as its length allows (64 keys or more each)."""
     ctas, resident = rows * NUM_KV_HEADS, sm_count * 8
     if 2 * ctas > resident:
         return 1
-    return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows))
+    return max(1, min(resident // ctas, 1024 // rows))
 
 
 def time_step(stream, kernel, combine, rows, splits, flush, tensors) -> float:
@@ -96,10 +97,18 @@ def time_step(stream, kernel, combine, rows, splits, flush, tensors) -> float:
     qkv, k, v, out, row_seq, row_pos, tables = tensors
     p_out = torch.empty(rows * splits * NUM_HEADS * HEAD_DIM, device="cuda")
     p_lse = torch.empty(rows * splits * NUM_HEADS, device="cuda")
-    ptrs = [t.data_ptr() for t in (qkv, k, v, out, row_seq, row_pos, tables)]
-    params = ptrs + [np.int32(tables.shape[1]), np.int32(QKV_WIDTH), np.float32(HEAD_DIM**-0.5)]
+    width = torch.tensor([tables.shape[1]], dtype=torch.int32, device="cuda")
+    ptrs = [t.data_ptr() for t in (qkv, k, v, out, row_seq, row_pos, tables, width)]
+    params = ptrs + [np.int32(QKV_WIDTH), np.float32(HEAD_DIM**-0.5)]
     params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits), 0]  # 0: no row list
-    combine_params = (p_out.data_ptr(), p_lse.data_ptr(), out.data_ptr(), np.int32(splits), 0)
+    combine_params = (
+        p_out.data_ptr(),
+        p_lse.data_ptr(),
+        out.data_ptr(),
+        np.int32(splits),
+        0,
+        row_pos.data_ptr(),
+    )
 
     def step():
         launch(stream, LaunchConfig(grid=(rows, NUM_KV_HEADS, splits), block=32), kernel, *params)
@@ -151,9 +160,8 @@ def main() -> None:
         row_pos = torch.full((rows,), context - 1, device="cuda", dtype=torch.int32)
         tensors = (qkv, k, v, out, row_seq, row_pos, tables)
         kv_bytes = 2 * rows * context * NUM_KV_HEADS * HEAD_DIM * 2
-        max_context = blocks_per_seq * BLOCK
         for name, kernel in variants.items():
-            splits = engine_splits(rows, max_context, sm_count)
+            splits = engine_splits(rows, sm_count)
             t = time_step(stream, kernel, combine, rows, splits, flush, tensors)
             row = {
                 "kernel": name,

@@ -7,14 +7,17 @@ Each case is a chain of launches captured in a CUDA graph (time per launch = gra
 the launch count, median of 10 replays), over copies of the logits that together exceed the
 L2 cache, so that every launch reads its rows from HBM as in a decode step. No penalties, so a
 launch leaves its logits as it found them. The floor is one read of the rows at the measured
-copy bandwidth (counting read + write bytes, as the other benches): the sample kernel reads
-each row once per pass (max, 3 per radix select, the draw), so its time over the floor is
-roughly its pass count, unless a pass is bound by something else than bytes.
+copy bandwidth (counting read + write bytes, as the other benches). The sample kernel reads a
+row once for its maximum (and, with top-k, its coarse histogram), once more for the top-p
+histogram (top-p alone), once to gather the candidates into shared memory when they fit, and
+otherwise three times per radix select and once for the draw; "/ row" is the kernel compiled
+with no candidate room (SAMPLE_CANDIDATES=0), which always takes the passes over the row.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import sys
@@ -53,7 +56,7 @@ def params(rows: int, temperature: float, top_k: int, top_p: float, min_p: float
     words = np.zeros((rows, PARAM_WORDS), dtype=np.uint32)
     for r in range(rows):
         # temperature, top_p, min_p, top_k, penalties (off), penalty range, key, unused
-        words[r] = [f(temperature), f(top_p), f(min_p), top_k & 0xFFFFFFFF, f(1.0), 0, 0]
+        words[r, :7] = [f(temperature), f(top_p), f(min_p), top_k & 0xFFFFFFFF, f(1.0), 0, 0]
         words[r, 7:] = [0, 0, r * 7919 + 1, r, 0]
     return torch.from_numpy(words.view(np.int32)).cuda()
 
@@ -63,10 +66,16 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     _, copy_bw, gpu = card()
-    argmax, sample = load("sampling", "argmax"), load("sampling", "sample")
+    argmax = load("sampling", "argmax")
+    # The engine's kernel, and the same with no shared-memory candidates (every pass reads the
+    # whole row): the A/B of the candidate path.
+    samplers = {
+        "": load("sampling", "sample"),
+        " / row": load("sampling", "sample", SAMPLE_CANDIDATES=0),
+    }
     entries = torch.zeros(2, dtype=torch.int32, device="cuda")
     results = []
-    print(f"{'rows':>5} {'setting':<22} {'us':>8} {'floor us':>9} {'x floor':>8}")
+    print(f"{'rows':>5} {'setting':<28} {'us':>8} {'floor us':>9} {'x floor':>8}")
     for rows in ROWS:
         row_bytes = rows * VOCAB * 4
         copies = max(1, math.ceil(MIN_BYTES / row_bytes))
@@ -82,24 +91,16 @@ def main() -> None:
                 launch(s, cfg, argmax, lg.data_ptr(), vocab, out.data_ptr())
 
         cases = [("argmax", chain_argmax)]
-        for name, t, k, p, m in SETTINGS:
+        for (name, t, k, p, m), (suffix, sample) in itertools.product(SETTINGS, samplers.items()):
             words = params(rows, t, k, p, m)
 
-            def chain(logits=logits, out=out, cfg=cfg, vocab=vocab, words=words):
+            def chain(logits=logits, out=out, cfg=cfg, vocab=vocab, words=words, sample=sample):
                 s = torch_stream()
                 for lg in logits:
-                    launch(
-                        s,
-                        cfg,
-                        sample,
-                        lg.data_ptr(),
-                        vocab,
-                        words.data_ptr(),
-                        entries.data_ptr(),
-                        out.data_ptr(),
-                    )
+                    args = (lg.data_ptr(), vocab, words.data_ptr(), entries.data_ptr())
+                    launch(s, cfg, sample, *args, out.data_ptr())
 
-            cases.append((name, chain))
+            cases.append((name + suffix, chain))
         for name, build in cases:
             sec = time_graph(build, copies)
             results.append(
@@ -110,7 +111,7 @@ def main() -> None:
                     "floor_us": round(floor * 1e6, 2),
                 }
             )
-            print(f"{rows:>5} {name:<22} {sec * 1e6:>8.1f} {floor * 1e6:>9.1f} {sec / floor:>8.1f}")
+            print(f"{rows:>5} {name:<28} {sec * 1e6:>8.1f} {floor * 1e6:>9.1f} {sec / floor:>8.1f}")
         del logits
         torch.cuda.empty_cache()
     if args.out:

@@ -92,22 +92,24 @@ def _device():
 
 
 @functools.cache
-def _object_code(name: str, dtype: str, shape: Shape):
+def _object_code(name: str, dtype: str, shape: Shape, extra: tuple = ()):
     defines = {
         "HEAD_DIM": shape.head_dim,
         "NUM_HEADS": shape.num_heads,
         "NUM_KV_HEADS": shape.num_kv_heads,
         "KV_BLOCK_SIZE": shape.kv_block_size,
+        **dict(extra),
     }
     _device()
     cubin = kernels.compile(name, arch=_arch(), defines=defines, dtype=dtype, target="cubin")
     return ObjectCode.from_cubin(cubin)
 
 
-def run(name, func, grid, block, *args, dtype="bfloat16", shape=LLAMA_8B):
+def run(name, func, grid, block, *args, dtype="bfloat16", shape=LLAMA_8B, defines=()):
     """Launches function `func` of kernel file `name` and waits for it. Tensors are passed as
-    device pointers; other arguments must already be numpy scalars of the C parameter type."""
-    kernel = _object_code(name, dtype, shape).get_kernel(func)
+    device pointers; other arguments must already be numpy scalars of the C parameter type.
+    `defines`: extra (name, value) compile-time constants."""
+    kernel = _object_code(name, dtype, shape, tuple(defines)).get_kernel(func)
     params = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]
     stream = _device().create_stream(_TorchStream(torch.cuda.current_stream()))
     launch(stream, LaunchConfig(grid=grid, block=block), kernel, *params)
@@ -517,23 +519,29 @@ def random_params(rng: np.random.Generator, vocab: int) -> dict:
     }
 
 
-def run_sample(logits, params):
+def run_sample(logits, params, candidates=None):
+    """The sample kernel's tokens; `candidates` overrides its shared-memory candidate capacity
+    (0: every threshold and the draw read the whole row)."""
     words, entries = pack_sampling(params)
     words_t = torch.from_numpy(words.view(np.int32)).cuda()
     entries_t = torch.from_numpy(entries.view(np.int32)).cuda()
     rows, vocab = logits.shape
     out = torch.full((rows,), -7, dtype=torch.int32, device="cuda")
-    run("sampling", "sample", rows, 1024, logits, i32(vocab), words_t, entries_t, out)
+    defines = () if candidates is None else (("SAMPLE_CANDIDATES", candidates),)
+    args = (logits, i32(vocab), words_t, entries_t, out)
+    run("sampling", "sample", rows, 1024, *args, defines=defines)
     return out.cpu().numpy()
 
 
 @pytest.mark.parametrize(
     ("rows", "vocab"), [(1, 128256), (64, 1000), (33, 49152), (4, 151936), (40, 7), (9, 32001)]
 )
-def test_sample_matches_the_reference(rows, vocab):
+@pytest.mark.parametrize("candidates", [None, 0], ids=["candidates", "whole-row"])
+def test_sample_matches_the_reference(rows, vocab, candidates):
     """Penalties (applied in place), greedy rows, and every filter combination: each token is
     one the filters keep, and equal to the reference's draw from the same key unless the two
-    race values are within float rounding of each other."""
+    race values are within float rounding of each other. With the candidates in shared memory
+    (where they fit: small top-k, small top-p sets) and with every pass over the whole row."""
     rng = np.random.default_rng(zlib.crc32(f"{rows},{vocab}".encode()))
     logits = torch.randn(rows, vocab, device="cuda") * 3
     logits[:, : vocab // 4] = logits[:, : vocab // 4].round()  # ties among logits
@@ -542,7 +550,7 @@ def test_sample_matches_the_reference(rows, vocab):
     params = [random_params(rng, vocab) for _ in range(rows)]
     host = logits.cpu().numpy()
     want = sample_reference(host, params)
-    out = run_sample(logits, params)
+    out = run_sample(logits, params, candidates)
     penalized = host.copy()
     for row, p in zip(penalized, params, strict=True):
         penalize(row, p)
@@ -693,6 +701,7 @@ def test_decode_attention(dtype, shape, num_splits, listed):
     out = nan_like((rows, nh * hd), t)
     scale = hd**-0.5
     head_tiles = -(-shape.group // 16)
+    table_width = torch.tensor([cache.block_tables.shape[1]], dtype=torch.int32, device="cuda")
     run(
         "decode_attention",
         "decode_attention",
@@ -705,7 +714,7 @@ def test_decode_attention(dtype, shape, num_splits, listed):
         row_seq,
         row_pos,
         cache.block_tables,
-        i32(cache.block_tables.shape[1]),
+        table_width,
         i32(shape.qkv_width),
         f32(scale),
         partial_out,
@@ -716,7 +725,15 @@ def test_decode_attention(dtype, shape, num_splits, listed):
         shape=shape,
     )
     if num_splits > 1:
-        assert not partial_out.isnan().any() and not partial_lse.isnan().any()
+        # A row uses the splits its length allows (none shorter than 64 keys); only those are
+        # written.
+        rows_launched = row_list.long() if listed else torch.arange(rows, device="cuda")
+        lens = (row_pos[rows_launched] + 1).clamp(min=0)
+        used = ((lens + 63) // 64).clamp(1, num_splits)
+        split_ids = torch.arange(num_splits, device="cuda")
+        written = split_ids[None, :] < used[:, None]
+        assert not partial_lse[written].isnan().any() and not partial_out[written].isnan().any()
+        assert partial_lse[~written].isnan().all(), "an unused split wrote its partial"
         assert out.isnan().all(), "a split launch must leave out to the combine"
         run(
             "decode_attention",
@@ -728,6 +745,7 @@ def test_decode_attention(dtype, shape, num_splits, listed):
             out,
             i32(num_splits),
             row_list,
+            row_pos,
             dtype=dtype,
             shape=shape,
         )

@@ -17,18 +17,24 @@
 //   out [rows, NUM_HEADS * HEAD_DIM] T.
 //   row_list [grid x] i32 (or null: row r = blockIdx.x): the rows this launch serves, so that a
 //     step mixing prompts and decoding sequences runs its one-token sequences here.
-//   With num_splits > 1, split s of a row covers keys [s * chunk, min((s + 1) * chunk, len)),
-//   len = row_pos[r] + 1, chunk = ceil(len / num_splits) rounded up to KV_BLOCK_SIZE, and writes
-//   partial_out [grid x, num_splits, NUM_HEADS, HEAD_DIM] f32 (its normalized output) and
-//   partial_lse [grid x, num_splits, NUM_HEADS] f32 (natural-log sum of exp(score); -inf for an
-//   empty split) instead of out; attention_combine reduces them into out.
+//   table_width: device pointer to the block tables' row width (max_blocks_per_seq), read there
+//     rather than passed by value so that a captured graph serves any context length.
+//   With num_splits > 1 launched, a row of len = row_pos[r] + 1 keys uses
+//   used_splits(len, num_splits) of them (no split shorter than MIN_SPLIT_KEYS keys; the CTAs of
+//   the others return at once, so the launch does not depend on the context length): split s
+//   covers keys [s * chunk, min((s + 1) * chunk, len)), chunk = ceil(len / used) rounded up to
+//   KV_BLOCK_SIZE, and writes partial_out [grid x, num_splits, NUM_HEADS, HEAD_DIM] f32 (its
+//   normalized output) and partial_lse [grid x, num_splits, NUM_HEADS] f32 (natural-log sum of
+//   exp(score); -inf for an empty split) instead of out; attention_combine reduces the used
+//   splits into out.
 //
 // Launch:
 //   decode_attention   grid (rows or len(row_list), NUM_KV_HEADS * HEAD_TILES, num_splits),
 //                      block 32 (one warp).
 //                      HEAD_TILES = ceil(GROUP / 16); CTA y = kv_head * HEAD_TILES + tile
 //                      takes query heads tile*16 .. tile*16+15 of kv head kv_head's group.
-//   attention_combine  grid (as decode_attention's x, NUM_HEADS), block HEAD_DIM; same row_list.
+//   attention_combine  grid (as decode_attention's x, NUM_HEADS), block HEAD_DIM; same row_list
+//                      and row_pos.
 //
 // Inside the warp: keys go through shared memory in tiles of 16 (K and V, rows padded to
 // HEAD_DIM + 8 elements so that ldmatrix is conflict-free), gathered through the block table
@@ -59,6 +65,14 @@ constexpr int D_STEPS = HEAD_DIM / 16;    // k-steps of S = Q K^T
 constexpr int O_TILES = HEAD_DIM / 8;     // n8 tiles of O
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
+// Fewest keys a split takes (MIN_KEYS_PER_SPLIT in kernels.rs): below this the combine costs
+// more than the split saves.
+constexpr int MIN_SPLIT_KEYS = 64;
+
+// How many of the `num_splits` launched splits a row of `len` keys uses.
+__device__ __forceinline__ int used_splits(int len, int num_splits) {
+    return max(1, min(num_splits, (len + MIN_SPLIT_KEYS - 1) / MIN_SPLIT_KEYS));
+}
 
 // Starts copying keys key0 .. key0 + TILE_KEYS - 1 of one kv head (those at or past end
 // zero-filled: a zero V row keeps masked products finite) into k_tile and v_tile
@@ -86,7 +100,8 @@ extern "C" __global__ void __launch_bounds__(32)
 decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                  const T* __restrict__ v_cache, T* __restrict__ out,
                  const int* __restrict__ row_seq, const int* __restrict__ row_pos,
-                 const int* __restrict__ block_tables, int max_blocks_per_seq, int qkv_width,
+                 const int* __restrict__ block_tables, const int* __restrict__ table_width,
+                 int qkv_width,
                  float scale, float* __restrict__ partial_out, float* __restrict__ partial_lse,
                  int num_splits, const int* __restrict__ row_list) {
     pdl_begin();
@@ -99,11 +114,13 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const int head0 = kv_head * GROUP + head_tile * TILE_HEADS;  // this CTA's first query head
     const int heads = min(TILE_HEADS, GROUP - head_tile * TILE_HEADS);
     const int len = max(row_pos[r] + 1, 0);  // padding rows attend to nothing
-    const int per_split = (len + num_splits - 1) / num_splits;
+    const int splits = used_splits(len, num_splits);
+    if (split >= splits) return;
+    const int per_split = (len + splits - 1) / splits;
     const int chunk = (per_split + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
     const int begin = min(split * chunk, len), end = min(begin + chunk, len);
     const int num_tiles = (end - begin + TILE_KEYS - 1) / TILE_KEYS;
-    const int* block_table = block_tables + (long long)row_seq[r] * max_blocks_per_seq;
+    const int* block_table = block_tables + (long long)row_seq[r] * *table_width;
     auto k_tile = [&](int stage) { return reinterpret_cast<T*>(k_smem[stage]); };
     auto v_tile = [&](int stage) { return reinterpret_cast<T*>(v_smem[stage]); };
 
@@ -242,16 +259,18 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
 
 extern "C" __global__ void __launch_bounds__(256)
 attention_combine(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
-                  T* __restrict__ out, int num_splits, const int* __restrict__ row_list) {
+                  T* __restrict__ out, int num_splits, const int* __restrict__ row_list,
+                  const int* __restrict__ row_pos) {
     pdl_begin();
     const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const int r = row_list ? row_list[i] : i;
+    const int splits = used_splits(max(row_pos[r] + 1, 0), num_splits);
     const float* lse = partial_lse + (long long)i * num_splits * NUM_HEADS + h;
     const float* part = partial_out + ((long long)i * num_splits * NUM_HEADS + h) * HEAD_DIM + d;
     float lse_max = -INFINITY;
-    for (int s = 0; s < num_splits; ++s) lse_max = fmaxf(lse_max, lse[s * NUM_HEADS]);
+    for (int s = 0; s < splits; ++s) lse_max = fmaxf(lse_max, lse[s * NUM_HEADS]);
     float weight_sum = 0.0f, acc = 0.0f;
-    for (int s = 0; s < num_splits; ++s) {
+    for (int s = 0; s < splits; ++s) {
         const float l = lse[s * NUM_HEADS];
         if (l == -INFINITY) continue;  // empty split (all of them for a padding row)
         const float w = expf(l - lse_max);

@@ -141,70 +141,108 @@ __device__ __forceinline__ float uniform(unsigned long long key, int i) {
     return ((float)(z >> 41) + 0.5f) * 0x1p-23f;
 }
 
+// Tokens the sample kernel can hold in shared memory as the candidates of a row (see below).
+#ifndef SAMPLE_CANDIDATES
+#define SAMPLE_CANDIDATES 2048
+#endif
+constexpr int CAND_CAP = SAMPLE_CANDIDATES;
+// An upper bound of -ln(-ln u) for the largest u uniform() returns (1 - 2^-24): 16.64.
+constexpr float GUMBEL_MAX = 17.0f;
+// Bits of a key the first radix pass looks at (its bin: key >> COARSE_SHIFT).
+constexpr int COARSE_SHIFT = 21;
+
 // Shared memory of one sample CTA.
 struct SampleSmem {
-    unsigned long long hist[RADIX_BINS];
+    unsigned long long hist[RADIX_BINS];  // the weight of each bin of a radix pass
+    unsigned counts[RADIX_BINS];          // tokens per bin of the first pass (coarse bins)
+    float cand_v[CAND_CAP];               // the candidates: logits and token ids
+    int cand_i[CAND_CAP];
     unsigned long long warp_sum[SAMPLE_WARPS];
     float red_v[SAMPLE_WARPS];
     int red_i[SAMPLE_WARPS];
     unsigned long long target, above;
     unsigned bin;
+    int num_cand;
 };
 
-// The largest key t such that the total weight of the tokens with key >= t reaches `target`
-// (clamped to the total weight; with `fraction` > 0 the target is ceil(fraction x total)
-// instead). weight(v, i) is the weight of a token (0: not a candidate). Three passes.
-template <typename W>
-__device__ unsigned radix_select(const float* row, int vocab, unsigned long long target,
-                                 float fraction, W&& weight, SampleSmem& sm) {
-    constexpr int SHIFTS[3] = {21, 10, 0}, BITS[3] = {11, 11, 10};
+// Block-wide sum of each thread's v; the result in every thread. Starts and ends with a barrier.
+__device__ __forceinline__ unsigned long long block_sum(unsigned long long v, SampleSmem& sm) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) sm.warp_sum[threadIdx.x >> 5] = v;
+    __syncthreads();
+    unsigned long long total = 0;
+    for (int w = 0; w < SAMPLE_WARPS; ++w) total += sm.warp_sum[w];
+    __syncthreads();
+    return total;
+}
+
+// With sm.hist holding the weights of `bins` bins: the bin in which the running weight, from
+// the highest bin down, reaches `target` — ceil(fraction x total) instead when fraction > 0 —
+// clamped to [1, total]. Sets sm.bin, sm.above (the weight of the bins above it) and sm.target
+// (the clamped target). Every thread calls it; it ends with a barrier.
+__device__ void find_bin(int bins, unsigned long long target, float fraction, SampleSmem& sm) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    // Suffix sums from the highest bin down: thread t owns bins bins-1-2t and bins-2-2t.
+    const int hi = bins - 1 - 2 * threadIdx.x;
+    const unsigned long long w_hi = hi >= 0 ? sm.hist[hi] : 0;
+    const unsigned long long w_lo = hi >= 1 ? sm.hist[hi - 1] : 0;
+    unsigned long long incl = w_hi + w_lo;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const unsigned long long n = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += n;
+    }
+    __syncthreads();  // warp_sum may still be read by a previous call's threads
+    if (lane == 31) sm.warp_sum[warp] = incl;
+    __syncthreads();
+    unsigned long long before = 0, total = 0;
+    for (int w = 0; w < SAMPLE_WARPS; ++w) {
+        before += w < warp ? sm.warp_sum[w] : 0;
+        total += sm.warp_sum[w];
+    }
+    before += incl - (w_hi + w_lo);
+    if (fraction > 0.0f) target = (unsigned long long)ceil((double)fraction * (double)total);
+    target = max(1ull, min(target, total));
+    if (before < target && before + w_hi >= target) {
+        sm.bin = hi, sm.above = before;
+    } else if (before + w_hi < target && before + w_hi + w_lo >= target) {
+        sm.bin = hi - 1, sm.above = before + w_hi;
+    }
+    if (threadIdx.x == 0) {
+        sm.target = target;
+        if (total == 0) sm.bin = 0, sm.above = 0;  // no candidate at all
+    }
+    __syncthreads();
+}
+
+// The largest key t such that the total weight of the tokens with key >= t reaches `target`
+// (with `fraction` > 0: ceil(fraction x total weight)), clamped to the total weight.
+// for_each(f) calls f(value, index) for every token of the set searched (each thread a share);
+// weight(v, i) is a token's weight (0: not counted). Three passes of 11, 11 and 10 bits.
+template <typename ForEach, typename W>
+__device__ unsigned radix_select(ForEach&& for_each, unsigned long long target, float fraction,
+                                 W&& weight, SampleSmem& sm) {
+    constexpr int SHIFTS[3] = {COARSE_SHIFT, 10, 0}, BITS[3] = {11, 11, 10};
     unsigned prefix = 0, mask = 0;
 #pragma unroll 1
     for (int pass = 0; pass < 3; ++pass) {
         const int shift = SHIFTS[pass], bins = 1 << BITS[pass];
         for (int b = threadIdx.x; b < RADIX_BINS; b += SAMPLE_THREADS) sm.hist[b] = 0;
         __syncthreads();
-        for_each_logit(row, vocab, [&](float v, int i) {
+        for_each([&](float v, int i) {
             const unsigned k = order_key(v);
             if ((k & mask) != prefix) return;
             const unsigned long long w = weight(v, i);
             if (w) atomicAdd(&sm.hist[(k >> shift) & (bins - 1)], w);
         });
         __syncthreads();
-        // Suffix sums from the highest bin down: thread t owns bins bins-1-2t and bins-2-2t.
-        const int hi = bins - 1 - 2 * threadIdx.x;
-        const unsigned long long w_hi = hi >= 0 ? sm.hist[hi] : 0;
-        const unsigned long long w_lo = hi >= 1 ? sm.hist[hi - 1] : 0;
-        unsigned long long incl = w_hi + w_lo;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const unsigned long long n = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += n;
-        }
-        if (lane == 31) sm.warp_sum[warp] = incl;
-        __syncthreads();
-        unsigned long long before = 0, total = 0;
-        for (int w = 0; w < SAMPLE_WARPS; ++w) {
-            before += w < warp ? sm.warp_sum[w] : 0;
-            total += sm.warp_sum[w];
-        }
-        before += incl - (w_hi + w_lo);
-        if (pass == 0) {
-            if (fraction > 0.0f) target = (unsigned long long)ceil((double)fraction * (double)total);
-            target = max(1ull, min(target, total));
-        }
-        if (before < target && before + w_hi >= target) {
-            sm.bin = hi, sm.above = before;
-        } else if (before + w_hi < target && before + w_hi + w_lo >= target) {
-            sm.bin = hi - 1, sm.above = before + w_hi;
-        }
-        if (total == 0 && threadIdx.x == 0) sm.bin = 0, sm.above = 0;  // no candidate at all
-        __syncthreads();
-        target -= sm.above;
+        find_bin(bins, target, pass == 0 ? fraction : 0.0f, sm);
+        target = sm.target - sm.above;
         prefix |= sm.bin << shift;
         mask |= (unsigned)(bins - 1) << shift;
-        __syncthreads();  // sm.bin / sm.above / warp_sum are rewritten by the next pass
+        __syncthreads();  // sm.bin / sm.above / sm.target are rewritten by the next pass
     }
     return prefix;
 }
@@ -218,6 +256,8 @@ sample(float* logits, int vocab, const unsigned* __restrict__ params,
     const float temperature = __uint_as_float(p[P_TEMPERATURE]);
     const float top_p = __uint_as_float(p[P_TOP_P]), min_p = __uint_as_float(p[P_MIN_P]);
     const int top_k = (int)p[P_TOP_K];
+    const bool greedy = temperature == 0.0f || top_k == 1;
+    const bool use_top_k = !greedy && top_k > 0 && top_k < vocab, use_top_p = top_p < 1.0f;
     float* row = logits + (long long)blockIdx.x * vocab;
 
     // 1. Penalties, in place (each entry names a different token).
@@ -231,48 +271,114 @@ sample(float* logits, int vocab, const unsigned* __restrict__ params,
         if (count) l -= frequency * (float)count + presence;
         row[token] = l;
     }
+    for (int b = threadIdx.x; b < RADIX_BINS; b += SAMPLE_THREADS) sm.counts[b] = 0;
     __syncthreads();  // the block's own global writes are visible to it after the barrier
 
-    // 2. The argmax (the answer for greedy rows) and the maximum.
+    // 2. The argmax (the answer for greedy rows) and the maximum; with top-k, the token count
+    //    of each coarse bin too.
     float best = __int_as_float(0x7fffffff);
     int best_i = 0x7fffffff;
     for_each_logit(row, vocab, [&](float v, int i) {
         if (argmax_better(v, i, best, best_i)) best = v, best_i = i;
+        if (use_top_k && !isnan(v)) atomicAdd(&sm.counts[order_key(v) >> COARSE_SHIFT], 1u);
     });
     const int arg = block_argmax(best, best_i, sm.red_v, sm.red_i);
-    if (temperature == 0.0f || top_k == 1) {
+    if (greedy) {
         if (threadIdx.x == 0) out[blockIdx.x] = arg;
         return;
     }
     const float m = row[arg];
     const float inv_t = 1.0f / temperature;
-
-    // Thresholds, as order keys: a token is kept when order_key(l) >= floor.
+    // A token is kept when order_key(l) >= floor.
     unsigned floor = order_key(-INFINITY);
-    if (top_k > 0 && top_k < vocab) {
-        floor = radix_select(row, vocab, (unsigned long long)top_k, 0.0f,
-                             [](float v, int) { return isnan(v) ? 0ull : 1ull; }, sm);
+    if (min_p > 0.0f) floor = order_key(m + logf(min_p) * temperature);
+    auto mass = [&](float v) { return __float2ull_rn(expf((v - m) * inv_t) * 4294967296.0f); };
+
+    // 3. The candidates: every token of the coarse bins at or above the one holding the top-k
+    //    threshold (with top-k) or the top-p threshold (top-p alone), when they fit in shared
+    //    memory; the thresholds are then found among them, and the draw made among them, with
+    //    no further pass over the row. Otherwise those passes read the row.
+    bool use_cand = false;
+    unsigned long long top_p_target = 0;  // with top-p alone: ceil(top_p x the row's mass)
+    if (use_top_k || use_top_p) {
+        unsigned long long in_bins;
+        if (use_top_k) {
+            for (int b = threadIdx.x; b < RADIX_BINS; b += SAMPLE_THREADS) sm.hist[b] = sm.counts[b];
+            __syncthreads();
+            find_bin(RADIX_BINS, (unsigned long long)top_k, 0.0f, sm);
+            in_bins = sm.above + sm.hist[sm.bin];
+        } else {
+            for (int b = threadIdx.x; b < RADIX_BINS; b += SAMPLE_THREADS) sm.hist[b] = 0;
+            __syncthreads();
+            for_each_logit(row, vocab, [&](float v, int) {
+                const unsigned k = order_key(v);
+                if (isnan(v) || k < floor) return;
+                atomicAdd(&sm.counts[k >> COARSE_SHIFT], 1u);
+                const unsigned long long w = mass(v);
+                if (w) atomicAdd(&sm.hist[k >> COARSE_SHIFT], w);
+            });
+            __syncthreads();
+            find_bin(RADIX_BINS, 0ull, top_p, sm);
+            top_p_target = sm.target;
+            unsigned long long n = 0;
+            for (int b = threadIdx.x; b < RADIX_BINS; b += SAMPLE_THREADS)
+                n += b >= (int)sm.bin ? sm.counts[b] : 0;
+            in_bins = block_sum(n, sm);
+        }
+        const unsigned lo_bin = sm.bin;
+        use_cand = CAND_CAP > 0 && in_bins <= (unsigned long long)CAND_CAP;
+        if (use_cand) {
+            if (threadIdx.x == 0) sm.num_cand = 0;
+            __syncthreads();
+            for_each_logit(row, vocab, [&](float v, int i) {
+                const unsigned k = order_key(v);
+                if (isnan(v) || (k >> COARSE_SHIFT) < lo_bin || k < floor) return;
+                const int c = atomicAdd(&sm.num_cand, 1);
+                sm.cand_v[c] = v, sm.cand_i[c] = i;
+            });
+        }
+        __syncthreads();
     }
-    if (min_p > 0.0f) floor = max(floor, order_key(m + logf(min_p) * temperature));
-    if (top_p < 1.0f) {
-        const unsigned kept = floor;
-        floor = radix_select(
-            row, vocab, 0ull, top_p,
-            [&](float v, int) {
-                if (isnan(v) || order_key(v) < kept) return 0ull;
-                return __float2ull_rn(expf((v - m) * inv_t) * 4294967296.0f);
-            },
+    // The tokens the thresholds and the draw look at: the candidates, or the whole row. Every
+    // result below is independent of their order (integer sums, argmax with index ties).
+    auto each = [&](auto&& f) {
+        if (use_cand) {
+            for (int c = threadIdx.x; c < sm.num_cand; c += SAMPLE_THREADS) f(sm.cand_v[c], sm.cand_i[c]);
+        } else {
+            for_each_logit(row, vocab, f);
+        }
+    };
+
+    // 4. Thresholds. Candidates lie at or above the min-p floor; top-k counts them all, which
+    //    keeps the same set as counting the whole row (max(k-th largest, floor) either way).
+    if (use_top_k) {
+        const unsigned t = radix_select(
+            each, (unsigned long long)top_k, 0.0f, [](float v, int) { return isnan(v) ? 0ull : 1ull; },
             sm);
-        floor = max(floor, kept);
+        floor = max(floor, t);
+    }
+    if (use_top_p) {
+        const unsigned kept = floor;
+        auto weight = [&](float v, int) {
+            return isnan(v) || order_key(v) < kept ? 0ull : mass(v);
+        };
+        // Top-p alone over candidates: the target is the whole row's (found above).
+        const bool row_target = use_cand && !use_top_k;
+        const unsigned t = radix_select(each, top_p_target, row_target ? 0.0f : top_p, weight, sm);
+        floor = max(floor, t);
     }
 
-    // 3. The exponential race among the kept tokens.
+    // 5. The exponential race among the kept tokens. A token whose scaled logit s is below the
+    //    argmax's race value (s = 0) minus GUMBEL_MAX cannot win: it is skipped unhashed.
     const unsigned long long key = ((unsigned long long)p[P_KEY_HI] << 32) | p[P_KEY_LO];
+    const float arg_race = -logf(-logf(uniform(key, arg)));
     best = -INFINITY;
     best_i = 0x7fffffff;
-    for_each_logit(row, vocab, [&](float v, int i) {
+    each([&](float v, int i) {
         if (isnan(v) || order_key(v) < floor) return;
-        const float race = (v - m) * inv_t - logf(-logf(uniform(key, i)));
+        const float s = (v - m) * inv_t;
+        if (s + GUMBEL_MAX < arg_race) return;
+        const float race = s - logf(-logf(uniform(key, i)));
         if (race > best || (race == best && i < best_i)) best = race, best_i = i;
     });
     const int won = block_argmax(best, best_i, sm.red_v, sm.red_i);

@@ -136,6 +136,23 @@ pub trait Backend: Send {
     fn decode_graph_rows(&self, _rows: usize) -> Option<usize> {
         None
     }
+    /// Every row count [`decode_graph_rows`](Self::decode_graph_rows) pads to, smallest first
+    /// (empty for a backend without graphs): the engine runs each once at start-up so that the
+    /// backend captures its graph before the first request.
+    fn decode_graph_sizes(&self) -> Vec<usize> {
+        Vec::new()
+    }
+    /// Called once before the first step with the largest step the engine will run (rows,
+    /// sequences, block-table entries per sequence), so that a backend can size its per-step
+    /// buffers once.
+    fn reserve_steps(
+        &mut self,
+        _rows: usize,
+        _seqs: usize,
+        _max_blocks_per_seq: usize,
+    ) -> Result<()> {
+        Ok(())
+    }
     /// Called once per step before the operations, with the step's batch. A device backend
     /// copies the batch description (ids, positions, slots, block tables) to the device here
     /// and its operations read that copy rather than the host slices they are also given.

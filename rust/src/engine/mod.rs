@@ -22,7 +22,7 @@ pub use scheduler::{Scheduled, Scheduler, SchedulerConfig};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
 use self::batch::{build_batch, pad_decode_batch};
-use crate::backend::Backend;
+use crate::backend::{Backend, ForwardBatch};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
@@ -162,7 +162,7 @@ pub struct Engine<B: Backend> {
 
 impl<B: Backend> Engine<B> {
     /// Loads the model's weights into `backend` and sizes the KV cache.
-    pub fn new(backend: B, files: ModelFiles, mut config: EngineConfig) -> Result<Self> {
+    pub fn new(mut backend: B, files: ModelFiles, mut config: EngineConfig) -> Result<Self> {
         let mc = files.config.clone();
         let max_model_len = match config.max_model_len {
             Some(0) => {
@@ -225,8 +225,14 @@ impl<B: Backend> Engine<B> {
         let shape = model.attention_shape();
         let cache = backend.kv_cache(mc.num_hidden_layers, num_blocks, config.block_size, shape)?;
         backend.finish_loading()?;
+        let max_blocks_per_seq = max_model_len.div_ceil(config.block_size);
+        backend.reserve_steps(
+            config.max_num_batched_tokens,
+            config.max_num_seqs + PROMPT_LOGPROB_ROWS,
+            max_blocks_per_seq,
+        )?;
         let async_scheduling = config.async_scheduling;
-        Ok(Engine {
+        let mut engine = Engine {
             backend,
             model,
             tokenizer: files.tokenizer,
@@ -250,7 +256,42 @@ impl<B: Backend> Engine<B> {
             next_arrival: 0,
             async_scheduling,
             in_flight: None,
-        })
+        };
+        engine.capture_decode_graphs()?;
+        Ok(engine)
+    }
+
+    /// Runs every decode batch size the backend replays as a graph (up to the largest decode
+    /// step the engine can run) twice on padding rows: the first run creates what a step needs,
+    /// the second is captured. So the first requests find their graphs in place.
+    fn capture_decode_graphs(&mut self) -> Result<()> {
+        let most = self.config.max_num_seqs;
+        let largest = self.backend.decode_graph_rows(most).unwrap_or(most);
+        let largest = largest.min(self.bufs.max_tokens).min(self.bufs.max_logits);
+        for rows in self.backend.decode_graph_sizes() {
+            if rows > largest {
+                break;
+            }
+            let mut batch = ForwardBatch::default();
+            pad_decode_batch(&mut batch, rows);
+            let sampling = StepSampling {
+                rows: vec![RowSampling::GREEDY; rows],
+                penalty_tokens: Vec::new(),
+            };
+            for _ in 0..2 {
+                self.backend.prepare_step(&batch);
+                let (model, backend) = (&self.model, &self.backend);
+                let n = model.launch(
+                    backend,
+                    &batch,
+                    &mut self.cache,
+                    &mut self.bufs,
+                    Some(&sampling),
+                );
+                model.collect(backend, &self.bufs, n, Some(&sampling))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {

@@ -214,10 +214,11 @@ mod tests {
         let mean = u.iter().map(|&x| f64::from(x)).sum::<f64>() / u.len() as f64;
         assert!((mean - 0.5).abs() < 0.005, "mean {mean}");
         assert_ne!(uniform(7, 0), uniform(8, 0));
-        // The same numbers as sampling.cu's and the GPU tests' copies (exact in f32).
-        let want = [0.389_829_695_224_761_96, 0.016_788_303_852_081_3, 0.900_760_710_239_410_4];
-        assert_eq!([uniform(7, 0), uniform(7, 1), uniform(7, 2)], want);
-        assert_eq!(uniform((1 << 63) + 5, 100_000), 0.598_653_852_939_605_7);
+        // The same numbers as the GPU tests' copy: (k + 0.5) / 2^23 for the hash's top 23 bits k.
+        let at = |k: u32| (k as f32 + 0.5) / (1u32 << 23) as f32;
+        let got = [uniform(7, 0), uniform(7, 1), uniform(7, 2)];
+        assert_eq!(got, [at(3_270_128), at(140_830), at(7_556_128)]);
+        assert_eq!(uniform((1 << 63) + 5, 100_000), at(5_021_872));
     }
 
     #[test]

@@ -1,15 +1,18 @@
-//! CUDA graphs of decode steps, one per (batch-size bucket, block-table width).
+//! CUDA graphs of decode steps, one per batch-size bucket, captured when the engine starts.
 //!
 //! A decode step is ~350 small launches; replaying them as one graph removes the host's launch
 //! work and the gaps between kernels. The engine pads a decode-only batch to a bucket size
 //! ([`bucket_rows`]) so that the kernels' grids and arguments repeat; the step's batch
-//! description is uploaded to the same device addresses before each replay, and the block
-//! table's row width is rounded up to a power of two so that it changes rarely.
+//! description is uploaded to the same device addresses before each replay. Nothing a graph
+//! bakes in depends on the context lengths: the block tables' row width is read from the
+//! device and decode attention launches as many splits as the row count calls for, each row
+//! using those its length needs.
 //!
 //! A key's graph is captured the second time the key is seen (the first step runs eagerly and
 //! creates everything a step needs: cuBLASLt plans, the RoPE table), from the operations the
 //! model enqueues, and launched in place of them from then on. Capture ends where the host
-//! first waits for results.
+//! first waits for results. The engine runs every bucket twice on padding rows when it starts
+//! (`Engine::new`), so that serving finds every graph in place.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -25,7 +28,7 @@ use crate::error::{Error, Result};
 /// ≥ `n`: 1, 2, 4, then every multiple of 8 (as vLLM's capture sizes), so at most 7 rows of
 /// padding. Large batches are compute-bound (256 rows: ~4 TFLOP of GEMMs per step for an 8B
 /// model), and a padded row costs as much as a real one there.
-const BUCKETS: [usize; 35] = {
+pub const BUCKETS: [usize; 35] = {
     let mut b = [0; 35];
     (b[0], b[1], b[2]) = (1, 2, 4);
     let mut i = 3;
@@ -41,8 +44,8 @@ pub fn bucket_rows(rows: usize) -> Option<usize> {
     BUCKETS.iter().copied().find(|&b| b >= rows && rows > 0)
 }
 
-/// (rows, block-table width): what a captured graph is specialized for.
-pub type GraphKey = (usize, usize);
+/// The rows (a bucket) a captured graph is specialized for.
+pub type GraphKey = usize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {

@@ -22,9 +22,6 @@ use crate::sampling::StepSampling;
 /// One-warp decode attention CTAs an SM holds at once (26 KiB of shared memory each for
 /// head_dim 128; see `kernels/cuda/decode_attention.cu`).
 const DECODE_CTAS_PER_SM: usize = 8;
-/// Fewest keys a split of decode attention gets: below this the combine costs more than the
-/// split saves.
-const MIN_KEYS_PER_SPLIT: usize = 64;
 /// Threads of a GEMV CTA (`GEMV_THREADS` in gemv.cu).
 const GEMV_THREADS: u32 = 256;
 
@@ -134,18 +131,16 @@ pub struct SplitBuffers {
     pub partial_lse: u64,
     /// Most `rows × splits` the buffers hold.
     pub rows_times_splits: usize,
-    /// Longest context the step's block tables can hold (their width × block size): the
-    /// split count depends on it rather than on the exact lengths, so that it repeats from
-    /// step to step (a captured graph keeps its grid).
-    pub max_context: usize,
     /// The GPU's streaming multiprocessors.
     pub sm_count: usize,
 }
 
-/// How many splits decode attention uses for this step: as many (row, kv head, split) CTAs as
-/// the GPU holds at once — never more, so that equal rows finish in one wave rather than
-/// leaving a tail — with no split shorter than [`MIN_KEYS_PER_SPLIT`], within the scratch
-/// buffers.
+/// How many splits decode attention launches for a step of `rows` rows: as many (row, kv
+/// head, split) CTAs as the GPU holds at once — never more, so that equal rows finish in one
+/// wave rather than leaving a tail — within the scratch buffers. Each row then uses as many of
+/// them as its length allows with no split shorter than 64 keys (`MIN_SPLIT_KEYS`, decided
+/// on the device: `used_splits` in decode_attention.cu), so that the launch depends on the row
+/// count only and a captured decode graph serves every context length.
 fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usize {
     let ctas = rows * shape.num_kv_heads * decode_head_tiles(shape);
     let resident = buf.sm_count * DECODE_CTAS_PER_SM;
@@ -153,16 +148,15 @@ fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usiz
         return 1;
     }
     let by_gpu = resident / ctas;
-    let by_keys = buf.max_context.div_ceil(MIN_KEYS_PER_SPLIT);
     let by_buffer = buf.rows_times_splits / rows.max(1);
-    by_gpu.min(by_keys).min(by_buffer).max(1)
+    by_gpu.min(by_buffer).max(1)
 }
 
-/// The scalar arguments both attention kernels take: the qkv row width, the softmax scale
-/// 1/√head_dim, and the block-table row width.
-fn attention_args(shape: AttentionShape, meta: &StepMeta) -> (i32, f32, i32) {
+/// The scalar arguments both attention kernels take: the qkv row width and the softmax scale
+/// 1/√head_dim.
+fn attention_args(shape: AttentionShape) -> (i32, f32) {
     let scale = 1.0 / (shape.head_dim as f32).sqrt();
-    (shape.qkv_width() as i32, scale, meta.max_blocks as i32)
+    (shape.qkv_width() as i32, scale)
 }
 
 /// CTAs per (row, kv head) of decode attention: one per 16 query heads of the GQA group.
@@ -473,7 +467,8 @@ impl Kernels {
             return self.decode_attention(stream, qkv, caches, out, meta, shape, split_buf, None);
         }
         if meta.num_prefill_tiles > 0 {
-            let (width, scale, max_blocks) = attention_args(shape, meta);
+            let (width, scale) = attention_args(shape);
+            let max_blocks = meta.max_blocks as i32;
             let (tables, tiles) = (meta.block_tables(), meta.prefill_tiles());
             let (q_start, q_len, ctx_len) = (
                 meta.seq_query_start(),
@@ -507,21 +502,23 @@ impl Kernels {
         rows: Option<(u64, usize)>,
     ) -> Result<()> {
         let (row_list, n) = rows.unwrap_or((0, meta.rows));
-        let (width, scale, max_blocks) = attention_args(shape, meta);
-        let (tables, row_seq, row_pos) = (meta.block_tables(), meta.row_seq(), meta.positions());
+        let (width, scale) = attention_args(shape);
+        let (tables, table_width) = (meta.block_tables(), meta.table_width());
+        let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
         let splits = decode_splits(n, shape, split_buf);
         let splits32 = splits as i32;
         let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
         let grid = (n, shape.num_kv_heads * decode_head_tiles(shape), splits);
         launch!(self, stream, &self.decode_attention, grid, 32;
-            qkv, k_cache, v_cache, out, row_seq, row_pos, tables, max_blocks, width, scale, p_out,
-            p_lse, splits32, row_list)?;
+            qkv, k_cache, v_cache, out, row_seq, row_pos, tables, table_width, width, scale,
+            p_out, p_lse, splits32, row_list)?;
         if splits == 1 {
             return Ok(());
         }
         let grid = (n, shape.num_heads, 1);
         let f = &self.attention_combine;
-        launch!(self, stream, f, grid, shape.head_dim as u32; p_out, p_lse, out, splits32, row_list)
+        launch!(self, stream, f, grid, shape.head_dim as u32;
+            p_out, p_lse, out, splits32, row_list, row_pos)
     }
 
     /// One projection of at most [`GEMV_MAX_ROWS`] rows on the GEMV kernels; `a.k` is a
@@ -665,56 +662,13 @@ mod tests {
         assert_eq!(out[SAMPLE_PARAM_WORDS..], [7, 3 | SEEN_BIT]);
     }
 
-    fn buf(max_context: usize) -> SplitBuffers {
+    fn buf(rows_times_splits: usize) -> SplitBuffers {
         SplitBuffers {
             partial_out: 0,
             partial_lse: 0,
-            rows_times_splits: 1024,
-            max_context,
+            rows_times_splits,
             sm_count: 132,
         }
-    }
-
-    #[test]
-    fn gemv_entry_points_are_named_as_gemv_cu_defines_them() {
-        let names: Vec<_> = GEMV_VARIANTS
-            .iter()
-            .map(|&(i, o)| gemv_name(i, o))
-            .collect();
-        assert_eq!(
-            names,
-            [
-                "gemv_plain_store_m1",
-                "gemv_plain_f32_m1",
-                "gemv_plain_add_m1",
-                "gemv_norm_store_m1",
-                "gemv_norm_f32_m1",
-                "gemv_silu_add_m1",
-            ]
-        );
-        let source = crate::backend::cuda::jit::source("gemv").unwrap();
-        for name in &names {
-            let (stem, _) = name.rsplit_once("_m").unwrap();
-            assert!(source.contains(&format!("GEMV_ENTRY({stem},")), "{name}");
-        }
-    }
-
-    #[test]
-    fn gemv_grids_fit_the_gpu_in_one_wave() {
-        // 132 SMs x 4 CTAs = 528 resident CTAs.
-        for n in [37, 4096, 6144, 28672, 128256] {
-            let cols = gemv_cols_per_cta(n, 132, 4);
-            assert_eq!(cols % GEMV_GROUP, 0);
-            assert!(
-                n.div_ceil(cols) <= 528,
-                "n = {n}: {} CTAs",
-                n.div_ceil(cols)
-            );
-            // And no fewer columns per CTA would do.
-            assert!(cols == GEMV_GROUP || n.div_ceil(cols - GEMV_GROUP) > 528);
-        }
-        assert_eq!(gemv_cols_per_cta(4096, 132, 4), 8);
-        assert_eq!(gemv_cols_per_cta(37, 132, 4), 4);
     }
 
     #[test]
@@ -724,29 +678,28 @@ mod tests {
             num_kv_heads: 8,
             head_dim: 128,
         };
-        // 132 SMs hold 1056 CTAs. One row, long context: 1056 / 8 = 132 splits.
-        assert_eq!(decode_splits(1, shape, &buf(1 << 16)), 132);
-        // Short context: no split shorter than 64 keys.
-        assert_eq!(decode_splits(1, shape, &buf(128)), 2);
+        // 132 SMs hold 1056 CTAs. One row: 1056 / 8 = 132 splits (a short row uses fewer).
+        assert_eq!(decode_splits(1, shape, &buf(1024)), 132);
         // Never more CTAs than the GPU holds at once: 64 rows x 8 kv heads x 2 = 1024.
-        assert_eq!(decode_splits(64, shape, &buf(8192)), 2);
+        assert_eq!(decode_splits(64, shape, &buf(1024)), 2);
         // Enough (row, kv head) pairs already: no split.
-        assert_eq!(decode_splits(67, shape, &buf(8192)), 1);
-        assert_eq!(decode_splits(256, shape, &buf(8192)), 1);
+        assert_eq!(decode_splits(67, shape, &buf(1024)), 1);
+        assert_eq!(decode_splits(256, shape, &buf(1024)), 1);
         // Never more rows × splits than the scratch holds.
+        assert_eq!(decode_splits(1, shape, &buf(100)), 100);
         let mha = AttentionShape {
             num_kv_heads: 1,
             num_heads: 8,
             ..shape
         };
-        assert!(decode_splits(200, mha, &buf(1 << 20)) * 200 <= 1024);
-        assert_eq!(decode_splits(0, shape, &buf(8192)), 1);
+        assert!(decode_splits(200, mha, &buf(1024)) * 200 <= 1024);
+        assert_eq!(decode_splits(0, shape, &buf(1024)), 1);
         // A GQA group of 32 heads takes two CTAs per (row, kv head).
         let mqa = AttentionShape {
             num_kv_heads: 1,
             ..shape
         };
         assert_eq!(decode_head_tiles(mqa), 2);
-        assert_eq!(decode_splits(4, mqa, &buf(1 << 16)), 132);
+        assert_eq!(decode_splits(4, mqa, &buf(1024)), 132);
     }
 }

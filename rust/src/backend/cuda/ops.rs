@@ -139,6 +139,15 @@ impl Backend for CudaBackend {
         graphs::bucket_rows(rows)
     }
 
+    fn decode_graph_sizes(&self) -> Vec<usize> {
+        graphs::BUCKETS.to_vec()
+    }
+
+    fn reserve_steps(&mut self, rows: usize, seqs: usize, max_blocks_per_seq: usize) -> Result<()> {
+        self.meta
+            .reserve(&self.stream, rows, seqs, max_blocks_per_seq)
+    }
+
     fn prepare_step(&mut self, batch: &ForwardBatch) {
         let r = self.meta.upload(&self.stream, batch).and_then(|moved| {
             if moved {
@@ -148,9 +157,8 @@ impl Backend for CudaBackend {
             let decode = batch.seqs.len() == batch.num_tokens()
                 && batch.logits_rows.len() == batch.num_tokens()
                 && self.meta.max_query_len == 1;
-            let key = (decode
-                && graphs::bucket_rows(batch.num_tokens()) == Some(batch.num_tokens()))
-            .then_some((batch.num_tokens(), self.meta.max_blocks));
+            let rows = batch.num_tokens();
+            let key = (decode && graphs::bucket_rows(rows) == Some(rows)).then_some(rows);
             self.graphs.begin_step(&self.stream, key)
         });
         self.record(r);
@@ -385,7 +393,6 @@ impl Backend for CudaBackend {
                     partial_out: self.split_scratch.ptr,
                     partial_lse: self.split_scratch.ptr + self.split_lse_offset as u64,
                     rows_times_splits: SPLIT_ROWS,
-                    max_context: self.meta.max_blocks * self.opts.block_size,
                     sm_count: self.sm_count,
                 },
             )

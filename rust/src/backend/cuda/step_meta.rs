@@ -1,12 +1,13 @@
 //! A step's batch description in device memory: one packed `i32` array uploaded once per
 //! step, which the kernels index into.
 //!
-//! Layout (each part starts at the offset kept in [`StepMeta`]):
-//! `token_ids[rows] | positions[rows] | slots[rows] | row_seq[rows] | logits_rows[n] |
+//! Layout (each part starts at the offset kept in [`StepMeta`]): `table_width[1] |
+//! token_ids[rows] | positions[rows] | slots[rows] | row_seq[rows] | logits_rows[n] |
 //! seq_query_start[s] | seq_query_len[s] | seq_context_len[s] | block_tables[s × max_blocks] |
 //! prefill_tiles[2 × t] | decode_rows[d]`.
 //! `row_seq` maps a row to its sequence's index in the batch; a row's causal limit is its
-//! position. The last two parts split the attention of a step with a multi-token query: one
+//! position. `table_width` is the block tables' row width, on the device so that decode
+//! attention in a captured graph reads the current one. The last two parts split the attention of a step with a multi-token query: one
 //! (sequence, first query row) pair per 64-row tile of each sequence whose query has several
 //! tokens (for `prefill_attention`), and the row of each one-token sequence (for
 //! `decode_attention`). A decode-only step leaves them empty.
@@ -90,6 +91,7 @@ impl StepMeta {
             .next_power_of_two();
         let h = &mut self.host;
         h.clear();
+        h.push(max_blocks as i32);
         self.off_tokens = h.len();
         h.extend(batch.token_ids.iter().map(|&t| t as i32));
         self.off_positions = h.len();
@@ -152,8 +154,32 @@ impl StepMeta {
         Ok(moved)
     }
 
+    /// Makes room for steps of up to `rows` rows and `seqs` sequences whose block tables
+    /// have up to `max_blocks` entries, so that the device array does not move (which would
+    /// throw away the captured graphs) while serving.
+    pub fn reserve(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        rows: usize,
+        seqs: usize,
+        max_blocks: usize,
+    ) -> Result<()> {
+        let tiles = rows.div_ceil(PREFILL_TILE) + seqs;
+        let words =
+            1 + 5 * rows + 3 * seqs + seqs * max_blocks.next_power_of_two() + 2 * tiles + seqs;
+        if words * 4 > self.mem.bytes() {
+            stream.synchronize().map_err(cuda_err)?;
+            self.mem = DeviceMem::zeroed(stream, (words * 4).next_power_of_two())?;
+        }
+        Ok(())
+    }
+
     fn at(&self, off: usize) -> u64 {
         self.mem.ptr + (off * 4) as u64
+    }
+    /// The block tables' row width (one `i32`).
+    pub fn table_width(&self) -> u64 {
+        self.at(0)
     }
     pub fn token_ids(&self) -> u64 {
         self.at(self.off_tokens)
