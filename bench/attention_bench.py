@@ -83,13 +83,13 @@ def load(name: str, func: str, **extra_defines):
     return ObjectCode.from_cubin(cubin).get_kernel(func)
 
 
-def engine_splits(rows: int, sm_count: int) -> int:
-    """`decode_splits` of kernels.rs: as many CTAs as the GPU holds (8 one-warp CTAs per SM);
-    each row uses as many of them as its length allows (64 keys or more each)."""
+def engine_splits(rows: int, max_context: int, sm_count: int) -> int:
+    """`decode_splits` of kernels.rs: as many CTAs as the GPU holds (8 one-warp CTAs per SM),
+    none shorter than 64 keys."""
     ctas, resident = rows * NUM_KV_HEADS, sm_count * 8
     if 2 * ctas > resident:
         return 1
-    return max(1, min(resident // ctas, 1024 // rows))
+    return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows))
 
 
 def time_step(stream, kernel, combine, rows, splits, flush, tensors) -> float:
@@ -160,8 +160,9 @@ def main() -> None:
         row_pos = torch.full((rows,), context - 1, device="cuda", dtype=torch.int32)
         tensors = (qkv, k, v, out, row_seq, row_pos, tables)
         kv_bytes = 2 * rows * context * NUM_KV_HEADS * HEAD_DIM * 2
+        max_context = blocks_per_seq * BLOCK
         for name, kernel in variants.items():
-            splits = engine_splits(rows, sm_count)
+            splits = engine_splits(rows, max_context, sm_count)
             t = time_step(stream, kernel, combine, rows, splits, flush, tensors)
             row = {
                 "kernel": name,

@@ -88,3 +88,18 @@ def test_kernel_compiles(name, arch, dtype, shape):
                 and "ld.global.nc.L1::no_allocate" not in line
             ]
             assert not early, f"{function} touches memory before pdl_begin(): {early[:3]}"
+
+
+# Compile-time knobs the GPU tests and benches set: each must still compile.
+KNOBS = [
+    ("sampling", {"SAMPLE_CANDIDATES": 0}),
+    ("decode_attention", {"DECODE_STAGES": 2}),
+    ("decode_attention", {"DECODE_STAGES": 4}),
+]
+
+
+@pytest.mark.parametrize(("name", "knob"), KNOBS, ids=lambda k: str(k))
+def test_kernel_knobs_compile(name, knob):
+    defines = {"HEAD_DIM": 128, "NUM_HEADS": 32, "NUM_KV_HEADS": 8, "KV_BLOCK_SIZE": 16, **knob}
+    cubin = kernels.compile(name, arch="sm_90a", defines=defines, target="cubin")
+    assert cubin[:4] == b"\x7fELF"

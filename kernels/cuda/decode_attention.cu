@@ -18,10 +18,10 @@
 //   row_list [grid x] i32 (or null: row r = blockIdx.x): the rows this launch serves, so that a
 //     step mixing prompts and decoding sequences runs its one-token sequences here.
 //   table_width: device pointer to the block tables' row width (max_blocks_per_seq), read there
-//     rather than passed by value so that a captured graph serves any context length.
-//   With num_splits > 1 launched, a row of len = row_pos[r] + 1 keys uses
-//   used_splits(len, num_splits) of them (no split shorter than MIN_SPLIT_KEYS keys; the CTAs of
-//   the others return at once, so the launch does not depend on the context length): split s
+//     rather than passed by value so that a captured graph serves every width of its split count.
+//   With num_splits > 1 launched (the host sizes it for the longest context the block tables
+//   hold), a row of len = row_pos[r] + 1 keys uses used_splits(len, num_splits) of them (no
+//   split shorter than MIN_SPLIT_KEYS keys; the CTAs of the others return at once): split s
 //   covers keys [s * chunk, min((s + 1) * chunk, len)), chunk = ceil(len / used) rounded up to
 //   KV_BLOCK_SIZE, and writes partial_out [grid x, num_splits, NUM_HEADS, HEAD_DIM] f32 (its
 //   normalized output) and partial_lse [grid x, num_splits, NUM_HEADS] f32 (natural-log sum of

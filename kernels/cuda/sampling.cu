@@ -155,8 +155,8 @@ constexpr int COARSE_SHIFT = 21;
 struct SampleSmem {
     unsigned long long hist[RADIX_BINS];  // the weight of each bin of a radix pass
     unsigned counts[RADIX_BINS];          // tokens per bin of the first pass (coarse bins)
-    float cand_v[CAND_CAP];               // the candidates: logits and token ids
-    int cand_i[CAND_CAP];
+    float cand_v[CAND_CAP > 0 ? CAND_CAP : 1];  // the candidates: logits and token ids
+    int cand_i[CAND_CAP > 0 ? CAND_CAP : 1];
     unsigned long long warp_sum[SAMPLE_WARPS];
     float red_v[SAMPLE_WARPS];
     int red_i[SAMPLE_WARPS];

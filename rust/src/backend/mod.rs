@@ -136,10 +136,11 @@ pub trait Backend: Send {
     fn decode_graph_rows(&self, _rows: usize) -> Option<usize> {
         None
     }
-    /// Every row count [`decode_graph_rows`](Self::decode_graph_rows) pads to, smallest first
-    /// (empty for a backend without graphs): the engine runs each once at start-up so that the
-    /// backend captures its graph before the first request.
-    fn decode_graph_sizes(&self) -> Vec<usize> {
+    /// The decode steps that cover every graph this backend can replay, as (rows, width of
+    /// the widest block table) pairs, for block tables of up to `max_blocks_per_seq` entries
+    /// (empty for a backend without graphs): the engine runs a padding batch of each shape at
+    /// start-up so that the backend captures its graphs before the first request.
+    fn decode_graph_shapes(&self, _max_blocks_per_seq: usize) -> Vec<(usize, usize)> {
         Vec::new()
     }
     /// Called once before the first step with the largest step the engine will run (rows,

@@ -261,19 +261,22 @@ impl<B: Backend> Engine<B> {
         Ok(engine)
     }
 
-    /// Runs every decode batch size the backend replays as a graph (up to the largest decode
+    /// Runs every decode step shape the backend replays as a graph (up to the largest decode
     /// step the engine can run) twice on padding rows: the first run creates what a step needs,
-    /// the second is captured. So the first requests find their graphs in place.
+    /// the second is captured. So the first requests find their graphs in place. The padding
+    /// rows attend to nothing; the first one's block table (of block 0) only sets the width.
     fn capture_decode_graphs(&mut self) -> Result<()> {
         let most = self.config.max_num_seqs;
         let largest = self.backend.decode_graph_rows(most).unwrap_or(most);
         let largest = largest.min(self.bufs.max_tokens).min(self.bufs.max_logits);
-        for rows in self.backend.decode_graph_sizes() {
+        let max_blocks = self.limits.max_model_len.div_ceil(self.config.block_size);
+        for (rows, width) in self.backend.decode_graph_shapes(max_blocks) {
             if rows > largest {
-                break;
+                continue;
             }
             let mut batch = ForwardBatch::default();
             pad_decode_batch(&mut batch, rows);
+            batch.seqs[0].block_table = vec![0; width];
             let sampling = StepSampling {
                 rows: vec![RowSampling::GREEDY; rows],
                 penalty_tokens: Vec::new(),

@@ -1,18 +1,20 @@
-//! CUDA graphs of decode steps, one per batch-size bucket, captured when the engine starts.
+//! CUDA graphs of decode steps, one per (batch-size bucket, decode-attention split count),
+//! captured when the engine starts.
 //!
 //! A decode step is ~350 small launches; replaying them as one graph removes the host's launch
 //! work and the gaps between kernels. The engine pads a decode-only batch to a bucket size
 //! ([`bucket_rows`]) so that the kernels' grids and arguments repeat; the step's batch
-//! description is uploaded to the same device addresses before each replay. Nothing a graph
-//! bakes in depends on the context lengths: the block tables' row width is read from the
-//! device and decode attention launches as many splits as the row count calls for, each row
-//! using those its length needs.
+//! description is uploaded to the same device addresses before each replay. Of the context
+//! lengths a graph bakes in only decode attention's split count, which changes with the
+//! block tables' width (a power of two) while few rows leave SMs idle; the width itself is
+//! read from the device, and each row uses the splits its own length needs.
 //!
 //! A key's graph is captured the second time the key is seen (the first step runs eagerly and
 //! creates everything a step needs: cuBLASLt plans, the RoPE table), from the operations the
 //! model enqueues, and launched in place of them from then on. Capture ends where the host
-//! first waits for results. The engine runs every bucket twice on padding rows when it starts
-//! (`Engine::new`), so that serving finds every graph in place.
+//! first waits for results. The engine runs every (bucket, split count) twice on padding rows
+//! when it starts (`Engine::new`, `Backend::decode_graph_shapes`), so that serving finds every
+//! graph in place.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
@@ -44,8 +46,8 @@ pub fn bucket_rows(rows: usize) -> Option<usize> {
     BUCKETS.iter().copied().find(|&b| b >= rows && rows > 0)
 }
 
-/// The rows (a bucket) a captured graph is specialized for.
-pub type GraphKey = usize;
+/// (rows, decode attention splits): what a captured graph is specialized for.
+pub type GraphKey = (usize, usize);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {

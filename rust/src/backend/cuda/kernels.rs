@@ -22,6 +22,9 @@ use crate::sampling::StepSampling;
 /// One-warp decode attention CTAs an SM holds at once (26 KiB of shared memory each for
 /// head_dim 128; see `kernels/cuda/decode_attention.cu`).
 const DECODE_CTAS_PER_SM: usize = 8;
+/// Fewest keys a split of decode attention gets (`MIN_SPLIT_KEYS` in decode_attention.cu):
+/// below this the combine costs more than the split saves.
+const MIN_KEYS_PER_SPLIT: usize = 64;
 /// Threads of a GEMV CTA (`GEMV_THREADS` in gemv.cu).
 const GEMV_THREADS: u32 = 256;
 
@@ -131,25 +134,29 @@ pub struct SplitBuffers {
     pub partial_lse: u64,
     /// Most `rows × splits` the buffers hold.
     pub rows_times_splits: usize,
+    /// Longest context the step's block tables can hold (their width × block size): the
+    /// split count depends on it rather than on the exact lengths, so that it repeats from
+    /// step to step (a captured graph keeps its grid).
+    pub max_context: usize,
     /// The GPU's streaming multiprocessors.
     pub sm_count: usize,
 }
 
-/// How many splits decode attention launches for a step of `rows` rows: as many (row, kv
-/// head, split) CTAs as the GPU holds at once — never more, so that equal rows finish in one
-/// wave rather than leaving a tail — within the scratch buffers. Each row then uses as many of
-/// them as its length allows with no split shorter than 64 keys (`MIN_SPLIT_KEYS`, decided
-/// on the device: `used_splits` in decode_attention.cu), so that the launch depends on the row
-/// count only and a captured decode graph serves every context length.
-fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usize {
+/// How many splits decode attention launches for this step: as many (row, kv head, split)
+/// CTAs as the GPU holds at once — never more, so that equal rows finish in one wave rather
+/// than leaving a tail — with no split shorter than [`MIN_KEYS_PER_SPLIT`] at the longest
+/// context the block tables hold, within the scratch buffers. Each row then uses as many of
+/// them as its own length allows by the same rule (`used_splits` in decode_attention.cu).
+pub fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usize {
     let ctas = rows * shape.num_kv_heads * decode_head_tiles(shape);
     let resident = buf.sm_count * DECODE_CTAS_PER_SM;
     if ctas == 0 || 2 * ctas > resident {
         return 1;
     }
     let by_gpu = resident / ctas;
+    let by_keys = buf.max_context.div_ceil(MIN_KEYS_PER_SPLIT);
     let by_buffer = buf.rows_times_splits / rows.max(1);
-    by_gpu.min(by_buffer).max(1)
+    by_gpu.min(by_keys).min(by_buffer).max(1)
 }
 
 /// The scalar arguments both attention kernels take: the qkv row width and the softmax scale
@@ -662,11 +669,12 @@ mod tests {
         assert_eq!(out[SAMPLE_PARAM_WORDS..], [7, 3 | SEEN_BIT]);
     }
 
-    fn buf(rows_times_splits: usize) -> SplitBuffers {
+    fn buf(max_context: usize) -> SplitBuffers {
         SplitBuffers {
             partial_out: 0,
             partial_lse: 0,
-            rows_times_splits,
+            rows_times_splits: 1024,
+            max_context,
             sm_count: 132,
         }
     }
@@ -678,28 +686,35 @@ mod tests {
             num_kv_heads: 8,
             head_dim: 128,
         };
-        // 132 SMs hold 1056 CTAs. One row: 1056 / 8 = 132 splits (a short row uses fewer).
-        assert_eq!(decode_splits(1, shape, &buf(1024)), 132);
+        // 132 SMs hold 1056 CTAs. One row, long context: 1056 / 8 = 132 splits.
+        assert_eq!(decode_splits(1, shape, &buf(1 << 16)), 132);
+        // Short context: no split shorter than 64 keys.
+        assert_eq!(decode_splits(1, shape, &buf(128)), 2);
         // Never more CTAs than the GPU holds at once: 64 rows x 8 kv heads x 2 = 1024.
-        assert_eq!(decode_splits(64, shape, &buf(1024)), 2);
+        assert_eq!(decode_splits(64, shape, &buf(8192)), 2);
         // Enough (row, kv head) pairs already: no split.
-        assert_eq!(decode_splits(67, shape, &buf(1024)), 1);
-        assert_eq!(decode_splits(256, shape, &buf(1024)), 1);
+        assert_eq!(decode_splits(67, shape, &buf(8192)), 1);
+        assert_eq!(decode_splits(256, shape, &buf(8192)), 1);
         // Never more rows × splits than the scratch holds.
-        assert_eq!(decode_splits(1, shape, &buf(100)), 100);
         let mha = AttentionShape {
             num_kv_heads: 1,
             num_heads: 8,
             ..shape
         };
-        assert!(decode_splits(200, mha, &buf(1024)) * 200 <= 1024);
-        assert_eq!(decode_splits(0, shape, &buf(1024)), 1);
+        assert!(decode_splits(200, mha, &buf(1 << 20)) * 200 <= 1024);
+        assert_eq!(decode_splits(0, shape, &buf(8192)), 1);
         // A GQA group of 32 heads takes two CTAs per (row, kv head).
         let mqa = AttentionShape {
             num_kv_heads: 1,
             ..shape
         };
         assert_eq!(decode_head_tiles(mqa), 2);
-        assert_eq!(decode_splits(4, mqa, &buf(1024)), 132);
+        assert_eq!(decode_splits(4, mqa, &buf(1 << 16)), 132);
+    }
+
+    #[test]
+    fn min_split_keys_match_decode_attention_cu() {
+        let src = include_str!("../../../../kernels/cuda/decode_attention.cu");
+        assert!(src.contains(&format!("MIN_SPLIT_KEYS = {MIN_KEYS_PER_SPLIT};")));
     }
 }

@@ -31,7 +31,9 @@ use rayon::prelude::*;
 use self::device_mem::DeviceMem;
 use self::gemm::{ElemType, Gemm};
 use self::jit::KernelDtype;
-use self::kernels::{GemvArgs, GemvInput, GemvOutput, KernelSet, Kernels, GEMV_MAX_ROWS};
+use self::kernels::{
+    GemvArgs, GemvInput, GemvOutput, KernelSet, Kernels, SplitBuffers, GEMV_MAX_ROWS,
+};
 use self::step_meta::StepMeta;
 use super::AttentionShape;
 use crate::config::ModelConfig;
@@ -442,6 +444,23 @@ impl CudaBackend {
     fn finish_graph(&self) -> Result<()> {
         let failed = self.error.borrow().is_some();
         self.graphs.finish_step(&self.stream, failed)
+    }
+
+    /// Decode attention's split scratch, for block tables `table_width` blocks wide.
+    fn split_buffers(&self, table_width: usize) -> SplitBuffers {
+        SplitBuffers {
+            partial_out: self.split_scratch.ptr,
+            partial_lse: self.split_scratch.ptr + self.split_lse_offset as u64,
+            rows_times_splits: SPLIT_ROWS,
+            max_context: table_width * self.opts.block_size,
+            sm_count: self.sm_count,
+        }
+    }
+
+    /// The splits decode attention launches for a decode step of `rows` rows whose block
+    /// tables are `table_width` blocks wide (part of a decode graph's key).
+    fn decode_splits(&self, rows: usize, table_width: usize) -> usize {
+        kernels::decode_splits(rows, self.shape, &self.split_buffers(table_width))
     }
 
     fn kernels(&self) -> Result<&Kernels> {

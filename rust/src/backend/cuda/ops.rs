@@ -5,10 +5,8 @@
 use super::device_mem::{self, DeviceMem};
 use super::gemm::{ElemType, GemmShape};
 use super::jit::KernelDtype;
-use super::kernels::{GemvInput, GemvOutput, SplitBuffers};
-use super::{
-    graphs, CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, ELEM_BYTES, SPLIT_ROWS,
-};
+use super::kernels::{GemvInput, GemvOutput};
+use super::{graphs, CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, ELEM_BYTES};
 use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual};
 use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
@@ -139,8 +137,26 @@ impl Backend for CudaBackend {
         graphs::bucket_rows(rows)
     }
 
-    fn decode_graph_sizes(&self) -> Vec<usize> {
-        graphs::BUCKETS.to_vec()
+    fn decode_graph_shapes(&self, max_blocks_per_seq: usize) -> Vec<(usize, usize)> {
+        // Per bucket, the narrowest power-of-two width (the step description rounds widths up
+        // to one) of each split count decode attention can take.
+        let mut shapes = Vec::new();
+        for rows in graphs::BUCKETS {
+            let mut last = None;
+            let mut width = 1;
+            loop {
+                let splits = self.decode_splits(rows, width);
+                if last != Some(splits) {
+                    shapes.push((rows, width));
+                    last = Some(splits);
+                }
+                if width >= max_blocks_per_seq {
+                    break;
+                }
+                width *= 2;
+            }
+        }
+        shapes
     }
 
     fn reserve_steps(&mut self, rows: usize, seqs: usize, max_blocks_per_seq: usize) -> Result<()> {
@@ -158,7 +174,8 @@ impl Backend for CudaBackend {
                 && batch.logits_rows.len() == batch.num_tokens()
                 && self.meta.max_query_len == 1;
             let rows = batch.num_tokens();
-            let key = (decode && graphs::bucket_rows(rows) == Some(rows)).then_some(rows);
+            let splits = self.decode_splits(rows, self.meta.max_blocks);
+            let key = (decode && graphs::bucket_rows(rows) == Some(rows)).then_some((rows, splits));
             self.graphs.begin_step(&self.stream, key)
         });
         self.record(r);
@@ -389,12 +406,7 @@ impl Backend for CudaBackend {
                 out.mem.ptr,
                 &self.meta,
                 shape,
-                &SplitBuffers {
-                    partial_out: self.split_scratch.ptr,
-                    partial_lse: self.split_scratch.ptr + self.split_lse_offset as u64,
-                    rows_times_splits: SPLIT_ROWS,
-                    sm_count: self.sm_count,
-                },
+                &self.split_buffers(self.meta.max_blocks),
             )
         });
     }
