@@ -173,6 +173,25 @@ fn decode_head_tiles(shape: AttentionShape) -> usize {
 
 type Compiled = std::result::Result<Vec<(String, Vec<u8>)>, String>;
 
+/// Extra compile-time constants for every kernel from `INFIRE_KERNEL_DEFINES`
+/// (`NAME=VALUE,NAME2=VALUE2`), for measuring a kernel knob in the engine without a rebuild
+/// (the knobs are listed in the kernel files; e.g. `GEMV_PREFETCH_BYTES=0`). Part of the
+/// kernels' cache key like every option.
+fn experiment_defines() -> Vec<(String, Option<String>)> {
+    std::env::var("INFIRE_KERNEL_DEFINES").map_or_else(|_| Vec::new(), |s| parse_defines(&s))
+}
+
+/// `NAME=VALUE,NAME2` as (name, value) pairs.
+fn parse_defines(spec: &str) -> Vec<(String, Option<String>)> {
+    spec.split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| match d.split_once('=') {
+            Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+            None => (d.trim().to_string(), None),
+        })
+        .collect()
+}
+
 /// Kernels being compiled on a background thread, loaded into the context on first use.
 pub struct KernelSet {
     pending: Mutex<Option<JoinHandle<Compiled>>>,
@@ -197,6 +216,7 @@ impl KernelSet {
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+        .chain(experiment_defines())
         .collect();
         let handle = std::thread::spawn(move || {
             jit::names()
@@ -710,6 +730,17 @@ mod tests {
         };
         assert_eq!(decode_head_tiles(mqa), 2);
         assert_eq!(decode_splits(4, mqa, &buf(1 << 16)), 132);
+    }
+
+    #[test]
+    fn experiment_defines_parse() {
+        let d = parse_defines("A=1, B ,C=x,,");
+        let want = [("A", Some("1")), ("B", None), ("C", Some("x"))];
+        let want: Vec<_> = want
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
+            .collect();
+        assert_eq!(d, want);
     }
 
     #[test]
