@@ -35,21 +35,13 @@ __device__ __forceinline__ T from_float(float x) { return __float2half_rn(x); }
 // stream is still running. Every kernel therefore calls pdl_begin() before it reads anything an
 // earlier kernel wrote and before it writes anything: griddepcontrol.wait returns once the
 // preceding grid has completed and its writes are visible (at once when there is no such
-// launch); that grid itself waited for the one before it, so everything earlier is done too.
-// griddepcontrol.launch_dependents lets the next kernel's CTAs be scheduled once every CTA of
-// this grid has issued it. It comes first (PDL_TRIGGER_FIRST=1): the next kernels' CTAs then
-// take free SM slots while latency-bound kernels (RoPE, decode attention at one row) run, and a
-// GEMV among them streams its first weights into L2 before its own wait (gemv.cu), so that
-// the memory system does not idle through those kernels. A dependent launches only after all
-// of this grid's CTAs are resident, so it never keeps them from running.
-#ifndef PDL_TRIGGER_FIRST
-#define PDL_TRIGGER_FIRST 1
-#endif
+// launch). It then lets the next kernel's CTAs be scheduled, so their launch, and any prologue
+// they run before their own wait (a GEMV's first weight loads), overlap this kernel's work.
+// tests/test_kernel_compile.py checks that every kernel calls it.
 __device__ __forceinline__ void pdl_begin() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (PDL_TRIGGER_FIRST) asm volatile("griddepcontrol.launch_dependents;\n" :::);
     asm volatile("griddepcontrol.wait;\n" ::: "memory");
-    if (!PDL_TRIGGER_FIRST) asm volatile("griddepcontrol.launch_dependents;\n" :::);
+    asm volatile("griddepcontrol.launch_dependents;\n" :::);
 #endif
 }
 

@@ -29,9 +29,9 @@
 // Launch: grid = ceil(N / cols_per_cta), block = GEMV_THREADS; cols_per_cta a multiple of
 // GROUP; K a multiple of 8; rows >= 1. Rows m >= rows of out are not touched.
 // Numerics: fp32 products and sums; the order of the k-sum differs from cuBLASLt's.
-// The kernel waits for the preceding kernel (pdl_begin, common.cuh) only after an L2 prefetch of
-// the start of its rows of W and its first loads of W, which depend on no kernel: under
-// programmatic dependent launch they overlap the kernels ahead of it.
+// The kernel waits for the preceding kernel (pdl_begin, common.cuh) only after its first loads
+// of W, which depend on no kernel: under programmatic dependent launch they overlap the previous
+// kernel's tail.
 
 constexpr int GEMV_THREADS = 256;
 constexpr int GEMV_WARPS = GEMV_THREADS / 32;
@@ -49,29 +49,6 @@ __device__ __forceinline__ Vec load_stream(const T* p) {
 }
 
 __device__ __forceinline__ float round_t(float v) { return to_float(from_float(v)); }
-
-// Bytes of its rows of W each CTA prefetches into L2 before its wait (GEMV_PREFETCH_BYTES=0:
-// none). A CTA launched early (common.cuh: pdl_begin) thus reads weights while the kernels
-// ahead of it leave memory idle. 64 KiB x the 528 CTAs of a grid is 34 MB: within L2.
-#ifndef GEMV_PREFETCH_BYTES
-#define GEMV_PREFETCH_BYTES 65536
-#endif
-
-// Prefetches min(bytes, GEMV_PREFETCH_BYTES) from p (16-byte aligned) into L2, in 4 KiB
-// bulk prefetches spread over the first threads (Hopper; a no-op before).
-__device__ __forceinline__ void prefetch_l2(const void* p, long long bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    constexpr int CHUNK = 4096;
-    const long long total = min(bytes, (long long)GEMV_PREFETCH_BYTES) & ~15ll;
-    const long long off = (long long)threadIdx.x * CHUNK;
-    if (off < total) {
-        const unsigned size = (unsigned)min((long long)CHUNK, total - off);
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"((const char*)p + off),
-                     "r"(size)
-                     : "memory");
-    }
-#endif
-}
 
 // xin(m, k0 .. k0 + 7) of the prologue, as floats.
 template <int PRO>
@@ -123,10 +100,7 @@ __device__ __forceinline__ void gemv(const T* __restrict__ W, const T* __restric
             }
     };
     int c0 = col0, v0 = 0;
-    // The weights depend on no kernel: prefetch the start of this CTA's rows into L2 and load
-    // the first vectors before waiting for the kernel ahead.
-    prefetch_l2(W + (long long)col0 * k, (long long)(col_end - col0) * k * sizeof(T));
-    load_w(c0, v0);
+    load_w(c0, v0);  // the weights depend on no kernel: load them before waiting for one
     pdl_begin();
 
     float inv_rms[M];

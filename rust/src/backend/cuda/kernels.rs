@@ -175,7 +175,7 @@ type Compiled = std::result::Result<Vec<(String, Vec<u8>)>, String>;
 
 /// Extra compile-time constants for every kernel from `INFIRE_KERNEL_DEFINES`
 /// (`NAME=VALUE,NAME2=VALUE2`), for measuring a kernel knob in the engine without a rebuild
-/// (the knobs are listed in the kernel files; e.g. `GEMV_PREFETCH_BYTES=0`). Part of the
+/// (the knobs are listed in the kernel files; e.g. `DECODE_STAGES=2`). Part of the
 /// kernels' cache key like every option.
 fn experiment_defines() -> Vec<(String, Option<String>)> {
     std::env::var("INFIRE_KERNEL_DEFINES").map_or_else(|_| Vec::new(), |s| parse_defines(&s))
