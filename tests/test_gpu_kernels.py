@@ -460,9 +460,12 @@ def sample_reference(logits: np.ndarray, params: list[dict]):
         if p["temperature"] == 0 or p["top_k"] == 1:
             out.append((arg, None, None))
             continue
+        ok = ~np.isnan(row)
+        if not ok.any():  # nothing to draw from: the argmax
+            out.append((arg, None, None))
+            continue
         m = row[arg]
         inv_t = np.float32(1) / np.float32(p["temperature"])
-        ok = ~np.isnan(row)
         floor = keep_floor(row, p, m, p["top_p"])
         loose = keep_floor(row, p, m, min(1.0, p["top_p"] + 1e-3))
         u = uniform(p["key"], len(row))
@@ -548,6 +551,10 @@ def test_sample_matches_the_reference(rows, vocab, candidates):
     if rows > 1:
         logits[1, :: max(1, vocab // 7)] = float("nan")
     params = [random_params(rng, vocab) for _ in range(rows)]
+    # Row 0 always samples (top-k + top-p, penalties on); row 1 too, which is all NaN at vocab 7.
+    params[0].update(temperature=1.0, top_k=50, top_p=0.9, min_p=0.0, rep=1.3, freq=0.25)
+    if rows > 1:
+        params[1].update(temperature=0.7, top_k=-1)
     host = logits.cpu().numpy()
     want = sample_reference(host, params)
     out = run_sample(logits, params, candidates)

@@ -27,11 +27,14 @@
 // NaN logits are never kept. A row with nothing to draw from (all NaN or -inf) gets its argmax.
 //
 // The thresholds are found without sorting, by MSB-first radix select over the logits'
-// order-preserving 32-bit keys: three passes over the row (11, 11, 10 bits), each building a
-// 2048-bin histogram (token counts for top-k; probability mass in 32.32 fixed point for top-p,
-// integer sums so that the result does not depend on the order of atomics) of the tokens whose
-// key matches the digits chosen so far. A row costs one pass for the maximum, three for top-k,
-// three for top-p and one for the draw, each skipped when its filter is off.
+// order-preserving 32-bit keys (-0.0 ranks just below +0.0): three passes (11, 11, 10 bits),
+// each building a 2048-bin histogram (token counts for top-k; probability mass in 32.32 fixed
+// point for top-p, integer sums so that the result does not depend on the order of atomics) of
+// the tokens whose key matches the digits chosen so far. Passes over the row: one for the
+// maximum (with top-k, also the first radix pass's counts), one for the top-p mass histogram
+// (top-p alone), then, when the tokens of the coarse bins at and above the threshold's fit in
+// shared memory (SAMPLE_CANDIDATES), one to gather them, the rest running there; otherwise
+// three per radix select and one for the draw, as if there were no candidate room.
 //
 // params: SAMPLE_PARAM_WORDS 32-bit words per row (see SampleParam; floats as bits).
 // penalty_tokens: pairs (token, output count | SEEN_BIT if seen in prompt or output).
@@ -64,7 +67,9 @@ __device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi) 
 }
 
 // Block-wide argmax of each thread's (best, best_i); the result in every thread.
-// Uses red_v / red_i (SAMPLE_WARPS entries each) as scratch; starts and ends with a barrier.
+// Uses red_v / red_i (SAMPLE_WARPS entries each) as scratch. Starts with a barrier (earlier
+// readers of the scratch are done) but has none at the end: whoever writes red_v / red_i next
+// must start with one (a second block_argmax does).
 __device__ __forceinline__ int block_argmax(float best, int best_i, float* red_v, int* red_i) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {

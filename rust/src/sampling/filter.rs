@@ -9,6 +9,7 @@
 //! `exp(s)` and needs no prefix sum over the vocabulary. Each step's key comes from the
 //! sequence's seeded random stream ([`crate::sampling::Sampler`]).
 
+use super::params::GREEDY_TEMPERATURE;
 use super::SamplingParams;
 
 /// What a backend needs to pick one row's token.
@@ -45,10 +46,13 @@ impl RowSampling {
         penalties: (0, 0),
     };
 
-    /// The row of a request with `params`, before its key and penalty entries are set.
+    /// The row of a request with `params`, before its key and penalty entries are set. A
+    /// temperature below [`GREEDY_TEMPERATURE`] becomes 0 (greedy), so that no backend divides
+    /// by it.
     pub fn new(params: &SamplingParams) -> RowSampling {
+        let greedy = params.temperature < GREEDY_TEMPERATURE;
         RowSampling {
-            temperature: params.temperature,
+            temperature: if greedy { 0.0 } else { params.temperature },
             top_k: params.top_k,
             top_p: params.top_p,
             min_p: params.min_p,
@@ -111,18 +115,30 @@ pub fn sample_row(logits: &mut [f32], row: &RowSampling, penalties: &[PenaltyTok
     }
     let m = logits[arg as usize];
     let inv_t = 1.0 / row.temperature;
-    let floor = keep_floor(logits, row, m, inv_t);
+    let floor = order_key(keep_floor(logits, row, m, inv_t));
     let mut best: Option<(f32, u32)> = None;
     for (i, &v) in logits.iter().enumerate() {
-        if v.is_nan() || v < floor {
+        if v.is_nan() || order_key(v) < floor {
             continue;
         }
         let race = (v - m) * inv_t - (-uniform(row.key, i as u32).ln()).ln();
-        if best.is_none_or(|(b, _)| race > b) {
+        // As on the device: a NaN race never wins, equal races go to the lowest index.
+        if best.is_none_or(|(b, _)| race > b) && !race.is_nan() {
             best = Some((race, i as u32));
         }
     }
     best.map_or(arg, |(_, i)| i)
+}
+
+/// The device's order of floats for thresholds: a monotone map to `u32` under which -0.0 ranks
+/// just below +0.0 (a token at -0.0 is below a +0.0 threshold). NaN is never compared.
+fn order_key(f: f32) -> u32 {
+    let u = f.to_bits();
+    if u & 0x8000_0000 != 0 {
+        !u
+    } else {
+        u | 0x8000_0000
+    }
 }
 
 /// Repetition (seen tokens), then frequency and presence (output tokens), as vLLM.
@@ -260,12 +276,36 @@ mod tests {
 
     #[test]
     fn nan_is_never_drawn_and_an_empty_row_falls_back_to_the_argmax() {
+        // p ∝ [e^0, e^0.1] over tokens 1 and 3 (NaN first, as the kernel's argmax allows).
         let logits = [f32::NAN, 0.0, f32::NAN, 0.1];
-        assert!(draws(&row(|_| ()), &logits, 500)
-            .iter()
-            .all(|&t| t == 1 || t == 3));
+        let d = draws(&row(|_| ()), &logits, 4000);
+        assert!(d.iter().all(|&t| t == 1 || t == 3));
+        let frac = d.iter().filter(|&&t| t == 3).count() as f64 / d.len() as f64;
+        let want = 0.1f64.exp() / (1.0 + 0.1f64.exp());
+        assert!((frac - want).abs() < 0.03, "fraction {frac}, want {want}");
+        assert_eq!(crate::sampling::argmax(&logits), 3);
         let all_inf = [f32::NEG_INFINITY; 4];
         assert_eq!(draws(&row(|_| ()), &all_inf, 3), vec![0, 0, 0]);
+    }
+
+    #[test]
+    fn tiny_temperatures_are_greedy() {
+        let p = SamplingParams {
+            temperature: 1e-30,
+            ..SamplingParams::default()
+        };
+        assert!(p.is_greedy());
+        assert_eq!(RowSampling::new(&p).temperature, 0.0);
+        assert!(RowSampling::new(&p).is_greedy());
+    }
+
+    #[test]
+    fn negative_zero_ranks_below_a_positive_zero_threshold() {
+        assert!(order_key(-0.0) < order_key(0.0));
+        assert!(order_key(-1.0) < order_key(-0.5) && order_key(0.5) < order_key(1.0));
+        // top-k 2 of [1, +0, -0]: the threshold is +0, and -0 is not tied with it.
+        let r = row(|r| r.top_k = 2);
+        assert!(draws(&r, &[1.0, 0.0, -0.0], 300).iter().all(|&t| t < 2));
     }
 
     #[test]

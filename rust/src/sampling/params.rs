@@ -5,6 +5,10 @@ use crate::error::{Error, Result};
 /// Most sequences one request may ask for (`n`).
 pub const MAX_N: usize = 64;
 
+/// Temperatures below this sample greedily (vLLM's `_SAMPLING_EPS`): dividing logits by a
+/// smaller one overflows or leaves only the argmax anyway.
+pub const GREEDY_TEMPERATURE: f32 = 1e-5;
+
 /// Most log-probabilities a request may ask for per token.
 pub const MAX_LOGPROBS: usize = 20;
 
@@ -128,7 +132,7 @@ impl SamplingParams {
 
     /// Whether the next token is the argmax (no randomness involved).
     pub fn is_greedy(&self) -> bool {
-        self.temperature == 0.0 || self.top_k == 1
+        self.temperature < GREEDY_TEMPERATURE || self.top_k == 1
     }
 
     /// Whether any penalty needs the history of the sequence.

@@ -108,11 +108,13 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value (the lowest index among equals).
+/// Index of the largest value (the lowest index among equals); NaN ranks below every number,
+/// -inf included, as in the device's argmax (`kernels/cuda/sampling.cu`).
 pub fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
-        if v > values[best] {
+        let b = values[best];
+        if (b.is_nan() && !v.is_nan()) || v > b {
             best = i;
         }
     }

@@ -160,8 +160,13 @@ impl Backend for CudaBackend {
     }
 
     fn reserve_steps(&mut self, rows: usize, seqs: usize, max_blocks_per_seq: usize) -> Result<()> {
-        self.meta
-            .reserve(&self.stream, rows, seqs, max_blocks_per_seq)
+        if self
+            .meta
+            .reserve(&self.stream, rows, seqs, max_blocks_per_seq)?
+        {
+            self.graphs.clear(); // graphs captured before read the old addresses
+        }
+        Ok(())
     }
 
     fn prepare_step(&mut self, batch: &ForwardBatch) {

@@ -156,22 +156,23 @@ impl StepMeta {
 
     /// Makes room for steps of up to `rows` rows and `seqs` sequences whose block tables
     /// have up to `max_blocks` entries, so that the device array does not move (which would
-    /// throw away the captured graphs) while serving.
+    /// throw away the captured graphs) while serving. Returns whether it moved now.
     pub fn reserve(
         &mut self,
         stream: &Arc<CudaStream>,
         rows: usize,
         seqs: usize,
         max_blocks: usize,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let tiles = rows.div_ceil(PREFILL_TILE) + seqs;
         let words =
             1 + 5 * rows + 3 * seqs + seqs * max_blocks.next_power_of_two() + 2 * tiles + seqs;
-        if words * 4 > self.mem.bytes() {
+        let moved = words * 4 > self.mem.bytes();
+        if moved {
             stream.synchronize().map_err(cuda_err)?;
             self.mem = DeviceMem::zeroed(stream, (words * 4).next_power_of_two())?;
         }
-        Ok(())
+        Ok(moved)
     }
 
     fn at(&self, off: usize) -> u64 {
