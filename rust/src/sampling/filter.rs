@@ -9,6 +9,8 @@
 //! `exp(s)` and needs no prefix sum over the vocabulary. Each step's key comes from the
 //! sequence's seeded random stream ([`crate::sampling::Sampler`]).
 
+use rayon::prelude::*;
+
 use super::params::GREEDY_TEMPERATURE;
 use super::SamplingParams;
 
@@ -93,11 +95,13 @@ impl StepSampling {
         self.penalty_tokens.is_empty() && self.rows.iter().all(RowSampling::is_greedy)
     }
 
-    /// Picks every row's token from `logits` (`rows × width`, used as scratch).
+    /// Picks every row's token from `logits` (`rows × width`, used as scratch), rows in
+    /// parallel over rayon's threads.
     pub fn sample(&self, logits: &mut [f32], width: usize) -> Vec<u32> {
         self.rows
-            .iter()
-            .zip(logits.chunks_exact_mut(width))
+            .par_iter()
+            .zip(logits.par_chunks_exact_mut(width))
+            .with_min_len(4)
             .map(|(row, l)| {
                 let (b, e) = row.penalties;
                 sample_row(l, row, &self.penalty_tokens[b as usize..e as usize])
@@ -162,25 +166,29 @@ fn apply_penalties(logits: &mut [f32], row: &RowSampling, penalties: &[PenaltyTo
 /// floor and the top-p threshold, whichever is highest (ties with a threshold are kept).
 fn keep_floor(logits: &[f32], row: &RowSampling, m: f32, inv_t: f32) -> f32 {
     let mut floor = f32::NEG_INFINITY;
+    if row.min_p > 0.0 {
+        floor = m + row.min_p.ln() * row.temperature;
+    }
     let k = row.top_k;
     let top_k = k > 0 && (k as usize) < logits.len();
-    if !top_k && row.min_p <= 0.0 && row.top_p >= 1.0 {
+    if !top_k && row.top_p >= 1.0 {
         return floor;
     }
-    let mut sorted: Vec<f32> = logits.iter().copied().filter(|v| !v.is_nan()).collect();
-    sorted.sort_unstable_by(|a, b| b.total_cmp(a));
-    if top_k && !sorted.is_empty() {
-        floor = sorted[(k as usize).min(sorted.len()) - 1];
-    }
-    if row.min_p > 0.0 {
-        floor = floor.max(m + row.min_p.ln() * row.temperature);
+    let desc = |a: &f32, b: &f32| b.total_cmp(a);
+    let mut vals: Vec<f32> = logits.iter().copied().filter(|v| !v.is_nan()).collect();
+    if top_k && !vals.is_empty() {
+        let k = (k as usize).min(vals.len());
+        vals.select_nth_unstable_by(k - 1, desc);
+        floor = floor.max(vals[k - 1]);
     }
     if row.top_p < 1.0 {
-        let kept = &sorted[..sorted.partition_point(|&v| v >= floor)];
+        // What top-k and min-p keep, from the largest logit down.
+        vals.retain(|&v| v >= floor);
+        vals.sort_unstable_by(desc);
         let mass = |v: f32| f64::from(((v - m) * inv_t).exp());
-        let target = f64::from(row.top_p) * kept.iter().map(|&v| mass(v)).sum::<f64>();
+        let target = f64::from(row.top_p) * vals.iter().map(|&v| mass(v)).sum::<f64>();
         let mut acc = 0.0;
-        for &v in kept {
+        for &v in &vals {
             acc += mass(v);
             if acc >= target {
                 floor = floor.max(v);
