@@ -32,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
+use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
@@ -118,6 +119,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            reject_oversized,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
@@ -274,6 +279,43 @@ async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
 }
 
 /// Counts every response by status for `/metrics`.
+/// Bytes of an over-long body [`reject_oversized`] reads and drops, in multiples of the limit.
+const DRAIN_LIMITS: usize = 4;
+
+/// Answers 413 to a request whose Content-Length exceeds the body limit, after reading and
+/// dropping what the client sends (up to [`DRAIN_LIMITS`] times the limit). Answering first
+/// and closing with the body unread makes the client's TCP stack receive a reset, which can
+/// discard the answer before the client reads it: it would see a broken pipe, not the error.
+/// (A body without Content-Length is cut at the limit by the extractor, with a 413 too.)
+async fn reject_oversized(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let limit = state.config.max_body_bytes;
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(declared) = declared.filter(|&n| n > limit as u64) else {
+        return next.run(request).await;
+    };
+    let mut body = request.into_body().into_data_stream();
+    let mut read = 0;
+    while let Some(Ok(chunk)) = body.next().await {
+        read += chunk.len();
+        if read > DRAIN_LIMITS * limit {
+            break;
+        }
+    }
+    ApiError::with_status(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body of {declared} bytes exceeds the limit of {limit} bytes"),
+    )
+    .into_response()
+}
+
 async fn count_status(
     State(state): State<Arc<AppState>>,
     request: Request,
