@@ -24,35 +24,52 @@ pub struct Sampled {
 #[derive(Debug)]
 pub struct Sampler {
     rng: StdRng,
-    /// Occurrences of each token in the output (presence and frequency penalties).
-    output_counts: HashMap<u32, u32>,
-    /// Tokens seen in the prompt or the output (repetition penalty).
-    seen: HashMap<u32, ()>,
+    /// One entry per token a penalty applies to (seen in the prompt or the output), kept up
+    /// to date as tokens come, so that a step copies them as they are.
+    penalties: Vec<PenaltyToken>,
+    /// Where each token's entry is in `penalties`.
+    index: HashMap<u32, usize>,
 }
 
 impl Sampler {
     /// A sampler for a sequence whose prompt is `prompt`; `seed` starts its random stream
     /// (the engine derives it from the request's seed and the sequence's index).
     pub fn new(params: &SamplingParams, prompt: &[u32], seed: u64) -> Self {
-        let seen = if params.repetition_penalty != 1.0 {
-            prompt.iter().map(|&t| (t, ())).collect()
-        } else {
-            HashMap::new()
-        };
-        Sampler {
+        let mut s = Sampler {
             rng: StdRng::seed_from_u64(seed),
-            output_counts: HashMap::new(),
-            seen,
+            penalties: Vec::new(),
+            index: HashMap::new(),
+        };
+        if params.repetition_penalty != 1.0 {
+            for &token in prompt {
+                s.entry(token).seen = true;
+            }
         }
+        s
+    }
+
+    /// The penalty entry of `token`, added (with nothing counted yet) if it has none.
+    fn entry(&mut self, token: u32) -> &mut PenaltyToken {
+        let penalties = &mut self.penalties;
+        let i = *self.index.entry(token).or_insert_with(|| {
+            penalties.push(PenaltyToken {
+                token,
+                output_count: 0,
+                seen: false,
+            });
+            penalties.len() - 1
+        });
+        &mut self.penalties[i]
     }
 
     /// Records a generated token (for penalties).
     pub fn observe(&mut self, params: &SamplingParams, token: u32) {
-        if params.presence_penalty != 0.0 || params.frequency_penalty != 0.0 {
-            *self.output_counts.entry(token).or_insert(0) += 1;
-        }
-        if params.repetition_penalty != 1.0 {
-            self.seen.insert(token, ());
+        let counts = params.presence_penalty != 0.0 || params.frequency_penalty != 0.0;
+        let repetition = params.repetition_penalty != 1.0;
+        if counts || repetition {
+            let e = self.entry(token);
+            e.output_count += u32::from(counts);
+            e.seen |= repetition;
         }
     }
 
@@ -65,23 +82,7 @@ impl Sampler {
         penalty_tokens: &mut Vec<PenaltyToken>,
     ) -> RowSampling {
         let begin = penalty_tokens.len() as u32;
-        for (&token, &output_count) in &self.output_counts {
-            let seen = self.seen.contains_key(&token);
-            penalty_tokens.push(PenaltyToken {
-                token,
-                output_count,
-                seen,
-            });
-        }
-        for &token in self.seen.keys() {
-            if !self.output_counts.contains_key(&token) {
-                penalty_tokens.push(PenaltyToken {
-                    token,
-                    output_count: 0,
-                    seen: true,
-                });
-            }
-        }
+        penalty_tokens.extend_from_slice(&self.penalties);
         RowSampling {
             key: self.rng.random(),
             penalties: (begin, penalty_tokens.len() as u32),
