@@ -257,7 +257,7 @@ impl<B: Backend> Engine<B> {
             async_scheduling,
             in_flight: None,
         };
-        engine.capture_decode_graphs()?;
+        engine.capture_decode_graphs(max_blocks_per_seq)?;
         Ok(engine)
     }
 
@@ -265,12 +265,11 @@ impl<B: Backend> Engine<B> {
     /// step the engine can run) twice on padding rows: the first run creates what a step needs,
     /// the second is captured. So the first requests find their graphs in place. The padding
     /// rows attend to nothing; the first one's block table (of block 0) only sets the width.
-    fn capture_decode_graphs(&mut self) -> Result<()> {
+    fn capture_decode_graphs(&mut self, max_blocks_per_seq: usize) -> Result<()> {
         let most = self.config.max_num_seqs;
         let largest = self.backend.decode_graph_rows(most).unwrap_or(most);
         let largest = largest.min(self.bufs.max_tokens).min(self.bufs.max_logits);
-        let max_blocks = self.limits.max_model_len.div_ceil(self.config.block_size);
-        for (rows, width) in self.backend.decode_graph_shapes(max_blocks) {
+        for (rows, width) in self.backend.decode_graph_shapes(max_blocks_per_seq) {
             if rows > largest {
                 continue;
             }

@@ -11,7 +11,6 @@
 
 use rayon::prelude::*;
 
-use super::params::GREEDY_TEMPERATURE;
 use super::SamplingParams;
 
 /// What a backend needs to pick one row's token.
@@ -49,12 +48,15 @@ impl RowSampling {
     };
 
     /// The row of a request with `params`, before its key and penalty entries are set. A
-    /// temperature below [`GREEDY_TEMPERATURE`] becomes 0 (greedy), so that no backend divides
-    /// by it.
+    /// greedy request (temperature below 1e-5, `GREEDY_TEMPERATURE`, or top-k 1) gets
+    /// temperature 0, so that no backend divides by a tiny one.
     pub fn new(params: &SamplingParams) -> RowSampling {
-        let greedy = params.temperature < GREEDY_TEMPERATURE;
         RowSampling {
-            temperature: if greedy { 0.0 } else { params.temperature },
+            temperature: if params.is_greedy() {
+                0.0
+            } else {
+                params.temperature
+            },
             top_k: params.top_k,
             top_p: params.top_p,
             min_p: params.min_p,
@@ -201,7 +203,7 @@ fn keep_floor(logits: &[f32], row: &RowSampling, m: f32, inv_t: f32) -> f32 {
 
 /// splitmix64's output number `i + 1` from state `key`, as an f32 uniform in (0, 1): the
 /// random number of token `i` in a row with this key.
-pub fn uniform(key: u64, i: u32) -> f32 {
+fn uniform(key: u64, i: u32) -> f32 {
     let mut z = key.wrapping_add(u64::from(i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

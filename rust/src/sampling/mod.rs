@@ -6,7 +6,7 @@ mod params;
 mod sampler;
 mod stop;
 
-pub use filter::{sample_row, uniform, PenaltyToken, RowSampling, StepSampling};
+pub use filter::{sample_row, PenaltyToken, RowSampling, StepSampling};
 pub use params::SamplingParams;
 pub use sampler::{argmax, log_softmax_top, Sampled, Sampler};
 pub use stop::StopChecker;

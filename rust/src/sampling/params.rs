@@ -134,13 +134,6 @@ impl SamplingParams {
     pub fn is_greedy(&self) -> bool {
         self.temperature < GREEDY_TEMPERATURE || self.top_k == 1
     }
-
-    /// Whether any penalty needs the history of the sequence.
-    pub fn has_penalties(&self) -> bool {
-        self.repetition_penalty != 1.0
-            || self.presence_penalty != 0.0
-            || self.frequency_penalty != 0.0
-    }
 }
 
 #[cfg(test)]

@@ -179,8 +179,8 @@ impl Backend for CudaBackend {
                 && batch.logits_rows.len() == batch.num_tokens()
                 && self.meta.max_query_len == 1;
             let rows = batch.num_tokens();
-            let splits = self.decode_splits(rows, self.meta.max_blocks);
-            let key = (decode && graphs::bucket_rows(rows) == Some(rows)).then_some((rows, splits));
+            let key = (decode && graphs::bucket_rows(rows) == Some(rows))
+                .then(|| (rows, self.decode_splits(rows, self.meta.max_blocks)));
             self.graphs.begin_step(&self.stream, key)
         });
         self.record(r);
