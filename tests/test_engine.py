@@ -338,3 +338,51 @@ def test_async_scheduling_streams_from_threads(engine, async_engine):
         (alone,) = engine.generate(prompt, params)
         assert last.outputs[0].token_ids == alone.outputs[0].token_ids
     wait_idle_soon(async_engine)
+
+
+def test_step_trace_has_a_line_per_step(default_model_path, tmp_path, monkeypatch):
+    """INFIRE_STEP_TRACE: one JSON line per step whose rows add up to the run's tokens, which
+    bench/step_trace.py reads; a trace path that cannot be created leaves the engine working."""
+    path = tmp_path / "trace.jsonl"
+    monkeypatch.setenv("INFIRE_STEP_TRACE", str(path))
+    engine = infire.Engine(model=default_model_path, device="cpu", max_num_batched_tokens=64)
+    # Distinct prompts (no prefix-cache hits) of 100, 30 and 5 tokens: chunks of 64, 36 + 28,
+    # then 2 + 5 beside the first decode row; no prompt chunk of one token.
+    prompts = [list(range(start, start + n)) for start, n in ((1000, 100), (2000, 30), (3000, 5))]
+    params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True)
+    outs = engine.generate(prompts, params)
+    assert [len(o.outputs[0].token_ids) for o in outs] == [4, 4, 4]
+    steps = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(len(steps)))
+    assert sum(s["prefill_tokens"] for s in steps) == 135
+    assert sum(s["decode_rows"] for s in steps) == 9  # tokens 2..4 of each request
+    for s in steps:
+        assert s["tokens"] - s["padding"] == s["prefill_tokens"] + s["decode_rows"]
+        assert s["padding"] == 0 and 1 <= s["seqs"] <= 3 and s["kv_tokens"] >= s["tokens"]
+        assert s["gpu_ms"] is None and s["idle_ms"] is None  # the CPU backend is not timed
+    assert [s["last"] for s in steps] == [False] * (len(steps) - 1) + [True]
+    t = [s["t_launch"] for s in steps]
+    assert t == sorted(t) and all(s["t_collect"] >= s["t_launch"] for s in steps)
+    summary = subprocess.run(
+        [
+            sys.executable,
+            "bench/step_trace.py",
+            str(path),
+            "--copy-bw",
+            "1e10",
+            "--gemm-rate",
+            "1e12",
+        ],
+        cwd=Path(__file__).parent.parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"{len(steps)} steps" in summary and "| with prompt rows | " in summary
+
+    monkeypatch.setenv("INFIRE_STEP_TRACE", str(tmp_path / "missing" / "trace.jsonl"))
+    engine = infire.Engine(model=default_model_path, device="cpu")
+    assert (
+        engine.generate([prompts[2]], params)[0].outputs[0].token_ids
+        == outs[2].outputs[0].token_ids
+    )

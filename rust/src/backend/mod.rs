@@ -76,6 +76,16 @@ impl AttentionShape {
     }
 }
 
+/// How long one step took on the device ([`Backend::step_timing`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepTiming {
+    /// From the step's first operation (the upload of its batch) to its last (the sampling).
+    pub device_ms: f32,
+    /// Between the previous timed step's end and this step's start, where the device had
+    /// nothing to do: it waited for the host. `None` for the first timed step.
+    pub idle_before_ms: Option<f32>,
+}
+
 /// Where the result of a [`Backend::linear_residual`] went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Residual {
@@ -164,6 +174,15 @@ pub trait Backend: Send {
     /// [`sample_rows`](Self::sample_rows) then waits for instead of starting it. Errors
     /// surface in `to_host` / `sample_rows`.
     fn submit_step(&self, _logits: &Self::Buf, _sampling: Option<(&StepSampling, usize)>) {}
+    /// Turns timing of each step on the device on (it is off by default): from then on
+    /// [`step_timing`](Self::step_timing) reports the last step waited for. A backend that
+    /// computes a step as it is launched (the CPU) has nothing to time and ignores this.
+    fn time_steps(&mut self) {}
+    /// The device time of the last step that [`sample_rows`](Self::sample_rows) or
+    /// [`to_host`](Self::to_host) waited for, when [`time_steps`](Self::time_steps) is on.
+    fn step_timing(&self) -> Option<StepTiming> {
+        None
+    }
     /// A KV cache of `num_blocks` blocks of `block_size` tokens for `num_layers` layers.
     fn kv_cache(
         &self,

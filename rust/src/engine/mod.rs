@@ -11,9 +11,11 @@ pub mod launch;
 mod output;
 mod scheduler;
 mod sequence;
+pub mod trace;
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use rayon::prelude::*;
 
@@ -22,6 +24,7 @@ pub use scheduler::{Scheduled, Scheduler, SchedulerConfig};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
 use self::batch::{build_batch, pad_decode_batch};
+use self::trace::{LaunchRecord, StepTrace};
 use crate::backend::{Backend, ForwardBatch};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -158,6 +161,8 @@ pub struct Engine<B: Backend> {
     async_scheduling: bool,
     /// The step launched and not yet collected (async scheduling only).
     in_flight: Option<Launched>,
+    /// The step trace, when the environment asks for one (see [`trace`]).
+    trace: Option<StepTrace>,
 }
 
 impl<B: Backend> Engine<B> {
@@ -256,8 +261,12 @@ impl<B: Backend> Engine<B> {
             next_arrival: 0,
             async_scheduling,
             in_flight: None,
+            trace: StepTrace::from_env(),
         };
         engine.capture_decode_graphs(max_blocks_per_seq)?;
+        if engine.trace.is_some() {
+            engine.backend.time_steps();
+        }
         Ok(engine)
     }
 
@@ -444,9 +453,12 @@ impl<B: Backend> Engine<B> {
                 None => return (Vec::new(), Vec::new()),
             },
         };
+        let t_collect = Instant::now();
         let (model, backend, bufs) = (&self.model, &self.backend, &self.bufs);
         let sampling = launched.sampling.as_ref();
-        let (logits, tokens) = match model.collect(backend, bufs, launched.rows, sampling) {
+        let collected = model.collect(backend, bufs, launched.rows, sampling);
+        let collect_time = t_collect.elapsed();
+        let (logits, tokens) = match collected {
             Ok(out) => out,
             Err(e) => {
                 let failed = self.fail_step(&launched.plan, e);
@@ -467,6 +479,12 @@ impl<B: Backend> Engine<B> {
             if let Some(siblings) = self.pending_siblings.remove(&seq.request_id) {
                 siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
             }
+        }
+        let idle = !self.has_work();
+        if let (Some(trace), Some(record)) = (&mut self.trace, &launched.trace) {
+            let apply = t_collect.elapsed() - collect_time;
+            let timing = self.backend.step_timing();
+            trace.write(record, t_collect, collect_time, apply, timing, idle);
         }
         (deltas, errors)
     }
@@ -508,6 +526,7 @@ impl<B: Backend> Engine<B> {
     /// Plans the next step and launches it on the backend without waiting; `None` when there
     /// is nothing to run.
     fn launch_step(&mut self) -> Option<Launched> {
+        let t_launch = Instant::now();
         let plan = self.scheduler.schedule(&mut self.kv);
         if plan.is_empty() {
             return None;
@@ -550,10 +569,15 @@ impl<B: Backend> Engine<B> {
             &mut self.bufs,
             sampling.as_ref(),
         );
+        let trace = self
+            .trace
+            .is_some()
+            .then(|| LaunchRecord::new(&batch, plan.len(), t_launch));
         Some(Launched {
             plan,
             rows,
             sampling,
+            trace,
         })
     }
 
@@ -698,6 +722,8 @@ struct Launched {
     rows: usize,
     /// How the backend picks the step's tokens; `None`: it returns the logits instead.
     sampling: Option<StepSampling>,
+    /// The step's shape and launch time, when the engine writes a step trace.
+    trace: Option<LaunchRecord>,
 }
 
 /// What a sequence samples its next token from in a step.

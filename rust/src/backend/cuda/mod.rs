@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use cudarc::driver::sys::CUevent_flags;
 use cudarc::driver::{result, CudaContext, CudaEvent, CudaStream};
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -35,7 +36,7 @@ use self::kernels::{
     GemvArgs, GemvInput, GemvOutput, KernelSet, Kernels, SplitBuffers, GEMV_MAX_ROWS,
 };
 use self::step_meta::StepMeta;
-use super::AttentionShape;
+use super::{AttentionShape, StepTiming};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
@@ -151,6 +152,78 @@ pub struct CudaBackend {
     sampling_started: Cell<Option<usize>>,
     /// First failure of an enqueued operation; reported by the next `to_host`.
     error: RefCell<Option<Error>>,
+    /// Device timing of each step (`Backend::time_steps`); off by default.
+    timer: Option<StepTimer>,
+}
+
+/// Times steps on the device with events: one recorded when a step's batch is uploaded, one
+/// when the host waits for its end; the end events alternate so that the idle time before a
+/// step reads the previous step's end.
+struct StepTimer {
+    begin: CudaEvent,
+    end: [CudaEvent; 2],
+    /// Which `end` event the next wait records.
+    next: Cell<usize>,
+    /// Whether `begin` was recorded since the last wait (waits outside steps are not timed).
+    begun: Cell<bool>,
+    /// Whether the other `end` event holds the previous step's end.
+    has_prev: Cell<bool>,
+    last: Cell<Option<StepTiming>>,
+}
+
+impl StepTimer {
+    fn new(ctx: &Arc<CudaContext>) -> Result<Self> {
+        // Events without CU_EVENT_DISABLE_TIMING.
+        let event = || {
+            ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                .map_err(device_mem::cuda_err)
+        };
+        Ok(StepTimer {
+            begin: event()?,
+            end: [event()?, event()?],
+            next: Cell::new(0),
+            begun: Cell::new(false),
+            has_prev: Cell::new(false),
+            last: Cell::new(None),
+        })
+    }
+
+    fn begin(&self, stream: &CudaStream) -> Result<()> {
+        self.begin.record(stream).map_err(device_mem::cuda_err)?;
+        self.begun.set(true);
+        Ok(())
+    }
+
+    /// Records the end of a begun step; [`read`](Self::read) once the stream has passed it.
+    fn end(&self, stream: &CudaStream) -> Result<bool> {
+        if !self.begun.get() {
+            return Ok(false);
+        }
+        self.end[self.next.get()]
+            .record(stream)
+            .map_err(device_mem::cuda_err)?;
+        Ok(true)
+    }
+
+    fn read(&self) -> Result<()> {
+        let (n, begin) = (self.next.get(), &self.begin);
+        let device_ms = begin
+            .elapsed_ms(&self.end[n])
+            .map_err(device_mem::cuda_err)?;
+        let prev = &self.end[1 - n];
+        let idle_before_ms = match self.has_prev.get() {
+            true => Some(prev.elapsed_ms(begin).map_err(device_mem::cuda_err)?),
+            false => None,
+        };
+        self.last.set(Some(StepTiming {
+            device_ms,
+            idle_before_ms,
+        }));
+        self.next.set(1 - n);
+        self.begun.set(false);
+        self.has_prev.set(true);
+        Ok(())
+    }
 }
 
 // SAFETY: the backend is used by one thread at a time (the engine moves it into its loop
@@ -255,6 +328,7 @@ impl CudaBackend {
             graphs: graphs::DecodeGraphs::new(),
             step_done: ctx.new_event(None).map_err(cuda_err)?,
             last_wait: [Cell::new(Duration::ZERO), Cell::new(Duration::ZERO)],
+            timer: None,
             split_scratch,
             split_lse_offset,
             ctx,
@@ -374,6 +448,10 @@ impl CudaBackend {
         self.step_done
             .record(&self.stream)
             .map_err(device_mem::cuda_err)?;
+        let timed = match &self.timer {
+            Some(t) => t.end(&self.stream)?,
+            None => false,
+        };
         let start = Instant::now();
         let last = &self.last_wait[usize::from(self.meta.max_query_len > 1)];
         let nap = last.get().mul_f32(0.75);
@@ -388,6 +466,9 @@ impl CudaBackend {
             std::hint::spin_loop();
         }
         last.set(start.elapsed());
+        if timed {
+            self.timer.as_ref().expect("timed").read()?;
+        }
         Ok(())
     }
 

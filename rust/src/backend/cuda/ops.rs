@@ -7,7 +7,7 @@ use super::gemm::{ElemType, GemmShape};
 use super::jit::KernelDtype;
 use super::kernels::{GemvInput, GemvOutput};
 use super::{graphs, CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, ELEM_BYTES};
-use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual};
+use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual, StepTiming};
 use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
 use crate::weights::{HostTensor, RawTensor};
@@ -170,6 +170,10 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_step(&mut self, batch: &ForwardBatch) {
+        // Before the capture a graph step may begin: the event is recorded on the stream.
+        if let Some(t) = &self.timer {
+            self.record(t.begin(&self.stream));
+        }
         let r = self.meta.upload(&self.stream, batch).and_then(|moved| {
             if moved {
                 self.graphs.clear();
@@ -454,6 +458,17 @@ impl Backend for CudaBackend {
         self.wait()?;
         let ids = self.tokens_out.borrow().read::<i32>(&self.stream, rows)?;
         Ok(ids.into_iter().map(|t| t as u32).collect())
+    }
+
+    fn time_steps(&mut self) {
+        // A diagnostic: without its events the engine runs on untimed.
+        if self.timer.is_none() {
+            self.timer = super::StepTimer::new(&self.ctx).ok();
+        }
+    }
+
+    fn step_timing(&self) -> Option<StepTiming> {
+        self.timer.as_ref().and_then(|t| t.last.get())
     }
 
     fn submit_step(&self, logits: &CudaBuf, sampling: Option<(&StepSampling, usize)>) {
