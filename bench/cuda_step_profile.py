@@ -8,6 +8,9 @@ Two parts, for the kernel notes (kernels/cuda/NOTES.md):
         --metrics gpu__time_duration.sum,dram__bytes_read.sum \\
         python bench/cuda_step_profile.py decode [--batch 256 --prompt-len 1024]
                                                   # every kernel of ~one decode step
+    ncu --profile-from-start off --launch-skip 400 --launch-count 600 ... \\
+        python bench/cuda_step_profile.py decode --batch 256 --prompt-len 100 \\
+        --prompt-len-max 1024 --decode-only     # decode steps of a batch of mixed lengths
 
 `gemm` times `F.linear` on one row for each weight shape of the model (QKV, O, gate/up, down,
 LM head), in CUDA graphs of back-to-back launches over copies of each weight so that no launch
@@ -95,22 +98,26 @@ def gemm_floor(rows_list: list[int]) -> None:
     # max(weight bytes / copy bandwidth, FLOPs / the 8192^3 rate).
     rate = gemm_rate()
     print(f"\nbf16 GEMM rate (8192^3): {rate / 1e12:.0f} TFLOP/s")
-    print("| rows | decode-step GEMMs ms | floor ms | of floor | TFLOP/s |")
-    print("| --- | --- | --- | --- | --- |")
+    names = " | ".join(f"{name} µs (of floor)" for name, *_ in SHAPES)
+    print(f"| rows | decode-step GEMMs ms | floor ms | of floor | TFLOP/s | {names} |")
+    print("| --- |" + " --- |" * (4 + len(SHAPES)))
     for rows in rows_list:
         step = floor = flops = 0.0
+        each = []
         for _, n, k, times in SHAPES:
             t = time_linear(n, k, rows=rows)
+            f = max(2 * n * k / bw, 2 * rows * n * k / rate)
             step += t * times
-            floor += max(2 * n * k / bw, 2 * rows * n * k / rate) * times
+            floor += f * times
             flops += 2 * rows * n * k * times
+            each.append(f"{t * 1e6:.1f} ({f / t:.0%})")
         print(
             f"| {rows} | {step * 1e3:.2f} | {floor * 1e3:.2f} | {floor / step:.0%} "
-            f"| {flops / step / 1e12:.0f} |"
+            f"| {flops / step / 1e12:.0f} | {' | '.join(each)} |"
         )
 
 
-def decode(model_dir: Path, batch: int, prompt_len: int, new_tokens: int) -> None:
+def decode(model_dir: Path, batch: int, prompt_len: int, new_tokens: int, args) -> None:
     import infire
 
     write_checkpoint(model_dir, LLAMA_3_1_8B)
@@ -118,8 +125,21 @@ def decode(model_dir: Path, batch: int, prompt_len: int, new_tokens: int) -> Non
         str(model_dir), device="cuda", max_num_seqs=max(batch, 8), max_num_batched_tokens=8192
     )
     params = infire.SamplingParams(temperature=0.0, max_tokens=new_tokens, ignore_eos=True)
-    prompts = [[1000 + (i * 7919 + j) % 100000 for j in range(prompt_len)] for i in range(batch)]
+    longest = max(prompt_len, args.prompt_len_max or prompt_len)
+    lens = torch.randint(
+        prompt_len, longest + 1, (batch,), generator=torch.Generator().manual_seed(0)
+    )
+    prompts = [
+        [1000 + (i * 7919 + j) % 100000 for j in range(n)] for i, n in enumerate(lens.tolist())
+    ]
+    if args.decode_only:
+        # The prompts once for one token, so that the profiled run finds them in the prefix
+        # cache and is all decode steps but its first; ncu --profile-from-start off then sees
+        # only that run.
+        engine.generate(prompts, infire.SamplingParams(temperature=0.0, max_tokens=1))
+        torch.cuda.profiler.start()
     outs = engine.generate(prompts, params)
+    torch.cuda.profiler.stop()
     m = outs[0].metrics
     n = len(outs[0].outputs[0].token_ids)
     print(f"decode: {(n - 1) / (m.finished_time - m.first_token_time):.1f} steps/s at {batch}")
@@ -133,6 +153,14 @@ def main() -> None:
     ap.add_argument("--prompt-len", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument(
+        "--prompt-len-max", type=int, help="decode: prompt lengths uniform in [--prompt-len, this]"
+    )
+    ap.add_argument(
+        "--decode-only",
+        action="store_true",
+        help="decode: prefill the prompts in a first run, profile (cudaProfilerStart) the second",
+    )
+    ap.add_argument(
         "--rows",
         type=int,
         nargs="+",
@@ -143,7 +171,7 @@ def main() -> None:
     if args.part == "gemm":
         gemm_floor(args.rows)
     else:
-        decode(args.model_dir, args.batch, args.prompt_len, args.new_tokens)
+        decode(args.model_dir, args.batch, args.prompt_len, args.new_tokens, args)
 
 
 if __name__ == "__main__":
