@@ -3,14 +3,17 @@
     python bench/attention_bench.py [--out bench/results/attention_h200.json]
 
 Llama-3.1-8B shape (32 heads, 8 kv heads, head_dim 128, bf16, 16-token blocks in shuffled
-order), one query row per sequence at the given context length, for several batch sizes. Each
-kernel runs with the split count the engine would choose (`rust/src/backend/cuda/kernels.rs`,
-`decode_splits`), the combine pass included when it splits. Times are CUDA-event medians of
-single launches, with the L2 cache flushed before each (a 256 MiB write), so a small cache is
-read from HBM as in the engine; bandwidth counts the K/V bytes the step must read. The card's
-copy bandwidth is measured in the same run.
+order), one query row per sequence at the given context length, for several batch sizes, and
+batches of mixed lengths (uniform in a range, as in the offline throughput bench). Each kernel
+runs with the splits the engine would choose (`rust/src/backend/cuda/kernels.rs`,
+`decode_splits`), the combine pass included when it splits; in a large batch also unsplit
+("batch splits off", the engine's rule before large batches were split). Times are CUDA-event
+medians of single launches, with the L2 cache flushed before each (a 256 MiB write), so a small
+cache is read from HBM as in the engine; bandwidth counts the K/V bytes the step must read. The
+card's copy bandwidth is measured in the same run.
 
-Kernels: `decode_attention` as the engine runs it (3 pipeline stages) and with 2 and 4 stages.
+Kernels: `decode_attention` as the engine runs it (3 pipeline stages) and, on the uniform
+cases, with 2 and 4 stages.
 Its CUDA-core predecessor `paged_attention` was timed beside it by this script at commit
 dbc67f5 (bench/results/attention_h200.json, kernels/cuda/NOTES.md).
 """
@@ -42,6 +45,9 @@ HEAD_DIM, NUM_HEADS, NUM_KV_HEADS, BLOCK = 128, 32, 8, 16
 GROUP = NUM_HEADS // NUM_KV_HEADS
 QKV_WIDTH = (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM
 CASES = [(1, 1024), (1, 8192), (16, 1024), (64, 1024), (128, 1024), (256, 1024), (64, 4096)]
+# (rows, shortest, longest context): lengths uniform in the range, seed 0.
+MIXED_CASES = [(128, 100, 2048), (256, 100, 1100), (256, 100, 2048), (256, 1000, 8000)]
+BATCH_SPLITS, BATCH_MIN_KEYS = 4, 256
 REPEATS = 30
 
 
@@ -83,16 +89,17 @@ def load(name: str, func: str, **extra_defines):
     return ObjectCode.from_cubin(cubin).get_kernel(func)
 
 
-def engine_splits(rows: int, max_context: int, sm_count: int) -> int:
-    """`decode_splits` of kernels.rs: as many CTAs as the GPU holds (8 one-warp CTAs per SM),
-    none shorter than 64 keys."""
+def engine_splits(rows: int, max_context: int, sm_count: int, batch_splits: int) -> tuple[int, int]:
+    """`decode_splits` of kernels.rs, as (splits, fewest keys per split): for few rows, as many
+    CTAs as the GPU holds (8 one-warp CTAs per SM), none shorter than 64 keys; for a large
+    batch, `batch_splits` of at least 256 keys."""
     ctas, resident = rows * NUM_KV_HEADS, sm_count * 8
     if 2 * ctas > resident:
-        return 1
-    return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows))
+        return max(1, min(batch_splits, 1024 // rows)), BATCH_MIN_KEYS
+    return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows)), 64
 
 
-def time_step(stream, kernel, combine, rows, splits, flush, tensors) -> float:
+def time_step(stream, kernel, combine, rows, splits, min_keys, flush, tensors) -> float:
     """Median seconds of one decode attention launch (and its combine when split), L2 flushed."""
     qkv, k, v, out, row_seq, row_pos, tables = tensors
     p_out = torch.empty(rows * splits * NUM_HEADS * HEAD_DIM, device="cuda")
@@ -100,12 +107,13 @@ def time_step(stream, kernel, combine, rows, splits, flush, tensors) -> float:
     width = torch.tensor([tables.shape[1]], dtype=torch.int32, device="cuda")
     ptrs = [t.data_ptr() for t in (qkv, k, v, out, row_seq, row_pos, tables, width)]
     params = ptrs + [np.int32(QKV_WIDTH), np.float32(HEAD_DIM**-0.5)]
-    params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits), 0]  # 0: no row list
-    combine_params = (
+    params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits), np.int32(min_keys), 0]
+    combine_params = (  # 0: no row list
         p_out.data_ptr(),
         p_lse.data_ptr(),
         out.data_ptr(),
         np.int32(splits),
+        np.int32(min_keys),
         0,
         row_pos.data_ptr(),
     )
@@ -148,27 +156,46 @@ def main() -> None:
 
     flush = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
     results = []
-    for rows, context in CASES:
-        blocks_per_seq = math.ceil(context / BLOCK)
-        num_blocks = rows * blocks_per_seq
+    uniform = [(rows, [context] * rows) for rows, context in CASES]
+    gen = np.random.default_rng(0)
+    mixed = [(rows, gen.integers(lo, hi + 1, size=rows).tolist()) for rows, lo, hi in MIXED_CASES]
+    for rows, lens in uniform + mixed:
+        blocks = [math.ceil(n / BLOCK) for n in lens]
+        blocks_per_seq = max(blocks)
+        num_blocks = sum(blocks)
         k = torch.randn(num_blocks, BLOCK, NUM_KV_HEADS, HEAD_DIM, device="cuda").bfloat16()
         v = torch.randn_like(k)
-        tables = torch.randperm(num_blocks, device="cuda").int().view(rows, blocks_per_seq)
+        order = torch.randperm(num_blocks, device="cuda").int()
+        tables = torch.zeros(rows, blocks_per_seq, dtype=torch.int32, device="cuda")
+        taken = 0
+        for r, nb in enumerate(blocks):
+            tables[r, :nb] = order[taken : taken + nb]
+            taken += nb
         qkv = torch.randn(rows, QKV_WIDTH, device="cuda").bfloat16()
         out = torch.empty(rows, NUM_HEADS * HEAD_DIM, device="cuda").bfloat16()
         row_seq = torch.arange(rows, device="cuda", dtype=torch.int32)
-        row_pos = torch.full((rows,), context - 1, device="cuda", dtype=torch.int32)
+        row_pos = torch.tensor(lens, device="cuda", dtype=torch.int32) - 1
         tensors = (qkv, k, v, out, row_seq, row_pos, tables)
-        kv_bytes = 2 * rows * context * NUM_KV_HEADS * HEAD_DIM * 2
+        kv_bytes = 2 * sum(lens) * NUM_KV_HEADS * HEAD_DIM * 2
         max_context = blocks_per_seq * BLOCK
-        for name, kernel in variants.items():
-            splits = engine_splits(rows, max_context, sm_count)
-            t = time_step(stream, kernel, combine, rows, splits, flush, tensors)
+        is_mixed = min(lens) != max(lens)
+        context = f"{min(lens)}-{max(lens)}" if is_mixed else str(lens[0])
+        runs = [
+            (name, kernel, engine_splits(rows, max_context, sm_count, BATCH_SPLITS))
+            for name, kernel in variants.items()
+            if not (is_mixed and "/" in name)
+        ]
+        unsplit = engine_splits(rows, max_context, sm_count, 1)
+        if unsplit != runs[0][2]:
+            runs.append(("batch splits off", variants["decode_attention"], unsplit))
+        for name, kernel, (splits, min_keys) in runs:
+            t = time_step(stream, kernel, combine, rows, splits, min_keys, flush, tensors)
             row = {
                 "kernel": name,
                 "rows": rows,
                 "context": context,
                 "splits": splits,
+                "min_split_keys": min_keys,
                 "kv_mib": kv_bytes / 2**20,
                 "us": t * 1e6,
                 "tb_per_s": kv_bytes / t / 1e12,
@@ -176,8 +203,9 @@ def main() -> None:
             }
             results.append(row)
             print(
-                f"{name:19s} rows {rows:4d} context {context:5d} splits {splits:3d}  "
-                f"{row['us']:8.1f} us  {row['tb_per_s']:.2f} TB/s = {100 * row['of_copy']:.0f} %"
+                f"{name:19s} rows {rows:4d} context {context:>9s} splits {splits:3d} "
+                f"(>= {min_keys:3d} keys)  {row['us']:8.1f} us  {row['tb_per_s']:.2f} TB/s "
+                f"= {100 * row['of_copy']:.0f} %"
             )
         del k, v
         torch.cuda.empty_cache()

@@ -688,9 +688,11 @@ def decode_rows(context_lens, padding_rows):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", DECODE_SHAPES, ids=str)
-@pytest.mark.parametrize("num_splits", [1, 3, 16])
+# (splits launched, fewest keys per split): one CTA per row; the few-rows rule (64); the
+# large-batch rule (256, so that rows of 255-257 keys use one or two splits).
+@pytest.mark.parametrize("num_splits, min_keys", [(1, 64), (3, 64), (16, 64), (4, 256)])
 @pytest.mark.parametrize("listed", [False, True], ids=["all-rows", "row-list"])
-def test_decode_attention(dtype, shape, num_splits, listed):
+def test_decode_attention(dtype, shape, num_splits, min_keys, listed):
     """The engine's decode attention (tensor cores), whole or split over the keys and then
     combined, for every row kind: last positions, earlier ones, padding rows. With a row list
     (a step that mixes prompts and decoding sequences), only the listed rows are written."""
@@ -727,16 +729,17 @@ def test_decode_attention(dtype, shape, num_splits, listed):
         partial_out,
         partial_lse,
         i32(num_splits),
+        i32(min_keys),
         row_list,
         dtype=dtype,
         shape=shape,
     )
     if num_splits > 1:
-        # A row uses the splits its length allows (none shorter than 64 keys); only those are
-        # written.
+        # A row uses the splits its length allows (none shorter than min_keys keys); only those
+        # are written.
         rows_launched = row_list.long() if listed else torch.arange(rows, device="cuda")
         lens = (row_pos[rows_launched] + 1).clamp(min=0)
-        used = ((lens + 63) // 64).clamp(1, num_splits)
+        used = ((lens + min_keys - 1) // min_keys).clamp(1, num_splits)
         split_ids = torch.arange(num_splits, device="cuda")
         written = split_ids[None, :] < used[:, None]
         assert not partial_lse[written].isnan().any() and not partial_out[written].isnan().any()
@@ -751,6 +754,7 @@ def test_decode_attention(dtype, shape, num_splits, listed):
             partial_lse,
             out,
             i32(num_splits),
+            i32(min_keys),
             row_list,
             row_pos,
             dtype=dtype,

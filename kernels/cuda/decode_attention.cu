@@ -20,8 +20,9 @@
 //   table_width: device pointer to the block tables' row width (max_blocks_per_seq), read there
 //     rather than passed by value so that a captured graph serves every width of its split count.
 //   With num_splits > 1 launched (the host sizes it for the longest context the block tables
-//   hold), a row of len = row_pos[r] + 1 keys uses used_splits(len, num_splits) of them (no
-//   split shorter than MIN_SPLIT_KEYS keys; the CTAs of the others return at once): split s
+//   hold, or fixes it for a large batch), a row of len = row_pos[r] + 1 keys uses
+//   used_splits(len, num_splits, min_split_keys) of them (no split shorter than min_split_keys
+//   keys; the CTAs of the others return at once): split s
 //   covers keys [s * chunk, min((s + 1) * chunk, len)), chunk = ceil(len / used) rounded up to
 //   KV_BLOCK_SIZE, and writes partial_out [grid x, num_splits, NUM_HEADS, HEAD_DIM] f32 (its
 //   normalized output) and partial_lse [grid x, num_splits, NUM_HEADS] f32 (natural-log sum of
@@ -65,13 +66,10 @@ constexpr int D_STEPS = HEAD_DIM / 16;    // k-steps of S = Q K^T
 constexpr int O_TILES = HEAD_DIM / 8;     // n8 tiles of O
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float LN2 = 0.6931471805599453f;
-// Fewest keys a split takes (MIN_KEYS_PER_SPLIT in kernels.rs): below this the combine costs
-// more than the split saves.
-constexpr int MIN_SPLIT_KEYS = 64;
-
-// How many of the `num_splits` launched splits a row of `len` keys uses.
-__device__ __forceinline__ int used_splits(int len, int num_splits) {
-    return max(1, min(num_splits, (len + MIN_SPLIT_KEYS - 1) / MIN_SPLIT_KEYS));
+// How many of the `num_splits` launched splits a row of `len` keys uses, none shorter than
+// `min_keys` keys (the host's rule: `decode_splits` in kernels.rs).
+__device__ __forceinline__ int used_splits(int len, int num_splits, int min_keys) {
+    return max(1, min(num_splits, (len + min_keys - 1) / min_keys));
 }
 
 // Starts copying keys key0 .. key0 + TILE_KEYS - 1 of one kv head (those at or past end
@@ -103,7 +101,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                  const int* __restrict__ block_tables, const int* __restrict__ table_width,
                  int qkv_width,
                  float scale, float* __restrict__ partial_out, float* __restrict__ partial_lse,
-                 int num_splits, const int* __restrict__ row_list) {
+                 int num_splits, int min_split_keys, const int* __restrict__ row_list) {
     pdl_begin();
     __shared__ Vec k_smem[STAGES][TILE_KEYS * STRIDE / VEC];
     __shared__ Vec v_smem[STAGES][TILE_KEYS * STRIDE / VEC];
@@ -114,7 +112,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const int head0 = kv_head * GROUP + head_tile * TILE_HEADS;  // this CTA's first query head
     const int heads = min(TILE_HEADS, GROUP - head_tile * TILE_HEADS);
     const int len = max(row_pos[r] + 1, 0);  // padding rows attend to nothing
-    const int splits = used_splits(len, num_splits);
+    const int splits = used_splits(len, num_splits, min_split_keys);
     if (split >= splits) return;
     const int per_split = (len + splits - 1) / splits;
     const int chunk = (per_split + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
@@ -259,12 +257,12 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
 
 extern "C" __global__ void __launch_bounds__(256)
 attention_combine(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
-                  T* __restrict__ out, int num_splits, const int* __restrict__ row_list,
-                  const int* __restrict__ row_pos) {
+                  T* __restrict__ out, int num_splits, int min_split_keys,
+                  const int* __restrict__ row_list, const int* __restrict__ row_pos) {
     pdl_begin();
     const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const int r = row_list ? row_list[i] : i;
-    const int splits = used_splits(max(row_pos[r] + 1, 0), num_splits);
+    const int splits = used_splits(max(row_pos[r] + 1, 0), num_splits, min_split_keys);
     const float* lse = partial_lse + (long long)i * num_splits * NUM_HEADS + h;
     const float* part = partial_out + ((long long)i * num_splits * NUM_HEADS + h) * HEAD_DIM + d;
     float lse_max = -INFINITY;

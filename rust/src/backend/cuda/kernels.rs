@@ -22,9 +22,17 @@ use crate::sampling::StepSampling;
 /// One-warp decode attention CTAs an SM holds at once (26 KiB of shared memory each for
 /// head_dim 128; see `kernels/cuda/decode_attention.cu`).
 const DECODE_CTAS_PER_SM: usize = 8;
-/// Fewest keys a split of decode attention gets (`MIN_SPLIT_KEYS` in decode_attention.cu):
-/// below this the combine costs more than the split saves.
+/// Fewest keys a split of decode attention gets when a step's rows alone would leave the GPU
+/// idle: below this the combine costs more than the split saves.
 const MIN_KEYS_PER_SPLIT: usize = 64;
+/// Fewest keys a split gets in a large batch (rows × kv heads fill the GPU). Splits there only
+/// even out rows of different lengths — unsplit, the CTAs of the longest rows run on alone at
+/// the end of the launch — so they are longer, and most rows of a few hundred keys are not
+/// split at all.
+const BATCH_MIN_KEYS_PER_SPLIT: usize = 256;
+/// Splits launched for a large batch (`INFIRE_DECODE_BATCH_SPLITS` overrides it; 1: none):
+/// rows of up to 4 × 256 keys are cut into pieces of at most 256.
+pub const DEFAULT_BATCH_SPLITS: usize = 4;
 /// Threads of a GEMV CTA (`GEMV_THREADS` in gemv.cu).
 const GEMV_THREADS: u32 = 256;
 
@@ -140,23 +148,50 @@ pub struct SplitBuffers {
     pub max_context: usize,
     /// The GPU's streaming multiprocessors.
     pub sm_count: usize,
+    /// Splits launched when the rows fill the GPU ([`DEFAULT_BATCH_SPLITS`]).
+    pub batch_splits: usize,
 }
 
-/// How many splits decode attention launches for this step: as many (row, kv head, split)
-/// CTAs as the GPU holds at once — never more, so that equal rows finish in one wave rather
-/// than leaving a tail — with no split shorter than [`MIN_KEYS_PER_SPLIT`] at the longest
-/// context the block tables hold, within the scratch buffers. Each row then uses as many of
-/// them as its own length allows by the same rule (`used_splits` in decode_attention.cu).
-pub fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usize {
+/// How decode attention splits the keys of a step's rows: `splits` CTAs are launched per (row,
+/// kv head), and a row of `len` keys uses `clamp(ceil(len / min_keys), 1, splits)` of them
+/// (`used_splits` in decode_attention.cu).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeSplits {
+    pub splits: usize,
+    pub min_keys: usize,
+}
+
+/// How decode attention splits the keys of this step's rows, within the scratch buffers.
+///
+/// - Few rows (fewer (row, kv head) CTAs than half of what the GPU holds at once): as many
+///   splits as fill the GPU — never more, so that equal rows finish in one wave rather than
+///   leaving a tail — with no split shorter than [`MIN_KEYS_PER_SPLIT`] at the longest context
+///   the block tables hold.
+/// - A large batch: a fixed [`SplitBuffers::batch_splits`] with splits of at least
+///   [`BATCH_MIN_KEYS_PER_SPLIT`] keys, so that a long row runs as several CTAs beside the
+///   short ones. Fixed, so that a decode graph of these rows serves every context length.
+pub fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> DecodeSplits {
     let ctas = rows * shape.num_kv_heads * decode_head_tiles(shape);
     let resident = buf.sm_count * DECODE_CTAS_PER_SM;
-    if ctas == 0 || 2 * ctas > resident {
-        return 1;
+    let by_buffer = buf.rows_times_splits / rows.max(1);
+    if ctas == 0 {
+        return DecodeSplits {
+            splits: 1,
+            min_keys: MIN_KEYS_PER_SPLIT,
+        };
+    }
+    if 2 * ctas > resident {
+        return DecodeSplits {
+            splits: buf.batch_splits.min(by_buffer).max(1),
+            min_keys: BATCH_MIN_KEYS_PER_SPLIT,
+        };
     }
     let by_gpu = resident / ctas;
     let by_keys = buf.max_context.div_ceil(MIN_KEYS_PER_SPLIT);
-    let by_buffer = buf.rows_times_splits / rows.max(1);
-    by_gpu.min(by_keys).min(by_buffer).max(1)
+    DecodeSplits {
+        splits: by_gpu.min(by_keys).min(by_buffer).max(1),
+        min_keys: MIN_KEYS_PER_SPLIT,
+    }
 }
 
 /// The scalar arguments both attention kernels take: the qkv row width and the softmax scale
@@ -532,20 +567,20 @@ impl Kernels {
         let (width, scale) = attention_args(shape);
         let (tables, table_width) = (meta.block_tables(), meta.table_width());
         let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
-        let splits = decode_splits(n, shape, split_buf);
-        let splits32 = splits as i32;
+        let DecodeSplits { splits, min_keys } = decode_splits(n, shape, split_buf);
+        let (splits32, min_keys) = (splits as i32, min_keys as i32);
         let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
         let grid = (n, shape.num_kv_heads * decode_head_tiles(shape), splits);
         launch!(self, stream, &self.decode_attention, grid, 32;
             qkv, k_cache, v_cache, out, row_seq, row_pos, tables, table_width, width, scale,
-            p_out, p_lse, splits32, row_list)?;
+            p_out, p_lse, splits32, min_keys, row_list)?;
         if splits == 1 {
             return Ok(());
         }
         let grid = (n, shape.num_heads, 1);
         let f = &self.attention_combine;
         launch!(self, stream, f, grid, shape.head_dim as u32;
-            p_out, p_lse, out, splits32, row_list, row_pos)
+            p_out, p_lse, out, splits32, min_keys, row_list, row_pos)
     }
 
     /// One projection of at most [`GEMV_MAX_ROWS`] rows on the GEMV kernels; `a.k` is a
@@ -696,7 +731,12 @@ mod tests {
             rows_times_splits: 1024,
             max_context,
             sm_count: 132,
+            batch_splits: DEFAULT_BATCH_SPLITS,
         }
+    }
+
+    fn splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usize {
+        decode_splits(rows, shape, buf).splits
     }
 
     #[test]
@@ -707,29 +747,42 @@ mod tests {
             head_dim: 128,
         };
         // 132 SMs hold 1056 CTAs. One row, long context: 1056 / 8 = 132 splits.
-        assert_eq!(decode_splits(1, shape, &buf(1 << 16)), 132);
+        assert_eq!(splits(1, shape, &buf(1 << 16)), 132);
         // Short context: no split shorter than 64 keys.
-        assert_eq!(decode_splits(1, shape, &buf(128)), 2);
+        assert_eq!(splits(1, shape, &buf(128)), 2);
         // Never more CTAs than the GPU holds at once: 64 rows x 8 kv heads x 2 = 1024.
-        assert_eq!(decode_splits(64, shape, &buf(8192)), 2);
-        // Enough (row, kv head) pairs already: no split.
-        assert_eq!(decode_splits(67, shape, &buf(8192)), 1);
-        assert_eq!(decode_splits(256, shape, &buf(8192)), 1);
+        assert_eq!(splits(64, shape, &buf(8192)), 2);
+        assert_eq!(decode_splits(64, shape, &buf(8192)).min_keys, 64);
+        // Enough (row, kv head) pairs already: the batch rule, whatever the context.
+        let batch = DecodeSplits {
+            splits: 4,
+            min_keys: 256,
+        };
+        assert_eq!(decode_splits(67, shape, &buf(8192)), batch);
+        assert_eq!(decode_splits(256, shape, &buf(8192)), batch);
+        assert_eq!(decode_splits(256, shape, &buf(16)), batch);
+        let off = SplitBuffers {
+            batch_splits: 1,
+            ..buf(8192)
+        };
+        assert_eq!(splits(256, shape, &off), 1);
         // Never more rows × splits than the scratch holds.
         let mha = AttentionShape {
             num_kv_heads: 1,
             num_heads: 8,
             ..shape
         };
-        assert!(decode_splits(200, mha, &buf(1 << 20)) * 200 <= 1024);
-        assert_eq!(decode_splits(0, shape, &buf(8192)), 1);
+        assert!(splits(200, mha, &buf(1 << 20)) * 200 <= 1024);
+        assert_eq!(splits(512, shape, &buf(8192)), 2);
+        assert_eq!(splits(2048, shape, &buf(8192)), 1);
+        assert_eq!(splits(0, shape, &buf(8192)), 1);
         // A GQA group of 32 heads takes two CTAs per (row, kv head).
         let mqa = AttentionShape {
             num_kv_heads: 1,
             ..shape
         };
         assert_eq!(decode_head_tiles(mqa), 2);
-        assert_eq!(decode_splits(4, mqa, &buf(1 << 16)), 132);
+        assert_eq!(splits(4, mqa, &buf(1 << 16)), 132);
     }
 
     #[test]
@@ -741,11 +794,5 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
             .collect();
         assert_eq!(d, want);
-    }
-
-    #[test]
-    fn min_split_keys_match_decode_attention_cu() {
-        let src = include_str!("../../../../kernels/cuda/decode_attention.cu");
-        assert!(src.contains(&format!("MIN_SPLIT_KEYS = {MIN_KEYS_PER_SPLIT};")));
     }
 }

@@ -123,6 +123,9 @@ pub struct CudaBackend {
     /// the norms, SwiGLU and residual adds fused in; larger steps on cuBLASLt. The environment
     /// variable `INFIRE_GEMV_MAX_ROWS=0` turns the GEMVs off (to measure one against the other).
     gemv_max_rows: usize,
+    /// Splits of decode attention in a large batch (`kernels::DEFAULT_BATCH_SPLITS`); the
+    /// environment variable `INFIRE_DECODE_BATCH_SPLITS=1` turns them off.
+    batch_splits: usize,
     gemm: Gemm,
     kernels: KernelSet,
     meta: StepMeta,
@@ -342,6 +345,11 @@ impl CudaBackend {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(GEMV_MAX_ROWS)
                 .min(GEMV_MAX_ROWS),
+            batch_splits: std::env::var("INFIRE_DECODE_BATCH_SPLITS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(kernels::DEFAULT_BATCH_SPLITS)
+                .max(1),
             gemm,
             kernels,
             inv_freq: RefCell::new(None),
@@ -535,13 +543,14 @@ impl CudaBackend {
             rows_times_splits: SPLIT_ROWS,
             max_context: table_width * self.opts.block_size,
             sm_count: self.sm_count,
+            batch_splits: self.batch_splits,
         }
     }
 
     /// The splits decode attention launches for a decode step of `rows` rows whose block
     /// tables are `table_width` blocks wide (part of a decode graph's key).
     fn decode_splits(&self, rows: usize, table_width: usize) -> usize {
-        kernels::decode_splits(rows, self.shape, &self.split_buffers(table_width))
+        kernels::decode_splits(rows, self.shape, &self.split_buffers(table_width)).splits
     }
 
     fn kernels(&self) -> Result<&Kernels> {
