@@ -47,7 +47,7 @@ QKV_WIDTH = (NUM_HEADS + 2 * NUM_KV_HEADS) * HEAD_DIM
 CASES = [(1, 1024), (1, 8192), (16, 1024), (64, 1024), (128, 1024), (256, 1024), (64, 4096)]
 # (rows, shortest, longest context): lengths uniform in the range, seed 0.
 MIXED_CASES = [(128, 100, 2048), (256, 100, 1100), (256, 100, 2048), (256, 1000, 8000)]
-BATCH_SPLITS, BATCH_MIN_KEYS = 4, 256
+BATCH_SPLITS, BATCH_MIN_KEYS, NO_SPLIT_KEYS = 4, 256, 1 << 24
 REPEATS = 30
 
 
@@ -89,13 +89,17 @@ def load(name: str, func: str, **extra_defines):
     return ObjectCode.from_cubin(cubin).get_kernel(func)
 
 
-def engine_splits(rows: int, max_context: int, sm_count: int, batch_splits: int) -> tuple[int, int]:
-    """`decode_splits` of kernels.rs, as (splits, fewest keys per split): for few rows, as many
-    CTAs as the GPU holds (8 one-warp CTAs per SM), none shorter than 64 keys; for a large
-    batch, `batch_splits` of at least 256 keys."""
+def engine_splits(lens: list[int], max_context: int, sm_count: int, batch_splits: int):
+    """`decode_splits` and `step_min_split_keys` of kernels.rs, as (splits, fewest keys per
+    split): for few rows, as many CTAs as the GPU holds (8 one-warp CTAs per SM), none shorter
+    than 64 keys; for a large batch, `batch_splits` of at least 256 keys if the longest row is
+    above 5/4 of the mean length, else no row split."""
+    rows = len(lens)
     ctas, resident = rows * NUM_KV_HEADS, sm_count * 8
     if 2 * ctas > resident:
-        return max(1, min(batch_splits, 1024 // rows)), BATCH_MIN_KEYS
+        splits = max(1, min(batch_splits, 1024 // rows))
+        even = 4 * rows * max(lens) <= 5 * sum(lens)
+        return splits, NO_SPLIT_KEYS if even and splits > 1 else BATCH_MIN_KEYS
     return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows)), 64
 
 
@@ -105,15 +109,16 @@ def time_step(stream, kernel, combine, rows, splits, min_keys, flush, tensors) -
     p_out = torch.empty(rows * splits * NUM_HEADS * HEAD_DIM, device="cuda")
     p_lse = torch.empty(rows * splits * NUM_HEADS, device="cuda")
     width = torch.tensor([tables.shape[1]], dtype=torch.int32, device="cuda")
+    keys = torch.tensor([min_keys], dtype=torch.int32, device="cuda")
     ptrs = [t.data_ptr() for t in (qkv, k, v, out, row_seq, row_pos, tables, width)]
     params = ptrs + [np.int32(QKV_WIDTH), np.float32(HEAD_DIM**-0.5)]
-    params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits), np.int32(min_keys), 0]
+    params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits), keys.data_ptr(), 0]
     combine_params = (  # 0: no row list
         p_out.data_ptr(),
         p_lse.data_ptr(),
         out.data_ptr(),
         np.int32(splits),
-        np.int32(min_keys),
+        keys.data_ptr(),
         0,
         row_pos.data_ptr(),
     )
@@ -181,11 +186,11 @@ def main() -> None:
         is_mixed = min(lens) != max(lens)
         context = f"{min(lens)}-{max(lens)}" if is_mixed else str(lens[0])
         runs = [
-            (name, kernel, engine_splits(rows, max_context, sm_count, BATCH_SPLITS))
+            (name, kernel, engine_splits(lens, max_context, sm_count, BATCH_SPLITS))
             for name, kernel in variants.items()
             if not (is_mixed and "/" in name)
         ]
-        unsplit = engine_splits(rows, max_context, sm_count, 1)
+        unsplit = engine_splits(lens, max_context, sm_count, 1)
         if unsplit != runs[0][2]:
             runs.append(("batch splits off", variants["decode_attention"], unsplit))
         for name, kernel, (splits, min_keys) in runs:
@@ -204,7 +209,7 @@ def main() -> None:
             results.append(row)
             print(
                 f"{name:19s} rows {rows:4d} context {context:>9s} splits {splits:3d} "
-                f"(>= {min_keys:3d} keys)  {row['us']:8.1f} us  {row['tb_per_s']:.2f} TB/s "
+                f"(>= {min_keys:8d} keys)  {row['us']:8.1f} us  {row['tb_per_s']:.2f} TB/s "
                 f"= {100 * row['of_copy']:.0f} %"
             )
         del k, v

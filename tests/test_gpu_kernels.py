@@ -689,8 +689,11 @@ def decode_rows(context_lens, padding_rows):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", DECODE_SHAPES, ids=str)
 # (splits launched, fewest keys per split): one CTA per row; the few-rows rule (64); the
-# large-batch rule (256, so that rows of 255-257 keys use one or two splits).
-@pytest.mark.parametrize("num_splits, min_keys", [(1, 64), (3, 64), (16, 64), (4, 256)])
+# large-batch rule for uneven rows (256, so that rows of 255-257 keys use one or two splits) and
+# for even ones (no row split, 1 << 24).
+@pytest.mark.parametrize(
+    "num_splits, min_keys", [(1, 64), (3, 64), (16, 64), (4, 256), (4, 1 << 24)]
+)
 @pytest.mark.parametrize("listed", [False, True], ids=["all-rows", "row-list"])
 def test_decode_attention(dtype, shape, num_splits, min_keys, listed):
     """The engine's decode attention (tensor cores), whole or split over the keys and then
@@ -711,6 +714,7 @@ def test_decode_attention(dtype, shape, num_splits, min_keys, listed):
     scale = hd**-0.5
     head_tiles = -(-shape.group // 16)
     table_width = torch.tensor([cache.block_tables.shape[1]], dtype=torch.int32, device="cuda")
+    min_split_keys = torch.tensor([min_keys], dtype=torch.int32, device="cuda")
     run(
         "decode_attention",
         "decode_attention",
@@ -729,7 +733,7 @@ def test_decode_attention(dtype, shape, num_splits, min_keys, listed):
         partial_out,
         partial_lse,
         i32(num_splits),
-        i32(min_keys),
+        min_split_keys,
         row_list,
         dtype=dtype,
         shape=shape,
@@ -754,7 +758,7 @@ def test_decode_attention(dtype, shape, num_splits, min_keys, listed):
             partial_lse,
             out,
             i32(num_splits),
-            i32(min_keys),
+            min_split_keys,
             row_list,
             row_pos,
             dtype=dtype,

@@ -21,8 +21,9 @@
 //     rather than passed by value so that a captured graph serves every width of its split count.
 //   With num_splits > 1 launched (the host sizes it for the longest context the block tables
 //   hold, or fixes it for a large batch), a row of len = row_pos[r] + 1 keys uses
-//   used_splits(len, num_splits, min_split_keys) of them (no split shorter than min_split_keys
-//   keys; the CTAs of the others return at once): split s
+//   used_splits(len, num_splits, *min_split_keys) of them (no split shorter than
+//   *min_split_keys keys, a device value so that a captured graph follows the step's lengths;
+//   the CTAs of the others return at once): split s
 //   covers keys [s * chunk, min((s + 1) * chunk, len)), chunk = ceil(len / used) rounded up to
 //   KV_BLOCK_SIZE, and writes partial_out [grid x, num_splits, NUM_HEADS, HEAD_DIM] f32 (its
 //   normalized output) and partial_lse [grid x, num_splits, NUM_HEADS] f32 (natural-log sum of
@@ -101,7 +102,8 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                  const int* __restrict__ block_tables, const int* __restrict__ table_width,
                  int qkv_width,
                  float scale, float* __restrict__ partial_out, float* __restrict__ partial_lse,
-                 int num_splits, int min_split_keys, const int* __restrict__ row_list) {
+                 int num_splits, const int* __restrict__ min_split_keys,
+                 const int* __restrict__ row_list) {
     pdl_begin();
     __shared__ Vec k_smem[STAGES][TILE_KEYS * STRIDE / VEC];
     __shared__ Vec v_smem[STAGES][TILE_KEYS * STRIDE / VEC];
@@ -112,7 +114,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const int head0 = kv_head * GROUP + head_tile * TILE_HEADS;  // this CTA's first query head
     const int heads = min(TILE_HEADS, GROUP - head_tile * TILE_HEADS);
     const int len = max(row_pos[r] + 1, 0);  // padding rows attend to nothing
-    const int splits = used_splits(len, num_splits, min_split_keys);
+    const int splits = num_splits == 1 ? 1 : used_splits(len, num_splits, *min_split_keys);
     if (split >= splits) return;
     const int per_split = (len + splits - 1) / splits;
     const int chunk = (per_split + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
@@ -257,12 +259,12 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
 
 extern "C" __global__ void __launch_bounds__(256)
 attention_combine(const float* __restrict__ partial_out, const float* __restrict__ partial_lse,
-                  T* __restrict__ out, int num_splits, int min_split_keys,
+                  T* __restrict__ out, int num_splits, const int* __restrict__ min_split_keys,
                   const int* __restrict__ row_list, const int* __restrict__ row_pos) {
     pdl_begin();
     const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const int r = row_list ? row_list[i] : i;
-    const int splits = used_splits(max(row_pos[r] + 1, 0), num_splits, min_split_keys);
+    const int splits = used_splits(max(row_pos[r] + 1, 0), num_splits, *min_split_keys);
     const float* lse = partial_lse + (long long)i * num_splits * NUM_HEADS + h;
     const float* part = partial_out + ((long long)i * num_splits * NUM_HEADS + h) * HEAD_DIM + d;
     float lse_max = -INFINITY;

@@ -25,11 +25,17 @@ const DECODE_CTAS_PER_SM: usize = 8;
 /// Fewest keys a split of decode attention gets when a step's rows alone would leave the GPU
 /// idle: below this the combine costs more than the split saves.
 const MIN_KEYS_PER_SPLIT: usize = 64;
-/// Fewest keys a split gets in a large batch (rows × kv heads fill the GPU). Splits there only
-/// even out rows of different lengths — unsplit, the CTAs of the longest rows run on alone at
-/// the end of the launch — so they are longer, and most rows of a few hundred keys are not
-/// split at all.
+/// Fewest keys a split gets in a large batch (rows × kv heads fill the GPU) of uneven rows.
+/// Splits there only even out rows of different lengths — unsplit, the CTAs of the longest
+/// rows run on alone at the end of the launch — so they are longer, and rows of a few hundred
+/// keys are not split at all.
 const BATCH_MIN_KEYS_PER_SPLIT: usize = 256;
+/// A large batch whose longest row has at most this many times the mean length (×4) is even:
+/// its rows are not split (each split adds its partial results and the combine pass: 7 % of
+/// the attention time of 256 rows of 1,024 keys, `bench/attention_bench.py`).
+const EVEN_ROWS_MAX_OVER_MEAN_X4: usize = 5;
+/// `min_split_keys` that splits no row.
+const NO_SPLIT_KEYS: usize = 1 << 24;
 /// Splits launched for a large batch (`INFIRE_DECODE_BATCH_SPLITS` overrides it; 1: none):
 /// rows of up to 4 × 256 keys are cut into pieces of at most 256.
 pub const DEFAULT_BATCH_SPLITS: usize = 4;
@@ -154,11 +160,36 @@ pub struct SplitBuffers {
 
 /// How decode attention splits the keys of a step's rows: `splits` CTAs are launched per (row,
 /// kv head), and a row of `len` keys uses `clamp(ceil(len / min_keys), 1, splits)` of them
-/// (`used_splits` in decode_attention.cu).
+/// (`used_splits` in decode_attention.cu), where the step's `min_keys` is
+/// [`step_min_split_keys`] of this rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeSplits {
     pub splits: usize,
     pub min_keys: usize,
+    /// The large-batch rule: rows of about equal length are not split.
+    pub batch: bool,
+}
+
+/// The fewest keys per split of a step whose decode rows have context lengths `lens` (padding
+/// rows, of length 0, left out) under `rule`: `rule.min_keys`, or [`NO_SPLIT_KEYS`] for a
+/// large batch of even rows (none longer than 5/4 of the mean). Uploaded with the step, so that
+/// one captured graph serves both.
+pub fn step_min_split_keys(rule: DecodeSplits, lens: impl Iterator<Item = usize>) -> usize {
+    if !rule.batch || rule.splits == 1 {
+        return rule.min_keys;
+    }
+    let (mut n, mut sum, mut max) = (0usize, 0usize, 0usize);
+    for len in lens.filter(|&l| l > 0) {
+        n += 1;
+        sum += len;
+        max = max.max(len);
+    }
+    // max > 5/4 × mean  ⇔  4 × n × max > 5 × sum
+    if 4 * n * max > EVEN_ROWS_MAX_OVER_MEAN_X4 * sum {
+        rule.min_keys
+    } else {
+        NO_SPLIT_KEYS
+    }
 }
 
 /// How decode attention splits the keys of this step's rows, within the scratch buffers.
@@ -168,29 +199,26 @@ pub struct DecodeSplits {
 ///   leaving a tail — with no split shorter than [`MIN_KEYS_PER_SPLIT`] at the longest context
 ///   the block tables hold.
 /// - A large batch: a fixed [`SplitBuffers::batch_splits`] with splits of at least
-///   [`BATCH_MIN_KEYS_PER_SPLIT`] keys, so that a long row runs as several CTAs beside the
-///   short ones. Fixed, so that a decode graph of these rows serves every context length.
+///   [`BATCH_MIN_KEYS_PER_SPLIT`] keys when the rows' lengths are uneven (none when they are
+///   even: [`step_min_split_keys`]), so that a long row runs as several CTAs beside the short
+///   ones. Fixed, so that a decode graph of these rows serves every context length.
 pub fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> DecodeSplits {
     let ctas = rows * shape.num_kv_heads * decode_head_tiles(shape);
     let resident = buf.sm_count * DECODE_CTAS_PER_SM;
     let by_buffer = buf.rows_times_splits / rows.max(1);
-    if ctas == 0 {
-        return DecodeSplits {
-            splits: 1,
-            min_keys: MIN_KEYS_PER_SPLIT,
-        };
-    }
-    if 2 * ctas > resident {
+    if ctas > 0 && 2 * ctas > resident {
         return DecodeSplits {
             splits: buf.batch_splits.min(by_buffer).max(1),
             min_keys: BATCH_MIN_KEYS_PER_SPLIT,
+            batch: true,
         };
     }
-    let by_gpu = resident / ctas;
+    let by_gpu = resident.checked_div(ctas).unwrap_or(1);
     let by_keys = buf.max_context.div_ceil(MIN_KEYS_PER_SPLIT);
     DecodeSplits {
         splits: by_gpu.min(by_keys).min(by_buffer).max(1),
         min_keys: MIN_KEYS_PER_SPLIT,
+        batch: false,
     }
 }
 
@@ -567,8 +595,8 @@ impl Kernels {
         let (width, scale) = attention_args(shape);
         let (tables, table_width) = (meta.block_tables(), meta.table_width());
         let (row_seq, row_pos) = (meta.row_seq(), meta.positions());
-        let DecodeSplits { splits, min_keys } = decode_splits(n, shape, split_buf);
-        let (splits32, min_keys) = (splits as i32, min_keys as i32);
+        let splits = decode_splits(n, shape, split_buf).splits;
+        let (splits32, min_keys) = (splits as i32, meta.min_split_keys());
         let (p_out, p_lse) = (split_buf.partial_out, split_buf.partial_lse);
         let grid = (n, shape.num_kv_heads * decode_head_tiles(shape), splits);
         launch!(self, stream, &self.decode_attention, grid, 32;
@@ -753,10 +781,12 @@ mod tests {
         // Never more CTAs than the GPU holds at once: 64 rows x 8 kv heads x 2 = 1024.
         assert_eq!(splits(64, shape, &buf(8192)), 2);
         assert_eq!(decode_splits(64, shape, &buf(8192)).min_keys, 64);
+        assert!(!decode_splits(64, shape, &buf(8192)).batch);
         // Enough (row, kv head) pairs already: the batch rule, whatever the context.
         let batch = DecodeSplits {
             splits: 4,
             min_keys: 256,
+            batch: true,
         };
         assert_eq!(decode_splits(67, shape, &buf(8192)), batch);
         assert_eq!(decode_splits(256, shape, &buf(8192)), batch);
@@ -783,6 +813,32 @@ mod tests {
         };
         assert_eq!(decode_head_tiles(mqa), 2);
         assert_eq!(splits(4, mqa, &buf(1 << 16)), 132);
+    }
+
+    #[test]
+    fn a_large_batch_splits_only_uneven_rows() {
+        let batch = DecodeSplits {
+            splits: 4,
+            min_keys: 256,
+            batch: true,
+        };
+        let keys = |lens: &[usize]| step_min_split_keys(batch, lens.iter().copied());
+        // Even rows (padding rows of length 0 left out): no split.
+        assert_eq!(keys(&[1024; 256]), NO_SPLIT_KEYS);
+        assert_eq!(keys(&[1000, 1100, 1200, 0, 0]), NO_SPLIT_KEYS);
+        // The longest above 5/4 of the mean: splits of at least 256 keys.
+        assert_eq!(keys(&[100, 2000, 1000]), 256);
+        assert_eq!(keys(&[1000, 1000, 1000, 1400]), 256);
+        assert_eq!(keys(&[0, 0]), NO_SPLIT_KEYS);
+        // Few rows, or splits off: the rule's own.
+        let few = DecodeSplits {
+            batch: false,
+            min_keys: 64,
+            splits: 16,
+        };
+        assert_eq!(step_min_split_keys(few, [100, 2000].into_iter()), 64);
+        let off = DecodeSplits { splits: 1, ..batch };
+        assert_eq!(step_min_split_keys(off, [100, 2000].into_iter()), 256);
     }
 
     #[test]

@@ -36,7 +36,7 @@ use self::kernels::{
     GemvArgs, GemvInput, GemvOutput, KernelSet, Kernels, SplitBuffers, GEMV_MAX_ROWS,
 };
 use self::step_meta::StepMeta;
-use super::{AttentionShape, StepTiming};
+use super::{AttentionShape, ForwardBatch, StepTiming};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
@@ -545,6 +545,17 @@ impl CudaBackend {
             sm_count: self.sm_count,
             batch_splits: self.batch_splits,
         }
+    }
+
+    /// The fewest keys per split of decode attention in `batch` (uploaded with it): the split
+    /// rule of its one-token rows (all of its rows in a decode step, padding included) with
+    /// their context lengths.
+    fn step_min_split_keys(&self, batch: &ForwardBatch) -> usize {
+        let one_token = || batch.seqs.iter().filter(|q| q.query_len == 1);
+        let width = batch.seqs.iter().map(|q| q.block_table.len()).max();
+        let buffers = self.split_buffers(width.unwrap_or(1).max(1).next_power_of_two());
+        let rule = kernels::decode_splits(one_token().count(), self.shape, &buffers);
+        kernels::step_min_split_keys(rule, one_token().map(|q| q.context_len))
     }
 
     /// The splits decode attention launches for a decode step of `rows` rows whose block

@@ -174,19 +174,23 @@ impl Backend for CudaBackend {
         if let Some(t) = &self.timer {
             self.record(t.begin(&self.stream));
         }
-        let r = self.meta.upload(&self.stream, batch).and_then(|moved| {
-            if moved {
-                self.graphs.clear();
-            }
-            // A decode-only step of a bucket's size repeats its launches exactly.
-            let decode = batch.seqs.len() == batch.num_tokens()
-                && batch.logits_rows.len() == batch.num_tokens()
-                && self.meta.max_query_len == 1;
-            let rows = batch.num_tokens();
-            let key = (decode && graphs::bucket_rows(rows) == Some(rows))
-                .then(|| (rows, self.decode_splits(rows, self.meta.max_blocks)));
-            self.graphs.begin_step(&self.stream, key)
-        });
+        let min_keys = self.step_min_split_keys(batch);
+        let r = self
+            .meta
+            .upload(&self.stream, batch, min_keys)
+            .and_then(|moved| {
+                if moved {
+                    self.graphs.clear();
+                }
+                // A decode-only step of a bucket's size repeats its launches exactly.
+                let decode = batch.seqs.len() == batch.num_tokens()
+                    && batch.logits_rows.len() == batch.num_tokens()
+                    && self.meta.max_query_len == 1;
+                let rows = batch.num_tokens();
+                let key = (decode && graphs::bucket_rows(rows) == Some(rows))
+                    .then(|| (rows, self.decode_splits(rows, self.meta.max_blocks)));
+                self.graphs.begin_step(&self.stream, key)
+            });
         self.record(r);
     }
 

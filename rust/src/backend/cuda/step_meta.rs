@@ -2,15 +2,17 @@
 //! step, which the kernels index into.
 //!
 //! Layout (each part starts at the offset kept in [`StepMeta`]): `table_width[1] |
-//! token_ids[rows] | positions[rows] | slots[rows] | row_seq[rows] | logits_rows[n] |
-//! seq_query_start[s] | seq_query_len[s] | seq_context_len[s] | block_tables[s × max_blocks] |
-//! prefill_tiles[2 × t] | decode_rows[d]`.
+//! min_split_keys[1] | token_ids[rows] | positions[rows] | slots[rows] | row_seq[rows] |
+//! logits_rows[n] | seq_query_start[s] | seq_query_len[s] | seq_context_len[s] |
+//! block_tables[s × max_blocks] | prefill_tiles[2 × t] | decode_rows[d]`.
 //! `row_seq` maps a row to its sequence's index in the batch; a row's causal limit is its
 //! position. `table_width` is the block tables' row width, on the device so that decode
-//! attention in a captured graph reads the current one. The last two parts split the attention of a step with a multi-token query: one
-//! (sequence, first query row) pair per 64-row tile of each sequence whose query has several
-//! tokens (for `prefill_attention`), and the row of each one-token sequence (for
-//! `decode_attention`). A decode-only step leaves them empty.
+//! attention in a captured graph reads the current one; so is `min_split_keys`, the fewest keys
+//! per split of decode attention in this step (`kernels::step_min_split_keys`). The last two
+//! parts split the attention of a step with a multi-token query: one (sequence, first query
+//! row) pair per 64-row tile of each sequence whose query has several tokens (for
+//! `prefill_attention`), and the row of each one-token sequence (for `decode_attention`). A
+//! decode-only step leaves them empty.
 
 use std::sync::Arc;
 
@@ -77,7 +79,12 @@ impl StepMeta {
 
     /// Packs `batch` and enqueues its copy to the device. Returns whether the device array
     /// moved (it grows when a step needs more room), which invalidates captured graphs.
-    pub fn upload(&mut self, stream: &Arc<CudaStream>, batch: &ForwardBatch) -> Result<bool> {
+    pub fn upload(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        batch: &ForwardBatch,
+        min_split_keys: usize,
+    ) -> Result<bool> {
         let rows = batch.num_tokens();
         let s = batch.seqs.len();
         let max_blocks = batch
@@ -92,6 +99,7 @@ impl StepMeta {
         let h = &mut self.host;
         h.clear();
         h.push(max_blocks as i32);
+        h.push(min_split_keys as i32);
         self.off_tokens = h.len();
         h.extend(batch.token_ids.iter().map(|&t| t as i32));
         self.off_positions = h.len();
@@ -166,7 +174,7 @@ impl StepMeta {
     ) -> Result<bool> {
         let tiles = rows.div_ceil(PREFILL_TILE) + seqs;
         let words =
-            1 + 5 * rows + 3 * seqs + seqs * max_blocks.next_power_of_two() + 2 * tiles + seqs;
+            2 + 5 * rows + 3 * seqs + seqs * max_blocks.next_power_of_two() + 2 * tiles + seqs;
         let moved = words * 4 > self.mem.bytes();
         if moved {
             stream.synchronize().map_err(cuda_err)?;
@@ -181,6 +189,10 @@ impl StepMeta {
     /// The block tables' row width (one `i32`).
     pub fn table_width(&self) -> u64 {
         self.at(0)
+    }
+    /// The fewest keys per split of decode attention in this step (one `i32`).
+    pub fn min_split_keys(&self) -> u64 {
+        self.at(1)
     }
     pub fn token_ids(&self) -> u64 {
         self.at(self.off_tokens)
