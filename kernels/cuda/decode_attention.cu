@@ -28,7 +28,7 @@
 //   KV_BLOCK_SIZE, and writes partial_out [grid x, num_splits, NUM_HEADS, HEAD_DIM] f32 (its
 //   normalized output) and partial_lse [grid x, num_splits, NUM_HEADS] f32 (natural-log sum of
 //   exp(score); -inf for an empty split) instead of out; attention_combine reduces the used
-//   splits into out.
+//   splits into out. A row that uses one split writes out directly and the combine skips it.
 //
 // Launch:
 //   decode_attention   grid (rows or len(row_list), NUM_KV_HEADS * HEAD_TILES, num_splits),
@@ -239,7 +239,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
         if (h >= heads) continue;
         const float inv_l = sum > 0.0f ? 1.0f / sum : 0.0f;
         const int head = head0 + h;
-        if (num_splits == 1) {
+        if (splits == 1) {  // the row's only split: no combine
             T* dst = out + ((long long)r * NUM_HEADS + head) * HEAD_DIM + tig * 2;
 #pragma unroll
             for (int dt = 0; dt < O_TILES; ++dt)
@@ -265,6 +265,7 @@ attention_combine(const float* __restrict__ partial_out, const float* __restrict
     const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     const int r = row_list ? row_list[i] : i;
     const int splits = used_splits(max(row_pos[r] + 1, 0), num_splits, *min_split_keys);
+    if (splits == 1) return;  // decode_attention wrote the row's output itself
     const float* lse = partial_lse + (long long)i * num_splits * NUM_HEADS + h;
     const float* part = partial_out + ((long long)i * num_splits * NUM_HEADS + h) * HEAD_DIM + d;
     float lse_max = -INFINITY;
