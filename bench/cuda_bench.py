@@ -494,7 +494,7 @@ def make_engine(model_dir: Path, args) -> infire.Engine:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.max_num_batched_tokens,
         gpu_memory_utilization=args.gpu_memory_utilization,
-        async_scheduling=args.async_scheduling == "on",
+        async_scheduling={"on": True, "off": False, "auto": None}[args.async_scheduling],
     )
 
 
@@ -581,7 +581,12 @@ def main() -> None:
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    ap.add_argument("--async-scheduling", choices=["on", "off"], default="off")
+    ap.add_argument(
+        "--async-scheduling",
+        choices=["on", "off", "auto"],
+        default="auto",
+        help="the engine's async scheduling (auto: its default, on for CUDA)",
+    )
     ap.add_argument("--baseline", choices=["transformers"], default=None)
     ap.add_argument("--baseline-requests", type=int, default=32)
     ap.add_argument("--baseline-new-tokens", type=int, default=256)

@@ -3,17 +3,17 @@
 # bench/cuda_bench.py's write_checkpoint): starts `infire serve` on the GPU, runs bench/serve.py
 # at a few Poisson rates and a 64-request burst (64 concurrent streams), then the same arrivals
 # through infire.Engine in process, so the HTTP layer's TTFT cost is measured in one run.
-# Server and in-process engine each take 45% of the GPU's memory. ASYNC=1 turns on async
-# scheduling in both.
+# Server and in-process engine each take 45% of the GPU's memory, with the engine's default
+# async scheduling (on for CUDA); ASYNC=0 turns it off in both.
 #
-#   [ASYNC=1] bash bench/cuda_serve.sh [OUT_JSON]      # default bench/results/serve_cuda.json
+#   [ASYNC=0] bash bench/cuda_serve.sh [OUT_JSON]      # default bench/results/serve_cuda.json
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-/tmp/llama8b-random}
 OUT=${1:-bench/results/serve_cuda.json}
 PORT=${PORT:-8000}
 ASYNC_FLAG=()
-if [ "${ASYNC:-0}" = 1 ]; then ASYNC_FLAG=(--async-scheduling); fi
+if [ "${ASYNC:-1}" = 0 ]; then ASYNC_FLAG=(--no-async-scheduling); fi
 python3 -c "import sys; sys.path.insert(0, 'bench'); from pathlib import Path
 from cuda_bench import LLAMA_3_1_8B, write_checkpoint
 write_checkpoint(Path('$MODEL'), LLAMA_3_1_8B)"

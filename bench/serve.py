@@ -322,7 +322,12 @@ def main() -> None:
     ap.add_argument("--device", default="auto", help="for --in-process")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.4, help="--in-process")
     ap.add_argument("--max-num-seqs", type=int, default=64, help="for --in-process")
-    ap.add_argument("--async-scheduling", action="store_true", help="for --in-process")
+    ap.add_argument(
+        "--async-scheduling",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="for --in-process (default: the engine's, on for CUDA)",
+    )
     args = ap.parse_args()
     args.argv = sys.argv[1:]
     asyncio.run(main_run(args))

@@ -191,24 +191,26 @@ def test_dropping_a_stream_aborts_it(engine):
 
 
 def test_async_scheduling_agrees_with_synchronous(checkpoint, engine):
-    """With async_scheduling each step is launched before the previous one's outputs are
-    processed: the 16 prompts give the synchronous engine's tokens up to a near-tie, and a
-    stream aborted while a step is in flight ends with "abort" and its blocks return."""
-    eng = infire.Engine(
-        model=checkpoint, device="cuda", kv_cache_tokens=KV_CACHE_TOKENS, async_scheduling=True
+    """On CUDA the engine schedules asynchronously by default (each step launched before the
+    previous one's outputs are processed): the 16 prompts give a synchronous engine's tokens up
+    to a near-tie, and a stream aborted while a step is in flight ends with "abort" and its
+    blocks return."""
+    sync = infire.Engine(
+        model=checkpoint, device="cuda", kv_cache_tokens=KV_CACHE_TOKENS, async_scheduling=False
     )
-    got = completions(eng.generate(PROMPTS, GREEDY))
-    want = completions(engine.generate(PROMPTS, GREEDY))
+    want = completions(sync.generate(PROMPTS, GREEDY))
+    del sync
+    got = completions(engine.generate(PROMPTS, GREEDY))
     for i, (a, b) in enumerate(zip(want, got, strict=True)):
         assert len(b.token_ids) == STEPS
         assert_equal_up_to_near_tie(a, b, f"prompt {i}")
     params = SamplingParams(max_tokens=3000, temperature=0.0, ignore_eos=True)
-    stream = eng.stream(PROMPTS[5], params)
+    stream = engine.stream(PROMPTS[5], params)
     next(stream)
-    eng.abort(stream.request_id)
+    engine.abort(stream.request_id)
     outs = list(stream)
     assert outs and outs[-1].outputs[0].finish_reason == "abort"
-    wait_idle_soon(eng)
+    wait_idle_soon(engine)
 
 
 def test_seeds_reproduce_n2_samples(engine):

@@ -99,8 +99,10 @@ def _add_device_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--async-scheduling",
-        action="store_true",
-        help="launch each step before the previous one's outputs are processed (CUDA)",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="launch each step before the previous one's outputs are processed "
+        "(default: on for CUDA, off for the CPU)",
     )
 
 

@@ -42,9 +42,10 @@ class Engine:
         gpu_memory_utilization: fraction of the GPU's memory the engine may use in all
             (weights, activations, KV cache); the KV cache gets what is left.
         async_scheduling: launch each step before turning the previous one's tokens into
-            text and outputs, so that this host work overlaps the GPU's (CUDA; +3-4 % offline
-            throughput on an H200). On the CPU it only delays each step's output. Off by
-            default, as in vLLM.
+            text and outputs, so that this host work overlaps the GPU's (+3-4 % offline
+            throughput on an H200). On the CPU, which computes a step as it is launched, it
+            only delays each step's output. Default ``None``: on for CUDA, off for the CPU (as
+            vLLM since 0.14).
     """
 
     def __init__(
@@ -61,7 +62,7 @@ class Engine:
         block_size: int = 16,
         enable_prefix_caching: bool = True,
         gpu_memory_utilization: float = 0.9,
-        async_scheduling: bool = False,
+        async_scheduling: bool | None = None,
     ) -> None:
         self.model_path = resolve_model(model)
         options = engine_options(

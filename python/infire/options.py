@@ -19,7 +19,7 @@ def engine_options(
     block_size: int = 16,
     enable_prefix_caching: bool = True,
     gpu_memory_utilization: float = 0.9,
-    async_scheduling: bool = False,
+    async_scheduling: bool | None = None,
 ) -> dict:
     """The options dict for ``_core.Engine`` / ``_core.serve``; see ``infire.Engine``."""
     for name, value in [
@@ -43,8 +43,10 @@ def engine_options(
         raise InvalidConfigError(
             f"gpu_memory_utilization must be a number, got {gpu_memory_utilization!r}"
         )
-    if not isinstance(async_scheduling, bool):
-        raise InvalidConfigError(f"async_scheduling must be a bool, got {async_scheduling!r}")
+    if async_scheduling is not None and not isinstance(async_scheduling, bool):
+        raise InvalidConfigError(
+            f"async_scheduling must be a bool or None, got {async_scheduling!r}"
+        )
     if device != "cpu":
         cuda_libs.preload()
     return {

@@ -27,7 +27,7 @@ def serve(
     block_size: int = 16,
     enable_prefix_caching: bool = True,
     seed: int = 0,
-    async_scheduling: bool = False,
+    async_scheduling: bool | None = None,
 ) -> None:
     """Loads ``model`` and serves it until SIGTERM or SIGINT (blocks).
 

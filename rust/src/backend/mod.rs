@@ -174,6 +174,12 @@ pub trait Backend: Send {
     /// [`sample_rows`](Self::sample_rows) then waits for instead of starting it. Errors
     /// surface in `to_host` / `sample_rows`.
     fn submit_step(&self, _logits: &Self::Buf, _sampling: Option<(&StepSampling, usize)>) {}
+    /// Whether a step's launch only enqueues its work, which the device computes while the
+    /// host goes on (CUDA), rather than computing it there and then (the CPU). The engine
+    /// schedules asynchronously by default where it does ([`crate::engine::EngineConfig`]).
+    fn launches_ahead(&self) -> bool {
+        false
+    }
     /// Turns timing of each step on the device on (it is off by default): from then on
     /// [`step_timing`](Self::step_timing) reports the last step waited for. A backend that
     /// computes a step as it is launched (the CPU) has nothing to time and ignores this.

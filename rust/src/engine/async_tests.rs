@@ -17,7 +17,7 @@ fn fixture() -> PathBuf {
 fn engine(async_scheduling: bool) -> Engine<CpuBackend> {
     let files = open_model(&fixture()).unwrap();
     let config = EngineConfig {
-        async_scheduling,
+        async_scheduling: Some(async_scheduling),
         kv_cache_tokens: Some(4096),
         ..Default::default()
     };
@@ -240,7 +240,7 @@ fn random_ops_async_vs_sync() {
             let mut rng = StdRng::seed_from_u64(seed);
             let files = open_model(&fixture()).unwrap();
             let config = EngineConfig {
-                async_scheduling: async_on,
+                async_scheduling: Some(async_on),
                 kv_cache_tokens: Some(16 * 12),
                 max_num_batched_tokens: 48,
                 max_num_seqs: 6,
@@ -373,7 +373,7 @@ fn abort_in_flight_victim_rows_first() {
     let run = |with_victim: bool| {
         let files = open_model(&fixture()).unwrap();
         let config = EngineConfig {
-            async_scheduling: with_victim,
+            async_scheduling: Some(with_victim),
             kv_cache_tokens: Some(4096),
             max_num_batched_tokens: 24,
             ..Default::default()

@@ -55,8 +55,10 @@ pub struct EngineConfig {
     /// Launch each step before turning the previous step's tokens into text and deltas, so
     /// that this host work overlaps the device's (vLLM's `async_scheduling`). For backends
     /// that run asynchronously (CUDA); the CPU computes a step as it is launched, so there it
-    /// only delays each step's output by a step. Default off, as in vLLM.
-    pub async_scheduling: bool,
+    /// only delays each step's output by a step. `None` (the default): on where the backend's
+    /// launches only enqueue work ([`Backend::launches_ahead`]: CUDA), off on the CPU — vLLM's
+    /// default since 0.14.
+    pub async_scheduling: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -69,7 +71,7 @@ impl Default for EngineConfig {
             max_num_seqs: 64,
             enable_prefix_caching: true,
             seed: 0,
-            async_scheduling: false,
+            async_scheduling: None,
         }
     }
 }
@@ -236,7 +238,9 @@ impl<B: Backend> Engine<B> {
             config.max_num_seqs + PROMPT_LOGPROB_ROWS,
             max_blocks_per_seq,
         )?;
-        let async_scheduling = config.async_scheduling;
+        let async_scheduling = config
+            .async_scheduling
+            .unwrap_or_else(|| backend.launches_ahead());
         let mut engine = Engine {
             backend,
             model,

@@ -464,6 +464,10 @@ impl Backend for CudaBackend {
         Ok(ids.into_iter().map(|t| t as u32).collect())
     }
 
+    fn launches_ahead(&self) -> bool {
+        true
+    }
+
     fn time_steps(&mut self) {
         // A diagnostic: without its events the engine runs on untimed.
         if self.timer.is_none() {
