@@ -170,7 +170,8 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_step(&mut self, batch: &ForwardBatch) {
-        // Before the capture a graph step may begin: the event is recorded on the stream.
+        // Recorded before `begin_step`, which may start a graph capture (an event recorded
+        // during a capture would belong to the graph).
         if let Some(t) = &self.timer {
             self.record(t.begin(&self.stream));
         }
