@@ -9,6 +9,8 @@ into runs (a run ends with a step after which the engine had no work left), and 
 with the most steps prints:
 
 - wall time, device time and device idle time (the device waiting for the host between steps);
+- the steps the device waited longest for, and the longest launches (averages hide a stall of
+  one step; in the bench's runs two steps waited ~150 and ~120 ms, kernels/cuda/NOTES.md);
 - per kind of step (steps with prompt rows; decode-only steps by row count) the device time
   against its floor: the larger of (weight bytes + KV bytes read) / copy bandwidth and the
   linear layers' FLOPs / GEMM rate, per step. Prompt attention FLOPs are left out of the floor
@@ -29,6 +31,7 @@ from pathlib import Path
 # Llama-3.1-8B in bf16: weight bytes, KV bytes per token (2 x 32 layers x 8 heads x 128 x 2 B).
 WEIGHT_BYTES = 16.06e9
 KV_TOKEN_BYTES = 2 * 32 * 8 * 128 * 2
+STALLS = 5  # steps listed per kind of outlier
 DECODE_BUCKETS = [(1, 8), (9, 32), (33, 64), (65, 128), (129, 192), (193, 256), (257, 1 << 30)]
 
 
@@ -126,8 +129,17 @@ def summarize(run: list[dict], bw: float, rate: float, weights: float, kv_token:
                 "apply_us_per_step": round(k["apply_us"] / n),
             }
         )
+
+    def brief(s: dict) -> dict:
+        keys = ["step", "tokens", "seqs", "decode_rows", "launch_us", "gpu_ms", "idle_ms"]
+        return {k: s[k] for k in keys} | {"kind": kind(s)}
+
+    waited = sorted(run[1:], key=lambda s: s["idle_ms"] or 0.0, reverse=True)[:STALLS]
+    slow = sorted(run, key=lambda s: s["launch_us"], reverse=True)[:STALLS]
     return {
         "steps": len(run),
+        "longest_idle_before": [brief(s) for s in waited],
+        "longest_launches": [brief(s) for s in slow],
         "wall_s": round(wall, 3),
         "gpu_s": round(gpu, 3),
         "idle_s": round(idle, 3),
@@ -163,6 +175,19 @@ def print_summary(r: dict) -> None:
     print("|" + " --- |" * len(cols))
     for k in r["kinds"]:
         print("| " + " | ".join(str(k[c]) for c in cols) + " |")
+    for title, key in [
+        ("device idle before", "longest_idle_before"),
+        ("launch", "longest_launches"),
+    ]:
+        print(
+            f"longest {title}: "
+            + "; ".join(
+                f"step {s['step']} ({s['kind']}, {s['tokens']} rows, {s['seqs']} seqs): "
+                f"idle {s['idle_ms']} ms, launch {s['launch_us'] / 1e3:.1f} ms, "
+                f"device {s['gpu_ms']} ms"
+                for s in r[key]
+            )
+        )
 
 
 def main() -> None:
