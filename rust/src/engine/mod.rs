@@ -484,11 +484,12 @@ impl<B: Backend> Engine<B> {
                 siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
             }
         }
-        let idle = !self.has_work();
-        if let (Some(trace), Some(record)) = (&mut self.trace, &launched.trace) {
+        if let Some(record) = &launched.trace {
             let apply = t_collect.elapsed() - collect_time;
-            let timing = self.backend.step_timing();
-            trace.write(record, t_collect, collect_time, apply, timing, idle);
+            let (timing, last) = (self.backend.step_timing(), !self.has_work());
+            if let Some(trace) = &mut self.trace {
+                trace.write(record, t_collect, collect_time, apply, timing, last);
+            }
         }
         (deltas, errors)
     }

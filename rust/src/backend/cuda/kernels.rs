@@ -768,6 +768,24 @@ mod tests {
     }
 
     #[test]
+    fn gemv_grids_fit_the_gpu_in_one_wave() {
+        // 132 SMs x 4 CTAs = 528 resident CTAs.
+        for n in [37, 4096, 6144, 28672, 128256] {
+            let cols = gemv_cols_per_cta(n, 132, 4);
+            assert_eq!(cols % GEMV_GROUP, 0);
+            assert!(
+                n.div_ceil(cols) <= 528,
+                "n = {n}: {} CTAs",
+                n.div_ceil(cols)
+            );
+            // And no fewer columns per CTA would do.
+            assert!(cols == GEMV_GROUP || n.div_ceil(cols - GEMV_GROUP) > 528);
+        }
+        assert_eq!(gemv_cols_per_cta(4096, 132, 4), 8);
+        assert_eq!(gemv_cols_per_cta(37, 132, 4), 4);
+    }
+
+    #[test]
     fn decode_splits_fill_the_gpu_only_when_rows_leave_it_idle() {
         let shape = AttentionShape {
             num_heads: 32,

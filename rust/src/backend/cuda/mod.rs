@@ -549,12 +549,11 @@ impl CudaBackend {
 
     /// The fewest keys per split of decode attention in `batch` (uploaded with it): the split
     /// rule of its one-token rows (all of its rows in a decode step, padding included) with
-    /// their context lengths.
+    /// their context lengths. The block tables' width only sizes the split count of a few
+    /// rows, which this does not depend on, so any width serves.
     fn step_min_split_keys(&self, batch: &ForwardBatch) -> usize {
         let one_token = || batch.seqs.iter().filter(|q| q.query_len == 1);
-        let width = batch.seqs.iter().map(|q| q.block_table.len()).max();
-        let buffers = self.split_buffers(width.unwrap_or(1).max(1).next_power_of_two());
-        let rule = kernels::decode_splits(one_token().count(), self.shape, &buffers);
+        let rule = kernels::decode_splits(one_token().count(), self.shape, &self.split_buffers(1));
         kernels::step_min_split_keys(rule, one_token().map(|q| q.context_len))
     }
 

@@ -149,13 +149,8 @@ impl StepMeta {
         self.num_logits = batch.logits_rows.len();
         self.max_blocks = max_blocks;
         self.max_query_len = max_query_len;
-        let bytes = self.host.len() * 4;
-        let moved = bytes > self.mem.bytes();
-        if moved {
-            stream.synchronize().map_err(cuda_err)?;
-            self.mem = DeviceMem::zeroed(stream, bytes.next_power_of_two())?;
-        }
-        // SAFETY: the device array holds `bytes`; the host vector is not touched again until
+        let moved = self.hold(stream, self.host.len() * 4)?;
+        // SAFETY: the device array holds the host array, which is not touched again until
         // the next step, after the engine has synchronized on this step's results.
         unsafe { result::memcpy_htod_async(self.mem.ptr, &self.host[..], stream.cu_stream()) }
             .map_err(cuda_err)?;
@@ -175,10 +170,16 @@ impl StepMeta {
         let tiles = rows.div_ceil(PREFILL_TILE) + seqs;
         let words =
             2 + 5 * rows + 3 * seqs + seqs * max_blocks.next_power_of_two() + 2 * tiles + seqs;
-        let moved = words * 4 > self.mem.bytes();
+        self.hold(stream, words * 4)
+    }
+
+    /// Grows the device array to hold `bytes` (to a power of two, once the work that may read
+    /// the old one is done). Returns whether it moved.
+    fn hold(&mut self, stream: &Arc<CudaStream>, bytes: usize) -> Result<bool> {
+        let moved = bytes > self.mem.bytes();
         if moved {
             stream.synchronize().map_err(cuda_err)?;
-            self.mem = DeviceMem::zeroed(stream, (words * 4).next_power_of_two())?;
+            self.mem = DeviceMem::zeroed(stream, bytes.next_power_of_two())?;
         }
         Ok(moved)
     }
