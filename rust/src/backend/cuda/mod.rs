@@ -143,9 +143,11 @@ pub struct CudaBackend {
     graphs: graphs::DecodeGraphs,
     /// Recorded after a step's work; the host waits on it (see [`CudaBackend::wait`]).
     step_done: CudaEvent,
-    /// How long the last wait of a decode-only step ([0]) and of a step with prefill rows
-    /// ([1]) lasted: the next wait of the same kind sleeps through most of it.
-    last_wait: [Cell<Duration>; 2],
+    /// The last decode-only step ([0]) and step with prompt rows ([1]): the next wait of the
+    /// same kind sleeps through most of its span (see [`nap`]).
+    last_span: [Cell<StepSpan>; 2],
+    /// When the step being enqueued started (`prepare_step`).
+    step_started: Cell<Option<Instant>>,
     /// Token ids of the logits rows (`sample_rows`).
     tokens_out: RefCell<DeviceMem>,
     /// The sample kernel's parameters of the current step: packed on the host (kept until
@@ -157,6 +159,26 @@ pub struct CudaBackend {
     error: RefCell<Option<Error>>,
     /// Device timing of each step (`Backend::time_steps`); off by default.
     timer: Option<StepTimer>,
+}
+
+/// What the last step of a kind took from its start (`prepare_step`) to the end of its wait,
+/// and its rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct StepSpan {
+    took: Duration,
+    rows: usize,
+}
+
+/// How long the host sleeps before spinning on a step of `rows` rows that started `since` ago,
+/// when the last step of its kind spanned `last`: three quarters of that span, scaled down by
+/// the rows (a short prompt step after full ones would otherwise sleep past its end), less the
+/// time already gone (a launch that took most of the step itself).
+fn nap(last: StepSpan, rows: usize, since: Duration) -> Duration {
+    if last.rows == 0 {
+        return Duration::ZERO;
+    }
+    let scale = (rows as f64 / last.rows as f64).min(1.0);
+    last.took.mul_f64(0.75 * scale).saturating_sub(since)
 }
 
 /// Times steps on the device with events: one recorded when a step's batch is uploaded, one
@@ -330,7 +352,11 @@ impl CudaBackend {
             free_at_start,
             graphs: graphs::DecodeGraphs::new(),
             step_done: ctx.new_event(None).map_err(cuda_err)?,
-            last_wait: [Cell::new(Duration::ZERO), Cell::new(Duration::ZERO)],
+            last_span: [
+                Cell::new(StepSpan::default()),
+                Cell::new(StepSpan::default()),
+            ],
+            step_started: Cell::new(None),
             timer: None,
             split_scratch,
             split_lse_offset,
@@ -446,9 +472,9 @@ impl CudaBackend {
     /// failure of it.
     ///
     /// Spinning keeps a core busy for the whole step, a blocking wait adds the wake-up latency
-    /// of the thread to every step. So the host sleeps through three quarters of what the last
-    /// wait of the same kind of step took (decode steps of a running batch take about the same
-    /// time) and spins on the event for the rest.
+    /// of the thread to every step. So the host sleeps through most of what the last step of
+    /// the same kind took from its start ([`nap`]; decode steps of a running batch take about
+    /// the same time) and spins on the event for the rest.
     fn wait(&self) -> Result<()> {
         if let Some(e) = self.error.borrow_mut().take() {
             return Err(e);
@@ -460,9 +486,12 @@ impl CudaBackend {
             Some(t) => t.end(&self.stream)?,
             None => false,
         };
-        let start = Instant::now();
-        let last = &self.last_wait[usize::from(self.meta.max_query_len > 1)];
-        let nap = last.get().mul_f32(0.75);
+        let started = self.step_started.take();
+        let last = &self.last_span[usize::from(self.meta.max_query_len > 1)];
+        let nap = match started {
+            Some(t) => nap(last.get(), self.meta.rows, t.elapsed()),
+            None => Duration::ZERO, // not a step's wait: spin
+        };
         if nap > Duration::from_micros(100) {
             std::thread::sleep(nap);
         }
@@ -473,7 +502,12 @@ impl CudaBackend {
         {
             std::hint::spin_loop();
         }
-        last.set(start.elapsed());
+        if let Some(t) = started {
+            last.set(StepSpan {
+                took: t.elapsed(),
+                rows: self.meta.rows,
+            });
+        }
         if timed {
             self.timer.as_ref().expect("timed").read()?;
         }
@@ -590,5 +624,38 @@ impl CudaBackend {
             *cached = Some((inv_freq.to_vec(), mem));
         }
         Ok(cached.as_ref().map_or(0, |(_, m)| m.ptr))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{nap, StepSpan};
+    use std::time::Duration;
+
+    #[test]
+    fn the_nap_follows_the_last_span_the_rows_and_the_time_gone() {
+        let ms = Duration::from_millis;
+        let decode = StepSpan {
+            took: ms(14),
+            rows: 256,
+        };
+        // A decode step like the last: 3/4 of its span from the step's start.
+        assert_eq!(nap(decode, 256, ms(1)), ms(14).mul_f64(0.75) - ms(1));
+        // Fewer rows: shorter; more rows: no longer than the last span allows.
+        assert_eq!(nap(decode, 128, Duration::ZERO), ms(14).mul_f64(0.375));
+        assert_eq!(nap(decode, 512, Duration::ZERO), ms(14).mul_f64(0.75));
+        // A 679-token prompt step after 8,192-token ones of 190 ms: ~12 ms, not 142.
+        let prompt = StepSpan {
+            took: ms(190),
+            rows: 8192,
+        };
+        assert!(nap(prompt, 679, Duration::ZERO) < ms(12));
+        // A launch that took the step's time: no nap at all.
+        assert_eq!(nap(prompt, 8192, ms(198)), Duration::ZERO);
+        // No step of the kind yet: spin.
+        assert_eq!(
+            nap(StepSpan::default(), 8192, Duration::ZERO),
+            Duration::ZERO
+        );
     }
 }

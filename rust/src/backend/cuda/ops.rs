@@ -170,6 +170,7 @@ impl Backend for CudaBackend {
     }
 
     fn prepare_step(&mut self, batch: &ForwardBatch) {
+        self.step_started.set(Some(std::time::Instant::now()));
         // Recorded before `begin_step`, which may start a graph capture (an event recorded
         // during a capture would belong to the graph).
         if let Some(t) = &self.timer {
