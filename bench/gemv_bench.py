@@ -13,7 +13,7 @@ Two tables:
 - per layer: the four projections with their neighbours, unfused as the engine runs them with
   cuBLASLt (add_rms_norm, qkv, o_proj, add_rms_norm, gate_up, silu_mul, down; here the
   projections through torch/cuBLAS, the element-wise kernels Infire's own) against fused
-  (gemv_norm_store qkv, gemv_plain_add o_proj, gemv_norm_store gate_up, gemv_silu_add down).
+  (gemv_norm_store qkv, gemv_plain_add o_proj, gemv_norm_silu gate_up, gemv_plain_add down).
 
 Bandwidth counts weight bytes only. The card's copy bandwidth is measured in the same run.
 The 2-8-row variants were timed by this script before they were removed (they lost to cuBLAS:
@@ -48,9 +48,15 @@ EPS = 1e-5
 PROJECTIONS = [
     ("qkv", QKV, HIDDEN, "norm_store"),
     ("o_proj", HIDDEN, HIDDEN, "plain_add"),
-    ("gate_up", 2 * INTER, HIDDEN, "norm_store"),
-    ("down", HIDDEN, INTER, "silu_add"),
+    ("gate_up", 2 * INTER, HIDDEN, "norm_silu"),
+    ("down", HIDDEN, INTER, "plain_add"),
     ("lm_head", VOCAB, HIDDEN, "norm_f32"),
+]
+# --what-if: (name, n, k, variant, weight read from L2)
+WHAT_IF = [
+    ("o_proj from L2", HIDDEN, HIDDEN, "plain_add", True),
+    ("qkv from L2", QKV, HIDDEN, "norm_store", True),
+    ("gate_up without SiLU", 2 * INTER, HIDDEN, "norm_store", False),
 ]
 MIN_BYTES = 400e6
 
@@ -79,25 +85,25 @@ class Gemv:
         launch(torch_stream(), cfg, self.kernels[variant], *args)
 
 
-def bench_projection(gemv, name, n, k, variant, copy_bw) -> dict:
-    """One projection of one row: cuBLAS, and the GEMV."""
+def bench_projection(gemv, name, n, k, variant, copy_bw, from_l2=False) -> dict:
+    """One projection of one row: cuBLAS, and the GEMV. `from_l2`: one copy of the weight,
+    launched again and again, so that it is read from L2 where it fits there."""
     bf16 = torch.bfloat16
     nbytes = n * k * 2
-    copies = max(2, math.ceil(MIN_BYTES / nbytes))
+    copies = 1 if from_l2 else max(2, math.ceil(MIN_BYTES / nbytes))
     ws = [torch.randn(n, k, device="cuda", dtype=bf16) / math.sqrt(k) for _ in range(copies)]
     nw = torch.ones(k, device="cuda", dtype=bf16)
-    reps = 4
-    x_width = 2 * k if variant.startswith("silu") else k
-    x = torch.randn(1, x_width, device="cuda", dtype=bf16)
-    xl = x[:, :k].contiguous()
+    reps = 64 if from_l2 else 4
+    x = torch.randn(1, k, device="cuda", dtype=bf16)
     out_t = torch.float32 if variant.endswith("f32") else bf16
-    out = torch.zeros(1, n, device="cuda", dtype=out_t)
+    out_n = n // 2 if variant.endswith("silu") else n
+    out = torch.zeros(1, out_n, device="cuda", dtype=out_t)
     lin = torch.empty(1, n, device="cuda", dtype=bf16)
 
     def cublas():
         for _ in range(reps):
             for w in ws:
-                F.linear(xl, w, out=lin)
+                F.linear(x, w, out=lin)
 
     def fused():
         for _ in range(reps):
@@ -120,6 +126,7 @@ def bench_projection(gemv, name, n, k, variant, copy_bw) -> dict:
         "floor_s": floor,
         "cublas_s": t_cublas,
         "gemv_s": t,
+        "from_l2": from_l2,
     }
 
 
@@ -158,8 +165,8 @@ def bench_layer(gemv, layers, copy_bw) -> dict:
         for lw in layers:
             gemv.launch("norm_store", lw["qkv"], res, nw, qkv)
             gemv.launch("plain_add", lw["o_proj"], attn, nw, res)
-            gemv.launch("norm_store", lw["gate_up"], res, nw, gu)
-            gemv.launch("silu_add", lw["down"], gu, nw, res)
+            gemv.launch("norm_silu", lw["gate_up"], res, nw, act)
+            gemv.launch("plain_add", lw["down"], act, nw, res)
 
     t_unfused = time_graph(unfused, len(layers))
     t_fused = time_graph(fused, len(layers))
@@ -174,6 +181,12 @@ def bench_layer(gemv, layers, copy_bw) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--what-if",
+        action="store_true",
+        help="also time o_proj and qkv with their weights in L2 (what an L2 prefetch could "
+        "give) and gate_up storing both halves (the SiLU epilogue's cost)",
+    )
     args = parser.parse_args()
     sm_count, copy_bw, gpu = card()
     gemv = Gemv(sm_count)
@@ -188,6 +201,11 @@ def main() -> None:
     for name, n, k, variant in PROJECTIONS:
         result["projections"].append(bench_projection(gemv, name, n, k, variant, copy_bw))
         torch.cuda.empty_cache()
+    if args.what_if:
+        for name, n, k, variant, from_l2 in WHAT_IF:
+            row = bench_projection(gemv, name, n, k, variant, copy_bw, from_l2)
+            result["projections"].append(row)
+            torch.cuda.empty_cache()
 
     layers = [
         {

@@ -30,7 +30,7 @@ GEMV_ENTRIES = [
         "plain_add",
         "norm_store",
         "norm_f32",
-        "silu_add",
+        "norm_silu",
     )
 ]
 

@@ -8,23 +8,27 @@
 //   norm:  xin(m, k) = round(round(x[m, k] * r[m]) * nw[k]),               x [rows, K], nw [K]
 //          r[m] = rsqrt(mean_k x[m, k]^2 + eps)  (rms_norm.cu's roundings; its block sum of
 //          squares adds the 8 warps' shares in another order, so r[m] may differ by an ulp)
-//   silu:  xin(m, k) = round(silu(x[m, k]) * x[m, K + k])                  x [rows, 2K]
-//                                                          (= silu_mul.cu's output)
-// Epilogues:
+// Epilogues (acc[m, n] the sum above):
 //   store: out[m, n] = round(acc + bias[n])                 out T [rows, N]; bias may be null
 //   f32:   out[m, n] = acc + bias[n]                        out f32 [rows, N] (logits)
 //   add:   out[m, n] = round(out[m, n] + round(acc))        out T [rows, N], the residual stream
 //          (= the unfused GEMM's rounded output added by add_rms_norm.cu); takes no bias
+//   silu:  out[m, j] = round(silu(g) * u), g = round(acc[m, j]), u = round(acc[m, N/2 + j])
+//          out T [rows, N/2], W = [gate; up] (the fused gate/up projection): the unfused
+//          GEMM's rounded output followed by silu_mul.cu, so the down projection reads a
+//          plain input; takes no bias; N a multiple of 4
 //
 // W is [N, K] row-major (nn.Linear). Reading W is the whole cost at these row counts, so the
-// kernel is built around streaming it: each CTA owns `cols_per_cta` consecutive rows of W (one
-// contiguous range of memory), taken GROUP rows at a time; every thread holds GROUP x UNROLL
-// 16-byte vectors of W in flight and loads the next ones as soon as it has used these, before
-// the group's block reduction (so the reduction overlaps the next loads). The host sizes
-// cols_per_cta so that the whole grid is resident at once (one wave, no tail). x is read through
-// L1 and the prologue applied as each group reads it (running the prologue once per CTA into
-// shared memory instead was slower: it puts a pass over x and a barrier before the first
-// product; kernels/cuda/NOTES.md). Loads of W go around L1 (`ld.global.nc.L1::no_allocate`).
+// kernel is built around streaming it: each CTA owns `cols_per_cta` consecutive output columns
+// (one contiguous range of W's rows; two with silu, one of gate rows and the matching one of up
+// rows), taken GROUP columns at a time; every thread holds GROUP x UNROLL 16-byte vectors of W
+// in flight and loads the next ones as soon as it has used these, before the group's block
+// reduction (so the reduction overlaps the next loads). With silu a group is two gate rows and
+// the two up rows of the same outputs, so its reduction has both factors of two outputs. The
+// host sizes cols_per_cta so that the whole grid is resident at once (one wave, no tail). x is
+// read through L1 and the prologue applied as each group reads it (running the prologue once per
+// CTA into shared memory instead was slower: it puts a pass over x and a barrier before the
+// first product; kernels/cuda/NOTES.md). Loads of W go around L1 (`ld.global.nc.L1::no_allocate`).
 //
 // Launch: grid = ceil(N / cols_per_cta), block = GEMV_THREADS; cols_per_cta a multiple of
 // GROUP; K a multiple of 8; rows >= 1. Rows m >= rows of out are not touched.
@@ -37,8 +41,8 @@ constexpr int GEMV_THREADS = 256;
 constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 constexpr int GROUP = 4;
 
-enum { PRO_PLAIN = 0, PRO_NORM = 1, PRO_SILU = 2 };
-enum { EPI_STORE = 0, EPI_F32 = 1, EPI_ADD = 2 };
+enum { PRO_PLAIN = 0, PRO_NORM = 1 };
+enum { EPI_STORE = 0, EPI_F32 = 1, EPI_ADD = 2, EPI_SILU = 3 };
 
 __device__ __forceinline__ Vec load_stream(const T* p) {
     Vec v;
@@ -55,22 +59,21 @@ template <int PRO>
 __device__ __forceinline__ void load_input(const T* __restrict__ x, const T* __restrict__ nw,
                                            int m, int k, int k0, float inv_rms,
                                            float (&f)[VEC]) {
-    if (PRO == PRO_SILU) {
-        const T* row = x + (long long)m * 2 * k;
-        float u[VEC];
-        vec_to_float(load_vec(row + k0), f);
-        vec_to_float(load_vec(row + k + k0), u);
+    vec_to_float(load_vec(x + (long long)m * k + k0), f);
+    if (PRO == PRO_NORM) {
+        float w[VEC];
+        vec_to_float(load_vec(nw + k0), w);
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) f[i] = round_t(f[i] / (1.0f + expf(-f[i])) * u[i]);
-    } else {
-        vec_to_float(load_vec(x + (long long)m * k + k0), f);
-        if (PRO == PRO_NORM) {
-            float w[VEC];
-            vec_to_float(load_vec(nw + k0), w);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) f[i] = round_t(round_t(f[i] * inv_rms) * w[i]);
-        }
+        for (int i = 0; i < VEC; ++i) f[i] = round_t(round_t(f[i] * inv_rms) * w[i]);
     }
+}
+
+// The row of W behind output column c: c itself, or with silu the c-th of the sequence
+// gate 0, gate 1, up 0, up 1, gate 2, gate 3, up 2, up 3, ... (up j is row n / 2 + j).
+template <int EPI>
+__device__ __forceinline__ int w_row(int c, int n) {
+    if (EPI != EPI_SILU) return c;
+    return (c >> 2) * 2 + (c & 1) + ((c & 2) ? n / 2 : 0);
 }
 
 template <int M, int PRO, int EPI, int UNROLL>
@@ -95,7 +98,8 @@ __device__ __forceinline__ void gemv(const T* __restrict__ W, const T* __restric
             for (int u = 0; u < UNROLL; ++u) {
                 const int v = v0 + u * GEMV_THREADS + tid;
                 w[g][u] = (c0 + g < col_end && v < kv)
-                              ? load_stream(W + (long long)(c0 + g) * k + (long long)v * VEC)
+                              ? load_stream(W + (long long)w_row<EPI>(c0 + g, n) * k +
+                                            (long long)v * VEC)
                               : make_uint4(0, 0, 0, 0);
             }
     };
@@ -176,7 +180,23 @@ __device__ __forceinline__ void gemv(const T* __restrict__ W, const T* __restric
                     acc[g][m] = 0.0f;
                 }
             __syncthreads();
-            if (tid < GROUP * M) {
+            if (EPI == EPI_SILU) {
+                // Thread (g, m) pairs gate column c0 + g with up column c0 + 2 + g.
+                if (tid < 2 * M) {
+                    const int g = tid / M, m = tid % M;
+                    if (c0 + g < col_end && m < rows) {
+                        float sg = 0.0f, su = 0.0f;
+#pragma unroll
+                        for (int i = 0; i < GEMV_WARPS; ++i) {
+                            sg += s_red[parity][i][g * M + m];
+                            su += s_red[parity][i][(g + 2) * M + m];
+                        }
+                        const float gate = round_t(sg), up = round_t(su);
+                        const long long o = (long long)m * (n / 2) + c0 / 2 + g;
+                        static_cast<T*>(out)[o] = from_float(gate / (1.0f + expf(-gate)) * up);
+                    }
+                }
+            } else if (tid < GROUP * M) {
                 const int g = tid / M, m = tid % M, col = c0 + g;
                 if (col < col_end && m < rows) {
                     float s = 0.0f;
@@ -218,4 +238,4 @@ GEMV_ENTRY(gemv_plain_f32, PRO_PLAIN, EPI_F32)
 GEMV_ENTRY(gemv_plain_add, PRO_PLAIN, EPI_ADD)
 GEMV_ENTRY(gemv_norm_store, PRO_NORM, EPI_STORE)
 GEMV_ENTRY(gemv_norm_f32, PRO_NORM, EPI_F32)
-GEMV_ENTRY(gemv_silu_add, PRO_SILU, EPI_ADD)
+GEMV_ENTRY(gemv_norm_silu, PRO_NORM, EPI_SILU)

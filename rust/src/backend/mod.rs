@@ -260,23 +260,27 @@ pub trait Backend: Send {
         self.linear(x, rows, w, None, out);
         Residual::Pending
     }
-    /// The MLP's second half: `act = silu(gate) * up` of a fused gate/up buffer of width
-    /// `2n`, then `act · wᵀ` into the residual stream as [`linear_residual`](Self::linear_residual).
-    /// `act` is scratch of `rows × n` for a backend that materializes it (this default does).
-    #[must_use]
+    /// The MLP's first half: `act = silu(gate) * up` (`rows × n`), where `[gate | up]` is
+    /// [`norm_linear`](Self::norm_linear) of `residual` through the fused gate/up matrix `w`
+    /// (no bias). `normed` and `gate_up` (`rows × 2n`) are scratch for a backend that
+    /// materializes the normalized rows and the projection (this default does); one that fuses
+    /// the activation into the projection's epilogue may leave them alone.
     #[allow(clippy::too_many_arguments)]
-    fn silu_mul_linear_residual(
+    fn norm_linear_silu_mul(
         &self,
-        gate_up: &Self::Buf,
+        residual: &mut Self::Buf,
+        add: Option<&Self::Buf>,
+        norm_w: &Self::Vector,
+        eps: f32,
         rows: usize,
         n: usize,
         w: &Self::Matrix,
+        normed: &mut Self::Buf,
+        gate_up: &mut Self::Buf,
         act: &mut Self::Buf,
-        residual: &mut Self::Buf,
-        out: &mut Self::Buf,
-    ) -> Residual {
+    ) {
+        self.norm_linear(residual, add, norm_w, eps, rows, w, None, normed, gate_up);
         self.silu_mul(gate_up, rows, n, act);
-        self.linear_residual(act, rows, w, residual, out)
     }
     /// RMSNorm of each head of q and k in a fused QKV buffer, in place (Qwen3).
     fn qk_norm(

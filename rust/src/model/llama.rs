@@ -261,23 +261,22 @@ impl<B: Backend> LlamaModel<B> {
                 &mut bufs.residual,
                 &mut bufs.hidden,
             );
-            backend.norm_linear(
+            backend.norm_linear_silu_mul(
                 &mut bufs.residual,
                 (o == Residual::Pending).then_some(&bufs.hidden),
                 &layer.post_attention_norm,
                 eps,
                 rows,
+                c.intermediate_size,
                 &layer.gate_up,
-                None,
                 &mut bufs.normed,
                 &mut bufs.gate_up,
-            );
-            let down = backend.silu_mul_linear_residual(
-                &bufs.gate_up,
-                rows,
-                c.intermediate_size,
-                &layer.down,
                 &mut bufs.act,
+            );
+            let down = backend.linear_residual(
+                &bufs.act,
+                rows,
+                &layer.down,
                 &mut bufs.residual,
                 &mut bufs.hidden,
             );

@@ -57,8 +57,6 @@ pub enum GemvInput {
     Plain,
     /// RMS-normalized and scaled by a norm weight.
     Norm,
-    /// `silu(gate) * up` of a fused gate/up buffer twice as wide as `k`.
-    Silu,
 }
 
 /// What a GEMV does with its sums.
@@ -70,6 +68,8 @@ pub enum GemvOutput {
     F32,
     /// Rounded and added into the output (the residual stream).
     Add,
+    /// `silu(gate) * up` of the two halves of a fused gate/up matrix (`n / 2` outputs).
+    Silu,
 }
 
 /// The GEMV entry points gemv.cu defines, in the order of [`Kernels::gemv`].
@@ -79,19 +79,19 @@ const GEMV_VARIANTS: [(GemvInput, GemvOutput); 6] = [
     (GemvInput::Plain, GemvOutput::Add),
     (GemvInput::Norm, GemvOutput::Store),
     (GemvInput::Norm, GemvOutput::F32),
-    (GemvInput::Silu, GemvOutput::Add),
+    (GemvInput::Norm, GemvOutput::Silu),
 ];
 
 fn gemv_name(input: GemvInput, output: GemvOutput) -> String {
     let i = match input {
         GemvInput::Plain => "plain",
         GemvInput::Norm => "norm",
-        GemvInput::Silu => "silu",
     };
     let o = match output {
         GemvOutput::Store => "store",
         GemvOutput::F32 => "f32",
         GemvOutput::Add => "add",
+        GemvOutput::Silu => "silu",
     };
     format!("gemv_{i}_{o}_m{GEMV_MAX_ROWS}")
 }

@@ -435,15 +435,15 @@ impl CudaBackend {
         eps: f32,
     ) {
         debug_assert!(
-            output != GemvOutput::Add || bias.is_none(),
-            "gemv.cu's add takes no bias"
+            !matches!(output, GemvOutput::Add | GemvOutput::Silu) || bias.is_none(),
+            "gemv.cu's add and silu take no bias"
         );
-        let x_width = if input == GemvInput::Silu {
-            2 * w.cols
+        let out_width = if output == GemvOutput::Silu {
+            w.rows / 2
         } else {
-            w.cols
+            w.rows
         };
-        debug_assert!(rows * x_width <= x.len && rows * w.rows <= out.len);
+        debug_assert!(rows * w.cols <= x.len && rows * out_width <= out.len);
         let args = GemvArgs {
             input,
             output,

@@ -339,24 +339,36 @@ impl Backend for CudaBackend {
         Residual::Added
     }
 
-    fn silu_mul_linear_residual(
+    fn norm_linear_silu_mul(
         &self,
-        gate_up: &CudaBuf,
+        residual: &mut CudaBuf,
+        add: Option<&CudaBuf>,
+        norm_w: &CudaVector,
+        eps: f32,
         rows: usize,
         n: usize,
         w: &CudaMatrix,
+        normed: &mut CudaBuf,
+        gate_up: &mut CudaBuf,
         act: &mut CudaBuf,
-        residual: &mut CudaBuf,
-        out: &mut CudaBuf,
-    ) -> Residual {
-        if !self.use_gemv(rows, w) {
-            self.silu_mul(gate_up, rows, n, act);
-            return self.linear_residual(act, rows, w, residual, out);
+    ) {
+        if add.is_some() || !self.use_gemv(rows, w) || w.rows % 4 != 0 {
+            self.norm_linear(residual, add, norm_w, eps, rows, w, None, normed, gate_up);
+            return self.silu_mul(gate_up, rows, n, act);
         }
-        debug_assert_eq!(n, w.cols);
-        let (input, output) = (GemvInput::Silu, GemvOutput::Add);
-        self.gemv(input, output, rows, w, gate_up, None, None, residual, 0.0);
-        Residual::Added
+        debug_assert_eq!(2 * n, w.rows);
+        let (input, output) = (GemvInput::Norm, GemvOutput::Silu);
+        self.gemv(
+            input,
+            output,
+            rows,
+            w,
+            residual,
+            Some(norm_w),
+            None,
+            act,
+            eps,
+        );
     }
 
     fn qk_norm(
