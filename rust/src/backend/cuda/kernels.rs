@@ -24,7 +24,7 @@ use crate::sampling::StepSampling;
 const DECODE_CTAS_PER_SM: usize = 8;
 /// Fewest keys a split of decode attention gets when a step's rows alone would leave the GPU
 /// idle: below this the combine costs more than the split saves.
-const MIN_KEYS_PER_SPLIT: usize = 64;
+pub const MIN_KEYS_PER_SPLIT: usize = 64;
 /// Fewest keys a split gets in a large batch (rows × kv heads fill the GPU) of uneven rows.
 /// Splits there only even out rows of different lengths — unsplit, the CTAs of the longest
 /// rows run on alone at the end of the launch — so they are longer, and rows of a few hundred
@@ -156,6 +156,8 @@ pub struct SplitBuffers {
     pub sm_count: usize,
     /// Splits launched when the rows fill the GPU ([`DEFAULT_BATCH_SPLITS`]).
     pub batch_splits: usize,
+    /// Fewest keys per split of a few rows ([`MIN_KEYS_PER_SPLIT`]).
+    pub min_keys: usize,
 }
 
 /// How decode attention splits the keys of a step's rows: `splits` CTAs are launched per (row,
@@ -214,10 +216,10 @@ pub fn decode_splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> 
         };
     }
     let by_gpu = resident.checked_div(ctas).unwrap_or(1);
-    let by_keys = buf.max_context.div_ceil(MIN_KEYS_PER_SPLIT);
+    let by_keys = buf.max_context.div_ceil(buf.min_keys.max(1));
     DecodeSplits {
         splits: by_gpu.min(by_keys).min(by_buffer).max(1),
-        min_keys: MIN_KEYS_PER_SPLIT,
+        min_keys: buf.min_keys.max(1),
         batch: false,
     }
 }
@@ -760,6 +762,7 @@ mod tests {
             max_context,
             sm_count: 132,
             batch_splits: DEFAULT_BATCH_SPLITS,
+            min_keys: MIN_KEYS_PER_SPLIT,
         }
     }
 

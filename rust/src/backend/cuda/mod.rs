@@ -123,6 +123,9 @@ pub struct CudaBackend {
     /// the norms, SwiGLU and residual adds fused in; larger steps on cuBLASLt. The environment
     /// variable `INFIRE_GEMV_MAX_ROWS=0` turns the GEMVs off (to measure one against the other).
     gemv_max_rows: usize,
+    /// Fewest keys per split of decode attention at a few rows (`kernels::MIN_KEYS_PER_SPLIT`;
+    /// `INFIRE_DECODE_MIN_SPLIT_KEYS` sets it).
+    min_split_keys: usize,
     /// Splits of decode attention in a large batch (`kernels::DEFAULT_BATCH_SPLITS`); the
     /// environment variable `INFIRE_DECODE_BATCH_SPLITS=1` turns them off.
     batch_splits: usize,
@@ -371,6 +374,11 @@ impl CudaBackend {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(GEMV_MAX_ROWS)
                 .min(GEMV_MAX_ROWS),
+            min_split_keys: std::env::var("INFIRE_DECODE_MIN_SPLIT_KEYS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(kernels::MIN_KEYS_PER_SPLIT)
+                .max(1),
             batch_splits: std::env::var("INFIRE_DECODE_BATCH_SPLITS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -578,6 +586,7 @@ impl CudaBackend {
             max_context: table_width * self.opts.block_size,
             sm_count: self.sm_count,
             batch_splits: self.batch_splits,
+            min_keys: self.min_split_keys,
         }
     }
 
