@@ -169,8 +169,8 @@ pub trait Backend: Send {
     /// and its operations read that copy rather than the host slices they are also given.
     fn prepare_step(&mut self, _batch: &ForwardBatch) {}
     /// Called once all of a step's operations are enqueued: a backend that defers work (a
-    /// replayed CUDA graph) starts it now, and with `sampling = Some((rows, width))` also
-    /// starts picking the tokens of the step's logits rows, which
+    /// replayed CUDA graph) starts it now, and with `sampling = Some((step, width))` also
+    /// starts picking the tokens of the step's logits rows (`width` logits each), which
     /// [`sample_rows`](Self::sample_rows) then waits for instead of starting it. Errors
     /// surface in `to_host` / `sample_rows`.
     fn submit_step(&self, _logits: &Self::Buf, _sampling: Option<(&StepSampling, usize)>) {}

@@ -294,16 +294,9 @@ impl<B: Backend> Engine<B> {
                 penalty_tokens: Vec::new(),
             };
             for _ in 0..2 {
-                self.backend.prepare_step(&batch);
-                let (model, backend) = (&self.model, &self.backend);
-                let n = model.launch(
-                    backend,
-                    &batch,
-                    &mut self.cache,
-                    &mut self.bufs,
-                    Some(&sampling),
-                );
-                model.collect(backend, &self.bufs, n, Some(&sampling))?;
+                let n = self.enqueue_step(&batch, Some(&sampling));
+                self.model
+                    .collect(&self.backend, &self.bufs, n, Some(&sampling))?;
             }
         }
         Ok(())
@@ -545,7 +538,6 @@ impl<B: Backend> Engine<B> {
         if let Some(padded) = padded.filter(|_| decode_only) {
             pad_decode_batch(&mut batch, padded);
         }
-        self.backend.prepare_step(&batch);
         // Tokens are picked on the backend, so that only their ids leave it, unless a request
         // of the step wants log-probabilities (computed on the host from the logits).
         let on_backend = plan.iter().all(|s| {
@@ -566,14 +558,7 @@ impl<B: Backend> Engine<B> {
                 .resize(batch.logits_rows.len(), RowSampling::GREEDY);
             step
         });
-        let (model, backend) = (&self.model, &self.backend);
-        let rows = model.launch(
-            backend,
-            &batch,
-            &mut self.cache,
-            &mut self.bufs,
-            sampling.as_ref(),
-        );
+        let rows = self.enqueue_step(&batch, sampling.as_ref());
         let trace = self
             .trace
             .is_some()
@@ -584,6 +569,15 @@ impl<B: Backend> Engine<B> {
             sampling,
             trace,
         })
+    }
+
+    /// Hands `batch` to the backend and enqueues its forward pass and, with `sampling`, the
+    /// choice of its tokens; returns its logits rows ([`LlamaModel::launch`]).
+    fn enqueue_step(&mut self, batch: &ForwardBatch, sampling: Option<&StepSampling>) -> usize {
+        self.backend.prepare_step(batch);
+        let (cache, bufs) = (&mut self.cache, &mut self.bufs);
+        self.model
+            .launch(&self.backend, batch, cache, bufs, sampling)
     }
 
     /// Applies a collected step: progress, prefix-cache blocks, prompt log-probabilities, and

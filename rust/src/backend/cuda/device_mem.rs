@@ -58,6 +58,16 @@ impl DeviceMem {
         self.slice.len()
     }
 
+    /// Makes room for `bytes`: a new zeroed allocation of the next power of two when this one
+    /// is smaller (the old one is freed in stream order). Returns whether it moved.
+    pub fn grow(&mut self, stream: &Arc<CudaStream>, bytes: usize) -> Result<bool> {
+        let moved = bytes > self.bytes();
+        if moved {
+            *self = DeviceMem::zeroed(stream, bytes.next_power_of_two())?;
+        }
+        Ok(moved)
+    }
+
     /// Waits for the stream, then reads the first `len` values of type `T`.
     pub fn read<T: bytemuck::Pod>(&self, stream: &Arc<CudaStream>, len: usize) -> Result<Vec<T>> {
         assert!(

@@ -766,6 +766,30 @@ mod tests {
         }
     }
 
+    #[test]
+    fn gemv_entry_points_are_named_as_gemv_cu_defines_them() {
+        let names: Vec<_> = GEMV_VARIANTS
+            .iter()
+            .map(|&(i, o)| gemv_name(i, o))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "gemv_plain_store_m1",
+                "gemv_plain_f32_m1",
+                "gemv_plain_add_m1",
+                "gemv_norm_store_m1",
+                "gemv_norm_f32_m1",
+                "gemv_norm_silu_m1",
+            ]
+        );
+        let source = crate::backend::cuda::jit::source("gemv").unwrap();
+        for name in &names {
+            let (stem, _) = name.rsplit_once("_m").unwrap();
+            assert!(source.contains(&format!("GEMV_ENTRY({stem},")), "{name}");
+        }
+    }
+
     fn splits(rows: usize, shape: AttentionShape, buf: &SplitBuffers) -> usize {
         decode_splits(rows, shape, buf).splits
     }

@@ -164,6 +164,14 @@ pub struct CudaBackend {
     timer: Option<StepTimer>,
 }
 
+/// A measurement knob from the environment: `name` parsed as a count, else `default`.
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// What the last step of a kind took from its start (`prepare_step`) to the end of its wait,
 /// and its rows.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -369,20 +377,10 @@ impl CudaBackend {
             shape,
             name,
             sm_count,
-            gemv_max_rows: std::env::var("INFIRE_GEMV_MAX_ROWS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(GEMV_MAX_ROWS)
-                .min(GEMV_MAX_ROWS),
-            min_split_keys: std::env::var("INFIRE_DECODE_MIN_SPLIT_KEYS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(kernels::MIN_KEYS_PER_SPLIT)
+            gemv_max_rows: env_usize("INFIRE_GEMV_MAX_ROWS", GEMV_MAX_ROWS).min(GEMV_MAX_ROWS),
+            min_split_keys: env_usize("INFIRE_DECODE_MIN_SPLIT_KEYS", kernels::MIN_KEYS_PER_SPLIT)
                 .max(1),
-            batch_splits: std::env::var("INFIRE_DECODE_BATCH_SPLITS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(kernels::DEFAULT_BATCH_SPLITS)
+            batch_splits: env_usize("INFIRE_DECODE_BATCH_SPLITS", kernels::DEFAULT_BATCH_SPLITS)
                 .max(1),
             gemm,
             kernels,
@@ -541,9 +539,7 @@ impl CudaBackend {
             return Ok(()); // a step with no logits rows (a prompt chunk short of its end)
         }
         let mut out = self.tokens_out.borrow_mut();
-        if out.bytes() < rows * 4 {
-            *out = DeviceMem::zeroed(&self.stream, (rows * 4).next_power_of_two())?;
-        }
+        out.grow(&self.stream, rows * 4)?;
         let k = self.kernels()?;
         if sampling.is_plain_greedy() {
             return k.argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr);
@@ -551,11 +547,8 @@ impl CudaBackend {
         let mut params = self.sample_params.borrow_mut();
         let (host, mem) = &mut *params;
         let entries = kernels::pack_sampling(sampling, host);
-        let bytes = host.len() * 4;
-        if mem.bytes() < bytes {
-            *mem = DeviceMem::zeroed(&self.stream, bytes.next_power_of_two())?;
-        }
-        // SAFETY: the device buffer holds `bytes`; the host vector stays untouched until the
+        mem.grow(&self.stream, host.len() * 4)?;
+        // SAFETY: the device buffer holds the host vector; the host vector stays untouched until the
         // next step's sampling, after the engine has waited for this one.
         unsafe { result::memcpy_htod_async(mem.ptr, &host[..], self.stream.cu_stream()) }
             .map_err(device_mem::cuda_err)?;

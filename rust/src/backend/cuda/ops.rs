@@ -357,18 +357,8 @@ impl Backend for CudaBackend {
             return self.silu_mul(gate_up, rows, n, act);
         }
         debug_assert_eq!(2 * n, w.rows);
-        let (input, output) = (GemvInput::Norm, GemvOutput::Silu);
-        self.gemv(
-            input,
-            output,
-            rows,
-            w,
-            residual,
-            Some(norm_w),
-            None,
-            act,
-            eps,
-        );
+        let (input, output, norm) = (GemvInput::Norm, GemvOutput::Silu, Some(norm_w));
+        self.gemv(input, output, rows, w, residual, norm, None, act, eps);
     }
 
     fn qk_norm(

@@ -176,12 +176,10 @@ impl StepMeta {
     /// Grows the device array to hold `bytes` (to a power of two, once the work that may read
     /// the old one is done). Returns whether it moved.
     fn hold(&mut self, stream: &Arc<CudaStream>, bytes: usize) -> Result<bool> {
-        let moved = bytes > self.mem.bytes();
-        if moved {
+        if bytes > self.mem.bytes() {
             stream.synchronize().map_err(cuda_err)?;
-            self.mem = DeviceMem::zeroed(stream, bytes.next_power_of_two())?;
         }
-        Ok(moved)
+        self.mem.grow(stream, bytes)
     }
 
     fn at(&self, off: usize) -> u64 {
