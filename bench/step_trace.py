@@ -10,7 +10,8 @@ with the most steps prints:
 
 - wall time, device time and device idle time (the device waiting for the host between steps);
 - the steps the device waited longest for, and the longest launches (averages hide a stall of
-  one step; in the bench's runs two steps waited ~150 and ~120 ms, kernels/cuda/NOTES.md);
+  one step; two steps of the bench's run waited ~150 and ~120 ms before the wait's nap was
+  fixed, kernels/cuda/NOTES.md);
 - per kind of step (steps with prompt rows; decode-only steps by row count) the device time
   against its floor: the larger of (weight bytes + KV bytes read) / copy bandwidth and the
   linear layers' FLOPs / GEMM rate, per step. Prompt attention FLOPs are left out of the floor
