@@ -46,6 +46,13 @@
 // k-steps), FlashAttention-2's online softmax (log2 domain, exp2f, per-row running max m and
 // sum l), O += P V (P rounded to T, as FlashAttention does). Numerics: fp32 scores, softmax and
 // accumulation; the output is rounded to T once.
+//
+// The wait (pdl_begin, common.cuh) sits after the first tiles' copies: the kernel before this
+// one (RoPE and the cache write) writes only Q and each row's own key (position row_pos[r]);
+// the row list, positions and block tables were uploaded with the step, and the other keys
+// written by earlier steps. So the prologue gathers tiles 0 .. STAGES-2 less the row's own key
+// while RoPE runs, and after the wait loads Q and that key. (A one-token row is the only row of
+// its sequence in a step, so no other row of the step writes its keys.)
 
 constexpr int GROUP = NUM_HEADS / NUM_KV_HEADS;
 static_assert(NUM_HEADS % NUM_KV_HEADS == 0, "NUM_HEADS must be a multiple of NUM_KV_HEADS");
@@ -60,6 +67,11 @@ constexpr int TILE_KEYS = 16;  // keys per pipeline stage
 #define DECODE_STAGES 3
 #endif
 constexpr int STAGES = DECODE_STAGES;
+// 1: the prologue's K/V loads start before the wait for the previous kernel (see the launch
+// notes above); 0 waits first, as every other kernel does (bench A/B).
+#ifndef DECODE_EARLY_KV
+#define DECODE_EARLY_KV 1
+#endif
 static_assert(STAGES >= 2, "the ring needs a stage in flight beside the one computed");
 constexpr int STRIDE = HEAD_DIM + VEC;    // shared-memory row stride, elements
 constexpr int ROW_VECS = HEAD_DIM / VEC;  // 16-byte vectors per row
@@ -75,14 +87,17 @@ __device__ __forceinline__ int used_splits(int len, int num_splits, int min_keys
 
 // Starts copying keys key0 .. key0 + TILE_KEYS - 1 of one kv head (those at or past end
 // zero-filled: a zero V row keeps masked products finite) into k_tile and v_tile
-// ([TILE_KEYS][STRIDE] each); the block-table lookup serves both.
+// ([TILE_KEYS][STRIDE] each); the block-table lookup serves both. Key `skip` is left alone
+// (neither copied nor zeroed): the prologue passes the row's own key, which this step's RoPE
+// kernel writes, to load it after the wait; -1 skips none.
 __device__ __forceinline__ void load_kv(T* k_tile, T* v_tile, const T* __restrict__ k_cache,
                                         const T* __restrict__ v_cache,
                                         const int* __restrict__ block_table, int kv_head,
-                                        int key0, int end, int lane) {
+                                        int key0, int end, int lane, int skip = -1) {
 #pragma unroll
     for (int i = lane; i < TILE_KEYS * ROW_VECS; i += 32) {
         const int row = i / ROW_VECS, c = i % ROW_VECS, key = key0 + row;
+        if (key == skip) continue;
         const bool valid = key < end;
         long long off = 0;  // not read when !valid
         if (valid) {
@@ -104,10 +119,15 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                  float scale, float* __restrict__ partial_out, float* __restrict__ partial_lse,
                  int num_splits, const int* __restrict__ min_split_keys,
                  const int* __restrict__ row_list) {
+#if !DECODE_EARLY_KV
     pdl_begin();
+#endif
     __shared__ Vec k_smem[STAGES][TILE_KEYS * STRIDE / VEC];
     __shared__ Vec v_smem[STAGES][TILE_KEYS * STRIDE / VEC];
 
+    // Until pdl_begin() this reads only what the host uploaded for the step (row list,
+    // positions, block tables) and keys that earlier steps wrote: everything but Q and the
+    // row's own key, which the RoPE kernel before this one writes.
     const int r = row_list ? row_list[blockIdx.x] : blockIdx.x;
     const int kv_head = blockIdx.y / HEAD_TILES;
     const int head_tile = blockIdx.y % HEAD_TILES, split = blockIdx.z, lane = threadIdx.x;
@@ -115,7 +135,12 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const int heads = min(TILE_HEADS, GROUP - head_tile * TILE_HEADS);
     const int len = max(row_pos[r] + 1, 0);  // padding rows attend to nothing
     const int splits = num_splits == 1 ? 1 : used_splits(len, num_splits, *min_split_keys);
-    if (split >= splits) return;
+    if (split >= splits) {
+#if DECODE_EARLY_KV
+        pdl_begin();
+#endif
+        return;
+    }
     const int per_split = (len + splits - 1) / splits;
     const int chunk = (per_split + KV_BLOCK_SIZE - 1) / KV_BLOCK_SIZE * KV_BLOCK_SIZE;
     const int begin = min(split * chunk, len), end = min(begin + chunk, len);
@@ -124,8 +149,20 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     auto k_tile = [&](int stage) { return reinterpret_cast<T*>(k_smem[stage]); };
     auto v_tile = [&](int stage) { return reinterpret_cast<T*>(v_smem[stage]); };
 
-    // Prologue: Q (into the last stage's K tile, free until iteration 0 refills it) and tile 0
-    // in the first commit group, tiles 1 .. STAGES-2 in one group each.
+    // Prologue: tiles 0 .. STAGES-2 in one commit group each, less the row's own key (len - 1);
+    // then, after the wait, Q (into the last stage's K tile, free until iteration 0 refills it)
+    // and that key in one more group.
+    const int own = len - 1;
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < num_tiles)
+            load_kv(k_tile(s), v_tile(s), k_cache, v_cache, block_table, kv_head,
+                    begin + s * TILE_KEYS, end, lane, own < end ? own : -1);
+        cp_async_commit();
+    }
+#if DECODE_EARLY_KV
+    pdl_begin();
+#endif
     {
         T* q_tile = k_tile(STAGES - 1);
         const T* q_row = qkv + (long long)r * qkv_width + head0 * HEAD_DIM;
@@ -136,15 +173,18 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
             cp_async16(q_tile + h * STRIDE + c * VEC, valid ? q_row + h * HEAD_DIM + c * VEC : qkv,
                        valid);
         }
-    }
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < num_tiles)
-            load_kv(k_tile(s), v_tile(s), k_cache, v_cache, block_table, kv_head,
-                    begin + s * TILE_KEYS, end, lane);
+        const int own_tile = (own - begin) / TILE_KEYS;
+        if (own >= begin && own < end && own_tile < STAGES - 1 && lane < ROW_VECS) {
+            const int row = (own - begin) % TILE_KEYS;
+            const long long token = (long long)block_table[own / KV_BLOCK_SIZE] * KV_BLOCK_SIZE +
+                                    own % KV_BLOCK_SIZE;
+            const long long off = (token * NUM_KV_HEADS + kv_head) * HEAD_DIM + lane * VEC;
+            cp_async16(k_tile(own_tile) + row * STRIDE + lane * VEC, k_cache + off, true);
+            cp_async16(v_tile(own_tile) + row * STRIDE + lane * VEC, v_cache + off, true);
+        }
         cp_async_commit();
     }
-    cp_async_wait<STAGES - 2>();  // Q and tile 0 landed
+    cp_async_wait_all();  // Q and tiles 0 .. STAGES-2 landed (issued before Q: no extra wait)
     __syncwarp();
     unsigned q_frag[D_STEPS][4];
 #pragma unroll

@@ -23,8 +23,10 @@ use crate::sampling::StepSampling;
 /// head_dim 128; see `kernels/cuda/decode_attention.cu`).
 const DECODE_CTAS_PER_SM: usize = 8;
 /// Fewest keys a split of decode attention gets when a step's rows alone would leave the GPU
-/// idle: below this the combine costs more than the split saves.
-pub const MIN_KEYS_PER_SPLIT: usize = 64;
+/// idle: below this the combine costs more than the split saves (16 lost 13 % of one-row
+/// decode against 64; 32 gained 1–3 % once the K/V loads moved before the kernel's wait,
+/// kernels/cuda/NOTES.md).
+pub const MIN_KEYS_PER_SPLIT: usize = 32;
 /// Fewest keys a split gets in a large batch (rows × kv heads fill the GPU) of uneven rows.
 /// Splits there only even out rows of different lengths — unsplit, the CTAs of the longest
 /// rows run on alone at the end of the launch — so they are longer, and rows of a few hundred
@@ -821,11 +823,11 @@ mod tests {
         };
         // 132 SMs hold 1056 CTAs. One row, long context: 1056 / 8 = 132 splits.
         assert_eq!(splits(1, shape, &buf(1 << 16)), 132);
-        // Short context: no split shorter than 64 keys.
-        assert_eq!(splits(1, shape, &buf(128)), 2);
+        // Short context: no split shorter than 32 keys.
+        assert_eq!(splits(1, shape, &buf(128)), 4);
         // Never more CTAs than the GPU holds at once: 64 rows x 8 kv heads x 2 = 1024.
         assert_eq!(splits(64, shape, &buf(8192)), 2);
-        assert_eq!(decode_splits(64, shape, &buf(8192)).min_keys, 64);
+        assert_eq!(decode_splits(64, shape, &buf(8192)).min_keys, 32);
         assert!(!decode_splits(64, shape, &buf(8192)).batch);
         // Enough (row, kv head) pairs already: the batch rule, whatever the context.
         let batch = DecodeSplits {
