@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{result, CudaContext, CudaEvent, CudaStream};
+use cudarc::driver::{result, CudaContext, CudaEvent, CudaStream, PinnedHostSlice};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
@@ -151,8 +151,9 @@ pub struct CudaBackend {
     last_span: [Cell<StepSpan>; 2],
     /// When the step being enqueued started (`prepare_step`).
     step_started: Cell<Option<Instant>>,
-    /// Token ids of the logits rows (`sample_rows`).
+    /// Token ids of the logits rows (`sample_rows`), and their page-locked host copy.
     tokens_out: RefCell<DeviceMem>,
+    tokens_host: RefCell<PinnedHostSlice<i32>>,
     /// The sample kernel's parameters of the current step: packed on the host (kept until
     /// the next step, the copy reads them asynchronously), and their device copy.
     sample_params: RefCell<(Vec<u32>, DeviceMem)>,
@@ -170,6 +171,18 @@ fn env_usize(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Page-locked host memory for `len` token ids, cached (not write-combined: the host reads
+/// it).
+///
+/// # Safety
+/// The memory is uninitialized.
+unsafe fn pinned_tokens(
+    ctx: &Arc<CudaContext>,
+    len: usize,
+) -> std::result::Result<PinnedHostSlice<i32>, cudarc::driver::DriverError> {
+    ctx.alloc_pinned_with_flags::<i32>(len, 0)
 }
 
 /// What the last step of a kind took from its start (`prepare_step`) to the end of its wait,
@@ -357,6 +370,8 @@ impl CudaBackend {
         Ok(CudaBackend {
             meta: StepMeta::new(&stream)?,
             tokens_out,
+            // SAFETY: written only by the tokens' copies (`start_sampling`).
+            tokens_host: RefCell::new(unsafe { pinned_tokens(&ctx, 1024) }.map_err(cuda_err)?),
             sample_params,
             sampling_started: Cell::new(None),
             uploader: RefCell::new(None),
@@ -542,26 +557,50 @@ impl CudaBackend {
         out.grow(&self.stream, rows * 4)?;
         let k = self.kernels()?;
         if sampling.is_plain_greedy() {
-            return k.argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr);
+            k.argmax(&self.stream, logits.mem.ptr, rows, width, out.ptr)?;
+        } else {
+            let mut params = self.sample_params.borrow_mut();
+            let (host, mem) = &mut *params;
+            let entries = kernels::pack_sampling(sampling, host);
+            mem.grow(&self.stream, host.len() * 4)?;
+            // SAFETY: the device buffer holds the host vector; the host vector stays untouched
+            // until the next step's sampling, after the engine has waited for this one.
+            unsafe { result::memcpy_htod_async(mem.ptr, &host[..], self.stream.cu_stream()) }
+                .map_err(device_mem::cuda_err)?;
+            let entries_ptr = mem.ptr + 4 * entries as u64;
+            k.sample(
+                &self.stream,
+                logits.mem.ptr,
+                rows,
+                width,
+                mem.ptr,
+                entries_ptr,
+                out.ptr,
+            )?;
         }
-        let mut params = self.sample_params.borrow_mut();
-        let (host, mem) = &mut *params;
-        let entries = kernels::pack_sampling(sampling, host);
-        mem.grow(&self.stream, host.len() * 4)?;
-        // SAFETY: the device buffer holds the host vector; the host vector stays untouched until the
-        // next step's sampling, after the engine has waited for this one.
-        unsafe { result::memcpy_htod_async(mem.ptr, &host[..], self.stream.cu_stream()) }
-            .map_err(device_mem::cuda_err)?;
-        let entries_ptr = mem.ptr + 4 * entries as u64;
-        k.sample(
-            &self.stream,
-            logits.mem.ptr,
-            rows,
-            width,
-            mem.ptr,
-            entries_ptr,
-            out.ptr,
-        )
+        // The tokens' copy to the host is part of the step: once the wait sees the step's end,
+        // they are there (a copy and a stream synchronize after it would add a round trip and,
+        // with blocking synchronization, the thread's wake-up to every step).
+        let mut host = self.tokens_host.borrow_mut();
+        if host.len() < rows {
+            // SAFETY: page-locked memory that only the copies below write and that the host
+            // reads after the stream has passed them (`sample_rows`).
+            *host = unsafe { pinned_tokens(&self.ctx, rows.next_power_of_two()) }
+                .map_err(device_mem::cuda_err)?;
+        }
+        let dst = &mut host.as_mut_slice().map_err(device_mem::cuda_err)?[..rows];
+        // SAFETY: `dst` is pinned and outlives the copy (the backend keeps it, and reallocates
+        // it only here, after the engine has waited for the step that last wrote it).
+        unsafe { result::memcpy_dtoh_async(dst, out.ptr, self.stream.cu_stream()) }
+            .map_err(device_mem::cuda_err)
+    }
+
+    /// The tokens of the last step's `rows` logits rows, copied to the host by its sampling
+    /// (`start_sampling`); read after the wait for the step.
+    fn sampled_tokens(&self, rows: usize) -> Result<Vec<u32>> {
+        let host = self.tokens_host.borrow();
+        let ids = &host.as_slice().map_err(device_mem::cuda_err)?[..rows];
+        Ok(ids.iter().map(|&t| t as u32).collect())
     }
 
     /// Ends the step's graph capture, or launches its graph, before the host reads results.

@@ -464,8 +464,7 @@ impl Backend for CudaBackend {
             self.start_sampling(logits, sampling, width)?;
         }
         self.wait()?;
-        let ids = self.tokens_out.borrow().read::<i32>(&self.stream, rows)?;
-        Ok(ids.into_iter().map(|t| t as u32).collect())
+        self.sampled_tokens(rows)
     }
 
     fn launches_ahead(&self) -> bool {
