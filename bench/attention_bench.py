@@ -92,7 +92,7 @@ def load(name: str, func: str, **extra_defines):
 def engine_splits(lens: list[int], max_context: int, sm_count: int, batch_splits: int):
     """`decode_splits` and `step_min_split_keys` of kernels.rs, as (splits, fewest keys per
     split): for few rows, as many CTAs as the GPU holds (8 one-warp CTAs per SM), none shorter
-    than 64 keys; for a large batch, `batch_splits` of at least 256 keys if the longest row is
+    than 32 keys; for a large batch, `batch_splits` of at least 256 keys if the longest row is
     above 5/4 of the mean length, else no row split."""
     rows = len(lens)
     ctas, resident = rows * NUM_KV_HEADS, sm_count * 8
@@ -100,7 +100,7 @@ def engine_splits(lens: list[int], max_context: int, sm_count: int, batch_splits
         splits = max(1, min(batch_splits, 1024 // rows))
         even = 4 * rows * max(lens) <= 5 * sum(lens)
         return splits, NO_SPLIT_KEYS if even and splits > 1 else BATCH_MIN_KEYS
-    return max(1, min(resident // ctas, math.ceil(max_context / 64), 1024 // rows)), 64
+    return max(1, min(resident // ctas, math.ceil(max_context / 32), 1024 // rows)), 32
 
 
 def time_step(stream, kernel, combine, rows, splits, min_keys, flush, tensors) -> float:

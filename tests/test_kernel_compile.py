@@ -38,6 +38,10 @@ GEMV_ENTRIES = [
 # MHA, GQA 8 with head_dim 64, GQA 16, and GQA 32 (decode attention's two head tiles).
 SHAPES = [(128, 32, 8), (64, 9, 3), (128, 32, 32), (64, 32, 4), (128, 64, 4), (64, 32, 1)]
 
+# Kernels that read global memory before their wait: decode attention gathers the K/V that
+# earlier steps wrote while the RoPE kernel before it runs (decode_attention.cu).
+EARLY_READERS = {"decode_attention"}
+
 ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)')
 
 
@@ -76,16 +80,20 @@ def test_kernel_compiles(name, arch, dtype, shape):
         # Every kernel waits for the kernel before it (pdl_begin in common.cuh): the runtime
         # launches them all with programmatic dependent launch on Hopper. Nothing touches
         # global memory before the wait, except the GEMV's streaming loads of its weights
-        # (`ld.global.nc.L1::no_allocate`), which no kernel writes.
+        # (`ld.global.nc.L1::no_allocate`), which no kernel writes, and the reads of the
+        # kernels in EARLY_READERS, whose files say why each read before the wait is safe;
+        # those still write nothing before it.
         for body in re.split(r"\.entry\s+", ptx)[1:]:
             function = body.split("(", 1)[0]
             assert "griddepcontrol.wait" in body, f"{function} never calls pdl_begin()"
             before = body.split("griddepcontrol.wait", 1)[0]
+            touches = r"\b(st\.global|atom|red)\."
+            if function not in EARLY_READERS:
+                touches = r"\b(ld\.global|st\.global|cp\.async|atom|red)\."
             early = [
                 line.strip()
                 for line in before.splitlines()
-                if re.search(r"\b(ld\.global|st\.global|cp\.async|atom|red)\.", line)
-                and "ld.global.nc.L1::no_allocate" not in line
+                if re.search(touches, line) and "ld.global.nc.L1::no_allocate" not in line
             ]
             assert not early, f"{function} touches memory before pdl_begin(): {early[:3]}"
 
