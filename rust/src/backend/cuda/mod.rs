@@ -583,14 +583,18 @@ impl CudaBackend {
         // with blocking synchronization, the thread's wake-up to every step).
         let mut host = self.tokens_host.borrow_mut();
         if host.len() < rows {
+            // A step that failed was not waited for: its copy may still be in flight into the
+            // old buffer, which must outlive it (growing is rare: a step of more logits rows
+            // than any before).
+            self.stream.synchronize().map_err(device_mem::cuda_err)?;
             // SAFETY: page-locked memory that only the copies below write and that the host
             // reads after the stream has passed them (`sample_rows`).
             *host = unsafe { pinned_tokens(&self.ctx, rows.next_power_of_two()) }
                 .map_err(device_mem::cuda_err)?;
         }
         let dst = &mut host.as_mut_slice().map_err(device_mem::cuda_err)?[..rows];
-        // SAFETY: `dst` is pinned and outlives the copy (the backend keeps it, and reallocates
-        // it only here, after the engine has waited for the step that last wrote it).
+        // SAFETY: `dst` is pinned and outlives the copy (the backend keeps it and replaces it
+        // only above, once the stream is idle); the host reads it after waiting for the step.
         unsafe { result::memcpy_dtoh_async(dst, out.ptr, self.stream.cu_stream()) }
             .map_err(device_mem::cuda_err)
     }
