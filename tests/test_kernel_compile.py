@@ -87,9 +87,8 @@ def test_kernel_compiles(name, arch, dtype, shape):
             function = body.split("(", 1)[0]
             assert "griddepcontrol.wait" in body, f"{function} never calls pdl_begin()"
             before = body.split("griddepcontrol.wait", 1)[0]
-            touches = r"\b(st\.global|atom|red)\."
-            if function not in EARLY_READERS:
-                touches = r"\b(ld\.global|st\.global|cp\.async|atom|red)\."
+            reads = "" if function in EARLY_READERS else r"ld\.global|cp\.async|"
+            touches = rf"\b({reads}st\.global|atom|red)\."
             early = [
                 line.strip()
                 for line in before.splitlines()
