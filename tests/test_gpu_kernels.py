@@ -635,14 +635,20 @@ class PagedCache(NamedTuple):
     block_tables: object  # [num_seqs, max_blocks_per_seq] int32
 
 
-def make_paged_cache(context_lens, shape, dtype) -> PagedCache:
-    """Random K/V for sequences of the given lengths in shuffled (non-contiguous) blocks. Every
+def make_paged_cache(context_lens, shape, dtype, layout="shuffled", v_offset=0.0) -> PagedCache:
+    """Random K/V for sequences of the given lengths in blocks laid out as `layout` says:
+    "shuffled" (non-contiguous), "contiguous" (in order) or "reversed" (descending ids). Every
     other slot, and the block that unused block-table entries point at, holds NaN, so a kernel
-    reading past a sequence's keys produces NaN."""
+    reading past a sequence's keys produces NaN. `v_offset` is added to every value (real
+    models' values share a common part, which makes the softmax's rounding show)."""
     bs, nkv, hd = shape.kv_block_size, shape.num_kv_heads, shape.head_dim
     blocks_needed = [math.ceil(n / bs) for n in context_lens]
     num_blocks = sum(blocks_needed) + 1
-    order = torch.randperm(num_blocks, device="cuda").int()
+    order = {
+        "shuffled": lambda: torch.randperm(num_blocks, device="cuda"),
+        "contiguous": lambda: torch.arange(num_blocks, device="cuda"),
+        "reversed": lambda: torch.arange(num_blocks - 1, -1, -1, device="cuda"),
+    }[layout]().int()
     nan_block = order[-1].item()
     block_tables = torch.full(
         (len(context_lens), max(blocks_needed) + 1), nan_block, dtype=torch.int32, device="cuda"
@@ -656,7 +662,7 @@ def make_paged_cache(context_lens, shape, dtype) -> PagedCache:
         p = torch.arange(n, device="cuda")
         blocks = block_tables[s, p // bs].long()
         k[blocks, p % bs] = torch.randn(n, nkv, hd, device="cuda").to(dtype)
-        v[blocks, p % bs] = torch.randn(n, nkv, hd, device="cuda").to(dtype)
+        v[blocks, p % bs] = (torch.randn(n, nkv, hd, device="cuda") + v_offset).to(dtype)
     return PagedCache(k, v, block_tables)
 
 
@@ -849,3 +855,166 @@ def test_prefill_attention(dtype, shape):
     )
     ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
     assert rel_err(out, ref) < ATTENTION_TOL[dtype]
+
+
+# --- attention over long rows --------------------------------------------------------------
+
+# Keys of the long sequences: past 16k, and not a multiple of the block (16), the prefill tile
+# (64) or a decode split.
+LONG_CONTEXT = 16411
+LONG_SHAPES = [
+    Shape(64, 10, 10),  # MHA, 10 heads
+    Shape(64, 14, 2),  # GQA 7 (Qwen2-0.5B)
+    Shape(128, 16, 2),  # GQA 8, head_dim 128
+    Shape(128, 32, 8),  # Llama-3-8B
+]
+# Inputs: plain N(0, 1) (flat attention over thousands of keys), and values with a common
+# offset under queries three times larger (peaked attention over values that do not average
+# out), which is what hidden states of real models look like.
+LONG_DATA = {"plain": (1.0, 0.0), "peaked_offset": (3.0, 2.0)}
+# Rows checked against the reference (the reference is a loop over rows): a spread over every
+# position of the sequence, with the last rows of each kind.
+LONG_CHECKED_ROWS = 96
+
+
+def long_attention_reference(qkv, cache: PagedCache, row_seq, row_pos, shape, scale, rows):
+    """fp64 causal attention of the listed `rows` (as attention_reference, GQA without copies
+    of K and V, so that rows of 16k keys fit). Returns [len(rows), NUM_HEADS * HEAD_DIM]."""
+    hd, nh, nkv, bs = shape.head_dim, shape.num_heads, shape.num_kv_heads, shape.kv_block_size
+    out = torch.zeros(len(rows), nkv, shape.group, hd, dtype=torch.float64, device="cuda")
+    for i, r in enumerate(rows):
+        seq, pos = int(row_seq[r]), int(row_pos[r])
+        p = torch.arange(pos + 1, device="cuda")
+        blocks = cache.block_tables[seq, p // bs].long()
+        k = cache.k[blocks, p % bs].double()  # [keys, nkv, hd]
+        v = cache.v[blocks, p % bs].double()
+        q = qkv[r, : nh * hd].double().view(nkv, shape.group, hd)
+        probs = (torch.einsum("kgd,pkd->kgp", q, k) * scale).softmax(dim=-1)
+        out[i] = torch.einsum("kgp,pkd->kgd", probs, v)
+    return out.view(len(rows), nh * hd)
+
+
+def long_rows_checked(row_pos, first_rows=()):
+    """Row indices to check: LONG_CHECKED_ROWS spread evenly, the given ones, and the last."""
+    n = row_pos.numel()
+    picked = set(torch.linspace(0, n - 1, LONG_CHECKED_ROWS).long().tolist()) | set(first_rows)
+    return sorted(picked | {n - 1})
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LONG_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["shuffled", "contiguous", "reversed"])
+@pytest.mark.parametrize("data", sorted(LONG_DATA))
+def test_prefill_attention_long_rows(dtype, shape, layout, data):
+    """Prefill attention over 16k keys: a whole 16,411-token prompt, and a 1,000-row chunk at
+    the end of another one (chunked prefill / prefix hit), against fp64 on rows spread over
+    every position."""
+    t = DTYPES[dtype]
+    q_scale, v_offset = LONG_DATA[data]
+    seqs = [(LONG_CONTEXT, LONG_CONTEXT), (1000, LONG_CONTEXT - 7)]
+    query_lens = [q for q, _ in seqs]
+    cache = make_paged_cache([c for _, c in seqs], shape, t, layout, v_offset)
+    starts = [0, query_lens[0]]
+    rows = sum(query_lens)
+    row_seq = torch.tensor([s for s, q in enumerate(query_lens) for _ in range(q)])
+    row_pos = torch.tensor([c - q + j for q, c in seqs for j in range(q)])
+    qkv = (torch.randn(rows, shape.qkv_width, device="cuda") * q_scale).to(t)
+    out = nan_like((rows, shape.num_heads * shape.head_dim), t)
+    scale = shape.head_dim**-0.5
+
+    def ints(values):
+        return torch.tensor(values, dtype=torch.int32, device="cuda")
+
+    tiles = [(z, first) for z, q in enumerate(query_lens) for first in range(0, q, 64)]
+    run(
+        "prefill_attention",
+        "prefill_attention",
+        (len(tiles), shape.num_heads),
+        128,
+        qkv,
+        cache.k,
+        cache.v,
+        out,
+        ints(starts),
+        ints(query_lens),
+        ints([c for _, c in seqs]),
+        cache.block_tables,
+        i32(cache.block_tables.shape[1]),
+        i32(shape.qkv_width),
+        f32(scale),
+        ints([x for tile in tiles for x in tile]),
+        dtype=dtype,
+        shape=shape,
+    )
+    assert torch.isfinite(out).all(), "some outputs were not written (NaN poison left)"
+    checked = long_rows_checked(row_pos, first_rows=[query_lens[0] - 1, query_lens[0]])
+    ref = long_attention_reference(qkv, cache, row_seq, row_pos, shape, scale, checked)
+    got = out[checked]
+    # Row by row, so that a fault in long rows is not averaged away by short ones.
+    for i, r in enumerate(checked):
+        err = rel_err(got[i], ref[i])
+        assert err < ATTENTION_TOL[dtype], (f"row {r} at position {int(row_pos[r])}", err)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", LONG_SHAPES, ids=str)
+@pytest.mark.parametrize("layout", ["shuffled", "contiguous", "reversed"])
+@pytest.mark.parametrize("data", sorted(LONG_DATA))
+# One CTA per row; the engine's few-rows split (many splits of >= 32 keys); the large-batch one.
+@pytest.mark.parametrize("num_splits, min_keys", [(1, 32), (104, 32), (4, 256)])
+def test_decode_attention_long_rows(dtype, shape, layout, data, num_splits, min_keys):
+    """Decode attention over 16k keys (last positions of two long sequences and earlier ones),
+    whole or split and combined, against fp64."""
+    t, nh, hd = DTYPES[dtype], shape.num_heads, shape.head_dim
+    q_scale, v_offset = LONG_DATA[data]
+    context_lens = [LONG_CONTEXT, LONG_CONTEXT - 1000, 8195]
+    cache = make_paged_cache(context_lens, shape, t, layout, v_offset)
+    row_seq, row_pos = decode_rows(context_lens, padding_rows=1)
+    rows = row_seq.numel()
+    qkv = (torch.randn(rows, shape.qkv_width, device="cuda") * q_scale).to(t)
+    partial_out = nan_like((rows, num_splits, nh, hd), torch.float32)
+    partial_lse = nan_like((rows, num_splits, nh), torch.float32)
+    out = nan_like((rows, nh * hd), t)
+    scale = hd**-0.5
+    table_width = torch.tensor([cache.block_tables.shape[1]], dtype=torch.int32, device="cuda")
+    min_split_keys = torch.tensor([min_keys], dtype=torch.int32, device="cuda")
+    grid = (rows, shape.num_kv_heads * -(-shape.group // 16), num_splits)
+    args = (qkv, cache.k, cache.v, out, row_seq, row_pos, cache.block_tables, table_width)
+    run(
+        "decode_attention",
+        "decode_attention",
+        grid,
+        32,
+        *args,
+        i32(shape.qkv_width),
+        f32(scale),
+        partial_out,
+        partial_lse,
+        i32(num_splits),
+        min_split_keys,
+        NULL,
+        dtype=dtype,
+        shape=shape,
+    )
+    if num_splits > 1:
+        run(
+            "decode_attention",
+            "attention_combine",
+            (rows, nh),
+            hd,
+            partial_out,
+            partial_lse,
+            out,
+            i32(num_splits),
+            min_split_keys,
+            NULL,
+            row_pos,
+            dtype=dtype,
+            shape=shape,
+        )
+    live = [r for r in range(rows) if int(row_pos[r]) >= 0]
+    ref = long_attention_reference(qkv, cache, row_seq, row_pos, shape, scale, live)
+    for i, r in enumerate(live):
+        err = rel_err(out[r], ref[i])
+        assert err < ATTENTION_TOL[dtype], (f"row at position {int(row_pos[r])}", err)
+    assert (out[row_pos < 0] == 0).all()

@@ -112,13 +112,19 @@ KV_CACHE_TOKENS = 32768
 
 
 def write_checkpoint(directory: Path, name: str, seed: int = 0) -> Path:
-    """Writes MODELS[name] with random weights (see MATRIX_STD) as bf16 safetensors, with
-    config.json, generation_config.json, and make_tiny_models.py's tokenizer, filled up to the
-    model's vocab with added tokens `<extra_N>` so that every id decodes."""
+    """Writes MODELS[name] (see write_random_checkpoint)."""
+    return write_random_checkpoint(directory, {**COMMON, **MODELS[name]}, seed)
+
+
+def write_random_checkpoint(directory: Path, config_kwargs: dict, seed: int = 0) -> Path:
+    """Writes a transformers model of `config_kwargs` with random weights (see MATRIX_STD) as
+    bf16 safetensors, with config.json, generation_config.json, and make_tiny_models.py's
+    tokenizer, filled up to the model's vocab with added tokens `<extra_N>` so that every id
+    decodes."""
     from make_tiny_models import tokenizer
 
     torch.manual_seed(seed)
-    config = transformers.AutoConfig.for_model(**{**COMMON, **MODELS[name]})
+    config = transformers.AutoConfig.for_model(**config_kwargs)
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     with torch.no_grad():
         for pname, p in model.named_parameters():
