@@ -67,11 +67,6 @@ constexpr int TILE_KEYS = 16;  // keys per pipeline stage
 #define DECODE_STAGES 3
 #endif
 constexpr int STAGES = DECODE_STAGES;
-// 1: the prologue's K/V loads start before the wait for the previous kernel (see the launch
-// notes above); 0 waits first, as every other kernel does (bench A/B).
-#ifndef DECODE_EARLY_KV
-#define DECODE_EARLY_KV 1
-#endif
 static_assert(STAGES >= 2, "the ring needs a stage in flight beside the one computed");
 constexpr int STRIDE = HEAD_DIM + VEC;    // shared-memory row stride, elements
 constexpr int ROW_VECS = HEAD_DIM / VEC;  // 16-byte vectors per row
@@ -119,9 +114,6 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                  float scale, float* __restrict__ partial_out, float* __restrict__ partial_lse,
                  int num_splits, const int* __restrict__ min_split_keys,
                  const int* __restrict__ row_list) {
-#if !DECODE_EARLY_KV
-    pdl_begin();
-#endif
     __shared__ Vec k_smem[STAGES][TILE_KEYS * STRIDE / VEC];
     __shared__ Vec v_smem[STAGES][TILE_KEYS * STRIDE / VEC];
 
@@ -136,9 +128,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const int len = max(row_pos[r] + 1, 0);  // padding rows attend to nothing
     const int splits = num_splits == 1 ? 1 : used_splits(len, num_splits, *min_split_keys);
     if (split >= splits) {
-#if DECODE_EARLY_KV
         pdl_begin();
-#endif
         return;
     }
     const int per_split = (len + splits - 1) / splits;
@@ -160,9 +150,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                     begin + s * TILE_KEYS, end, lane, own < end ? own : -1);
         cp_async_commit();
     }
-#if DECODE_EARLY_KV
     pdl_begin();
-#endif
     {
         T* q_tile = k_tile(STAGES - 1);
         const T* q_row = qkv + (long long)r * qkv_width + head0 * HEAD_DIM;
