@@ -393,8 +393,8 @@ def bench_throughput(engine: infire.Engine, limit: dict, args) -> dict:
         "requests": len(prompts),
         "prompt_tokens": sum(map(len, prompts)),
         "output_tokens": produced,
-        "max_num_seqs": args.max_num_seqs,
-        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "max_num_seqs": args.max_num_seqs or "engine default",
+        "max_num_batched_tokens": args.max_num_batched_tokens or "engine default",
         "wall_s": round(wall, 2),
         "output_tok_s": round(tok_s, 1),
         "limit_s": round(limit["limit_s"], 2),
@@ -488,14 +488,15 @@ def bench_startup(model_dir: Path) -> dict:
 
 
 def make_engine(model_dir: Path, args) -> infire.Engine:
-    return infire.Engine(
-        str(model_dir),
-        device="cuda",
-        max_num_seqs=args.max_num_seqs,
-        max_num_batched_tokens=args.max_num_batched_tokens,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        async_scheduling={"on": True, "off": False, "auto": None}[args.async_scheduling],
-    )
+    """The engine under test: the engine's own defaults except where a flag sets one."""
+    options = {
+        "max_num_seqs": args.max_num_seqs,
+        "max_num_batched_tokens": args.max_num_batched_tokens,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "async_scheduling": {"on": True, "off": False, "auto": None}[args.async_scheduling],
+    }
+    given = {k: v for k, v in options.items() if v is not None}
+    return infire.Engine(str(model_dir), device="cuda", **given)
 
 
 class Report:
@@ -578,8 +579,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("command", choices=["all", "decode", "ttft", "throughput", "startup"])
     ap.add_argument("--model-dir", type=Path, default=Path("/tmp/llama8b-random"))
-    ap.add_argument("--max-num-seqs", type=int, default=256)
-    ap.add_argument("--max-num-batched-tokens", type=int, default=8192)
+    ap.add_argument("--max-num-seqs", type=int, default=None, help="default: the engine's")
+    ap.add_argument(
+        "--max-num-batched-tokens", type=int, default=None, help="default: the engine's"
+    )
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument(
         "--async-scheduling",

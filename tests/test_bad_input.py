@@ -149,6 +149,23 @@ def test_over_long_prompt_fails_alone(short_engine):
     assert len(ok.outputs[0].token_ids) == 4
 
 
+def test_max_tokens_beyond_the_context_is_refused(short_engine):
+    # Not clamped to what the context leaves (a request for 10^8 tokens used to be accepted
+    # and run until the context was full): the error names both numbers, and nothing runs.
+    with pytest.raises(
+        infire.InvalidRequestError, match=r"max_tokens 100000000 .*max_model_len is 64"
+    ):
+        short_engine.generate("Hi", infire.SamplingParams(max_tokens=10**8))
+    prompt = short_engine.tokenizer.encode("Hi")
+    room = 64 - len(prompt)
+    with pytest.raises(infire.InvalidRequestError, match=f"at most {room} new tokens"):
+        short_engine.generate([prompt], infire.SamplingParams(max_tokens=room + 1))
+    params = infire.SamplingParams(max_tokens=room, temperature=0.0, ignore_eos=True)
+    (out,) = short_engine.generate([prompt], params)
+    assert len(out.outputs[0].token_ids) == room
+    assert short_engine.stats()["num_running"] == 0
+
+
 def test_bad_prompts(short_engine):
     with pytest.raises(infire.InvalidRequestError, match="at least one token"):
         short_engine.generate([[]], GREEDY)

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from .errors import InfireError
+from .options import engine_option_list
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -42,9 +43,7 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, default=-1, help="keep the k most likely tokens")
     gen.add_argument("--min-p", type=float, default=0.0, help="minimum relative probability")
     gen.add_argument("--repetition-penalty", type=float, default=1.0)
-    gen.add_argument("--seed", type=int, default=None, help="seed of the sampling stream")
-    gen.add_argument("--max-model-len", type=int, default=None, help="context length")
-    _add_device_args(gen)
+    _add_engine_args(gen)
 
     _add_serve_parser(sub)
 
@@ -77,33 +76,34 @@ def _add_serve_parser(sub) -> None:
     srv.add_argument(
         "--max-waiting", type=int, default=256, help="waiting sequences that trigger 429"
     )
-    srv.add_argument("--max-model-len", type=int, default=None, help="context length")
-    _add_device_args(srv)
-    srv.add_argument("--max-num-seqs", type=int, default=64, help="most sequences running")
-    srv.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    srv.add_argument("--kv-cache-tokens", type=int, default=None, help="KV-cache capacity")
-    srv.add_argument("--block-size", type=int, default=16, help="tokens per KV block")
-    srv.add_argument("--no-prefix-caching", action="store_true", help="disable prefix caching")
-    srv.add_argument("--seed", type=int, default=0, help="seed of requests that give none")
+    _add_engine_args(srv)
 
 
-def _add_device_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", default="auto", help="auto (CUDA when a GPU is present), cpu, cuda, cuda:N"
-    )
-    parser.add_argument(
-        "--dtype", default="auto", help="auto, bfloat16, float16 (CUDA), float32 (CPU)"
-    )
-    parser.add_argument(
-        "--gpu-memory-utilization", type=float, default=0.9, help="share of GPU memory to use"
-    )
-    parser.add_argument(
-        "--async-scheduling",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="launch each step before the previous one's outputs are processed "
-        "(default: on for CUDA, off for the CPU)",
-    )
+_ARG_TYPES = {"int": int, "optional_int": int, "float": float, "str": str}
+
+
+def _add_engine_args(parser: argparse.ArgumentParser) -> None:
+    """A flag for every engine option (``--max-num-seqs`` for ``max_num_seqs``; booleans as
+    ``--name`` / ``--no-name``), from the Rust core's list. A flag left out is not passed on,
+    so the option keeps the engine's default."""
+    group = parser.add_argument_group("engine options")
+    for o in engine_option_list():
+        flag = "--" + o.name.replace("_", "-")
+        # An option without a fixed default says in its help what it defaults to.
+        shown = o.help if o.default is None else f"{o.help} (default: {o.default})"
+        help_text = shown.replace("%", "%%")
+        if o.type in ("bool", "optional_bool"):
+            action = argparse.BooleanOptionalAction
+            group.add_argument(flag, dest=o.name, action=action, default=None, help=help_text)
+        else:
+            kind = _ARG_TYPES[o.type]
+            group.add_argument(flag, dest=o.name, type=kind, default=None, help=help_text)
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    """The engine options given on the command line."""
+    given = ((o.name, getattr(args, o.name)) for o in engine_option_list())
+    return {name: value for name, value in given if value is not None}
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -117,17 +117,7 @@ def _serve(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             served_model_name=args.served_model_name,
             max_waiting=args.max_waiting,
-            device=args.device,
-            dtype=args.dtype,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            async_scheduling=args.async_scheduling,
-            max_model_len=args.max_model_len,
-            kv_cache_tokens=args.kv_cache_tokens,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_num_seqs=args.max_num_seqs,
-            block_size=args.block_size,
-            enable_prefix_caching=not args.no_prefix_caching,
-            seed=args.seed,
+            **_engine_options(args),
         )
     except KeyboardInterrupt:
         # SIGINT already drained the server (Rust handles the signal); Python sees it after.
@@ -138,14 +128,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from .engine import Engine, SamplingParams
 
-    engine = Engine(
-        model=args.model,
-        device=args.device,
-        dtype=args.dtype,
-        max_model_len=args.max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization,
-        async_scheduling=args.async_scheduling,
-    )
+    engine = Engine(model=args.model, **_engine_options(args))
     params = SamplingParams(
         max_tokens=args.max_tokens,
         temperature=args.temperature,
@@ -153,7 +136,6 @@ def _generate(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         min_p=args.min_p,
         repetition_penalty=args.repetition_penalty,
-        seed=args.seed,
     )
     if args.chat:
         messages = []

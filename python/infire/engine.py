@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from . import _core
 from .errors import InvalidRequestError
 from .model_resolution import resolve_model
-from .options import engine_options
+from .options import engine_options_doc, engine_options_json
 from .outputs import RequestOutput
 
 SamplingParams = _core.SamplingParams
@@ -24,61 +24,20 @@ Message = dict  # {"role": str, "content": str | list of {"type": "text", "text"
 class Engine:
     """An LLM engine for one model.
 
-    Args:
-        model: a local ``.gguf`` file, a Hugging Face model directory, a hub id (needs
-            ``huggingface_hub``), or ``None`` for the default model (SmolLM2-135M-Instruct,
-            downloaded on first use).
-        device: ``"auto"`` (CUDA when a GPU is present, else the CPU), ``"cpu"``, ``"cuda"``
-            or ``"cuda:N"``.
-        dtype: ``"auto"`` (bfloat16 on CUDA, float32 on the CPU), ``"bfloat16"`` or
-            ``"float16"`` (CUDA), ``"float32"`` (CPU).
-        max_model_len: longest prompt + output in tokens; default: the model's context length.
-        seed: seed of requests that set none (request ``i`` uses ``seed + i``).
-        kv_cache_tokens: KV-cache capacity in tokens; default: sized from memory.
-        max_num_batched_tokens: most tokens in one forward step.
-        max_num_seqs: most sequences running at once.
-        block_size: tokens per KV-cache block.
-        enable_prefix_caching: reuse the KV blocks of prompt prefixes seen before.
-        gpu_memory_utilization: fraction of the GPU's memory the engine may use in all
-            (weights, activations, KV cache); the KV cache gets what is left.
-        async_scheduling: launch each step before turning the previous one's tokens into
-            text and outputs, so that this host work overlaps the GPU's (+3-4 % offline
-            throughput on an H200). On the CPU, which computes a step as it is launched, it
-            only delays each step's output. Default ``None``: on for CUDA, off for the CPU (as
-            vLLM since 0.14).
+        Args:
+            model: a local ``.gguf`` file, a Hugging Face model directory, a hub id (needs
+                ``huggingface_hub``), or ``None`` for the default model (SmolLM2-135M-Instruct,
+                downloaded on first use).
+            **options: engine options, by name (see below; ``infire generate --help`` lists them
+                too). Options left out take their defaults, some of which depend on the device.
+
+        Engine options:
+    {options}
     """
 
-    def __init__(
-        self,
-        model: str | os.PathLike | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        max_model_len: int | None = None,
-        seed: int = 0,
-        *,
-        kv_cache_tokens: int | None = None,
-        max_num_batched_tokens: int = 2048,
-        max_num_seqs: int = 64,
-        block_size: int = 16,
-        enable_prefix_caching: bool = True,
-        gpu_memory_utilization: float = 0.9,
-        async_scheduling: bool | None = None,
-    ) -> None:
+    def __init__(self, model: str | os.PathLike | None = None, **options) -> None:
         self.model_path = resolve_model(model)
-        options = engine_options(
-            device=device,
-            dtype=dtype,
-            max_model_len=max_model_len,
-            seed=seed,
-            kv_cache_tokens=kv_cache_tokens,
-            max_num_batched_tokens=max_num_batched_tokens,
-            max_num_seqs=max_num_seqs,
-            block_size=block_size,
-            enable_prefix_caching=enable_prefix_caching,
-            gpu_memory_utilization=gpu_memory_utilization,
-            async_scheduling=async_scheduling,
-        )
-        self._core = _core.Engine(self.model_path, options)
+        self._core = _core.Engine(self.model_path, engine_options_json(options))
         self.device = self._core.device
         """``"cpu"`` or ``"cuda"``: where the model runs."""
         self.device_name = self._core.device_name
@@ -212,6 +171,9 @@ class Engine:
                 f"sampling_params must be one SamplingParams or a list of {n} of them"
             )
         return params
+
+
+Engine.__doc__ = Engine.__doc__.format(options=engine_options_doc())
 
 
 class Stream(Iterator[RequestOutput]):

@@ -1,64 +1,58 @@
-"""Engine options shared by ``infire.Engine`` and ``infire.serve``: checked here for a clear
-Python error, then handed to the Rust core as one dict."""
+"""Engine options: one list, kept in Rust (``rust/src/engine/args.rs``), with each option's
+name, type, default and help. ``infire.Engine``, ``infire.serve`` and the command line take
+their options from it, and hand what the user set to the Rust core as JSON, where it is
+checked (an unknown name or a value of the wrong type is an ``InvalidConfigError``)."""
 
 from __future__ import annotations
 
-from . import cuda_libs
+import functools
+import json
+import textwrap
+from dataclasses import dataclass
+from typing import Any
+
+from . import _core, cuda_libs
 from .errors import InvalidConfigError
 
 
-def engine_options(
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    max_model_len: int | None = None,
-    seed: int = 0,
-    kv_cache_tokens: int | None = None,
-    max_num_batched_tokens: int = 2048,
-    max_num_seqs: int = 64,
-    block_size: int = 16,
-    enable_prefix_caching: bool = True,
-    gpu_memory_utilization: float = 0.9,
-    async_scheduling: bool | None = None,
-) -> dict:
-    """The options dict for ``_core.Engine`` / ``_core.serve``; see ``infire.Engine``."""
-    for name, value in [
-        ("max_model_len", max_model_len),
-        ("kv_cache_tokens", kv_cache_tokens),
-        ("max_num_batched_tokens", max_num_batched_tokens),
-        ("max_num_seqs", max_num_seqs),
-        ("block_size", block_size),
-    ]:
-        if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 1
-        ):
-            raise InvalidConfigError(f"{name} must be a positive integer, got {value!r}")
-    if not isinstance(device, str):
-        raise InvalidConfigError(f"device must be a string, got {device!r}")
-    if not isinstance(dtype, str):
-        raise InvalidConfigError(f"dtype must be a string, got {dtype!r}")
-    if isinstance(gpu_memory_utilization, bool) or not isinstance(
-        gpu_memory_utilization, int | float
-    ):
-        raise InvalidConfigError(
-            f"gpu_memory_utilization must be a number, got {gpu_memory_utilization!r}"
-        )
-    if async_scheduling is not None and not isinstance(async_scheduling, bool):
-        raise InvalidConfigError(
-            f"async_scheduling must be a bool or None, got {async_scheduling!r}"
-        )
-    if device != "cpu":
+@dataclass(frozen=True)
+class EngineOption:
+    """One engine option as the Rust core describes it."""
+
+    name: str
+    type: str  # int, optional_int, float, str, bool, optional_bool
+    default: Any
+    help: str
+
+
+@functools.cache
+def engine_option_list() -> tuple[EngineOption, ...]:
+    """Every engine option, in the order the Rust core declares them."""
+    return tuple(EngineOption(**o) for o in json.loads(_core.engine_args_schema()))
+
+
+def engine_options_json(options: dict) -> str:
+    """The JSON the Rust core takes for ``options`` (only the options the user set: the core
+    fills in the defaults). Loads the CUDA libraries first unless the engine runs on the CPU."""
+    if options.get("device", "auto") != "cpu":
         cuda_libs.preload()
-    return {
-        "device": device,
-        "dtype": dtype,
-        "max_model_len": max_model_len,
-        "seed": seed,
-        "kv_cache_tokens": kv_cache_tokens,
-        "max_num_batched_tokens": max_num_batched_tokens,
-        "max_num_seqs": max_num_seqs,
-        "block_size": block_size,
-        "enable_prefix_caching": enable_prefix_caching,
-        "gpu_memory_utilization": float(gpu_memory_utilization),
-        "async_scheduling": async_scheduling,
-    }
+    try:
+        return json.dumps(options, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise InvalidConfigError(f"engine options must be numbers, strings or bools: {e}") from e
+
+
+def engine_options_doc(indent: str = "        ") -> str:
+    """The ``Args`` entries of every engine option, for docstrings."""
+    lines = []
+    for o in engine_option_list():
+        # An option without a fixed default says in its help what it defaults to.
+        text = (
+            f"{o.name}: {o.help}"
+            if o.default is None
+            else f"{o.name} (default {o.default!r}): {o.help}"
+        )
+        lines.append(
+            textwrap.fill(text, 96, initial_indent=indent, subsequent_indent=indent + "    ")
+        )
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ import os
 
 from . import _core
 from .model_resolution import resolve_model
-from .options import engine_options
+from .options import engine_options_json
 
 
 def serve(
@@ -16,18 +16,7 @@ def serve(
     api_key: str | None = None,
     served_model_name: str | None = None,
     max_waiting: int = 256,
-    *,
-    device: str = "auto",
-    dtype: str = "auto",
-    gpu_memory_utilization: float = 0.9,
-    max_model_len: int | None = None,
-    kv_cache_tokens: int | None = None,
-    max_num_batched_tokens: int = 2048,
-    max_num_seqs: int = 64,
-    block_size: int = 16,
-    enable_prefix_caching: bool = True,
-    seed: int = 0,
-    async_scheduling: bool | None = None,
+    **options,
 ) -> None:
     """Loads ``model`` and serves it until SIGTERM or SIGINT (blocks).
 
@@ -41,23 +30,10 @@ def serve(
             the ``INFIRE_API_KEY`` environment variable, else no authentication.
         served_model_name: the ``model`` requests must name; default: the model file's stem.
         max_waiting: sequences waiting in the engine at which new requests get 429.
-        The other options are ``infire.Engine``'s.
+        **options: the engine options of ``infire.Engine``.
     """
     if api_key is None:
         api_key = os.environ.get("INFIRE_API_KEY") or None
-    options = engine_options(
-        device=device,
-        dtype=dtype,
-        gpu_memory_utilization=gpu_memory_utilization,
-        async_scheduling=async_scheduling,
-        max_model_len=max_model_len,
-        kv_cache_tokens=kv_cache_tokens,
-        max_num_batched_tokens=max_num_batched_tokens,
-        max_num_seqs=max_num_seqs,
-        block_size=block_size,
-        enable_prefix_caching=enable_prefix_caching,
-        seed=seed,
-    )
     _core.serve(
         resolve_model(model),
         host=host,
@@ -65,5 +41,5 @@ def serve(
         api_key=api_key,
         served_model_name=served_model_name,
         max_waiting=max_waiting,
-        options=options,
+        options=engine_options_json(options),
     )

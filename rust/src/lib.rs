@@ -16,6 +16,7 @@ pub mod model;
 pub mod sampling;
 pub mod server;
 pub mod tokenizer;
+pub mod tuning;
 pub mod weights;
 
 #[cfg(feature = "python")]

@@ -10,8 +10,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::engine::engine_loop::{EngineHandle, Submitted};
-use crate::engine::launch::{launch, DeviceOptions};
-use crate::engine::{EngineConfig, RequestOutput};
+use crate::engine::launch::launch;
+use crate::engine::{EngineArgs, RequestOutput};
 use crate::error::Error;
 use crate::loader::open_tokenizer;
 use crate::sampling::SamplingParams;
@@ -295,14 +295,13 @@ fn parse_request_id(id: &str) -> PyResult<u64> {
 
 #[pymethods]
 impl PyEngine {
-    /// `options`: the engine options of `infire.Engine` as a dict (see [`engine_options`]).
+    /// `options`: the engine options of `infire.Engine` as a JSON object (see
+    /// [`EngineArgs`]).
     #[new]
-    #[pyo3(signature = (model, options=None))]
-    fn new(py: Python<'_>, model: PathBuf, options: Option<&Bound<'_, PyDict>>) -> PyResult<Self> {
-        let (config, device) = engine_options(options)?;
-        let launched = py
-            .detach(|| launch(&model, &device, config))
-            .map_err(to_pyerr)?;
+    #[pyo3(signature = (model, options="{}"))]
+    fn new(py: Python<'_>, model: PathBuf, options: &str) -> PyResult<Self> {
+        let args = engine_args(options)?;
+        let launched = py.detach(|| launch(&model, &args)).map_err(to_pyerr)?;
         Ok(PyEngine {
             handle: launched.handle,
             tokenizer: launched.tokenizer,
@@ -597,7 +596,7 @@ fn output_dict<'py>(
 /// SIGINT (see `infire.serve`). Blocks without holding the GIL.
 #[pyfunction]
 #[pyo3(signature = (model, host="127.0.0.1".to_string(), port=8000, api_key=None,
-    served_model_name=None, max_waiting=256, options=None))]
+    served_model_name=None, max_waiting=256, options="{}"))]
 #[allow(clippy::too_many_arguments)]
 fn serve(
     py: Python<'_>,
@@ -607,9 +606,9 @@ fn serve(
     api_key: Option<String>,
     served_model_name: Option<String>,
     max_waiting: usize,
-    options: Option<&Bound<'_, PyDict>>,
+    options: &str,
 ) -> PyResult<()> {
-    let (engine_config, device) = engine_options(options)?;
+    let args = engine_args(options)?;
     let name = served_model_name.unwrap_or_else(|| {
         model.file_stem().map_or_else(
             || model.display().to_string(),
@@ -624,7 +623,7 @@ fn serve(
         ..ServerConfig::new(name)
     };
     py.detach(|| {
-        let launched = launch(&model, &device, engine_config)?;
+        let launched = launch(&model, &args)?;
         server::run(
             launched.handle,
             launched.tokenizer,
@@ -635,38 +634,17 @@ fn serve(
     .map_err(to_pyerr)
 }
 
-/// Engine options from the dict the Python layer builds: `max_model_len`, `kv_cache_tokens`,
-/// `max_num_batched_tokens`, `max_num_seqs`, `block_size`, `enable_prefix_caching`, `seed`,
-/// `async_scheduling`, `device`, `dtype`, `gpu_memory_utilization`. Missing keys take the
-/// defaults; unknown keys are an error.
-fn engine_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<(EngineConfig, DeviceOptions)> {
-    let mut config = EngineConfig::default();
-    let mut device = DeviceOptions::default();
-    let Some(options) = options else {
-        return Ok((config, device));
-    };
-    for (key, value) in options.iter() {
-        let key: String = key.extract()?;
-        match key.as_str() {
-            "max_model_len" => config.max_model_len = value.extract()?,
-            "kv_cache_tokens" => config.kv_cache_tokens = value.extract()?,
-            "max_num_batched_tokens" => config.max_num_batched_tokens = value.extract()?,
-            "max_num_seqs" => config.max_num_seqs = value.extract()?,
-            "block_size" => config.block_size = value.extract()?,
-            "enable_prefix_caching" => config.enable_prefix_caching = value.extract()?,
-            "seed" => config.seed = value.extract()?,
-            "async_scheduling" => config.async_scheduling = value.extract()?,
-            "device" => device.device = value.extract()?,
-            "dtype" => device.dtype = value.extract()?,
-            "gpu_memory_utilization" => device.gpu_memory_utilization = value.extract()?,
-            _ => {
-                return Err(to_pyerr(Error::InvalidConfig(format!(
-                    "unknown engine option {key:?}"
-                ))))
-            }
-        }
-    }
-    Ok((config, device))
+/// Engine options from the JSON object the Python layer builds (unknown names and values of
+/// the wrong type are `InvalidConfigError`s naming the option).
+fn engine_args(options: &str) -> PyResult<EngineArgs> {
+    EngineArgs::from_json(options).map_err(to_pyerr)
+}
+
+/// Every engine option (name, type, default, help) as JSON, for the Python layer and the
+/// command line (see [`EngineArgs::schema`]).
+#[pyfunction]
+fn engine_args_schema() -> String {
+    serde_json::to_string(&EngineArgs::schema()).expect("the schema is plain JSON")
 }
 
 /// Number of CUDA devices this build can use (0 without a driver or GPU).
@@ -684,6 +662,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_tokenizer, m)?)?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
+    m.add_function(wrap_pyfunction!(engine_args_schema, m)?)?;
     #[cfg(feature = "cuda")]
     {
         m.add_function(wrap_pyfunction!(kernel_names, m)?)?;

@@ -6,33 +6,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::engine_loop::EngineHandle;
-use super::{Engine, EngineConfig};
+use super::{DeviceKind, Engine, EngineArgs, EngineConfig};
 use crate::backend::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::loader::open_model;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
-
-/// Where and in which precision the model runs.
-#[derive(Debug, Clone)]
-pub struct DeviceOptions {
-    /// `"auto"` (CUDA when a GPU is present, else the CPU), `"cpu"`, `"cuda"` or `"cuda:N"`.
-    pub device: String,
-    /// `"auto"` (bf16 on CUDA, f32 on the CPU), `"bfloat16"`, `"float16"` or `"float32"`.
-    pub dtype: String,
-    /// Fraction of the GPU's memory the engine may use (weights, activations and KV cache).
-    pub gpu_memory_utilization: f64,
-}
-
-impl Default for DeviceOptions {
-    fn default() -> Self {
-        DeviceOptions {
-            device: "auto".into(),
-            dtype: "auto".into(),
-            gpu_memory_utilization: 0.9,
-        }
-    }
-}
+use crate::tuning::Tuning;
 
 /// A running engine and what its callers need to know about it.
 pub struct Launched {
@@ -46,8 +26,8 @@ pub struct Launched {
     pub device_name: String,
 }
 
-/// Which backend [`DeviceOptions`] selects: `None` for the CPU, `Some(ordinal)` for a GPU.
-fn resolve_device(opts: &DeviceOptions) -> Result<Option<usize>> {
+/// Which backend `args.device` selects: `None` for the CPU, `Some(ordinal)` for a GPU.
+fn resolve_device(opts: &EngineArgs) -> Result<Option<usize>> {
     let gpus = cuda_device_count();
     match opts.device.as_str() {
         "cpu" => Ok(None),
@@ -89,11 +69,17 @@ pub fn cuda_device_count() -> usize {
     }
 }
 
-/// Opens `model`, loads it on the selected backend and spawns the engine loop.
-pub fn launch(model: &Path, opts: &DeviceOptions, config: EngineConfig) -> Result<Launched> {
+/// Opens `model`, loads it on the backend `opts` selects and spawns the engine loop.
+pub fn launch(model: &Path, opts: &EngineArgs) -> Result<Launched> {
+    opts.validate()?;
+    let tuning = Tuning::from_env();
     let files = open_model(model)?;
     match resolve_device(opts)? {
         None => {
+            let config = EngineConfig {
+                step_trace: tuning.step_trace,
+                ..opts.engine_config(DeviceKind::Cpu)
+            };
             if !matches!(opts.dtype.as_str(), "auto" | "float32") {
                 return Err(Error::InvalidConfig(format!(
                     "dtype {:?} is not supported on the CPU backend (use \"auto\" or \"float32\")",
@@ -105,6 +91,10 @@ pub fn launch(model: &Path, opts: &DeviceOptions, config: EngineConfig) -> Resul
         #[cfg(feature = "cuda")]
         Some(ordinal) => {
             use crate::backend::cuda::{jit::KernelDtype, CudaBackend, CudaOptions};
+            let config = EngineConfig {
+                step_trace: tuning.step_trace.clone(),
+                ..opts.engine_config(DeviceKind::Cuda)
+            };
             let dtype = match opts.dtype.as_str() {
                 "auto" => Some(KernelDtype::Bf16),
                 d => KernelDtype::from_name(d),
@@ -122,6 +112,7 @@ pub fn launch(model: &Path, opts: &DeviceOptions, config: EngineConfig) -> Resul
                     gpu_memory_utilization: opts.gpu_memory_utilization,
                     block_size: config.block_size,
                     kernel_cache_dir: kernel_cache_dir(),
+                    tuning: tuning.clone(),
                 },
                 &files.config,
             )?;
@@ -170,10 +161,10 @@ pub fn kernel_cache_dir() -> Option<PathBuf> {
 mod tests {
     use super::*;
 
-    fn opts(device: &str) -> DeviceOptions {
-        DeviceOptions {
+    fn opts(device: &str) -> EngineArgs {
+        EngineArgs {
             device: device.into(),
-            ..DeviceOptions::default()
+            ..EngineArgs::default()
         }
     }
 

@@ -5,6 +5,7 @@
 //! → forward → sampling for sequences whose last token was computed → stop checks and
 //! detokenization → a [`SeqDelta`] per sequence that changed.
 
+pub mod args;
 mod batch;
 pub mod engine_loop;
 pub mod launch;
@@ -13,14 +14,14 @@ mod scheduler;
 mod sequence;
 pub mod trace;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
 
+pub use args::{DeviceKind, EngineArgs};
 pub use output::{CompletionOutput, RequestMetrics, RequestOutput};
-pub use scheduler::{Scheduled, Scheduler, SchedulerConfig};
+pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, StepOutput, UpdateContext};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
 use self::batch::{build_batch, pad_decode_batch};
@@ -31,48 +32,41 @@ use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::loader::ModelFiles;
 use crate::model::{LlamaModel, StepBuffers};
-use crate::sampling::{RowSampling, Sampled, SamplingParams, StepSampling};
+use crate::sampling::{RowSampling, SamplingParams, StepSampling};
 use crate::tokenizer::Tokenizer;
 
-/// Engine options. Defaults are documented on each field.
+/// The engine's settled options ([`EngineArgs::engine_config`] makes them from what the user
+/// set, for the device the engine runs on; the defaults and their docs live there).
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
-    /// Longest prompt + output; default: the model's `max_position_embeddings`.
+    /// Longest prompt + output; `None`: the model's `max_position_embeddings`.
     pub max_model_len: Option<usize>,
-    /// Tokens per KV block (default 16).
+    /// Tokens per KV block.
     pub block_size: usize,
-    /// KV-cache capacity in tokens; default: `max(max_model_len, DEFAULT_CPU_KV_BYTES / bytes
-    /// per token)`.
+    /// KV-cache capacity in tokens; `None`: what the backend's memory budget allows, or
+    /// `max(max_model_len, DEFAULT_CPU_KV_BYTES / bytes per token)` without one.
     pub kv_cache_tokens: Option<usize>,
-    /// Most token rows in one forward step (default 2048).
+    /// Most token rows in one forward step.
     pub max_num_batched_tokens: usize,
-    /// Most sequences running at once (default 64).
+    /// Most sequences running at once.
     pub max_num_seqs: usize,
-    /// Reuse KV blocks of equal prompt prefixes (default on).
+    /// Reuse KV blocks of equal prompt prefixes.
     pub enable_prefix_caching: bool,
     /// Seed of sequences whose request names none; each sequence gets `seed + arrival`.
     pub seed: u64,
     /// Launch each step before turning the previous step's tokens into text and deltas, so
-    /// that this host work overlaps the device's (vLLM's `async_scheduling`). For backends
-    /// that run asynchronously (CUDA); the CPU computes a step as it is launched, so there it
-    /// only delays each step's output by a step. `None` (the default): on where the backend's
-    /// launches only enqueue work ([`Backend::launches_ahead`]: CUDA), off on the CPU — vLLM's
-    /// default since 0.14.
+    /// that this host work overlaps the device's (vLLM's `async_scheduling`). `None`: on where
+    /// the backend's launches only enqueue work ([`Backend::launches_ahead`]: CUDA), off on the
+    /// CPU, which computes a step as it is launched (there it would only delay each output).
     pub async_scheduling: Option<bool>,
+    /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).
+    pub step_trace: Option<std::path::PathBuf>,
 }
 
 impl Default for EngineConfig {
+    /// The CPU's defaults.
     fn default() -> Self {
-        EngineConfig {
-            max_model_len: None,
-            block_size: 16,
-            kv_cache_tokens: None,
-            max_num_batched_tokens: 2048,
-            max_num_seqs: 64,
-            enable_prefix_caching: true,
-            seed: 0,
-            async_scheduling: None,
-        }
+        EngineArgs::default().engine_config(DeviceKind::Cpu)
     }
 }
 
@@ -127,7 +121,17 @@ impl RequestLimits {
             )));
         }
         let room = self.max_model_len - prompt.len();
-        let max_new = params.max_tokens.map_or(room, |m| m.min(room));
+        // As vLLM: a request that cannot get what it asked for fails, rather than running until
+        // the context is full and ending with a length it did not ask for.
+        if let Some(m) = params.max_tokens.filter(|&m| m > room) {
+            return Err(Error::InvalidRequest(format!(
+                "max_tokens {m} is more than the context leaves: the prompt has {} tokens and \
+                 max_model_len is {}, so at most {room} new tokens fit",
+                prompt.len(),
+                self.max_model_len
+            )));
+        }
+        let max_new = params.max_tokens.unwrap_or(room);
         if prompt.len() + max_new > self.kv_capacity_tokens {
             return Err(Error::InvalidRequest(format!(
                 "request needs {} tokens of KV cache (prompt {} + max_tokens {}), but the cache \
@@ -155,9 +159,6 @@ pub struct Engine<B: Backend> {
     scheduler: Scheduler,
     config: EngineConfig,
     limits: RequestLimits,
-    /// Sequences 1..n of requests whose sequence 0 is still in prefill: they start once its
-    /// prompt blocks are in the prefix cache, so the prompt is computed once.
-    pending_siblings: HashMap<u64, Vec<Sequence>>,
     next_arrival: u64,
     /// Whether steps overlap (see [`EngineConfig::async_scheduling`]).
     async_scheduling: bool,
@@ -241,6 +242,7 @@ impl<B: Backend> Engine<B> {
         let async_scheduling = config
             .async_scheduling
             .unwrap_or_else(|| backend.launches_ahead());
+        let trace = config.step_trace.as_deref().and_then(StepTrace::create);
         let mut engine = Engine {
             backend,
             model,
@@ -261,11 +263,10 @@ impl<B: Backend> Engine<B> {
                 kv_capacity_tokens: num_blocks * config.block_size,
             },
             config,
-            pending_siblings: HashMap::new(),
             next_arrival: 0,
             async_scheduling,
             in_flight: None,
-            trace: StepTrace::from_env(),
+            trace,
         };
         engine.capture_decode_graphs(max_blocks_per_seq)?;
         if engine.trace.is_some() {
@@ -337,8 +338,7 @@ impl<B: Backend> Engine<B> {
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             num_running: self.scheduler.running.len(),
-            num_waiting: self.scheduler.waiting.len()
-                + self.pending_siblings.values().map(Vec::len).sum::<usize>(),
+            num_waiting: self.scheduler.num_waiting(),
             kv_blocks_total: self.kv.num_blocks(),
             kv_blocks_used: self.kv.num_blocks() - self.kv.num_free_blocks(),
             prefix_cache_hit_rate: self.kv.hit_rate(),
@@ -378,18 +378,8 @@ impl<B: Backend> Engine<B> {
                 seed,
             ));
         }
-        let mut seqs = seqs.into_iter();
-        if let Some(first) = seqs.next() {
-            self.scheduler.add(first);
-        }
-        let rest: Vec<Sequence> = seqs.collect();
-        if !rest.is_empty() {
-            if self.config.enable_prefix_caching {
-                self.pending_siblings.insert(request_id, rest);
-            } else {
-                rest.into_iter().for_each(|s| self.scheduler.add(s));
-            }
-        }
+        self.scheduler
+            .add_request(seqs, self.config.enable_prefix_caching);
         Ok(())
     }
 
@@ -408,11 +398,6 @@ impl<B: Backend> Engine<B> {
         let mut seqs = self
             .scheduler
             .remove_request(request_id, &mut self.kv, in_flight);
-        seqs.extend(
-            self.pending_siblings
-                .remove(&request_id)
-                .unwrap_or_default(),
-        );
         deltas.extend(
             seqs.iter_mut()
                 .filter_map(|s| abort_delta(s, &self.tokenizer)),
@@ -465,16 +450,23 @@ impl<B: Backend> Engine<B> {
                 return (Vec::new(), failed);
             }
         };
-        let mut errors = self.apply_step(&launched, &logits, &tokens);
+        let out = StepOutput {
+            plan: &launched.plan,
+            logits: &logits,
+            tokens: launched.sampling.is_some().then_some(&tokens[..]),
+            vocab: self.model.config.vocab_size,
+        };
+        let ctx = UpdateContext {
+            tokenizer: &self.tokenizer,
+            eos_token_ids: &self.eos_token_ids,
+            defer_text: self.async_scheduling,
+        };
+        let mut errors = self.scheduler.update(&mut self.kv, out, &ctx);
         let mut deltas = Vec::new();
         for mut seq in self.scheduler.take_finished(&mut self.kv) {
             match emit_delta(&mut seq, &self.tokenizer) {
                 Ok(delta) => deltas.extend(delta),
                 Err(e) => errors.push(e),
-            }
-            // A request whose first sequence ended before its siblings started lets them go.
-            if let Some(siblings) = self.pending_siblings.remove(&seq.request_id) {
-                siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
             }
         }
         if let Some(record) = &launched.trace {
@@ -579,104 +571,6 @@ impl<B: Backend> Engine<B> {
         self.model
             .launch(&self.backend, batch, cache, bufs, sampling)
     }
-
-    /// Applies a collected step: progress, prefix-cache blocks, prompt log-probabilities, and
-    /// the sampled token of each sequence that reached the end of its prompt, with the finish
-    /// checks that need no text (end and stop token ids, length). Sequences with stop strings,
-    /// and all of them without async scheduling, are detokenized here too: their text decides
-    /// whether they run in the next step. Sequences that finished while the step was
-    /// in flight (aborted) only have their rows skipped. Returns the sequences that failed.
-    fn apply_step(
-        &mut self,
-        launched: &Launched,
-        logits: &[f32],
-        tokens: &[u32],
-    ) -> Vec<(u64, Error)> {
-        let mut rows = logits.chunks_exact(self.model.config.vocab_size);
-        let mut backend_tokens = tokens.iter().copied();
-        // In plan order (increasing `s.seq`), as the logits rows are.
-        let mut samples: Vec<(usize, Sample)> = Vec::with_capacity(launched.plan.len());
-        for s in &launched.plan {
-            let seq = &mut self.scheduler.running[s.seq];
-            let gone = seq.is_finished();
-            if seq.params.prompt_logprobs.is_some() {
-                let n = scheduler::prompt_logprob_rows(seq, s.num_tokens);
-                for p in seq.num_computed..seq.num_computed + n {
-                    let Some(row) = rows.next() else { break };
-                    if !gone {
-                        seq.record_prompt_logprobs(p, row);
-                    }
-                }
-            }
-            if seq.num_computed + s.num_tokens < seq.num_tokens() {
-                if !gone {
-                    seq.num_computed += s.num_tokens; // a prefill chunk short of the prompt's end
-                    self.kv
-                        .cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
-                }
-                continue;
-            }
-            let sample = if launched.sampling.is_some() {
-                backend_tokens.next().map(Sample::Token)
-            } else {
-                rows.next().map(Sample::Logits)
-            };
-            let Some(sample) = sample else { break };
-            if gone {
-                continue;
-            }
-            seq.num_computed += s.num_tokens;
-            self.kv
-                .cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
-            samples.push((s.seq, sample));
-        }
-        // Sampling (a softmax over the vocabulary when on the host) is per sequence: in
-        // parallel over the engine's threads in chunks of 64 sequences.
-        let (tokenizer, eos) = (&self.tokenizer, &self.eos_token_ids[..]);
-        let defer_text = self.async_scheduling;
-        let mut work: Vec<(&mut Sequence, Sample)> = Vec::with_capacity(samples.len());
-        let mut samples = samples.into_iter().peekable();
-        for (i, seq) in self.scheduler.running.iter_mut().enumerate() {
-            if samples.peek().is_some_and(|(j, _)| *j == i) {
-                let (_, sample) = samples.next().expect("peeked");
-                work.push((seq, sample));
-            }
-        }
-        let outcomes: Vec<(u64, bool, Result<()>)> = work
-            .into_par_iter()
-            .with_min_len(64)
-            .map(|(seq, sample)| {
-                let sampled = match sample {
-                    Sample::Token(token) => Sampled {
-                        token,
-                        logprobs: None,
-                    },
-                    Sample::Logits(row) => seq.sampler.sample(&seq.params, &mut row.to_vec()),
-                };
-                seq.push_token(sampled.token, sampled.logprobs, eos);
-                let mut r = Ok(());
-                if !defer_text || seq.has_stop_strings() {
-                    r = seq.detokenize(tokenizer);
-                    if r.is_err() {
-                        seq.finish(Some(FinishReason::Abort));
-                    }
-                }
-                (seq.request_id, seq.index == 0, r)
-            })
-            .collect();
-        let mut errors = Vec::new();
-        for (request_id, first, outcome) in outcomes {
-            if let Err(e) = outcome {
-                errors.push((request_id, e));
-            } else if first {
-                // Its prompt is in the prefix cache now: the request's other sequences start.
-                if let Some(siblings) = self.pending_siblings.remove(&request_id) {
-                    siblings.into_iter().for_each(|sib| self.scheduler.add(sib));
-                }
-            }
-        }
-        errors
-    }
 }
 
 impl<B: Backend> Drop for Engine<B> {
@@ -723,14 +617,6 @@ struct Launched {
     sampling: Option<StepSampling>,
     /// The step's shape and launch time, when the engine writes a step trace.
     trace: Option<LaunchRecord>,
-}
-
-/// What a sequence samples its next token from in a step.
-enum Sample<'a> {
-    /// Picked by the backend.
-    Token(u32),
-    /// Its row of the step's logits.
-    Logits(&'a [f32]),
 }
 
 impl<B: Backend> Engine<B> {

@@ -1,5 +1,6 @@
-//! The step trace: with `INFIRE_STEP_TRACE=PATH` in the environment, the engine appends one
-//! JSON line per collected step to `PATH`, and asks the backend to time each step on the device.
+//! The step trace: with `INFIRE_STEP_TRACE=PATH` in the environment (`crate::tuning`), the
+//! engine appends one JSON line per collected step to `PATH`, and asks the backend to time
+//! each step on the device.
 //! `bench/step_trace.py` turns a trace into where the time of a run went (device time against
 //! its floor per kind of step, and the device's idle time between steps). Off by default; on,
 //! it costs two device events and one short line of buffered output per step.
@@ -20,9 +21,6 @@ use std::io::{BufWriter, Write};
 use std::time::Instant;
 
 use crate::backend::{ForwardBatch, StepTiming};
-
-/// The environment variable that turns the trace on.
-pub const ENV: &str = "INFIRE_STEP_TRACE";
 
 /// The trace file of an engine.
 pub(super) struct StepTrace {
@@ -71,21 +69,17 @@ fn ms(x: Option<f32>) -> String {
 }
 
 impl StepTrace {
-    /// The trace named by the environment, if any; a path that cannot be created is reported
-    /// on stderr and leaves the trace off (a diagnostic must not stop the engine).
-    pub(super) fn from_env() -> Option<Self> {
-        let path = std::env::var_os(ENV)?;
-        match File::create(&path) {
+    /// A trace written to `path`; a path that cannot be created is reported on stderr and
+    /// leaves the trace off (a diagnostic must not stop the engine).
+    pub(super) fn create(path: &std::path::Path) -> Option<Self> {
+        match File::create(path) {
             Ok(f) => Some(StepTrace {
                 out: BufWriter::new(f),
                 start: Instant::now(),
                 step: 0,
             }),
             Err(e) => {
-                eprintln!(
-                    "infire: {ENV}={}: {e}; no step trace",
-                    path.to_string_lossy()
-                );
+                eprintln!("infire: step trace {}: {e}; no step trace", path.display());
                 None
             }
         }

@@ -240,40 +240,26 @@ fn decode_head_tiles(shape: AttentionShape) -> usize {
 
 type Compiled = std::result::Result<Vec<(String, Vec<u8>)>, String>;
 
-/// Extra compile-time constants for every kernel from `INFIRE_KERNEL_DEFINES`
-/// (`NAME=VALUE,NAME2=VALUE2`), for measuring a kernel knob in the engine without a rebuild
-/// (the knobs are listed in the kernel files; e.g. `DECODE_STAGES=2`). Part of the
-/// kernels' cache key like every option.
-fn experiment_defines() -> Vec<(String, Option<String>)> {
-    std::env::var("INFIRE_KERNEL_DEFINES").map_or_else(|_| Vec::new(), |s| parse_defines(&s))
-}
-
-/// `NAME=VALUE,NAME2` as (name, value) pairs.
-fn parse_defines(spec: &str) -> Vec<(String, Option<String>)> {
-    spec.split(',')
-        .filter(|d| !d.trim().is_empty())
-        .map(|d| match d.split_once('=') {
-            Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
-            None => (d.trim().to_string(), None),
-        })
-        .collect()
-}
-
 /// Kernels being compiled on a background thread, loaded into the context on first use.
 pub struct KernelSet {
     pending: Mutex<Option<JoinHandle<Compiled>>>,
     loaded: OnceLock<std::result::Result<Kernels, String>>,
+    /// Whether to launch with programmatic dependent launch (where the GPU has it).
+    pdl: bool,
 }
 
 impl KernelSet {
     /// Starts compiling every kernel file for `arch`, specialized for `shape` and
-    /// `block_size`, in parallel.
+    /// `block_size` (and `extra_defines`, `Tuning::kernel_defines`), in parallel; with `pdl`
+    /// they launch under programmatic dependent launch where the GPU has it.
     pub fn compile_in_background(
         arch: String,
         dtype: KernelDtype,
         shape: AttentionShape,
         block_size: usize,
         cache_dir: Option<PathBuf>,
+        extra_defines: Vec<(String, Option<String>)>,
+        pdl: bool,
     ) -> KernelSet {
         let defines: Vec<(String, Option<String>)> = [
             ("HEAD_DIM", shape.head_dim),
@@ -283,7 +269,7 @@ impl KernelSet {
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), Some(v.to_string())))
-        .chain(experiment_defines())
+        .chain(extra_defines)
         .collect();
         let handle = std::thread::spawn(move || {
             jit::names()
@@ -304,6 +290,7 @@ impl KernelSet {
         KernelSet {
             pending: Mutex::new(Some(handle)),
             loaded: OnceLock::new(),
+            pdl,
         }
     }
 
@@ -320,7 +307,7 @@ impl KernelSet {
                 let cubins = handle
                     .join()
                     .map_err(|_| "kernel compilation panicked".to_string())??;
-                Kernels::load(ctx, cubins).map_err(|e| e.to_string())
+                Kernels::load(ctx, cubins, self.pdl).map_err(|e| e.to_string())
             })
             .as_ref()
             .map_err(|e| Error::Engine(e.clone()))
@@ -419,7 +406,7 @@ macro_rules! launch {
 }
 
 impl Kernels {
-    fn load(ctx: &Arc<CudaContext>, cubins: Vec<(String, Vec<u8>)>) -> Result<Kernels> {
+    fn load(ctx: &Arc<CudaContext>, cubins: Vec<(String, Vec<u8>)>, pdl: bool) -> Result<Kernels> {
         let mut modules = std::collections::HashMap::new();
         for (file, cubin) in cubins {
             let module = ctx
@@ -438,9 +425,9 @@ impl Kernels {
             .iter()
             .map(|&(input, output)| GemvKernel::new(f("gemv", &gemv_name(input, output))?))
             .collect::<Result<Vec<_>>>()?;
-        // Programmatic dependent launch needs sm_90; INFIRE_PDL=0 turns it off (to measure it).
+        // Programmatic dependent launch needs sm_90.
         let (major, _) = ctx.compute_capability().map_err(cuda_err)?;
-        let pdl = major >= 9 && std::env::var("INFIRE_PDL").map_or(true, |v| v != "0");
+        let pdl = pdl && major >= 9;
         Ok(Kernels {
             pdl,
             gemv,
@@ -886,16 +873,5 @@ mod tests {
         assert_eq!(step_min_split_keys(few, [100, 2000].into_iter()), 64);
         let off = DecodeSplits { splits: 1, ..batch };
         assert_eq!(step_min_split_keys(off, [100, 2000].into_iter()), 256);
-    }
-
-    #[test]
-    fn experiment_defines_parse() {
-        let d = parse_defines("A=1, B ,C=x,,");
-        let want = [("A", Some("1")), ("B", None), ("C", Some("x"))];
-        let want: Vec<_> = want
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.map(str::to_string)))
-            .collect();
-        assert_eq!(d, want);
     }
 }

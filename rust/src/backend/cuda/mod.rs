@@ -40,6 +40,7 @@ use super::{AttentionShape, ForwardBatch, StepTiming};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
+use crate::tuning::Tuning;
 use crate::weights::HostTensor;
 
 /// Bytes of one activation, weight or KV-cache element (bf16 or f16).
@@ -62,6 +63,8 @@ pub struct CudaOptions {
     pub block_size: usize,
     /// Where compiled kernels are cached; `None` compiles every time.
     pub kernel_cache_dir: Option<PathBuf>,
+    /// Measurement knobs (read once from the environment by the caller).
+    pub tuning: Tuning,
 }
 
 /// Number of CUDA devices, 0 when there is no driver or no GPU.
@@ -120,14 +123,14 @@ pub struct CudaBackend {
     /// Streaming multiprocessors (sizes the split-KV decode and GEMV grids).
     sm_count: usize,
     /// Steps of up to this many rows (one) run their projections on the GEMV kernels, with
-    /// the norms, SwiGLU and residual adds fused in; larger steps on cuBLASLt. The environment
-    /// variable `INFIRE_GEMV_MAX_ROWS=0` turns the GEMVs off (to measure one against the other).
+    /// the norms, SwiGLU and residual adds fused in; larger steps on cuBLASLt
+    /// (`Tuning::gemv_max_rows` can lower it, to measure one against the other).
     gemv_max_rows: usize,
-    /// Fewest keys per split of decode attention at a few rows (`kernels::MIN_KEYS_PER_SPLIT`;
-    /// `INFIRE_DECODE_MIN_SPLIT_KEYS` sets it).
+    /// Fewest keys per split of decode attention at a few rows (`kernels::MIN_KEYS_PER_SPLIT`,
+    /// or `Tuning::decode_min_split_keys`).
     min_split_keys: usize,
-    /// Splits of decode attention in a large batch (`kernels::DEFAULT_BATCH_SPLITS`); the
-    /// environment variable `INFIRE_DECODE_BATCH_SPLITS=1` turns them off.
+    /// Splits of decode attention in a large batch (`kernels::DEFAULT_BATCH_SPLITS`, or
+    /// `Tuning::decode_batch_splits`; 1 turns them off).
     batch_splits: usize,
     gemm: Gemm,
     kernels: KernelSet,
@@ -163,14 +166,6 @@ pub struct CudaBackend {
     error: RefCell<Option<Error>>,
     /// Device timing of each step (`Backend::time_steps`); off by default.
     timer: Option<StepTimer>,
-}
-
-/// A measurement knob from the environment: `name` parsed as a count, else `default`.
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// Page-locked host memory for `len` token ids, cached (not write-combined: the host reads
@@ -288,12 +283,6 @@ impl CudaBackend {
                 "no CUDA device: the NVIDIA driver (libcuda.so) or a GPU is missing".into(),
             ));
         }
-        if !(0.05..=1.0).contains(&opts.gpu_memory_utilization) {
-            return Err(Error::InvalidConfig(format!(
-                "gpu_memory_utilization must be in [0.05, 1], got {}",
-                opts.gpu_memory_utilization
-            )));
-        }
         let shape = AttentionShape {
             num_heads: model.num_attention_heads,
             num_kv_heads: model.num_key_value_heads,
@@ -358,6 +347,8 @@ impl CudaBackend {
             shape,
             opts.block_size,
             opts.kernel_cache_dir.clone(),
+            opts.tuning.kernel_defines.clone(),
+            !opts.tuning.no_pdl,
         );
         let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
         let ws = DeviceMem::zeroed(&stream, workspace_bytes)?;
@@ -367,6 +358,7 @@ impl CudaBackend {
         let split_lse_offset = SPLIT_ROWS * shape.q_size() * 4;
         let split_scratch =
             DeviceMem::zeroed(&stream, split_lse_offset + SPLIT_ROWS * shape.num_heads * 4)?;
+        let t = opts.tuning.clone();
         Ok(CudaBackend {
             meta: StepMeta::new(&stream)?,
             tokens_out,
@@ -392,10 +384,14 @@ impl CudaBackend {
             shape,
             name,
             sm_count,
-            gemv_max_rows: env_usize("INFIRE_GEMV_MAX_ROWS", GEMV_MAX_ROWS).min(GEMV_MAX_ROWS),
-            min_split_keys: env_usize("INFIRE_DECODE_MIN_SPLIT_KEYS", kernels::MIN_KEYS_PER_SPLIT)
+            gemv_max_rows: t.gemv_max_rows.unwrap_or(GEMV_MAX_ROWS).min(GEMV_MAX_ROWS),
+            min_split_keys: t
+                .decode_min_split_keys
+                .unwrap_or(kernels::MIN_KEYS_PER_SPLIT)
                 .max(1),
-            batch_splits: env_usize("INFIRE_DECODE_BATCH_SPLITS", kernels::DEFAULT_BATCH_SPLITS)
+            batch_splits: t
+                .decode_batch_splits
+                .unwrap_or(kernels::DEFAULT_BATCH_SPLITS)
                 .max(1),
             gemm,
             kernels,

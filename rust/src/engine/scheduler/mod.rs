@@ -6,10 +6,15 @@
 //! are then admitted in (priority, arrival) order while the budget, `max_num_seqs` and the KV
 //! blocks allow, reusing cached prefix blocks. When a running sequence cannot get a block, the
 //! lowest-priority, newest running sequence is preempted: its blocks are freed and it goes
-//! back to the waiting queue to be recomputed later.
+//! back to the waiting queue to be recomputed later. A step's outcome comes back through
+//! [`Scheduler::update`] (`update.rs`), which advances the sequences and seals their full
+//! blocks into the prefix cache.
 
-use std::collections::VecDeque;
+mod update;
 
+use std::collections::{HashMap, VecDeque};
+
+pub use self::update::{StepOutput, UpdateContext};
 use super::Sequence;
 use crate::kv::BlockManager;
 
@@ -38,6 +43,9 @@ pub struct Scheduler {
     config: SchedulerConfig,
     pub waiting: VecDeque<Sequence>,
     pub running: Vec<Sequence>,
+    /// Sequences 1..n of requests whose sequence 0 is still in prefill: they start once its
+    /// prompt blocks are in the prefix cache, so the prompt is computed once.
+    pending_siblings: HashMap<u64, Vec<Sequence>>,
     /// Preemptions since start.
     pub num_preemptions: u64,
 }
@@ -73,8 +81,40 @@ impl Scheduler {
             config,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            pending_siblings: HashMap::new(),
             num_preemptions: 0,
         }
+    }
+
+    /// Queues the sequences of one request. With `share_prompt` (prefix caching on), its
+    /// sequences after the first wait until the first one's prompt is cached
+    /// ([`update`](Self::update)) or it finishes, so that the prompt is computed once.
+    pub fn add_request(&mut self, seqs: Vec<Sequence>, share_prompt: bool) {
+        let mut seqs = seqs.into_iter();
+        let Some(first) = seqs.next() else { return };
+        let request_id = first.request_id;
+        self.add(first);
+        let rest: Vec<Sequence> = seqs.collect();
+        if rest.is_empty() {
+            return;
+        }
+        if share_prompt {
+            self.pending_siblings.insert(request_id, rest);
+        } else {
+            rest.into_iter().for_each(|s| self.add(s));
+        }
+    }
+
+    /// Lets the held sequences of `request_id` queue up.
+    fn release_siblings(&mut self, request_id: u64) {
+        if let Some(siblings) = self.pending_siblings.remove(&request_id) {
+            siblings.into_iter().for_each(|sib| self.add(sib));
+        }
+    }
+
+    /// Sequences waiting to run, those held behind their request's first one included.
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len() + self.pending_siblings.values().map(Vec::len).sum::<usize>()
     }
 
     /// Queues a sequence in priority order (FCFS among equal priorities).
@@ -87,7 +127,7 @@ impl Scheduler {
     }
 
     pub fn has_work(&self) -> bool {
-        !self.waiting.is_empty() || !self.running.is_empty()
+        !self.waiting.is_empty() || !self.running.is_empty() || !self.pending_siblings.is_empty()
     }
 
     /// Plans the next step. Allocates KV blocks for every scheduled token; the returned
@@ -170,7 +210,8 @@ impl Scheduler {
         self.add(seq);
     }
 
-    /// Removes finished sequences from `running`, freeing their blocks, and returns them.
+    /// Removes finished sequences from `running`, freeing their blocks, and returns them. A
+    /// request whose first sequence ended before its siblings started lets them go.
     pub fn take_finished(&mut self, kv: &mut BlockManager) -> Vec<Sequence> {
         let mut done = Vec::new();
         let mut i = 0;
@@ -183,11 +224,14 @@ impl Scheduler {
                 i += 1;
             }
         }
+        for seq in &done {
+            self.release_siblings(seq.request_id);
+        }
         done
     }
 
     /// Removes every sequence of `request_id`, freeing their blocks; with `waiting_only`,
-    /// only those not running.
+    /// only those not running (held siblings included).
     pub fn remove_request(
         &mut self,
         request_id: u64,
@@ -209,6 +253,11 @@ impl Scheduler {
             .partition(|s| s.request_id == request_id);
         self.waiting = rest.into();
         out.extend(mine);
+        out.extend(
+            self.pending_siblings
+                .remove(&request_id)
+                .unwrap_or_default(),
+        );
         for seq in &mut out {
             kv.free(&mut seq.block_table);
         }
@@ -217,5 +266,5 @@ impl Scheduler {
 }
 
 #[cfg(test)]
-#[path = "scheduler_proptest.rs"]
+#[path = "proptest.rs"]
 mod proptests;

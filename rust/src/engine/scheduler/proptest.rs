@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
-use super::{Scheduler, SchedulerConfig};
-use crate::engine::{FinishReason, Sequence};
+use super::{Scheduler, SchedulerConfig, StepOutput, UpdateContext};
+use crate::engine::Sequence;
 use crate::kv::BlockManager;
 use crate::sampling::SamplingParams;
+use crate::tokenizer::test_vocab::gpt2_metadata;
+use crate::tokenizer::Tokenizer;
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -52,24 +54,35 @@ fn check(s: &Scheduler, kv: &BlockManager) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// One engine step without a model: schedule, mark the planned tokens computed, append a token
-/// where a sequence reached its end, finish sequences at their limit.
-fn step(s: &mut Scheduler, kv: &mut BlockManager) -> Result<(), TestCaseError> {
+/// One engine step without a model: schedule, then apply the step through
+/// [`Scheduler::update`] with a token for every sequence that reached its end, and take the
+/// finished sequences out.
+fn step(s: &mut Scheduler, kv: &mut BlockManager, tok: &Tokenizer) -> Result<(), TestCaseError> {
     let plan = s.schedule(kv);
     if !s.running.is_empty() {
         prop_assert!(!plan.is_empty(), "running sequences but nothing scheduled");
     }
-    for p in &plan {
-        let seq = &mut s.running[p.seq];
-        seq.num_computed += p.num_tokens;
-        kv.cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
-        if seq.num_computed == seq.num_tokens() {
-            seq.tokens.push((seq.tokens.len() % 3) as u32);
-            if seq.output().len() >= seq.max_new_tokens {
-                seq.finish(Some(FinishReason::Length));
-            }
-        }
-    }
+    // A token for each sequence whose last token the step computes, in plan order.
+    let tokens: Vec<u32> = plan
+        .iter()
+        .map(|p| &s.running[p.seq])
+        .zip(&plan)
+        .filter(|(seq, p)| seq.num_computed + p.num_tokens == seq.num_tokens())
+        .map(|(seq, _)| (seq.tokens.len() % 3) as u32)
+        .collect();
+    let out = StepOutput {
+        plan: &plan,
+        logits: &[],
+        tokens: Some(&tokens),
+        vocab: 1,
+    };
+    let ctx = UpdateContext {
+        tokenizer: tok,
+        eos_token_ids: &[],
+        defer_text: true,
+    };
+    let errors = s.update(kv, out, &ctx);
+    prop_assert!(errors.is_empty());
     s.take_finished(kv);
     Ok(())
 }
@@ -93,6 +106,7 @@ proptest! {
             max_prompt_logprob_rows: 8,
         });
         let params = Arc::new(SamplingParams::default());
+        let tok = Tokenizer::from_gguf_metadata(&gpt2_metadata(None, None)).unwrap();
         let mut next_id = 0u64;
         for op in ops {
             match op {
@@ -106,7 +120,7 @@ proptest! {
                         next_id += 1;
                     }
                 }
-                Op::Step => step(&mut s, &mut kv)?,
+                Op::Step => step(&mut s, &mut kv, &tok)?,
                 Op::Abort(id) => {
                     s.remove_request(id, &mut kv, false);
                 }
@@ -118,7 +132,7 @@ proptest! {
             if !s.has_work() {
                 break;
             }
-            step(&mut s, &mut kv)?;
+            step(&mut s, &mut kv, &tok)?;
             check(&s, &kv)?;
         }
         prop_assert!(!s.has_work(), "work left after 10000 steps: starvation or livelock");

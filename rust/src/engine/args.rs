@@ -1,0 +1,281 @@
+//! Every engine option in one place: its name, type, default, documentation and check.
+//!
+//! [`EngineArgs`] is what a user sets (`infire.Engine(**kwargs)`, `infire.serve(**kwargs)`,
+//! the flags of `infire generate` / `infire serve`, all built from [`EngineArgs::schema`]);
+//! options arrive as JSON and are parsed with serde, so an unknown name or a value of the wrong
+//! type is an [`Error::InvalidConfig`] naming it. Options whose best value depends on the
+//! device (`max_num_seqs`, `max_num_batched_tokens`, `async_scheduling`) default to `None` and
+//! are settled by [`EngineArgs::engine_config`] once the device is known, as vLLM does.
+
+use serde::{Deserialize, Serialize};
+
+use super::EngineConfig;
+use crate::error::{Error, Result};
+
+/// The kind of device an engine runs on, for the defaults that depend on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda,
+}
+
+/// Sequences running at once by default on a GPU: the offline workload of
+/// `bench/cuda_bench.py throughput` (256 requests) runs at its best with all of them in one
+/// batch, and decode graphs are captured up to this batch size.
+pub const CUDA_MAX_NUM_SEQS: usize = 256;
+/// Token rows of one step by default on a GPU: enough for a 256-row decode step beside prompt
+/// chunks, and long prompts in few steps.
+pub const CUDA_MAX_NUM_BATCHED_TOKENS: usize = 8192;
+/// The CPU's defaults: a step there costs its rows' FLOPs at a few hundred GFLOP/s, so small
+/// steps keep the latency of running sequences low.
+pub const CPU_MAX_NUM_SEQS: usize = 64;
+pub const CPU_MAX_NUM_BATCHED_TOKENS: usize = 2048;
+
+/// Declares [`EngineArgs`] from one list of `name: type = default` fields with their docs, and
+/// derives from the same list its `Default` and its [`schema`](EngineArgs::schema).
+macro_rules! engine_args {
+    ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr, )+) => {
+        /// The options of an engine. See the module documentation.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        #[serde(default, deny_unknown_fields)]
+        pub struct EngineArgs {
+            $( $(#[doc = $doc])+ pub $name: $ty, )+
+        }
+
+        impl Default for EngineArgs {
+            fn default() -> Self {
+                EngineArgs { $( $name: $default, )+ }
+            }
+        }
+
+        impl EngineArgs {
+            /// Name, type, default (JSON) and help of every option, in declaration order.
+            pub fn schema() -> Vec<OptionSchema> {
+                let defaults = EngineArgs::default();
+                vec![$(
+                    OptionSchema {
+                        name: stringify!($name),
+                        ty: OptionType::of(stringify!($ty)),
+                        default: serde_json::to_value(&defaults.$name)
+                            .expect("option defaults are plain JSON values"),
+                        help: help_text(&[$($doc),+]),
+                    },
+                )+]
+            }
+        }
+    };
+}
+
+engine_args! {
+    /// Where the model runs: "auto" (CUDA when a GPU is present, else the CPU), "cpu",
+    /// "cuda" or "cuda:N".
+    device: String = "auto".into(),
+    /// Weights and activations: "auto" (bfloat16 on CUDA, float32 on the CPU), "bfloat16" or
+    /// "float16" (CUDA), "float32" (CPU).
+    dtype: String = "auto".into(),
+    /// Share of the GPU's memory the engine may hold in all (weights, activations, KV cache);
+    /// the KV cache gets what the rest leaves.
+    gpu_memory_utilization: f64 = 0.9,
+    /// Longest prompt + output in tokens (default: the model's context length).
+    max_model_len: Option<usize> = None,
+    /// Seed of requests that set none (the request that arrives i-th uses seed + i).
+    seed: u64 = 0,
+    /// KV-cache capacity in tokens (default: sized from memory).
+    kv_cache_tokens: Option<usize> = None,
+    /// Most token rows in one forward step (default: 8192 on CUDA, 2048 on the CPU).
+    max_num_batched_tokens: Option<usize> = None,
+    /// Most sequences running at once (default: 256 on CUDA, 64 on the CPU).
+    max_num_seqs: Option<usize> = None,
+    /// Tokens per KV-cache block.
+    block_size: usize = 16,
+    /// Reuse the KV blocks of prompt prefixes seen before.
+    enable_prefix_caching: bool = true,
+    /// Launch each step before the previous one's outputs are processed, so that this host
+    /// work overlaps the device's (default: on for CUDA, off for the CPU, which computes a step
+    /// as it is launched).
+    async_scheduling: Option<bool> = None,
+}
+
+/// The type of an option, as the Python layer and the command line need it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptionType {
+    Int,
+    OptionalInt,
+    Float,
+    Str,
+    Bool,
+    OptionalBool,
+}
+
+impl OptionType {
+    fn of(rust_type: &str) -> OptionType {
+        match rust_type.replace(' ', "").as_str() {
+            "usize" | "u64" => OptionType::Int,
+            "Option<usize>" => OptionType::OptionalInt,
+            "f64" => OptionType::Float,
+            "String" => OptionType::Str,
+            "bool" => OptionType::Bool,
+            "Option<bool>" => OptionType::OptionalBool,
+            other => panic!("engine option of unsupported type {other}"),
+        }
+    }
+}
+
+/// One option as [`EngineArgs::schema`] describes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OptionSchema {
+    pub name: &'static str,
+    #[serde(rename = "type")]
+    pub ty: OptionType,
+    pub default: serde_json::Value,
+    pub help: String,
+}
+
+/// The doc comment lines of a field as one paragraph.
+fn help_text(lines: &[&str]) -> String {
+    lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
+}
+
+impl EngineArgs {
+    /// Parses options given as a JSON object (unknown names and wrong types are errors that
+    /// name the option).
+    pub fn from_json(json: &str) -> Result<EngineArgs> {
+        let bad = |m: String| Error::InvalidConfig(m);
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| bad(format!("engine options: {e}")))?;
+        let serde_json::Value::Object(options) = value else {
+            return Err(bad("engine options must be a JSON object".into()));
+        };
+        // Option by option first, so that an error names the option it is about (serde's
+        // type errors name only a position in the text).
+        let known: Vec<&str> = EngineArgs::schema().iter().map(|o| o.name).collect();
+        for (name, v) in &options {
+            if !known.contains(&name.as_str()) {
+                return Err(bad(format!(
+                    "unknown engine option {name:?}; the options are {}",
+                    known.join(", ")
+                )));
+            }
+            let one = serde_json::Value::Object([(name.clone(), v.clone())].into_iter().collect());
+            serde_json::from_value::<EngineArgs>(one)
+                .map_err(|e| bad(format!("engine option {name} = {v}: {e}")))?;
+        }
+        let args: EngineArgs = serde_json::from_value(serde_json::Value::Object(options))
+            .map_err(|e| bad(format!("engine options: {e}")))?;
+        args.validate()?;
+        Ok(args)
+    }
+
+    /// Checks every value that does not depend on the model or the device.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if !(0.05..=1.0).contains(&self.gpu_memory_utilization) {
+            return bad(format!(
+                "gpu_memory_utilization must be in [0.05, 1], got {}",
+                self.gpu_memory_utilization
+            ));
+        }
+        for (name, value) in [
+            ("max_model_len", self.max_model_len),
+            ("kv_cache_tokens", self.kv_cache_tokens),
+            ("max_num_batched_tokens", self.max_num_batched_tokens),
+            ("max_num_seqs", self.max_num_seqs),
+            ("block_size", Some(self.block_size)),
+        ] {
+            if value == Some(0) {
+                return bad(format!("{name} must be at least 1, got 0"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The engine's configuration on a device of `kind`, defaults settled.
+    pub fn engine_config(&self, kind: DeviceKind) -> EngineConfig {
+        let (seqs, tokens) = match kind {
+            DeviceKind::Cuda => (CUDA_MAX_NUM_SEQS, CUDA_MAX_NUM_BATCHED_TOKENS),
+            DeviceKind::Cpu => (CPU_MAX_NUM_SEQS, CPU_MAX_NUM_BATCHED_TOKENS),
+        };
+        EngineConfig {
+            max_model_len: self.max_model_len,
+            block_size: self.block_size,
+            kv_cache_tokens: self.kv_cache_tokens,
+            max_num_batched_tokens: self.max_num_batched_tokens.unwrap_or(tokens),
+            max_num_seqs: self.max_num_seqs.unwrap_or(seqs),
+            enable_prefix_caching: self.enable_prefix_caching,
+            seed: self.seed,
+            async_scheduling: self.async_scheduling,
+            step_trace: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_options_are_checked_by_name_and_type() {
+        let a = EngineArgs::from_json(r#"{"device": "cpu", "max_num_seqs": 8}"#).unwrap();
+        assert_eq!((a.device.as_str(), a.max_num_seqs), ("cpu", Some(8)));
+        assert_eq!(a.block_size, 16);
+        for (json, names) in [
+            (r#"{"max_num_seq": 8}"#, "max_num_seq"),
+            (r#"{"max_num_seqs": -1}"#, "-1"),
+            (r#"{"max_num_seqs": 2.5}"#, "2.5"),
+            (r#"{"max_num_seqs": true}"#, "boolean"),
+            (r#"{"max_num_seqs": 0}"#, "max_num_seqs"),
+            (r#"{"seed": 18446744073709551616}"#, "seed"),
+            (r#"{"gpu_memory_utilization": 2}"#, "gpu_memory_utilization"),
+        ] {
+            let e = EngineArgs::from_json(json).unwrap_err();
+            assert!(matches!(e, Error::InvalidConfig(_)), "{json}: {e:?}");
+            assert!(e.to_string().contains(names), "{json}: {e}");
+        }
+    }
+
+    #[test]
+    fn device_defaults_are_settled_by_the_device() {
+        let a = EngineArgs::default();
+        let cuda = a.engine_config(DeviceKind::Cuda);
+        assert_eq!(
+            (cuda.max_num_seqs, cuda.max_num_batched_tokens),
+            (CUDA_MAX_NUM_SEQS, CUDA_MAX_NUM_BATCHED_TOKENS)
+        );
+        let cpu = a.engine_config(DeviceKind::Cpu);
+        assert_eq!(
+            (cpu.max_num_seqs, cpu.max_num_batched_tokens),
+            (CPU_MAX_NUM_SEQS, CPU_MAX_NUM_BATCHED_TOKENS)
+        );
+        let set = EngineArgs {
+            max_num_seqs: Some(3),
+            ..EngineArgs::default()
+        };
+        assert_eq!(set.engine_config(DeviceKind::Cuda).max_num_seqs, 3);
+    }
+
+    #[test]
+    fn the_schema_lists_every_option_with_its_default_and_help() {
+        let schema = EngineArgs::schema();
+        let names: Vec<_> = schema.iter().map(|o| o.name).collect();
+        let json = serde_json::to_value(EngineArgs::default()).unwrap();
+        let fields: Vec<_> = json.as_object().unwrap().keys().cloned().collect();
+        assert_eq!(names.len(), fields.len());
+        for o in &schema {
+            assert_eq!(json[o.name], o.default, "{}", o.name);
+            assert!(o.help.len() > 10 && !o.help.contains("  "), "{}", o.name);
+        }
+        let seqs = schema.iter().find(|o| o.name == "max_num_seqs").unwrap();
+        assert_eq!(seqs.ty, OptionType::OptionalInt);
+        assert!(seqs.help.contains(&format!(
+            "{CUDA_MAX_NUM_SEQS} on CUDA, {CPU_MAX_NUM_SEQS} on the CPU"
+        )));
+        let tokens = schema
+            .iter()
+            .find(|o| o.name == "max_num_batched_tokens")
+            .unwrap();
+        assert!(tokens.help.contains(&format!(
+            "{CUDA_MAX_NUM_BATCHED_TOKENS} on CUDA, {CPU_MAX_NUM_BATCHED_TOKENS} on the CPU"
+        )));
+    }
+}

@@ -1,0 +1,81 @@
+//! Measurement knobs: every environment variable that changes how the engine runs (never what
+//! it computes) is read here, once, when an engine starts ([`Tuning::from_env`]), and handed
+//! to the parts it concerns. They exist for A/B measurements and diagnostics (see
+//! `kernels/cuda/NOTES.md` and `bench/`); the defaults are the measured choices.
+//!
+//! | variable | effect |
+//! | --- | --- |
+//! | `INFIRE_STEP_TRACE=PATH` | a JSON line per step (shape, host and device times) |
+//! | `INFIRE_GEMV_MAX_ROWS=0` | one-row projections on cuBLASLt instead of the GEMV kernels |
+//! | `INFIRE_DECODE_MIN_SPLIT_KEYS=N` | fewest keys per split of decode attention at a few rows |
+//! | `INFIRE_DECODE_BATCH_SPLITS=N` | splits of decode attention in a large batch (1: none) |
+//! | `INFIRE_PDL=0` | no programmatic dependent launch |
+//! | `INFIRE_KERNEL_DEFINES=NAME=VALUE,...` | extra `-D` constants for every kernel |
+
+use std::path::PathBuf;
+
+/// The knobs; `None` (or the default) leaves the measured choice.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Tuning {
+    /// Where the step trace goes (`INFIRE_STEP_TRACE`).
+    pub step_trace: Option<PathBuf>,
+    /// Most rows of a step whose projections run on the GEMV kernels (`INFIRE_GEMV_MAX_ROWS`).
+    pub gemv_max_rows: Option<usize>,
+    /// Fewest keys per split of decode attention at a few rows (`INFIRE_DECODE_MIN_SPLIT_KEYS`).
+    pub decode_min_split_keys: Option<usize>,
+    /// Splits of decode attention in a large batch (`INFIRE_DECODE_BATCH_SPLITS`).
+    pub decode_batch_splits: Option<usize>,
+    /// Programmatic dependent launch off (`INFIRE_PDL=0`).
+    pub no_pdl: bool,
+    /// Extra compile-time constants of every kernel (`INFIRE_KERNEL_DEFINES`), part of the
+    /// kernels' cache key.
+    pub kernel_defines: Vec<(String, Option<String>)>,
+}
+
+impl Tuning {
+    /// The knobs set in the environment (a value that does not parse is ignored).
+    pub fn from_env() -> Tuning {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let count = |name: &str| var(name).and_then(|v| v.parse().ok());
+        Tuning {
+            step_trace: std::env::var_os("INFIRE_STEP_TRACE")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from),
+            gemv_max_rows: count("INFIRE_GEMV_MAX_ROWS"),
+            decode_min_split_keys: count("INFIRE_DECODE_MIN_SPLIT_KEYS"),
+            decode_batch_splits: count("INFIRE_DECODE_BATCH_SPLITS"),
+            no_pdl: var("INFIRE_PDL").is_some_and(|v| v == "0"),
+            kernel_defines: var("INFIRE_KERNEL_DEFINES")
+                .map_or_else(Vec::new, |s| parse_defines(&s)),
+        }
+    }
+}
+
+/// `NAME=VALUE,NAME2` as (name, value) pairs.
+pub fn parse_defines(spec: &str) -> Vec<(String, Option<String>)> {
+    spec.split(',')
+        .filter(|d| !d.trim().is_empty())
+        .map(|d| match d.split_once('=') {
+            Some((k, v)) => (k.trim().to_string(), Some(v.trim().to_string())),
+            None => (d.trim().to_string(), None),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defines_parse_with_and_without_values() {
+        assert_eq!(
+            parse_defines("A=1, B ,,C=x"),
+            vec![
+                ("A".to_string(), Some("1".to_string())),
+                ("B".to_string(), None),
+                ("C".to_string(), Some("x".to_string()))
+            ]
+        );
+        assert!(parse_defines("").is_empty());
+    }
+}
