@@ -77,8 +77,9 @@ impl ModelConfig {
     /// Reads `config.json` in an HF model directory.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let json: Value = serde_json::from_str(&text)
+        // Bytes, not a string: a file that is not UTF-8 is a malformed model, not an I/O error.
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let json: Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::invalid_model(&path, format!("not valid JSON: {e}")))?;
         Self::from_hf_json(&json).map_err(|reason| match reason {
             Error::InvalidModel { reason, .. } => Error::invalid_model(&path, reason),

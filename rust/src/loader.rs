@@ -79,8 +79,8 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles> {
     let mut default_sampling = SamplingParams::default();
     let gen_path = dir.join("generation_config.json");
     if gen_path.is_file() {
-        let text = std::fs::read_to_string(&gen_path).map_err(|e| Error::io(&gen_path, e))?;
-        let gen: serde_json::Value = serde_json::from_str(&text)
+        let bytes = std::fs::read(&gen_path).map_err(|e| Error::io(&gen_path, e))?;
+        let gen: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::invalid_model(&gen_path, format!("not valid JSON: {e}")))?;
         eos.extend(json_ids(gen.get("eos_token_id")));
         apply_generation_defaults(&gen, &mut default_sampling);

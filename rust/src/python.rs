@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use pyo3::conversion::FromPyObjectOwned;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::Borrowed;
 
 use crate::engine::engine_loop::{EngineHandle, Submitted};
 use crate::engine::launch::{launch, DeviceOptions};
@@ -39,6 +41,81 @@ fn to_pyerr(e: Error) -> PyErr {
     )
 }
 
+/// The Python type name of `v`, for messages.
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map_or_else(|_| "?".to_string(), |n| n.to_string())
+}
+
+/// An argument as the caller passed it: converted to `T`, or why it could not be. Taking
+/// arguments this way keeps PyO3's `TypeError` / `OverflowError` (`seed=2**64`, `n=-1`,
+/// `temperature="hot"`) from reaching the caller: [`Arg::get`] turns a failed conversion into an
+/// [`Error::InvalidRequest`] naming the argument.
+struct Arg<T>(Result<T, String>);
+
+impl<T> Arg<T> {
+    /// An argument already converted (for signature defaults).
+    fn given(v: T) -> Self {
+        Arg(Ok(v))
+    }
+
+    /// The value, or an invalid request saying that `name` must be `want`.
+    fn get(self, name: &str, want: &str) -> PyResult<T> {
+        self.0.map_err(|got| {
+            to_pyerr(Error::InvalidRequest(format!(
+                "{name} must be {want}, got {got}"
+            )))
+        })
+    }
+}
+
+impl<'a, 'py, T: FromPyObjectOwned<'py>> FromPyObject<'a, 'py> for Arg<T> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Arg(obj.extract::<T>().map_err(|_| describe(&obj))))
+    }
+}
+
+/// `v`'s repr (cut short) and type, for messages.
+fn describe(v: &Bound<'_, PyAny>) -> String {
+    let shown = v.repr().map_or_else(|_| "?".to_string(), |r| r.to_string());
+    format!("{} ({})", truncate(&shown, 64), type_name(v))
+}
+
+/// Token ids from any Python iterable of ints; an id outside `[0, 2**32)` or a non-integer is
+/// an invalid request naming `what` and the position.
+fn token_ids(what: &str, v: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    let bad = |m: String| to_pyerr(Error::InvalidRequest(m));
+    let items = v.try_iter().map_err(|_| {
+        bad(format!(
+            "{what} must be a list of token ids, got {}",
+            type_name(v)
+        ))
+    })?;
+    let mut ids = Vec::with_capacity(v.len().unwrap_or(0));
+    for (i, item) in items.enumerate() {
+        let item = item?;
+        let id = item.extract::<u32>().map_err(|_| {
+            bad(format!(
+                "{what}[{i}] must be a token id in [0, 2**32), got {}",
+                describe(&item)
+            ))
+        })?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// `s` cut to at most `max` characters, for echoing user values in messages.
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 /// Sampling parameters, validated in Rust (see `infire.SamplingParams` for the docs).
 #[pyclass(name = "SamplingParams", module = "infire._core", frozen)]
 #[derive(Clone)]
@@ -49,54 +126,55 @@ pub struct PySamplingParams {
 #[pymethods]
 impl PySamplingParams {
     #[new]
-    #[pyo3(signature = (n=1, max_tokens=Some(16), temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0,
-        seed=None, stop=None, stop_token_ids=None, ignore_eos=false, repetition_penalty=1.0,
-        presence_penalty=0.0, frequency_penalty=0.0, logprobs=None, prompt_logprobs=None))]
+    #[pyo3(signature = (n=Arg::given(1), max_tokens=Some(Arg::given(16)), temperature=Arg::given(1.0),
+        top_p=Arg::given(1.0), top_k=Arg::given(-1), min_p=Arg::given(0.0), seed=None, stop=None,
+        stop_token_ids=None, ignore_eos=Arg::given(false), repetition_penalty=Arg::given(1.0),
+        presence_penalty=Arg::given(0.0), frequency_penalty=Arg::given(0.0), logprobs=None,
+        prompt_logprobs=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        n: i64,
-        max_tokens: Option<i64>,
-        temperature: f64,
-        top_p: f64,
-        top_k: i64,
-        min_p: f64,
-        seed: Option<i64>,
-        stop: Option<Vec<String>>,
-        stop_token_ids: Option<Vec<i64>>,
-        ignore_eos: bool,
-        repetition_penalty: f64,
-        presence_penalty: f64,
-        frequency_penalty: f64,
-        logprobs: Option<i64>,
-        prompt_logprobs: Option<i64>,
+        n: Arg<usize>,
+        max_tokens: Option<Arg<usize>>,
+        temperature: Arg<f64>,
+        top_p: Arg<f64>,
+        top_k: Arg<i32>,
+        min_p: Arg<f64>,
+        seed: Option<Arg<u64>>,
+        stop: Option<Arg<Vec<String>>>,
+        stop_token_ids: Option<Arg<Vec<u32>>>,
+        ignore_eos: Arg<bool>,
+        repetition_penalty: Arg<f64>,
+        presence_penalty: Arg<f64>,
+        frequency_penalty: Arg<f64>,
+        logprobs: Option<Arg<usize>>,
+        prompt_logprobs: Option<Arg<usize>>,
     ) -> PyResult<Self> {
-        let bad = |m: String| to_pyerr(Error::InvalidRequest(m));
-        let non_negative = |name: &str, v: i64| {
-            usize::try_from(v).map_err(|_| bad(format!("{name} must be >= 0, got {v}")))
-        };
+        const COUNT: &str = "an integer >= 0";
         let inner = SamplingParams {
-            n: non_negative("n", n)?,
-            max_tokens: max_tokens
-                .map(|v| non_negative("max_tokens", v))
+            n: n.get("n", COUNT)?,
+            max_tokens: max_tokens.map(|v| v.get("max_tokens", COUNT)).transpose()?,
+            temperature: temperature.get("temperature", "a number")? as f32,
+            top_p: top_p.get("top_p", "a number")? as f32,
+            top_k: top_k.get("top_k", "-1 or a positive 32-bit integer")?,
+            min_p: min_p.get("min_p", "a number")? as f32,
+            seed: seed
+                .map(|v| v.get("seed", "an integer in [0, 2**64)"))
                 .transpose()?,
-            temperature: temperature as f32,
-            top_p: top_p as f32,
-            top_k: i32::try_from(top_k).map_err(|_| bad(format!("top_k out of range: {top_k}")))?,
-            min_p: min_p as f32,
-            seed: seed.map(|s| s as u64),
-            stop: stop.unwrap_or_default(),
+            stop: stop
+                .map(|v| v.get("stop", "a list of strings"))
+                .transpose()?
+                .unwrap_or_default(),
             stop_token_ids: stop_token_ids
-                .unwrap_or_default()
-                .into_iter()
-                .map(|t| u32::try_from(t).map_err(|_| bad(format!("stop_token_ids: bad id {t}"))))
-                .collect::<PyResult<_>>()?,
-            ignore_eos,
-            repetition_penalty: repetition_penalty as f32,
-            presence_penalty: presence_penalty as f32,
-            frequency_penalty: frequency_penalty as f32,
-            logprobs: logprobs.map(|v| non_negative("logprobs", v)).transpose()?,
+                .map(|v| v.get("stop_token_ids", "a list of token ids in [0, 2**32)"))
+                .transpose()?
+                .unwrap_or_default(),
+            ignore_eos: ignore_eos.get("ignore_eos", "a bool")?,
+            repetition_penalty: repetition_penalty.get("repetition_penalty", "a number")? as f32,
+            presence_penalty: presence_penalty.get("presence_penalty", "a number")? as f32,
+            frequency_penalty: frequency_penalty.get("frequency_penalty", "a number")? as f32,
+            logprobs: logprobs.map(|v| v.get("logprobs", COUNT)).transpose()?,
             prompt_logprobs: prompt_logprobs
-                .map(|v| non_negative("prompt_logprobs", v))
+                .map(|v| v.get("prompt_logprobs", COUNT))
                 .transpose()?,
         };
         inner.validate().map_err(to_pyerr)?;
@@ -190,10 +268,19 @@ impl PySamplingParams {
 }
 
 /// A prompt as Python gives it: text or token ids.
-#[derive(FromPyObject)]
 enum PromptArg {
     Text(String),
     Ids(Vec<u32>),
+}
+
+impl PromptArg {
+    /// Converts a `str` or an iterable of ints; anything else is an invalid request.
+    fn from_py(v: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(s) = v.cast::<PyString>() {
+            return Ok(PromptArg::Text(s.to_str()?.to_string()));
+        }
+        token_ids("prompt token ids", v).map(PromptArg::Ids)
+    }
 }
 
 /// A tokenizer with its chat template.
@@ -211,7 +298,13 @@ impl PyTokenizer {
     }
 
     #[pyo3(signature = (ids, skip_special_tokens=false))]
-    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+    fn decode(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        skip_special_tokens: bool,
+    ) -> PyResult<String> {
+        let ids = token_ids("token ids", ids)?;
         py.detach(|| self.inner.decode(&ids, skip_special_tokens))
             .map_err(to_pyerr)
     }
@@ -376,7 +469,7 @@ impl PyEngine {
     fn generate<'py>(
         &self,
         py: Python<'py>,
-        prompts: Vec<PromptArg>,
+        prompts: Vec<Bound<'py, PyAny>>,
         params: Vec<PySamplingParams>,
         priorities: Vec<i32>,
     ) -> PyResult<Bound<'py, PyList>> {
@@ -390,7 +483,8 @@ impl PyEngine {
         }
         let mut texts = Vec::with_capacity(prompts.len());
         let mut ids = Vec::with_capacity(prompts.len());
-        for p in prompts {
+        for p in &prompts {
+            let p = PromptArg::from_py(p)?;
             let (text, tokens) = py.detach(|| self.tokenize(p)).map_err(to_pyerr)?;
             texts.push(text);
             ids.push(tokens);
@@ -435,10 +529,11 @@ impl PyEngine {
     fn stream(
         &self,
         py: Python<'_>,
-        prompt: PromptArg,
+        prompt: &Bound<'_, PyAny>,
         params: PySamplingParams,
         priority: i32,
     ) -> PyResult<PyStream> {
+        let prompt = PromptArg::from_py(prompt)?;
         let (text, ids) = py.detach(|| self.tokenize(prompt)).map_err(to_pyerr)?;
         let submitted = self
             .handle

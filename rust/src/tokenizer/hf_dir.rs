@@ -101,6 +101,9 @@ pub(crate) fn load(dir: &Path) -> Result<HfTokenizer> {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => config_chat_template(&config)
             .map_err(|reason| Error::invalid_model(&config_path, reason))?,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Error::invalid_model(&template_path, "not valid UTF-8"))
+        }
         Err(e) => return Err(Error::io(&template_path, e)),
     };
     Ok(HfTokenizer {

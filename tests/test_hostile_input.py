@@ -1,0 +1,76 @@
+"""Hostile and careless input at the Python API: one exception taxonomy (every bad value is an
+``InvalidRequestError`` / ``InvalidConfigError`` / ``InvalidModelError``, all ValueErrors, never
+a ``TypeError`` or ``OverflowError`` from the binding layer)."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+import infire
+from infire import SamplingParams
+
+TINY = Path(__file__).resolve().parent / "fixtures" / "tiny_models" / "llama_tied_mha"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"seed": 2**64}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"seed": 1.5}, "seed"),
+        ({"n": 2**64}, "n must be"),
+        ({"n": -1}, "n must be"),
+        ({"max_tokens": 2**70}, "max_tokens"),
+        ({"top_k": 2**40}, "top_k"),
+        ({"logprobs": -3}, "logprobs"),
+        ({"temperature": "hot"}, "temperature"),
+        ({"stop": 3}, "stop"),
+        ({"stop_token_ids": [-1]}, "stop_token_ids"),
+        ({"stop_token_ids": [2**32]}, "stop_token_ids"),
+        ({"ignore_eos": "yes"}, "ignore_eos"),
+    ],
+)
+def test_bad_sampling_values_are_invalid_requests(kwargs, match):
+    with pytest.raises(infire.InvalidRequestError, match=match):
+        SamplingParams(**kwargs)
+
+
+def test_largest_seed_is_accepted():
+    assert SamplingParams(seed=2**64 - 1).seed == 2**64 - 1
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return infire.Engine(model=str(TINY), kv_cache_tokens=1024)
+
+
+@pytest.mark.parametrize("ids", [[-1], [2**32], [1, 2**64], [1, "a"]])
+def test_out_of_range_token_ids_are_invalid_requests(tiny, ids):
+    params = SamplingParams(max_tokens=1)
+    with pytest.raises(infire.InvalidRequestError, match="token id"):
+        tiny.generate([ids], params)
+    with pytest.raises(infire.InvalidRequestError, match="token id"):
+        tiny.stream(ids, params)
+    with pytest.raises(infire.InvalidRequestError, match="token id"):
+        tiny.tokenizer.decode(ids)
+    assert tiny.generate([[1, 2]], params)[0].finished
+
+
+def _copy_tiny(tmp_path) -> Path:
+    d = tmp_path / "model"
+    shutil.copytree(TINY, d)
+    return d
+
+
+def _patch_config(d: Path, **patch) -> None:
+    config = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**config, **patch}))
+
+
+def test_invalid_utf8_config_is_an_invalid_model(tmp_path):
+    d = _copy_tiny(tmp_path)
+    (d / "config.json").write_bytes(b'{"model_type": "llama\xff"}')
+    with pytest.raises(infire.InvalidModelError, match="config.json"):
+        infire.Engine(model=str(d))
