@@ -1,6 +1,7 @@
 """Hostile and careless input at the Python API: one exception taxonomy (every bad value is an
 ``InvalidRequestError`` / ``InvalidConfigError`` / ``InvalidModelError``, all ValueErrors, never
-a ``TypeError`` or ``OverflowError`` from the binding layer)."""
+a ``TypeError`` or ``OverflowError`` from the binding layer), and garbage model files refused
+with a message."""
 
 import json
 import shutil
@@ -73,4 +74,22 @@ def test_invalid_utf8_config_is_an_invalid_model(tmp_path):
     d = _copy_tiny(tmp_path)
     (d / "config.json").write_bytes(b'{"model_type": "llama\xff"}')
     with pytest.raises(infire.InvalidModelError, match="config.json"):
+        infire.Engine(model=str(d))
+
+
+@pytest.mark.parametrize(
+    "patch, match",
+    [
+        ({"max_position_embeddings": -1}, "max_position_embeddings"),
+        ({"head_dim": -1}, "head_dim"),
+        ({"head_dim": 0}, "head_dim"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": 0}}, "rope scaling factor"),
+        ({"rope_scaling": {"rope_type": "linear", "factor": -1.5}}, "rope scaling factor"),
+        ({"num_hidden_layers": 1}, "layer 1"),
+    ],
+)
+def test_garbage_configs_are_invalid_models(tmp_path, patch, match):
+    d = _copy_tiny(tmp_path)
+    _patch_config(d, **patch)
+    with pytest.raises(infire.InvalidModelError, match=match):
         infire.Engine(model=str(d))
