@@ -1,10 +1,11 @@
 """Hostile and careless input at the Python API: one exception taxonomy (every bad value is an
 ``InvalidRequestError`` / ``InvalidConfigError`` / ``InvalidModelError``, all ValueErrors, never
-a ``TypeError`` or ``OverflowError`` from the binding layer), and garbage model files refused
-with a message."""
+a ``TypeError`` or ``OverflowError`` from the binding layer), garbage model files refused with
+a message, and chat templates that cannot run forever."""
 
 import json
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,25 @@ def test_garbage_configs_are_invalid_models(tmp_path, patch, match):
     _patch_config(d, **patch)
     with pytest.raises(infire.InvalidModelError, match=match):
         infire.Engine(model=str(d))
+
+
+def test_endless_chat_template_fails_fast(tmp_path):
+    d = _copy_tiny(tmp_path)
+    (d / "chat_template.jinja").write_text(
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ '' }}{% endfor %}{% endfor %}"
+    )
+    tok = infire.load_tokenizer(str(d))
+    started = time.monotonic()
+    with pytest.raises(infire.TokenizerError, match="instructions"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
+    assert time.monotonic() - started < 30
+
+
+def test_growing_chat_template_output_is_capped(tmp_path):
+    d = _copy_tiny(tmp_path)
+    (d / "chat_template.jinja").write_text(
+        "{% for i in range(100000) %}{{ 'x' * 10000 }}{% endfor %}"
+    )
+    tok = infire.load_tokenizer(str(d))
+    with pytest.raises(infire.TokenizerError, match="exceeds the limit"):
+        tok.apply_chat_template([{"role": "user", "content": "hi"}])
