@@ -1,10 +1,12 @@
 """Hostile and careless input at the Python API: one exception taxonomy (every bad value is an
 ``InvalidRequestError`` / ``InvalidConfigError`` / ``InvalidModelError``, all ValueErrors, never
 a ``TypeError`` or ``OverflowError`` from the binding layer), garbage model files refused with
-a message, and chat templates that cannot run forever."""
+a message, chat templates that cannot run forever, and streams safe to share between threads."""
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -116,3 +118,34 @@ def test_growing_chat_template_output_is_capped(tmp_path):
     tok = infire.load_tokenizer(str(d))
     with pytest.raises(infire.TokenizerError, match="exceeds the limit"):
         tok.apply_chat_template([{"role": "user", "content": "hi"}])
+
+
+SHARED_STREAM = """
+import threading, infire
+eng = infire.Engine(model={model!r}, kv_cache_tokens=4096)
+params = infire.SamplingParams(max_tokens=200, temperature=0.0, ignore_eos=True)
+for _ in range(4):
+    stream = eng.stream([1, 2, 3], params)
+    seen = []
+    def pull():
+        for out in stream:
+            seen.append(len(out.outputs[0].token_ids))
+    threads = [threading.Thread(target=pull) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(seen)) == len(seen), "each output goes to one thread"
+    assert max(seen) == 200, sorted(seen)[-3:]
+print("ok")
+"""
+
+
+def test_two_threads_sharing_one_stream_do_not_deadlock():
+    # In a subprocess: a deadlock holds the GIL, so only a process timeout can detect it.
+    script = SHARED_STREAM.format(model=str(TINY))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"

@@ -581,31 +581,40 @@ impl PyStream {
         self.request_id.to_string()
     }
 
+    /// The next cumulative output. The state's lock is taken and held only without the GIL:
+    /// a thread holding the lock never waits for the GIL, so threads sharing one stream take
+    /// turns instead of deadlocking (one waits for the lock, the other for the GIL).
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| PyRuntimeError::new_err("poisoned"))?;
-        let Some(sub) = state.as_mut() else {
-            return Err(PyStopIteration::new_err(()));
-        };
-        let advanced = py.detach(|| sub.advance());
-        match advanced {
-            Ok(true) => {}
-            Ok(false) => {
-                *state = None;
-                return Err(PyStopIteration::new_err(()));
+        let next = py.detach(|| -> Result<Option<RequestOutput>, Error> {
+            let mut state = self
+                .state
+                .lock()
+                .map_err(|_| Error::Engine("the stream's state is poisoned".into()))?;
+            let Some(sub) = state.as_mut() else {
+                return Ok(None);
+            };
+            match sub.advance() {
+                Ok(true) => {
+                    let output = sub.output.clone();
+                    if output.finished() {
+                        *state = None;
+                    }
+                    Ok(Some(output))
+                }
+                Ok(false) => {
+                    *state = None;
+                    Ok(None)
+                }
+                Err(e) => {
+                    *state = None;
+                    Err(e)
+                }
             }
-            Err(e) => {
-                *state = None;
-                return Err(to_pyerr(e));
-            }
+        });
+        match next.map_err(to_pyerr)? {
+            Some(output) => output_dict(py, &output, self.prompt.clone()),
+            None => Err(PyStopIteration::new_err(())),
         }
-        let dict = output_dict(py, &sub.output, self.prompt.clone())?;
-        if sub.output.finished() {
-            *state = None;
-        }
-        Ok(dict)
     }
 
     /// Aborts the request if it is still running.
