@@ -699,9 +699,13 @@ fn output_dict<'py>(
 
 /// Loads `model`, starts the engine and serves the OpenAI-compatible API until SIGTERM or
 /// SIGINT (see `infire.serve`). Blocks without holding the GIL.
+///
+/// `shutdown_grace`, `header_timeout`, `body_timeout` (seconds) and `max_connections`: `None`
+/// keeps the server's defaults (see `ServerConfig`).
 #[pyfunction]
 #[pyo3(signature = (model, host="127.0.0.1".to_string(), port=8000, api_key=None,
-    served_model_name=None, max_waiting=256, options=None))]
+    served_model_name=None, max_waiting=256, options=None, shutdown_grace=None,
+    header_timeout=None, body_timeout=None, max_connections=None))]
 #[allow(clippy::too_many_arguments)]
 fn serve(
     py: Python<'_>,
@@ -712,6 +716,10 @@ fn serve(
     served_model_name: Option<String>,
     max_waiting: usize,
     options: Option<&Bound<'_, PyDict>>,
+    shutdown_grace: Option<Arg<f64>>,
+    header_timeout: Option<Arg<f64>>,
+    body_timeout: Option<Arg<f64>>,
+    max_connections: Option<Arg<usize>>,
 ) -> PyResult<()> {
     let (engine_config, device) = engine_options(options)?;
     let name = served_model_name.unwrap_or_else(|| {
@@ -720,13 +728,34 @@ fn serve(
             |s| s.to_string_lossy().into_owned(),
         )
     });
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         host,
         port,
         api_key,
         max_waiting,
         ..ServerConfig::new(name)
     };
+    let seconds = |name: &str, v: Option<Arg<f64>>, into: &mut std::time::Duration| {
+        let Some(v) = v else { return Ok(()) };
+        let s = v.get(name, "a number of seconds")?;
+        *into = std::time::Duration::try_from_secs_f64(s).map_err(|_| {
+            to_pyerr(Error::InvalidConfig(format!(
+                "{name} must be a non-negative number of seconds, got {s}"
+            )))
+        })?;
+        PyResult::Ok(())
+    };
+    seconds("shutdown_grace", shutdown_grace, &mut config.shutdown_grace)?;
+    seconds("header_timeout", header_timeout, &mut config.header_timeout)?;
+    seconds("body_timeout", body_timeout, &mut config.body_timeout)?;
+    if let Some(v) = max_connections {
+        config.max_connections = v.get("max_connections", "a positive integer")?;
+        if config.max_connections == 0 {
+            return Err(to_pyerr(Error::InvalidConfig(
+                "max_connections must be at least 1".into(),
+            )));
+        }
+    }
     py.detach(|| {
         let launched = launch(&model, &device, engine_config)?;
         server::run(
