@@ -1,5 +1,5 @@
-"""The server against slow, idle, half-closing and too many clients, and while draining after
-SIGTERM: real sockets against a live server process on the CPU.
+"""The server against slow, idle, half-closing and too many clients, while draining after
+SIGTERM, and with a dead engine: real sockets against a live server process on the CPU.
 
 The servers here are started through ``infire._core.serve``, which takes the connection limits
 (``shutdown_grace``, ``header_timeout``, ``body_timeout``, ``max_connections``) that the CLI does
@@ -196,5 +196,26 @@ def test_drain_answers_503_and_cuts_streams_with_an_error_event(default_model_pa
         assert last != "[DONE]", "a stream cut at the deadline must not look complete"
         assert "shutting down" in json.loads(last)["error"]["message"]
         assert proc.wait(timeout=30) == 0
+    finally:
+        _stop(proc)
+
+
+def test_dead_engine_makes_health_503(default_model_path):
+    # The one real trigger known: a step budget the CPU backend cannot index panics the engine
+    # loop at the first request. Once engine options refuse it, there is nothing to drive here.
+    try:
+        proc, port = _start(default_model_path, {"max_num_batched_tokens": 2**62})
+    except RuntimeError as e:
+        pytest.skip(f"no panic trigger left: {str(e)[-200:]}")
+    try:
+        request = _post("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+        status, _, body = _exchange(port, request)
+        assert status >= 500, body
+        assert "engine" in json.loads(body)["error"]["message"]
+        status, headers, body = _exchange(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert status == 503 and "retry-after" in headers, body
+        assert "engine failed" in json.loads(body)["error"]["message"]
+        status, _, body = _exchange(port, request)
+        assert status == 503, body
     finally:
         _stop(proc)

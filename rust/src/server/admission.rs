@@ -1,6 +1,7 @@
 //! What every request passes before a handler sees it: its body read within
 //! [`ServerConfig::body_timeout`](super::ServerConfig::body_timeout), a 503 with `Retry-After`
-//! while the server drains, and a count of the requests in flight that draining waits for.
+//! while the server drains or after the engine died, and a count of the requests in flight that
+//! draining waits for.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -51,19 +52,31 @@ pub(super) async fn read_body_in_time(
     }
 }
 
-/// Answers 503 (with `Retry-After`, closing the connection) while the server drains, `/health`
-/// included; otherwise runs the request and counts it in [`AppState::busy`] until its response
-/// body, a stream included, has been sent or dropped.
+/// Answers 503 (with `Retry-After`, closing the connection) while the server drains or once the
+/// engine has failed, `/health` included; otherwise runs the request and counts it in
+/// [`AppState::busy`] until its response body, a stream included, has been sent or dropped.
 pub(super) async fn admit(
     State(state): State<Arc<AppState>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if state.shutting_down.load(Ordering::SeqCst) && request.uri().path() != "/metrics" {
+    let refusal = if state.shutting_down.load(Ordering::SeqCst) {
+        Some(ApiError::shutting_down())
+    } else {
+        state
+            .handle
+            .failure()
+            .map(|reason| ApiError::engine_failed(&reason))
+    };
+    if let Some(refusal) = refusal {
         // `/metrics` stays readable: it is how an operator sees why.
-        let mut response = ApiError::shutting_down().into_response();
-        close_after(&mut response);
-        return response;
+        if request.uri().path() != "/metrics" {
+            let mut response = refusal.into_response();
+            if state.shutting_down.load(Ordering::SeqCst) {
+                close_after(&mut response);
+            }
+            return response;
+        }
     }
     let guard = BusyGuard::new(state.clone());
     let response = next.run(request).await;

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use crate::error::Error;
 
-/// Seconds a 503 asks the client to wait (`Retry-After`) while the server drains.
+/// Seconds a 503 asks the client to wait (`Retry-After`) while the server drains or is dead.
 pub const RETRY_AFTER_SECS: u64 = 5;
 
 /// An error answered to a client. Built by the handlers; rendered as OpenAI's error JSON.
@@ -113,6 +113,18 @@ impl ApiError {
             ..ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server is shutting down",
+            )
+        }
+    }
+
+    /// 503 once the engine has failed (see `EngineHandle::failure`); nothing this process
+    /// serves will work again.
+    pub fn engine_failed(reason: &str) -> Self {
+        ApiError {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the engine failed and serves no more requests: {reason}"),
             )
         }
     }

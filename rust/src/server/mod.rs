@@ -6,7 +6,8 @@
 //! when an API key is set), `GET /health`, `GET /metrics`. On SIGTERM or SIGINT the server
 //! answers new requests 503, lets running requests finish up to
 //! [`ServerConfig::shutdown_grace`], cuts the streams still open with an error event, then
-//! returns (see `connections`). `/health` answers 503 while draining.
+//! returns (see `connections`). `/health` answers 503 while draining and once the engine loop
+//! has died.
 
 mod admission;
 mod auth;
@@ -278,7 +279,8 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     }))
 }
 
-/// 200 while the server serves; [`admission::admit`] answers 503 for it while draining.
+/// 200 while the server serves; [`admission::admit`] answers 503 for it while draining or
+/// once the engine has failed.
 async fn health() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
