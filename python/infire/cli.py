@@ -76,6 +76,13 @@ def _add_serve_parser(sub) -> None:
     srv.add_argument(
         "--max-waiting", type=int, default=256, help="waiting sequences that trigger 429"
     )
+    for flag, kind, help_text in [
+        ("--shutdown-grace", float, "seconds running requests get to finish after SIGTERM"),
+        ("--header-timeout", float, "seconds a client has to send its request headers"),
+        ("--body-timeout", float, "seconds a client has to send its request body"),
+        ("--max-connections", int, "open connections beyond which new ones get 503"),
+    ]:
+        srv.add_argument(flag, type=kind, default=None, help=f"{help_text} (default: the server's)")
     _add_engine_args(srv)
 
 
@@ -117,6 +124,10 @@ def _serve(args: argparse.Namespace) -> int:
             api_key=args.api_key,
             served_model_name=args.served_model_name,
             max_waiting=args.max_waiting,
+            shutdown_grace=args.shutdown_grace,
+            header_timeout=args.header_timeout,
+            body_timeout=args.body_timeout,
+            max_connections=args.max_connections,
             **_engine_options(args),
         )
     except KeyboardInterrupt:

@@ -16,6 +16,10 @@ def serve(
     api_key: str | None = None,
     served_model_name: str | None = None,
     max_waiting: int = 256,
+    shutdown_grace: float | None = None,
+    header_timeout: float | None = None,
+    body_timeout: float | None = None,
+    max_connections: int | None = None,
     **options,
 ) -> None:
     """Loads ``model`` and serves it until SIGTERM or SIGINT (blocks).
@@ -30,6 +34,9 @@ def serve(
             the ``INFIRE_API_KEY`` environment variable, else no authentication.
         served_model_name: the ``model`` requests must name; default: the model file's stem.
         max_waiting: sequences waiting in the engine at which new requests get 429.
+        shutdown_grace, header_timeout, body_timeout (seconds), max_connections: the
+            server's limits; ``None`` keeps its defaults (``ServerConfig`` in
+            ``rust/src/server/mod.rs``).
         **options: the engine options of ``infire.Engine``.
     """
     if api_key is None:
@@ -42,4 +49,8 @@ def serve(
         served_model_name=served_model_name,
         max_waiting=max_waiting,
         options=engine_options_json(options),
+        shutdown_grace=shutdown_grace,
+        header_timeout=header_timeout,
+        body_timeout=body_timeout,
+        max_connections=max_connections,
     )

@@ -46,6 +46,46 @@ pub enum RopeScaling {
     Linear { factor: f32 },
 }
 
+impl RopeScaling {
+    /// Checks that every factor is finite and positive (a zero or NaN factor would make every
+    /// rotation NaN or infinite, and the model would emit garbage), and that llama3's
+    /// `high_freq_factor` exceeds its `low_freq_factor` (their difference divides).
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = |name: &str, v: f32| {
+            if v.is_finite() && v > 0.0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "rope scaling {name} ({v}) must be finite and positive"
+                ))
+            }
+        };
+        match *self {
+            RopeScaling::Linear { factor } => positive("factor", factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
+                positive("factor", factor)?;
+                positive("low_freq_factor", low_freq_factor)?;
+                positive("high_freq_factor", high_freq_factor)?;
+                if high_freq_factor <= low_freq_factor {
+                    return Err(format!(
+                        "rope scaling high_freq_factor ({high_freq_factor}) must exceed \
+                         low_freq_factor ({low_freq_factor})"
+                    ));
+                }
+                if original_max_position_embeddings == 0 {
+                    return Err("rope scaling original_max_position_embeddings is 0".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The dimensions and options of a Llama-family model.
 ///
 /// Invariants after [`ModelConfig::validate`]: every size is non-zero,
@@ -77,8 +117,9 @@ impl ModelConfig {
     /// Reads `config.json` in an HF model directory.
     pub fn from_hf_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        let json: Value = serde_json::from_str(&text)
+        // Bytes, not a string: a file that is not UTF-8 is a malformed model, not an I/O error.
+        let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let json: Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::invalid_model(&path, format!("not valid JSON: {e}")))?;
         Self::from_hf_json(&json).map_err(|reason| match reason {
             Error::InvalidModel { reason, .. } => Error::invalid_model(&path, reason),
@@ -104,17 +145,41 @@ impl ModelConfig {
                 .map(|v| v as usize)
                 .ok_or_else(|| bad(format!("missing or non-integer \"{key}\"")))
         };
-        let opt = |key: &str| json.get(key).and_then(Value::as_u64).map(|v| v as usize);
+        // An optional key that is present must hold a usable value: a malformed one is an
+        // error, not silently replaced by the default.
+        let opt = |key: &str| -> Result<Option<usize>> {
+            match json.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        bad(format!("\"{key}\" must be a non-negative integer, got {v}"))
+                    }),
+            }
+        };
+        let opt_f = |key: &str, v: Option<&Value>| -> Result<Option<f64>> {
+            match v {
+                None | Some(Value::Null) => Ok(None),
+                Some(x) => x
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("\"{key}\" must be a number, got {x}"))),
+            }
+        };
         let hidden_size = get("hidden_size")?;
         let num_attention_heads = get("num_attention_heads")?;
-        let head_dim = opt("head_dim").unwrap_or(hidden_size / num_attention_heads.max(1));
+        let head_dim = opt("head_dim")?.unwrap_or(hidden_size / num_attention_heads.max(1));
         // transformers 5 writes `rope_parameters`; older configs `rope_theta` + `rope_scaling`.
         let rope_params = json.get("rope_parameters").filter(|v| v.is_object());
-        let rope_theta = rope_params
-            .and_then(|p| p.get("rope_theta"))
-            .or_else(|| json.get("rope_theta"))
-            .and_then(Value::as_f64)
-            .unwrap_or(10000.0) as f32;
+        let rope_theta = opt_f(
+            "rope_theta",
+            rope_params
+                .and_then(|p| p.get("rope_theta"))
+                .or_else(|| json.get("rope_theta")),
+        )?
+        .unwrap_or(10000.0) as f32;
         let scaling = json
             .get("rope_scaling")
             .filter(|v| v.is_object())
@@ -123,9 +188,9 @@ impl ModelConfig {
             Some(s) => parse_hf_rope_scaling(s)?,
             None => None,
         };
-        let mut max_position_embeddings = opt("max_position_embeddings").unwrap_or(4096);
+        let mut max_position_embeddings = opt("max_position_embeddings")?.unwrap_or(4096);
         // Sliding-window attention is exact while the context fits in the window.
-        if let Some(window) = opt("sliding_window") {
+        if let Some(window) = opt("sliding_window")? {
             let used = json
                 .get("use_sliding_window")
                 .and_then(Value::as_bool)
@@ -149,13 +214,10 @@ impl ModelConfig {
             intermediate_size: get("intermediate_size")?,
             num_hidden_layers: get("num_hidden_layers")?,
             num_attention_heads,
-            num_key_value_heads: opt("num_key_value_heads").unwrap_or(num_attention_heads),
+            num_key_value_heads: opt("num_key_value_heads")?.unwrap_or(num_attention_heads),
             head_dim,
             vocab_size: get("vocab_size")?,
-            rms_norm_eps: json
-                .get("rms_norm_eps")
-                .and_then(Value::as_f64)
-                .unwrap_or(1e-6) as f32,
+            rms_norm_eps: opt_f("rms_norm_eps", json.get("rms_norm_eps"))?.unwrap_or(1e-6) as f32,
             rope_theta,
             rope_scaling,
             max_position_embeddings,
@@ -164,7 +226,7 @@ impl ModelConfig {
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
             eos_token_ids,
-            bos_token_id: opt("bos_token_id").map(|v| v as u32),
+            bos_token_id: opt("bos_token_id")?.map(|v| v as u32),
         };
         cfg.validate().map_err(bad)?;
         Ok(cfg)
@@ -195,15 +257,34 @@ impl ModelConfig {
                 .map(|v| v as usize)
                 .ok_or_else(|| bad(format!("missing or non-integer {}", key(k))))
         };
-        let opt_u = |k: &str| {
-            meta.get(&key(k))
-                .and_then(GgufValue::as_u64)
-                .map(|v| v as usize)
+        // Present but malformed optional keys are errors, not silently defaulted.
+        let opt_u = |k: &str| -> Result<Option<usize>> {
+            match meta.get(&key(k)) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .map(Some)
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{} must be a non-negative integer, got {v:?}",
+                            key(k)
+                        ))
+                    }),
+            }
         };
-        let opt_f = |k: &str| meta.get(&key(k)).and_then(GgufValue::as_f64);
+        let opt_f = |k: &str| -> Result<Option<f64>> {
+            match meta.get(&key(k)) {
+                None => Ok(None),
+                Some(v) => v
+                    .as_f64()
+                    .map(Some)
+                    .ok_or_else(|| bad(format!("{} must be a number, got {v:?}", key(k)))),
+            }
+        };
         let hidden_size = get("embedding_length")?;
         let num_attention_heads = get("attention.head_count")?;
-        let vocab_size = match opt_u("vocab_size") {
+        let vocab_size = match opt_u("vocab_size")? {
             Some(v) => v,
             None => meta
                 .get("tokenizer.ggml.tokens")
@@ -221,7 +302,7 @@ impl ModelConfig {
             .and_then(GgufValue::as_str)
         {
             Some("linear") => Some(RopeScaling::Linear {
-                factor: opt_f("rope.scaling.factor").unwrap_or(1.0) as f32,
+                factor: opt_f("rope.scaling.factor")?.unwrap_or(1.0) as f32,
             }),
             Some("none") | None => None,
             Some(other) => {
@@ -235,12 +316,12 @@ impl ModelConfig {
             intermediate_size: get("feed_forward_length")?,
             num_hidden_layers: get("block_count")?,
             num_attention_heads,
-            num_key_value_heads: opt_u("attention.head_count_kv").unwrap_or(num_attention_heads),
-            head_dim: opt_u("attention.key_length")
+            num_key_value_heads: opt_u("attention.head_count_kv")?.unwrap_or(num_attention_heads),
+            head_dim: opt_u("attention.key_length")?
                 .unwrap_or(hidden_size / num_attention_heads.max(1)),
             vocab_size,
-            rms_norm_eps: opt_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-5) as f32,
-            rope_theta: opt_f("rope.freq_base").unwrap_or(10000.0) as f32,
+            rms_norm_eps: opt_f("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5) as f32,
+            rope_theta: opt_f("rope.freq_base")?.unwrap_or(10000.0) as f32,
             rope_scaling,
             max_position_embeddings,
             tie_word_embeddings: !has_output_tensor,
@@ -296,6 +377,9 @@ impl ModelConfig {
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(format!("rope_theta ({}) must be positive", self.rope_theta));
         }
+        if let Some(scaling) = &self.rope_scaling {
+            scaling.validate()?;
+        }
         Ok(())
     }
 
@@ -347,20 +431,37 @@ fn parse_hf_rope_scaling(s: &Value) -> Result<Option<RopeScaling>> {
         .get("rope_type")
         .or_else(|| s.get("type"))
         .and_then(Value::as_str);
-    let f = |k: &str, default: f64| s.get(k).and_then(Value::as_f64).unwrap_or(default) as f32;
+    let bad = |reason: String| Error::invalid_model("config.json", reason);
+    let f = |k: &str, default: f64| -> Result<f32> {
+        match s.get(k) {
+            None | Some(Value::Null) => Ok(default as f32),
+            Some(v) => v
+                .as_f64()
+                .map(|v| v as f32)
+                .ok_or_else(|| bad(format!("rope scaling \"{k}\" must be a number, got {v}"))),
+        }
+    };
     match kind {
         None | Some("default") => Ok(None),
         Some("linear") => Ok(Some(RopeScaling::Linear {
-            factor: f("factor", 1.0),
+            factor: f("factor", 1.0)?,
         })),
         Some("llama3") => Ok(Some(RopeScaling::Llama3 {
-            factor: f("factor", 8.0),
-            low_freq_factor: f("low_freq_factor", 1.0),
-            high_freq_factor: f("high_freq_factor", 4.0),
-            original_max_position_embeddings: s
-                .get("original_max_position_embeddings")
-                .and_then(Value::as_u64)
-                .unwrap_or(8192) as usize,
+            factor: f("factor", 8.0)?,
+            low_freq_factor: f("low_freq_factor", 1.0)?,
+            high_freq_factor: f("high_freq_factor", 4.0)?,
+            original_max_position_embeddings: match s.get("original_max_position_embeddings") {
+                None | Some(Value::Null) => 8192,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|v| usize::try_from(v).ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "rope scaling \"original_max_position_embeddings\" must be a \
+                             non-negative integer, got {v}"
+                        ))
+                    })?,
+            },
         })),
         Some(other) => Err(Error::Unsupported(format!("rope scaling type \"{other}\""))),
     }
@@ -457,3 +558,7 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+#[path = "config_hostile_tests.rs"]
+mod hostile_tests;

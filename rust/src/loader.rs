@@ -34,6 +34,7 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
     } else {
         open_gguf(path)?
     };
+    check_layer_count(path, &files.config, files.weights.as_ref())?;
     if files.tokenizer.vocab_size() > files.config.vocab_size {
         return Err(Error::invalid_model(
             path,
@@ -45,6 +46,34 @@ pub fn open_model(path: &Path) -> Result<ModelFiles> {
         ));
     }
     Ok(files)
+}
+
+/// Errors when the weights hold a layer at or past the config's `num_hidden_layers` (GGUF
+/// `block_count`): a file that claims fewer layers than it stores would otherwise load the first
+/// few and run a truncated model that emits garbage. (Missing layers fail when they load.)
+fn check_layer_count(path: &Path, config: &ModelConfig, weights: &dyn WeightSource) -> Result<()> {
+    let layers = config.num_hidden_layers;
+    let deepest = weights
+        .names()
+        .iter()
+        .filter_map(|n| {
+            n.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .max();
+    match deepest {
+        Some(d) if d >= layers => Err(Error::invalid_model(
+            path,
+            format!(
+                "the weights hold layer {d} but the config says num_hidden_layers (GGUF \
+                 block_count) = {layers}"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn open_gguf(path: &Path) -> Result<ModelFiles> {
@@ -79,8 +108,8 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles> {
     let mut default_sampling = SamplingParams::default();
     let gen_path = dir.join("generation_config.json");
     if gen_path.is_file() {
-        let text = std::fs::read_to_string(&gen_path).map_err(|e| Error::io(&gen_path, e))?;
-        let gen: serde_json::Value = serde_json::from_str(&text)
+        let bytes = std::fs::read(&gen_path).map_err(|e| Error::io(&gen_path, e))?;
+        let gen: serde_json::Value = serde_json::from_slice(&bytes)
             .map_err(|e| Error::invalid_model(&gen_path, format!("not valid JSON: {e}")))?;
         eos.extend(json_ids(gen.get("eos_token_id")));
         apply_generation_defaults(&gen, &mut default_sampling);

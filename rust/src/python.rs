@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use pyo3::conversion::FromPyObjectOwned;
 use pyo3::exceptions::{PyRuntimeError, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList};
+use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::Borrowed;
 
 use crate::engine::engine_loop::{EngineHandle, Submitted};
 use crate::engine::launch::launch;
@@ -39,6 +41,81 @@ fn to_pyerr(e: Error) -> PyErr {
     )
 }
 
+/// The Python type name of `v`, for messages.
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map_or_else(|_| "?".to_string(), |n| n.to_string())
+}
+
+/// An argument as the caller passed it: converted to `T`, or why it could not be. Taking
+/// arguments this way keeps PyO3's `TypeError` / `OverflowError` (`seed=2**64`, `n=-1`,
+/// `temperature="hot"`) from reaching the caller: [`Arg::get`] turns a failed conversion into an
+/// [`Error::InvalidRequest`] naming the argument.
+struct Arg<T>(Result<T, String>);
+
+impl<T> Arg<T> {
+    /// An argument already converted (for signature defaults).
+    fn given(v: T) -> Self {
+        Arg(Ok(v))
+    }
+
+    /// The value, or an invalid request saying that `name` must be `want`.
+    fn get(self, name: &str, want: &str) -> PyResult<T> {
+        self.0.map_err(|got| {
+            to_pyerr(Error::InvalidRequest(format!(
+                "{name} must be {want}, got {got}"
+            )))
+        })
+    }
+}
+
+impl<'a, 'py, T: FromPyObjectOwned<'py>> FromPyObject<'a, 'py> for Arg<T> {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        Ok(Arg(obj.extract::<T>().map_err(|_| describe(&obj))))
+    }
+}
+
+/// `v`'s repr (cut short) and type, for messages.
+fn describe(v: &Bound<'_, PyAny>) -> String {
+    let shown = v.repr().map_or_else(|_| "?".to_string(), |r| r.to_string());
+    format!("{} ({})", truncate(&shown, 64), type_name(v))
+}
+
+/// Token ids from any Python iterable of ints; an id outside `[0, 2**32)` or a non-integer is
+/// an invalid request naming `what` and the position.
+fn token_ids(what: &str, v: &Bound<'_, PyAny>) -> PyResult<Vec<u32>> {
+    let bad = |m: String| to_pyerr(Error::InvalidRequest(m));
+    let items = v.try_iter().map_err(|_| {
+        bad(format!(
+            "{what} must be a list of token ids, got {}",
+            type_name(v)
+        ))
+    })?;
+    let mut ids = Vec::with_capacity(v.len().unwrap_or(0));
+    for (i, item) in items.enumerate() {
+        let item = item?;
+        let id = item.extract::<u32>().map_err(|_| {
+            bad(format!(
+                "{what}[{i}] must be a token id in [0, 2**32), got {}",
+                describe(&item)
+            ))
+        })?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// `s` cut to at most `max` characters, for echoing user values in messages.
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s.to_string(),
+    }
+}
+
 /// Sampling parameters, validated in Rust (see `infire.SamplingParams` for the docs).
 #[pyclass(name = "SamplingParams", module = "infire._core", frozen)]
 #[derive(Clone)]
@@ -49,54 +126,55 @@ pub struct PySamplingParams {
 #[pymethods]
 impl PySamplingParams {
     #[new]
-    #[pyo3(signature = (n=1, max_tokens=Some(16), temperature=1.0, top_p=1.0, top_k=-1, min_p=0.0,
-        seed=None, stop=None, stop_token_ids=None, ignore_eos=false, repetition_penalty=1.0,
-        presence_penalty=0.0, frequency_penalty=0.0, logprobs=None, prompt_logprobs=None))]
+    #[pyo3(signature = (n=Arg::given(1), max_tokens=Some(Arg::given(16)), temperature=Arg::given(1.0),
+        top_p=Arg::given(1.0), top_k=Arg::given(-1), min_p=Arg::given(0.0), seed=None, stop=None,
+        stop_token_ids=None, ignore_eos=Arg::given(false), repetition_penalty=Arg::given(1.0),
+        presence_penalty=Arg::given(0.0), frequency_penalty=Arg::given(0.0), logprobs=None,
+        prompt_logprobs=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        n: i64,
-        max_tokens: Option<i64>,
-        temperature: f64,
-        top_p: f64,
-        top_k: i64,
-        min_p: f64,
-        seed: Option<i64>,
-        stop: Option<Vec<String>>,
-        stop_token_ids: Option<Vec<i64>>,
-        ignore_eos: bool,
-        repetition_penalty: f64,
-        presence_penalty: f64,
-        frequency_penalty: f64,
-        logprobs: Option<i64>,
-        prompt_logprobs: Option<i64>,
+        n: Arg<usize>,
+        max_tokens: Option<Arg<usize>>,
+        temperature: Arg<f64>,
+        top_p: Arg<f64>,
+        top_k: Arg<i32>,
+        min_p: Arg<f64>,
+        seed: Option<Arg<u64>>,
+        stop: Option<Arg<Vec<String>>>,
+        stop_token_ids: Option<Arg<Vec<u32>>>,
+        ignore_eos: Arg<bool>,
+        repetition_penalty: Arg<f64>,
+        presence_penalty: Arg<f64>,
+        frequency_penalty: Arg<f64>,
+        logprobs: Option<Arg<usize>>,
+        prompt_logprobs: Option<Arg<usize>>,
     ) -> PyResult<Self> {
-        let bad = |m: String| to_pyerr(Error::InvalidRequest(m));
-        let non_negative = |name: &str, v: i64| {
-            usize::try_from(v).map_err(|_| bad(format!("{name} must be >= 0, got {v}")))
-        };
+        const COUNT: &str = "an integer >= 0";
         let inner = SamplingParams {
-            n: non_negative("n", n)?,
-            max_tokens: max_tokens
-                .map(|v| non_negative("max_tokens", v))
+            n: n.get("n", COUNT)?,
+            max_tokens: max_tokens.map(|v| v.get("max_tokens", COUNT)).transpose()?,
+            temperature: temperature.get("temperature", "a number")? as f32,
+            top_p: top_p.get("top_p", "a number")? as f32,
+            top_k: top_k.get("top_k", "-1 or a positive 32-bit integer")?,
+            min_p: min_p.get("min_p", "a number")? as f32,
+            seed: seed
+                .map(|v| v.get("seed", "an integer in [0, 2**64)"))
                 .transpose()?,
-            temperature: temperature as f32,
-            top_p: top_p as f32,
-            top_k: i32::try_from(top_k).map_err(|_| bad(format!("top_k out of range: {top_k}")))?,
-            min_p: min_p as f32,
-            seed: seed.map(|s| s as u64),
-            stop: stop.unwrap_or_default(),
+            stop: stop
+                .map(|v| v.get("stop", "a list of strings"))
+                .transpose()?
+                .unwrap_or_default(),
             stop_token_ids: stop_token_ids
-                .unwrap_or_default()
-                .into_iter()
-                .map(|t| u32::try_from(t).map_err(|_| bad(format!("stop_token_ids: bad id {t}"))))
-                .collect::<PyResult<_>>()?,
-            ignore_eos,
-            repetition_penalty: repetition_penalty as f32,
-            presence_penalty: presence_penalty as f32,
-            frequency_penalty: frequency_penalty as f32,
-            logprobs: logprobs.map(|v| non_negative("logprobs", v)).transpose()?,
+                .map(|v| v.get("stop_token_ids", "a list of token ids in [0, 2**32)"))
+                .transpose()?
+                .unwrap_or_default(),
+            ignore_eos: ignore_eos.get("ignore_eos", "a bool")?,
+            repetition_penalty: repetition_penalty.get("repetition_penalty", "a number")? as f32,
+            presence_penalty: presence_penalty.get("presence_penalty", "a number")? as f32,
+            frequency_penalty: frequency_penalty.get("frequency_penalty", "a number")? as f32,
+            logprobs: logprobs.map(|v| v.get("logprobs", COUNT)).transpose()?,
             prompt_logprobs: prompt_logprobs
-                .map(|v| non_negative("prompt_logprobs", v))
+                .map(|v| v.get("prompt_logprobs", COUNT))
                 .transpose()?,
         };
         inner.validate().map_err(to_pyerr)?;
@@ -190,10 +268,19 @@ impl PySamplingParams {
 }
 
 /// A prompt as Python gives it: text or token ids.
-#[derive(FromPyObject)]
 enum PromptArg {
     Text(String),
     Ids(Vec<u32>),
+}
+
+impl PromptArg {
+    /// Converts a `str` or an iterable of ints; anything else is an invalid request.
+    fn from_py(v: &Bound<'_, PyAny>) -> PyResult<Self> {
+        if let Ok(s) = v.cast::<PyString>() {
+            return Ok(PromptArg::Text(s.to_str()?.to_string()));
+        }
+        token_ids("prompt token ids", v).map(PromptArg::Ids)
+    }
 }
 
 /// A tokenizer with its chat template.
@@ -211,7 +298,13 @@ impl PyTokenizer {
     }
 
     #[pyo3(signature = (ids, skip_special_tokens=false))]
-    fn decode(&self, py: Python<'_>, ids: Vec<u32>, skip_special_tokens: bool) -> PyResult<String> {
+    fn decode(
+        &self,
+        py: Python<'_>,
+        ids: &Bound<'_, PyAny>,
+        skip_special_tokens: bool,
+    ) -> PyResult<String> {
+        let ids = token_ids("token ids", ids)?;
         py.detach(|| self.inner.decode(&ids, skip_special_tokens))
             .map_err(to_pyerr)
     }
@@ -375,7 +468,7 @@ impl PyEngine {
     fn generate<'py>(
         &self,
         py: Python<'py>,
-        prompts: Vec<PromptArg>,
+        prompts: Vec<Bound<'py, PyAny>>,
         params: Vec<PySamplingParams>,
         priorities: Vec<i32>,
     ) -> PyResult<Bound<'py, PyList>> {
@@ -389,7 +482,8 @@ impl PyEngine {
         }
         let mut texts = Vec::with_capacity(prompts.len());
         let mut ids = Vec::with_capacity(prompts.len());
-        for p in prompts {
+        for p in &prompts {
+            let p = PromptArg::from_py(p)?;
             let (text, tokens) = py.detach(|| self.tokenize(p)).map_err(to_pyerr)?;
             texts.push(text);
             ids.push(tokens);
@@ -434,10 +528,11 @@ impl PyEngine {
     fn stream(
         &self,
         py: Python<'_>,
-        prompt: PromptArg,
+        prompt: &Bound<'_, PyAny>,
         params: PySamplingParams,
         priority: i32,
     ) -> PyResult<PyStream> {
+        let prompt = PromptArg::from_py(prompt)?;
         let (text, ids) = py.detach(|| self.tokenize(prompt)).map_err(to_pyerr)?;
         let submitted = self
             .handle
@@ -485,31 +580,40 @@ impl PyStream {
         self.request_id.to_string()
     }
 
+    /// The next cumulative output. The state's lock is taken and held only without the GIL:
+    /// a thread holding the lock never waits for the GIL, so threads sharing one stream take
+    /// turns instead of deadlocking (one waits for the lock, the other for the GIL).
     fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| PyRuntimeError::new_err("poisoned"))?;
-        let Some(sub) = state.as_mut() else {
-            return Err(PyStopIteration::new_err(()));
-        };
-        let advanced = py.detach(|| sub.advance());
-        match advanced {
-            Ok(true) => {}
-            Ok(false) => {
-                *state = None;
-                return Err(PyStopIteration::new_err(()));
+        let next = py.detach(|| -> Result<Option<RequestOutput>, Error> {
+            let mut state = self
+                .state
+                .lock()
+                .map_err(|_| Error::Engine("the stream's state is poisoned".into()))?;
+            let Some(sub) = state.as_mut() else {
+                return Ok(None);
+            };
+            match sub.advance() {
+                Ok(true) => {
+                    let output = sub.output.clone();
+                    if output.finished() {
+                        *state = None;
+                    }
+                    Ok(Some(output))
+                }
+                Ok(false) => {
+                    *state = None;
+                    Ok(None)
+                }
+                Err(e) => {
+                    *state = None;
+                    Err(e)
+                }
             }
-            Err(e) => {
-                *state = None;
-                return Err(to_pyerr(e));
-            }
+        });
+        match next.map_err(to_pyerr)? {
+            Some(output) => output_dict(py, &output, self.prompt.clone()),
+            None => Err(PyStopIteration::new_err(())),
         }
-        let dict = output_dict(py, &sub.output, self.prompt.clone())?;
-        if sub.output.finished() {
-            *state = None;
-        }
-        Ok(dict)
     }
 
     /// Aborts the request if it is still running.
@@ -594,9 +698,13 @@ fn output_dict<'py>(
 
 /// Loads `model`, starts the engine and serves the OpenAI-compatible API until SIGTERM or
 /// SIGINT (see `infire.serve`). Blocks without holding the GIL.
+///
+/// `shutdown_grace`, `header_timeout`, `body_timeout` (seconds) and `max_connections`: `None`
+/// keeps the server's defaults (see `ServerConfig`).
 #[pyfunction]
 #[pyo3(signature = (model, host="127.0.0.1".to_string(), port=8000, api_key=None,
-    served_model_name=None, max_waiting=256, options="{}"))]
+    served_model_name=None, max_waiting=256, options="{}", shutdown_grace=None,
+    header_timeout=None, body_timeout=None, max_connections=None))]
 #[allow(clippy::too_many_arguments)]
 fn serve(
     py: Python<'_>,
@@ -607,6 +715,10 @@ fn serve(
     served_model_name: Option<String>,
     max_waiting: usize,
     options: &str,
+    shutdown_grace: Option<Arg<f64>>,
+    header_timeout: Option<Arg<f64>>,
+    body_timeout: Option<Arg<f64>>,
+    max_connections: Option<Arg<usize>>,
 ) -> PyResult<()> {
     let args = engine_args(options)?;
     let name = served_model_name.unwrap_or_else(|| {
@@ -615,13 +727,34 @@ fn serve(
             |s| s.to_string_lossy().into_owned(),
         )
     });
-    let config = ServerConfig {
+    let mut config = ServerConfig {
         host,
         port,
         api_key,
         max_waiting,
         ..ServerConfig::new(name)
     };
+    let seconds = |name: &str, v: Option<Arg<f64>>, into: &mut std::time::Duration| {
+        let Some(v) = v else { return Ok(()) };
+        let s = v.get(name, "a number of seconds")?;
+        *into = std::time::Duration::try_from_secs_f64(s).map_err(|_| {
+            to_pyerr(Error::InvalidConfig(format!(
+                "{name} must be a non-negative number of seconds, got {s}"
+            )))
+        })?;
+        PyResult::Ok(())
+    };
+    seconds("shutdown_grace", shutdown_grace, &mut config.shutdown_grace)?;
+    seconds("header_timeout", header_timeout, &mut config.header_timeout)?;
+    seconds("body_timeout", body_timeout, &mut config.body_timeout)?;
+    if let Some(v) = max_connections {
+        config.max_connections = v.get("max_connections", "a positive integer")?;
+        if config.max_connections == 0 {
+            return Err(to_pyerr(Error::InvalidConfig(
+                "max_connections must be at least 1".into(),
+            )));
+        }
+    }
     py.detach(|| {
         let launched = launch(&model, &args)?;
         server::run(

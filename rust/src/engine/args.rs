@@ -31,6 +31,13 @@ pub const CUDA_MAX_NUM_BATCHED_TOKENS: usize = 8192;
 pub const CPU_MAX_NUM_SEQS: usize = 64;
 pub const CPU_MAX_NUM_BATCHED_TOKENS: usize = 2048;
 
+/// Most token rows one step may be given.
+pub const MAX_BATCHED_TOKENS: usize = 1 << 20;
+/// Most sequences that may run at once.
+pub const MAX_NUM_SEQS: usize = 1 << 16;
+/// Most tokens per KV-cache block.
+pub const MAX_BLOCK_SIZE: usize = 1024;
+
 /// Declares [`EngineArgs`] from one list of `name: type = default` fields with their docs, and
 /// derives from the same list its `Default` and its [`schema`](EngineArgs::schema).
 macro_rules! engine_args {
@@ -176,6 +183,21 @@ impl EngineArgs {
                 self.gpu_memory_utilization
             ));
         }
+        // Ceilings far above any real use, so that a typo cannot ask for buffers the machine
+        // cannot hold (each step's activations scale with the batch).
+        for (name, value, most) in [
+            (
+                "max_num_batched_tokens",
+                self.max_num_batched_tokens,
+                MAX_BATCHED_TOKENS,
+            ),
+            ("max_num_seqs", self.max_num_seqs, MAX_NUM_SEQS),
+            ("block_size", Some(self.block_size), MAX_BLOCK_SIZE),
+        ] {
+            if let Some(v) = value.filter(|&v| v > most) {
+                return bad(format!("{name} must be at most {most}, got {v}"));
+            }
+        }
         for (name, value) in [
             ("max_model_len", self.max_model_len),
             ("kv_cache_tokens", self.kv_cache_tokens),
@@ -227,6 +249,11 @@ mod tests {
             (r#"{"max_num_seqs": 0}"#, "max_num_seqs"),
             (r#"{"seed": 18446744073709551616}"#, "seed"),
             (r#"{"gpu_memory_utilization": 2}"#, "gpu_memory_utilization"),
+            (
+                r#"{"max_num_batched_tokens": 4611686018427387904}"#,
+                "at most",
+            ),
+            (r#"{"max_num_seqs": 10000000}"#, "max_num_seqs"),
         ] {
             let e = EngineArgs::from_json(json).unwrap_err();
             assert!(matches!(e, Error::InvalidConfig(_)), "{json}: {e:?}");

@@ -4,9 +4,17 @@
 //! Commands go in over one channel; each request's outputs come back over its own channel as
 //! [`RequestEvent`]s. A caller that drops its receiver has its request aborted at the next
 //! step, freeing its blocks.
+//!
+//! A panic inside the loop (a bug, never a bad request) is caught: every request in flight
+//! gets `Failed`, the failure is published ([`EngineHandle::failure`], which the server's
+//! `/health` reports as 503), and the thread stays to answer every later request with an error
+//! at once. The engine is not restarted: its state (blocks, device buffers) is not known to be
+//! consistent after a panic, and restarting is the job of whatever supervises the process.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::ops::ControlFlow;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
@@ -44,6 +52,8 @@ enum Command {
 #[derive(Default)]
 struct Shared {
     stats: Mutex<EngineStats>,
+    /// Set once, when the loop panicked: what the panic said.
+    failure: Mutex<Option<String>>,
 }
 
 /// A handle on a running engine loop. Dropping the last handle stops the loop.
@@ -164,6 +174,9 @@ impl EngineHandle {
         priority: i32,
     ) -> Result<Submitted> {
         self.limits.check(&prompt, &params)?;
+        if let Some(failure) = self.failure() {
+            return Err(dead_engine(&failure));
+        }
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (events, rx) = unbounded_channel();
         let output = RequestOutput::new(
@@ -199,6 +212,11 @@ impl EngineHandle {
         self.shared.stats.lock().map(|s| *s).unwrap_or_default()
     }
 
+    /// `Some(message)` once the engine loop has died of a panic; it then serves nothing.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.failure.lock().ok().and_then(|f| f.clone())
+    }
+
     /// Stops the loop after the step in flight and waits for the thread. Requests still running
     /// get `Failed`.
     pub fn shutdown(&self) {
@@ -218,17 +236,80 @@ struct Route {
     open: usize,
 }
 
+/// The loop thread's body: [`serve`] until shutdown, under [`guarded`].
 fn run<B: Backend>(mut engine: Engine<B>, commands: Receiver<Command>, shared: &Shared) {
+    let panicked = guarded(&commands, shared, |routes| {
+        serve(&mut engine, routes, shared, &commands)
+    });
+    if panicked {
+        // Its destructor may meet the same inconsistency that made it panic: leak it instead.
+        std::mem::forget(engine);
+    }
+}
+
+/// Runs `body` (which routes requests through the map it is given) and catches its panic: then
+/// fails every request in flight, publishes the failure, and answers every later request with
+/// the error until shutdown (see the module docs). Returns whether `body` panicked.
+fn guarded(
+    commands: &Receiver<Command>,
+    shared: &Shared,
+    body: impl FnOnce(&mut HashMap<u64, Route>),
+) -> bool {
     let mut routes: HashMap<u64, Route> = HashMap::new();
+    let served = catch_unwind(AssertUnwindSafe(|| body(&mut routes)));
+    let Err(panic) = served else { return false };
+    let message = panic_message(panic.as_ref());
+    eprintln!("infire: the engine loop panicked ({message}); it serves no more requests");
+    if let Ok(mut f) = shared.failure.lock() {
+        *f = Some(message.clone());
+    }
+    for (_, r) in routes.drain() {
+        let _ = r.events.send(RequestEvent::Failed(dead_engine(&message)));
+    }
+    while let Ok(cmd) = commands.recv() {
+        match cmd {
+            Command::Add { events, .. } => {
+                let _ = events.send(RequestEvent::Failed(dead_engine(&message)));
+            }
+            Command::Abort(_) => {}
+            Command::Shutdown => break,
+        }
+    }
+    true
+}
+
+/// The error requests get from an engine whose loop panicked with `message`.
+fn dead_engine(message: &str) -> Error {
+    Error::Engine(format!(
+        "the engine failed and serves no more requests: {message}"
+    ))
+}
+
+/// The text of a panic's payload (a `&str` or a `String` for `panic!` with a message).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
+}
+
+/// Steps `engine` while there is work and handles commands between steps, until shutdown.
+fn serve<B: Backend>(
+    engine: &mut Engine<B>,
+    routes: &mut HashMap<u64, Route>,
+    shared: &Shared,
+    commands: &Receiver<Command>,
+) {
     loop {
         // Block while idle; otherwise take whatever arrived since the last step.
         if !engine.has_work() {
             let Ok(cmd) = commands.recv() else { return };
-            if handle(&mut engine, &mut routes, shared, cmd).is_break() {
+            if handle(engine, routes, shared, cmd).is_break() {
                 return;
             }
         }
-        if intake(&mut engine, &mut routes, shared, &commands).is_break() {
+        if intake(engine, routes, shared, commands).is_break() {
             return;
         }
         if !engine.has_work() {
@@ -238,13 +319,13 @@ fn run<B: Backend>(mut engine: Engine<B>, commands: Receiver<Command>, shared: &
         // that arrived while it ran join the next step, which starts (with async scheduling)
         // before the text and deltas of this one are made.
         let (deltas, errors) = engine.collect_step();
-        dispatch(&mut engine, &mut routes, shared, deltas, errors);
-        if intake(&mut engine, &mut routes, shared, &commands).is_break() {
+        dispatch(engine, routes, shared, deltas, errors);
+        if intake(engine, routes, shared, commands).is_break() {
             return;
         }
         engine.launch_next();
         let (deltas, errors) = engine.emit();
-        dispatch(&mut engine, &mut routes, shared, deltas, errors);
+        dispatch(engine, routes, shared, deltas, errors);
     }
 }
 
@@ -365,3 +446,7 @@ fn deliver(routes: &mut HashMap<u64, Route>, deltas: Vec<SeqDelta>) -> Vec<u64> 
     }
     gone
 }
+
+#[cfg(test)]
+#[path = "engine_loop_panic_tests.rs"]
+mod panic_tests;

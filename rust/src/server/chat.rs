@@ -62,7 +62,7 @@ pub async fn chat_completions(
     let k = k.map(|k| k.max(0) as usize);
     if req.stream {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
-        return Ok(spawn_sse(move |out| {
+        return Ok(spawn_sse(state.cut.subscribe(), move |out| {
             stream_chunks(state, generation, out, id, n, k, include_usage)
         }));
     }

@@ -92,7 +92,7 @@ pub async fn completions(
     let k = k.map(|k| k.max(0) as usize);
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     if req.stream {
-        return Ok(spawn_sse(move |out| {
+        return Ok(spawn_sse(state.cut.subscribe(), move |out| {
             stream_chunks(state, gens, out, id, n, k, echoes, include_usage)
         }));
     }

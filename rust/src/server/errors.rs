@@ -8,6 +8,9 @@ use serde_json::json;
 
 use crate::error::Error;
 
+/// Seconds a 503 asks the client to wait (`Retry-After`) while the server drains or is dead.
+pub const RETRY_AFTER_SECS: u64 = 5;
+
 /// An error answered to a client. Built by the handlers; rendered as OpenAI's error JSON.
 #[derive(Debug)]
 pub struct ApiError {
@@ -102,12 +105,28 @@ impl ApiError {
         }
     }
 
-    /// 503 once the server is shutting down.
+    /// 503 once the server is shutting down, with a `Retry-After` (another replica, or this
+    /// one restarted, will take the retry).
     pub fn shutting_down() -> Self {
-        ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the server is shutting down",
-        )
+        ApiError {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server is shutting down",
+            )
+        }
+    }
+
+    /// 503 once the engine has failed (see `EngineHandle::failure`); nothing this process
+    /// serves will work again.
+    pub fn engine_failed(reason: &str) -> Self {
+        ApiError {
+            retry_after: Some(RETRY_AFTER_SECS),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("the engine failed and serves no more requests: {reason}"),
+            )
+        }
     }
 
     /// Any other status, with its message.

@@ -4,12 +4,16 @@
 //!
 //! Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (bearer auth
 //! when an API key is set), `GET /health`, `GET /metrics`. On SIGTERM or SIGINT the server
-//! stops accepting, lets running requests finish up to [`ServerConfig::shutdown_grace`], then
-//! returns.
+//! answers new requests 503, lets running requests finish up to
+//! [`ServerConfig::shutdown_grace`], cuts the streams still open with an error event, then
+//! returns (see `connections`). `/health` answers 503 while draining and once the engine loop
+//! has died.
 
+mod admission;
 mod auth;
 mod chat;
 mod completions;
+mod connections;
 mod errors;
 mod generation;
 mod logprobs;
@@ -19,7 +23,7 @@ mod request_params;
 mod sse;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +34,6 @@ use axum::http::{header, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
@@ -59,8 +62,18 @@ pub struct ServerConfig {
     pub max_waiting: usize,
     /// Largest request body in bytes (default 8 MiB); larger ones get 413.
     pub max_body_bytes: usize,
-    /// How long running requests may take to finish after SIGTERM (default 30 s).
+    /// How long running requests may take to finish after SIGTERM (default 30 s); streams
+    /// still open then end with an error event.
     pub shutdown_grace: Duration,
+    /// How long a connection may take to send a request's head, counted from when it is ready
+    /// for one: slow headers and idle keep-alive connections are closed after this (default
+    /// 10 s).
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive once its head has; slower ones get 408
+    /// (default 30 s).
+    pub body_timeout: Duration,
+    /// Most connections served at once; one more gets a 503 and is closed (default 512).
+    pub max_connections: usize,
 }
 
 impl ServerConfig {
@@ -74,6 +87,9 @@ impl ServerConfig {
             max_waiting: 256,
             max_body_bytes: 8 << 20,
             shutdown_grace: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 512,
         }
     }
 }
@@ -88,9 +104,33 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Set once a shutdown signal arrived: health says 503 and new requests are refused.
     pub shutting_down: AtomicBool,
+    /// Requests in flight (their responses not yet fully sent); the drain waits for zero.
+    pub busy: AtomicUsize,
+    /// Turns true when the grace period after a shutdown signal is over: open streams end
+    /// with an error event.
+    pub cut: tokio::sync::watch::Sender<bool>,
 }
 
 impl AppState {
+    /// The state of a server of `handle` with `config`, before any request.
+    pub fn new(
+        handle: EngineHandle,
+        tokenizer: Arc<Tokenizer>,
+        defaults: SamplingParams,
+        config: ServerConfig,
+    ) -> Self {
+        AppState {
+            handle,
+            tokenizer,
+            defaults,
+            config,
+            metrics: Metrics::default(),
+            shutting_down: AtomicBool::new(false),
+            busy: AtomicUsize::new(0),
+            cut: tokio::sync::watch::channel(false).0,
+        }
+    }
+
     /// 404 unless `model` is the served model's name.
     fn check_model(&self, model: &str) -> Result<(), ApiError> {
         if model == self.config.served_model_name {
@@ -121,6 +161,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .layer(middleware::from_fn_with_state(
             state.clone(),
+            admission::admit,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            admission::read_body_in_time,
+        ))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
             reject_oversized,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
@@ -141,11 +189,6 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
     let local = listener
         .local_addr()
         .map_err(|e| Error::InvalidConfig(format!("cannot listen on {addr}: {e}")))?;
-    // Stream chunks are small writes: without TCP_NODELAY, Nagle's algorithm holds each one
-    // back until the previous is acknowledged, which delays tokens by milliseconds.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     on_listening(local);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();
@@ -153,26 +196,11 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
         signal.await;
         signal_state.shutting_down.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
-        // Keep the sender alive: a dropped sender would end the waits below early.
+        // Keep the sender alive: a dropped sender would end the waits on it early.
         std::future::pending::<()>().await;
     });
-    let mut graceful_rx = stop_rx.clone();
-    let mut deadline_rx = stop_rx;
-    let grace = state.config.shutdown_grace;
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
-        let _ = graceful_rx.wait_for(|stop| *stop).await;
-    });
-    let deadline = async move {
-        let _ = deadline_rx.wait_for(|stop| *stop).await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        r = server => r.map_err(|e| Error::Engine(format!("the HTTP server failed: {e}"))),
-        () = deadline => {
-            eprintln!("infire: shutdown deadline of {grace:?} passed; exiting with requests running");
-            Ok(())
-        }
-    }
+    connections::serve_connections(listener, router(state.clone()), state, stop_rx).await;
+    Ok(())
 }
 
 /// Builds a tokio runtime and serves `handle` on it until shutdown; then stops the engine.
@@ -189,14 +217,7 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| Error::Engine(format!("cannot start the HTTP runtime: {e}")))?;
-    let state = Arc::new(AppState {
-        handle: handle.clone(),
-        tokenizer,
-        defaults,
-        config,
-        metrics: Metrics::default(),
-        shutting_down: AtomicBool::new(false),
-    });
+    let state = Arc::new(AppState::new(handle.clone(), tokenizer, defaults, config));
     let name = state.config.served_model_name.clone();
     let result = runtime.block_on(serve(state, |addr| {
         eprintln!("infire: serving {name} on http://{addr}");
@@ -258,12 +279,10 @@ async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
     }))
 }
 
-async fn health(State(state): State<Arc<AppState>>) -> Response {
-    if state.shutting_down.load(Ordering::SeqCst) {
-        ApiError::shutting_down().into_response()
-    } else {
-        (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
-    }
+/// 200 while the server serves; [`admission::admit`] answers 503 for it while draining or
+/// once the engine has failed.
+async fn health() -> Response {
+    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
 
 async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {

@@ -1,7 +1,8 @@
 //! Server-sent events: a producer task writes JSON chunks into a channel that the response
 //! body reads; the stream ends with `data: [DONE]`. When the client goes away the channel
 //! closes, [`Emitter::closed`] fires, and the producer returns, dropping (and so aborting) its
-//! requests.
+//! requests. When the server's grace period after a shutdown signal ends (`cut` turns true),
+//! the stream ends at once with an error event instead of `[DONE]`.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -10,7 +11,10 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use serde_json::Value;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::watch;
+
+use super::ApiError;
 
 /// Where a producer writes its chunks.
 pub struct Emitter {
@@ -31,17 +35,37 @@ impl Emitter {
     }
 }
 
-/// Spawns `produce` on the runtime and answers with the SSE stream of what it emits.
-pub fn spawn_sse<F, Fut>(produce: F) -> Response
+/// Where the SSE body is: relaying the producer's events, or finished.
+enum Relay {
+    Open(UnboundedReceiver<Event>, watch::Receiver<bool>),
+    Done,
+}
+
+/// Spawns `produce` on the runtime and answers with the SSE stream of what it emits; `cut`
+/// ends the stream early with an error event (see the module docs).
+pub fn spawn_sse<F, Fut>(cut: watch::Receiver<bool>, produce: F) -> Response
 where
     F: FnOnce(Emitter) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = unbounded_channel();
     tokio::spawn(produce(Emitter { tx }));
-    let chunks = stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    let events = stream::unfold(Relay::Open(rx, cut), |relay| async move {
+        let Relay::Open(mut rx, mut cut) = relay else {
+            return None;
+        };
+        let next = tokio::select! {
+            biased;
+            event = rx.recv() => event,
+            _ = cut.wait_for(|c| *c) => {
+                let error = ApiError::shutting_down().body();
+                return Some((Event::default().data(error.to_string()), Relay::Done));
+            }
+        };
+        Some(match next {
+            Some(e) => (e, Relay::Open(rx, cut)),
+            None => (Event::default().data("[DONE]"), Relay::Done),
+        })
     });
-    let done = stream::once(async { Ok(Event::default().data("[DONE]")) });
-    Sse::new(chunks.chain(done)).into_response()
+    Sse::new(events.map(Ok::<_, Infallible>)).into_response()
 }

@@ -17,6 +17,16 @@ use crate::error::{Error, Result};
 /// Name of the one template held by a [`ChatTemplate`]'s environment.
 const TEMPLATE_NAME: &str = "chat_template";
 
+/// Instructions one rendering may execute (minijinja's fuel). Real templates spend a few hundred
+/// per message, so this leaves room for conversations of tens of thousands of messages while a
+/// template that loops without end (nested `range`s) stops within about a second on a CPU.
+pub const RENDER_FUEL: u64 = 20_000_000;
+
+/// Largest rendered prompt, in bytes. Far beyond any context a model takes (the prompt is
+/// tokenized and checked against `max_model_len` next), and small enough that a template whose
+/// output grows without end fails here instead of exhausting memory.
+pub const MAX_RENDERED_BYTES: usize = 64 << 20;
+
 /// One message of a conversation, as templates see it: `message.role` / `message['content']`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -69,6 +79,7 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         template_functions::register(&mut env);
+        env.set_fuel(Some(RENDER_FUEL));
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| Error::Tokenizer(format!("chat template does not compile: {e}")))?;
         Ok(ChatTemplate {
@@ -90,7 +101,8 @@ impl ChatTemplate {
     /// transformers does.
     ///
     /// Errors: [`Error::Tokenizer`] with the template's message when it calls `raise_exception`
-    /// (e.g. Mistral on roles that do not alternate), or describing the failure otherwise.
+    /// (e.g. Mistral on roles that do not alternate), when it runs out of [`RENDER_FUEL`] or
+    /// writes more than [`MAX_RENDERED_BYTES`], or describing the failure otherwise.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         let template = self
             .env
@@ -107,7 +119,45 @@ impl ChatTemplate {
         if let Some(eos) = &self.eos_token {
             context.insert("eos_token", Value::from(eos.as_str()));
         }
-        template.render(context).map_err(render_error)
+        let mut out = CappedWriter {
+            bytes: Vec::new(),
+            cap: MAX_RENDERED_BYTES,
+            overflowed: false,
+        };
+        if let Err(e) = template.render_captured_to(context, &mut out) {
+            if out.overflowed {
+                return Err(Error::Tokenizer(format!(
+                    "chat template output exceeds the limit of {MAX_RENDERED_BYTES} bytes"
+                )));
+            }
+            return Err(render_error(e));
+        }
+        String::from_utf8(out.bytes)
+            .map_err(|_| Error::Tokenizer("chat template wrote invalid UTF-8".into()))
+    }
+}
+
+/// The rendering's output buffer: refuses a write that would take it past `cap` bytes.
+struct CappedWriter {
+    /// What was written; never longer than `cap`.
+    bytes: Vec<u8>,
+    cap: usize,
+    /// Set when a write was refused.
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.cap - self.bytes.len() {
+            self.overflowed = true;
+            return Err(std::io::Error::other("chat template output too long"));
+        }
+        self.bytes.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -119,6 +169,12 @@ fn render_error(error: minijinja::Error) -> Error {
             return Error::Tokenizer(format!("chat template raised an exception: {message}"));
         }
         source = current.source();
+    }
+    if error.kind() == minijinja::ErrorKind::OutOfFuel {
+        return Error::Tokenizer(format!(
+            "chat template ran past its limit of {RENDER_FUEL} instructions (a template that \
+             loops without end, or a conversation far too long)"
+        ));
     }
     Error::Tokenizer(format!("chat template failed: {error}"))
 }

@@ -325,3 +325,24 @@ fn undefined_special_tokens_render_empty_and_bad_templates_fail_to_compile() {
         Err(Error::Tokenizer(_))
     ));
 }
+
+/// A template that loops (almost) without end runs out of fuel quickly, with a clear error.
+#[test]
+fn endless_loops_run_out_of_fuel() {
+    let nested = "{% for i in range(100000) %}{% for j in range(100000) %}\
+                  {% if i == j %}{% endif %}{% endfor %}{% endfor %}";
+    let template = ChatTemplate::new(nested, None, None).expect("compiles");
+    let started = std::time::Instant::now();
+    let e = template.render(&[], true).unwrap_err().to_string();
+    assert!(e.contains("limit of") && e.contains("instructions"), "{e}");
+    assert!(started.elapsed().as_secs() < 30, "{:?}", started.elapsed());
+}
+
+/// Output that grows past the cap stops at the cap, without buffering more.
+#[test]
+fn output_is_capped() {
+    let wide = "{% for i in range(100000) %}{{ 'x' * 1000 }}{% endfor %}";
+    let template = ChatTemplate::new(wide, None, None).expect("compiles");
+    let e = template.render(&[], true).unwrap_err().to_string();
+    assert!(e.contains("output exceeds the limit"), "{e}");
+}

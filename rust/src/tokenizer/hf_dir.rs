@@ -39,8 +39,13 @@ pub(crate) struct HfTokenizer {
 pub(crate) fn load(dir: &Path) -> Result<HfTokenizer> {
     let tokenizer_path = dir.join(TOKENIZER_FILE);
     let bytes = std::fs::read(&tokenizer_path).map_err(|e| Error::io(&tokenizer_path, e))?;
-    let mut tokenizer = tokenizers::Tokenizer::from_bytes(&bytes)
-        .map_err(|e| Error::invalid_model(&tokenizer_path, e.to_string()))?;
+    // The `tokenizers` crate panics on some malformed files (a decoder whose JSON does not
+    // deserialize, found by fuzzing): a bad file must be an error like any other.
+    let parsed =
+        std::panic::catch_unwind(|| tokenizers::Tokenizer::from_bytes(&bytes)).map_err(|_| {
+            Error::invalid_model(&tokenizer_path, "malformed tokenizer (parser panicked)")
+        })?;
+    let mut tokenizer = parsed.map_err(|e| Error::invalid_model(&tokenizer_path, e.to_string()))?;
     // transformers truncates or pads only when a call asks for it.
     tokenizer
         .with_truncation(None)
@@ -101,6 +106,9 @@ pub(crate) fn load(dir: &Path) -> Result<HfTokenizer> {
         Ok(text) => Some(text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => config_chat_template(&config)
             .map_err(|reason| Error::invalid_model(&config_path, reason))?,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(Error::invalid_model(&template_path, "not valid UTF-8"))
+        }
         Err(e) => return Err(Error::io(&template_path, e)),
     };
     Ok(HfTokenizer {

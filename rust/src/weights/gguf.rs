@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
 
+use super::finite::check_finite;
 use super::ggml_quants::{dequantize, DequantError, GgmlType};
 use super::gguf_value::GgufValue;
 use super::{HostTensor, WeightSource};
@@ -256,6 +257,7 @@ impl WeightSource for GgufFile {
             }
             _ => self.invalid(format!("tensor {gguf_name}: {e}")),
         })?;
+        check_finite(&data).map_err(|e| self.invalid(format!("tensor {gguf_name} {e}")))?;
         let shape = info.shape();
         if let Some(heads) = self.interleaved_heads(gguf_name)? {
             data = reverse_permute_rows(&data, &shape, heads)
@@ -375,8 +377,20 @@ mod tests {
         assert_eq!(file.alignment(), 256);
         assert_eq!(file.tensors()[1].offset, 256);
         assert_eq!(file.load_f32("b").unwrap().data, [2.0]);
-        let bad = Builder::new().kv_u32("general.alignment", 48).build();
-        assert!(err_of(bad).contains("general.alignment"));
+        for bad in [48, 0, 1, 4] {
+            let e = err_of(Builder::new().kv_u32("general.alignment", bad).build());
+            assert!(e.contains("general.alignment"), "{bad}: {e}");
+        }
+        let mut nan = Builder::new().tensor("n", &[2], 0, &f32_bytes(&[1.0, f32::NAN]));
+        nan.alignment = 32;
+        let e = GgufFile::from_bytes(nan.build())
+            .unwrap()
+            .load_f32("n")
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("tensor n holds a non-finite value"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -589,7 +603,7 @@ mod tests {
             rest = tail;
             head
         };
-        let mut seen = 0;
+        let (mut seen, mut compared) = (0, 0);
         while seen < file.tensors().len() {
             let name_len = u32::from_le_bytes(take(4).try_into().unwrap()) as usize;
             let name = String::from_utf8(take(name_len).to_vec()).unwrap();
@@ -602,6 +616,14 @@ mod tests {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
                 .collect();
+            if want.iter().any(|v| !v.is_finite()) {
+                // Random bits include infinities and NaNs: such a weight is refused by name.
+                let e = file.load_f32(&name).unwrap_err().to_string();
+                assert!(e.contains("holds a non-finite value"), "{name}: {e}");
+                seen += 1;
+                continue;
+            }
+            compared += 1;
             let got = file.load_f32(&name).unwrap();
             assert_eq!(got.shape, shape, "{name}");
             for (i, (g, w)) in got.data.iter().zip(&want).enumerate() {
@@ -610,5 +632,6 @@ mod tests {
             seen += 1;
         }
         assert!(rest.is_empty());
+        assert!(compared > 0, "no tensor was compared bit for bit");
     }
 }

@@ -3,6 +3,7 @@
 //! Both readers hand the model f32 [`HostTensor`]s named with Hugging Face names
 //! (`model.layers.3.self_attn.q_proj.weight`), so the model loader is written once.
 
+pub mod finite;
 pub mod ggml_quants;
 pub mod gguf;
 pub mod gguf_value;
@@ -39,12 +40,15 @@ pub struct RawTensor<'a> {
 pub trait WeightSource: Send + Sync {
     /// Whether a tensor of this name exists (optional tensors: biases, q/k norms, `lm_head`).
     fn contains(&self, name: &str) -> bool;
-    /// Reads one tensor, converted to f32. Errors name the tensor and the file.
+    /// Reads one tensor, converted to f32. Errors name the tensor and the file; a tensor that
+    /// holds a NaN or an infinity is an [`crate::error::Error::InvalidModel`].
     fn load_f32(&self, name: &str) -> Result<HostTensor>;
     /// Every tensor name in the source (for error messages and checks).
     fn names(&self) -> Vec<String>;
     /// The tensor's bytes as stored, when the source keeps them in a plain dense dtype (so a
-    /// backend that computes in that dtype copies them as they are). `None` otherwise.
+    /// backend that computes in that dtype copies them as they are). `None` otherwise, and `None`
+    /// when a sample of the bytes holds a non-finite value, so that the caller falls back to
+    /// [`WeightSource::load_f32`], which reports it.
     fn raw(&self, _name: &str) -> Option<RawTensor<'_>> {
         None
     }

@@ -16,6 +16,7 @@ use memmap2::Mmap;
 use rayon::prelude::*;
 use serde::Deserialize;
 
+use super::finite::{check_finite, sample_is_finite};
 use super::{HostTensor, RawTensor, WeightSource};
 use crate::error::{Error, Result};
 
@@ -169,6 +170,8 @@ impl WeightSource for SafetensorsWeights {
         let data = convert(&entry.dtype, &shard.mmap[entry.range.clone()]).map_err(|e| {
             Error::Unsupported(format!("{}: tensor {name}: {e}", shard.path.display()))
         })?;
+        check_finite(&data)
+            .map_err(|e| Error::invalid_model(&shard.path, format!("tensor {name} {e}")))?;
         Ok(HostTensor {
             shape: entry.shape.clone(),
             data,
@@ -181,10 +184,14 @@ impl WeightSource for SafetensorsWeights {
 
     fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
         let (shard, entry) = self.tensors.get(name)?;
+        let bytes = &self.shards[*shard].mmap[entry.range.clone()];
+        if !sample_is_finite(&entry.dtype, bytes) {
+            return None;
+        }
         Some(RawTensor {
             dtype: &entry.dtype,
             shape: &entry.shape,
-            bytes: &self.shards[*shard].mmap[entry.range.clone()],
+            bytes,
         })
     }
 }
@@ -418,7 +425,17 @@ mod tests {
         assert_eq!(w.names(), ["ids", "w16", "w32", "wbf"]);
         let t = w.load_f32("w32").unwrap();
         assert_eq!((t.shape, t.data), (vec![2, 2], vec![1.0, -2.0, 3.5, 0.25]));
-        assert_eq!(w.load_f32("w16").unwrap().data, [1.0, -2.0, f32::INFINITY]);
+        // f16's infinity converts, and a weight holding it is refused by name.
+        let f16s = w.raw("w16").map(|r| r.bytes.to_vec());
+        assert_eq!(f16s, None, "a sampled infinity hides the raw bytes");
+        let e = w.load_f32("w16").unwrap_err().to_string();
+        assert!(
+            e.contains("tensor w16 holds a non-finite value (inf)"),
+            "{e}"
+        );
+        let (_, entry) = &w.tensors["w16"];
+        let converted = convert("F16", &w.shards[0].mmap[entry.range.clone()]).unwrap();
+        assert_eq!(converted, [1.0, -2.0, f32::INFINITY]);
         assert_eq!(w.load_f32("wbf").unwrap().data, [1.5, -123.5]);
         assert_eq!(
             (w.dtype("wbf"), w.shape("wbf")),

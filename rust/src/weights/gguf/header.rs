@@ -15,6 +15,10 @@ use crate::weights::gguf_value::GgufValue;
 const MAGIC: &[u8; 4] = b"GGUF";
 /// Data alignment when the file has no `general.alignment` key (GGUF_DEFAULT_ALIGNMENT).
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Smallest `general.alignment` accepted. The GGUF spec requires "a multiple of 8" and ggml a
+/// power of two; a smaller value is no file any writer produces, but one byte flipped in a real
+/// file, which would shift the data section and load garbage weights.
+const MIN_ALIGNMENT: u64 = 8;
 /// ggml's `GGML_MAX_DIMS`: no ggml tensor has more dimensions.
 const MAX_DIMS: u32 = 4;
 /// Deepest nesting of metadata arrays accepted; bounds the parser's recursion.
@@ -79,8 +83,12 @@ pub(super) fn parse_header(path: &Path, bytes: &[u8]) -> Result<Header> {
     let alignment = match metadata.get("general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some(v) => match v.as_u64() {
-            Some(a) if a.is_power_of_two() && a <= u32::MAX as u64 => a,
-            _ => return Err(c.invalid(format!("general.alignment {v:?} is not a power of two"))),
+            Some(a) if a.is_power_of_two() && (MIN_ALIGNMENT..=u32::MAX as u64).contains(&a) => a,
+            _ => {
+                return Err(c.invalid(format!(
+                    "general.alignment {v:?} is not a power of two of at least {MIN_ALIGNMENT}"
+                )))
+            }
         },
     };
     let mut tensors = Vec::with_capacity(n_tensors);

@@ -1,0 +1,200 @@
+"""The server against slow, idle, half-closing and too many clients, while draining after
+SIGTERM, and with a dead engine: real sockets against a live server process on the CPU.
+
+The servers here are started through ``infire._core.serve``, which takes the connection limits
+(``shutdown_grace``, ``header_timeout``, ``body_timeout``, ``max_connections``) that the CLI does
+not expose yet; short values keep the tests fast."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+MODEL = "smol"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(model_path: str, options: dict, **limits) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    script = (
+        "import sys, json, infire._core as c; "
+        "c.serve(sys.argv[1], port=int(sys.argv[2]), served_model_name='smol', "
+        "options=sys.argv[3], **json.loads(sys.argv[4]))"
+    )
+    cmd = [sys.executable, "-c", script, model_path, str(port)]
+    cmd += [json.dumps(options), json.dumps(limits)]
+    env = {k: v for k, v in os.environ.items() if k != "INFIRE_API_KEY"}
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            if _exchange(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")[0] == 200:
+                return proc, port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become healthy in 120 s")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=30)
+
+
+def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """Reads one HTTP/1.1 response with a Content-Length body (or to EOF)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError(f"closed before a response head: {data!r}")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+    length = int(headers.get("content-length", "-1"))
+    while length < 0 or len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return status, headers, body
+
+
+def _exchange(port: int, request: bytes, half_close: bool = False):
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(request)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        return _read_response(s)
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes `sock` (EOF or reset) within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def _post(path: str, body: dict) -> bytes:
+    raw = json.dumps(body).encode()
+    head = f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+    return (head + f"content-length: {len(raw)}\r\n\r\n").encode() + raw
+
+
+@pytest.fixture(scope="module")
+def limited(default_model_path):
+    proc, port = _start(
+        default_model_path,
+        {"max_model_len": 512},
+        header_timeout=1.0,
+        body_timeout=1.0,
+        max_connections=4,
+    )
+    yield port
+    _stop(proc)
+
+
+def test_idle_and_slow_header_connections_are_closed(limited):
+    idle = socket.create_connection(("127.0.0.1", limited))
+    slow = socket.create_connection(("127.0.0.1", limited))
+    slow.sendall(b"GET /health HTTP/1.1\r\nhost")
+    started = time.monotonic()
+    assert _closed_within(idle, 10)
+    assert _closed_within(slow, 10)
+    assert time.monotonic() - started < 5
+    idle.close()
+    slow.close()
+
+
+def test_slow_body_gets_408(limited):
+    with socket.create_connection(("127.0.0.1", limited), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            b'content-length: 100\r\n\r\n{"model"'
+        )
+        status, headers, body = _read_response(s)
+    assert status == 408, body
+    assert "did not arrive" in json.loads(body)["error"]["message"]
+
+
+def test_half_closed_client_gets_its_answer(limited):
+    request = _post("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+    status, _, body = _exchange(limited, request, half_close=True)
+    assert status == 200, body
+    assert json.loads(body)["choices"][0]["text"] is not None
+
+
+def test_connections_over_the_limit_get_503_until_one_frees(limited):
+    held = [socket.create_connection(("127.0.0.1", limited)) for _ in range(4)]
+    try:
+        time.sleep(0.2)
+        status, headers, body = _exchange(limited, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert status == 503, body
+        assert headers["retry-after"].isdigit()
+        assert "connections open" in json.loads(body)["error"]["message"]
+    finally:
+        for s in held:
+            s.close()
+    deadline = time.monotonic() + 10
+    while _exchange(limited, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")[0] != 200:
+        assert time.monotonic() < deadline, "slots never came back"
+        time.sleep(0.2)
+
+
+def test_drain_answers_503_and_cuts_streams_with_an_error_event(default_model_path):
+    proc, port = _start(default_model_path, {"max_model_len": 4096}, shutdown_grace=3.0)
+    try:
+        body = {
+            "model": MODEL,
+            "prompt": "Write a long story.",
+            "max_tokens": 4000,
+            "stream": True,
+            "ignore_eos": True,
+        }
+        stream = socket.create_connection(("127.0.0.1", port), timeout=30)
+        stream.sendall(_post("/v1/completions", body))
+        received = b""
+        while b"data: {" not in received:
+            received += stream.recv(65536)
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.3)
+        status, headers, body = _exchange(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
+        assert (status, headers["retry-after"]) == (503, "5"), body
+        request = _post("/v1/completions", {"model": MODEL, "prompt": "Hi", "max_tokens": 2})
+        status, headers, body = _exchange(port, request)
+        assert status == 503 and "retry-after" in headers, body
+        assert "shutting down" in json.loads(body)["error"]["message"]
+        while True:
+            chunk = stream.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+        events = [e for e in received.decode(errors="replace").split("\n\n") if "data:" in e]
+        last = events[-1].split("data: ", 1)[1]
+        assert last != "[DONE]", "a stream cut at the deadline must not look complete"
+        assert "shutting down" in json.loads(last)["error"]["message"]
+        assert proc.wait(timeout=30) == 0
+    finally:
+        _stop(proc)
