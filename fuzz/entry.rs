@@ -16,8 +16,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use infire::config::ModelConfig;
-use infire::engine::launch::{launch, DeviceOptions};
-use infire::engine::EngineConfig;
+use infire::engine::launch::launch;
+use infire::engine::EngineArgs;
 use infire::server::{self, AppState, ServerConfig};
 use infire::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use infire::weights::gguf::GgufFile;
@@ -144,16 +144,13 @@ fn test_server() -> &'static SocketAddr {
         } else {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_models/llama_tied_mha")
         };
-        let config = EngineConfig {
+        let args = EngineArgs {
+            device: "cpu".into(),
             kv_cache_tokens: Some(4096),
             max_model_len: Some(256),
             ..Default::default()
         };
-        let device = DeviceOptions {
-            device: "cpu".into(),
-            ..Default::default()
-        };
-        let launched = launch(&model, &device, config).expect("the tiny model loads");
+        let launched = launch(&model, &args).expect("the tiny model loads");
         let server_config = ServerConfig {
             port: 0,
             header_timeout: Duration::from_secs(5),
