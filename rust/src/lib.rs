@@ -1,9 +1,10 @@
 //! Infire: an LLM inference engine.
 //!
-//! The crate is organised as in `DESIGN.md`: weight readers (`weights`), model configuration
-//! (`config`), tokenizer and chat templates (`tokenizer`), the Llama-family forward pass
-//! (`model`) written once against the backend operations (`backend`), the KV block pool
-//! (`kv`), sampling (`sampling`), the engine (`engine`) and the OpenAI-compatible HTTP server
+//! The crate is organised as `ARCHITECTURE.md` maps it: weight readers (`weights`), model
+//! configuration (`config`), tokenizer and chat templates (`tokenizer`), the Llama-family
+//! forward pass (`model`) written once against the backend operations (`backend`), the KV
+//! block pool (`kv`), sampling (`sampling`), the engine (`engine`, whose options live in
+//! `engine::args`), measurement knobs (`tuning`) and the OpenAI-compatible HTTP server
 //! (`server`). `python` holds the PyO3 bindings only.
 
 pub mod backend;
