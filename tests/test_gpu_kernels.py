@@ -815,7 +815,6 @@ def test_prefill_attention(dtype, shape):
     query_lens = [q for q, _ in PREFILL_SEQS]
     context_lens = [c for _, c in PREFILL_SEQS]
     cache = make_paged_cache(context_lens, shape, t)
-    starts = [sum(query_lens[:i]) for i in range(len(query_lens))]
     rows = sum(query_lens)
     row_seq = torch.tensor(
         [s for s, q in enumerate(query_lens) for _ in range(q)], dtype=torch.int32, device="cuda"
@@ -827,10 +826,20 @@ def test_prefill_attention(dtype, shape):
     out = nan_like((rows, shape.num_heads * shape.head_dim), t)
     scale = shape.head_dim**-0.5
 
+    run_prefill_attention(qkv, cache, out, PREFILL_SEQS, scale, dtype, shape)
+    ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
+    assert rel_err(out, ref) < ATTENTION_TOL[dtype]
+
+
+def run_prefill_attention(qkv, cache: PagedCache, out, seqs, scale, dtype, shape):
+    """Launches prefill_attention over `seqs` ((query_len, context_len) per sequence, their
+    rows end to end in `qkv`): one CTA per 64-row tile and head, the tiles in shuffled order."""
+
     def ints(values):
         return torch.tensor(values, dtype=torch.int32, device="cuda")
 
-    # One (sequence, first row) pair per 64-row tile, in shuffled order.
+    query_lens = [q for q, _ in seqs]
+    starts = [sum(query_lens[:i]) for i in range(len(query_lens))]
     tiles = [(z, first) for z, q in enumerate(query_lens) for first in range(0, q, 64)]
     tiles = [tiles[i] for i in torch.randperm(len(tiles)).tolist()]
     run(
@@ -844,7 +853,7 @@ def test_prefill_attention(dtype, shape):
         out,
         ints(starts),
         ints(query_lens),
-        ints(context_lens),
+        ints([c for _, c in seqs]),
         cache.block_tables,
         i32(cache.block_tables.shape[1]),
         i32(shape.qkv_width),
@@ -853,8 +862,6 @@ def test_prefill_attention(dtype, shape):
         dtype=dtype,
         shape=shape,
     )
-    ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
-    assert rel_err(out, ref) < ATTENTION_TOL[dtype]
 
 
 # --- attention over long rows --------------------------------------------------------------
@@ -914,38 +921,13 @@ def test_prefill_attention_long_rows(dtype, shape, layout, data):
     seqs = [(LONG_CONTEXT, LONG_CONTEXT), (1000, LONG_CONTEXT - 7)]
     query_lens = [q for q, _ in seqs]
     cache = make_paged_cache([c for _, c in seqs], shape, t, layout, v_offset)
-    starts = [0, query_lens[0]]
     rows = sum(query_lens)
     row_seq = torch.tensor([s for s, q in enumerate(query_lens) for _ in range(q)])
     row_pos = torch.tensor([c - q + j for q, c in seqs for j in range(q)])
     qkv = (torch.randn(rows, shape.qkv_width, device="cuda") * q_scale).to(t)
     out = nan_like((rows, shape.num_heads * shape.head_dim), t)
     scale = shape.head_dim**-0.5
-
-    def ints(values):
-        return torch.tensor(values, dtype=torch.int32, device="cuda")
-
-    tiles = [(z, first) for z, q in enumerate(query_lens) for first in range(0, q, 64)]
-    run(
-        "prefill_attention",
-        "prefill_attention",
-        (len(tiles), shape.num_heads),
-        128,
-        qkv,
-        cache.k,
-        cache.v,
-        out,
-        ints(starts),
-        ints(query_lens),
-        ints([c for _, c in seqs]),
-        cache.block_tables,
-        i32(cache.block_tables.shape[1]),
-        i32(shape.qkv_width),
-        f32(scale),
-        ints([x for tile in tiles for x in tile]),
-        dtype=dtype,
-        shape=shape,
-    )
+    run_prefill_attention(qkv, cache, out, seqs, scale, dtype, shape)
     assert torch.isfinite(out).all(), "some outputs were not written (NaN poison left)"
     checked = long_rows_checked(row_pos, first_rows=[query_lens[0] - 1, query_lens[0]])
     ref = long_attention_reference(qkv, cache, row_seq, row_pos, shape, scale, checked)

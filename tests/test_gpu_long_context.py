@@ -32,29 +32,26 @@ pytestmark = pytest.mark.gpu
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_gpu_models import write_random_checkpoint  # noqa: E402
+from test_gpu_models import COMMON, write_random_checkpoint  # noqa: E402
+from test_gpu_models import LLAMA3_ROPE as MODELS_LLAMA3_ROPE  # noqa: E402
 
-VOCAB = 1024
-BASE = dict(
-    vocab_size=VOCAB,
-    intermediate_size=512,
-    num_hidden_layers=2,
-    max_position_embeddings=40960,
-    rms_norm_eps=1e-5,
-    bos_token_id=1,
-    eos_token_id=2,
-    tie_word_embeddings=False,
-)
-LLAMA3_ROPE = dict(
-    rope_theta=500000.0,
-    rope_scaling={
-        "rope_type": "llama3",
-        "factor": 8.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
+VOCAB = COMMON["vocab_size"]
+# test_gpu_models.py's model less its attention shape (each of MODELS gives one), two layers,
+# with room for 32k positions.
+SHAPE_KEYS = ("hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim")
+BASE = {
+    **{k: v for k, v in COMMON.items() if k not in SHAPE_KEYS},
+    "num_hidden_layers": 2,
+    "max_position_embeddings": 40960,
+}
+# llama3 scaling whose scaled low frequencies matter within these prompts.
+LLAMA3_ROPE = {
+    **MODELS_LLAMA3_ROPE,
+    "rope_scaling": {
+        **MODELS_LLAMA3_ROPE["rope_scaling"],
         "original_max_position_embeddings": 1024,
     },
-)
+}
 # (GQA group, head_dim) of each: 1, 2, 4, 7 and 8; 64 and 128.
 MODELS = {
     "llama_mha_g1_hd64": dict(
