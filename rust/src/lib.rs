@@ -7,6 +7,8 @@
 //! `engine::args`), measurement knobs (`tuning`) and the OpenAI-compatible HTTP server
 //! (`server`). `python` holds the PyO3 bindings only.
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 pub mod backend;
 pub mod config;
 pub mod engine;

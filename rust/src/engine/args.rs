@@ -9,7 +9,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::EngineConfig;
 use crate::error::{Error, Result};
 
 /// The kind of device an engine runs on, for the defaults that depend on it.
@@ -229,6 +228,41 @@ impl EngineArgs {
             async_scheduling: self.async_scheduling,
             step_trace: None,
         }
+    }
+}
+
+/// The engine's settled options ([`EngineArgs::engine_config`] makes them from what the user
+/// set, for the device the engine runs on; the defaults and their docs live there).
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Longest prompt + output; `None`: the model's `max_position_embeddings`.
+    pub max_model_len: Option<usize>,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// KV-cache capacity in tokens; `None`: what the backend's memory budget allows, or
+    /// `max(max_model_len, DEFAULT_CPU_KV_BYTES / bytes per token)` without one.
+    pub kv_cache_tokens: Option<usize>,
+    /// Most token rows in one forward step.
+    pub max_num_batched_tokens: usize,
+    /// Most sequences running at once.
+    pub max_num_seqs: usize,
+    /// Reuse KV blocks of equal prompt prefixes.
+    pub enable_prefix_caching: bool,
+    /// Seed of sequences whose request names none; each sequence gets `seed + arrival`.
+    pub seed: u64,
+    /// Launch each step before turning the previous step's tokens into text and deltas, so
+    /// that this host work overlaps the device's (vLLM's `async_scheduling`). `None`: on where
+    /// the backend's launches only enqueue work ([`Backend::launches_ahead`]: CUDA), off on the
+    /// CPU, which computes a step as it is launched (there it would only delay each output).
+    pub async_scheduling: Option<bool>,
+    /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).
+    pub step_trace: Option<std::path::PathBuf>,
+}
+
+impl Default for EngineConfig {
+    /// The CPU's defaults.
+    fn default() -> Self {
+        EngineArgs::default().engine_config(DeviceKind::Cpu)
     }
 }
 

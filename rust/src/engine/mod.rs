@@ -9,23 +9,24 @@ pub mod args;
 mod batch;
 pub mod engine_loop;
 pub mod launch;
+mod limits;
 mod output;
 mod scheduler;
 mod sequence;
+mod step;
 pub mod trace;
 
 use std::sync::Arc;
-use std::time::Instant;
 
-use rayon::prelude::*;
-
-pub use args::{DeviceKind, EngineArgs};
+pub use args::{DeviceKind, EngineArgs, EngineConfig};
+pub use limits::RequestLimits;
 pub use output::{CompletionOutput, RequestMetrics, RequestOutput};
 pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, StepOutput, UpdateContext};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
-use self::batch::{build_batch, pad_decode_batch};
-use self::trace::{LaunchRecord, StepTrace};
+use self::batch::pad_decode_batch;
+use self::step::{abort_delta, Launched};
+use self::trace::StepTrace;
 use crate::backend::{Backend, ForwardBatch};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -34,41 +35,6 @@ use crate::loader::ModelFiles;
 use crate::model::{LlamaModel, StepBuffers};
 use crate::sampling::{RowSampling, SamplingParams, StepSampling};
 use crate::tokenizer::Tokenizer;
-
-/// The engine's settled options ([`EngineArgs::engine_config`] makes them from what the user
-/// set, for the device the engine runs on; the defaults and their docs live there).
-#[derive(Debug, Clone)]
-pub struct EngineConfig {
-    /// Longest prompt + output; `None`: the model's `max_position_embeddings`.
-    pub max_model_len: Option<usize>,
-    /// Tokens per KV block.
-    pub block_size: usize,
-    /// KV-cache capacity in tokens; `None`: what the backend's memory budget allows, or
-    /// `max(max_model_len, DEFAULT_CPU_KV_BYTES / bytes per token)` without one.
-    pub kv_cache_tokens: Option<usize>,
-    /// Most token rows in one forward step.
-    pub max_num_batched_tokens: usize,
-    /// Most sequences running at once.
-    pub max_num_seqs: usize,
-    /// Reuse KV blocks of equal prompt prefixes.
-    pub enable_prefix_caching: bool,
-    /// Seed of sequences whose request names none; each sequence gets `seed + arrival`.
-    pub seed: u64,
-    /// Launch each step before turning the previous step's tokens into text and deltas, so
-    /// that this host work overlaps the device's (vLLM's `async_scheduling`). `None`: on where
-    /// the backend's launches only enqueue work ([`Backend::launches_ahead`]: CUDA), off on the
-    /// CPU, which computes a step as it is launched (there it would only delay each output).
-    pub async_scheduling: Option<bool>,
-    /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).
-    pub step_trace: Option<std::path::PathBuf>,
-}
-
-impl Default for EngineConfig {
-    /// The CPU's defaults.
-    fn default() -> Self {
-        EngineArgs::default().engine_config(DeviceKind::Cpu)
-    }
-}
 
 /// KV memory the CPU backend takes by default. Pages are touched only as the cache fills.
 pub const DEFAULT_CPU_KV_BYTES: usize = 1 << 30;
@@ -85,65 +51,6 @@ pub struct EngineStats {
     pub kv_blocks_used: usize,
     pub prefix_cache_hit_rate: f64,
     pub num_preemptions: u64,
-}
-
-/// What a request may ask for; checked before it reaches the engine, so a bad request fails
-/// alone and changes nothing.
-#[derive(Debug, Clone, Copy)]
-pub struct RequestLimits {
-    pub max_model_len: usize,
-    pub vocab_size: usize,
-    /// Tokens the whole KV cache holds.
-    pub kv_capacity_tokens: usize,
-}
-
-impl RequestLimits {
-    /// Validates a request; returns the most tokens each of its sequences may generate.
-    pub fn check(&self, prompt: &[u32], params: &SamplingParams) -> Result<usize> {
-        params.validate()?;
-        if prompt.is_empty() {
-            return Err(Error::InvalidRequest(
-                "prompt must contain at least one token".into(),
-            ));
-        }
-        if let Some(&bad) = prompt.iter().find(|&&t| t as usize >= self.vocab_size) {
-            return Err(Error::InvalidRequest(format!(
-                "prompt token id {bad} is outside the vocabulary (size {})",
-                self.vocab_size
-            )));
-        }
-        if prompt.len() >= self.max_model_len {
-            return Err(Error::InvalidRequest(format!(
-                "prompt has {} tokens, but max_model_len is {}: at most {} prompt tokens fit",
-                prompt.len(),
-                self.max_model_len,
-                self.max_model_len - 1
-            )));
-        }
-        let room = self.max_model_len - prompt.len();
-        // As vLLM: a request that cannot get what it asked for fails, rather than running until
-        // the context is full and ending with a length it did not ask for.
-        if let Some(m) = params.max_tokens.filter(|&m| m > room) {
-            return Err(Error::InvalidRequest(format!(
-                "max_tokens {m} is more than the context leaves: the prompt has {} tokens and \
-                 max_model_len is {}, so at most {room} new tokens fit",
-                prompt.len(),
-                self.max_model_len
-            )));
-        }
-        let max_new = params.max_tokens.unwrap_or(room);
-        if prompt.len() + max_new > self.kv_capacity_tokens {
-            return Err(Error::InvalidRequest(format!(
-                "request needs {} tokens of KV cache (prompt {} + max_tokens {}), but the cache \
-                 holds {}; lower max_tokens or raise kv_cache_tokens",
-                prompt.len() + max_new,
-                prompt.len(),
-                max_new,
-                self.kv_capacity_tokens
-            )));
-        }
-        Ok(max_new)
-    }
 }
 
 /// The inference engine over backend `B`.
@@ -403,238 +310,6 @@ impl<B: Backend> Engine<B> {
                 .filter_map(|s| abort_delta(s, &self.tokenizer)),
         );
         deltas
-    }
-
-    /// Runs one step and returns what changed, one delta per sequence that produced tokens or
-    /// finished. A sequence that fails (e.g. its detokenization) is finished alone with its
-    /// error in the second list. The three parts, [`collect_step`](Self::collect_step),
-    /// [`launch_next`](Self::launch_next) and [`emit`](Self::emit), are public so that the
-    /// engine loop can take in new requests between collecting a step and launching the next.
-    ///
-    /// With async scheduling (see [`EngineConfig::async_scheduling`]) a step is launched
-    /// before the previous one's tokens are turned into text and deltas, so that this host work
-    /// overlaps the device's. At most one step is in flight; sequences aborted meanwhile keep
-    /// their KV blocks until it has been collected.
-    pub fn step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
-        let (mut deltas, mut errors) = self.collect_step();
-        self.launch_next();
-        let (more, failed) = self.emit();
-        deltas.extend(more);
-        errors.extend(failed);
-        (deltas, errors)
-    }
-
-    /// Finishes the step in flight, or runs one now, and applies its tokens (see
-    /// [`apply_step`](Self::apply_step)). Sequences that finished leave, freeing their blocks;
-    /// returns their last deltas and the sequences that failed.
-    pub fn collect_step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
-        let launched = match self.in_flight.take() {
-            Some(launched) => launched,
-            None => match self.launch_step() {
-                Some(launched) => launched,
-                None => return (Vec::new(), Vec::new()),
-            },
-        };
-        let t_collect = Instant::now();
-        let (model, backend, bufs) = (&self.model, &self.backend, &self.bufs);
-        let sampling = launched.sampling.as_ref();
-        let collected = model.collect(backend, bufs, launched.rows, sampling);
-        let collect_time = t_collect.elapsed();
-        let (logits, tokens) = match collected {
-            Ok(out) => out,
-            Err(e) => {
-                let failed = self.fail_step(&launched.plan, e);
-                // Sequences aborted while the step was in flight but not in its plan leave too
-                // (their final deltas went out with the abort).
-                self.scheduler.take_finished(&mut self.kv);
-                return (Vec::new(), failed);
-            }
-        };
-        let out = StepOutput {
-            plan: &launched.plan,
-            logits: &logits,
-            tokens: launched.sampling.is_some().then_some(&tokens[..]),
-            vocab: self.model.config.vocab_size,
-        };
-        let ctx = UpdateContext {
-            tokenizer: &self.tokenizer,
-            eos_token_ids: &self.eos_token_ids,
-            defer_text: self.async_scheduling,
-        };
-        let mut errors = self.scheduler.update(&mut self.kv, out, &ctx);
-        let mut deltas = Vec::new();
-        for mut seq in self.scheduler.take_finished(&mut self.kv) {
-            match emit_delta(&mut seq, &self.tokenizer) {
-                Ok(delta) => deltas.extend(delta),
-                Err(e) => errors.push(e),
-            }
-        }
-        if let Some(record) = &launched.trace {
-            let apply = t_collect.elapsed() - collect_time;
-            let (timing, last) = (self.backend.step_timing(), !self.has_work());
-            if let Some(trace) = &mut self.trace {
-                trace.write(record, t_collect, collect_time, apply, timing, last);
-            }
-        }
-        (deltas, errors)
-    }
-
-    /// With async scheduling, plans and launches the next step (if there is work) without
-    /// waiting for it; otherwise does nothing (the next [`collect_step`](Self::collect_step)
-    /// runs it).
-    pub fn launch_next(&mut self) {
-        if self.async_scheduling && self.in_flight.is_none() {
-            self.in_flight = self.launch_step();
-        }
-    }
-
-    /// Text and deltas of every sequence with news since the last call: in parallel over the
-    /// engine's threads in chunks of 64 sequences (waking workers for fewer costs more CPU
-    /// than it saves). With async scheduling this runs while the device computes the step
-    /// [`launch_next`](Self::launch_next) started.
-    pub fn emit(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
-        let tokenizer = &self.tokenizer;
-        let emit = |seq: &mut Sequence| emit_delta(seq, tokenizer);
-        let running: Vec<_> = self
-            .scheduler
-            .running
-            .par_iter_mut()
-            .with_min_len(64)
-            .map(emit)
-            .collect();
-        let waiting: Vec<_> = self.scheduler.waiting.iter_mut().map(emit).collect();
-        let (mut deltas, mut errors) = (Vec::new(), Vec::new());
-        for outcome in running.into_iter().chain(waiting) {
-            match outcome {
-                Ok(delta) => deltas.extend(delta),
-                Err(e) => errors.push(e),
-            }
-        }
-        (deltas, errors)
-    }
-
-    /// Plans the next step and launches it on the backend without waiting; `None` when there
-    /// is nothing to run.
-    fn launch_step(&mut self) -> Option<Launched> {
-        let t_launch = Instant::now();
-        let plan = self.scheduler.schedule(&mut self.kv);
-        if plan.is_empty() {
-            return None;
-        }
-        let mut batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
-        let rows = batch.num_tokens();
-        // A backend that replays decode steps as graphs wants them at fixed sizes.
-        let decode_only = batch.seqs.len() == rows && batch.logits_rows.len() == rows;
-        let fits = |n: &usize| *n <= self.bufs.max_tokens && *n <= self.bufs.max_logits;
-        let padded = self.backend.decode_graph_rows(rows).filter(fits);
-        if let Some(padded) = padded.filter(|_| decode_only) {
-            pad_decode_batch(&mut batch, padded);
-        }
-        // Tokens are picked on the backend, so that only their ids leave it, unless a request
-        // of the step wants log-probabilities (computed on the host from the logits).
-        let on_backend = plan.iter().all(|s| {
-            let p = &self.scheduler.running[s.seq].params;
-            p.logprobs.is_none() && p.prompt_logprobs.is_none()
-        });
-        let sampling = on_backend.then(|| {
-            let mut step = StepSampling::default();
-            for s in &plan {
-                let seq = &mut self.scheduler.running[s.seq];
-                if seq.num_computed + s.num_tokens == seq.num_tokens() {
-                    let row = seq.sampler.row(&seq.params, &mut step.penalty_tokens);
-                    step.rows.push(row);
-                }
-            }
-            // Padding rows of a decode graph take their (unused) argmax.
-            step.rows
-                .resize(batch.logits_rows.len(), RowSampling::GREEDY);
-            step
-        });
-        let rows = self.enqueue_step(&batch, sampling.as_ref());
-        let trace = self
-            .trace
-            .is_some()
-            .then(|| LaunchRecord::new(&batch, plan.len(), t_launch));
-        Some(Launched {
-            plan,
-            rows,
-            sampling,
-            trace,
-        })
-    }
-
-    /// Hands `batch` to the backend and enqueues its forward pass and, with `sampling`, the
-    /// choice of its tokens; returns its logits rows ([`LlamaModel::launch`]).
-    fn enqueue_step(&mut self, batch: &ForwardBatch, sampling: Option<&StepSampling>) -> usize {
-        self.backend.prepare_step(batch);
-        let (cache, bufs) = (&mut self.cache, &mut self.bufs);
-        self.model
-            .launch(&self.backend, batch, cache, bufs, sampling)
-    }
-}
-
-impl<B: Backend> Drop for Engine<B> {
-    /// Waits for a step still in flight: the device must be done with the buffers before they
-    /// are freed.
-    fn drop(&mut self) {
-        if let Some(l) = self.in_flight.take() {
-            let _ = self
-                .model
-                .collect(&self.backend, &self.bufs, l.rows, l.sampling.as_ref());
-        }
-    }
-}
-
-/// Brings `seq`'s text up to its tokens and takes its delta; a failed detokenization finishes
-/// it (Abort) and comes back with its request id.
-fn emit_delta(
-    seq: &mut Sequence,
-    tokenizer: &Tokenizer,
-) -> std::result::Result<Option<SeqDelta>, (u64, Error)> {
-    match seq.detokenize(tokenizer) {
-        Ok(()) => Ok(seq.take_delta()),
-        Err(e) => {
-            seq.finish(Some(FinishReason::Abort));
-            Err((seq.request_id, e))
-        }
-    }
-}
-
-/// Finishes `seq` as aborted and returns its final delta, with the text of every token first
-/// (with async scheduling the last collected token has none yet).
-fn abort_delta(seq: &mut Sequence, tokenizer: &Tokenizer) -> Option<SeqDelta> {
-    let _ = seq.detokenize(tokenizer);
-    seq.finish(Some(FinishReason::Abort));
-    seq.take_delta()
-}
-
-/// A step launched on the backend and not yet collected.
-struct Launched {
-    plan: Vec<Scheduled>,
-    /// Logits rows of the step.
-    rows: usize,
-    /// How the backend picks the step's tokens; `None`: it returns the logits instead.
-    sampling: Option<StepSampling>,
-    /// The step's shape and launch time, when the engine writes a step trace.
-    trace: Option<LaunchRecord>,
-}
-
-impl<B: Backend> Engine<B> {
-    /// A forward step failed on the backend: its requests end with the error (their blocks are
-    /// freed); requests that were not in the step go on.
-    fn fail_step(&mut self, plan: &[Scheduled], e: Error) -> Vec<(u64, Error)> {
-        let mut ids: Vec<u64> = plan
-            .iter()
-            .map(|s| self.scheduler.running[s.seq].request_id)
-            .collect();
-        ids.sort_unstable();
-        ids.dedup();
-        ids.into_iter()
-            .map(|id| {
-                self.abort(id);
-                (id, Error::Engine(format!("forward step failed: {e}")))
-            })
-            .collect()
     }
 }
 

@@ -1,0 +1,253 @@
+//! One step's launch and collection: plan, batch, forward and sampling on the backend, then
+//! the scheduler's update and the deltas. `Engine::step` is the whole of it; the engine loop
+//! calls its parts ([`Engine::collect_step`], [`Engine::launch_next`], [`Engine::emit`]) so
+//! that it can take in requests between collecting a step and launching the next.
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+
+use super::batch::{build_batch, pad_decode_batch};
+use super::trace::LaunchRecord;
+use super::{Engine, FinishReason, Scheduled, SeqDelta, Sequence, StepOutput, UpdateContext};
+use crate::backend::{Backend, ForwardBatch};
+use crate::error::Error;
+use crate::sampling::{RowSampling, StepSampling};
+use crate::tokenizer::Tokenizer;
+
+impl<B: Backend> Engine<B> {
+    /// Runs one step and returns what changed, one delta per sequence that produced tokens or
+    /// finished. A sequence that fails (e.g. its detokenization) is finished alone with its
+    /// error in the second list. The three parts, [`collect_step`](Self::collect_step),
+    /// [`launch_next`](Self::launch_next) and [`emit`](Self::emit), are public so that the
+    /// engine loop can take in new requests between collecting a step and launching the next.
+    ///
+    /// With async scheduling (see [`EngineConfig::async_scheduling`]) a step is launched
+    /// before the previous one's tokens are turned into text and deltas, so that this host work
+    /// overlaps the device's. At most one step is in flight; sequences aborted meanwhile keep
+    /// their KV blocks until it has been collected.
+    pub fn step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
+        let (mut deltas, mut errors) = self.collect_step();
+        self.launch_next();
+        let (more, failed) = self.emit();
+        deltas.extend(more);
+        errors.extend(failed);
+        (deltas, errors)
+    }
+
+    /// Finishes the step in flight, or runs one now, and applies its tokens (see
+    /// [`apply_step`](Self::apply_step)). Sequences that finished leave, freeing their blocks;
+    /// returns their last deltas and the sequences that failed.
+    pub fn collect_step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
+        let launched = match self.in_flight.take() {
+            Some(launched) => launched,
+            None => match self.launch_step() {
+                Some(launched) => launched,
+                None => return (Vec::new(), Vec::new()),
+            },
+        };
+        let t_collect = Instant::now();
+        let (model, backend, bufs) = (&self.model, &self.backend, &self.bufs);
+        let sampling = launched.sampling.as_ref();
+        let collected = model.collect(backend, bufs, launched.rows, sampling);
+        let collect_time = t_collect.elapsed();
+        let (logits, tokens) = match collected {
+            Ok(out) => out,
+            Err(e) => {
+                let failed = self.fail_step(&launched.plan, e);
+                // Sequences aborted while the step was in flight but not in its plan leave too
+                // (their final deltas went out with the abort).
+                self.scheduler.take_finished(&mut self.kv);
+                return (Vec::new(), failed);
+            }
+        };
+        let out = StepOutput {
+            plan: &launched.plan,
+            logits: &logits,
+            tokens: launched.sampling.is_some().then_some(&tokens[..]),
+            vocab: self.model.config.vocab_size,
+        };
+        let ctx = UpdateContext {
+            tokenizer: &self.tokenizer,
+            eos_token_ids: &self.eos_token_ids,
+            defer_text: self.async_scheduling,
+        };
+        let mut errors = self.scheduler.update(&mut self.kv, out, &ctx);
+        let mut deltas = Vec::new();
+        for mut seq in self.scheduler.take_finished(&mut self.kv) {
+            match emit_delta(&mut seq, &self.tokenizer) {
+                Ok(delta) => deltas.extend(delta),
+                Err(e) => errors.push(e),
+            }
+        }
+        if let Some(record) = &launched.trace {
+            let apply = t_collect.elapsed() - collect_time;
+            let (timing, last) = (self.backend.step_timing(), !self.has_work());
+            if let Some(trace) = &mut self.trace {
+                trace.write(record, t_collect, collect_time, apply, timing, last);
+            }
+        }
+        (deltas, errors)
+    }
+
+    /// With async scheduling, plans and launches the next step (if there is work) without
+    /// waiting for it; otherwise does nothing (the next [`collect_step`](Self::collect_step)
+    /// runs it).
+    pub fn launch_next(&mut self) {
+        if self.async_scheduling && self.in_flight.is_none() {
+            self.in_flight = self.launch_step();
+        }
+    }
+
+    /// Text and deltas of every sequence with news since the last call: in parallel over the
+    /// engine's threads in chunks of 64 sequences (waking workers for fewer costs more CPU
+    /// than it saves). With async scheduling this runs while the device computes the step
+    /// [`launch_next`](Self::launch_next) started.
+    pub fn emit(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
+        let tokenizer = &self.tokenizer;
+        let emit = |seq: &mut Sequence| emit_delta(seq, tokenizer);
+        let running: Vec<_> = self
+            .scheduler
+            .running
+            .par_iter_mut()
+            .with_min_len(64)
+            .map(emit)
+            .collect();
+        let waiting: Vec<_> = self.scheduler.waiting.iter_mut().map(emit).collect();
+        let (mut deltas, mut errors) = (Vec::new(), Vec::new());
+        for outcome in running.into_iter().chain(waiting) {
+            match outcome {
+                Ok(delta) => deltas.extend(delta),
+                Err(e) => errors.push(e),
+            }
+        }
+        (deltas, errors)
+    }
+
+    /// Plans the next step and launches it on the backend without waiting; `None` when there
+    /// is nothing to run.
+    fn launch_step(&mut self) -> Option<Launched> {
+        let t_launch = Instant::now();
+        let plan = self.scheduler.schedule(&mut self.kv);
+        if plan.is_empty() {
+            return None;
+        }
+        let mut batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
+        let rows = batch.num_tokens();
+        // A backend that replays decode steps as graphs wants them at fixed sizes.
+        let decode_only = batch.seqs.len() == rows && batch.logits_rows.len() == rows;
+        let fits = |n: &usize| *n <= self.bufs.max_tokens && *n <= self.bufs.max_logits;
+        let padded = self.backend.decode_graph_rows(rows).filter(fits);
+        if let Some(padded) = padded.filter(|_| decode_only) {
+            pad_decode_batch(&mut batch, padded);
+        }
+        // Tokens are picked on the backend, so that only their ids leave it, unless a request
+        // of the step wants log-probabilities (computed on the host from the logits).
+        let on_backend = plan.iter().all(|s| {
+            let p = &self.scheduler.running[s.seq].params;
+            p.logprobs.is_none() && p.prompt_logprobs.is_none()
+        });
+        let sampling = on_backend.then(|| {
+            let mut step = StepSampling::default();
+            for s in &plan {
+                let seq = &mut self.scheduler.running[s.seq];
+                if seq.num_computed + s.num_tokens == seq.num_tokens() {
+                    let row = seq.sampler.row(&seq.params, &mut step.penalty_tokens);
+                    step.rows.push(row);
+                }
+            }
+            // Padding rows of a decode graph take their (unused) argmax.
+            step.rows
+                .resize(batch.logits_rows.len(), RowSampling::GREEDY);
+            step
+        });
+        let rows = self.enqueue_step(&batch, sampling.as_ref());
+        let trace = self
+            .trace
+            .is_some()
+            .then(|| LaunchRecord::new(&batch, plan.len(), t_launch));
+        Some(Launched {
+            plan,
+            rows,
+            sampling,
+            trace,
+        })
+    }
+
+    /// Hands `batch` to the backend and enqueues its forward pass and, with `sampling`, the
+    /// choice of its tokens; returns its logits rows ([`LlamaModel::launch`]).
+    pub(super) fn enqueue_step(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: Option<&StepSampling>,
+    ) -> usize {
+        self.backend.prepare_step(batch);
+        let (cache, bufs) = (&mut self.cache, &mut self.bufs);
+        self.model
+            .launch(&self.backend, batch, cache, bufs, sampling)
+    }
+
+    /// A forward step failed on the backend: its requests end with the error (their blocks are
+    /// freed); requests that were not in the step go on.
+    fn fail_step(&mut self, plan: &[Scheduled], e: Error) -> Vec<(u64, Error)> {
+        let mut ids: Vec<u64> = plan
+            .iter()
+            .map(|s| self.scheduler.running[s.seq].request_id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.into_iter()
+            .map(|id| {
+                self.abort(id);
+                (id, Error::Engine(format!("forward step failed: {e}")))
+            })
+            .collect()
+    }
+}
+
+impl<B: Backend> Drop for Engine<B> {
+    /// Waits for a step still in flight: the device must be done with the buffers before they
+    /// are freed.
+    fn drop(&mut self) {
+        if let Some(l) = self.in_flight.take() {
+            let _ = self
+                .model
+                .collect(&self.backend, &self.bufs, l.rows, l.sampling.as_ref());
+        }
+    }
+}
+
+/// Brings `seq`'s text up to its tokens and takes its delta; a failed detokenization finishes
+/// it (Abort) and comes back with its request id.
+pub(super) fn emit_delta(
+    seq: &mut Sequence,
+    tokenizer: &Tokenizer,
+) -> std::result::Result<Option<SeqDelta>, (u64, Error)> {
+    match seq.detokenize(tokenizer) {
+        Ok(()) => Ok(seq.take_delta()),
+        Err(e) => {
+            seq.finish(Some(FinishReason::Abort));
+            Err((seq.request_id, e))
+        }
+    }
+}
+
+/// Finishes `seq` as aborted and returns its final delta, with the text of every token first
+/// (with async scheduling the last collected token has none yet).
+pub(super) fn abort_delta(seq: &mut Sequence, tokenizer: &Tokenizer) -> Option<SeqDelta> {
+    let _ = seq.detokenize(tokenizer);
+    seq.finish(Some(FinishReason::Abort));
+    seq.take_delta()
+}
+
+/// A step launched on the backend and not yet collected.
+pub(super) struct Launched {
+    /// The scheduler's plan of the step.
+    pub(super) plan: Vec<Scheduled>,
+    /// Logits rows of the step.
+    rows: usize,
+    /// How the backend picks the step's tokens; `None`: it returns the logits instead.
+    sampling: Option<StepSampling>,
+    /// The step's shape and launch time, when the engine writes a step trace.
+    trace: Option<LaunchRecord>,
+}
