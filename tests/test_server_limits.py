@@ -13,7 +13,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -196,5 +198,46 @@ def test_drain_answers_503_and_cuts_streams_with_an_error_event(default_model_pa
         assert last != "[DONE]", "a stream cut at the deadline must not look complete"
         assert "shutting down" in json.loads(last)["error"]["message"]
         assert proc.wait(timeout=30) == 0
+    finally:
+        _stop(proc)
+
+
+def test_a_burst_never_overshoots_max_waiting(default_model_path):
+    # Counted where submissions happen: 12 simultaneous requests against one running sequence
+    # and two waiting places get at most three admitted (the limit used to be read from the
+    # stats of the last step, so a burst went through whole).
+    proc, port = _start(default_model_path, {"max_num_seqs": 1}, max_waiting=2)
+    try:
+        body = {"model": MODEL, "prompt": "Count to fifty:", "max_tokens": 64, "temperature": 0}
+        request = _post("/v1/completions", body)
+        barrier = threading.Barrier(12)
+
+        def one(_):
+            barrier.wait()
+            status, headers, _ = _exchange(port, request)
+            return status, "retry-after" in headers
+
+        with ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(one, range(12)))
+        statuses = [s for s, _ in results]
+        assert set(statuses) <= {200, 429}, statuses
+        assert 1 <= statuses.count(200) <= 3, statuses
+        assert all(retry for s, retry in results if s == 429), results
+    finally:
+        _stop(proc)
+
+
+def test_more_prompts_than_the_queue_holds_is_refused_whole(default_model_path):
+    # One request of 200,000 prompts used to queue them all and freeze the server for minutes.
+    proc, port = _start(default_model_path, {}, max_waiting=8)
+    try:
+        body = {"model": MODEL, "prompt": [[5]] * 200_000, "max_tokens": 1}
+        started = time.monotonic()
+        status, _, raw = _exchange(port, _post("/v1/completions", body))
+        text = raw.decode()
+        assert status == 400 and "200000 prompts" in text, text[:300]
+        assert time.monotonic() - started < 20
+        ok = {"model": MODEL, "prompt": "Hi", "max_tokens": 2}
+        assert _exchange(port, _post("/v1/completions", ok))[0] == 200
     finally:
         _stop(proc)

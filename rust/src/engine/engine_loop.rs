@@ -12,10 +12,10 @@
 //! consistent after a panic, and restarting is the job of whatever supervises the process.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use std::sync::{Arc, Mutex};
@@ -48,10 +48,18 @@ enum Command {
     Shutdown,
 }
 
+/// Most commands the loop handles between two steps: a flood of requests or aborts cannot
+/// keep running sequences from advancing.
+const MAX_COMMANDS_PER_STEP: usize = 1024;
+
 /// State the loop publishes for readers on other threads.
 #[derive(Default)]
 struct Shared {
     stats: Mutex<EngineStats>,
+    /// Sequences submitted whose request the loop has not taken in yet. With the published
+    /// `num_waiting` (which the loop updates before it lowers this count) it bounds what waits,
+    /// exactly, under any burst of submissions ([`EngineHandle::submit_bounded`]).
+    queued: AtomicUsize,
     /// Set once, when the loop panicked: what the panic said.
     failure: Mutex<Option<String>>,
 }
@@ -173,9 +181,33 @@ impl EngineHandle {
         params: SamplingParams,
         priority: i32,
     ) -> Result<Submitted> {
+        self.submit_bounded(prompt, params, priority, usize::MAX)?
+            .map_err(|_| Error::Engine("unbounded submission refused".into()))
+    }
+
+    /// [`submit`](Self::submit), unless the request's sequences would make more than
+    /// `max_waiting` wait: then nothing is submitted and `Ok(Err(waiting))` says how many wait
+    /// now. Counted where submissions happen, so a burst of simultaneous requests cannot
+    /// overshoot the limit.
+    pub fn submit_bounded(
+        &self,
+        prompt: Vec<u32>,
+        params: SamplingParams,
+        priority: i32,
+        max_waiting: usize,
+    ) -> Result<std::result::Result<Submitted, usize>> {
         self.limits.check(&prompt, &params)?;
         if let Some(failure) = self.failure() {
             return Err(dead_engine(&failure));
+        }
+        let n = params.n;
+        let queued = &self.shared.queued;
+        let reserved = queued.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+            let waiting = self.stats().num_waiting.saturating_add(q);
+            (waiting.saturating_add(n) <= max_waiting).then_some(q + n)
+        });
+        if let Err(q) = reserved {
+            return Ok(Err(self.stats().num_waiting.saturating_add(q)));
         }
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let (events, rx) = unbounded_channel();
@@ -185,20 +217,22 @@ impl EngineHandle {
             params.n,
             params.logprobs.is_some(),
         );
-        self.commands
-            .send(Command::Add {
-                request_id,
-                prompt,
-                params,
-                priority,
-                events,
-            })
-            .map_err(|_| Error::Engine("the engine loop has stopped".into()))?;
-        Ok(Submitted {
+        let sent = self.commands.send(Command::Add {
+            request_id,
+            prompt,
+            params,
+            priority,
+            events,
+        });
+        if sent.is_err() {
+            queued.fetch_sub(n, Ordering::SeqCst);
+            return Err(Error::Engine("the engine loop has stopped".into()));
+        }
+        Ok(Ok(Submitted {
             request_id,
             events: rx,
             output,
-        })
+        }))
     }
 
     /// Aborts a request; its receiver gets final deltas with finish reason `abort`. Unknown or
@@ -329,17 +363,39 @@ fn serve<B: Backend>(
     }
 }
 
-/// Handles every command already queued; `Break` on shutdown.
+/// Handles the commands already queued, at most [`MAX_COMMANDS_PER_STEP`] of them, with their
+/// aborts in one batch; `Break` on shutdown.
 fn intake<B: Backend>(
     engine: &mut Engine<B>,
     routes: &mut HashMap<u64, Route>,
     shared: &Shared,
     commands: &Receiver<Command>,
 ) -> ControlFlow<()> {
-    while let Ok(cmd) = commands.try_recv() {
-        handle(engine, routes, shared, cmd)?;
+    let mut aborts = HashSet::new();
+    let mut flow = ControlFlow::Continue(());
+    for _ in 0..MAX_COMMANDS_PER_STEP {
+        let Ok(cmd) = commands.try_recv() else { break };
+        match cmd {
+            Command::Abort(id) => {
+                aborts.insert(id);
+            }
+            cmd => {
+                flow = handle(engine, routes, shared, cmd);
+                if flow.is_break() {
+                    break;
+                }
+            }
+        }
     }
-    ControlFlow::Continue(())
+    if !aborts.is_empty() {
+        let deltas = engine.abort_many(&aborts);
+        publish(shared, engine);
+        deliver(routes, deltas);
+        for id in &aborts {
+            routes.remove(id);
+        }
+    }
+    flow
 }
 
 /// Handles one command; `Break` on shutdown (running requests get `Failed`).
@@ -366,6 +422,9 @@ fn handle<B: Backend>(
                     let _ = events.send(RequestEvent::Failed(e));
                 }
             }
+            // The waiting count readers see includes the request before it leaves `queued`.
+            publish(shared, engine);
+            shared.queued.fetch_sub(n, Ordering::SeqCst);
         }
         Command::Abort(id) => {
             let deltas = engine.abort(id);

@@ -16,6 +16,7 @@ mod sequence;
 mod step;
 pub mod trace;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 pub use args::{DeviceKind, EngineArgs, EngineConfig};
@@ -295,16 +296,19 @@ impl<B: Backend> Engine<B> {
     /// While a step is in flight its running sequences finish at once but keep their blocks
     /// (the device may still be writing them) until the next [`step`](Self::step) collects it.
     pub fn abort(&mut self, request_id: u64) -> Vec<SeqDelta> {
+        self.abort_many(&HashSet::from([request_id]))
+    }
+
+    /// [`abort`](Self::abort) of every request in `ids`, in one pass over the queues.
+    pub fn abort_many(&mut self, ids: &HashSet<u64>) -> Vec<SeqDelta> {
         let mut deltas = Vec::new();
         let in_flight = self.in_flight.is_some();
         if in_flight {
-            let mine = |s: &&mut Sequence| s.request_id == request_id && !s.is_finished();
+            let mine = |s: &&mut Sequence| ids.contains(&s.request_id) && !s.is_finished();
             let aborted = self.scheduler.running.iter_mut().filter(mine);
             deltas.extend(aborted.filter_map(|s| abort_delta(s, &self.tokenizer)));
         }
-        let mut seqs = self
-            .scheduler
-            .remove_request(request_id, &mut self.kv, in_flight);
+        let mut seqs = self.scheduler.remove_requests(ids, &mut self.kv, in_flight);
         deltas.extend(
             seqs.iter_mut()
                 .filter_map(|s| abort_delta(s, &self.tokenizer)),

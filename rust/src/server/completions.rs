@@ -76,6 +76,19 @@ pub async fn completions(
         params.prompt_logprobs = params.logprobs;
     }
     let n = params.n;
+    // A request whose sequences could never all wait at once is refused whole, not admitted
+    // in part until the queue is full (one request of 200,000 prompts used to queue them all).
+    let sequences = prompts.len().saturating_mul(n);
+    if prompts.len() > 1 && sequences > state.config.max_waiting {
+        return Err(ApiError::bad_request(
+            format!(
+                "{} prompts x n = {n} make {sequences} sequences, more than this server queues                  ({}); send them in smaller requests",
+                prompts.len(),
+                state.config.max_waiting
+            ),
+            Some("prompt"),
+        ));
+    }
     let echoes: Vec<Option<String>> = if req.echo {
         prompts
             .iter()

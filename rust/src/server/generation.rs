@@ -25,8 +25,9 @@ pub struct Generation {
 }
 
 impl Generation {
-    /// Submits `prompt`; answers 429 when too many requests are waiting already, 503 once the
-    /// server is shutting down (a keep-alive connection may still bring requests).
+    /// Submits `prompt`; answers 429 when its sequences would make more than `max_waiting`
+    /// wait (counted at submission, exact under any burst), 503 once the server is shutting
+    /// down (a keep-alive connection may still bring requests).
     pub fn start(
         state: &Arc<AppState>,
         prompt: Vec<u32>,
@@ -36,11 +37,11 @@ impl Generation {
         if state.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::shutting_down());
         }
-        let waiting = state.handle.stats().num_waiting;
-        if waiting >= state.config.max_waiting {
-            return Err(ApiError::overloaded(waiting, state.config.max_waiting));
-        }
-        let submitted = state.handle.submit(prompt, params, 0)?;
+        let max_waiting = state.config.max_waiting;
+        let submitted = state
+            .handle
+            .submit_bounded(prompt, params, 0, max_waiting)?
+            .map_err(|waiting| ApiError::overloaded(waiting, max_waiting))?;
         Ok(Generation {
             handle: state.handle.clone(),
             submitted,

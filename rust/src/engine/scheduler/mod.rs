@@ -12,7 +12,7 @@
 
 mod update;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 pub use self::update::{StepOutput, UpdateContext};
 use super::Sequence;
@@ -230,34 +230,35 @@ impl Scheduler {
         done
     }
 
-    /// Removes every sequence of `request_id`, freeing their blocks; with `waiting_only`,
-    /// only those not running (held siblings included).
-    pub fn remove_request(
+    /// Removes every sequence of the requests in `ids`, freeing their blocks; with
+    /// `waiting_only`, only those not running (held siblings included). One pass over the
+    /// queues whatever the number of requests, so that a flood of aborts costs what it
+    /// removes, not its square.
+    pub fn remove_requests(
         &mut self,
-        request_id: u64,
+        ids: &HashSet<u64>,
         kv: &mut BlockManager,
         waiting_only: bool,
     ) -> Vec<Sequence> {
         let mut out = Vec::new();
-        let mut i = 0;
-        while i < self.running.len() && !waiting_only {
-            if self.running[i].request_id == request_id {
-                out.push(self.running.remove(i));
-            } else {
-                i += 1;
-            }
+        if !waiting_only {
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut self.running)
+                .into_iter()
+                .partition(|s| ids.contains(&s.request_id));
+            self.running = rest;
+            out.extend(mine);
         }
-        let (mine, rest): (Vec<_>, Vec<_>) = self
-            .waiting
-            .drain(..)
-            .partition(|s| s.request_id == request_id);
-        self.waiting = rest.into();
-        out.extend(mine);
-        out.extend(
-            self.pending_siblings
-                .remove(&request_id)
-                .unwrap_or_default(),
-        );
+        if self.waiting.iter().any(|s| ids.contains(&s.request_id)) {
+            let (mine, rest): (Vec<_>, Vec<_>) = self
+                .waiting
+                .drain(..)
+                .partition(|s| ids.contains(&s.request_id));
+            self.waiting = rest.into();
+            out.extend(mine);
+        }
+        for id in ids {
+            out.extend(self.pending_siblings.remove(id).unwrap_or_default());
+        }
         for seq in &mut out {
             kv.free(&mut seq.block_table);
         }

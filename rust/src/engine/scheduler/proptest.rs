@@ -122,7 +122,7 @@ proptest! {
                 }
                 Op::Step => step(&mut s, &mut kv, &tok)?,
                 Op::Abort(id) => {
-                    s.remove_request(id, &mut kv, false);
+                    s.remove_requests(&[id].into(), &mut kv, false);
                 }
             }
             check(&s, &kv)?;
@@ -138,4 +138,49 @@ proptest! {
         prop_assert!(!s.has_work(), "work left after 10000 steps: starvation or livelock");
         prop_assert_eq!(kv.num_free_blocks(), num_blocks);
     }
+}
+
+/// A batch of aborts removes exactly its requests from every queue (running, waiting, held
+/// siblings), frees their blocks, and leaves the others in their order.
+#[test]
+fn remove_requests_takes_exactly_its_requests_in_one_pass() {
+    let mut kv = BlockManager::new(64, 4, true);
+    let mut s = Scheduler::new(SchedulerConfig {
+        max_num_seqs: 2,
+        max_num_batched_tokens: 64,
+        max_prompt_logprob_rows: 8,
+    });
+    let params = Arc::new(SamplingParams {
+        n: 2,
+        ..SamplingParams::default()
+    });
+    for id in 0..6u64 {
+        let seqs = (0..2)
+            .map(|i| {
+                Sequence::new(
+                    id,
+                    i,
+                    0,
+                    2 * id + i as u64,
+                    vec![id as u32; 9],
+                    params.clone(),
+                    4,
+                    0,
+                )
+            })
+            .collect();
+        s.add_request(seqs, true);
+    }
+    s.schedule(&mut kv); // requests 0 and 1 run; 2..5 wait; every second sequence is held
+    assert_eq!(s.running.len(), 2);
+    let gone = s.remove_requests(&[1, 3, 5].into(), &mut kv, false);
+    let mut ids: Vec<u64> = gone.iter().map(|q| q.request_id).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, vec![1, 1, 3, 3, 5, 5]);
+    assert!(gone.iter().all(|q| q.block_table.is_empty()));
+    let running: Vec<u64> = s.running.iter().map(|q| q.request_id).collect();
+    let waiting: Vec<u64> = s.waiting.iter().map(|q| q.request_id).collect();
+    assert_eq!((running, waiting), (vec![0], vec![2, 4]));
+    assert_eq!(s.num_waiting(), 2 + 3); // and the held siblings of 0, 2 and 4
+    kv.check_invariants().unwrap();
 }
