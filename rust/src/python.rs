@@ -491,6 +491,12 @@ impl PyEngine {
         let handle = &self.handle;
         let outputs = py
             .detach(|| -> Result<Vec<RequestOutput>, Error> {
+                // Every prompt is checked before any is submitted: a bad one fails the batch
+                // with nothing queued.
+                let limits = handle.limits();
+                for (tokens, p) in ids.iter().zip(&params) {
+                    limits.check(tokens, &p.inner)?;
+                }
                 let mut submitted: Vec<Submitted> = Vec::with_capacity(ids.len());
                 let requests = ids.into_iter().zip(params).zip(priorities);
                 for ((tokens, p), priority) in requests {

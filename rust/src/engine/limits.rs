@@ -1,7 +1,7 @@
 //! What a request may ask for, checked before it reaches the engine.
 
-use crate::engine::SamplingParams;
 use crate::error::{Error, Result};
+use crate::sampling::SamplingParams;
 
 /// What a request may ask for; checked before it reaches the engine, so a bad request fails
 /// alone and changes nothing.

@@ -1,7 +1,7 @@
 //! Request outputs as callers see them (vLLM's `RequestOutput`), built up from the
 //! [`SeqDelta`]s the engine loop sends.
 
-use super::{FinishReason, SeqDelta};
+use super::sequence::{FinishReason, SeqDelta};
 
 /// One sequence of a request. Cumulative: `text` and `token_ids` hold everything so far.
 #[derive(Debug, Clone, PartialEq, Default)]

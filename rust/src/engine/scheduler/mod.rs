@@ -15,7 +15,7 @@ mod update;
 use std::collections::{HashMap, HashSet, VecDeque};
 
 pub use self::update::{StepOutput, UpdateContext};
-use super::Sequence;
+use super::sequence::Sequence;
 use crate::kv::BlockManager;
 
 /// Limits of one step.

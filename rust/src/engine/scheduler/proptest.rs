@@ -8,7 +8,7 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::{Scheduler, SchedulerConfig, StepOutput, UpdateContext};
-use crate::engine::Sequence;
+use crate::engine::sequence::Sequence;
 use crate::kv::BlockManager;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::test_vocab::gpt2_metadata;

@@ -9,7 +9,7 @@
 use rayon::prelude::*;
 
 use super::{prompt_logprob_rows, Scheduled, Scheduler};
-use crate::engine::{FinishReason, Sequence};
+use crate::engine::sequence::{FinishReason, Sequence};
 use crate::error::Error;
 use crate::kv::BlockManager;
 use crate::sampling::Sampled;
