@@ -149,3 +149,38 @@ def test_two_threads_sharing_one_stream_do_not_deadlock():
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        ({"kv_cache_tokens": 10**12}, "KV cache"),
+        ({"max_num_batched_tokens": 10**9}, "max_num_batched_tokens"),
+        ({"max_num_seqs": 10**7}, "max_num_seqs"),
+        ({"seed": -1}, "seed"),
+        ({"max_num_seqs": "8"}, "max_num_seqs"),
+        ({"max_num_seq": 8}, "unknown engine option"),
+    ],
+)
+def test_engine_sizes_beyond_the_machine_are_errors_not_aborts(options, match):
+    # Each of these used to abort the process ("memory allocation of N bytes failed") or
+    # raise a TypeError from the binding layer.
+    with pytest.raises(infire.InvalidConfigError, match=match):
+        infire.Engine(model=str(TINY), device="cpu", **options)
+
+
+def test_a_huge_context_length_does_not_size_the_cpu_kv_cache(tmp_path):
+    # The CPU's KV pool is a memory budget, not the model's whole context: a config claiming
+    # 2^24 positions loads with the default pool, and a request beyond it is refused by name.
+    model = tmp_path / "model"
+    shutil.copytree(TINY, model)
+    config = json.loads((model / "config.json").read_text())
+    config["max_position_embeddings"] = 2**24
+    (model / "config.json").write_text(json.dumps(config))
+    engine = infire.Engine(model=str(model), device="cpu")
+    stats = engine.stats()
+    assert 0 < stats["kv_blocks_total"] * 16 < 2**24
+    greedy = SamplingParams(max_tokens=2, temperature=0.0)
+    assert engine.generate([[5, 6, 7]], greedy)[0].finished
+    with pytest.raises(infire.InvalidRequestError, match="kv_cache_tokens"):
+        engine.generate([[5, 6, 7]], SamplingParams(max_tokens=2**23, temperature=0.0))

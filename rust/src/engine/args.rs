@@ -240,7 +240,8 @@ pub struct EngineConfig {
     /// Tokens per KV block.
     pub block_size: usize,
     /// KV-cache capacity in tokens; `None`: what the backend's memory budget allows, or
-    /// `max(max_model_len, DEFAULT_CPU_KV_BYTES / bytes per token)` without one.
+    /// `DEFAULT_CPU_KV_BYTES / bytes per token` without one (a budget, not the model's whole
+    /// context: a request longer than the pool is refused, naming `kv_cache_tokens`).
     pub kv_cache_tokens: Option<usize>,
     /// Most token rows in one forward step.
     pub max_num_batched_tokens: usize,

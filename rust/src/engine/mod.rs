@@ -119,7 +119,7 @@ impl<B: Backend> Engine<B> {
         let budget = backend.kv_cache_budget_bytes();
         let kv_tokens = config.kv_cache_tokens.unwrap_or_else(|| match budget {
             Some(bytes) => bytes / kv_bytes_per_token,
-            None => max_model_len.max(DEFAULT_CPU_KV_BYTES / kv_bytes_per_token),
+            None => DEFAULT_CPU_KV_BYTES / kv_bytes_per_token,
         });
         let num_blocks = kv_tokens / config.block_size;
         if let (None, Some(bytes), 0) = (config.kv_cache_tokens, budget, num_blocks) {

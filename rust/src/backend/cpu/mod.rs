@@ -62,7 +62,7 @@ impl Backend for CpuBackend {
     }
 
     fn buffer(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+        zeros(len, "an activation buffer")
     }
 
     fn kv_cache(
@@ -76,11 +76,12 @@ impl Backend for CpuBackend {
             .checked_mul(block_size)
             .and_then(|n| n.checked_mul(shape.kv_size()))
             .ok_or_else(|| Error::InvalidConfig("KV cache size overflows".into()))?;
+        let plane = || zeros(len, "the KV cache");
         Ok(CpuKvCache {
             block_size,
             num_blocks,
-            k: (0..num_layers).map(|_| vec![0.0; len]).collect(),
-            v: (0..num_layers).map(|_| vec![0.0; len]).collect(),
+            k: (0..num_layers).map(|_| plane()).collect::<Result<_>>()?,
+            v: (0..num_layers).map(|_| plane()).collect::<Result<_>>()?,
         })
     }
 
@@ -286,6 +287,32 @@ fn rms_norm_row(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let scale = 1.0 / (ms + eps).sqrt();
     for ((o, &x), &w) in out.iter_mut().zip(x).zip(w) {
         *o = w * (x * scale);
+    }
+}
+
+/// `len` zeroed floats, or an error naming `what` when the memory cannot be had (where
+/// `vec![0.0; len]` would abort the process). Zeroed pages are only touched as they are
+/// written, as with `vec!`.
+fn zeros(len: usize, what: &str) -> Result<Vec<f32>> {
+    let too_big = || {
+        Error::InvalidConfig(format!(
+            "cannot allocate {what}: {} MiB of memory are not available",
+            len.saturating_mul(4) >> 20
+        ))
+    };
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(len).map_err(|_| too_big())?;
+    // SAFETY: `layout` has a non-zero size. A non-null result is an allocation of the global
+    // allocator with the layout of `len` f32s, all bits zero (0.0f32), which is what
+    // `Vec::from_raw_parts` with length and capacity `len` requires; the Vec owns it from here.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<f32>();
+        if ptr.is_null() {
+            return Err(too_big());
+        }
+        Ok(Vec::from_raw_parts(ptr, len, len))
     }
 }
 
