@@ -1,62 +1,29 @@
 """The server against slow, idle, half-closing and too many clients, while draining after
-SIGTERM, and with a dead engine: real sockets against a live server process on the CPU.
-
-The servers here are started through ``infire._core.serve``, which takes the connection limits
-(``shutdown_grace``, ``header_timeout``, ``body_timeout``, ``max_connections``) that the CLI does
-not expose yet; short values keep the tests fast."""
+SIGTERM, and under bursts and floods: real sockets against a live `infire serve` process on the
+CPU, started with short limits (``--header-timeout``, ``--body-timeout``, ``--max-connections``,
+``--shutdown-grace``, ``--max-waiting``) to keep the tests fast."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
-MODEL = "smol"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from test_server import MODEL, _start_server, _stop
 
 
 def _start(model_path: str, options: dict, **limits) -> tuple[subprocess.Popen, int]:
-    port = _free_port()
-    script = (
-        "import sys, json, infire._core as c; "
-        "c.serve(sys.argv[1], port=int(sys.argv[2]), served_model_name='smol', "
-        "options=sys.argv[3], **json.loads(sys.argv[4]))"
-    )
-    cmd = [sys.executable, "-c", script, model_path, str(port)]
-    cmd += [json.dumps(options), json.dumps(limits)]
-    env = {k: v for k, v in os.environ.items() if k != "INFIRE_API_KEY"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()}")
-        try:
-            if _exchange(port, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")[0] == 200:
-                return proc, port
-        except OSError:
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become healthy in 120 s")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
+    """`infire serve` with engine `options` and server `limits` given as their flags."""
+    flags = [
+        (f"--{name.replace('_', '-')}", str(value)) for name, value in {**options, **limits}.items()
+    ]
+    proc, base = _start_server(model_path, *(x for flag in flags for x in flag))
+    return proc, int(base.rsplit(":", 1)[1])
 
 
 def _read_response(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
