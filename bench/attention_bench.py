@@ -5,7 +5,7 @@
 Llama-3.1-8B shape (32 heads, 8 kv heads, head_dim 128, bf16, 16-token blocks in shuffled
 order), one query row per sequence at the given context length, for several batch sizes, and
 batches of mixed lengths (uniform in a range, as in the offline throughput bench). Each kernel
-runs with the splits the engine would choose (`rust/src/backend/cuda/kernels.rs`,
+runs with the splits the engine would choose (`rust/src/backend/cuda/decode_plan.rs`,
 `decode_splits`), the combine pass included when it splits; in a large batch also unsplit
 ("batch splits off", the engine's rule before large batches were split). Times are CUDA-event
 medians of single launches, with the L2 cache flushed before each (a 256 MiB write), so a small
@@ -90,7 +90,7 @@ def load(name: str, func: str, **extra_defines):
 
 
 def engine_splits(lens: list[int], max_context: int, sm_count: int, batch_splits: int):
-    """`decode_splits` and `step_min_split_keys` of kernels.rs, as (splits, fewest keys per
+    """`decode_splits` and `step_min_split_keys` of decode_plan.rs, as (splits, fewest keys per
     split): for few rows, as many CTAs as the GPU holds (8 one-warp CTAs per SM), none shorter
     than 32 keys; for a large batch, `batch_splits` of at least 256 keys if the longest row is
     above 5/4 of the mean length, else no row split."""

@@ -1,14 +1,20 @@
-//! The operations the Llama-family forward pass is written against.
+//! What runs a model: the forward pass's math ([`Ops`], in `ops.rs`) and the device side
+//! ([`Backend`]: memory, the KV pool, a step's upload and lifecycle, sampling, timing, graphs).
 //!
 //! A backend owns its buffers and weights in its own format (f32 host memory for the CPU,
-//! bf16 device memory for CUDA). The model (`crate::model`) calls these operations in order;
-//! nothing model-specific lives in a backend, and nothing backend-specific in the model.
+//! bf16 device memory for CUDA). The model (`crate::model`) calls the [`Ops`] in order and
+//! sees nothing else; the step runner (`crate::engine::runner`) drives the device side around
+//! it. Nothing model-specific lives in a backend, and nothing backend-specific in the model.
 
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+mod ops;
 
-use crate::error::Result;
+pub use ops::Ops;
+
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
 use crate::weights::{HostTensor, RawTensor};
 
@@ -76,6 +82,79 @@ impl AttentionShape {
     }
 }
 
+/// Element type of the KV cache (and, on CUDA today, of weights and activations too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvDtype {
+    F32,
+    Bf16,
+    F16,
+}
+
+impl KvDtype {
+    /// Bytes of one element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDtype::F32 => 4,
+            KvDtype::Bf16 | KvDtype::F16 => 2,
+        }
+    }
+}
+
+/// How the KV cache is laid out: decided once, before the backend is made, and handed to it
+/// ([`cpu::CpuBackend::new`], [`cuda::CudaBackend::new`](crate::backend::cuda)); the CUDA
+/// kernels are compiled for it. Each layer holds keys, then values, each
+/// `[num_blocks, block_size, num_kv_heads, head_dim]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvLayout {
+    pub num_layers: usize,
+    /// Tokens per block (the block manager's unit).
+    pub block_size: usize,
+    pub shape: AttentionShape,
+    pub dtype: KvDtype,
+}
+
+impl KvLayout {
+    /// The layout of `model`'s cache in blocks of `block_size` tokens of `dtype`.
+    pub fn for_model(model: &ModelConfig, block_size: usize, dtype: KvDtype) -> KvLayout {
+        KvLayout {
+            num_layers: model.num_hidden_layers,
+            block_size,
+            shape: AttentionShape {
+                num_heads: model.num_attention_heads,
+                num_kv_heads: model.num_key_value_heads,
+                head_dim: model.head_dim,
+            },
+            dtype,
+        }
+    }
+
+    /// Bytes one token takes in the cache over all layers (keys and values).
+    pub fn bytes_per_token(&self) -> usize {
+        2 * self.num_layers * self.shape.kv_size() * self.dtype.bytes()
+    }
+
+    /// Elements of one layer's keys (and of its values) for `num_blocks` blocks, or an error
+    /// when the size overflows.
+    pub fn plane_len(&self, num_blocks: usize) -> Result<usize> {
+        num_blocks
+            .checked_mul(self.block_size)
+            .and_then(|n| n.checked_mul(self.shape.kv_size()))
+            .ok_or_else(|| Error::InvalidConfig("KV cache size overflows".into()))
+    }
+}
+
+/// What a captured graph is specialized for: the rows of a decode step and a variant of its
+/// launches the backend names ([`Backend::graph_variant`]; CUDA: decode attention's split
+/// count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GraphKey {
+    pub rows: usize,
+    pub variant: usize,
+}
+
+/// The graph type of a backend that records none (the CPU): no value exists.
+pub enum NoGraph {}
+
 /// How long one step took on the device ([`Backend::step_timing`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepTiming {
@@ -86,7 +165,7 @@ pub struct StepTiming {
     pub idle_before_ms: Option<f32>,
 }
 
-/// Where the result of a [`Backend::linear_residual`] went.
+/// Where the result of an [`Ops::linear_residual`] went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Residual {
     /// Added into the residual stream.
@@ -95,18 +174,21 @@ pub enum Residual {
     Pending,
 }
 
-/// Operations of the forward pass. Buffers hold `rows × width` activations row-major; each
-/// operation is told the row count, so one buffer sized for the largest batch serves every step.
-pub trait Backend: Send {
-    /// An activation buffer.
-    type Buf: Send;
-    /// A weight matrix `[out, in]` (nn.Linear layout).
-    type Matrix: Send + Sync;
-    /// A 1-D weight (norm scale, bias).
-    type Vector: Send + Sync;
-    /// The paged KV cache of all layers.
-    type KvCache: Send;
+/// The device side of a backend: memory and weights, the KV pool, a step's upload and
+/// lifecycle, sampling, timing, and recording steps as graphs. The forward pass's math is
+/// [`Ops`].
+///
+/// One step, as the step runner drives it: [`begin_step`](Self::begin_step) (the batch to
+/// the device) → the model's [`Ops`], or [`replay`](Self::replay) of a recorded graph →
+/// [`start_sampling`](Self::start_sampling) → [`sampled_tokens`](Self::sampled_tokens) or
+/// [`to_host`](Self::to_host), which wait for the step and report the first failure of any
+/// of its work.
+pub trait Backend: Ops + Send {
+    /// A recorded decode step ([`NoGraph`] where the backend records none).
+    type Graph: Send;
 
+    /// The KV layout this backend was made for.
+    fn kv_layout(&self) -> KvLayout;
     /// Takes ownership of a weight matrix of shape `[out, in]`.
     fn matrix(&self, t: HostTensor) -> Result<Self::Matrix>;
     /// A weight matrix made of `parts` stacked along rows (QKV and gate/up fusion), copied
@@ -124,38 +206,22 @@ pub trait Backend: Send {
     fn logits_buffer(&self, len: usize) -> Result<Self::Buf> {
         self.buffer(len)
     }
-    /// Bytes of one element of the KV cache.
-    fn kv_element_bytes(&self) -> usize {
-        4
-    }
     /// Bytes the KV cache may take once weights and activation buffers are in place, when the
     /// backend sizes it from its memory (`None`: the engine's own default applies).
     fn kv_cache_budget_bytes(&self) -> Option<usize> {
         None
     }
+    /// A KV cache of `num_blocks` blocks in this backend's [`KvLayout`].
+    fn kv_cache(&self, num_blocks: usize) -> Result<Self::KvCache>;
     /// Called once the weights are loaded: a backend that prepares something in the
     /// background (the CUDA backend compiles its kernels while weights load) finishes it here,
     /// so that an engine is ready to serve when it is returned.
     fn finish_loading(&self) -> Result<()> {
         Ok(())
     }
-    /// The row count a decode-only step of `rows` rows should be padded to, when this backend
-    /// replays decode steps as captured graphs (fixed shapes); `None` runs every step as is.
-    /// Padding rows have position and slot `u32::MAX`: they attend to nothing and write no
-    /// KV, and their outputs are dropped.
-    fn decode_graph_rows(&self, _rows: usize) -> Option<usize> {
-        None
-    }
-    /// The decode steps that cover every graph this backend can replay, as (rows, width of
-    /// the widest block table) pairs, for block tables of up to `max_blocks_per_seq` entries
-    /// (empty for a backend without graphs): the engine runs a padding batch of each shape at
-    /// start-up so that the backend captures its graphs before the first request.
-    fn decode_graph_shapes(&self, _max_blocks_per_seq: usize) -> Vec<(usize, usize)> {
-        Vec::new()
-    }
     /// Called once before the first step with the largest step the engine will run (rows,
     /// sequences, block-table entries per sequence), so that a backend can size its per-step
-    /// buffers once.
+    /// buffers once (recorded graphs read them at fixed addresses).
     fn reserve_steps(
         &mut self,
         _rows: usize,
@@ -164,16 +230,30 @@ pub trait Backend: Send {
     ) -> Result<()> {
         Ok(())
     }
-    /// Called once per step before the operations, with the step's batch. A device backend
-    /// copies the batch description (ids, positions, slots, block tables) to the device here
-    /// and its operations read that copy rather than the host slices they are also given.
-    fn prepare_step(&mut self, _batch: &ForwardBatch) {}
-    /// Called once all of a step's operations are enqueued: a backend that defers work (a
-    /// replayed CUDA graph) starts it now, and with `sampling = Some((step, width))` also
-    /// starts picking the tokens of the step's logits rows (`width` logits each), which
-    /// [`sample_rows`](Self::sample_rows) then waits for instead of starting it. Errors
-    /// surface in `to_host` / `sample_rows`.
-    fn submit_step(&self, _logits: &Self::Buf, _sampling: Option<(&StepSampling, usize)>) {}
+    /// Starts a step: a device backend copies the batch description (ids, positions, slots,
+    /// block tables) to the device here, and its operations read that copy rather than the
+    /// host slices they are also given.
+    fn begin_step(&mut self, _batch: &ForwardBatch) {}
+    /// Starts picking the token of each of `sampling.rows` logits rows (`width` logits each)
+    /// on the device, once the step's operations are enqueued; a no-op where the host picks
+    /// them ([`sampled_tokens`](Self::sampled_tokens)'s default).
+    fn start_sampling(&mut self, _logits: &Self::Buf, _sampling: &StepSampling, _width: usize) {}
+    /// Waits for the step and returns the token of each logits row, picked by the rules of
+    /// [`crate::sampling::sample_row`]; reports the first failure of the step's work. This
+    /// default copies the logits and picks the tokens on the host.
+    fn sampled_tokens(
+        &mut self,
+        logits: &Self::Buf,
+        sampling: &StepSampling,
+        width: usize,
+    ) -> Result<Vec<u32>> {
+        let mut host = self.to_host(logits, sampling.rows.len() * width)?;
+        Ok(sampling.sample(&mut host, width))
+    }
+    /// Copies the first `len` values of a buffer to the host, as f32. Waits for the work
+    /// enqueued so far, and reports the first failure of any of it (operations do not return
+    /// errors themselves, so that a device backend can enqueue them without waiting).
+    fn to_host(&mut self, x: &Self::Buf, len: usize) -> Result<Vec<f32>>;
     /// Whether a step's launch only enqueues its work, which the device computes while the
     /// host goes on (CUDA), rather than computing it there and then (the CPU). The engine
     /// schedules asynchronously by default where it does ([`crate::engine::EngineConfig`]).
@@ -184,155 +264,42 @@ pub trait Backend: Send {
     /// [`step_timing`](Self::step_timing) reports the last step waited for. A backend that
     /// computes a step as it is launched (the CPU) has nothing to time and ignores this.
     fn time_steps(&mut self) {}
-    /// The device time of the last step that [`sample_rows`](Self::sample_rows) or
-    /// [`to_host`](Self::to_host) waited for, when [`time_steps`](Self::time_steps) is on.
+    /// The device time of the last step that was waited for, when
+    /// [`time_steps`](Self::time_steps) is on.
     fn step_timing(&self) -> Option<StepTiming> {
         None
     }
-    /// A KV cache of `num_blocks` blocks of `block_size` tokens for `num_layers` layers.
-    fn kv_cache(
-        &self,
-        num_layers: usize,
-        num_blocks: usize,
-        block_size: usize,
-        shape: AttentionShape,
-    ) -> Result<Self::KvCache>;
 
-    /// `out[r] = table[ids[r]]` for each row.
-    fn embedding(&self, table: &Self::Matrix, ids: &[u32], out: &mut Self::Buf);
-    /// `out[r] = rmsnorm(x[r]) * w`.
-    fn rms_norm(&self, x: &Self::Buf, w: &Self::Vector, eps: f32, rows: usize, out: &mut Self::Buf);
-    /// `residual[r] += x[r]; out[r] = rmsnorm(residual[r]) * w` (fused residual add + norm).
-    fn add_rms_norm(
-        &self,
-        residual: &mut Self::Buf,
-        x: &Self::Buf,
-        w: &Self::Vector,
-        eps: f32,
-        rows: usize,
-        out: &mut Self::Buf,
-    );
-    /// `out = x · wᵀ (+ bias)` for `rows` rows.
-    fn linear(
-        &self,
-        x: &Self::Buf,
-        rows: usize,
-        w: &Self::Matrix,
-        bias: Option<&Self::Vector>,
-        out: &mut Self::Buf,
-    );
-    /// `out = rmsnorm(residual) * norm_w · wᵀ (+ bias)`, with `residual += add` first (stored,
-    /// as [`add_rms_norm`](Self::add_rms_norm) does) when `add` is given. `normed` is
-    /// scratch of `rows × w.cols` for a backend that materializes the normalized rows (this
-    /// default does); a backend that fuses the norm into the projection may leave it alone.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_linear(
-        &self,
-        residual: &mut Self::Buf,
-        add: Option<&Self::Buf>,
-        norm_w: &Self::Vector,
-        eps: f32,
-        rows: usize,
-        w: &Self::Matrix,
-        bias: Option<&Self::Vector>,
-        normed: &mut Self::Buf,
-        out: &mut Self::Buf,
-    ) {
-        match add {
-            Some(x) => self.add_rms_norm(residual, x, norm_w, eps, rows, normed),
-            None => self.rms_norm(residual, norm_w, eps, rows, normed),
-        }
-        self.linear(normed, rows, w, bias, out);
+    /// Whether this backend records decode steps as graphs and replays them (CUDA graphs:
+    /// fixed shapes, no launch work on the host). The step runner pads decode steps to its
+    /// graph sizes only where it does.
+    fn records_graphs(&self) -> bool {
+        false
     }
-    /// A projection whose result belongs to the residual stream: either adds `x · wᵀ` into
-    /// `residual` itself ([`Residual::Added`]) or writes it to `out` and leaves the add to the
-    /// caller's next [`norm_linear`](Self::norm_linear) ([`Residual::Pending`], this default:
-    /// the add then fuses with the norm).
-    #[must_use]
-    fn linear_residual(
-        &self,
-        x: &Self::Buf,
-        rows: usize,
-        w: &Self::Matrix,
-        _residual: &mut Self::Buf,
-        out: &mut Self::Buf,
-    ) -> Residual {
-        self.linear(x, rows, w, None, out);
-        Residual::Pending
+    /// The block-table widths (powers of two up to `max_blocks_per_seq`) at which a decode
+    /// step of `rows` rows changes its launches: one graph per width listed covers every
+    /// context length. Empty for a backend without graphs.
+    fn graph_table_widths(&self, _rows: usize, _max_blocks_per_seq: usize) -> Vec<usize> {
+        Vec::new()
     }
-    /// The MLP's first half: `act = silu(gate) * up` (`rows × n`), where `[gate | up]` is
-    /// [`norm_linear`](Self::norm_linear) of `residual` through the fused gate/up matrix `w`
-    /// (no bias). `normed` and `gate_up` (`rows × 2n`) are scratch for a backend that
-    /// materializes the normalized rows and the projection (this default does); one that fuses
-    /// the activation into the projection's epilogue may leave them alone.
-    #[allow(clippy::too_many_arguments)]
-    fn norm_linear_silu_mul(
-        &self,
-        residual: &mut Self::Buf,
-        add: Option<&Self::Buf>,
-        norm_w: &Self::Vector,
-        eps: f32,
-        rows: usize,
-        n: usize,
-        w: &Self::Matrix,
-        normed: &mut Self::Buf,
-        gate_up: &mut Self::Buf,
-        act: &mut Self::Buf,
-    ) {
-        self.norm_linear(residual, add, norm_w, eps, rows, w, None, normed, gate_up);
-        self.silu_mul(gate_up, rows, n, act);
+    /// What distinguishes the launches of the step begun last beyond its row count (part of
+    /// its graph's [`GraphKey`]).
+    fn graph_variant(&self) -> usize {
+        0
     }
-    /// RMSNorm of each head of q and k in a fused QKV buffer, in place (Qwen3).
-    fn qk_norm(
-        &self,
-        qkv: &mut Self::Buf,
-        rows: usize,
-        shape: AttentionShape,
-        q_w: &Self::Vector,
-        k_w: &Self::Vector,
-        eps: f32,
-    );
-    /// Applies RoPE to q and k of a fused QKV buffer in place (rotate-half convention, as HF)
-    /// and writes k and v of every row into `layer`'s cache at `batch.slot_mapping`.
-    fn rope_and_cache_write(
-        &self,
-        qkv: &mut Self::Buf,
-        batch: &ForwardBatch,
-        inv_freq: &[f32],
-        shape: AttentionShape,
-        cache: &mut Self::KvCache,
-        layer: usize,
-    );
-    /// Causal attention of each row's query over its sequence's cached keys and values;
-    /// `out` gets `rows × q_size`.
-    fn attention(
-        &self,
-        qkv: &Self::Buf,
-        batch: &ForwardBatch,
-        shape: AttentionShape,
-        cache: &Self::KvCache,
-        layer: usize,
-        out: &mut Self::Buf,
-    );
-    /// `out[r] = silu(x[r][..n]) * x[r][n..2n]` for a fused gate/up buffer of width `2n`.
-    fn silu_mul(&self, x: &Self::Buf, rows: usize, n: usize, out: &mut Self::Buf);
-    /// `out[i] = x[rows[i]]` for rows of width `width`.
-    fn gather_rows(&self, x: &Self::Buf, rows: &[u32], width: usize, out: &mut Self::Buf);
-    /// Copies the first `len` values of a buffer to the host, as f32. Waits for the work
-    /// enqueued so far, and reports the first failure of any of it (operations do not return
-    /// errors themselves, so that a device backend can enqueue them without waiting).
-    fn to_host(&self, x: &Self::Buf, len: usize) -> Result<Vec<f32>>;
-    /// The token of each logits row (`sampling.rows.len()` rows of `width`), picked by the
-    /// rules of [`crate::sampling::sample_row`], waiting and reporting failures as
-    /// [`to_host`](Self::to_host) does. A device backend picks them in place, so only the
-    /// token ids travel; this default copies the logits and picks them on the host.
-    fn sample_rows(
-        &self,
-        logits: &Self::Buf,
-        sampling: &StepSampling,
-        width: usize,
-    ) -> Result<Vec<u32>> {
-        let mut host = self.to_host(logits, sampling.rows.len() * width)?;
-        Ok(sampling.sample(&mut host, width))
+    /// Starts recording the operations that follow instead of running them.
+    fn begin_capture(&mut self) -> Result<()> {
+        Err(Error::Unsupported(
+            "this backend does not record graphs".into(),
+        ))
     }
+    /// Ends the recording, returning its graph, or the first failure of a recorded operation.
+    fn end_capture(&mut self) -> Result<Self::Graph> {
+        Err(Error::Unsupported(
+            "this backend does not record graphs".into(),
+        ))
+    }
+    /// Runs a recorded step in place of its operations (the step begun last, whose batch
+    /// has the graph's shape); a failure surfaces at the wait.
+    fn replay(&mut self, _graph: &Self::Graph) {}
 }

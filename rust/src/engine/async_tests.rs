@@ -21,7 +21,12 @@ fn engine(async_scheduling: bool) -> Engine<CpuBackend> {
         kv_cache_tokens: Some(4096),
         ..Default::default()
     };
-    Engine::new(CpuBackend, files, config).unwrap()
+    Engine::new(
+        CpuBackend::for_model(&files.config, config.block_size),
+        files,
+        config,
+    )
+    .unwrap()
 }
 
 #[derive(Default, Debug, Clone, PartialEq)]
@@ -246,7 +251,12 @@ fn random_ops_async_vs_sync() {
                 max_num_seqs: 6,
                 ..Default::default()
             };
-            let mut e = Engine::new(CpuBackend, files, config).unwrap();
+            let mut e = Engine::new(
+                CpuBackend::for_model(&files.config, config.block_size),
+                files,
+                config,
+            )
+            .unwrap();
             let texts = [
                 "hello world",
                 "the quick brown fox",
@@ -378,7 +388,12 @@ fn abort_in_flight_victim_rows_first() {
             max_num_batched_tokens: 24,
             ..Default::default()
         };
-        let mut e = Engine::new(CpuBackend, files, config).unwrap();
+        let mut e = Engine::new(
+            CpuBackend::for_model(&files.config, config.block_size),
+            files,
+            config,
+        )
+        .unwrap();
         let pa = prompt(
             &e,
             "one two three four five six seven eight nine ten eleven twelve thirteen fourteen",

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use super::engine_loop::EngineHandle;
 use super::{DeviceKind, Engine, EngineArgs, EngineConfig};
 use crate::backend::cpu::CpuBackend;
+use crate::backend::{KvDtype, KvLayout};
 use crate::error::{Error, Result};
 use crate::loader::open_model;
 use crate::sampling::SamplingParams;
@@ -86,18 +87,20 @@ pub fn launch(model: &Path, opts: &EngineArgs) -> Result<Launched> {
                     opts.dtype
                 )));
             }
-            finish(Engine::new(CpuBackend, files, config)?, "cpu", "cpu".into())
+            let backend = CpuBackend::for_model(&files.config, config.block_size);
+            finish(Engine::new(backend, files, config)?, "cpu", "cpu".into())
         }
         #[cfg(feature = "cuda")]
         Some(ordinal) => {
-            use crate::backend::cuda::{jit::KernelDtype, CudaBackend, CudaOptions};
+            use crate::backend::cuda::{CudaBackend, CudaOptions};
             let config = EngineConfig {
                 step_trace: tuning.step_trace.clone(),
                 ..opts.engine_config(DeviceKind::Cuda)
             };
             let dtype = match opts.dtype.as_str() {
-                "auto" => Some(KernelDtype::Bf16),
-                d => KernelDtype::from_name(d),
+                "auto" | "bfloat16" => Some(KvDtype::Bf16),
+                "float16" => Some(KvDtype::F16),
+                _ => None,
             }
             .ok_or_else(|| {
                 Error::InvalidConfig(format!(
@@ -105,16 +108,17 @@ pub fn launch(model: &Path, opts: &EngineArgs) -> Result<Launched> {
                     opts.dtype
                 ))
             })?;
+            // The KV layout is decided here, once, and the backend is made for it.
+            let layout = KvLayout::for_model(&files.config, config.block_size, dtype);
             let backend = CudaBackend::new(
                 CudaOptions {
                     device: ordinal,
-                    dtype,
                     gpu_memory_utilization: opts.gpu_memory_utilization,
-                    block_size: config.block_size,
                     kernel_cache_dir: kernel_cache_dir(),
                     tuning: tuning.clone(),
                 },
                 &files.config,
+                layout,
             )?;
             let name = backend.device_name().to_string();
             finish(Engine::new(backend, files, config)?, "cuda", name)

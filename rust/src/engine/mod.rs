@@ -11,6 +11,7 @@ pub mod engine_loop;
 pub mod launch;
 mod limits;
 mod output;
+pub mod runner;
 mod scheduler;
 mod sequence;
 mod step;
@@ -25,16 +26,15 @@ pub use output::{CompletionOutput, RequestMetrics, RequestOutput};
 pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, StepOutput, UpdateContext};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
-use self::batch::pad_decode_batch;
+use self::runner::{ModelRunner, RunnerSizes};
 use self::step::{abort_delta, Launched};
 use self::trace::StepTrace;
-use crate::backend::{Backend, ForwardBatch};
+use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::loader::ModelFiles;
-use crate::model::{LlamaModel, StepBuffers};
-use crate::sampling::{RowSampling, SamplingParams, StepSampling};
+use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
 /// KV memory the CPU backend takes by default. Pages are touched only as the cache fills.
@@ -56,13 +56,11 @@ pub struct EngineStats {
 
 /// The inference engine over backend `B`.
 pub struct Engine<B: Backend> {
-    backend: B,
-    model: LlamaModel<B>,
+    /// The model on its backend: runs the steps.
+    runner: ModelRunner<B>,
     tokenizer: Tokenizer,
     eos_token_ids: Vec<u32>,
     default_sampling: SamplingParams,
-    cache: B::KvCache,
-    bufs: StepBuffers<B>,
     kv: BlockManager,
     scheduler: Scheduler,
     config: EngineConfig,
@@ -77,8 +75,9 @@ pub struct Engine<B: Backend> {
 }
 
 impl<B: Backend> Engine<B> {
-    /// Loads the model's weights into `backend` and sizes the KV cache.
-    pub fn new(mut backend: B, files: ModelFiles, mut config: EngineConfig) -> Result<Self> {
+    /// Loads the model's weights into `backend` (whose [`KvLayout`](crate::backend::KvLayout)
+    /// sets the block size), sizes the KV cache and captures the backend's decode graphs.
+    pub fn new(backend: B, files: ModelFiles, mut config: EngineConfig) -> Result<Self> {
         let mc = files.config.clone();
         let max_model_len = match config.max_model_len {
             Some(0) => {
@@ -95,70 +94,41 @@ impl<B: Backend> Engine<B> {
             Some(n) => n,
             None => mc.max_position_embeddings,
         };
+        config.block_size = backend.kv_layout().block_size;
         if config.block_size == 0 || config.max_num_batched_tokens == 0 || config.max_num_seqs == 0
         {
             return Err(Error::InvalidConfig(
                 "block_size, max_num_batched_tokens and max_num_seqs must be at least 1".into(),
             ));
         }
-        let model = LlamaModel::load(&backend, mc.clone(), files.weights.as_ref())?;
-        drop(files.weights);
-        // Logits rows: one per running sequence, plus the prompt-logprob rows.
-        let bufs = StepBuffers::new(
-            &backend,
-            &mc,
-            config.max_num_batched_tokens,
-            config.max_num_seqs + PROMPT_LOGPROB_ROWS,
-        )?;
-        // The KV cache takes what the backend can spare once weights and buffers are in place.
-        let kv_bytes_per_token = 2
-            * mc.num_hidden_layers
-            * mc.num_key_value_heads
-            * mc.head_dim
-            * backend.kv_element_bytes();
-        let budget = backend.kv_cache_budget_bytes();
-        let kv_tokens = config.kv_cache_tokens.unwrap_or_else(|| match budget {
-            Some(bytes) => bytes / kv_bytes_per_token,
-            None => DEFAULT_CPU_KV_BYTES / kv_bytes_per_token,
-        });
-        let num_blocks = kv_tokens / config.block_size;
-        if let (None, Some(bytes), 0) = (config.kv_cache_tokens, budget, num_blocks) {
-            return Err(Error::InvalidConfig(format!(
-                "no GPU memory is left for the KV cache ({} MiB for {} tokens of {} KiB): \
-                 raise gpu_memory_utilization or lower max_num_batched_tokens / max_num_seqs",
-                bytes >> 20,
-                config.block_size,
-                kv_bytes_per_token >> 10
-            )));
-        }
-        if num_blocks == 0 {
-            return Err(Error::InvalidConfig(format!(
-                "kv_cache_tokens {kv_tokens} is less than one block of {} tokens",
-                config.block_size
-            )));
-        }
-        config.kv_cache_tokens = Some(num_blocks * config.block_size);
-        let shape = model.attention_shape();
-        let cache = backend.kv_cache(mc.num_hidden_layers, num_blocks, config.block_size, shape)?;
-        backend.finish_loading()?;
         let max_blocks_per_seq = max_model_len.div_ceil(config.block_size);
-        backend.reserve_steps(
-            config.max_num_batched_tokens,
-            config.max_num_seqs + PROMPT_LOGPROB_ROWS,
+        // Logits rows: one per running sequence, plus the prompt-logprob rows.
+        let max_logits = config.max_num_seqs + PROMPT_LOGPROB_ROWS;
+        let sizes = RunnerSizes {
+            max_tokens: config.max_num_batched_tokens,
+            max_logits,
+            max_seqs: max_logits,
             max_blocks_per_seq,
-        )?;
+            kv_cache_tokens: config.kv_cache_tokens,
+            default_kv_bytes: DEFAULT_CPU_KV_BYTES,
+        };
+        let mut runner = ModelRunner::load(backend, mc.clone(), files.weights.as_ref(), sizes)?;
+        drop(files.weights);
+        let num_blocks = runner.num_blocks();
+        config.kv_cache_tokens = Some(num_blocks * config.block_size);
         let async_scheduling = config
             .async_scheduling
-            .unwrap_or_else(|| backend.launches_ahead());
+            .unwrap_or_else(|| runner.backend().launches_ahead());
+        runner.capture_graphs(config.max_num_seqs, max_blocks_per_seq)?;
         let trace = config.step_trace.as_deref().and_then(StepTrace::create);
-        let mut engine = Engine {
-            backend,
-            model,
+        if trace.is_some() {
+            runner.backend_mut().time_steps();
+        }
+        Ok(Engine {
+            runner,
             tokenizer: files.tokenizer,
             eos_token_ids: files.eos_token_ids,
             default_sampling: files.default_sampling,
-            cache,
-            bufs,
             kv: BlockManager::new(num_blocks, config.block_size, config.enable_prefix_caching),
             scheduler: Scheduler::new(SchedulerConfig {
                 max_num_seqs: config.max_num_seqs,
@@ -175,40 +145,7 @@ impl<B: Backend> Engine<B> {
             async_scheduling,
             in_flight: None,
             trace,
-        };
-        engine.capture_decode_graphs(max_blocks_per_seq)?;
-        if engine.trace.is_some() {
-            engine.backend.time_steps();
-        }
-        Ok(engine)
-    }
-
-    /// Runs every decode step shape the backend replays as a graph (up to the largest decode
-    /// step the engine can run) twice on padding rows: the first run creates what a step needs,
-    /// the second is captured. So the first requests find their graphs in place. The padding
-    /// rows attend to nothing; the first one's block table (of block 0) only sets the width.
-    fn capture_decode_graphs(&mut self, max_blocks_per_seq: usize) -> Result<()> {
-        let most = self.config.max_num_seqs;
-        let largest = self.backend.decode_graph_rows(most).unwrap_or(most);
-        let largest = largest.min(self.bufs.max_tokens).min(self.bufs.max_logits);
-        for (rows, width) in self.backend.decode_graph_shapes(max_blocks_per_seq) {
-            if rows > largest {
-                continue;
-            }
-            let mut batch = ForwardBatch::default();
-            pad_decode_batch(&mut batch, rows);
-            batch.seqs[0].block_table = vec![0; width];
-            let sampling = StepSampling {
-                rows: vec![RowSampling::GREEDY; rows],
-                penalty_tokens: Vec::new(),
-            };
-            for _ in 0..2 {
-                let n = self.enqueue_step(&batch, Some(&sampling));
-                self.model
-                    .collect(&self.backend, &self.bufs, n, Some(&sampling))?;
-            }
-        }
-        Ok(())
+        })
     }
 
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -224,7 +161,7 @@ impl<B: Backend> Engine<B> {
     }
 
     pub fn model_config(&self) -> &ModelConfig {
-        &self.model.config
+        self.runner.model_config()
     }
 
     /// Sampling defaults of the model (`generation_config.json`), for requests that give none.

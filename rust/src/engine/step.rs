@@ -7,12 +7,13 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use super::batch::{build_batch, pad_decode_batch};
+use super::batch::build_batch;
+use super::runner::LaunchedStep;
 use super::trace::LaunchRecord;
 use super::{Engine, FinishReason, Scheduled, SeqDelta, Sequence, StepOutput, UpdateContext};
-use crate::backend::{Backend, ForwardBatch};
+use crate::backend::Backend;
 use crate::error::Error;
-use crate::sampling::{RowSampling, StepSampling};
+use crate::sampling::StepSampling;
 use crate::tokenizer::Tokenizer;
 
 impl<B: Backend> Engine<B> {
@@ -47,9 +48,7 @@ impl<B: Backend> Engine<B> {
             },
         };
         let t_collect = Instant::now();
-        let (model, backend, bufs) = (&self.model, &self.backend, &self.bufs);
-        let sampling = launched.sampling.as_ref();
-        let collected = model.collect(backend, bufs, launched.rows, sampling);
+        let collected = self.runner.collect(&launched.step);
         let collect_time = t_collect.elapsed();
         let (logits, tokens) = match collected {
             Ok(out) => out,
@@ -64,8 +63,8 @@ impl<B: Backend> Engine<B> {
         let out = StepOutput {
             plan: &launched.plan,
             logits: &logits,
-            tokens: launched.sampling.is_some().then_some(&tokens[..]),
-            vocab: self.model.config.vocab_size,
+            tokens: tokens.as_deref(),
+            vocab: self.runner.model_config().vocab_size,
         };
         let ctx = UpdateContext {
             tokenizer: &self.tokenizer,
@@ -82,7 +81,7 @@ impl<B: Backend> Engine<B> {
         }
         if let Some(record) = &launched.trace {
             let apply = t_collect.elapsed() - collect_time;
-            let (timing, last) = (self.backend.step_timing(), !self.has_work());
+            let (timing, last) = (self.runner.backend().step_timing(), !self.has_work());
             if let Some(trace) = &mut self.trace {
                 trace.write(record, t_collect, collect_time, apply, timing, last);
             }
@@ -133,14 +132,6 @@ impl<B: Backend> Engine<B> {
             return None;
         }
         let mut batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
-        let rows = batch.num_tokens();
-        // A backend that replays decode steps as graphs wants them at fixed sizes.
-        let decode_only = batch.seqs.len() == rows && batch.logits_rows.len() == rows;
-        let fits = |n: &usize| *n <= self.bufs.max_tokens && *n <= self.bufs.max_logits;
-        let padded = self.backend.decode_graph_rows(rows).filter(fits);
-        if let Some(padded) = padded.filter(|_| decode_only) {
-            pad_decode_batch(&mut batch, padded);
-        }
         // Tokens are picked on the backend, so that only their ids leave it, unless a request
         // of the step wants log-probabilities (computed on the host from the logits).
         let on_backend = plan.iter().all(|s| {
@@ -156,35 +147,15 @@ impl<B: Backend> Engine<B> {
                     step.rows.push(row);
                 }
             }
-            // Padding rows of a decode graph take their (unused) argmax.
-            step.rows
-                .resize(batch.logits_rows.len(), RowSampling::GREEDY);
             step
         });
-        let rows = self.enqueue_step(&batch, sampling.as_ref());
+        // The runner pads a decode step to its graph's size (and its sampling with greedy rows).
+        let step = self.runner.launch(&mut batch, sampling);
         let trace = self
             .trace
             .is_some()
             .then(|| LaunchRecord::new(&batch, plan.len(), t_launch));
-        Some(Launched {
-            plan,
-            rows,
-            sampling,
-            trace,
-        })
-    }
-
-    /// Hands `batch` to the backend and enqueues its forward pass and, with `sampling`, the
-    /// choice of its tokens; returns its logits rows ([`LlamaModel::launch`]).
-    pub(super) fn enqueue_step(
-        &mut self,
-        batch: &ForwardBatch,
-        sampling: Option<&StepSampling>,
-    ) -> usize {
-        self.backend.prepare_step(batch);
-        let (cache, bufs) = (&mut self.cache, &mut self.bufs);
-        self.model
-            .launch(&self.backend, batch, cache, bufs, sampling)
+        Some(Launched { plan, step, trace })
     }
 
     /// A forward step failed on the backend: its requests end with the error (their blocks are
@@ -210,9 +181,7 @@ impl<B: Backend> Drop for Engine<B> {
     /// are freed.
     fn drop(&mut self) {
         if let Some(l) = self.in_flight.take() {
-            let _ = self
-                .model
-                .collect(&self.backend, &self.bufs, l.rows, l.sampling.as_ref());
+            let _ = self.runner.collect(&l.step);
         }
     }
 }
@@ -244,10 +213,8 @@ pub(super) fn abort_delta(seq: &mut Sequence, tokenizer: &Tokenizer) -> Option<S
 pub(super) struct Launched {
     /// The scheduler's plan of the step.
     pub(super) plan: Vec<Scheduled>,
-    /// Logits rows of the step.
-    rows: usize,
-    /// How the backend picks the step's tokens; `None`: it returns the logits instead.
-    sampling: Option<StepSampling>,
+    /// The step on the runner (its logits rows and how its tokens are picked).
+    step: LaunchedStep,
     /// The step's shape and launch time, when the engine writes a step trace.
     trace: Option<LaunchRecord>,
 }

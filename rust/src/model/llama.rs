@@ -1,16 +1,16 @@
 //! The Llama-family forward pass (Llama 2/3, Mistral, Qwen2 with QKV bias, Qwen3 with q/k
-//! norm, tied embeddings), written once against [`Backend`].
+//! norm, tied embeddings): loaded through a [`Backend`], its forward pass written once
+//! against the math-only [`Ops`].
 
-use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual};
+use crate::backend::{AttentionShape, Backend, ForwardBatch, Ops, Residual};
 use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
-use crate::sampling::StepSampling;
 use crate::weights::{HostTensor, WeightSource};
 
 use super::{load_checked, load_matrix};
 
 /// Weights of one decoder layer. QKV and gate/up are fused at load time so each is one GEMM.
-pub struct LayerWeights<B: Backend> {
+pub struct LayerWeights<B: Ops> {
     pub input_norm: B::Vector,
     /// Rows: q (heads × head_dim), then k, then v.
     pub qkv: B::Matrix,
@@ -25,7 +25,7 @@ pub struct LayerWeights<B: Backend> {
 }
 
 /// A Llama-family model on backend `B`.
-pub struct LlamaModel<B: Backend> {
+pub struct LlamaModel<B: Ops> {
     pub config: ModelConfig,
     pub embed_tokens: B::Matrix,
     pub layers: Vec<LayerWeights<B>>,
@@ -37,7 +37,7 @@ pub struct LlamaModel<B: Backend> {
 }
 
 /// Activation buffers for steps of up to `max_tokens` rows, allocated once.
-pub struct StepBuffers<B: Backend> {
+pub struct StepBuffers<B: Ops> {
     pub max_tokens: usize,
     /// Most rows per step whose logits can be computed.
     pub max_logits: usize,
@@ -52,6 +52,13 @@ pub struct StepBuffers<B: Backend> {
     last_hidden: B::Buf,
     last_normed: B::Buf,
     logits: B::Buf,
+}
+
+impl<B: Ops> StepBuffers<B> {
+    /// The logits of the last step's logits rows (f32, `vocab_size` each).
+    pub fn logits(&self) -> &B::Buf {
+        &self.logits
+    }
 }
 
 impl<B: Backend> StepBuffers<B> {
@@ -173,7 +180,9 @@ impl<B: Backend> LlamaModel<B> {
             config,
         })
     }
+}
 
+impl<B: Ops> LlamaModel<B> {
     /// The attention shape of this model.
     pub fn attention_shape(&self) -> AttentionShape {
         AttentionShape {
@@ -183,46 +192,12 @@ impl<B: Backend> LlamaModel<B> {
         }
     }
 
-    /// Starts one step: enqueues it (and, with `sampling`, the choice of its tokens, one
-    /// [`RowSampling`](crate::sampling::RowSampling) per logits row) and returns the number of
-    /// logits rows, without waiting for the backend; [`collect`](Self::collect) waits for the
-    /// results. The step writes the batch's keys and values into `cache`. The caller has
-    /// passed `batch` to [`Backend::prepare_step`] first, and guarantees
-    /// `batch.num_tokens() <= bufs.max_tokens`, that the logits rows fit the buffers, and that
-    /// every slot and block id lies inside `cache`.
-    pub fn launch(
-        &self,
-        backend: &B,
-        batch: &ForwardBatch,
-        cache: &mut B::KvCache,
-        bufs: &mut StepBuffers<B>,
-        sampling: Option<&StepSampling>,
-    ) -> usize {
-        let n = self.compute_logits(backend, batch, cache, bufs);
-        debug_assert!(sampling.is_none_or(|s| s.rows.len() == n));
-        backend.submit_step(&bufs.logits, sampling.map(|s| (s, self.config.vocab_size)));
-        n
-    }
-
-    /// The second half of a step: waits for the one [`launch`](Self::launch)ed last and returns
-    /// its `n` logits rows (empty with `sampling`) and its tokens (empty without).
-    pub fn collect(
-        &self,
-        backend: &B,
-        bufs: &StepBuffers<B>,
-        n: usize,
-        sampling: Option<&StepSampling>,
-    ) -> Result<(Vec<f32>, Vec<u32>)> {
-        let vocab = self.config.vocab_size;
-        match sampling {
-            Some(s) => Ok((Vec::new(), backend.sample_rows(&bufs.logits, s, vocab)?)),
-            None => Ok((backend.to_host(&bufs.logits, n * vocab)?, Vec::new())),
-        }
-    }
-
-    /// Enqueues the whole step; the logits of `batch.logits_rows` end in `bufs.logits`.
-    /// Returns the number of logits rows.
-    fn compute_logits(
+    /// The forward pass of one step: enqueues (or, on the CPU, computes) it; the logits of
+    /// `batch.logits_rows` end in `bufs.logits()`, and the batch's keys and values in `cache`.
+    /// Returns the number of logits rows. The caller has begun the step on the backend
+    /// ([`Backend::begin_step`]) and guarantees `batch.num_tokens() <= bufs.max_tokens`, that
+    /// the logits rows fit the buffers, and that every slot and block id lies inside `cache`.
+    pub fn forward(
         &self,
         backend: &B,
         batch: &ForwardBatch,
@@ -235,7 +210,7 @@ impl<B: Backend> LlamaModel<B> {
         let eps = c.rms_norm_eps;
         backend.embedding(&self.embed_tokens, &batch.token_ids, &mut bufs.residual);
         // Whether `bufs.hidden` holds a projection not yet added to the residual stream (the
-        // backend left the add to the next norm: see `Backend::linear_residual`).
+        // backend left the add to the next norm: see `Ops::linear_residual`).
         let mut pending = false;
         for (i, layer) in self.layers.iter().enumerate() {
             backend.norm_linear(

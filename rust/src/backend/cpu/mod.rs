@@ -2,6 +2,7 @@
 //! reference every other backend is checked against.
 
 mod attention;
+mod device;
 pub mod matmul;
 mod weight_buf;
 
@@ -9,9 +10,9 @@ pub use weight_buf::WeightBuf;
 
 use rayon::prelude::*;
 
-use super::{AttentionShape, Backend, ForwardBatch, Residual};
+use super::{AttentionShape, ForwardBatch, KvDtype, KvLayout, Ops, Residual};
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
-use crate::weights::HostTensor;
 
 /// Rows per rayon task for row-wise elementwise operations: small rows are cheap, so batch
 /// enough of them to amortize the task overhead.
@@ -33,57 +34,31 @@ pub struct CpuKvCache {
     pub v: Vec<Vec<f32>>,
 }
 
-/// The CPU backend. Stateless: threads come from rayon's global pool.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+/// The CPU backend: the KV layout it serves (threads come from rayon's global pool). The
+/// device side (memory, the KV pool, the step's wait) is in `device.rs`.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuBackend {
+    layout: KvLayout,
+}
 
-impl Backend for CpuBackend {
+impl CpuBackend {
+    /// A CPU backend whose KV cache has `layout` (f32).
+    pub fn new(layout: KvLayout) -> CpuBackend {
+        debug_assert_eq!(layout.dtype, KvDtype::F32);
+        CpuBackend { layout }
+    }
+
+    /// A CPU backend for `model`'s cache in blocks of `block_size` tokens.
+    pub fn for_model(model: &ModelConfig, block_size: usize) -> CpuBackend {
+        CpuBackend::new(KvLayout::for_model(model, block_size, KvDtype::F32))
+    }
+}
+
+impl Ops for CpuBackend {
     type Buf = Vec<f32>;
     type Matrix = CpuMatrix;
     type Vector = Vec<f32>;
     type KvCache = CpuKvCache;
-
-    fn matrix(&self, t: HostTensor) -> Result<CpuMatrix> {
-        match t.shape[..] {
-            [rows, cols] => Ok(CpuMatrix {
-                rows,
-                cols,
-                data: WeightBuf::new(t.data),
-            }),
-            _ => Err(Error::Engine(format!(
-                "expected a 2-D weight, got shape {:?}",
-                t.shape
-            ))),
-        }
-    }
-
-    fn vector(&self, t: HostTensor) -> Result<Vec<f32>> {
-        Ok(t.data)
-    }
-
-    fn buffer(&self, len: usize) -> Result<Vec<f32>> {
-        zeros(len, "an activation buffer")
-    }
-
-    fn kv_cache(
-        &self,
-        num_layers: usize,
-        num_blocks: usize,
-        block_size: usize,
-        shape: AttentionShape,
-    ) -> Result<CpuKvCache> {
-        let len = num_blocks
-            .checked_mul(block_size)
-            .and_then(|n| n.checked_mul(shape.kv_size()))
-            .ok_or_else(|| Error::InvalidConfig("KV cache size overflows".into()))?;
-        let plane = || zeros(len, "the KV cache");
-        Ok(CpuKvCache {
-            block_size,
-            num_blocks,
-            k: (0..num_layers).map(|_| plane()).collect::<Result<_>>()?,
-            v: (0..num_layers).map(|_| plane()).collect::<Result<_>>()?,
-        })
-    }
 
     fn embedding(&self, table: &CpuMatrix, ids: &[u32], out: &mut Vec<f32>) {
         let width = table.cols;
@@ -274,10 +249,6 @@ impl Backend for CpuBackend {
             o.copy_from_slice(&x[r * width..(r + 1) * width]);
         }
     }
-
-    fn to_host(&self, x: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
-        Ok(x[..len].to_vec())
-    }
 }
 
 /// `out = x / sqrt(mean(x²) + eps) * w`, accumulating the mean square in f32 as transformers
@@ -319,6 +290,21 @@ fn zeros(len: usize, what: &str) -> Result<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Backend;
+
+    /// A backend for the operations' tests (their KV layout is their own).
+    const CPU: CpuBackend = CpuBackend {
+        layout: KvLayout {
+            num_layers: 1,
+            block_size: 16,
+            shape: AttentionShape {
+                num_heads: 1,
+                num_kv_heads: 1,
+                head_dim: 8,
+            },
+            dtype: KvDtype::F32,
+        },
+    };
 
     fn assert_close(got: &[f32], want: &[f64], tol: f64) {
         for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
@@ -341,7 +327,7 @@ mod tests {
         let w: Vec<f32> = (0..width).map(|i| 0.5 + i as f32 / width as f32).collect();
         let mut residual = r0.clone();
         let mut out = vec![f32::NAN; rows * width];
-        CpuBackend.add_rms_norm(&mut residual, &x, &w, 1e-5, rows, &mut out);
+        CPU.add_rms_norm(&mut residual, &x, &w, 1e-5, rows, &mut out);
         let mut want = Vec::new();
         for r in 0..rows {
             let sum: Vec<f64> = (0..width)
@@ -374,8 +360,14 @@ mod tests {
             ..Default::default()
         };
         let inv_freq = [1.0f32, 0.01];
-        let mut cache = CpuBackend.kv_cache(1, 2, 4, shape).unwrap();
-        CpuBackend.rope_and_cache_write(&mut qkv, &batch, &inv_freq, shape, &mut cache, 0);
+        let cpu = CpuBackend::new(KvLayout {
+            num_layers: 1,
+            block_size: 4,
+            shape,
+            dtype: KvDtype::F32,
+        });
+        let mut cache = cpu.kv_cache(2).unwrap();
+        cpu.rope_and_cache_write(&mut qkv, &batch, &inv_freq, shape, &mut cache, 0);
         // Position 0 is the identity; position 3 rotates pair (x_i, x_{i+2}) by 3 * inv_freq[i].
         assert_eq!(&qkv[..width], &orig[..width]);
         for head in 0..3 {
@@ -397,11 +389,11 @@ mod tests {
     fn silu_mul_and_gather() {
         let x = vec![1.0f32, -2.0, 3.0, 4.0];
         let mut out = vec![f32::NAN; 2];
-        CpuBackend.silu_mul(&x, 1, 2, &mut out);
+        CPU.silu_mul(&x, 1, 2, &mut out);
         let silu = |v: f64| v / (1.0 + (-v).exp());
         assert_close(&out, &[silu(1.0) * 3.0, silu(-2.0) * 4.0], 1e-6);
         let mut g = vec![f32::NAN; 2];
-        CpuBackend.gather_rows(&x, &[1], 2, &mut g);
+        CPU.gather_rows(&x, &[1], 2, &mut g);
         assert_eq!(g, vec![3.0, 4.0]);
     }
 }

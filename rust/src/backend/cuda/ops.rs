@@ -1,200 +1,75 @@
-//! The operations of the forward pass on the GPU: each enqueues a kernel or a cuBLASLt GEMM on
-//! the backend's stream and returns at once; failures are kept for the next wait.
-//! While a captured decode graph replays a step, the operations enqueue nothing.
+//! The forward pass's operations on the GPU: each enqueues a kernel or a cuBLASLt GEMM on the
+//! backend's stream and returns at once; failures are kept for the next wait. The operations
+//! read the step's batch from its device copy (`StepMeta`), uploaded when the step began.
 
-use super::device_mem::{self, DeviceMem};
-use super::gemm::{ElemType, GemmShape};
-use super::jit::KernelDtype;
-use super::kernels::{GemvInput, GemvOutput};
-use super::{graphs, CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, ELEM_BYTES};
-use crate::backend::{AttentionShape, Backend, ForwardBatch, Residual, StepTiming};
-use crate::error::{Error, Result};
-use crate::sampling::StepSampling;
-use crate::weights::{HostTensor, RawTensor};
+use super::gemm::GemmShape;
+use super::kernels::{GemvArgs, GemvInput, GemvOutput};
+use super::{CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector};
+use crate::backend::cuda::gemm::ElemType;
+use crate::backend::{AttentionShape, ForwardBatch, Ops, Residual};
 
-impl Backend for CudaBackend {
+impl CudaBackend {
+    /// Whether a projection of `rows` rows through `w` runs on the GEMV kernels.
+    fn use_gemv(&self, rows: usize, w: &CudaMatrix) -> bool {
+        (1..=self.gemv_max_rows).contains(&rows) && w.cols % 8 == 0
+    }
+
+    /// The GEMV output kind that writes `out`'s dtype.
+    fn gemv_output(out: &CudaBuf) -> GemvOutput {
+        if out.dtype == ElemType::F32 {
+            GemvOutput::F32
+        } else {
+            GemvOutput::Store
+        }
+    }
+
+    /// Enqueues one GEMV (see `kernels/cuda/gemv.cu`): `out` = `input`-read `x` times `w`ᵀ,
+    /// stored, stored as f32 or added as `output` says.
+    #[allow(clippy::too_many_arguments)]
+    fn gemv(
+        &self,
+        input: GemvInput,
+        output: GemvOutput,
+        rows: usize,
+        w: &CudaMatrix,
+        x: &CudaBuf,
+        norm_w: Option<&CudaVector>,
+        bias: Option<&CudaVector>,
+        out: &mut CudaBuf,
+        eps: f32,
+    ) {
+        debug_assert!(
+            !matches!(output, GemvOutput::Add | GemvOutput::Silu) || bias.is_none(),
+            "gemv.cu's add and silu take no bias"
+        );
+        let out_width = if output == GemvOutput::Silu {
+            w.rows / 2
+        } else {
+            w.rows
+        };
+        debug_assert!(rows * w.cols <= x.len && rows * out_width <= out.len);
+        let args = GemvArgs {
+            input,
+            output,
+            rows,
+            w: w.mem.ptr,
+            n: w.rows,
+            k: w.cols,
+            x: x.mem.ptr,
+            norm_w: norm_w.map_or(0, |v| v.mem.ptr),
+            bias: bias.map_or(0, |v| v.mem.ptr),
+            out: out.mem.ptr,
+            eps,
+        };
+        self.enqueue(|k| k.gemv(&self.stream, &args, self.sm_count));
+    }
+}
+
+impl Ops for CudaBackend {
     type Buf = CudaBuf;
     type Matrix = CudaMatrix;
     type Vector = CudaVector;
     type KvCache = CudaKvCache;
-
-    fn matrix(&self, t: HostTensor) -> Result<CudaMatrix> {
-        let [rows, cols] = t.shape[..] else {
-            return Err(Error::Engine(format!(
-                "expected a 2-D weight, got shape {:?}",
-                t.shape
-            )));
-        };
-        Ok(CudaMatrix {
-            mem: self.upload_weights(&t)?,
-            rows,
-            cols,
-        })
-    }
-
-    fn matrix_raw(&self, parts: &[RawTensor<'_>]) -> Option<Result<CudaMatrix>> {
-        let want = match self.opts.dtype {
-            KernelDtype::Bf16 => "BF16",
-            KernelDtype::F16 => "F16",
-        };
-        let cols = parts.first()?.shape.get(1).copied()?;
-        if parts
-            .iter()
-            .any(|p| p.dtype != want || p.shape.len() != 2 || p.shape[1] != cols)
-        {
-            return None;
-        }
-        let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
-        Some((|| {
-            let mem = DeviceMem::zeroed(&self.stream, rows * cols * ELEM_BYTES)?;
-            let mut slot = self.uploader.borrow_mut();
-            let uploader = match slot.as_mut() {
-                Some(u) => u,
-                None => slot.insert(device_mem::Uploader::new(&self.stream)?),
-            };
-            let mut offset = 0u64;
-            for p in parts {
-                uploader.upload(&self.stream, mem.ptr + offset, p.bytes)?;
-                offset += p.bytes.len() as u64;
-            }
-            Ok(CudaMatrix { mem, rows, cols })
-        })())
-    }
-
-    fn vector(&self, t: HostTensor) -> Result<CudaVector> {
-        Ok(CudaVector {
-            mem: self.upload_weights(&t)?,
-            len: t.data.len(),
-        })
-    }
-
-    fn buffer(&self, len: usize) -> Result<CudaBuf> {
-        Ok(CudaBuf {
-            mem: DeviceMem::zeroed(&self.stream, len * ELEM_BYTES)?,
-            len,
-            dtype: self.elem_type(),
-        })
-    }
-
-    fn logits_buffer(&self, len: usize) -> Result<CudaBuf> {
-        Ok(CudaBuf {
-            mem: DeviceMem::zeroed(&self.stream, len * 4)?,
-            len,
-            dtype: ElemType::F32,
-        })
-    }
-
-    fn kv_element_bytes(&self) -> usize {
-        ELEM_BYTES
-    }
-
-    fn kv_cache_budget_bytes(&self) -> Option<usize> {
-        let (free, total) = self.ctx.mem_get_info().ok()?;
-        // gpu_memory_utilization is this engine's share of the card (as in vLLM), so other
-        // processes' memory does not count against it; what is free bounds it all the same.
-        // 256 MiB stay for what comes later (cuBLASLt, CUDA graphs).
-        let own = self.free_at_start.saturating_sub(free);
-        let allowed = (total as f64 * self.opts.gpu_memory_utilization) as usize;
-        let reserve = 256 << 20;
-        Some(
-            allowed
-                .saturating_sub(own + reserve)
-                .min(free.saturating_sub(reserve)),
-        )
-    }
-
-    fn kv_cache(
-        &self,
-        num_layers: usize,
-        num_blocks: usize,
-        block_size: usize,
-        shape: AttentionShape,
-    ) -> Result<CudaKvCache> {
-        if block_size != self.opts.block_size || shape != self.shape {
-            return Err(Error::Engine(format!(
-                "KV cache shape {shape:?} / block {block_size} differs from the kernels' \
-                 {:?} / {}",
-                self.shape, self.opts.block_size
-            )));
-        }
-        let plane_bytes = num_blocks
-            .checked_mul(block_size * shape.kv_size() * ELEM_BYTES)
-            .ok_or_else(|| Error::InvalidConfig("KV cache size overflows".into()))?;
-        Ok(CudaKvCache {
-            mem: DeviceMem::zeroed(&self.stream, 2 * num_layers * plane_bytes)?,
-            plane_bytes,
-        })
-    }
-
-    fn finish_loading(&self) -> Result<()> {
-        // The staging buffers go once the copies out of them are done.
-        self.stream.synchronize().map_err(device_mem::cuda_err)?;
-        self.uploader.borrow_mut().take();
-        self.kernels().map(|_| ())
-    }
-
-    fn decode_graph_rows(&self, rows: usize) -> Option<usize> {
-        graphs::bucket_rows(rows)
-    }
-
-    fn decode_graph_shapes(&self, max_blocks_per_seq: usize) -> Vec<(usize, usize)> {
-        // Per bucket, the narrowest power-of-two width (the step description rounds widths up
-        // to one) of each split count decode attention can take.
-        let mut shapes = Vec::new();
-        for rows in graphs::BUCKETS {
-            let mut last = None;
-            let mut width = 1;
-            loop {
-                let splits = self.decode_splits(rows, width);
-                if last != Some(splits) {
-                    shapes.push((rows, width));
-                    last = Some(splits);
-                }
-                if width >= max_blocks_per_seq {
-                    break;
-                }
-                width *= 2;
-            }
-        }
-        shapes
-    }
-
-    fn reserve_steps(&mut self, rows: usize, seqs: usize, max_blocks_per_seq: usize) -> Result<()> {
-        if self
-            .meta
-            .reserve(&self.stream, rows, seqs, max_blocks_per_seq)?
-        {
-            self.graphs.clear(); // graphs captured before read the old addresses
-        }
-        Ok(())
-    }
-
-    fn prepare_step(&mut self, batch: &ForwardBatch) {
-        self.step_started.set(Some(std::time::Instant::now()));
-        // Recorded before `begin_step`, which may start a graph capture (an event recorded
-        // during a capture would belong to the graph).
-        if let Some(t) = &self.timer {
-            self.record(t.begin(&self.stream));
-        }
-        let min_keys = self.step_min_split_keys(batch);
-        let r = self
-            .meta
-            .upload(&self.stream, batch, min_keys)
-            .and_then(|moved| {
-                if moved {
-                    self.graphs.clear();
-                }
-                // A decode-only step of a bucket's size repeats its launches exactly.
-                let decode = batch.seqs.len() == batch.num_tokens()
-                    && batch.logits_rows.len() == batch.num_tokens()
-                    && self.meta.max_query_len == 1;
-                let rows = batch.num_tokens();
-                let key = (decode && graphs::bucket_rows(rows) == Some(rows))
-                    .then(|| (rows, self.decode_splits(rows, self.meta.max_blocks)));
-                self.graphs.begin_step(&self.stream, key)
-            });
-        self.record(r);
-    }
 
     fn embedding(&self, table: &CudaMatrix, _ids: &[u32], out: &mut CudaBuf) {
         self.enqueue(|k| {
@@ -423,7 +298,7 @@ impl Backend for CudaBackend {
                 out.mem.ptr,
                 &self.meta,
                 shape,
-                &self.split_buffers(self.meta.max_blocks),
+                &self.plan.buffers(self.meta.max_blocks),
             )
         });
     }
@@ -444,53 +319,5 @@ impl Backend for CudaBackend {
                 width,
             )
         });
-    }
-
-    fn to_host(&self, x: &CudaBuf, len: usize) -> Result<Vec<f32>> {
-        self.finish_graph()?;
-        self.wait()?;
-        x.mem.read_f32(&self.stream, x.dtype, len)
-    }
-
-    fn sample_rows(
-        &self,
-        logits: &CudaBuf,
-        sampling: &StepSampling,
-        width: usize,
-    ) -> Result<Vec<u32>> {
-        let rows = sampling.rows.len();
-        self.finish_graph()?;
-        if self.sampling_started.take() != Some(rows) {
-            self.start_sampling(logits, sampling, width)?;
-        }
-        self.wait()?;
-        self.sampled_tokens(rows)
-    }
-
-    fn launches_ahead(&self) -> bool {
-        true
-    }
-
-    fn time_steps(&mut self) {
-        // A diagnostic: without its events the engine runs on untimed.
-        if self.timer.is_none() {
-            self.timer = super::StepTimer::new(&self.ctx).ok();
-        }
-    }
-
-    fn step_timing(&self) -> Option<StepTiming> {
-        self.timer.as_ref().and_then(|t| t.last.get())
-    }
-
-    fn submit_step(&self, logits: &CudaBuf, sampling: Option<(&StepSampling, usize)>) {
-        let r = self.finish_graph().and_then(|()| match sampling {
-            Some((s, width)) => {
-                self.start_sampling(logits, s, width)?;
-                self.sampling_started.set(Some(s.rows.len()));
-                Ok(())
-            }
-            None => Ok(()),
-        });
-        self.record(r);
     }
 }

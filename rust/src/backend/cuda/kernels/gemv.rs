@@ -1,0 +1,179 @@
+//! The GEMV kernels (`kernels/cuda/gemv.cu`): projections of one-row steps, with the input
+//! norm, the SiLU·mul of gate/up and the residual add fused in, as their variants.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaStream};
+
+use super::{launch_raw, param, Kernels};
+use crate::backend::cuda::device_mem::cuda_err;
+use crate::error::{Error, Result};
+
+/// Threads of a GEMV CTA (`GEMV_THREADS` in gemv.cu).
+const GEMV_THREADS: u32 = 256;
+
+/// Most rows a step may have for its projections to run as GEMVs (`kernels/cuda/gemv.cu`)
+/// rather than cuBLASLt GEMMs, and the row count the GEMV entry points are compiled for
+/// (`_m1`): one (at 2-8 rows the GEMV lost to cuBLASLt; NOTES.md).
+pub const GEMV_MAX_ROWS: usize = 1;
+/// Output columns a GEMV CTA takes at a time (`GROUP` in gemv.cu): its columns per CTA are a
+/// multiple of this.
+const GEMV_GROUP: usize = 4;
+
+/// How a GEMV reads its input (see `kernels/cuda/gemv.cu`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvInput {
+    /// As is.
+    Plain,
+    /// RMS-normalized and scaled by a norm weight.
+    Norm,
+}
+
+/// What a GEMV does with its sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GemvOutput {
+    /// Rounded to the activation dtype (plus the bias, if any).
+    Store,
+    /// As f32 (plus the bias, if any): logits.
+    F32,
+    /// Rounded and added into the output (the residual stream).
+    Add,
+    /// `silu(gate) * up` of the two halves of a fused gate/up matrix (`n / 2` outputs).
+    Silu,
+}
+
+/// The GEMV entry points gemv.cu defines, in the order of [`Kernels::gemv`].
+pub(super) const GEMV_VARIANTS: [(GemvInput, GemvOutput); 6] = [
+    (GemvInput::Plain, GemvOutput::Store),
+    (GemvInput::Plain, GemvOutput::F32),
+    (GemvInput::Plain, GemvOutput::Add),
+    (GemvInput::Norm, GemvOutput::Store),
+    (GemvInput::Norm, GemvOutput::F32),
+    (GemvInput::Norm, GemvOutput::Silu),
+];
+
+pub(super) fn gemv_name(input: GemvInput, output: GemvOutput) -> String {
+    let i = match input {
+        GemvInput::Plain => "plain",
+        GemvInput::Norm => "norm",
+    };
+    let o = match output {
+        GemvOutput::Store => "store",
+        GemvOutput::F32 => "f32",
+        GemvOutput::Add => "add",
+        GemvOutput::Silu => "silu",
+    };
+    format!("gemv_{i}_{o}_m{GEMV_MAX_ROWS}")
+}
+
+/// Columns per CTA of an `n`-column GEMV: a multiple of [`GEMV_GROUP`], as few as let the
+/// whole grid be resident at once (`ctas_per_sm` on each of `sm_count` SMs), so that it runs
+/// in one wave with every CTA streaming the same number of weight bytes.
+fn gemv_cols_per_cta(n: usize, sm_count: usize, ctas_per_sm: usize) -> usize {
+    GEMV_GROUP * n.div_ceil(GEMV_GROUP * sm_count * ctas_per_sm).max(1)
+}
+
+/// A GEMV entry point and how many of its CTAs an SM holds.
+pub(super) struct GemvKernel {
+    func: CudaFunction,
+    ctas_per_sm: usize,
+}
+
+impl GemvKernel {
+    pub(super) fn new(func: CudaFunction) -> Result<GemvKernel> {
+        let ctas_per_sm = func
+            .occupancy_max_active_blocks_per_multiprocessor(GEMV_THREADS, 0, None)
+            .map_err(cuda_err)?
+            .max(1) as usize;
+        Ok(GemvKernel { func, ctas_per_sm })
+    }
+
+    /// Grid and columns per CTA for the launch `a`: as many CTAs as the GPU holds at once.
+    fn grid(&self, a: &GemvArgs, sm_count: usize) -> ((usize, usize, usize), i32) {
+        let cols = gemv_cols_per_cta(a.n, sm_count, self.ctas_per_sm);
+        ((a.n.div_ceil(cols), 1, 1), cols as i32)
+    }
+}
+
+/// The arguments of one GEMV launch (device addresses; 0 for an absent norm weight or bias).
+pub struct GemvArgs {
+    pub input: GemvInput,
+    pub output: GemvOutput,
+    pub rows: usize,
+    /// `[n, k]` weight.
+    pub w: u64,
+    pub n: usize,
+    pub k: usize,
+    pub x: u64,
+    pub norm_w: u64,
+    pub bias: u64,
+    pub out: u64,
+    pub eps: f32,
+}
+
+impl Kernels {
+    /// One projection of at most [`GEMV_MAX_ROWS`] rows on the GEMV kernels; `a.k` is a
+    /// multiple of 8 (16-byte vectors) and the buffers hold `a.rows` rows.
+    pub fn gemv(&self, stream: &Arc<CudaStream>, a: &GemvArgs, sm_count: usize) -> Result<()> {
+        let variant = GEMV_VARIANTS
+            .iter()
+            .position(|&v| v == (a.input, a.output))
+            .expect("every (input, output) pair the backend asks for is compiled");
+        if a.rows > GEMV_MAX_ROWS {
+            return Err(Error::Engine(format!("GEMV of {} rows", a.rows)));
+        }
+        let kernel = &self.gemv[variant];
+        let (grid, cols) = kernel.grid(a, sm_count);
+        let (w, x, norm_w, bias, out, eps) = (a.w, a.x, a.norm_w, a.bias, a.out, a.eps);
+        let (rows, n, k) = (a.rows as i32, a.n as i32, a.k as i32);
+        launch!(self, stream, &kernel.func, grid, GEMV_THREADS;
+            w, x, norm_w, bias, out, rows, n, k, cols, eps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gemv_entry_points_are_named_as_gemv_cu_defines_them() {
+        let names: Vec<_> = GEMV_VARIANTS
+            .iter()
+            .map(|&(i, o)| gemv_name(i, o))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "gemv_plain_store_m1",
+                "gemv_plain_f32_m1",
+                "gemv_plain_add_m1",
+                "gemv_norm_store_m1",
+                "gemv_norm_f32_m1",
+                "gemv_norm_silu_m1",
+            ]
+        );
+        let source = crate::backend::cuda::jit::source("gemv").unwrap();
+        for name in &names {
+            let (stem, _) = name.rsplit_once("_m").unwrap();
+            assert!(source.contains(&format!("GEMV_ENTRY({stem},")), "{name}");
+        }
+    }
+
+    #[test]
+    fn gemv_grids_fit_the_gpu_in_one_wave() {
+        // 132 SMs x 4 CTAs = 528 resident CTAs.
+        for n in [37, 4096, 6144, 28672, 128256] {
+            let cols = gemv_cols_per_cta(n, 132, 4);
+            assert_eq!(cols % GEMV_GROUP, 0);
+            assert!(
+                n.div_ceil(cols) <= 528,
+                "n = {n}: {} CTAs",
+                n.div_ceil(cols)
+            );
+            // And no fewer columns per CTA would do.
+            assert!(cols == GEMV_GROUP || n.div_ceil(cols - GEMV_GROUP) > 528);
+        }
+        assert_eq!(gemv_cols_per_cta(4096, 132, 4), 8);
+        assert_eq!(gemv_cols_per_cta(37, 132, 4), 4);
+    }
+}
