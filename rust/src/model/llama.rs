@@ -88,75 +88,85 @@ impl<B: Backend> StepBuffers<B> {
     }
 }
 
-impl<B: Backend> LlamaModel<B> {
-    /// Loads and fuses the weights named with HF names from `src`, checking every shape.
-    pub fn load(backend: &B, config: ModelConfig, src: &dyn WeightSource) -> Result<Self> {
-        let c = &config;
+impl<B: Backend> LayerWeights<B> {
+    /// Loads layer `i` of `c`'s model from `src`, fusing QKV (and its bias) and gate/up.
+    fn load(backend: &B, c: &ModelConfig, src: &dyn WeightSource, i: usize) -> Result<Self> {
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_rows, kv_rows) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
         let vector = |name: &str, len: usize| -> Result<B::Vector> {
             backend.vector(load_checked(src, name, &[len])?)
         };
-        let mut layers = Vec::with_capacity(c.num_hidden_layers);
-        for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let attn = |n: &str| format!("{p}.self_attn.{n}");
-            let qkv = load_matrix(
+        let p = format!("model.layers.{i}");
+        let attn = |n: &str| format!("{p}.self_attn.{n}");
+        let qkv = load_matrix(
+            backend,
+            src,
+            &[
+                (&attn("q_proj.weight"), q_rows, h),
+                (&attn("k_proj.weight"), kv_rows, h),
+                (&attn("v_proj.weight"), kv_rows, h),
+            ],
+        )?;
+        let qkv_bias = if src.contains(&attn("q_proj.bias")) {
+            let parts = [
+                ("q_proj.bias", q_rows),
+                ("k_proj.bias", kv_rows),
+                ("v_proj.bias", kv_rows),
+            ];
+            let mut data = Vec::with_capacity(q_rows + 2 * kv_rows);
+            for (name, len) in parts {
+                data.extend(load_checked(src, &attn(name), &[len])?.data);
+            }
+            Some(backend.vector(HostTensor {
+                shape: vec![data.len()],
+                data,
+            })?)
+        } else {
+            None
+        };
+        let (q_norm, k_norm) =
+            if c.architecture == Architecture::Qwen3 || src.contains(&attn("q_norm.weight")) {
+                (
+                    Some(vector(&attn("q_norm.weight"), hd)?),
+                    Some(vector(&attn("k_norm.weight"), hd)?),
+                )
+            } else {
+                (None, None)
+            };
+        let mlp = |n: &str| format!("{p}.mlp.{n}");
+        let inter = c.intermediate_size;
+        Ok(LayerWeights {
+            input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
+            qkv,
+            qkv_bias,
+            q_norm,
+            k_norm,
+            o_proj: load_matrix(backend, src, &[(&attn("o_proj.weight"), h, q_rows)])?,
+            post_attention_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+            gate_up: load_matrix(
                 backend,
                 src,
                 &[
-                    (&attn("q_proj.weight"), q_rows, h),
-                    (&attn("k_proj.weight"), kv_rows, h),
-                    (&attn("v_proj.weight"), kv_rows, h),
+                    (&mlp("gate_proj.weight"), inter, h),
+                    (&mlp("up_proj.weight"), inter, h),
                 ],
-            )?;
-            let qkv_bias = if src.contains(&attn("q_proj.bias")) {
-                let parts = [
-                    ("q_proj.bias", q_rows),
-                    ("k_proj.bias", kv_rows),
-                    ("v_proj.bias", kv_rows),
-                ];
-                let mut data = Vec::with_capacity(q_rows + 2 * kv_rows);
-                for (name, len) in parts {
-                    data.extend(load_checked(src, &attn(name), &[len])?.data);
-                }
-                Some(backend.vector(HostTensor {
-                    shape: vec![data.len()],
-                    data,
-                })?)
-            } else {
-                None
-            };
-            let (q_norm, k_norm) =
-                if c.architecture == Architecture::Qwen3 || src.contains(&attn("q_norm.weight")) {
-                    (
-                        Some(vector(&attn("q_norm.weight"), hd)?),
-                        Some(vector(&attn("k_norm.weight"), hd)?),
-                    )
-                } else {
-                    (None, None)
-                };
-            let mlp = |n: &str| format!("{p}.mlp.{n}");
-            let inter = c.intermediate_size;
-            layers.push(LayerWeights {
-                input_norm: vector(&format!("{p}.input_layernorm.weight"), h)?,
-                qkv,
-                qkv_bias,
-                q_norm,
-                k_norm,
-                o_proj: load_matrix(backend, src, &[(&attn("o_proj.weight"), h, q_rows)])?,
-                post_attention_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate_up: load_matrix(
-                    backend,
-                    src,
-                    &[
-                        (&mlp("gate_proj.weight"), inter, h),
-                        (&mlp("up_proj.weight"), inter, h),
-                    ],
-                )?,
-                down: load_matrix(backend, src, &[(&mlp("down_proj.weight"), h, inter)])?,
-            });
-        }
+            )?,
+            down: load_matrix(backend, src, &[(&mlp("down_proj.weight"), h, inter)])?,
+        })
+    }
+}
+
+impl<B: Backend> LlamaModel<B> {
+    /// Loads and fuses the weights named with HF names from `src`, checking every shape.
+    pub fn load(backend: &B, config: ModelConfig, src: &dyn WeightSource) -> Result<Self> {
+        let c = &config;
+        let h = c.hidden_size;
+        let layers = (0..c.num_hidden_layers)
+            .map(|i| LayerWeights::load(backend, c, src, i))
+            .collect::<Result<Vec<_>>>()?;
+        let vector = |name: &str, len: usize| -> Result<B::Vector> {
+            backend.vector(load_checked(src, name, &[len])?)
+        };
         let embed_tokens = load_matrix(
             backend,
             src,
@@ -204,58 +214,13 @@ impl<B: Ops> LlamaModel<B> {
         cache: &mut B::KvCache,
         bufs: &mut StepBuffers<B>,
     ) -> usize {
-        let c = &self.config;
-        let rows = batch.num_tokens();
-        let shape = self.attention_shape();
-        let eps = c.rms_norm_eps;
+        let (c, eps) = (&self.config, self.config.rms_norm_eps);
         backend.embedding(&self.embed_tokens, &batch.token_ids, &mut bufs.residual);
         // Whether `bufs.hidden` holds a projection not yet added to the residual stream (the
         // backend left the add to the next norm: see `Ops::linear_residual`).
         let mut pending = false;
-        for (i, layer) in self.layers.iter().enumerate() {
-            backend.norm_linear(
-                &mut bufs.residual,
-                pending.then_some(&bufs.hidden),
-                &layer.input_norm,
-                eps,
-                rows,
-                &layer.qkv,
-                layer.qkv_bias.as_ref(),
-                &mut bufs.normed,
-                &mut bufs.qkv,
-            );
-            if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
-                backend.qk_norm(&mut bufs.qkv, rows, shape, qn, kn, eps);
-            }
-            backend.rope_and_cache_write(&mut bufs.qkv, batch, &self.inv_freq, shape, cache, i);
-            backend.attention(&bufs.qkv, batch, shape, cache, i, &mut bufs.attn);
-            let o = backend.linear_residual(
-                &bufs.attn,
-                rows,
-                &layer.o_proj,
-                &mut bufs.residual,
-                &mut bufs.hidden,
-            );
-            backend.norm_linear_silu_mul(
-                &mut bufs.residual,
-                (o == Residual::Pending).then_some(&bufs.hidden),
-                &layer.post_attention_norm,
-                eps,
-                rows,
-                c.intermediate_size,
-                &layer.gate_up,
-                &mut bufs.normed,
-                &mut bufs.gate_up,
-                &mut bufs.act,
-            );
-            let down = backend.linear_residual(
-                &bufs.act,
-                rows,
-                &layer.down,
-                &mut bufs.residual,
-                &mut bufs.hidden,
-            );
-            pending = down == Residual::Pending;
+        for i in 0..self.layers.len() {
+            pending = self.layer(backend, i, batch, cache, bufs, pending);
         }
         // Only the rows that need logits go through the final norm and the LM head (none in a
         // step that only prefills part of a prompt).
@@ -286,5 +251,64 @@ impl<B: Ops> LlamaModel<B> {
             &mut bufs.logits,
         );
         n
+    }
+
+    /// Enqueues decoder layer `i` over the step's rows: attention, then the MLP, each with
+    /// its residual add. `pending` says whether `bufs.hidden` holds a projection not yet added
+    /// to the residual stream; returns the same for the layer's last projection.
+    fn layer(
+        &self,
+        backend: &B,
+        i: usize,
+        batch: &ForwardBatch,
+        cache: &mut B::KvCache,
+        bufs: &mut StepBuffers<B>,
+        pending: bool,
+    ) -> bool {
+        let (c, layer) = (&self.config, &self.layers[i]);
+        let (rows, shape, eps) = (batch.num_tokens(), self.attention_shape(), c.rms_norm_eps);
+        backend.norm_linear(
+            &mut bufs.residual,
+            pending.then_some(&bufs.hidden),
+            &layer.input_norm,
+            eps,
+            rows,
+            &layer.qkv,
+            layer.qkv_bias.as_ref(),
+            &mut bufs.normed,
+            &mut bufs.qkv,
+        );
+        if let (Some(qn), Some(kn)) = (&layer.q_norm, &layer.k_norm) {
+            backend.qk_norm(&mut bufs.qkv, rows, shape, qn, kn, eps);
+        }
+        backend.rope_and_cache_write(&mut bufs.qkv, batch, &self.inv_freq, shape, cache, i);
+        backend.attention(&bufs.qkv, batch, shape, cache, i, &mut bufs.attn);
+        let o = backend.linear_residual(
+            &bufs.attn,
+            rows,
+            &layer.o_proj,
+            &mut bufs.residual,
+            &mut bufs.hidden,
+        );
+        backend.norm_linear_silu_mul(
+            &mut bufs.residual,
+            (o == Residual::Pending).then_some(&bufs.hidden),
+            &layer.post_attention_norm,
+            eps,
+            rows,
+            c.intermediate_size,
+            &layer.gate_up,
+            &mut bufs.normed,
+            &mut bufs.gate_up,
+            &mut bufs.act,
+        );
+        let down = backend.linear_residual(
+            &bufs.act,
+            rows,
+            &layer.down,
+            &mut bufs.residual,
+            &mut bufs.hidden,
+        );
+        down == Residual::Pending
     }
 }

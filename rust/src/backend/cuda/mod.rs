@@ -152,6 +152,48 @@ pub struct CudaBackend {
     graphs_recorded: bool,
 }
 
+/// Checks that the kernels support `model` and `layout`; returns their dtype.
+fn check_model(model: &ModelConfig, layout: &KvLayout) -> Result<KernelDtype> {
+    let dtype = match layout.dtype {
+        KvDtype::Bf16 => KernelDtype::Bf16,
+        KvDtype::F16 => KernelDtype::F16,
+        KvDtype::F32 => {
+            return Err(Error::InvalidConfig(
+                "the CUDA backend keeps weights, activations and the KV cache in bfloat16 or \
+                 float16, not float32"
+                    .into(),
+            ))
+        }
+    };
+    for (what, n) in [
+        ("hidden_size", model.hidden_size),
+        ("intermediate_size", model.intermediate_size),
+        ("head_dim", model.head_dim),
+    ] {
+        if n % 8 != 0 {
+            return Err(Error::Unsupported(format!(
+                "the CUDA backend needs {what} to be a multiple of 8, got {n}"
+            )));
+        }
+    }
+    // Limits of the kernels: rms_norm keeps a row in registers, prefill attention keeps
+    // a tile of K and V of HEAD_DIM ≤ 128 in static shared memory.
+    if model.hidden_size > 16384 || model.head_dim > 128 || model.head_dim % 16 != 0 {
+        return Err(Error::Unsupported(format!(
+            "the CUDA kernels support hidden_size ≤ 16384 and head_dim a multiple of 16 up \
+                 to 128; this model has {} and {}",
+            model.hidden_size, model.head_dim
+        )));
+    }
+    if layout.block_size % 16 != 0 {
+        return Err(Error::InvalidConfig(format!(
+            "the CUDA backend needs block_size to be a multiple of 16, got {}",
+            layout.block_size
+        )));
+    }
+    Ok(dtype)
+}
+
 // SAFETY: the backend is used by one thread at a time (the engine moves it into its loop
 // thread once); the CUDA handles inside may move between threads.
 unsafe impl Send for CudaBackend {}
@@ -166,44 +208,7 @@ impl CudaBackend {
                 "no CUDA device: the NVIDIA driver (libcuda.so) or a GPU is missing".into(),
             ));
         }
-        let shape = layout.shape;
-        let dtype = match layout.dtype {
-            KvDtype::Bf16 => KernelDtype::Bf16,
-            KvDtype::F16 => KernelDtype::F16,
-            KvDtype::F32 => {
-                return Err(Error::InvalidConfig(
-                    "the CUDA backend keeps weights, activations and the KV cache in bfloat16 \
-                     or float16, not float32"
-                        .into(),
-                ))
-            }
-        };
-        for (what, n) in [
-            ("hidden_size", model.hidden_size),
-            ("intermediate_size", model.intermediate_size),
-            ("head_dim", model.head_dim),
-        ] {
-            if n % 8 != 0 {
-                return Err(Error::Unsupported(format!(
-                    "the CUDA backend needs {what} to be a multiple of 8, got {n}"
-                )));
-            }
-        }
-        // Limits of the kernels: rms_norm keeps a row in registers, prefill attention keeps
-        // a tile of K and V of HEAD_DIM ≤ 128 in static shared memory.
-        if model.hidden_size > 16384 || model.head_dim > 128 || model.head_dim % 16 != 0 {
-            return Err(Error::Unsupported(format!(
-                "the CUDA kernels support hidden_size ≤ 16384 and head_dim a multiple of 16 up \
-                 to 128; this model has {} and {}",
-                model.hidden_size, model.head_dim
-            )));
-        }
-        if layout.block_size % 16 != 0 {
-            return Err(Error::InvalidConfig(format!(
-                "the CUDA backend needs block_size to be a multiple of 16, got {}",
-                layout.block_size
-            )));
-        }
+        let (shape, dtype) = (layout.shape, check_model(model, &layout)?);
         libs::preload();
         // SAFETY: only probes whether the library can be opened.
         if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
