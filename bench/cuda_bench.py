@@ -25,9 +25,10 @@ throughput  256 requests, prompt and output lengths uniform in [100, 1024] (nump
             `workload_limit`); target >= 70 % of it. With --baseline transformers, the first
             --baseline-requests prompts with --baseline-new-tokens each run through infire and
             then through transformers' continuous batching (`generate_batch`), in this run.
-startup     `infire.Engine(model_dir, device="cuda")` in a fresh process, twice: first with an
-            empty kernel cache (INFIRE_CACHE_DIR set to a new directory), then from that cache;
-            the checkpoint is read once before, so it is in the page cache.
+startup     `infire.Engine(model_dir, device="cuda", **options)` (the options the flags set) in
+            a fresh process, twice: first with an empty kernel cache (INFIRE_CACHE_DIR set to a
+            new directory), then from that cache; the checkpoint is read once before, so it is
+            in the page cache.
 
 `all` runs decode, ttft and throughput on one engine, then the baseline, then startup. A step
 that fails prints its error and the run goes on. Prints a table and writes
@@ -458,22 +459,23 @@ def bench_baseline_transformers(model_dir: Path, args) -> dict:
 
 
 STARTUP_SCRIPT = """
-import sys, time
+import json, sys, time
 import infire
 t = time.perf_counter()
-infire.Engine(sys.argv[1], device="cuda")
+infire.Engine(sys.argv[1], device="cuda", **json.loads(sys.argv[2]))
 print(time.perf_counter() - t)
 """
 
 
-def bench_startup(model_dir: Path) -> dict:
+def bench_startup(model_dir: Path, args) -> dict:
     read_into_page_cache(model_dir)
+    options = json.dumps(engine_options(args))
     runs = []
     with tempfile.TemporaryDirectory() as cache:
         env = {**os.environ, "INFIRE_CACHE_DIR": cache}
         for _ in range(2):
             done = subprocess.run(
-                [sys.executable, "-c", STARTUP_SCRIPT, str(model_dir)],
+                [sys.executable, "-c", STARTUP_SCRIPT, str(model_dir), options],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -487,16 +489,20 @@ def bench_startup(model_dir: Path) -> dict:
 # ---------------------------------------------------------------- running and reporting
 
 
-def make_engine(model_dir: Path, args) -> infire.Engine:
-    """The engine under test: the engine's own defaults except where a flag sets one."""
+def engine_options(args) -> dict:
+    """The engine options the flags set (the engine's own defaults for the others)."""
     options = {
         "max_num_seqs": args.max_num_seqs,
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "async_scheduling": {"on": True, "off": False, "auto": None}[args.async_scheduling],
     }
-    given = {k: v for k, v in options.items() if v is not None}
-    return infire.Engine(str(model_dir), device="cuda", **given)
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def make_engine(model_dir: Path, args) -> infire.Engine:
+    """The engine under test: the engine's own defaults except where a flag sets one."""
+    return infire.Engine(str(model_dir), device="cuda", **engine_options(args))
 
 
 class Report:
@@ -606,7 +612,7 @@ def main() -> None:
     if run & {"decode", "ttft", "throughput"}:
         run_engine_benches(report, run, args, ceil, weights)
     if "startup" in run:
-        report.step("startup", bench_startup, args.model_dir)
+        report.step("startup", bench_startup, args.model_dir, args)
     report.print_table()
 
 

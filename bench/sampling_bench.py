@@ -51,7 +51,7 @@ PARAM_WORDS = 12
 
 
 def params(rows: int, temperature: float, top_k: int, top_p: float, min_p: float):
-    """The packed parameters of `rows` rows (pack_sampling in backend/cuda/sampler.rs), no penalties."""
+    """The packed parameters of `rows` rows (backend/cuda/sampler.rs), no penalties."""
     f = lambda x: int(np.float32(x).view(np.uint32))  # noqa: E731
     words = np.zeros((rows, PARAM_WORDS), dtype=np.uint32)
     for r in range(rows):

@@ -484,7 +484,7 @@ def sample_reference(logits: np.ndarray, params: list[dict]):
 
 
 def pack_sampling(params: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """The sample kernel's parameter words and penalty entries (pack_sampling in backend/cuda/sampler.rs)."""
+    """The sample kernel's parameter words and penalty entries (`pack_sampling` in sampler.rs)."""
     words, entries = [], []
     for p in params:
         begin = len(entries)
