@@ -65,7 +65,7 @@ class Sizes:
     idle_runs: int
 
 
-FULL = Sizes(8, 16, 4, 200, 64, 32, 16, 8, 4, 32, 32, 2.0, 3)
+FULL = Sizes(8, 16, 8, 400, 256, 32, 16, 16, 8, 32, 128, 2.0, 5)
 QUICK = Sizes(4, 8, 1, 40, 24, 8, 8, 3, 2, 12, 12, 1.0, 1)
 
 
@@ -77,7 +77,8 @@ class Reply:
     status: int  # 0: no response (connection failed, reset or closed early)
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
-    seconds: float = 0.0
+    seconds: float = 0.0  # from the start of the connection to the whole response
+    connect: float = 0.0  # of which connecting took this long
     error: str = ""
 
 
@@ -119,10 +120,11 @@ async def request(port: int, method: str, path: str, body: bytes | None = None) 
     writer = None
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        connected = time.perf_counter() - start
         writer.write(head(method, path, body) + (body or b""))
         status, headers = await read_head(reader)
         data = b"".join([c async for c in body_chunks(reader, headers)])
-        return Reply(status, headers, data, time.perf_counter() - start)
+        return Reply(status, headers, data, time.perf_counter() - start, connected)
     except (OSError, ConnectionError, asyncio.IncompleteReadError, ValueError) as e:
         return Reply(0, seconds=time.perf_counter() - start, error=repr(e))
     finally:
@@ -401,6 +403,10 @@ async def flood(port: int, sz: Sizes) -> dict:
         "refusal_ms_p50": ms(pct([r.seconds for r in refused], 50)),
         "refusal_ms_p99": ms(pct([r.seconds for r in refused], 99)),
         "refusal_ms_max": ms(max((r.seconds for r in refused), default=float("nan"))),
+        "connect_ms_p50": ms(pct([r.connect for r in small_replies], 50)),
+        "connect_ms_p99": ms(pct([r.connect for r in small_replies], 99)),
+        "refusal_after_connect_ms_p50": ms(pct([r.seconds - r.connect for r in refused], 50)),
+        "refusal_after_connect_ms_p99": ms(pct([r.seconds - r.connect for r in refused], 99)),
         "max_waiting": sz.max_waiting,
         "max_num_seqs": sz.max_num_seqs,
         **polled,
