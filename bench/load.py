@@ -66,7 +66,7 @@ class Sizes:
 
 
 FULL = Sizes(8, 16, 8, 400, 256, 32, 16, 16, 8, 32, 128, 2.0, 5)
-QUICK = Sizes(4, 8, 1, 40, 24, 8, 8, 3, 2, 12, 12, 1.0, 1)
+QUICK = Sizes(4, 8, 1, 40, 24, 8, 8, 3, 2, 12, 12, 2.0, 1)
 
 
 # ---- HTTP over asyncio streams ----------------------------------------------------------
@@ -465,9 +465,9 @@ async def burst(port: int, sz: Sizes) -> dict:
 
 
 async def disconnect(port: int, sz: Sizes) -> dict:
-    # The vanishing streams ask for many tokens: if they were not aborted they would hold
-    # their sequences (and KV blocks) long after the keepers are done.
-    long_tokens = 512
+    # The vanishing streams ask for so many tokens that, were they not aborted, they would hold
+    # their sequences and KV blocks for minutes: `drained` (30 s) would then fail.
+    long_tokens = 4000
     keepers = [
         asyncio.create_task(stream_admitted(port, sz.keeper_tokens)) for _ in range(sz.keepers)
     ]
@@ -562,11 +562,11 @@ async def slowloris(port: int, sz: Sizes) -> dict:
     await asyncio.sleep(0.1)
     # Fill the last places, then every connection past the limit must get 503.
     fillers = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)  # until the server has accepted them
     probes = [await request(port, "GET", "/health") for _ in range(4)]
     for _, w in fillers:
         w.transport.abort()
-    await asyncio.sleep(0.05)
+    await asyncio.sleep(0.1)
     normal_start = time.perf_counter()
     normal = await stream(port, sz.normal_tokens)
     results = await asyncio.gather(*attackers)
