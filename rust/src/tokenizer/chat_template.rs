@@ -25,6 +25,12 @@ pub const RENDER_FUEL: u64 = 20_000_000;
 /// Largest rendered prompt, in bytes. Far beyond any context a model takes (the prompt is
 /// tokenized and checked against `max_model_len` next), and small enough that a template whose
 /// output grows without end fails here instead of exhausting memory.
+///
+/// Only the output is capped. A string a template builds in a variable is bounded where
+/// minijinja bounds it (repetition with `*` at 100 MB; a `set` inside a loop lasts one
+/// iteration), but a namespace attribute or a recursive macro's argument doubled again and again
+/// (`{% set ns.s = ns.s ~ ns.s %}` in a loop) grows until memory runs out: minijinja has no hook
+/// on its string operations, so the model's template must be trusted that far.
 pub const MAX_RENDERED_BYTES: usize = 64 << 20;
 
 /// One message of a conversation, as templates see it: `message.role` / `message['content']`.

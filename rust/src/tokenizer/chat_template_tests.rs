@@ -346,3 +346,18 @@ fn output_is_capped() {
     let e = template.render(&[], true).unwrap_err().to_string();
     assert!(e.contains("output exceeds the limit"), "{e}");
 }
+
+/// The doubling shapes a template can write: a `set` inside a loop is scoped to one iteration
+/// (as in Jinja), so `s ~ s` there does not compound, and string repetition stops at
+/// minijinja's 100 MB limit with an error instead of allocating.
+#[test]
+fn doubling_in_a_loop_does_not_compound_and_repetition_is_bounded() {
+    let looped = "{% set s = 'x' %}{% for i in range(64) %}{% set s = s ~ s %}{% endfor %}\
+                  {{ s|length }}";
+    let template = ChatTemplate::new(looped, None, None).expect("compiles");
+    assert_eq!(template.render(&[], true).unwrap(), "1");
+    let repeated = "{% set s = 'x' * 1000000 %}{{ (s * 1000000)|length }}";
+    let template = ChatTemplate::new(repeated, None, None).expect("compiles");
+    let e = template.render(&[], true).unwrap_err().to_string();
+    assert!(e.contains("too large"), "{e}");
+}

@@ -6,7 +6,12 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
 use super::*;
+use crate::sampling::SamplingParams;
 
 fn add(request_id: u64) -> (Command, UnboundedReceiver<RequestEvent>) {
     let (events, rx) = unbounded_channel();

@@ -1,8 +1,14 @@
 //! Malformed values in model configs: each is an [`Error::InvalidModel`] naming the key, never
 //! a silent default or a model that loads and emits garbage.
 
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
 use super::*;
-use serde_json::json;
+use crate::error::Error;
+use crate::weights::gguf_value::GgufValue;
 
 fn base() -> Value {
     json!({
