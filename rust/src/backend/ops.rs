@@ -7,7 +7,7 @@
 //! step's upload and lifecycle, sampling and timing are the device side:
 //! [`Backend`](super::Backend).
 
-use super::{AttentionShape, ForwardBatch, Residual};
+use super::types::{AttentionShape, ForwardBatch, Residual};
 
 /// Operations of the forward pass. Buffers hold `rows × width` activations row-major; each
 /// operation is told the row count, so one buffer sized for the largest batch serves every step.

@@ -172,7 +172,7 @@ impl<B: Backend> ModelRunner<B> {
     }
 
     /// Launches one step without waiting for it: pads a decode batch to its graph size (and
-    /// `sampling` with greedy rows for the padding), then runs it ([`run`](Self::run)).
+    /// `sampling` with greedy rows for the padding), then runs it (see `run`).
     pub fn launch(
         &mut self,
         batch: &mut ForwardBatch,
