@@ -130,7 +130,7 @@ impl KvLayout {
 }
 
 /// What a captured graph is specialized for: the rows of a decode step and a variant of its
-/// launches the backend names ([`Backend::graph_variant`](super::Backend::graph_variant); CUDA: decode attention's split
+/// launches the backend names (`Backend::graph_variant`; CUDA: decode attention's split
 /// count).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GraphKey {

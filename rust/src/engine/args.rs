@@ -253,7 +253,7 @@ pub struct EngineConfig {
     pub seed: u64,
     /// Launch each step before turning the previous step's tokens into text and deltas, so
     /// that this host work overlaps the device's (vLLM's `async_scheduling`). `None`: on where
-    /// the backend's launches only enqueue work ([`Backend::launches_ahead`](crate::backend::Backend::launches_ahead): CUDA), off on the
+    /// the backend's launches only enqueue work (`Backend::launches_ahead`: CUDA), off on the
     /// CPU, which computes a step as it is launched (there it would only delay each output).
     pub async_scheduling: Option<bool>,
     /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).

@@ -1,7 +1,7 @@
 //! The engine core: owns the model, the KV cache and the sequences, and advances them one
 //! forward step at a time. [`engine_loop`] runs it on its own thread behind channels.
 //!
-//! A step: the [`Scheduler`] picks rows within the token budget → one flat [`ForwardBatch`](crate::backend::ForwardBatch)
+//! A step: the [`Scheduler`] picks rows within the token budget → one flat `ForwardBatch`
 //! → forward → sampling for sequences whose last token was computed → stop checks and
 //! detokenization → a [`SeqDelta`] per sequence that changed.
 

@@ -92,7 +92,7 @@ pub struct ModelRunner<B: Backend> {
 impl<B: Backend> ModelRunner<B> {
     /// Loads the model's weights into `backend`, allocates the step buffers and the KV cache
     /// (what the backend can spare once weights and buffers are in place), and readies the
-    /// backend for steps of `sizes`. Graphs are captured by [`capture_graphs`](Self::capture_graphs).
+    /// backend for steps of `sizes`. Graphs are captured by `capture_graphs`.
     pub fn load(
         mut backend: B,
         config: ModelConfig,

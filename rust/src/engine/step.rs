@@ -23,10 +23,11 @@ impl<B: Backend> Engine<B> {
     /// [`launch_next`](Self::launch_next) and [`emit`](Self::emit), are public so that the
     /// engine loop can take in new requests between collecting a step and launching the next.
     ///
-    /// With async scheduling (see [`EngineConfig::async_scheduling`](super::EngineConfig::async_scheduling)) a step is launched
-    /// before the previous one's tokens are turned into text and deltas, so that this host work
-    /// overlaps the device's. At most one step is in flight; sequences aborted meanwhile keep
-    /// their KV blocks until it has been collected.
+    /// With async scheduling (see
+    /// [`EngineConfig::async_scheduling`](super::EngineConfig::async_scheduling)) a step is
+    /// launched before the previous one's tokens are turned into text and deltas, so that this
+    /// host work overlaps the device's. At most one step is in flight; sequences aborted
+    /// meanwhile keep their KV blocks until it has been collected.
     pub fn step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
         let (mut deltas, mut errors) = self.collect_step();
         self.launch_next();
@@ -37,8 +38,8 @@ impl<B: Backend> Engine<B> {
     }
 
     /// Finishes the step in flight, or runs one now, and applies its outcome
-    /// ([`Scheduler::update`](super::Scheduler::update)). Sequences that finished leave, freeing their blocks;
-    /// returns their last deltas and the sequences that failed.
+    /// ([`Scheduler::update`](super::Scheduler::update)). Sequences that finished leave,
+    /// freeing their blocks; returns their last deltas and the sequences that failed.
     pub fn collect_step(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
         let launched = match self.in_flight.take() {
             Some(launched) => launched,
