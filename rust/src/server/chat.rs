@@ -6,26 +6,30 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::access_log::RequestLog;
 use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{chat_shape, token_logprobs};
-use super::openai_types::{ChatRequest, Message, MessageContent, Usage};
+use super::openai_types::{ChatRequest, Message, MessageContent, Usage, CHAT_FIELDS};
 use super::request_params::sampling_params;
 use super::sse::{spawn_sse, Emitter};
-use super::{parse_json, unix_time, AppState};
+use super::stop_reason_json;
+use super::{parse_request, unix_time, AppState};
 use crate::tokenizer::ChatMessage;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    Extension(log): Extension<RequestLog>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let req: ChatRequest = parse_json(body)?;
+    let req: ChatRequest = parse_request(&state, body, CHAT_FIELDS)?;
+    log.set_model(&req.model);
     state.check_model(&req.model)?;
     reject_unsupported(&req)?;
     let messages = req
@@ -40,8 +44,13 @@ pub async fn chat_completions(
         ));
     }
     // Rendering and tokenizing a long chat takes a while: tell the runtime.
+    let kwargs = req.chat_template_kwargs.unwrap_or_default();
+    let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
     let prompt = tokio::task::block_in_place(|| {
-        let text = state.tokenizer.apply_chat_template(&messages, true)?;
+        let text =
+            state
+                .tokenizer
+                .apply_chat_template_with(&messages, add_generation_prompt, &kwargs)?;
         state.tokenizer.encode(&text, false)
     })?;
     let k = match (req.logprobs, req.top_logprobs) {
@@ -57,7 +66,7 @@ pub async fn chat_completions(
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     let params = sampling_params(req.sampling, max_tokens, k, &state.defaults)?;
     let n = params.n;
-    let generation = Generation::start(&state, prompt, params, arrival)?;
+    let generation = Generation::start(&state, prompt, params, arrival, &log)?;
     let id = format!("chatcmpl-{}", generation.output().request_id);
     let k = k.map(|k| k.max(0) as usize);
     if req.stream {
@@ -85,6 +94,7 @@ pub async fn chat_completions(
                 "message": {"role": "assistant", "content": c.text},
                 "logprobs": logprobs,
                 "finish_reason": c.finish_reason.map(|r| r.as_str()),
+                "stop_reason": stop_reason_json(c.stop_reason.as_ref()),
             })
         })
         .collect();
@@ -237,6 +247,7 @@ async fn stream_chunks(
             "delta": delta,
             "logprobs": logprobs,
             "finish_reason": d.finish_reason.map(|r| r.as_str()),
+            "stop_reason": stop_reason_json(d.stop_reason.as_ref()),
         }]);
         if !out.send(&chunk(c)) {
             return;
