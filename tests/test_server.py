@@ -178,7 +178,7 @@ def test_completion_prompt_forms(client, tokenizer):
 
 def test_chat_usage_and_greedy_stream_matches(client, tokenizer):
     full = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, temperature=0)
-    text = tokenizer.apply_chat_template(CHAT)
+    text = tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     assert full.usage.prompt_tokens == len(tokenizer.encode(text, add_special_tokens=False))
     assert full.choices[0].message.role == "assistant"
     chunks = list(
