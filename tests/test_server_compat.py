@@ -124,6 +124,8 @@ def test_access_log_lines(client, json_server):
     assert streamed > 0
     records = _log_records(proc, wait_for="/v1/chat/completions")
     access = [x for x in records if x.get("target") == "infire::access"]
+    # The health checks that waited for the server are probes: debug level, not logged here.
+    assert not [x for x in access if x["path"] == "/health"]
     done = [x for x in access if x["path"] == "/v1/completions" and x["status"] == 200]
     assert done, access
     line = done[-1]

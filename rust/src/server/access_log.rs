@@ -1,6 +1,7 @@
 //! One log line per request (target `infire::access`): method, path, status, model, prompt and
 //! output tokens, time to first token and total time. A streamed response is logged when its
 //! body has been sent (or dropped by a client that went away), so its counts are final.
+//! `/health` and `/metrics` are logged at debug level, other routes at info.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -63,20 +64,34 @@ struct LogLine {
 
 impl Drop for LogLine {
     fn drop(&mut self) {
-        let total_ms = self.start.elapsed().as_secs_f64() * 1e3;
+        let total_ms = (self.start.elapsed().as_secs_f64() * 1e4).round() / 10.0;
+        // Probes (load balancers, Kubernetes, Prometheus) would drown the requests: their
+        // lines are debug-level.
+        let probe = matches!(self.path.as_str(), "/health" | "/metrics");
         self.log.with(|f| {
-            tracing::info!(
-                target: "infire::access",
-                method = %self.method,
-                path = %self.path,
-                status = self.status,
-                model = f.model.as_deref().unwrap_or("-"),
-                prompt_tokens = f.prompt_tokens,
-                output_tokens = f.output_tokens,
-                ttft_ms = f.ttft.map(|t| (t.as_secs_f64() * 1e4).round() / 10.0),
-                total_ms = (total_ms * 10.0).round() / 10.0,
-                "request"
-            );
+            let ttft_ms = f.ttft.map(|t| (t.as_secs_f64() * 1e4).round() / 10.0);
+            let model = f.model.as_deref().unwrap_or("-");
+            macro_rules! line {
+                ($level:ident) => {
+                    tracing::$level!(
+                        target: "infire::access",
+                        method = %self.method,
+                        path = %self.path,
+                        status = self.status,
+                        model,
+                        prompt_tokens = f.prompt_tokens,
+                        output_tokens = f.output_tokens,
+                        ttft_ms,
+                        total_ms,
+                        "request"
+                    )
+                };
+            }
+            if probe {
+                line!(debug);
+            } else {
+                line!(info);
+            }
         });
     }
 }
