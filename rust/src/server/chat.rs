@@ -28,31 +28,14 @@ pub async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let req: ChatRequest = parse_request(&state, body, CHAT_FIELDS)?;
+    let mut req: ChatRequest = parse_request(&state, body, CHAT_FIELDS)?;
     log.set_model(&req.model);
     state.check_model(&req.model)?;
     reject_unsupported(&req)?;
-    let messages = req
-        .messages
-        .into_iter()
-        .map(to_template_message)
-        .collect::<Result<Vec<_>, _>>()?;
-    if messages.is_empty() {
-        return Err(ApiError::bad_request(
-            "messages must not be empty",
-            Some("messages"),
-        ));
-    }
-    // Rendering and tokenizing a long chat takes a while: tell the runtime.
-    let kwargs = req.chat_template_kwargs.unwrap_or_default();
+    let kwargs = req.chat_template_kwargs.take().unwrap_or_default();
     let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
-    let prompt = tokio::task::block_in_place(|| {
-        let text =
-            state
-                .tokenizer
-                .apply_chat_template_with(&messages, add_generation_prompt, &kwargs)?;
-        state.tokenizer.encode(&text, false)
-    })?;
+    let messages = std::mem::take(&mut req.messages);
+    let prompt = chat_prompt(&state, messages, add_generation_prompt, &kwargs)?;
     let k = match (req.logprobs, req.top_logprobs) {
         (true, k) => Some(k.unwrap_or(0)),
         (false, None) => None,
@@ -107,6 +90,33 @@ pub async fn chat_completions(
         "usage": usage,
     }))
     .into_response())
+}
+
+/// The prompt's token ids: `messages` through the chat template (with `kwargs` as more
+/// template variables), tokenized.
+fn chat_prompt(
+    state: &AppState,
+    messages: Vec<Message>,
+    add_generation_prompt: bool,
+    kwargs: &serde_json::Map<String, Value>,
+) -> Result<Vec<u32>, ApiError> {
+    let messages = messages
+        .into_iter()
+        .map(to_template_message)
+        .collect::<Result<Vec<_>, _>>()?;
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages must not be empty",
+            Some("messages"),
+        ));
+    }
+    // Rendering and tokenizing a long chat takes a while: tell the runtime.
+    let prompt = tokio::task::block_in_place(|| {
+        let tok = &state.tokenizer;
+        let text = tok.apply_chat_template_with(&messages, add_generation_prompt, kwargs)?;
+        tok.encode(&text, false)
+    })?;
+    Ok(prompt)
 }
 
 /// Fields this server does not implement yet: a 400 naming them, never silence.

@@ -39,21 +39,7 @@ pub async fn completions(
     let req: CompletionRequest = parse_request(&state, body, COMPLETION_FIELDS)?;
     log.set_model(&req.model);
     state.check_model(&req.model)?;
-    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::bad_request(
-            "suffix is not supported by this server",
-            Some("suffix"),
-        ));
-    }
-    if req
-        .best_of
-        .is_some_and(|b| Some(b) != req.sampling.n.or(Some(1)))
-    {
-        return Err(ApiError::bad_request(
-            "best_of other than n is not supported by this server",
-            Some("best_of"),
-        ));
-    }
+    reject_unsupported(&req)?;
     let tok = &state.tokenizer;
     // Tokenizing a long prompt takes a while: tell the runtime, so other requests move on.
     let prompts: Vec<Vec<u32>> = tokio::task::block_in_place(|| match req.prompt {
@@ -115,6 +101,26 @@ pub async fn completions(
     }
     let outputs = try_join_all(gens.into_iter().map(Generation::finish)).await?;
     Ok(Json(response(&state, &id, &outputs, n, k, &echoes)).into_response())
+}
+
+/// Fields this server does not implement: a 400 naming them, never silence.
+fn reject_unsupported(req: &CompletionRequest) -> Result<(), ApiError> {
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(
+            "suffix is not supported by this server",
+            Some("suffix"),
+        ));
+    }
+    if req
+        .best_of
+        .is_some_and(|b| Some(b) != req.sampling.n.or(Some(1)))
+    {
+        return Err(ApiError::bad_request(
+            "best_of other than n is not supported by this server",
+            Some("best_of"),
+        ));
+    }
+    Ok(())
 }
 
 /// The whole (non-streamed) response.
