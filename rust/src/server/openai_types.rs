@@ -123,7 +123,7 @@ pub const CHAT_FIELDS: &[&str] = &[
 ];
 
 /// The fields of `body` (a JSON object) that neither `known` nor the sampling fields name, in
-/// the order given.
+/// the map's order.
 pub fn unknown_fields<'a>(
     body: &'a serde_json::Map<String, Value>,
     known: &[&str],
@@ -208,5 +208,45 @@ impl Usage {
         self.prompt_tokens += prompt;
         self.completion_tokens += completion;
         self.total_tokens += prompt + completion;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_those_no_list_names() {
+        let body = serde_json::json!({
+            "model": "m", "prompt": "p", "top_k": 3, "min_tokens": 1, "user": "u",
+            "foo": 1, "messages": [],
+        });
+        let body = body.as_object().unwrap();
+        let sorted = |known| {
+            let mut v = unknown_fields(body, known);
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sorted(COMPLETION_FIELDS), vec!["foo", "messages"]);
+        assert_eq!(sorted(CHAT_FIELDS), vec!["foo", "prompt"]);
+        // Every field the request types read is known.
+        for f in [
+            "max_tokens",
+            "echo",
+            "logprobs",
+            "stream_options",
+            "best_of",
+            "suffix",
+        ] {
+            assert!(COMPLETION_FIELDS.contains(&f), "{f}");
+        }
+        for f in [
+            "chat_template_kwargs",
+            "tools",
+            "top_logprobs",
+            "max_completion_tokens",
+        ] {
+            assert!(CHAT_FIELDS.contains(&f), "{f}");
+        }
     }
 }
