@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -64,17 +65,26 @@ def _get(base: str, path: str) -> _Response:
     return _request(base, "GET", path)
 
 
-def _start_server(model_path: str, *extra: str) -> tuple[subprocess.Popen, str]:
+def _start_server(
+    model_path: str, *extra: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
     port = _free_port()
     cmd = [sys.executable, "-m", "infire", "serve", "--model", model_path, "--port", str(port)]
     cmd += ["--served-model-name", MODEL, "--max-model-len", str(MAX_MODEL_LEN), *extra]
-    env = {k: v for k, v in os.environ.items() if k != "INFIRE_API_KEY"}
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env=env)
+    given = env or {}
+    env = {k: v for k, v in os.environ.items() if k not in ("INFIRE_API_KEY", "RUST_LOG")}
+    env.update(given)
+    # The server logs a line per request: into a file, which (unlike an unread pipe) never
+    # fills up and blocks it. `proc.log_path` names it.
+    log = tempfile.NamedTemporaryFile(prefix="infire-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen(cmd, stderr=log, text=True, env=env)
+    log.close()
+    proc.log_path = log.name
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stderr.read()}")
+            raise RuntimeError(f"server exited {proc.returncode}: {_log_text(proc)}")
         try:
             if _get(base, "/health").status_code == 200:
                 return proc, base
@@ -85,10 +95,17 @@ def _start_server(model_path: str, *extra: str) -> tuple[subprocess.Popen, str]:
     raise RuntimeError("server did not become healthy in 120 s")
 
 
+def _log_text(proc: subprocess.Popen) -> str:
+    """What a server started by `_start_server` wrote to stderr so far."""
+    with open(proc.log_path, encoding="utf-8", errors="replace") as f:
+        return f.read()
+
+
 def _stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=30)
+    os.unlink(proc.log_path)
 
 
 @pytest.fixture(scope="module")
@@ -161,7 +178,7 @@ def test_completion_prompt_forms(client, tokenizer):
 
 def test_chat_usage_and_greedy_stream_matches(client, tokenizer):
     full = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=12, temperature=0)
-    text = tokenizer.apply_chat_template(CHAT)
+    text = tokenizer.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     assert full.usage.prompt_tokens == len(tokenizer.encode(text, add_special_tokens=False))
     assert full.choices[0].message.role == "assistant"
     chunks = list(

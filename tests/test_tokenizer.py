@@ -48,11 +48,12 @@ def test_decode_round_trips(tok, entry):
     ids=[f"{len(c['messages'])}msg-gen{int(c['add_generation_prompt'])}" for c in CHATS],
 )
 def test_chat_template_matches_transformers(tok, chat):
-    text = tok.apply_chat_template(
-        chat["messages"], add_generation_prompt=chat["add_generation_prompt"]
-    )
+    """As in transformers: the text with ``tokenize=False``, its ids by default."""
+    gen = chat["add_generation_prompt"]
+    text = tok.apply_chat_template(chat["messages"], tokenize=False, add_generation_prompt=gen)
     assert text == chat["text"]
     assert tok.encode(text, add_special_tokens=False) == chat["ids"]
+    assert tok.apply_chat_template(chat["messages"], add_generation_prompt=gen) == chat["ids"]
 
 
 def test_special_tokens_are_skipped_on_request(tok):

@@ -8,10 +8,23 @@ infire download            # fetch the default model into the cache, print its p
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 
 from .errors import InfireError
 from .options import engine_option_list
+
+
+class _Formatter(argparse.HelpFormatter):
+    """Shows each flag's default after its help (flags whose default is "not given" say in
+    their help what happens then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        hidden = action.default is None or action.default is False
+        if "%(default)" in text or hidden or action.default == argparse.SUPPRESS:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -19,12 +32,15 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="infire",
         description="Infire: LLM inference with a Rust core.",
     )
+    parser.add_argument("--version", action="version", version=f"infire {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser(
         "generate",
         help="generate text from a prompt, streamed to stdout",
-        description="Generate a completion for PROMPT and stream it to stdout as it is produced.",
+        description="Generate a completion for PROMPT and stream it to stdout as it is produced. "
+        "Without --seed (or with --seed -1) each run draws a fresh random seed.",
+        formatter_class=_Formatter,
     )
     gen.add_argument("prompt", help="the prompt text (with --chat: the user message)")
     gen.add_argument(
@@ -36,13 +52,16 @@ def _build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--chat", action="store_true", help="apply the model's chat template")
     gen.add_argument("--system", default=None, help="system message (with --chat)")
     gen.add_argument("--max-tokens", type=int, default=256, help="most tokens to generate")
-    gen.add_argument(
-        "--temperature", type=float, default=0.0, help="0 for greedy decoding (default 0)"
-    )
+    gen.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding")
     gen.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold")
     gen.add_argument("--top-k", type=int, default=-1, help="keep the k most likely tokens")
     gen.add_argument("--min-p", type=float, default=0.0, help="minimum relative probability")
-    gen.add_argument("--repetition-penalty", type=float, default=1.0)
+    gen.add_argument(
+        "--repetition-penalty", type=float, default=1.0, help="penalty on repeated tokens"
+    )
+    gen.add_argument(
+        "-v", "--verbose", action="store_true", help="print the seed and token counts to stderr"
+    )
     _add_engine_args(gen)
 
     _add_serve_parser(sub)
@@ -60,7 +79,9 @@ def _add_serve_parser(sub) -> None:
         "serve",
         help="serve the OpenAI-compatible HTTP API",
         description="Serve /v1/completions, /v1/chat/completions, /v1/models, /health and "
-        "/metrics until SIGTERM or SIGINT.",
+        "/metrics until SIGTERM or SIGINT. Requests that set no seed draw from a random one "
+        "unless --seed is given.",
+        formatter_class=_Formatter,
     )
     srv.add_argument("--model", default=None, help="as for `generate` (default: SmolLM2)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
@@ -76,13 +97,28 @@ def _add_serve_parser(sub) -> None:
     srv.add_argument(
         "--max-waiting", type=int, default=256, help="waiting sequences that trigger 429"
     )
+    # Left out, the server's own defaults apply (ServerConfig in rust/src/server/mod.rs).
     for flag, kind, help_text in [
-        ("--shutdown-grace", float, "seconds running requests get to finish after SIGTERM"),
-        ("--header-timeout", float, "seconds a client has to send its request headers"),
-        ("--body-timeout", float, "seconds a client has to send its request body"),
-        ("--max-connections", int, "open connections beyond which new ones get 503"),
+        ("--shutdown-grace", float, "seconds running requests get to finish after SIGTERM (30)"),
+        ("--header-timeout", float, "seconds a client has to send its request headers (10)"),
+        ("--body-timeout", float, "seconds a client has to send its request body (30)"),
+        ("--max-connections", int, "open connections beyond which new ones get 503 (512)"),
     ]:
-        srv.add_argument(flag, type=kind, default=None, help=f"{help_text} (default: the server's)")
+        srv.add_argument(flag, type=kind, default=None, help=help_text.replace("(", "(default: "))
+    srv.add_argument(
+        "--allow-unknown-fields",
+        action="store_true",
+        help="ignore (and log) request fields the server does not know, instead of a 400",
+    )
+    srv.add_argument(
+        "--log-level",
+        default=None,
+        help="log filter, as RUST_LOG (info, debug, warn, 'info,infire::access=off'); "
+        "None: $RUST_LOG, else info",
+    )
+    srv.add_argument(
+        "--log-format", choices=["text", "json"], default="text", help="log line format"
+    )
     _add_engine_args(srv)
 
 
@@ -99,12 +135,29 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
         # An option without a fixed default says in its help what it defaults to.
         shown = o.help if o.default is None else f"{o.help} (default: {o.default})"
         help_text = shown.replace("%", "%%")
+        if o.name == "seed":
+            help_text += " (-1 or left out on the command line: a random seed)"
         if o.type in ("bool", "optional_bool"):
             action = argparse.BooleanOptionalAction
             group.add_argument(flag, dest=o.name, action=action, default=None, help=help_text)
         else:
             kind = _ARG_TYPES[o.type]
             group.add_argument(flag, dest=o.name, type=kind, default=None, help=help_text)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def _random_seed(args: argparse.Namespace) -> None:
+    """Without ``--seed`` (or with a negative one), a fresh random seed, as llama.cpp and
+    Ollama draw one per run; printed with ``--verbose``."""
+    if args.seed is None or args.seed < 0:
+        args.seed = secrets.randbits(63)
+    if getattr(args, "verbose", False):
+        print(f"infire: seed {args.seed}", file=sys.stderr)
 
 
 def _engine_options(args: argparse.Namespace) -> dict:
@@ -116,6 +169,7 @@ def _engine_options(args: argparse.Namespace) -> dict:
 def _serve(args: argparse.Namespace) -> int:
     from .server import serve
 
+    _random_seed(args)
     try:
         serve(
             args.model,
@@ -128,6 +182,9 @@ def _serve(args: argparse.Namespace) -> int:
             header_timeout=args.header_timeout,
             body_timeout=args.body_timeout,
             max_connections=args.max_connections,
+            allow_unknown_fields=args.allow_unknown_fields,
+            log_level=args.log_level,
+            log_format=args.log_format,
             **_engine_options(args),
         )
     except KeyboardInterrupt:
@@ -139,6 +196,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> int:
     from .engine import Engine, SamplingParams
 
+    _random_seed(args)
     engine = Engine(model=args.model, **_engine_options(args))
     params = SamplingParams(
         max_tokens=args.max_tokens,
@@ -157,14 +215,35 @@ def _generate(args: argparse.Namespace) -> int:
         prompt = engine.tokenizer.encode(text, add_special_tokens=False)
     else:
         prompt = args.prompt
-    shown = 0
+    shown, last = 0, None
     for out in engine.stream(prompt, params):
         text = out.outputs[0].text
         sys.stdout.write(text[shown:])
         sys.stdout.flush()
-        shown = len(text)
+        shown, last = len(text), out
     sys.stdout.write("\n")
+    if last is not None:
+        _explain(args, last)
     return 0
+
+
+def _explain(args: argparse.Namespace, out) -> None:
+    """Token counts with ``--verbose``; a note on stderr when a plain prompt produced no text
+    (an instruction-tuned model often ends at once on a bare question)."""
+    c = out.outputs[0]
+    if args.verbose:
+        print(
+            f"infire: {len(out.prompt_token_ids)} prompt tokens, {len(c.token_ids)} generated, "
+            f"finish_reason={c.finish_reason}",
+            file=sys.stderr,
+        )
+    if not c.text.strip():
+        hint = "" if args.chat else "; for a chat model, try --chat to apply its chat template"
+        print(
+            f"infire: the model produced no text ({len(c.token_ids)} tokens, "
+            f"finish_reason={c.finish_reason}){hint}",
+            file=sys.stderr,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

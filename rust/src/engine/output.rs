@@ -2,6 +2,7 @@
 //! [`SeqDelta`]s the engine loop sends.
 
 use super::sequence::{FinishReason, SeqDelta};
+use crate::sampling::StopReason;
 
 /// One sequence of a request. Cumulative: `text` and `token_ids` hold everything so far.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -12,6 +13,8 @@ pub struct CompletionOutput {
     /// Per generated token, `(token, logprob)` pairs; `None` unless asked for.
     pub logprobs: Option<Vec<Vec<(u32, f32)>>>,
     pub finish_reason: Option<FinishReason>,
+    /// The stop token id or stop string that ended the sequence, if one did.
+    pub stop_reason: Option<StopReason>,
 }
 
 /// Times of a request, in seconds since the Unix epoch.
@@ -71,6 +74,7 @@ impl RequestOutput {
             all.extend(new);
         }
         o.finish_reason = d.finish_reason;
+        o.stop_reason = d.stop_reason;
         if d.index == 0 {
             self.num_cached_tokens = d.num_cached_tokens;
             if d.prompt_logprobs.is_some() {

@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
 use crate::kv::BlockTable;
-use crate::sampling::{log_softmax_top, Sampler, SamplingParams, StopChecker};
+use crate::sampling::{log_softmax_top, Sampler, SamplingParams, StopChecker, StopReason};
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 /// Why a sequence ended.
@@ -78,6 +78,11 @@ pub struct Sequence {
     /// Per prompt token from the second on, the requested log-probabilities.
     pub prompt_logprobs: Vec<Vec<(u32, f32)>>,
     pub finish_reason: Option<FinishReason>,
+    /// The stop token id or stop string that ended the sequence, if one did.
+    pub stop_reason: Option<StopReason>,
+    /// Whether the last token ended the sequence as an end-of-sequence or stop token whose
+    /// text stays out of the output (unless `include_stop_str_in_output`), as in vLLM.
+    hide_stop_token: bool,
     /// Progress already reported to the caller: tokens, bytes of text, logprob steps.
     pub reported: (usize, usize),
     /// Whether the delta with the finish reason went out (there is only one).
@@ -105,7 +110,7 @@ impl Sequence {
             first_token_time: None,
             finished_time: None,
             sampler: Sampler::new(&params, &prompt, seed),
-            detokenizer: IncrementalDetokenizer::new(&prompt, true),
+            detokenizer: IncrementalDetokenizer::new(&prompt, params.skip_special_tokens),
             stop: StopChecker::new(&params.stop),
             prompt_len: prompt.len(),
             detokenized: prompt.len(),
@@ -119,6 +124,8 @@ impl Sequence {
             logprobs: Vec::new(),
             prompt_logprobs: Vec::new(),
             finish_reason: None,
+            stop_reason: None,
+            hide_stop_token: false,
             reported: (0, 0),
             final_reported: false,
             params,
@@ -163,25 +170,48 @@ impl Sequence {
         self.prompt_logprobs.push(top);
     }
 
+    /// Whether the next token must be picked from logits on the host: log-probabilities are
+    /// computed there, and `min_tokens` bans tokens ([`banned_tokens`](Self::banned_tokens)).
+    pub fn needs_host_logits(&self) -> bool {
+        self.params.logprobs.is_some()
+            || self.params.prompt_logprobs.is_some()
+            || self.output().len() < self.params.min_tokens
+    }
+
+    /// Tokens the next pick must not take: before `min_tokens` tokens are out, the
+    /// end-of-sequence tokens (unless `ignore_eos`) and the stop token ids, as in vLLM.
+    pub fn banned_tokens(&self, eos_token_ids: &[u32]) -> Vec<u32> {
+        if self.output().len() >= self.params.min_tokens {
+            return Vec::new();
+        }
+        let eos = eos_token_ids.iter().filter(|_| !self.params.ignore_eos);
+        eos.chain(&self.params.stop_token_ids).copied().collect()
+    }
+
     /// Appends a sampled token and finishes the sequence on an end-of-sequence or stop token
-    /// id or at its length limit; the text (and stop strings) follow in
-    /// [`detokenize`](Self::detokenize). Cheap: the engine does this before planning the next
-    /// step, and the text while that step runs.
+    /// id (once `min_tokens` tokens came before it) or at its length limit; the text (and stop
+    /// strings) follow in [`detokenize`](Self::detokenize). Cheap: the engine does this before
+    /// planning the next step, and the text while that step runs.
     pub fn push_token(
         &mut self,
         token: u32,
         logprobs: Option<Vec<(u32, f32)>>,
         eos_token_ids: &[u32],
     ) {
+        let may_stop = self.output().len() >= self.params.min_tokens;
         self.tokens.push(token);
         self.first_token_time.get_or_insert_with(now_s);
         self.sampler.observe(&self.params, token);
         if let Some(lp) = logprobs {
             self.logprobs.push(lp);
         }
-        if (!self.params.ignore_eos && eos_token_ids.contains(&token))
-            || self.params.stop_token_ids.contains(&token)
-        {
+        let eos = may_stop && !self.params.ignore_eos && eos_token_ids.contains(&token);
+        let stop_token = may_stop && self.params.stop_token_ids.contains(&token);
+        if eos || stop_token {
+            if !eos {
+                self.stop_reason = Some(StopReason::Token(token));
+            }
+            self.hide_stop_token = !self.params.include_stop_str_in_output;
             self.finish(Some(FinishReason::Stop));
         } else if self.output().len() >= self.max_new_tokens {
             self.finish(Some(FinishReason::Length));
@@ -194,23 +224,35 @@ impl Sequence {
     }
 
     /// Brings `text` up to the tokens: decodes the tokens appended since the last call (all of
-    /// the rest once finished) and finishes the sequence at a stop string, cutting the text
-    /// there.
+    /// the rest once finished) and finishes the sequence at a stop string (looked for once
+    /// `min_tokens` tokens are out), cutting the text there (after it with
+    /// `include_stop_str_in_output`).
     pub fn detokenize(&mut self, tokenizer: &Tokenizer) -> Result<()> {
         while self.detokenized < self.tokens.len() {
             let token = self.tokens[self.detokenized];
             self.detokenized += 1;
             let checked = self.text.len();
             // Models often have more embedding rows than their tokenizer has tokens (padding,
-            // as in Qwen2); such ids carry no text, as in vLLM.
-            if (token as usize) < tokenizer.vocab_size() {
+            // as in Qwen2); such ids carry no text, as in vLLM. Nor does the token that
+            // stopped the sequence, unless asked for.
+            let hidden = self.hide_stop_token && self.detokenized == self.tokens.len();
+            if (token as usize) < tokenizer.vocab_size() && !hidden {
                 self.text
                     .push_str(&self.detokenizer.push(tokenizer, token)?);
             }
             if self.is_finished() && self.detokenized == self.tokens.len() {
                 self.text.push_str(&self.detokenizer.finish(tokenizer)?);
             }
-            if let Some(cut) = self.stop.find(&self.text, checked) {
+            if self.detokenized - self.prompt_len < self.params.min_tokens {
+                continue;
+            }
+            if let Some(m) = self.stop.find(&self.text, checked) {
+                let cut = if self.params.include_stop_str_in_output {
+                    m.at + m.stop.len()
+                } else {
+                    m.at
+                };
+                self.stop_reason = Some(StopReason::Text(m.stop.to_string()));
                 self.text.truncate(cut);
                 self.finish(Some(FinishReason::Stop));
                 self.detokenized = self.tokens.len();
@@ -256,6 +298,7 @@ impl Sequence {
             prompt_logprobs: (tokens_done == 0 && self.params.prompt_logprobs.is_some())
                 .then(|| self.prompt_logprobs.clone()),
             finish_reason: self.finish_reason,
+            stop_reason: self.finish_reason.and(self.stop_reason.clone()),
             num_cached_tokens: self.num_cached_tokens,
             arrival_time: self.arrival_time,
             first_token_time: self.first_token_time,
@@ -278,6 +321,8 @@ pub struct SeqDelta {
     /// In the first delta of a request that asked for them: the prompt's log-probabilities.
     pub prompt_logprobs: Option<Vec<Vec<(u32, f32)>>>,
     pub finish_reason: Option<FinishReason>,
+    /// With the finish reason: the stop token id or stop string that ended the sequence.
+    pub stop_reason: Option<StopReason>,
     pub num_cached_tokens: usize,
     pub arrival_time: f64,
     pub first_token_time: Option<f64>,
@@ -367,5 +412,86 @@ mod tests {
         let (text, _, finish) = run(&mut seq, &tokenizer, &ids, 1);
         assert_eq!((text.as_str(), finish), ("hello", Some(FinishReason::Stop)));
         assert!(seq.take_delta().is_none());
+    }
+
+    #[test]
+    fn stop_reasons_and_the_stop_string_kept_on_request() {
+        let tokenizer = Tokenizer::from_gguf_metadata(&gpt2_metadata(None, None)).unwrap();
+        let ids = tokenizer.encode("hello world, again", false).unwrap();
+        let params = SamplingParams {
+            stop: vec![" wor".into()],
+            include_stop_str_in_output: true,
+            ..Default::default()
+        };
+        let mut seq = sequence(params, 100);
+        let (text, _, finish) = run(&mut seq, &tokenizer, &ids, 1);
+        assert_eq!(
+            (text.as_str(), finish),
+            ("hello wor", Some(FinishReason::Stop))
+        );
+        assert_eq!(seq.stop_reason, Some(StopReason::Text(" wor".into())));
+
+        let params = SamplingParams {
+            stop_token_ids: vec![ids[1]],
+            ..Default::default()
+        };
+        let mut seq = sequence(params.clone(), 100);
+        let (text, tokens, _) = run(&mut seq, &tokenizer, &ids, 1);
+        assert_eq!(tokens, ids[..2].to_vec());
+        assert_eq!(seq.stop_reason, Some(StopReason::Token(ids[1])));
+        // The stop token's text stays out, unless asked for (as in vLLM).
+        assert_eq!(text, tokenizer.decode(&ids[..1], true).unwrap());
+        let params = SamplingParams {
+            include_stop_str_in_output: true,
+            ..params
+        };
+        let (text, _, _) = run(&mut sequence(params, 100), &tokenizer, &ids, 1);
+        assert_eq!(text, tokenizer.decode(&ids[..2], true).unwrap());
+        // An end-of-sequence token has no stop reason.
+        let mut seq = sequence(SamplingParams::default(), 100);
+        let (_, tokens, finish) = run(&mut seq, &tokenizer, &[ids[0], 0, ids[1]], 1);
+        assert_eq!(
+            (tokens, finish),
+            (vec![ids[0], 0], Some(FinishReason::Stop))
+        );
+        assert_eq!(seq.stop_reason, None);
+    }
+
+    /// Before `min_tokens` tokens, end-of-sequence and stop tokens are banned from the pick
+    /// (and do not end the sequence) and stop strings are not looked for.
+    #[test]
+    fn min_tokens_holds_back_every_stop() {
+        let tokenizer = Tokenizer::from_gguf_metadata(&gpt2_metadata(None, None)).unwrap();
+        let ids = tokenizer
+            .encode("hello world, again and again", false)
+            .unwrap();
+        assert!(ids.len() > 4);
+        // Without min_tokens, the first token would end the sequence (its text is a stop
+        // string, the token a stop token id), and so would the second (end-of-sequence).
+        let first = tokenizer.decode(&ids[..1], true).unwrap();
+        let params = SamplingParams {
+            min_tokens: 3,
+            stop: vec![first.clone()],
+            stop_token_ids: vec![ids[0]],
+            ..Default::default()
+        };
+        let mut seq = sequence(params, 100);
+        assert_eq!(seq.banned_tokens(&[0]), vec![0, ids[0]]);
+        assert!(seq.needs_host_logits());
+        let (_, tokens, finish) = run(&mut seq, &tokenizer, &[ids[0], 0, ids[0], ids[1]], 1);
+        // Once three tokens are out, the stop string is looked for (in the text's tail).
+        assert_eq!(tokens, vec![ids[0], 0, ids[0]]);
+        assert_eq!(finish, Some(FinishReason::Stop));
+        assert_eq!(seq.stop_reason, Some(StopReason::Text(first)));
+        assert!(seq.banned_tokens(&[0]).is_empty());
+        assert!(!seq.needs_host_logits());
+        // The sampler never picks a banned token, however likely.
+        let mut sampler = Sampler::new(&SamplingParams::default(), &[], 0);
+        let greedy = SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        };
+        let picked = sampler.sample(&greedy, &mut [9.0, 1.0, 5.0], &[0]);
+        assert_eq!(picked.token, 2);
     }
 }

@@ -133,12 +133,11 @@ impl<B: Backend> Engine<B> {
             return None;
         }
         let mut batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
-        // Tokens are picked on the backend, so that only their ids leave it, unless a request
-        // of the step wants log-probabilities (computed on the host from the logits).
-        let on_backend = plan.iter().all(|s| {
-            let p = &self.scheduler.running[s.seq].params;
-            p.logprobs.is_none() && p.prompt_logprobs.is_none()
-        });
+        // Tokens are picked on the backend, so that only their ids leave it, unless a sequence
+        // of the step needs its logits on the host (log-probabilities, banned tokens).
+        let on_backend = plan
+            .iter()
+            .all(|s| !self.scheduler.running[s.seq].needs_host_logits());
         let sampling = on_backend.then(|| {
             let mut step = StepSampling::default();
             for s in &plan {

@@ -9,4 +9,4 @@ mod stop;
 pub use filter::{sample_row, PenaltyToken, RowSampling, StepSampling};
 pub use params::SamplingParams;
 pub use sampler::{argmax, log_softmax_top, Sampled, Sampler};
-pub use stop::StopChecker;
+pub use stop::{StopChecker, StopMatch, StopReason};

@@ -32,8 +32,16 @@ pub struct SamplingParams {
     pub min_p: f32,
     /// Seed of this request's random stream; the same seed gives the same tokens.
     pub seed: Option<u64>,
-    /// Strings that end generation; the stop string is not included in the text.
+    /// Strings that end generation; the stop string is not included in the text unless
+    /// `include_stop_str_in_output`.
     pub stop: Vec<String>,
+    /// Keep the stop string that ended generation at the end of the text.
+    pub include_stop_str_in_output: bool,
+    /// Generate at least this many tokens: until then end-of-sequence and stop token ids
+    /// cannot be picked and stop strings are not looked for (as in vLLM).
+    pub min_tokens: usize,
+    /// Leave special tokens (end-of-sequence, chat markers) out of the text.
+    pub skip_special_tokens: bool,
     /// Token ids that end generation (included in `token_ids`, not in the text if special).
     pub stop_token_ids: Vec<u32>,
     /// Keep generating past end-of-sequence tokens.
@@ -63,6 +71,9 @@ impl Default for SamplingParams {
             min_p: 0.0,
             seed: None,
             stop: Vec::new(),
+            include_stop_str_in_output: false,
+            min_tokens: 0,
+            skip_special_tokens: true,
             stop_token_ids: Vec::new(),
             ignore_eos: false,
             repetition_penalty: 1.0,
@@ -83,6 +94,12 @@ impl SamplingParams {
         }
         if self.max_tokens == Some(0) {
             return bad("max_tokens must be at least 1, got 0".into());
+        }
+        if let Some(max) = self.max_tokens.filter(|&m| self.min_tokens > m) {
+            return bad(format!(
+                "min_tokens must be at most max_tokens ({max}), got {}",
+                self.min_tokens
+            ));
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad(format!(
@@ -220,6 +237,13 @@ mod tests {
                     ..Default::default()
                 },
                 "logprobs",
+            ),
+            (
+                SamplingParams {
+                    min_tokens: 17,
+                    ..Default::default()
+                },
+                "min_tokens",
             ),
             (
                 SamplingParams {

@@ -90,11 +90,22 @@ impl Sampler {
         }
     }
 
-    /// Picks the next token from one row of logits on the host (see [`sample_row`]), with
-    /// log-probabilities when asked for. `logits` is used as scratch space.
-    pub fn sample(&mut self, params: &SamplingParams, logits: &mut [f32]) -> Sampled {
+    /// Picks the next token from one row of logits on the host (see [`sample_row`]), never
+    /// one of `banned` (`min_tokens`), with log-probabilities when asked for. `logits` is used
+    /// as scratch space.
+    pub fn sample(
+        &mut self,
+        params: &SamplingParams,
+        logits: &mut [f32],
+        banned: &[u32],
+    ) -> Sampled {
         // Log-probabilities describe the raw model output, so keep it before penalties.
         let raw = params.logprobs.map(|k| (k, logits.to_vec()));
+        for &t in banned {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
         let mut penalties = Vec::new();
         let row = self.row(params, &mut penalties);
         let token = sample_row(logits, &row, &penalties);
@@ -160,7 +171,7 @@ mod tests {
     fn draws(p: &SamplingParams, logits: &[f32], n: usize, seed: u64) -> Vec<u32> {
         let mut s = Sampler::new(p, &[], p.seed.unwrap_or(seed));
         (0..n)
-            .map(|_| s.sample(p, &mut logits.to_vec()).token)
+            .map(|_| s.sample(p, &mut logits.to_vec(), &[]).token)
             .collect()
     }
 
@@ -253,7 +264,7 @@ mod tests {
         });
         // Token 0 is the raw argmax, but the prompt holds it, so the penalty flips the choice.
         let mut s = Sampler::new(&p, &[0], 0);
-        let out = s.sample(&p, &mut [2.0, 1.0]);
+        let out = s.sample(&p, &mut [2.0, 1.0], &[]);
         assert_eq!(out.token, 1);
         let lp = out.logprobs.unwrap();
         let lse = (2.0f32.exp() + 1.0f32.exp()).ln();

@@ -6,44 +6,36 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::access_log::RequestLog;
 use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{chat_shape, token_logprobs};
-use super::openai_types::{ChatRequest, Message, MessageContent, Usage};
+use super::openai_types::{ChatRequest, Message, MessageContent, Usage, CHAT_FIELDS};
 use super::request_params::sampling_params;
 use super::sse::{spawn_sse, Emitter};
-use super::{parse_json, unix_time, AppState};
+use super::stop_reason_json;
+use super::{parse_request, unix_time, AppState};
 use crate::tokenizer::ChatMessage;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
+    Extension(log): Extension<RequestLog>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let req: ChatRequest = parse_json(body)?;
+    let mut req: ChatRequest = parse_request(&state, body, CHAT_FIELDS)?;
+    log.set_model(&req.model);
     state.check_model(&req.model)?;
     reject_unsupported(&req)?;
-    let messages = req
-        .messages
-        .into_iter()
-        .map(to_template_message)
-        .collect::<Result<Vec<_>, _>>()?;
-    if messages.is_empty() {
-        return Err(ApiError::bad_request(
-            "messages must not be empty",
-            Some("messages"),
-        ));
-    }
-    // Rendering and tokenizing a long chat takes a while: tell the runtime.
-    let prompt = tokio::task::block_in_place(|| {
-        let text = state.tokenizer.apply_chat_template(&messages, true)?;
-        state.tokenizer.encode(&text, false)
-    })?;
+    let kwargs = req.chat_template_kwargs.take().unwrap_or_default();
+    let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
+    let messages = std::mem::take(&mut req.messages);
+    let prompt = chat_prompt(&state, messages, add_generation_prompt, &kwargs)?;
     let k = match (req.logprobs, req.top_logprobs) {
         (true, k) => Some(k.unwrap_or(0)),
         (false, None) => None,
@@ -57,7 +49,7 @@ pub async fn chat_completions(
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     let params = sampling_params(req.sampling, max_tokens, k, &state.defaults)?;
     let n = params.n;
-    let generation = Generation::start(&state, prompt, params, arrival)?;
+    let generation = Generation::start(&state, prompt, params, arrival, &log)?;
     let id = format!("chatcmpl-{}", generation.output().request_id);
     let k = k.map(|k| k.max(0) as usize);
     if req.stream {
@@ -85,6 +77,7 @@ pub async fn chat_completions(
                 "message": {"role": "assistant", "content": c.text},
                 "logprobs": logprobs,
                 "finish_reason": c.finish_reason.map(|r| r.as_str()),
+                "stop_reason": stop_reason_json(c.stop_reason.as_ref()),
             })
         })
         .collect();
@@ -97,6 +90,33 @@ pub async fn chat_completions(
         "usage": usage,
     }))
     .into_response())
+}
+
+/// The prompt's token ids: `messages` through the chat template (with `kwargs` as more
+/// template variables), tokenized.
+fn chat_prompt(
+    state: &AppState,
+    messages: Vec<Message>,
+    add_generation_prompt: bool,
+    kwargs: &serde_json::Map<String, Value>,
+) -> Result<Vec<u32>, ApiError> {
+    let messages = messages
+        .into_iter()
+        .map(to_template_message)
+        .collect::<Result<Vec<_>, _>>()?;
+    if messages.is_empty() {
+        return Err(ApiError::bad_request(
+            "messages must not be empty",
+            Some("messages"),
+        ));
+    }
+    // Rendering and tokenizing a long chat takes a while: tell the runtime.
+    let prompt = tokio::task::block_in_place(|| {
+        let tok = &state.tokenizer;
+        let text = tok.apply_chat_template_with(&messages, add_generation_prompt, kwargs)?;
+        tok.encode(&text, false)
+    })?;
+    Ok(prompt)
 }
 
 /// Fields this server does not implement yet: a 400 naming them, never silence.
@@ -237,6 +257,7 @@ async fn stream_chunks(
             "delta": delta,
             "logprobs": logprobs,
             "finish_reason": d.finish_reason.map(|r| r.as_str()),
+            "stop_reason": stop_reason_json(d.stop_reason.as_ref()),
         }]);
         if !out.send(&chunk(c)) {
             return;

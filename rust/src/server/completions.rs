@@ -6,20 +6,22 @@ use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::State;
+use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures_util::future::try_join_all;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
+use super::access_log::RequestLog;
 use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{completion_shape, prompt_token_logprobs, token_logprobs};
-use super::openai_types::{CompletionRequest, PromptArg, Usage};
+use super::openai_types::{CompletionRequest, PromptArg, Usage, COMPLETION_FIELDS};
 use super::request_params::sampling_params;
 use super::sse::{spawn_sse, Emitter};
-use super::{parse_json, unix_time, AppState};
+use super::stop_reason_json;
+use super::{parse_request, unix_time, AppState};
 use crate::engine::{RequestOutput, SeqDelta};
 
 /// Per-choice state of a response being built.
@@ -30,26 +32,14 @@ struct Choice {
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
+    Extension(log): Extension<RequestLog>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
-    let req: CompletionRequest = parse_json(body)?;
+    let req: CompletionRequest = parse_request(&state, body, COMPLETION_FIELDS)?;
+    log.set_model(&req.model);
     state.check_model(&req.model)?;
-    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
-        return Err(ApiError::bad_request(
-            "suffix is not supported by this server",
-            Some("suffix"),
-        ));
-    }
-    if req
-        .best_of
-        .is_some_and(|b| Some(b) != req.sampling.n.or(Some(1)))
-    {
-        return Err(ApiError::bad_request(
-            "best_of other than n is not supported by this server",
-            Some("best_of"),
-        ));
-    }
+    reject_unsupported(&req)?;
     let tok = &state.tokenizer;
     // Tokenizing a long prompt takes a while: tell the runtime, so other requests move on.
     let prompts: Vec<Vec<u32>> = tokio::task::block_in_place(|| match req.prompt {
@@ -99,7 +89,7 @@ pub async fn completions(
     };
     let gens = prompts
         .into_iter()
-        .map(|p| Generation::start(&state, p, params.clone(), arrival))
+        .map(|p| Generation::start(&state, p, params.clone(), arrival, &log))
         .collect::<Result<Vec<_>, _>>()?;
     let id = format!("cmpl-{}", gens[0].output().request_id);
     let k = k.map(|k| k.max(0) as usize);
@@ -111,6 +101,26 @@ pub async fn completions(
     }
     let outputs = try_join_all(gens.into_iter().map(Generation::finish)).await?;
     Ok(Json(response(&state, &id, &outputs, n, k, &echoes)).into_response())
+}
+
+/// Fields this server does not implement: a 400 naming them, never silence.
+fn reject_unsupported(req: &CompletionRequest) -> Result<(), ApiError> {
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(ApiError::bad_request(
+            "suffix is not supported by this server",
+            Some("suffix"),
+        ));
+    }
+    if req
+        .best_of
+        .is_some_and(|b| Some(b) != req.sampling.n.or(Some(1)))
+    {
+        return Err(ApiError::bad_request(
+            "best_of other than n is not supported by this server",
+            Some("best_of"),
+        ));
+    }
+    Ok(())
 }
 
 /// The whole (non-streamed) response.
@@ -157,6 +167,7 @@ fn response(
                 "text": text,
                 "logprobs": logprobs,
                 "finish_reason": c.finish_reason.map(|r| r.as_str()),
+                "stop_reason": stop_reason_json(c.stop_reason.as_ref()),
             }));
         }
     }
@@ -273,6 +284,7 @@ async fn stream_chunks(
             "text": d.text,
             "logprobs": logprobs,
             "finish_reason": d.finish_reason.map(|r| r.as_str()),
+            "stop_reason": stop_reason_json(d.stop_reason.as_ref()),
         }]);
         if !out.send(&chunk(c)) {
             return;

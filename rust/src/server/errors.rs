@@ -28,6 +28,7 @@ pub struct ApiError {
 const KNOWN_PARAMS: &[&str] = &[
     "n",
     "max_tokens",
+    "min_tokens",
     "temperature",
     "top_p",
     "top_k",
@@ -88,6 +89,14 @@ impl ApiError {
     /// 404 for an unknown route.
     pub fn not_found(path: &str) -> Self {
         ApiError::new(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))
+    }
+
+    /// 405 for a route that exists with another method.
+    pub fn method_not_allowed(method: &str, path: &str) -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("method {method} is not allowed on {path}"),
+        )
     }
 
     /// 429 when the waiting queue is full.
@@ -172,6 +181,16 @@ impl From<Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if self.status.is_server_error() {
+            tracing::error!(status = self.status.as_u16(), "{}", self.message);
+        } else {
+            tracing::warn!(
+                status = self.status.as_u16(),
+                param = self.param.as_deref(),
+                "{}",
+                self.message
+            );
+        }
         let mut response = (self.status, Json(self.body())).into_response();
         if let Some(secs) = self.retry_after {
             response

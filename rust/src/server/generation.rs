@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::access_log::RequestLog;
 use super::errors::ApiError;
 use super::AppState;
 use crate::engine::engine_loop::{EngineHandle, Submitted};
@@ -22,6 +23,8 @@ pub struct Generation {
     /// When the last token reached us (for inter-token latency).
     last_token: Option<Instant>,
     finished: bool,
+    /// The request's access-log line, counting its tokens.
+    log: RequestLog,
 }
 
 impl Generation {
@@ -33,15 +36,18 @@ impl Generation {
         prompt: Vec<u32>,
         params: SamplingParams,
         arrival: Instant,
+        log: &RequestLog,
     ) -> Result<Self, ApiError> {
         if state.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::shutting_down());
         }
         let max_waiting = state.config.max_waiting;
+        let prompt_len = prompt.len();
         let submitted = state
             .handle
             .submit_bounded(prompt, params, 0, max_waiting)?
             .map_err(|waiting| ApiError::overloaded(waiting, max_waiting))?;
+        log.add_prompt(prompt_len);
         Ok(Generation {
             handle: state.handle.clone(),
             submitted,
@@ -49,6 +55,7 @@ impl Generation {
             arrival,
             last_token: None,
             finished: false,
+            log: log.clone(),
         })
     }
 
@@ -65,6 +72,8 @@ impl Generation {
         let metrics = &self.state.metrics;
         if !delta.token_ids.is_empty() {
             let now = Instant::now();
+            self.log
+                .add_output(delta.token_ids.len(), now - self.arrival);
             match self.last_token {
                 None => metrics.ttft.observe(now - self.arrival),
                 Some(t) => metrics.inter_token.observe(now - t),

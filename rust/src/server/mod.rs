@@ -2,13 +2,17 @@
 //! engine loop. Handlers tokenize, submit to the [`EngineHandle`] and stream the engine's
 //! deltas back; nothing but conversion happens here.
 //!
-//! Routes: `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (bearer auth
-//! when an API key is set), `GET /health`, `GET /metrics`. On SIGTERM or SIGINT the server
+//! Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
+//! `POST /v1/chat/completions` (bearer auth when an API key is set), `GET /health`,
+//! `GET /metrics`; another method on a route is a 405 with an error body. Request fields the
+//! server does not know are a 400 naming them (see `openai_types`). Every request gets an
+//! access-log line (`access_log`); logs go through `tracing` (`logging`). On SIGTERM or SIGINT the server
 //! answers new requests 503, lets running requests finish up to
 //! [`ServerConfig::shutdown_grace`], cuts the streams still open with an error event, then
 //! returns (see `connections`). `/health` answers 503 while draining and once the engine loop
 //! has died.
 
+mod access_log;
 mod admission;
 mod auth;
 mod chat;
@@ -16,6 +20,8 @@ mod completions;
 mod connections;
 mod errors;
 mod generation;
+mod info;
+mod logging;
 mod logprobs;
 mod metrics;
 mod openai_types;
@@ -30,21 +36,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{header, StatusCode, Uri};
+use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
 pub use errors::ApiError;
+pub use logging::{init as init_logging, LogFormat};
 pub use metrics::Metrics;
 
 use crate::engine::engine_loop::EngineHandle;
 use crate::error::{Error, Result};
-use crate::sampling::SamplingParams;
+use crate::sampling::{SamplingParams, StopReason};
 use crate::tokenizer::Tokenizer;
 
 /// Server options. [`ServerConfig::new`] gives the defaults documented on each field.
@@ -74,6 +81,9 @@ pub struct ServerConfig {
     pub body_timeout: Duration,
     /// Most connections served at once; one more gets a 503 and is closed (default 512).
     pub max_connections: usize,
+    /// Ignore (and log) request fields this server does not know instead of answering 400
+    /// (default false).
+    pub allow_unknown_fields: bool,
 }
 
 impl ServerConfig {
@@ -90,6 +100,7 @@ impl ServerConfig {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             max_connections: 512,
+            allow_unknown_fields: false,
         }
     }
 }
@@ -147,7 +158,8 @@ impl AppState {
 /// The router of every endpoint over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
-        .route("/v1/models", get(models))
+        .route("/v1/models", get(info::models))
+        .route("/v1/models/{*id}", get(info::model))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
         .route_layer(middleware::from_fn_with_state(
@@ -156,9 +168,12 @@ pub fn router(state: Arc<AppState>) -> Router {
         ));
     Router::new()
         .merge(v1)
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text))
+        .route("/health", get(info::health))
+        .route("/metrics", get(info::metrics_text))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
+        .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
+            ApiError::method_not_allowed(method.as_str(), uri.path())
+        })
         .layer(middleware::from_fn_with_state(
             state.clone(),
             admission::admit,
@@ -172,6 +187,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             reject_oversized,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
+        .layer(middleware::from_fn(access_log::access_log))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
 }
@@ -194,12 +210,18 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
     let signal_state = state.clone();
     tokio::spawn(async move {
         signal.await;
+        tracing::info!(
+            grace_s = signal_state.config.shutdown_grace.as_secs_f64(),
+            busy = signal_state.busy.load(Ordering::SeqCst),
+            "shutdown signal received: draining running requests"
+        );
         signal_state.shutting_down.store(true, Ordering::SeqCst);
         let _ = stop_tx.send(true);
         // Keep the sender alive: a dropped sender would end the waits on it early.
         std::future::pending::<()>().await;
     });
     connections::serve_connections(listener, router(state.clone()), state, stop_rx).await;
+    tracing::info!("server stopped");
     Ok(())
 }
 
@@ -220,10 +242,14 @@ pub fn run(
     let state = Arc::new(AppState::new(handle.clone(), tokenizer, defaults, config));
     let name = state.config.served_model_name.clone();
     let result = runtime.block_on(serve(state, |addr| {
-        eprintln!("infire: serving {name} on http://{addr}");
+        tracing::info!("serving {name} on http://{addr}");
     }));
     runtime.shutdown_timeout(Duration::from_secs(1));
     handle.shutdown();
+    match &result {
+        Ok(()) => tracing::info!("engine stopped; exiting"),
+        Err(e) => tracing::error!("server failed: {e}"),
+    }
     result
 }
 
@@ -252,11 +278,46 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-/// Parses a JSON body; a body over the size limit gets 413, malformed JSON 400.
-fn parse_json<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> Result<T, ApiError> {
+/// Parses a JSON request body whose top-level fields must be among `known` (see
+/// `openai_types`): a body over the size limit gets 413, malformed JSON 400, and fields this
+/// server does not know 400 naming them, as OpenAI answers (with
+/// [`ServerConfig::allow_unknown_fields`], they are logged and ignored).
+fn parse_request<T: DeserializeOwned>(
+    state: &AppState,
+    body: Result<Bytes, BytesRejection>,
+    known: &[&str],
+) -> Result<T, ApiError> {
     let body = body.map_err(|r| ApiError::with_status(r.status(), r.body_text()))?;
-    serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request(format!("invalid request body: {e}"), None))
+    let bad_body =
+        |e: serde_json::Error| ApiError::bad_request(format!("invalid request body: {e}"), None);
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(bad_body)?;
+    if let Some(object) = value.as_object() {
+        let unknown = openai_types::unknown_fields(object, known);
+        if !unknown.is_empty() && !state.config.allow_unknown_fields {
+            return Err(ApiError::bad_request(
+                format!(
+                    "Unrecognized request argument{} supplied: {} (start the server with \
+                     --allow-unknown-fields to ignore such fields)",
+                    if unknown.len() == 1 { "" } else { "s" },
+                    unknown.join(", ")
+                ),
+                Some(unknown[0]),
+            ));
+        }
+        if !unknown.is_empty() {
+            tracing::warn!(fields = %unknown.join(", "), "ignoring unknown request fields");
+        }
+    }
+    serde_json::from_value(value).map_err(bad_body)
+}
+
+/// vLLM's `stop_reason` of a choice: the stop string, the stop token id, or null.
+fn stop_reason_json(r: Option<&StopReason>) -> serde_json::Value {
+    match r {
+        None => serde_json::Value::Null,
+        Some(StopReason::Token(t)) => json!(t),
+        Some(StopReason::Text(s)) => json!(s),
+    }
 }
 
 /// Seconds since the Unix epoch (OpenAI's `created`).
@@ -264,37 +325,6 @@ fn unix_time() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-async fn models(State(state): State<Arc<AppState>>) -> Json<serde_json::Value> {
-    Json(json!({
-        "object": "list",
-        "data": [{
-            "id": state.config.served_model_name,
-            "object": "model",
-            "created": unix_time(),
-            "owned_by": "infire",
-            "max_model_len": state.handle.limits().max_model_len,
-        }],
-    }))
-}
-
-/// 200 while the server serves; [`admission::admit`] answers 503 for it while draining or
-/// once the engine has failed.
-async fn health() -> Response {
-    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
-}
-
-async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(&state.handle.stats());
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
 }
 
 /// Counts every response by status for `/metrics`.

@@ -1,7 +1,8 @@
 //! Request bodies of the OpenAI API as this server reads them, with the vLLM extension fields,
-//! and the pieces shared by responses. Unknown fields are ignored, as OpenAI's server does;
-//! known fields this server cannot honour are rejected by the handlers. `user` is accepted and
-//! ignored, as an unknown field.
+//! and the pieces shared by responses. Fields outside [`COMPLETION_FIELDS`] /
+//! [`CHAT_FIELDS`] are refused with a 400 naming them, as OpenAI's server does (unless the
+//! server allows unknown fields); known fields this server cannot honour are rejected by the
+//! handlers.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -57,6 +58,80 @@ pub struct SamplingFields {
     #[serde(default)]
     pub ignore_eos: bool,
     pub logit_bias: Option<Value>,
+    pub min_tokens: Option<i64>,
+    #[serde(default)]
+    pub include_stop_str_in_output: bool,
+    pub skip_special_tokens: Option<bool>,
+}
+
+/// Sampling fields of both endpoints (see [`SamplingFields`]).
+const SAMPLING_FIELDS: &[&str] = &[
+    "n",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "stop",
+    "stop_token_ids",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "ignore_eos",
+    "logit_bias",
+    "min_tokens",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    // OpenAI's, accepted and ignored: they change nothing a client can see.
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+];
+
+/// The top-level fields `POST /v1/completions` takes, beyond [`SAMPLING_FIELDS`].
+pub const COMPLETION_FIELDS: &[&str] = &[
+    "model",
+    "prompt",
+    "max_tokens",
+    "echo",
+    "logprobs",
+    "stream",
+    "stream_options",
+    "suffix",
+    "best_of",
+];
+
+/// The top-level fields `POST /v1/chat/completions` takes, beyond [`SAMPLING_FIELDS`].
+pub const CHAT_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "functions",
+    "function_call",
+    "response_format",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+];
+
+/// The fields of `body` (a JSON object) that neither `known` nor the sampling fields name, in
+/// the map's order.
+pub fn unknown_fields<'a>(
+    body: &'a serde_json::Map<String, Value>,
+    known: &[&str],
+) -> Vec<&'a str> {
+    body.keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k) && !SAMPLING_FIELDS.contains(k))
+        .collect()
 }
 
 /// `POST /v1/completions`.
@@ -112,6 +187,10 @@ pub struct ChatRequest {
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     pub response_format: Option<Value>,
+    /// More variables for the chat template (vLLM's extension; e.g. `enable_thinking`).
+    pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    /// Whether the prompt ends with the assistant's header (vLLM's extension; default true).
+    pub add_generation_prompt: Option<bool>,
     #[serde(flatten)]
     pub sampling: SamplingFields,
 }
@@ -129,5 +208,45 @@ impl Usage {
         self.prompt_tokens += prompt;
         self.completion_tokens += completion;
         self.total_tokens += prompt + completion;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_fields_are_those_no_list_names() {
+        let body = serde_json::json!({
+            "model": "m", "prompt": "p", "top_k": 3, "min_tokens": 1, "user": "u",
+            "foo": 1, "messages": [],
+        });
+        let body = body.as_object().unwrap();
+        let sorted = |known| {
+            let mut v = unknown_fields(body, known);
+            v.sort_unstable();
+            v
+        };
+        assert_eq!(sorted(COMPLETION_FIELDS), vec!["foo", "messages"]);
+        assert_eq!(sorted(CHAT_FIELDS), vec!["foo", "prompt"]);
+        // Every field the request types read is known.
+        for f in [
+            "max_tokens",
+            "echo",
+            "logprobs",
+            "stream_options",
+            "best_of",
+            "suffix",
+        ] {
+            assert!(COMPLETION_FIELDS.contains(&f), "{f}");
+        }
+        for f in [
+            "chat_template_kwargs",
+            "tools",
+            "top_logprobs",
+            "max_completion_tokens",
+        ] {
+            assert!(CHAT_FIELDS.contains(&f), "{f}");
+        }
     }
 }

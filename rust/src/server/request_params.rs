@@ -39,6 +39,13 @@ pub fn sampling_params(
         min_p: f.min_p.unwrap_or(defaults.min_p),
         seed: f.seed.map(|s| s as u64),
         stop: f.stop.map(|s| s.into_vec()).unwrap_or_default(),
+        include_stop_str_in_output: f.include_stop_str_in_output,
+        min_tokens: f
+            .min_tokens
+            .map(|m| count("min_tokens", m))
+            .transpose()?
+            .unwrap_or(0),
+        skip_special_tokens: f.skip_special_tokens.unwrap_or(true),
         stop_token_ids: f.stop_token_ids.unwrap_or_default(),
         ignore_eos: f.ignore_eos,
         repetition_penalty: f.repetition_penalty.unwrap_or(defaults.repetition_penalty),

@@ -3,7 +3,8 @@
 //! (`trim_blocks`, `lstrip_blocks`, Python string/dict methods through `pycompat`, loop controls,
 //! `raise_exception`, `strftime_now`, a `json.dumps`-compatible `tojson`), with the same
 //! variables: `messages`, `add_generation_prompt`, `tools` and `documents` (none), and the
-//! special tokens (`bos_token`, `eos_token`) where the tokenizer has them.
+//! special tokens (`bos_token`, `eos_token`) where the tokenizer has them; callers may add
+//! more (`chat_template_kwargs`).
 
 use std::collections::BTreeMap;
 
@@ -110,6 +111,18 @@ impl ChatTemplate {
     /// (e.g. Mistral on roles that do not alternate), when it runs out of [`RENDER_FUEL`] or
     /// writes more than [`MAX_RENDERED_BYTES`], or describing the failure otherwise.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// [`render`](Self::render) with more variables for the template (transformers' and vLLM's
+    /// `chat_template_kwargs`, e.g. Qwen3's `enable_thinking`, or `tools`): each is set under
+    /// its name and may replace the defaults above, except `messages`.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         let template = self
             .env
             .get_template(TEMPLATE_NAME)
@@ -124,6 +137,9 @@ impl ChatTemplate {
         }
         if let Some(eos) = &self.eos_token {
             context.insert("eos_token", Value::from(eos.as_str()));
+        }
+        for (name, value) in extra.iter().filter(|(name, _)| *name != "messages") {
+            context.insert(name.as_str(), Value::from_serialize(value));
         }
         let mut out = CappedWriter {
             bytes: Vec::new(),

@@ -361,3 +361,30 @@ fn doubling_in_a_loop_does_not_compound_and_repetition_is_bounded() {
     let e = template.render(&[], true).unwrap_err().to_string();
     assert!(e.contains("too large"), "{e}");
 }
+
+/// The end of Qwen3's template: `enable_thinking=False` (a `chat_template_kwargs` entry) writes
+/// an empty thinking block; extra variables reach the template, `messages` cannot be replaced.
+#[test]
+fn extra_variables_reach_the_template() {
+    const QWEN3_END: &str = "{%- for message in messages %}{{ message.content }}{%- endfor %}\
+        {%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}\
+        {%- if enable_thinking is defined and enable_thinking is false %}\
+        {{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}{%- endif %}\
+        {%- if tools %}[{{ tools | length }} tools]{%- endif %}";
+    let t = compile(QWEN3_END);
+    let msgs = vec![ChatMessage::new("user", "hi")];
+    let plain = t.render(&msgs, true).unwrap();
+    assert_eq!(plain, "hi<|im_start|>assistant\n");
+    let extra = serde_json::json!({
+        "enable_thinking": false,
+        "tools": [{"type": "function"}],
+        "messages": [],
+    });
+    let got = t
+        .render_with(&msgs, true, extra.as_object().unwrap())
+        .unwrap();
+    assert_eq!(
+        got,
+        "hi<|im_start|>assistant\n<think>\n\n</think>\n\n[1 tools]"
+    );
+}

@@ -201,8 +201,19 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        self.apply_chat_template_with(messages, add_generation_prompt, &serde_json::Map::new())
+    }
+
+    /// [`apply_chat_template`](Self::apply_chat_template) with more template variables (see
+    /// [`ChatTemplate::render_with`]).
+    pub fn apply_chat_template_with(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String> {
         match (&self.chat_template, &self.chat_template_error) {
-            (Some(template), _) => template.render(messages, add_generation_prompt),
+            (Some(template), _) => template.render_with(messages, add_generation_prompt, extra),
             (None, Some(reason)) => Err(Error::Tokenizer(reason.clone())),
             (None, None) => Err(Error::Tokenizer("the model has no chat template".into())),
         }

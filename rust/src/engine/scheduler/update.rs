@@ -126,7 +126,10 @@ impl Scheduler {
                         token,
                         logprobs: None,
                     },
-                    Sample::Logits(row) => seq.sampler.sample(&seq.params, &mut row.to_vec()),
+                    Sample::Logits(row) => {
+                        let banned = seq.banned_tokens(ctx.eos_token_ids);
+                        seq.sampler.sample(&seq.params, &mut row.to_vec(), &banned)
+                    }
                 };
                 seq.push_token(sampled.token, sampled.logprobs, ctx.eos_token_ids);
                 let mut r = Ok(());

@@ -1,0 +1,241 @@
+//! `infire._core.Engine`: a handle on the engine loop thread, shared by the Python object and
+//! its streams.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use super::convert::{invalid, output_dict, parse_request_id, to_pyerr, PromptArg};
+use super::engine_args;
+use super::sampling_params::PySamplingParams;
+use super::stream::PyStream;
+use super::tokenizer::{render_chat, PyTokenizer};
+use crate::engine::engine_loop::{EngineHandle, Submitted};
+use crate::engine::launch::launch;
+use crate::engine::RequestOutput;
+use crate::error::Error;
+use crate::sampling::SamplingParams;
+use crate::tokenizer::Tokenizer;
+
+#[pyclass(name = "Engine", module = "infire._core", frozen)]
+pub struct PyEngine {
+    handle: EngineHandle,
+    tokenizer: Arc<Tokenizer>,
+    default_sampling: SamplingParams,
+    kv_cache_tokens: usize,
+    device: &'static str,
+    device_name: String,
+}
+
+impl PyEngine {
+    fn tokenize(&self, prompt: PromptArg) -> Result<(Option<String>, Vec<u32>), Error> {
+        match prompt {
+            PromptArg::Text(t) => {
+                let ids = self.tokenizer.encode(&t, true)?;
+                Ok((Some(t), ids))
+            }
+            PromptArg::Ids(ids) => Ok((None, ids)),
+        }
+    }
+
+    /// Submits every request (all or none: a failed submission aborts those before it) and
+    /// waits for each in order, calling `progress` (with the GIL) after each one finishes.
+    fn run_all(
+        &self,
+        ids: Vec<Vec<u32>>,
+        params: Vec<PySamplingParams>,
+        priorities: Vec<i32>,
+        progress: Option<&Py<PyAny>>,
+    ) -> PyResult<Vec<RequestOutput>> {
+        let handle = &self.handle;
+        // Every prompt is checked before any is submitted: a bad one fails the batch with
+        // nothing queued.
+        let limits = handle.limits();
+        for (tokens, p) in ids.iter().zip(&params) {
+            limits.check(tokens, &p.inner).map_err(to_pyerr)?;
+        }
+        let mut submitted: Vec<Submitted> = Vec::with_capacity(ids.len());
+        for ((tokens, p), priority) in ids.into_iter().zip(params).zip(priorities) {
+            match handle.submit(tokens, p.inner, priority) {
+                Ok(s) => submitted.push(s),
+                Err(e) => {
+                    submitted.iter().for_each(|s| handle.abort(s.request_id));
+                    return Err(to_pyerr(e));
+                }
+            }
+        }
+        let request_ids: Vec<u64> = submitted.iter().map(|s| s.request_id).collect();
+        let abort_all = || request_ids.iter().for_each(|&id| handle.abort(id));
+        let mut outputs = Vec::with_capacity(submitted.len());
+        for s in submitted {
+            let o = s.wait().map_err(|e| {
+                abort_all();
+                to_pyerr(e)
+            })?;
+            outputs.push(o);
+            if let Some(cb) = progress {
+                Python::attach(|py| cb.call0(py)).inspect_err(|_| abort_all())?;
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+#[pymethods]
+impl PyEngine {
+    /// `options`: the engine options of `infire.Engine` as a JSON object (see
+    /// [`crate::engine::EngineArgs`]).
+    #[new]
+    #[pyo3(signature = (model, options="{}"))]
+    fn new(py: Python<'_>, model: PathBuf, options: &str) -> PyResult<Self> {
+        let args = engine_args(options)?;
+        let launched = py.detach(|| launch(&model, &args)).map_err(to_pyerr)?;
+        Ok(PyEngine {
+            handle: launched.handle,
+            tokenizer: launched.tokenizer,
+            default_sampling: launched.default_sampling,
+            kv_cache_tokens: launched.kv_capacity_tokens,
+            device: launched.device,
+            device_name: launched.device_name,
+        })
+    }
+
+    /// `"cpu"` or `"cuda"`.
+    #[getter]
+    fn device(&self) -> &'static str {
+        self.device
+    }
+
+    /// The GPU's name (e.g. "NVIDIA H200"), or "cpu".
+    #[getter]
+    fn device_name(&self) -> &str {
+        &self.device_name
+    }
+
+    #[getter]
+    fn tokenizer(&self) -> PyTokenizer {
+        PyTokenizer {
+            inner: self.tokenizer.clone(),
+        }
+    }
+
+    #[getter]
+    fn max_model_len(&self) -> usize {
+        self.handle.limits().max_model_len
+    }
+
+    #[getter]
+    fn kv_cache_tokens(&self) -> usize {
+        self.kv_cache_tokens
+    }
+
+    /// Load and KV-cache usage: `num_running`, `num_waiting`, `kv_blocks_total`,
+    /// `kv_blocks_used`, `prefix_cache_hit_rate`, `num_preemptions`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.handle.stats();
+        let d = PyDict::new(py);
+        d.set_item("num_running", s.num_running)?;
+        d.set_item("num_waiting", s.num_waiting)?;
+        d.set_item("kv_blocks_total", s.kv_blocks_total)?;
+        d.set_item("kv_blocks_used", s.kv_blocks_used)?;
+        d.set_item("prefix_cache_hit_rate", s.prefix_cache_hit_rate)?;
+        d.set_item("num_preemptions", s.num_preemptions)?;
+        Ok(d)
+    }
+
+    fn default_sampling_params(&self) -> PySamplingParams {
+        PySamplingParams {
+            inner: self.default_sampling.clone(),
+        }
+    }
+
+    #[pyo3(signature = (messages, add_generation_prompt=true, chat_template_kwargs=None))]
+    fn apply_chat_template(
+        &self,
+        messages: Vec<HashMap<String, String>>,
+        add_generation_prompt: bool,
+        chat_template_kwargs: Option<&str>,
+    ) -> PyResult<String> {
+        render_chat(
+            &self.tokenizer,
+            messages,
+            add_generation_prompt,
+            chat_template_kwargs,
+        )
+    }
+
+    /// Runs every prompt to completion, all scheduled together. Either every request is
+    /// accepted or none is. `progress` (a callable, no arguments) is called as each request
+    /// finishes.
+    #[pyo3(signature = (prompts, params, priorities, progress=None))]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        prompts: Vec<Bound<'py, PyAny>>,
+        params: Vec<PySamplingParams>,
+        priorities: Vec<i32>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        if prompts.len() != params.len() || prompts.len() != priorities.len() {
+            return Err(invalid(format!(
+                "{} prompts but {} sampling params and {} priorities",
+                prompts.len(),
+                params.len(),
+                priorities.len()
+            )));
+        }
+        let mut texts = Vec::with_capacity(prompts.len());
+        let mut ids = Vec::with_capacity(prompts.len());
+        for p in &prompts {
+            let p = PromptArg::from_py(p)?;
+            let (text, tokens) = py.detach(|| self.tokenize(p)).map_err(to_pyerr)?;
+            texts.push(text);
+            ids.push(tokens);
+        }
+        let progress = progress.as_ref();
+        let outputs = py.detach(|| self.run_all(ids, params, priorities, progress))?;
+        let out = PyList::empty(py);
+        for (o, text) in outputs.iter().zip(texts) {
+            out.append(output_dict(py, o, text)?)?;
+        }
+        Ok(out)
+    }
+
+    /// Starts one request and returns an iterator of its cumulative outputs.
+    #[pyo3(signature = (prompt, params, priority=0))]
+    fn stream(
+        &self,
+        py: Python<'_>,
+        prompt: &Bound<'_, PyAny>,
+        params: PySamplingParams,
+        priority: i32,
+    ) -> PyResult<PyStream> {
+        let prompt = PromptArg::from_py(prompt)?;
+        let (text, ids) = py.detach(|| self.tokenize(prompt)).map_err(to_pyerr)?;
+        let submitted = self
+            .handle
+            .submit(ids, params.inner, priority)
+            .map_err(to_pyerr)?;
+        Ok(PyStream {
+            handle: self.handle.clone(),
+            request_id: submitted.request_id,
+            prompt: text,
+            state: Mutex::new(Some(submitted)),
+        })
+    }
+
+    /// Aborts a request by id; its stream ends with finish reason "abort". Unknown or finished
+    /// requests are ignored.
+    fn abort(&self, request_id: &str) -> PyResult<()> {
+        self.handle.abort(parse_request_id(request_id)?);
+        Ok(())
+    }
+
+    /// Stops the engine loop (requests still running fail).
+    fn shutdown(&self, py: Python<'_>) {
+        py.detach(|| self.handle.shutdown());
+    }
+}
