@@ -45,7 +45,7 @@ def test_version_and_defaults_in_help():
     srv = " ".join(run("serve", "--help").stdout.split())
     for text in ("(default: 8000)", "(default: 127.0.0.1)", "--log-format", "(default: text)"):
         assert text in srv, text
-    assert "--allow-unknown-fields" in srv and "(default: 30)" in srv
+    assert "--allow-unknown-fields" in srv and "(default: 30.0)" in srv
 
 
 def test_sampling_without_a_seed_differs_per_run_and_a_seed_repeats(default_model_path):

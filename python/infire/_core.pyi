@@ -187,26 +187,15 @@ class Engine:
 def load_tokenizer(path: str) -> Tokenizer:
     """Loads only the tokenizer of a local model."""
 
-def serve(
-    model: str,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    api_key: str | None = None,
-    served_model_name: str | None = None,
-    max_waiting: int = 256,
-    options: str = "{}",
-    shutdown_grace: float | None = None,
-    header_timeout: float | None = None,
-    body_timeout: float | None = None,
-    max_connections: int | None = None,
-    allow_unknown_fields: bool = False,
-    log_level: str | None = None,
-    log_format: str = "text",
-) -> None:
-    """Serves the OpenAI-compatible API until SIGTERM or SIGINT (see ``infire.serve``)."""
+def serve(model: str, options: str = "{}", server: str = "{}") -> None:
+    """Serves the OpenAI-compatible API until SIGTERM or SIGINT (see ``infire.serve``):
+    ``options`` are the engine's options, ``server`` the server's, each a JSON object."""
 
 def engine_args_schema() -> str:
     """Every engine option (name, type, default, help) as a JSON list."""
+
+def server_args_schema() -> str:
+    """Every server option (name, type, default, help) as a JSON list."""
 
 def cuda_device_count() -> int:
     """CUDA devices this build can use (0 without a driver or GPU)."""

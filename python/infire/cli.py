@@ -12,7 +12,7 @@ import secrets
 import sys
 
 from .errors import InfireError
-from .options import engine_option_list
+from .options import engine_option_list, server_option_list
 
 
 class _Formatter(argparse.HelpFormatter):
@@ -84,53 +84,24 @@ def _add_serve_parser(sub) -> None:
         formatter_class=_Formatter,
     )
     srv.add_argument("--model", default=None, help="as for `generate` (default: SmolLM2)")
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    srv.add_argument("--port", type=int, default=8000, help="port to listen on (0: any free)")
-    srv.add_argument(
-        "--api-key",
-        default=None,
-        help="require `Authorization: Bearer KEY` on /v1 routes (default: $INFIRE_API_KEY)",
-    )
-    srv.add_argument(
-        "--served-model-name", default=None, help="model name clients use (default: file stem)"
-    )
-    srv.add_argument(
-        "--max-waiting", type=int, default=256, help="waiting sequences that trigger 429"
-    )
-    # Left out, the server's own defaults apply (ServerConfig in rust/src/server/mod.rs).
-    for flag, kind, help_text in [
-        ("--shutdown-grace", float, "seconds running requests get to finish after SIGTERM (30)"),
-        ("--header-timeout", float, "seconds a client has to send its request headers (10)"),
-        ("--body-timeout", float, "seconds a client has to send its request body (30)"),
-        ("--max-connections", int, "open connections beyond which new ones get 503 (512)"),
-    ]:
-        srv.add_argument(flag, type=kind, default=None, help=help_text.replace("(", "(default: "))
-    srv.add_argument(
-        "--allow-unknown-fields",
-        action="store_true",
-        help="ignore (and log) request fields the server does not know, instead of a 400",
-    )
-    srv.add_argument(
-        "--log-level",
-        default=None,
-        help="log filter, as RUST_LOG (info, debug, warn, 'info,infire::access=off'); "
-        "None: $RUST_LOG, else info",
-    )
-    srv.add_argument(
-        "--log-format", choices=["text", "json"], default="text", help="log line format"
-    )
+    _add_options(srv, "server options", server_option_list())
     _add_engine_args(srv)
 
 
-_ARG_TYPES = {"int": int, "optional_int": int, "float": float, "str": str}
+_ARG_TYPES = {"int": int, "optional_int": int, "float": float, "str": str, "optional_str": str}
 
 
 def _add_engine_args(parser: argparse.ArgumentParser) -> None:
-    """A flag for every engine option (``--max-num-seqs`` for ``max_num_seqs``; booleans as
-    ``--name`` / ``--no-name``), from the Rust core's list. A flag left out is not passed on,
-    so the option keeps the engine's default."""
-    group = parser.add_argument_group("engine options")
-    for o in engine_option_list():
+    """A flag for every engine option, from the Rust core's list (see `_add_options`)."""
+    _add_options(parser, "engine options", engine_option_list())
+
+
+def _add_options(parser: argparse.ArgumentParser, title: str, options) -> None:
+    """A flag for every option of ``options`` (``--max-num-seqs`` for ``max_num_seqs``;
+    booleans as ``--name`` / ``--no-name``). A flag left out is not passed on, so the option
+    keeps the Rust core's default."""
+    group = parser.add_argument_group(title)
+    for o in options:
         flag = "--" + o.name.replace("_", "-")
         # An option without a fixed default says in its help what it defaults to.
         shown = o.help if o.default is None else f"{o.help} (default: {o.default})"
@@ -160,9 +131,9 @@ def _random_seed(args: argparse.Namespace) -> None:
         print(f"infire: seed {args.seed}", file=sys.stderr)
 
 
-def _engine_options(args: argparse.Namespace) -> dict:
-    """The engine options given on the command line."""
-    given = ((o.name, getattr(args, o.name)) for o in engine_option_list())
+def _engine_options(args: argparse.Namespace, options=None) -> dict:
+    """The engine options (or those of ``options``) given on the command line."""
+    given = ((o.name, getattr(args, o.name)) for o in options or engine_option_list())
     return {name: value for name, value in given if value is not None}
 
 
@@ -173,18 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         serve(
             args.model,
-            host=args.host,
-            port=args.port,
-            api_key=args.api_key,
-            served_model_name=args.served_model_name,
-            max_waiting=args.max_waiting,
-            shutdown_grace=args.shutdown_grace,
-            header_timeout=args.header_timeout,
-            body_timeout=args.body_timeout,
-            max_connections=args.max_connections,
-            allow_unknown_fields=args.allow_unknown_fields,
-            log_level=args.log_level,
-            log_format=args.log_format,
+            **_engine_options(args, server_option_list()),
             **_engine_options(args),
         )
     except KeyboardInterrupt:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from . import _core
 from .errors import InvalidRequestError
 from .model_resolution import resolve_model
-from .options import engine_options_doc, engine_options_json
+from .options import engine_options_json, options_doc
 from .outputs import RequestOutput
 from .progress import make_bar
 from .tokenizer import Tokenizer, _template_kwargs, _text_messages
@@ -225,7 +225,7 @@ class Engine:
         return params
 
 
-Engine.__doc__ = Engine.__doc__.format(options=engine_options_doc())
+Engine.__doc__ = Engine.__doc__.format(options=options_doc())
 
 LLM = Engine
 """vLLM's name for the engine: ``infire.LLM(model, **options)`` is ``infire.Engine``."""

@@ -16,6 +16,7 @@ pub mod error;
 pub mod kv;
 pub mod loader;
 pub mod model;
+pub mod options;
 pub mod sampling;
 pub mod server;
 pub mod tokenizer;

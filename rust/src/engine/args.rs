@@ -10,6 +10,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::options::{declare_options, parse_options};
+
+pub use crate::options::{OptionSchema, OptionType};
 
 /// The kind of device an engine runs on, for the defaults that depend on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,138 +40,44 @@ pub const MAX_NUM_SEQS: usize = 1 << 16;
 /// Most tokens per KV-cache block.
 pub const MAX_BLOCK_SIZE: usize = 1024;
 
-/// Declares [`EngineArgs`] from one list of `name: type = default` fields with their docs, and
-/// derives from the same list its `Default` and its [`schema`](EngineArgs::schema).
-macro_rules! engine_args {
-    ($( $(#[doc = $doc:literal])+ $name:ident : $ty:ty = $default:expr, )+) => {
-        /// The options of an engine. See the module documentation.
-        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-        #[serde(default, deny_unknown_fields)]
-        pub struct EngineArgs {
-            $( $(#[doc = $doc])+ pub $name: $ty, )+
-        }
-
-        impl Default for EngineArgs {
-            fn default() -> Self {
-                EngineArgs { $( $name: $default, )+ }
-            }
-        }
-
-        impl EngineArgs {
-            /// Name, type, default (JSON) and help of every option, in declaration order.
-            pub fn schema() -> Vec<OptionSchema> {
-                let defaults = EngineArgs::default();
-                vec![$(
-                    OptionSchema {
-                        name: stringify!($name),
-                        ty: OptionType::of(stringify!($ty)),
-                        default: serde_json::to_value(&defaults.$name)
-                            .expect("option defaults are plain JSON values"),
-                        help: help_text(&[$($doc),+]),
-                    },
-                )+]
-            }
-        }
-    };
-}
-
-engine_args! {
-    /// Where the model runs: "auto" (CUDA when a GPU is present, else the CPU), "cpu",
-    /// "cuda" or "cuda:N".
-    device: String = "auto".into(),
-    /// Weights and activations: "auto" (bfloat16 on CUDA, float32 on the CPU), "bfloat16" or
-    /// "float16" (CUDA), "float32" (CPU).
-    dtype: String = "auto".into(),
-    /// Share of the GPU's memory the engine may hold in all (weights, activations, KV cache);
-    /// the KV cache gets what the rest leaves.
-    gpu_memory_utilization: f64 = 0.9,
-    /// Longest prompt + output in tokens (default: the model's context length).
-    max_model_len: Option<usize> = None,
-    /// Seed of requests that set none (the request that arrives i-th uses seed + i).
-    seed: u64 = 0,
-    /// KV-cache capacity in tokens (default: sized from memory).
-    kv_cache_tokens: Option<usize> = None,
-    /// Most token rows in one forward step (default: 8192 on CUDA, 2048 on the CPU).
-    max_num_batched_tokens: Option<usize> = None,
-    /// Most sequences running at once (default: 256 on CUDA, 64 on the CPU).
-    max_num_seqs: Option<usize> = None,
-    /// Tokens per KV-cache block.
-    block_size: usize = 16,
-    /// Reuse the KV blocks of prompt prefixes seen before.
-    enable_prefix_caching: bool = true,
-    /// Launch each step before the previous one's outputs are processed, so that this host
-    /// work overlaps the device's (default: on for CUDA, off for the CPU, which computes a step
-    /// as it is launched).
-    async_scheduling: Option<bool> = None,
-}
-
-/// The type of an option, as the Python layer and the command line need it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OptionType {
-    Int,
-    OptionalInt,
-    Float,
-    Str,
-    Bool,
-    OptionalBool,
-}
-
-impl OptionType {
-    fn of(rust_type: &str) -> OptionType {
-        match rust_type.replace(' ', "").as_str() {
-            "usize" | "u64" => OptionType::Int,
-            "Option<usize>" => OptionType::OptionalInt,
-            "f64" => OptionType::Float,
-            "String" => OptionType::Str,
-            "bool" => OptionType::Bool,
-            "Option<bool>" => OptionType::OptionalBool,
-            other => panic!("engine option of unsupported type {other}"),
-        }
+declare_options! {
+    /// The options of an engine. See the module documentation.
+    EngineArgs {
+        /// Where the model runs: "auto" (CUDA when a GPU is present, else the CPU), "cpu",
+        /// "cuda" or "cuda:N".
+        device: String = "auto".into(),
+        /// Weights and activations: "auto" (bfloat16 on CUDA, float32 on the CPU), "bfloat16" or
+        /// "float16" (CUDA), "float32" (CPU).
+        dtype: String = "auto".into(),
+        /// Share of the GPU's memory the engine may hold in all (weights, activations, KV cache);
+        /// the KV cache gets what the rest leaves.
+        gpu_memory_utilization: f64 = 0.9,
+        /// Longest prompt + output in tokens (default: the model's context length).
+        max_model_len: Option<usize> = None,
+        /// Seed of requests that set none (the request that arrives i-th uses seed + i).
+        seed: u64 = 0,
+        /// KV-cache capacity in tokens (default: sized from memory).
+        kv_cache_tokens: Option<usize> = None,
+        /// Most token rows in one forward step (default: 8192 on CUDA, 2048 on the CPU).
+        max_num_batched_tokens: Option<usize> = None,
+        /// Most sequences running at once (default: 256 on CUDA, 64 on the CPU).
+        max_num_seqs: Option<usize> = None,
+        /// Tokens per KV-cache block.
+        block_size: usize = 16,
+        /// Reuse the KV blocks of prompt prefixes seen before.
+        enable_prefix_caching: bool = true,
+        /// Launch each step before the previous one's outputs are processed, so that this host
+        /// work overlaps the device's (default: on for CUDA, off for the CPU, which computes a step
+        /// as it is launched).
+        async_scheduling: Option<bool> = None,
     }
-}
-
-/// One option as [`EngineArgs::schema`] describes it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct OptionSchema {
-    pub name: &'static str,
-    #[serde(rename = "type")]
-    pub ty: OptionType,
-    pub default: serde_json::Value,
-    pub help: String,
-}
-
-/// The doc comment lines of a field as one paragraph.
-fn help_text(lines: &[&str]) -> String {
-    lines.iter().map(|l| l.trim()).collect::<Vec<_>>().join(" ")
 }
 
 impl EngineArgs {
     /// Parses options given as a JSON object (unknown names and wrong types are errors that
     /// name the option).
     pub fn from_json(json: &str) -> Result<EngineArgs> {
-        let bad = |m: String| Error::InvalidConfig(m);
-        let value: serde_json::Value =
-            serde_json::from_str(json).map_err(|e| bad(format!("engine options: {e}")))?;
-        let serde_json::Value::Object(options) = value else {
-            return Err(bad("engine options must be a JSON object".into()));
-        };
-        // Option by option first, so that an error names the option it is about (serde's
-        // type errors name only a position in the text).
-        let known: Vec<&str> = EngineArgs::schema().iter().map(|o| o.name).collect();
-        for (name, v) in &options {
-            if !known.contains(&name.as_str()) {
-                return Err(bad(format!(
-                    "unknown engine option {name:?}; the options are {}",
-                    known.join(", ")
-                )));
-            }
-            let one = serde_json::Value::Object([(name.clone(), v.clone())].into_iter().collect());
-            serde_json::from_value::<EngineArgs>(one)
-                .map_err(|e| bad(format!("engine option {name} = {v}: {e}")))?;
-        }
-        let args: EngineArgs = serde_json::from_value(serde_json::Value::Object(options))
-            .map_err(|e| bad(format!("engine options: {e}")))?;
+        let args: EngineArgs = parse_options(json, "engine", &EngineArgs::schema())?;
         args.validate()?;
         Ok(args)
     }

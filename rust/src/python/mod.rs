@@ -32,6 +32,13 @@ fn engine_args_schema() -> String {
     serde_json::to_string(&EngineArgs::schema()).expect("the schema is plain JSON")
 }
 
+/// Every server option (name, type, default, help) as JSON (see `ServerArgs::schema`).
+#[pyfunction]
+fn server_args_schema() -> String {
+    let schema = crate::server::ServerArgs::schema();
+    serde_json::to_string(&schema).expect("the schema is plain JSON")
+}
+
 /// Number of CUDA devices this build can use (0 without a driver or GPU).
 #[pyfunction]
 fn cuda_device_count() -> usize {
@@ -48,6 +55,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(serve::serve, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
     m.add_function(wrap_pyfunction!(engine_args_schema, m)?)?;
+    m.add_function(wrap_pyfunction!(server_args_schema, m)?)?;
     #[cfg(feature = "cuda")]
     {
         m.add_function(wrap_pyfunction!(kernels::kernel_names, m)?)?;

@@ -14,6 +14,7 @@
 
 mod access_log;
 mod admission;
+mod args;
 mod auth;
 mod chat;
 mod completions;
@@ -45,6 +46,7 @@ use futures_util::StreamExt;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
+pub use args::ServerArgs;
 pub use errors::ApiError;
 pub use logging::{init as init_logging, LogFormat};
 pub use metrics::Metrics;
@@ -54,7 +56,7 @@ use crate::error::{Error, Result};
 use crate::sampling::{SamplingParams, StopReason};
 use crate::tokenizer::Tokenizer;
 
-/// Server options. [`ServerConfig::new`] gives the defaults documented on each field.
+/// The server's settled options (from [`ServerArgs`], whose fields document them).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Address to listen on (default 127.0.0.1).
@@ -87,21 +89,11 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults for serving `served_model_name`.
+    /// Defaults ([`ServerArgs`]'s) for serving `served_model_name`.
     pub fn new(served_model_name: impl Into<String>) -> Self {
-        ServerConfig {
-            host: "127.0.0.1".into(),
-            port: 8000,
-            api_key: None,
-            served_model_name: served_model_name.into(),
-            max_waiting: 256,
-            max_body_bytes: 8 << 20,
-            shutdown_grace: Duration::from_secs(30),
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            max_connections: 512,
-            allow_unknown_fields: false,
-        }
+        ServerArgs::default()
+            .server_config(&served_model_name.into())
+            .expect("the default server options are valid")
     }
 }
 

@@ -1,0 +1,131 @@
+//! Every server option in one place, declared as the engine's are (`crate::options`):
+//! [`ServerArgs`] is what `infire.serve(**kwargs)` and the flags of `infire serve` set, built
+//! from [`ServerArgs::schema`]; [`ServerArgs::server_config`] checks it and settles it into the
+//! [`ServerConfig`] the server runs with.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::ServerConfig;
+use crate::error::{Error, Result};
+use crate::options::{declare_options, parse_options};
+
+declare_options! {
+    /// The options of the HTTP server.
+    ServerArgs {
+        /// Address to listen on.
+        host: String = "127.0.0.1".into(),
+        /// Port to listen on (0: any free one, printed at start).
+        port: u16 = 8000,
+        /// Require `Authorization: Bearer KEY` on /v1 routes (default: $INFIRE_API_KEY, else
+        /// none).
+        api_key: Option<String> = None,
+        /// The model name clients use (default: the model file's stem).
+        served_model_name: Option<String> = None,
+        /// Sequences waiting in the engine at which new requests get 429.
+        max_waiting: usize = 256,
+        /// Largest request body in bytes; larger ones get 413.
+        max_body_bytes: usize = 8 << 20,
+        /// Seconds running requests get to finish after SIGTERM; streams still open then end
+        /// with an error event.
+        shutdown_grace: f64 = 30.0,
+        /// Seconds a connection has to send a request's head once it is ready for one (slow
+        /// headers and idle keep-alive connections are closed after this).
+        header_timeout: f64 = 10.0,
+        /// Seconds a request's body has to arrive once its head has (slower ones get 408).
+        body_timeout: f64 = 30.0,
+        /// Connections served at once; one more gets a 503 and is closed.
+        max_connections: usize = 512,
+        /// Ignore (and log) request fields the server does not know, instead of a 400.
+        allow_unknown_fields: bool = false,
+        /// Log filter, as RUST_LOG ("info", "debug", "info,infire::access=off"; default:
+        /// $RUST_LOG, else info).
+        log_level: Option<String> = None,
+        /// Log line format: "text" or "json".
+        log_format: String = "text".into(),
+    }
+}
+
+impl ServerArgs {
+    /// Parses options given as a JSON object (unknown names and wrong types are errors that
+    /// name the option).
+    pub fn from_json(json: &str) -> Result<ServerArgs> {
+        parse_options(json, "server", &ServerArgs::schema())
+    }
+
+    /// The server's configuration for serving `default_name` (the name clients use unless
+    /// `served_model_name` is set); an impossible value is an [`Error::InvalidConfig`] naming
+    /// it. (`$INFIRE_API_KEY` is read where a server is started from these options, not here.)
+    pub fn server_config(&self, default_name: &str) -> Result<ServerConfig> {
+        let seconds = |name: &str, s: f64| {
+            Duration::try_from_secs_f64(s).map_err(|_| {
+                Error::InvalidConfig(format!(
+                    "{name} must be a non-negative number of seconds, got {s}"
+                ))
+            })
+        };
+        for (name, n) in [
+            ("max_connections", self.max_connections),
+            ("max_body_bytes", self.max_body_bytes),
+        ] {
+            if n == 0 {
+                return Err(Error::InvalidConfig(format!("{name} must be at least 1")));
+            }
+        }
+        Ok(ServerConfig {
+            host: self.host.clone(),
+            port: self.port,
+            api_key: self.api_key.clone(),
+            served_model_name: self
+                .served_model_name
+                .clone()
+                .unwrap_or_else(|| default_name.to_string()),
+            max_waiting: self.max_waiting,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_grace: seconds("shutdown_grace", self.shutdown_grace)?,
+            header_timeout: seconds("header_timeout", self.header_timeout)?,
+            body_timeout: seconds("body_timeout", self.body_timeout)?,
+            max_connections: self.max_connections,
+            allow_unknown_fields: self.allow_unknown_fields,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_the_servers_and_bad_values_are_named() {
+        let config = ServerArgs::default().server_config("m").unwrap();
+        assert_eq!(config.served_model_name, "m");
+        assert_eq!(config.max_waiting, 256);
+        assert_eq!(config.header_timeout, Duration::from_secs(10));
+        let args = ServerArgs::from_json(r#"{"port": 0, "shutdown_grace": 1.5}"#).unwrap();
+        let config = args.server_config("m").unwrap();
+        assert_eq!(
+            (config.port, config.shutdown_grace),
+            (0, Duration::from_millis(1500))
+        );
+        for (json, named) in [
+            (r#"{"prot": 1}"#, "prot"),
+            (r#"{"port": 70000}"#, "port"),
+            (r#"{"max_waiting": "x"}"#, "max_waiting"),
+        ] {
+            let e = ServerArgs::from_json(json).unwrap_err().to_string();
+            assert!(e.contains(named), "{json}: {e}");
+        }
+        let bad = ServerArgs {
+            body_timeout: -1.0,
+            ..ServerArgs::default()
+        };
+        let e = bad.server_config("m").unwrap_err().to_string();
+        assert!(e.contains("body_timeout"), "{e}");
+        let none = ServerArgs {
+            max_connections: 0,
+            ..ServerArgs::default()
+        };
+        assert!(none.server_config("m").is_err());
+    }
+}
