@@ -181,6 +181,47 @@ fn response(
     })
 }
 
+/// The deltas of every generation as they come, each with its generation's index; a failure
+/// ends its generation's part.
+fn interleave(
+    gens: Vec<Generation>,
+) -> stream::SelectAll<stream::BoxStream<'static, Result<(usize, SeqDelta), ApiError>>> {
+    stream::select_all(gens.into_iter().enumerate().map(|(i, g)| {
+        stream::unfold(Some(g), move |g| async move {
+            let mut g = g?;
+            match g.next().await {
+                Ok(Some(d)) => Some((Ok((i, d)), Some(g))),
+                Ok(None) => None,
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+        .boxed()
+    }))
+}
+
+/// The `choices` of a streamed chunk for delta `d` of choice `index` (with `k` top logprobs
+/// per token when asked for).
+fn delta_choice(
+    state: &AppState,
+    index: usize,
+    d: &SeqDelta,
+    k: Option<usize>,
+    choice: &mut Choice,
+) -> Value {
+    let logprobs = k.map(|k| {
+        let lp = d.logprobs.as_deref().unwrap_or_default();
+        let items = token_logprobs(&state.tokenizer, &d.token_ids, lp, k);
+        completion_shape(&items, &mut choice.text_offset)
+    });
+    json!([{
+        "index": index,
+        "text": d.text,
+        "logprobs": logprobs,
+        "finish_reason": d.finish_reason.map(|r| r.as_str()),
+        "stop_reason": stop_reason_json(d.stop_reason.as_ref()),
+    }])
+}
+
 /// Produces the chunks of a streamed response, all prompts' sequences interleaved.
 #[allow(clippy::too_many_arguments)]
 async fn stream_chunks(
@@ -226,17 +267,7 @@ async fn stream_chunks(
         usage.add(g.output().prompt_token_ids.len(), 0);
     }
     let mut choices = vec![Choice::default(); gens.len() * n];
-    let mut merged = stream::select_all(gens.into_iter().enumerate().map(|(i, g)| {
-        stream::unfold(Some(g), move |g| async move {
-            let mut g = g?;
-            match g.next().await {
-                Ok(Some(d)) => Some((Ok((i, d)), Some(g))),
-                Ok(None) => None,
-                Err(e) => Some((Err(e), None)),
-            }
-        })
-        .boxed()
-    }));
+    let mut merged = interleave(gens);
     loop {
         let item = tokio::select! {
             item = merged.next() => item,
@@ -251,17 +282,15 @@ async fn stream_chunks(
             }
         };
         usage.add(0, d.token_ids.len());
-        let choice = &mut choices[i * n + d.index];
-        if let (Some(k), Some(echo), true) = (k, &echoes[i], echo_pending[i * n + d.index]) {
-            echo_pending[i * n + d.index] = false;
-            let items = prompt_token_logprobs(
-                &state.tokenizer,
-                &prompts[i],
-                d.prompt_logprobs.as_deref().unwrap_or_default(),
-                k,
-            );
+        let index = i * n + d.index;
+        let choice = &mut choices[index];
+        if let (Some(k), Some(echo), true) = (k, &echoes[i], echo_pending[index]) {
+            // With logprobs the echoed prompt waits for the first delta (its logprobs).
+            echo_pending[index] = false;
+            let lp = d.prompt_logprobs.as_deref().unwrap_or_default();
+            let items = prompt_token_logprobs(&state.tokenizer, &prompts[i], lp, k);
             let c = json!([{
-                "index": i * n + d.index,
+                "index": index,
                 "text": echo,
                 "logprobs": completion_shape(&items, &mut choice.text_offset),
                 "finish_reason": null,
@@ -270,23 +299,7 @@ async fn stream_chunks(
                 return;
             }
         }
-        let logprobs = k.map(|k| {
-            let items = token_logprobs(
-                &state.tokenizer,
-                &d.token_ids,
-                d.logprobs.as_deref().unwrap_or_default(),
-                k,
-            );
-            completion_shape(&items, &mut choice.text_offset)
-        });
-        let c = json!([{
-            "index": i * n + d.index,
-            "text": d.text,
-            "logprobs": logprobs,
-            "finish_reason": d.finish_reason.map(|r| r.as_str()),
-            "stop_reason": stop_reason_json(d.stop_reason.as_ref()),
-        }]);
-        if !out.send(&chunk(c)) {
+        if !out.send(&chunk(delta_choice(&state, index, &d, k, choice))) {
             return;
         }
     }
