@@ -3,15 +3,17 @@
 //! that each weight block is loaded and unpacked once for `R` rows.
 //!
 //! Per block: the 32 weight codes are widened to 32 bytes; for each of the activation's two
-//! levels, `_mm256_maddubs_epi16` multiplies unsigned by signed bytes and adds pairs to i16,
-//! `_mm256_madd_epi16` adds pairs to 8 i32 lanes (exact: |pair| ≤ 2·128·127 < 2¹⁵), which
-//! are converted to f32 (exact, < 2²⁴) and accumulated with `d_w·d_a` (`d_w·d2_a`) by FMA. Signed codes (Q4_0, Q8_0) go through the sign trick:
+//! levels, `_mm256_maddubs_epi16` multiplies unsigned by signed bytes and adds pairs to i16
+//! (exact: |pair| ≤ 2·128·127 < 2¹⁵); `_mm256_madd_epi16` adds pairs of those to 8 i32 lanes,
+//! weighted 254 for the first level and 1 for the residual, so the two levels meet in
+//! integers; the lanes are converted to f32 (exact, < 2²⁴) and accumulated with `d_w·d_a`
+//! by FMA. Signed codes (Q4_0, Q8_0) go through the sign trick:
 //! `maddubs(|w|, sign(a, w))`. The minimum of Q4_1 adds `m_w·s_a` per block in a scalar.
 //! Same value as [`super::QuantFormat::dot_scalar`] up to the order of f32 additions.
 
 use std::arch::x86_64::*;
 
-use super::q8::Q8Block;
+use super::q8::{Q8Block, RESIDUAL_STEPS};
 use super::QuantFormat;
 
 /// Proof that this CPU has AVX2, FMA and F16C: the only way to get one is [`Avx2::detect`],
@@ -134,6 +136,7 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_rows<B: Block, const R: usize>(w: &[u8], acts: &[Q8Block], nb: usize) -> [f32; R] {
     let ones = _mm256_set1_epi16(1);
+    let steps = _mm256_set1_epi16(RESIDUAL_STEPS as i16);
     let mut acc = [_mm256_setzero_ps(); R];
     let mut mins = [0.0f32; R];
     for b in 0..nb {
@@ -146,20 +149,24 @@ unsafe fn dot_rows<B: Block, const R: usize>(w: &[u8], acts: &[Q8Block], nb: usi
         } else {
             codes
         };
-        // The 8 i32 lanes of `Σ codes · qs` (pairs of pairs of adjacent elements).
-        let lanes = |qs: &[i8; 32]| {
+        // `maddubs` of the codes with one level's activation codes: 16 i16 pair sums.
+        let pairs = |qs: &[i8; 32]| {
             let q = _mm256_loadu_si256(qs.as_ptr().cast());
             let q = if B::SIGNED {
                 _mm256_sign_epi8(q, codes)
             } else {
                 q
             };
-            _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(abs, q), ones))
+            _mm256_maddubs_epi16(abs, q)
         };
         for r in 0..R {
             let a = acts.get_unchecked(r * nb + b);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), lanes(&a.qs), acc[r]);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d2), lanes(&a.qs2), acc[r]);
+            // 8 i32 lanes of Σ codes·(254·qs + qs2): |lane| ≤ 4·128·(254 + 1)·127 < 2²⁴.
+            let lanes = _mm256_add_epi32(
+                _mm256_madd_epi16(pairs(&a.qs), steps),
+                _mm256_madd_epi16(pairs(&a.qs2), ones),
+            );
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), _mm256_cvtepi32_ps(lanes), acc[r]);
             if !B::SIGNED {
                 mins[r] += f16_at(wp.add(2)) * a.s;
             }

@@ -3,7 +3,7 @@
 
 use half::f16;
 
-use super::q8::Q8Block;
+use super::q8::{Q8Block, RESIDUAL_STEPS};
 use super::BLOCK;
 use crate::weights::ggml_quants::GgmlType;
 
@@ -80,20 +80,19 @@ impl QuantFormat {
     }
 
     /// The reference dot product of one weight row (its blocks, in this format) with one row
-    /// of activation blocks: `Σ_b d_w·(d_a·Σ codes·qs + d2_a·Σ codes·qs2) + m_w·s_a`, each
-    /// block's integer sums exact, accumulated in f32 in block order.
+    /// of activation blocks: `Σ_b d_w·d_a·(Σ codes·(254·qs + qs2)) + m_w·s_a`, each block's
+    /// integer sum exact in i32 (|·| < 2²⁸), accumulated in f32 in block order.
     pub fn dot_scalar(self, w: &[u8], a: &[Q8Block]) -> f32 {
-        let idot = |codes: &[i32; BLOCK], qs: &[i8; BLOCK]| {
-            codes
-                .iter()
-                .zip(qs)
-                .map(|(&c, &q)| c * i32::from(q))
-                .sum::<i32>() as f32
-        };
         let mut sum = 0.0f32;
         for (b, a) in w.chunks_exact(self.block_bytes()).zip(a) {
             let (codes, d, m) = self.decode(b);
-            sum += d * a.d * idot(&codes, &a.qs) + d * a.d2 * idot(&codes, &a.qs2) + m * a.s;
+            let idot: i32 = (0..BLOCK)
+                .map(|i| {
+                    let q = RESIDUAL_STEPS * i32::from(a.qs[i]) + i32::from(a.qs2[i]);
+                    codes[i] * q
+                })
+                .sum();
+            sum += d * a.d * idot as f32 + m * a.s;
         }
         sum
     }

@@ -28,7 +28,7 @@ mod format;
 mod q8;
 
 pub use format::QuantFormat;
-pub use q8::{quantize_row, Q8Block};
+pub use q8::{quantize_row, Q8Block, RESIDUAL_STEPS};
 
 use std::cell::RefCell;
 

@@ -4,23 +4,26 @@
 //! One 8-bit level (llama.cpp's scheme) moves the default model's log-probabilities by up to
 //! 0.3 nats against the f32 path and flips 8 of the 12 golden greedy continuations by more
 //! than the 0.05 nats issue 18 allows (NOTES.md). The residual level costs one more integer
-//! dot product per block against the same unpacked weights, and brings the rounding error
-//! of each value from `d/2` down to `d₂/2 ≤ d/508`.
+//! dot product per block against the same unpacked weights (combined with the first in
+//! integers, so one conversion and one FMA per block still), and brings the rounding error of
+//! each value from `max|x|/254` down to `max|x|/64,516`.
 
 use super::BLOCK;
 
-/// 32 activations as `x[i] ≈ d · qs[i] + d2 · qs2[i]`: `d = max|x| / 127`, `qs[i] =
-/// round(x[i] / d)`, then the same for the residual `r[i] = x[i] − d · qs[i]` (codes in
-/// `-127..=127`); `s = d · Σ qs + d2 · Σ qs2`, the block's sum as represented (the formats
-/// with a per-block minimum need it).
+/// Steps of the residual level per step of the first: a block's codes form one integer code
+/// `RESIDUAL_STEPS · qs + qs2` (|·| ≤ 32,385) with the scale `d`.
+pub const RESIDUAL_STEPS: i32 = 254;
+
+/// 32 activations as `x[i] ≈ d · (254 · qs[i] + qs2[i])`: the first level rounds `x` to
+/// steps of `254 · d = max|x| / 127` (`qs`), the residual level rounds what is left to steps
+/// of `d` (`qs2`, |residual| ≤ 127·d); codes in `-127..=127`. `s` is the block's sum as
+/// represented, `d · Σ (254 · qs + qs2)` (the formats with a per-block minimum need it).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 #[repr(C)]
 pub struct Q8Block {
-    /// The first level's scale.
+    /// The scale of the combined code (the residual level's step).
     pub d: f32,
-    /// The residual level's scale.
-    pub d2: f32,
-    /// `d · Σ qs + d2 · Σ qs2`.
+    /// `d · Σ (254 · qs + qs2)`.
     pub s: f32,
     /// The first level's codes.
     pub qs: [i8; BLOCK],
@@ -28,35 +31,38 @@ pub struct Q8Block {
     pub qs2: [i8; BLOCK],
 }
 
-/// `(d, codes)` with `d = max|x| / 127` and `codes[i] = round(x[i] / d)` (ties away from
-/// zero, as `roundf`; all-zero input gives `d = 0` and zero codes).
-fn level(x: &[f32; BLOCK]) -> (f32, [i8; BLOCK]) {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+/// `x` rounded to the nearest multiple of `step` (ties away from zero, as `roundf`), in
+/// `-127..=127` steps (the clamp keeps −128 out, which the AVX2 kernels' sign trick cannot
+/// negate, and catches the last-bit overshoot of `x / step`). `step = 0` gives zero codes.
+fn codes(x: &[f32; BLOCK], step: f32) -> [i8; BLOCK] {
+    let inv = if step != 0.0 { 1.0 / step } else { 0.0 };
     let mut qs = [0i8; BLOCK];
     for (q, &v) in qs.iter_mut().zip(x) {
-        // |v · id| ≤ 127 up to rounding; the clamp keeps −128 out, which the AVX2 kernels'
-        // sign trick cannot negate.
-        *q = (v * id).round().clamp(-127.0, 127.0) as i8;
+        *q = (v * inv).round().clamp(-127.0, 127.0) as i8;
     }
-    (d, qs)
+    qs
 }
 
 impl Q8Block {
     /// Quantizes 32 values in two levels.
     pub fn quantize(x: &[f32; BLOCK]) -> Q8Block {
-        let (d, qs) = level(x);
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let d = amax / (127.0 * RESIDUAL_STEPS as f32);
+        let step = d * RESIDUAL_STEPS as f32;
+        let qs = codes(x, step);
         let mut r = [0.0f32; BLOCK];
         for ((r, &x), &q) in r.iter_mut().zip(x).zip(&qs) {
-            *r = x - d * f32::from(q);
+            *r = x - step * f32::from(q);
         }
-        let (d2, qs2) = level(&r);
-        let sum = |qs: &[i8; BLOCK]| qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32;
+        let qs2 = codes(&r, d);
+        let sum: i32 = qs
+            .iter()
+            .zip(&qs2)
+            .map(|(&q, &q2)| RESIDUAL_STEPS * i32::from(q) + i32::from(q2))
+            .sum();
         Q8Block {
             d,
-            d2,
-            s: d * sum(&qs) + d2 * sum(&qs2),
+            s: d * sum as f32,
             qs,
             qs2,
         }
