@@ -118,8 +118,26 @@ fn main() {
         }
     }
     if let Some(path) = json_path {
-        std::fs::write(path, format!("[\n{}\n]\n", json.join(",\n"))).unwrap();
+        let head = format!(
+            "{{\"bench\":\"cpu_quant\",\"machine\":\"{}, {} threads\",\"command\":\"cargo bench --bench cpu_quant -- --json {path}\",\"rows\":[",
+            cpu_name(),
+            rayon::current_num_threads()
+        );
+        std::fs::write(path, format!("{head}\n{}\n]}}\n", json.join(",\n"))).unwrap();
     }
+}
+
+/// The CPU's model name from `/proc/cpuinfo` (Linux), or "unknown CPU".
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|n| n.trim().replace('"', "'"))
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
 }
 
 /// `‖got − want‖ / ‖want‖`.
