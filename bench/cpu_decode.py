@@ -33,6 +33,7 @@ def cpu_name() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
+    ap.add_argument("--dtype", default="auto", help='"auto" (GGUF blocks quantized), "float32"')
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--runs", type=int, default=3)
@@ -40,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
 
     t0 = time.perf_counter()
-    engine = infire.Engine(model=args.model)
+    engine = infire.Engine(model=args.model, device="cpu", dtype=args.dtype)
     load_s = time.perf_counter() - t0
     tok = engine.tokenizer
     base = tok.encode("The history of the city begins with a small settlement by the river. ")
@@ -73,7 +74,8 @@ def main() -> None:
         "decode_tok_s": round(best["decode_tok_s"], 2),
         "ttft_ms": round(best["ttft_s"] * 1000, 1),
         "peak_rss_mb": round(rss_mb, 1),
-        "command": "python bench/cpu_decode.py",
+        "dtype": args.dtype,
+        "command": "python bench/cpu_decode.py --dtype " + args.dtype,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -26,6 +26,7 @@ import infire
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
+    ap.add_argument("--dtype", default="auto", help='"auto" (GGUF blocks quantized), "float32"')
     ap.add_argument("--requests", type=int, default=64)
     ap.add_argument("--min-prompt", type=int, default=16)
     ap.add_argument("--max-prompt", type=int, default=128)
@@ -33,7 +34,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cpu_throughput.json"))
     args = ap.parse_args()
 
-    engine = infire.Engine(model=args.model)
+    engine = infire.Engine(model=args.model, device="cpu", dtype=args.dtype)
     text = (
         "The history of the city begins with a small settlement by the river, where traders "
         "met to exchange grain, salt and wool. Over the centuries it grew into a busy port. "
@@ -75,7 +76,8 @@ def main() -> None:
         "one_by_one_output_tok_s": round(out_tokens / single_s, 1),
         "gain": round(single_s / batched_s, 2),
         "identical_greedy_outputs": same,
-        "command": "python bench/cpu_throughput.py",
+        "dtype": args.dtype,
+        "command": "python bench/cpu_throughput.py --dtype " + args.dtype,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -199,10 +199,11 @@ GOLDEN = json.loads((Path(__file__).parent / "golden" / "smollm2_generation.json
 def test_prompt_logprobs_match_transformers(default_model_path, chunk):
     """Teacher-forced: the golden prompt followed by its first 10 greedy tokens; the prompt
     log-probabilities of those tokens are transformers' per-step log-probabilities (5e-4, as
-    in test_generation.py), also when the prompt is computed in chunks of 7 rows."""
+    in test_generation.py), also when the prompt is computed in chunks of 7 rows. On the f32
+    path (`dtype="float32"`), as the golden is f32."""
     case = next(c for c in GOLDEN["cases"] if c["name"] == "capital_of_france")
     prompt = case["prompt_token_ids"] + case["token_ids"][:10]
-    eng = infire.Engine(model=default_model_path, max_num_batched_tokens=chunk)
+    eng = infire.Engine(model=default_model_path, max_num_batched_tokens=chunk, dtype="float32")
     params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=3)
     (out,) = eng.generate(prompt, params)
     plp = out.prompt_logprobs

@@ -56,6 +56,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
+def engine(default_model_path) -> infire.Engine:
+    """The CPU backend's f32 reference path: the golden is transformers in f32. (The default
+    dtype keeps the GGUF blocks quantized; tests/test_cpu_quant.py compares it with this.)"""
+    return infire.Engine(model=default_model_path, device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
 def params():
     return infire.SamplingParams(
         max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True, logprobs=TOP_LOGPROBS
@@ -65,8 +72,7 @@ def params():
 @pytest.fixture(scope="module")
 def outputs(engine, params):
     """Engine outputs for every golden case, by case name: raw prompts in one batch, chat
-    conversations in another. `engine` is conftest.py's module-scoped CPU engine on the
-    default model."""
+    conversations in another, from this module's f32 CPU engine on the default model."""
     raw = engine.generate([case["prompt"] for case in RAW_CASES], params)
     chat = engine.chat([case["messages"] for case in CHAT_CASES], params)
     assert len(raw) == len(RAW_CASES) and len(chat) == len(CHAT_CASES)

@@ -46,8 +46,9 @@ declare_options! {
         /// Where the model runs: "auto" (CUDA when a GPU is present, else the CPU), "cpu",
         /// "cuda" or "cuda:N".
         device: String = "auto".into(),
-        /// Weights and activations: "auto" (bfloat16 on CUDA, float32 on the CPU), "bfloat16" or
-        /// "float16" (CUDA), "float32" (CPU).
+        /// Weights and activations: "auto" (bfloat16 on CUDA; on the CPU, f32 activations with
+        /// GGUF Q4_0/Q4_1/Q8_0 weights kept quantized and the rest in float32), "bfloat16" or
+        /// "float16" (CUDA), "float32" (CPU: every weight dequantized to f32, the reference).
         dtype: String = "auto".into(),
         /// Share of the GPU's memory the engine may hold in all (weights, activations, KV cache);
         /// the KV cache gets what the rest leaves.

@@ -87,7 +87,9 @@ pub fn launch(model: &Path, opts: &EngineArgs) -> Result<Launched> {
                     opts.dtype
                 )));
             }
-            let backend = CpuBackend::for_model(&files.config, config.block_size);
+            // "auto" keeps GGUF blocks quantized; "float32" is the f32 reference path.
+            let backend = CpuBackend::for_model(&files.config, config.block_size)
+                .keep_quantized(opts.dtype == "auto");
             finish(Engine::new(backend, files, config)?, "cpu", "cpu".into())
         }
         #[cfg(feature = "cuda")]

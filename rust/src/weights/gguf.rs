@@ -13,13 +13,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use memmap2::Mmap;
 
 use super::finite::check_finite;
-use super::ggml_quants::{dequantize, DequantError, GgmlType};
+use super::ggml_quants::{block_scales_finite, dequantize, DequantError, GgmlType};
 use super::gguf_value::GgufValue;
-use super::{HostTensor, WeightSource};
+use super::{HostTensor, RawTensor, WeightSource};
 use crate::error::{Error, Result};
 
 mod header;
@@ -84,6 +85,12 @@ pub struct GgufFile {
     /// Hugging Face name (or, for a tensor with no HF equivalent, its GGUF name) → index in
     /// `tensors`.
     by_hf_name: BTreeMap<String, usize>,
+    /// Each tensor's row-major shape ([`GgufTensorInfo::shape`]), kept for [`WeightSource::raw`].
+    shapes: Vec<Vec<usize>>,
+    /// Per tensor, its quantized rows with llama.cpp's Q/K permutation undone, made on the
+    /// first [`WeightSource::raw`] of a permuted tensor (`None`: the rows cannot be split
+    /// into the file's heads; `load_f32` reports why).
+    unpermuted: Vec<OnceLock<Option<Box<[u8]>>>>,
 }
 
 impl GgufFile {
@@ -140,6 +147,8 @@ impl GgufFile {
             alignment: header.alignment,
             data_start: header.data_start,
             metadata: header.metadata,
+            shapes: header.tensors.iter().map(GgufTensorInfo::shape).collect(),
+            unpermuted: header.tensors.iter().map(|_| OnceLock::new()).collect(),
             tensors: header.tensors,
             by_hf_name,
         })
@@ -268,6 +277,35 @@ impl WeightSource for GgufFile {
 
     fn names(&self) -> Vec<String> {
         self.by_hf_name.keys().cloned().collect()
+    }
+
+    /// The blocks of a block-quantized tensor (`dtype` is ggml's type name, `"Q4_1"`; each row
+    /// is a whole number of blocks), with llama.cpp's Q/K row permutation undone as in
+    /// `load_f32`. Dense tensors (F32, F16, BF16) are not offered: they load through f32.
+    /// `None` as well when a block's scale is not finite, so that `load_f32` reports it.
+    fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
+        let &i = self.by_hf_name.get(name)?;
+        let info = &self.tensors[i];
+        let (ty, bytes) = self.tensor_data(info).ok()?;
+        if !block_scales_finite(ty, bytes) {
+            return None;
+        }
+        let shape = &self.shapes[i];
+        let bytes = match self.interleaved_heads(&info.name).ok()? {
+            None => bytes,
+            Some(heads) => self.unpermuted[i]
+                .get_or_init(|| {
+                    reverse_permute_rows(bytes, shape, heads)
+                        .ok()
+                        .map(Vec::into_boxed_slice)
+                })
+                .as_deref()?,
+        };
+        Some(RawTensor {
+            dtype: ty.name(),
+            shape,
+            bytes,
+        })
     }
 }
 
@@ -553,6 +591,44 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("cannot be split into 3 heads"));
+    }
+
+    /// `raw` offers block-quantized tensors only, with the Q/K rows in Hugging Face order
+    /// (their dequantization equals `load_f32`), and refuses a block with an infinite scale.
+    #[test]
+    fn raw_blocks_are_unpermuted_and_checked() {
+        // 8 rows of one Q4_1 block (20 bytes): scale 2⁻⁴ and min −2⁻³ (f16), then the row's
+        // index in every nibble, so that each row dequantizes to its own values.
+        let block = |row: u8, d: [u8; 2]| {
+            let mut b = vec![d[0], d[1], 0x00, 0xB0];
+            b.extend([row | (row << 4); 16]);
+            b
+        };
+        let good: Vec<u8> = (0..8).flat_map(|r| block(r, [0x00, 0x2C])).collect();
+        let mut bad = good.clone();
+        bad[20..22].copy_from_slice(&[0x00, 0x7C]);
+        let file = GgufFile::from_bytes(
+            Builder::new()
+                .kv_str("general.architecture", "llama")
+                .kv_u32("llama.attention.head_count", 2)
+                .tensor("blk.0.attn_q.weight", &[32, 8], 3, &good)
+                .tensor("blk.0.attn_v.weight", &[32, 8], 3, &good)
+                .tensor("blk.0.attn_k.weight", &[32, 8], 3, &bad)
+                .tensor("output_norm.weight", &[2], 0, &f32_bytes(&[1.0, 2.0]))
+                .build(),
+        )
+        .unwrap();
+        for (name, permuted) in [("q_proj", true), ("v_proj", false)] {
+            let name = format!("model.layers.0.self_attn.{name}.weight");
+            let raw = file.raw(&name).unwrap();
+            assert_eq!((raw.dtype, raw.shape), ("Q4_1", &[8, 32][..]));
+            assert_eq!(raw.bytes != &good[..], permuted, "{name}");
+            let values = dequantize(GgmlType::Q4_1, raw.bytes, 256).unwrap();
+            assert_eq!(values, file.load_f32(&name).unwrap().data, "{name}");
+        }
+        assert!(file.raw("model.layers.0.self_attn.k_proj.weight").is_none());
+        assert!(file.raw("model.norm.weight").is_none());
+        assert!(file.raw("lm_head.weight").is_none());
     }
 
     /// Reads `tiny_llama.gguf`, written by gguf-py's `GGUFWriter`, and compares every tensor with

@@ -27,10 +27,12 @@ impl HostTensor {
     }
 }
 
-/// A tensor's bytes as its file stores them (little-endian), unconverted.
+/// A tensor's bytes as its file stores them (little-endian), unconverted (except for a
+/// row permutation the reader undoes, so that rows are in Hugging Face order).
 #[derive(Debug, Clone, Copy)]
 pub struct RawTensor<'a> {
-    /// The file's dtype name (`"BF16"`, `"F16"`, `"F32"`).
+    /// The file's dtype name: `"BF16"`, `"F16"`, `"F32"` (safetensors), or a ggml block type
+    /// (`"Q4_1"`, `"Q8_0"`, ...: GGUF; each row is a whole number of blocks).
     pub dtype: &'a str,
     pub shape: &'a [usize],
     pub bytes: &'a [u8],
@@ -45,10 +47,11 @@ pub trait WeightSource: Send + Sync {
     fn load_f32(&self, name: &str) -> Result<HostTensor>;
     /// Every tensor name in the source (for error messages and checks).
     fn names(&self) -> Vec<String>;
-    /// The tensor's bytes as stored, when the source keeps them in a plain dense dtype (so a
-    /// backend that computes in that dtype copies them as they are). `None` otherwise, and `None`
-    /// when a sample of the bytes holds a non-finite value, so that the caller falls back to
-    /// [`WeightSource::load_f32`], which reports it.
+    /// The tensor's bytes as stored, when the source keeps them in a dense dtype (safetensors)
+    /// or in ggml blocks (GGUF), so that a backend that computes in that dtype copies them as
+    /// they are. `None` otherwise, and `None` when the bytes (a sample of them, for a dense
+    /// dtype; every block's scales, for ggml blocks) hold a non-finite value, so that the
+    /// caller falls back to [`WeightSource::load_f32`], which reports it.
     fn raw(&self, _name: &str) -> Option<RawTensor<'_>> {
         None
     }

@@ -4,7 +4,9 @@
 use super::{zeros, CpuBackend, CpuKvCache, CpuMatrix, WeightBuf};
 use crate::backend::{Backend, KvLayout, NoGraph};
 use crate::error::{Error, Result};
-use crate::weights::HostTensor;
+use crate::weights::{HostTensor, RawTensor};
+
+use super::quant::QuantMatrix;
 
 impl Backend for CpuBackend {
     type Graph = NoGraph;
@@ -15,7 +17,7 @@ impl Backend for CpuBackend {
 
     fn matrix(&self, t: HostTensor) -> Result<CpuMatrix> {
         match t.shape[..] {
-            [rows, cols] => Ok(CpuMatrix {
+            [rows, cols] => Ok(CpuMatrix::F32 {
                 rows,
                 cols,
                 data: WeightBuf::new(t.data),
@@ -25,6 +27,16 @@ impl Backend for CpuBackend {
                 t.shape
             ))),
         }
+    }
+
+    /// GGUF blocks of a [`super::quant::QuantFormat`], copied as they are when this backend
+    /// keeps quantized weights and every part has the same format; `None` otherwise (the
+    /// model then loads the parts through f32).
+    fn matrix_raw(&self, parts: &[RawTensor<'_>]) -> Option<Result<CpuMatrix>> {
+        if !self.keep_quantized {
+            return None;
+        }
+        QuantMatrix::from_raw(parts).map(|q| Ok(CpuMatrix::Quant(q)))
     }
 
     fn vector(&self, t: HostTensor) -> Result<Vec<f32>> {

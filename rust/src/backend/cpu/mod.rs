@@ -1,9 +1,11 @@
-//! The CPU backend: f32 everywhere, rayon for threads. It is the portable engine and the
-//! reference every other backend is checked against.
+//! The CPU backend: f32 activations, rayon for threads. Weights are f32 (the reference every
+//! other backend is checked against), or, when the backend is made to keep them, GGUF blocks
+//! as the file stores them, multiplied with integer dot products (`quant/`).
 
 mod attention;
 mod device;
 pub mod matmul;
+pub mod quant;
 mod weight_buf;
 
 pub use weight_buf::WeightBuf;
@@ -18,11 +20,34 @@ use crate::error::{Error, Result};
 /// enough of them to amortize the task overhead.
 const ROWS_PER_TASK: usize = 16;
 
-/// A weight matrix `[rows, cols]` in f32, row-major.
-pub struct CpuMatrix {
-    pub rows: usize,
-    pub cols: usize,
-    pub data: WeightBuf,
+/// A weight matrix `[rows, cols]`, row-major.
+pub enum CpuMatrix {
+    /// f32 values.
+    F32 {
+        rows: usize,
+        cols: usize,
+        data: WeightBuf,
+    },
+    /// ggml blocks ([`quant::QuantMatrix`]).
+    Quant(quant::QuantMatrix),
+}
+
+impl CpuMatrix {
+    /// Output rows.
+    pub fn rows(&self) -> usize {
+        match self {
+            CpuMatrix::F32 { rows, .. } => *rows,
+            CpuMatrix::Quant(q) => q.rows(),
+        }
+    }
+
+    /// Input columns.
+    pub fn cols(&self) -> usize {
+        match self {
+            CpuMatrix::F32 { cols, .. } => *cols,
+            CpuMatrix::Quant(q) => q.cols(),
+        }
+    }
 }
 
 /// The paged KV cache: per layer, keys and values laid out
@@ -34,18 +59,34 @@ pub struct CpuKvCache {
     pub v: Vec<Vec<f32>>,
 }
 
-/// The CPU backend: the KV layout it serves (threads come from rayon's global pool). The
-/// device side (memory, the KV pool, the step's wait) is in `device.rs`.
+/// The CPU backend: the KV layout it serves and whether it keeps quantized weights (threads
+/// come from rayon's global pool). The device side (memory, the KV pool, the step's wait) is
+/// in `device.rs`.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuBackend {
     layout: KvLayout,
+    /// Whether [`crate::backend::Backend::matrix_raw`] keeps GGUF blocks of the
+    /// [`quant::QuantFormat`]s as they are (else every weight is dequantized to f32).
+    keep_quantized: bool,
 }
 
 impl CpuBackend {
-    /// A CPU backend whose KV cache has `layout` (f32).
+    /// A CPU backend whose KV cache has `layout` (f32), with f32 weights.
     pub fn new(layout: KvLayout) -> CpuBackend {
         debug_assert_eq!(layout.dtype, KvDtype::F32);
-        CpuBackend { layout }
+        CpuBackend {
+            layout,
+            keep_quantized: false,
+        }
+    }
+
+    /// This backend, keeping GGUF weight blocks quantized (`true`) or dequantizing every
+    /// weight to f32 (`false`, the reference path).
+    pub fn keep_quantized(self, keep: bool) -> CpuBackend {
+        CpuBackend {
+            keep_quantized: keep,
+            ..self
+        }
     }
 
     /// A CPU backend for `model`'s cache in blocks of `block_size` tokens.
@@ -61,10 +102,15 @@ impl Ops for CpuBackend {
     type KvCache = CpuKvCache;
 
     fn embedding(&self, table: &CpuMatrix, ids: &[u32], out: &mut Vec<f32>) {
-        let width = table.cols;
+        let width = table.cols();
         for (row, &id) in out.chunks_exact_mut(width).zip(ids) {
             let id = id as usize;
-            row.copy_from_slice(&table.data[id * width..(id + 1) * width]);
+            match table {
+                CpuMatrix::F32 { data, .. } => {
+                    row.copy_from_slice(&data[id * width..(id + 1) * width]);
+                }
+                CpuMatrix::Quant(q) => q.dequantize_rows(id, row),
+            }
         }
     }
 
@@ -115,15 +161,16 @@ impl Ops for CpuBackend {
         bias: Option<&Vec<f32>>,
         out: &mut Vec<f32>,
     ) {
-        matmul::linear(
-            &x[..rows * w.cols],
-            rows,
-            &w.data,
-            w.rows,
-            w.cols,
+        let (n, k) = (w.rows(), w.cols());
+        let (x, out, bias) = (
+            &x[..rows * k],
+            &mut out[..rows * n],
             bias.map(Vec::as_slice),
-            &mut out[..rows * w.rows],
         );
+        match w {
+            CpuMatrix::F32 { data, .. } => matmul::linear(x, rows, data, n, k, bias, out),
+            CpuMatrix::Quant(q) => quant::linear(x, rows, q, bias, out),
+        }
     }
 
     /// One-row steps add the projection into the residual stream here ([`Residual::Added`]);
@@ -143,7 +190,7 @@ impl Ops for CpuBackend {
         if rows != 1 {
             return Residual::Pending;
         }
-        let n = w.rows;
+        let n = w.rows();
         residual[..n]
             .iter_mut()
             .zip(&out[..n])
@@ -294,6 +341,7 @@ mod tests {
 
     /// A backend for the operations' tests (their KV layout is their own).
     const CPU: CpuBackend = CpuBackend {
+        keep_quantized: false,
         layout: KvLayout {
             num_layers: 1,
             block_size: 16,

@@ -15,70 +15,79 @@ const HUGE_PAGE: usize = 2 << 20;
 /// half of such a buffer's footprint is padding). Smaller ones would pad more than they gain.
 const MIN_HUGE_BYTES: usize = HUGE_PAGE;
 
-/// An immutable f32 buffer, huge-page backed when it is at least [`MIN_HUGE_BYTES`].
-pub struct WeightBuf {
-    storage: Storage,
+/// An immutable buffer of `T` (f32 weights, or the bytes of quantized blocks), huge-page
+/// backed when it is at least [`MIN_HUGE_BYTES`].
+pub struct WeightBuf<T: Copy = f32> {
+    storage: Storage<T>,
 }
 
-enum Storage {
-    Small(Vec<f32>),
-    /// `ptr` points to `len` initialized f32s at the start of an allocation of `layout`.
+enum Storage<T> {
+    Small(Vec<T>),
+    /// `ptr` points to `len` initialized values at the start of an allocation of `layout`.
     Huge {
-        ptr: NonNull<f32>,
+        ptr: NonNull<T>,
         len: usize,
         layout: Layout,
     },
 }
 
-// SAFETY: the buffer is never mutated after construction and owns its allocation.
-unsafe impl Send for WeightBuf {}
+// SAFETY: the buffer is never mutated after construction and owns its allocation of plain
+// `Copy` values that are themselves `Send`.
+unsafe impl<T: Copy + Send> Send for WeightBuf<T> {}
 // SAFETY: as above; shared references only read.
-unsafe impl Sync for WeightBuf {}
+unsafe impl<T: Copy + Sync> Sync for WeightBuf<T> {}
 
-impl WeightBuf {
+impl<T: Copy> WeightBuf<T> {
     /// Moves `data` into a huge-page-backed allocation when it is large enough (falling back
     /// to the `Vec` itself if the allocation fails).
-    pub fn new(data: Vec<f32>) -> Self {
-        let bytes = data.len() * std::mem::size_of::<f32>();
-        if bytes < MIN_HUGE_BYTES {
-            return WeightBuf {
+    pub fn new(data: Vec<T>) -> Self {
+        match Self::huge(&[&data]) {
+            Some(storage) => WeightBuf { storage },
+            None => WeightBuf {
                 storage: Storage::Small(data),
-            };
-        }
-        let size = bytes.div_ceil(HUGE_PAGE) * HUGE_PAGE;
-        let Ok(layout) = Layout::from_size_align(size, HUGE_PAGE) else {
-            return WeightBuf {
-                storage: Storage::Small(data),
-            };
-        };
-        // SAFETY: `layout` has a non-zero size.
-        let raw = unsafe { alloc(layout) } as *mut f32;
-        let Some(ptr) = NonNull::new(raw) else {
-            return WeightBuf {
-                storage: Storage::Small(data),
-            };
-        };
-        advise_huge_pages(ptr.as_ptr() as *mut u8, size);
-        // SAFETY: the allocation holds `size >= bytes` bytes, is aligned for f32 and does not
-        // overlap `data`.
-        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), ptr.as_ptr(), data.len()) };
-        WeightBuf {
-            storage: Storage::Huge {
-                ptr,
-                len: data.len(),
-                layout,
             },
         }
     }
+
+    /// `parts` concatenated, copied once, straight into a huge-page-backed allocation when
+    /// the whole is large enough.
+    pub fn from_slices(parts: &[&[T]]) -> Self {
+        let storage = Self::huge(parts).unwrap_or_else(|| Storage::Small(parts.concat()));
+        WeightBuf { storage }
+    }
+
+    /// `parts` concatenated in a new huge-page-advised allocation, or `None` when the whole
+    /// is smaller than [`MIN_HUGE_BYTES`] or the allocation fails.
+    fn huge(parts: &[&[T]]) -> Option<Storage<T>> {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let bytes = len.checked_mul(std::mem::size_of::<T>())?;
+        if bytes < MIN_HUGE_BYTES {
+            return None;
+        }
+        let size = bytes.div_ceil(HUGE_PAGE) * HUGE_PAGE;
+        let layout =
+            Layout::from_size_align(size, HUGE_PAGE.max(std::mem::align_of::<T>())).ok()?;
+        // SAFETY: `layout` has a non-zero size.
+        let ptr = NonNull::new(unsafe { alloc(layout) } as *mut T)?;
+        advise_huge_pages(ptr.as_ptr() as *mut u8, size);
+        let mut at = 0;
+        for p in parts {
+            // SAFETY: the allocation holds `size >= len · size_of::<T>()` bytes, is aligned for
+            // `T`, and `at + p.len() <= len`; it does not overlap `p`.
+            unsafe { std::ptr::copy_nonoverlapping(p.as_ptr(), ptr.as_ptr().add(at), p.len()) };
+            at += p.len();
+        }
+        Some(Storage::Huge { ptr, len, layout })
+    }
 }
 
-impl Deref for WeightBuf {
-    type Target = [f32];
+impl<T: Copy> Deref for WeightBuf<T> {
+    type Target = [T];
 
-    fn deref(&self) -> &[f32] {
+    fn deref(&self) -> &[T] {
         match &self.storage {
             Storage::Small(v) => v,
-            // SAFETY: `ptr` points to `len` initialized f32s owned by `self`.
+            // SAFETY: `ptr` points to `len` initialized values owned by `self`.
             Storage::Huge { ptr, len, .. } => unsafe {
                 std::slice::from_raw_parts(ptr.as_ptr(), *len)
             },
@@ -86,7 +95,7 @@ impl Deref for WeightBuf {
     }
 }
 
-impl Drop for WeightBuf {
+impl<T: Copy> Drop for WeightBuf<T> {
     fn drop(&mut self) {
         if let Storage::Huge { ptr, layout, .. } = &self.storage {
             // SAFETY: allocated in `new` with this layout, freed once.
@@ -128,6 +137,19 @@ mod tests {
             let buf = WeightBuf::new(data.clone());
             assert_eq!(&buf[..], &data[..], "n = {n}");
             if n * 4 >= MIN_HUGE_BYTES {
+                assert_eq!(buf.as_ptr() as usize % HUGE_PAGE, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn slices_are_concatenated_in_order() {
+        for n in [0usize, 5, MIN_HUGE_BYTES / 3 + 1] {
+            let a: Vec<u8> = (0..n).map(|i| i as u8).collect();
+            let b: Vec<u8> = (0..2 * n + 1).map(|i| (i * 7) as u8).collect();
+            let buf = WeightBuf::from_slices(&[&a, &b, &a]);
+            assert_eq!(&buf[..], &[&a[..], &b[..], &a[..]].concat()[..], "n = {n}");
+            if 4 * n + 1 >= MIN_HUGE_BYTES {
                 assert_eq!(buf.as_ptr() as usize % HUGE_PAGE, 0);
             }
         }

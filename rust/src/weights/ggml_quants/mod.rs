@@ -72,6 +72,17 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
     if !ty.can_dequantize() {
         return Err(DequantError::UnsupportedType(ty));
     }
+    let mut out = vec![0.0f32; n_elements];
+    dequantize_into(ty, bytes, &mut out)?;
+    Ok(out)
+}
+
+/// [`dequantize`] into `y` (`y.len()` elements), without allocating.
+pub fn dequantize_into(ty: GgmlType, bytes: &[u8], y: &mut [f32]) -> Result<(), DequantError> {
+    let n_elements = y.len();
+    if !ty.can_dequantize() {
+        return Err(DequantError::UnsupportedType(ty));
+    }
     let expected = ty
         .byte_size(n_elements)
         .ok_or(DequantError::PartialBlock { ty, n_elements })?;
@@ -83,8 +94,6 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
             actual: bytes.len(),
         });
     }
-    let mut out = vec![0.0f32; n_elements];
-    let y = &mut out;
     match ty {
         GgmlType::F32 => for_each_block(ty, bytes, y, |b, y| {
             y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])
@@ -105,7 +114,21 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize) -> Result<Vec<f
         GgmlType::Q6_K => for_each_block(ty, bytes, y, dequantize_q6_k),
         _ => return Err(DequantError::UnsupportedType(ty)),
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Whether every block of `bytes` (a whole number of blocks of the block-quantized type `ty`)
+/// has finite scales, hence finite values; `false` for a type without
+/// [`GgmlType::scale_offsets`] or a partial block. Reads only the scales.
+pub fn block_scales_finite(ty: GgmlType, bytes: &[u8]) -> bool {
+    let Some(offsets) = ty.scale_offsets() else {
+        return false;
+    };
+    let size = ty.type_size();
+    bytes.len() % size == 0
+        && bytes
+            .chunks_exact(size)
+            .all(|b| offsets.iter().all(|&at| f16_at(b, at).is_finite()))
 }
 
 /// Runs `kernel` on every (block bytes, block output) pair, in parallel over groups of blocks.

@@ -114,6 +114,24 @@ pub const DEQUANTIZABLE: &[GgmlType] = &[
 ];
 
 impl GgmlType {
+    /// Byte offsets, within one block, of the f16 scales (and mins) of a block-quantized type
+    /// that [`dequantize`] reads (ggml-common.h); `None` for the dense types (F32, F16, BF16)
+    /// and the types it does not read. Every other byte of such a block is an integer code, so
+    /// a block's values are finite exactly when these scales are.
+    pub fn scale_offsets(self) -> Option<&'static [usize]> {
+        Some(match self {
+            GgmlType::Q4_0 | GgmlType::Q5_0 | GgmlType::Q8_0 => &[0],
+            GgmlType::Q4_1 | GgmlType::Q5_1 | GgmlType::Q4_K | GgmlType::Q5_K => &[0, 2],
+            // scales[16], qs[64], then d and dmin.
+            GgmlType::Q2_K => &[80, 82],
+            // hmask[32], qs[64], scales[12], then d.
+            GgmlType::Q3_K => &[108],
+            // ql[128], qh[64], scales[16], then d.
+            GgmlType::Q6_K => &[208],
+            _ => return None,
+        })
+    }
+
     /// Whether [`dequantize`] supports this type.
     pub fn can_dequantize(self) -> bool {
         DEQUANTIZABLE.contains(&self)

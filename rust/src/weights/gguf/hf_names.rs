@@ -41,12 +41,13 @@ pub fn hf_name(gguf_name: &str) -> Option<String> {
 /// Undoes llama.cpp's Q/K permutation of the rows of `data` (row-major, `shape[0]` rows):
 /// within each of `heads` heads of `2 * dim` rows, row `2 * i + t` moves to `t * dim + i`.
 /// This is transformers' `_reverse_permute_weights`:
-/// `w.reshape(heads, dim, 2, cols).swapaxes(1, 2).reshape(shape)`.
-pub fn reverse_permute_rows(
-    data: &[f32],
+/// `w.reshape(heads, dim, 2, cols).swapaxes(1, 2).reshape(shape)`. `T` is `f32` for
+/// dequantized rows and `u8` for rows of quantized blocks (a row is a whole number of blocks).
+pub fn reverse_permute_rows<T: Copy + Default>(
+    data: &[T],
     shape: &[usize],
     heads: usize,
-) -> Result<Vec<f32>, String> {
+) -> Result<Vec<T>, String> {
     let rows = shape.first().copied().unwrap_or(1);
     if heads == 0 || rows % (2 * heads) != 0 {
         return Err(format!(
@@ -55,7 +56,7 @@ pub fn reverse_permute_rows(
     }
     let cols = data.len() / rows.max(1);
     let dim = rows / heads / 2;
-    let mut out = vec![0.0f32; data.len()];
+    let mut out = vec![T::default(); data.len()];
     for h in 0..heads {
         for i in 0..dim {
             for t in 0..2 {

@@ -33,6 +33,7 @@ mod avx2;
 mod gemm_path;
 mod tiled;
 
+pub use gemm_path::gemm_into_columns;
 use gemm_path::linear_gemm;
 use tiled::{linear_tiled, Portable, Shape};
 

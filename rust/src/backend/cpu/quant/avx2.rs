@@ -1,0 +1,192 @@
+//! The AVX2 dot products of weight blocks with [`Q8Block`] activations (llama.cpp's
+//! `ggml_vec_dot_q4_0_q8_0` family): one weight row against `R` activation rows at once, so
+//! that each weight block is loaded and unpacked once for `R` rows.
+//!
+//! Per block: the 32 weight codes are widened to 32 bytes; for each of the activation's two
+//! levels, `_mm256_maddubs_epi16` multiplies unsigned by signed bytes and adds pairs to i16
+//! (exact: |pair| ≤ 2·128·127 < 2¹⁵); `_mm256_madd_epi16` adds pairs of those to 8 i32 lanes,
+//! weighted 254 for the first level and 1 for the residual, so the two levels meet in
+//! integers; the lanes are converted to f32 (exact, < 2²⁴) and accumulated with `d_w·d_a`
+//! by FMA. Signed codes (Q4_0, Q8_0) go through the sign trick:
+//! `maddubs(|w|, sign(a, w))`. The minimum of Q4_1 adds `m_w·s_a` per block in a scalar.
+//! Same value as [`super::QuantFormat::dot_scalar`] up to the order of f32 additions.
+
+use std::arch::x86_64::*;
+
+use super::q8::{Q8Block, RESIDUAL_STEPS};
+use super::QuantFormat;
+
+/// Proof that this CPU has AVX2, FMA and F16C: the only way to get one is [`Avx2::detect`],
+/// which is what makes calling the `target_feature` functions below sound.
+#[derive(Clone, Copy, Debug)]
+pub struct Avx2(());
+
+impl Avx2 {
+    /// `Some` when the CPU reports AVX2, FMA and F16C (`std` caches the CPUID answer).
+    pub fn detect() -> Option<Avx2> {
+        let ok = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        ok.then_some(Avx2(()))
+    }
+
+    /// `out[r] = w · acts[r]` for the `R` activation rows `acts[r·nb..(r+1)·nb]`, where
+    /// `nb = w.len() / fmt.block_bytes()` blocks.
+    ///
+    /// # Panics
+    ///
+    /// When `w` is not a whole number of blocks or `acts` holds fewer than `R·nb` blocks.
+    pub fn dot_rows<const R: usize>(
+        self,
+        fmt: QuantFormat,
+        w: &[u8],
+        acts: &[Q8Block],
+    ) -> [f32; R] {
+        let nb = w.len() / fmt.block_bytes();
+        assert!(nb * fmt.block_bytes() == w.len() && acts.len() >= R * nb);
+        // SAFETY: `self` exists, so the CPU has AVX2, FMA and F16C; the lengths are checked.
+        unsafe {
+            match fmt {
+                QuantFormat::Q4_0 => dot_rows::<Q4_0, R>(w, acts, nb),
+                QuantFormat::Q4_1 => dot_rows::<Q4_1, R>(w, acts, nb),
+                QuantFormat::Q8_0 => dot_rows::<Q8_0, R>(w, acts, nb),
+            }
+        }
+    }
+}
+
+/// How one format's block is unpacked into 32 bytes of codes.
+trait Block {
+    /// Bytes per block.
+    const BYTES: usize;
+    /// Whether the codes are signed (else 0..16, with a minimum at byte 2).
+    const SIGNED: bool;
+    /// The 32 codes of the block at `b`, element `i` in byte `i`.
+    ///
+    /// # Safety
+    ///
+    /// `b` is valid for [`Self::BYTES`] reads; the CPU has AVX2.
+    unsafe fn codes(b: *const u8) -> __m256i;
+}
+
+/// Q4_0 marker.
+struct Q4_0;
+/// Q4_1 marker.
+struct Q4_1;
+/// Q8_0 marker.
+struct Q8_0;
+
+/// The 16 bytes at `qs` as 32 nibbles: low nibbles in bytes 0..16, high nibbles in 16..32.
+///
+/// # Safety
+///
+/// `qs` is valid for 16 reads; the CPU has AVX2.
+#[inline(always)]
+unsafe fn nibbles(qs: *const u8) -> __m256i {
+    let raw = _mm_loadu_si128(qs.cast());
+    let mask = _mm_set1_epi8(0x0F);
+    let lo = _mm_and_si128(raw, mask);
+    let hi = _mm_and_si128(_mm_srli_epi16::<4>(raw), mask);
+    _mm256_set_m128i(hi, lo)
+}
+
+impl Block for Q4_0 {
+    const BYTES: usize = 18;
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn codes(b: *const u8) -> __m256i {
+        _mm256_sub_epi8(nibbles(b.add(2)), _mm256_set1_epi8(8))
+    }
+}
+
+impl Block for Q4_1 {
+    const BYTES: usize = 20;
+    const SIGNED: bool = false;
+    #[inline(always)]
+    unsafe fn codes(b: *const u8) -> __m256i {
+        nibbles(b.add(4))
+    }
+}
+
+impl Block for Q8_0 {
+    const BYTES: usize = 34;
+    const SIGNED: bool = true;
+    #[inline(always)]
+    unsafe fn codes(b: *const u8) -> __m256i {
+        _mm256_loadu_si256(b.add(2).cast())
+    }
+}
+
+/// The f16 at `p`, as f32.
+///
+/// # Safety
+///
+/// `p` is valid for 2 reads; the CPU has F16C.
+#[inline(always)]
+unsafe fn f16_at(p: *const u8) -> f32 {
+    let bits = i32::from(p.cast::<u16>().read_unaligned());
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
+}
+
+/// See [`Avx2::dot_rows`].
+///
+/// # Safety
+///
+/// The CPU has AVX2, FMA and F16C; `w` holds `nb` blocks of `B`, `acts` at least `R·nb`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows<B: Block, const R: usize>(w: &[u8], acts: &[Q8Block], nb: usize) -> [f32; R] {
+    let ones = _mm256_set1_epi16(1);
+    let steps = _mm256_set1_epi16(RESIDUAL_STEPS as i16);
+    let mut acc = [_mm256_setzero_ps(); R];
+    let mut mins = [0.0f32; R];
+    for b in 0..nb {
+        let wp = w.as_ptr().add(b * B::BYTES);
+        let codes = B::codes(wp);
+        let dw = f16_at(wp);
+        // Unsigned left operand of maddubs, and the sign to move onto the activations.
+        let abs = if B::SIGNED {
+            _mm256_sign_epi8(codes, codes)
+        } else {
+            codes
+        };
+        // `maddubs` of the codes with one level's activation codes: 16 i16 pair sums.
+        let pairs = |qs: &[i8; 32]| {
+            let q = _mm256_loadu_si256(qs.as_ptr().cast());
+            let q = if B::SIGNED {
+                _mm256_sign_epi8(q, codes)
+            } else {
+                q
+            };
+            _mm256_maddubs_epi16(abs, q)
+        };
+        for r in 0..R {
+            let a = acts.get_unchecked(r * nb + b);
+            // 8 i32 lanes of Σ codes·(254·qs + qs2): |lane| ≤ 4·128·(254 + 1)·127 < 2²⁴.
+            let lanes = _mm256_add_epi32(
+                _mm256_madd_epi16(pairs(&a.qs), steps),
+                _mm256_madd_epi16(pairs(&a.qs2), ones),
+            );
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), _mm256_cvtepi32_ps(lanes), acc[r]);
+            if !B::SIGNED {
+                mins[r] += f16_at(wp.add(2)) * a.s;
+            }
+        }
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        out[r] = hsum(acc[r]) + mins[r];
+    }
+    out
+}
+
+/// The sum of the 8 lanes of `v`.
+///
+/// # Safety
+///
+/// The CPU has AVX2.
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)))
+}

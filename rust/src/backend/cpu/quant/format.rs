@@ -1,0 +1,99 @@
+//! The ggml block formats a [`super::QuantMatrix`] keeps as they are, and the scalar
+//! reference of their dot product with [`Q8Block`] activations.
+
+use half::f16;
+
+use super::q8::{Q8Block, RESIDUAL_STEPS};
+use super::BLOCK;
+use crate::weights::ggml_quants::GgmlType;
+
+/// A ggml block format with integer dot-product kernels (32 weights per block, one f16 scale,
+/// and for `Q4_1` an f16 minimum; layouts of ggml-common.h).
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantFormat {
+    /// `{ f16 d; u8 qs[16] }`: `w = (nibble − 8) · d`; low nibbles are elements 0..16.
+    Q4_0,
+    /// `{ f16 d; f16 m; u8 qs[16] }`: `w = nibble · d + m`.
+    Q4_1,
+    /// `{ f16 d; i8 qs[32] }`: `w = q · d`.
+    Q8_0,
+}
+
+impl QuantFormat {
+    /// Every format, for tests and error messages.
+    pub const ALL: [QuantFormat; 3] = [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0];
+
+    /// The format of the ggml type `ty`, if it is one of these.
+    pub fn from_ggml(ty: GgmlType) -> Option<QuantFormat> {
+        QuantFormat::ALL.into_iter().find(|f| f.ggml() == ty)
+    }
+
+    /// The format of ggml type name `name` (`"Q4_1"`), if it is one of these.
+    pub fn from_name(name: &str) -> Option<QuantFormat> {
+        QuantFormat::ALL
+            .into_iter()
+            .find(|f| f.ggml().name() == name)
+    }
+
+    /// The ggml type.
+    pub fn ggml(self) -> GgmlType {
+        match self {
+            QuantFormat::Q4_0 => GgmlType::Q4_0,
+            QuantFormat::Q4_1 => GgmlType::Q4_1,
+            QuantFormat::Q8_0 => GgmlType::Q8_0,
+        }
+    }
+
+    /// Bytes per block of 32 weights.
+    pub fn block_bytes(self) -> usize {
+        self.ggml().type_size()
+    }
+
+    /// One block as integer codes, scale and minimum: `w[i] = codes[i] · d + m` (`m = 0`
+    /// for the symmetric formats).
+    pub fn decode(self, b: &[u8]) -> ([i32; BLOCK], f32, f32) {
+        let f16_at = |at: usize| f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32();
+        let mut codes = [0i32; BLOCK];
+        let nibbles = |qs: &[u8], codes: &mut [i32; BLOCK], offset: i32| {
+            for (j, &q) in qs.iter().enumerate() {
+                codes[j] = i32::from(q & 0x0F) - offset;
+                codes[j + 16] = i32::from(q >> 4) - offset;
+            }
+        };
+        match self {
+            QuantFormat::Q4_0 => {
+                nibbles(&b[2..18], &mut codes, 8);
+                (codes, f16_at(0), 0.0)
+            }
+            QuantFormat::Q4_1 => {
+                nibbles(&b[4..20], &mut codes, 0);
+                (codes, f16_at(0), f16_at(2))
+            }
+            QuantFormat::Q8_0 => {
+                for (c, &q) in codes.iter_mut().zip(&b[2..34]) {
+                    *c = i32::from(q as i8);
+                }
+                (codes, f16_at(0), 0.0)
+            }
+        }
+    }
+
+    /// The reference dot product of one weight row (its blocks, in this format) with one row
+    /// of activation blocks: `Σ_b d_w·d_a·(Σ codes·(254·qs + qs2)) + m_w·s_a`, each block's
+    /// integer sum exact in i32 (|·| < 2²⁸), accumulated in f32 in block order.
+    pub fn dot_scalar(self, w: &[u8], a: &[Q8Block]) -> f32 {
+        let mut sum = 0.0f32;
+        for (b, a) in w.chunks_exact(self.block_bytes()).zip(a) {
+            let (codes, d, m) = self.decode(b);
+            let idot: i32 = (0..BLOCK)
+                .map(|i| {
+                    let q = RESIDUAL_STEPS * i32::from(a.qs[i]) + i32::from(a.qs2[i]);
+                    codes[i] * q
+                })
+                .sum();
+            sum += d * a.d * idot as f32 + m * a.s;
+        }
+        sum
+    }
+}

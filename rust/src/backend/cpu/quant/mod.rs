@@ -1,0 +1,357 @@
+//! Weights kept in ggml block formats (Q4_0, Q4_1, Q8_0: GGUF blocks as the file stores
+//! them) and the linear layer over them with integer dot products, as llama.cpp computes it.
+//!
+//! `out[i][j] = Σ_p x[i][p] · w[j][p] (+ bias[j])`, with `w` an `n × k` matrix of blocks (row
+//! `j` is `k / 32` blocks of its format, contiguous) and `x` quantized first, per 32 values,
+//! to [`Q8Block`]s. The quantization of `x` is the only rounding beyond f32 arithmetic: the
+//! weights enter with their exact values (`codes · d + m`), the block sums are exact integers.
+//!
+//! Two strategies, picked by [`DotKernel::Auto`] from `m` (measured, see `NOTES.md`):
+//! - **Integer dot products** for decode and short chunks (`m <` [`DEQUANT_MIN_M`]): memory
+//!   bound, so the point is to read each weight block once. The `n` weight rows are split
+//!   into contiguous blocks (at least [`MIN_TASK_WEIGHT_BYTES`] of weights, about
+//!   [`TASKS_PER_THREAD`] per pool thread), one rayon task each. A task runs its weight rows
+//!   against [`ROWS_PER_DOT`] activation rows at a time, so that each weight block is
+//!   unpacked once per group of rows while the group's activation blocks stay in L1.
+//! - **Dequantized panels** for prefill (`m ≥` [`DEQUANT_MIN_M`]): compute bound, where the
+//!   integer kernels spend more instructions per multiply-add (two scales every 32 values)
+//!   than an f32 GEMM. Panels of at most [`PANEL_ELEMENTS`] weights are dequantized into a
+//!   reused buffer and multiplied by the `gemm` crate; the activations stay f32.
+//!
+//! Files: the activation blocks (`q8.rs`), the formats and their scalar reference dot product
+//! (`format.rs`), the AVX2 dot products (`avx2.rs`); this file holds the matrix, the dispatch
+//! and the split.
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod format;
+mod q8;
+
+pub use format::QuantFormat;
+pub use q8::{quantize_row, Q8Block, RESIDUAL_STEPS};
+
+use std::cell::RefCell;
+
+use rayon::prelude::*;
+
+use super::matmul::gemm_into_columns;
+use super::WeightBuf;
+use crate::weights::ggml_quants::dequantize_into;
+use crate::weights::RawTensor;
+
+/// Elements per block in every format here (`QK4_0 = QK4_1 = QK8_0 = 32` in ggml).
+pub const BLOCK: usize = 32;
+
+/// Activation rows per dot-product call of a task.
+const ROWS_PER_DOT: usize = 4;
+
+/// Smallest block of weights one rayon task reads (as in `matmul`).
+const MIN_TASK_WEIGHT_BYTES: usize = 64 * 1024;
+
+/// Tasks per pool thread (as in `matmul`).
+const TASKS_PER_THREAD: usize = 4;
+
+/// Smallest `m` that [`DotKernel::Auto`] sends to the dequantized-panel path.
+pub const DEQUANT_MIN_M: usize = 32;
+
+/// Most weights dequantized at once by the panel path (4 MiB of f32: a layer's matrix in
+/// one or two panels, the LM head in slices, never a whole f32 copy of it).
+const PANEL_ELEMENTS: usize = 1 << 20;
+
+/// An `rows × cols` weight matrix of ggml blocks, row-major.
+///
+/// Invariant: `cols % 32 == 0` and `data.len() == rows · cols / 32 · format.block_bytes()`.
+pub struct QuantMatrix {
+    format: QuantFormat,
+    rows: usize,
+    cols: usize,
+    data: WeightBuf<u8>,
+}
+
+impl QuantMatrix {
+    /// `parts` stacked along rows, copied once from their bytes; `None` unless every part is
+    /// 2-D with the same column count (a multiple of 32), has the same format among
+    /// [`QuantFormat::ALL`], and holds the bytes its shape implies.
+    pub fn from_raw(parts: &[RawTensor<'_>]) -> Option<QuantMatrix> {
+        let first = parts.first()?;
+        let format = QuantFormat::from_name(first.dtype)?;
+        let cols = *first.shape.get(1)?;
+        if cols == 0 || cols % BLOCK != 0 {
+            return None;
+        }
+        let row_bytes = cols / BLOCK * format.block_bytes();
+        let mut rows = 0;
+        for p in parts {
+            let ok = p.dtype == first.dtype
+                && p.shape.len() == 2
+                && p.shape[1] == cols
+                && p.shape[0].checked_mul(row_bytes) == Some(p.bytes.len());
+            if !ok {
+                return None;
+            }
+            rows += p.shape[0];
+        }
+        let slices: Vec<&[u8]> = parts.iter().map(|p| p.bytes).collect();
+        Some(QuantMatrix {
+            format,
+            rows,
+            cols,
+            data: WeightBuf::from_slices(&slices),
+        })
+    }
+
+    /// The block format.
+    pub fn format(&self) -> QuantFormat {
+        self.format
+    }
+
+    /// Output rows (`n`).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns (`k`).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes of one row.
+    fn row_bytes(&self) -> usize {
+        self.cols / BLOCK * self.format.block_bytes()
+    }
+
+    /// Row `r`'s blocks.
+    fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Rows `r0..r0 + out.len() / cols` dequantized into `out`, exactly as the GGUF reader
+    /// would have (the embedding lookup, the panel path).
+    pub fn dequantize_rows(&self, r0: usize, out: &mut [f32]) {
+        let rb = self.row_bytes();
+        let rows = out.len() / self.cols;
+        dequantize_into(
+            self.format.ggml(),
+            &self.data[r0 * rb..(r0 + rows) * rb],
+            out,
+        )
+        .expect("the invariant holds whole blocks of a dequantizable type");
+    }
+}
+
+/// Which implementation [`linear_with`] runs. [`DotKernel::Auto`] is what the engine uses;
+/// the others exist so that tests and benchmarks can check and time each one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DotKernel {
+    /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`], [`DotKernel::Dequant`] above.
+    Auto,
+    /// Integer dot products, AVX2 where the CPU has it (with FMA and F16C), else scalar.
+    Integer,
+    /// Integer dot products with [`QuantFormat::dot_scalar`], the reference.
+    Scalar,
+    /// Dequantized panels through the `gemm` crate, f32 activations.
+    Dequant,
+}
+
+/// `out = x · wᵀ (+ bias)` for `m` rows of `x` (`m × w.cols()`), `out` `m × w.rows()`, with
+/// [`DotKernel::Auto`].
+///
+/// # Panics
+///
+/// When a slice's length does not match the shapes.
+pub fn linear(x: &[f32], m: usize, w: &QuantMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    linear_with(DotKernel::Auto, x, m, w, bias, out);
+}
+
+thread_local! {
+    /// The calling thread's activation blocks, reused from call to call.
+    static ACTS: RefCell<Vec<Q8Block>> = const { RefCell::new(Vec::new()) };
+    /// The calling thread's panel of dequantized weights, reused from call to call.
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The panel path: `out = x · wᵀ (+ bias)` with `w` dequantized [`PANEL_ELEMENTS`] at a time.
+fn linear_dequant(x: &[f32], m: usize, w: &QuantMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
+    PANEL.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut panel) => panels(x, m, w, &mut panel, out),
+        // Re-entrant on this thread (see `linear_with`): a panel of its own.
+        Err(_) => panels(x, m, w, &mut Vec::new(), out),
+    });
+    if let Some(b) = bias {
+        for row in out.chunks_exact_mut(w.rows) {
+            row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        }
+    }
+}
+
+/// `out = x · wᵀ`, one panel of weight rows at a time, dequantized into `panel`.
+fn panels(x: &[f32], m: usize, w: &QuantMatrix, panel: &mut Vec<f32>, out: &mut [f32]) {
+    let (n, k) = (w.rows, w.cols);
+    let panel_rows = (PANEL_ELEMENTS / k).clamp(1, n);
+    panel.resize(panel_rows * k, 0.0);
+    for j0 in (0..n).step_by(panel_rows) {
+        let np = panel_rows.min(n - j0);
+        let panel = &mut panel[..np * k];
+        w.dequantize_rows(j0, panel);
+        gemm_into_columns(x, m, panel, np, k, out, n, j0);
+    }
+}
+
+/// [`linear`] with the dot-product implementation chosen by the caller.
+pub fn linear_with(
+    kernel: DotKernel,
+    x: &[f32],
+    m: usize,
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
+    let (n, k) = (w.rows, w.cols);
+    assert_eq!(x.len(), m * k, "quant linear: x is not m × k");
+    assert_eq!(out.len(), m * n, "quant linear: out is not m × n");
+    assert!(
+        bias.is_none_or(|b| b.len() == n),
+        "quant linear: bias is not n"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    let kernel = match kernel {
+        DotKernel::Auto if m >= DEQUANT_MIN_M => DotKernel::Dequant,
+        DotKernel::Auto => DotKernel::Integer,
+        other => other,
+    };
+    if kernel == DotKernel::Dequant {
+        return linear_dequant(x, m, w, bias, out);
+    }
+    let dot = Dot::resolve(kernel);
+    ACTS.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut acts) => run(dot, x, m, w, bias, &mut acts, out),
+        // A re-entrant call on this thread (a rayon worker that picked up another engine's
+        // step while it waited): use a buffer of its own.
+        Err(_) => run(dot, x, m, w, bias, &mut Vec::new(), out),
+    });
+}
+
+/// The dot product a call runs, its CPU features detected once per call.
+#[derive(Clone, Copy)]
+enum Dot {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2(avx2::Avx2),
+}
+
+impl Dot {
+    fn resolve(kernel: DotKernel) -> Dot {
+        match kernel {
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Auto | DotKernel::Integer => {
+                avx2::Avx2::detect().map_or(Dot::Scalar, Dot::Avx2)
+            }
+            _ => Dot::Scalar,
+        }
+    }
+}
+
+/// Quantizes `x` into `acts` and runs the tasks.
+fn run(
+    dot: Dot,
+    x: &[f32],
+    m: usize,
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    acts: &mut Vec<Q8Block>,
+    out: &mut [f32],
+) {
+    let (n, nb) = (w.rows, w.cols / BLOCK);
+    acts.resize(m * nb, Q8Block::default());
+    acts.par_chunks_mut(nb)
+        .zip(x.par_chunks(w.cols))
+        .with_min_len(16)
+        .for_each(|(a, x)| quantize_row(x, a));
+    let acts = &acts[..];
+    let cols = task_rows(n, w.row_bytes());
+    let task = |j0: usize, pieces: &mut [&mut [f32]]| {
+        task_block(dot, w, acts, j0, pieces);
+        if let Some(b) = bias {
+            for p in pieces.iter_mut() {
+                p.iter_mut().zip(&b[j0..]).for_each(|(o, b)| *o += b);
+            }
+        }
+    };
+    if m == 1 {
+        out.par_chunks_mut(cols)
+            .enumerate()
+            .for_each(|(t, piece)| task(t * cols, &mut [piece]));
+        return;
+    }
+    // Each task owns columns [j0, j0 + cols) of every output row: gather those row pieces.
+    let mut per_task: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(cols))
+        .map(|_| Vec::with_capacity(m))
+        .collect();
+    for row in out.chunks_exact_mut(n) {
+        for (t, piece) in row.chunks_mut(cols).enumerate() {
+            per_task[t].push(piece);
+        }
+    }
+    per_task
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(t, mut pieces)| task(t * cols, &mut pieces));
+}
+
+/// Weight rows per rayon task: at least [`MIN_TASK_WEIGHT_BYTES`] of weights, about
+/// [`TASKS_PER_THREAD`] tasks per pool thread.
+fn task_rows(n: usize, row_bytes: usize) -> usize {
+    let min_rows = MIN_TASK_WEIGHT_BYTES.div_ceil(row_bytes.max(1));
+    let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
+    n.div_ceil(tasks).max(min_rows).clamp(1, n)
+}
+
+/// One task: `pieces[i][jj] = acts[i] · w[j0 + jj]` for every activation row `i` (one piece
+/// per row, all of one length), [`ROWS_PER_DOT`] rows at a time.
+fn task_block(dot: Dot, w: &QuantMatrix, acts: &[Q8Block], j0: usize, pieces: &mut [&mut [f32]]) {
+    let nb = w.cols / BLOCK;
+    let width = pieces.first().map_or(0, |p| p.len());
+    for (g, group) in pieces.chunks_mut(ROWS_PER_DOT).enumerate() {
+        let i = g * ROWS_PER_DOT;
+        let a = &acts[i * nb..(i + group.len()) * nb];
+        for jj in 0..width {
+            let mut dots = [0.0f32; ROWS_PER_DOT];
+            dot_group(dot, w.format, w.row(j0 + jj), a, group.len(), &mut dots);
+            for (piece, d) in group.iter_mut().zip(dots) {
+                piece[jj] = d;
+            }
+        }
+    }
+}
+
+/// `dots[r] = row · a[r·nb..(r+1)·nb]` for `r < group` (`group ≤ ROWS_PER_DOT`).
+fn dot_group(
+    dot: Dot,
+    format: QuantFormat,
+    row: &[u8],
+    a: &[Q8Block],
+    group: usize,
+    dots: &mut [f32; ROWS_PER_DOT],
+) {
+    match dot {
+        #[cfg(target_arch = "x86_64")]
+        Dot::Avx2(avx2) => match group {
+            1 => dots[..1].copy_from_slice(&avx2.dot_rows::<1>(format, row, a)),
+            2 => dots[..2].copy_from_slice(&avx2.dot_rows::<2>(format, row, a)),
+            3 => dots[..3].copy_from_slice(&avx2.dot_rows::<3>(format, row, a)),
+            _ => *dots = avx2.dot_rows::<ROWS_PER_DOT>(format, row, a),
+        },
+        Dot::Scalar => {
+            let nb = a.len() / group;
+            for (d, a) in dots.iter_mut().zip(a.chunks_exact(nb)) {
+                *d = format.dot_scalar(row, a);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,334 @@
+//! Checks of the quantized linear layer against the dequantize-then-f64 reference, and of the
+//! AVX2 dot products against the scalar ones, on random blocks.
+
+use half::f16;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::backend::cpu::matmul::linear_reference;
+use crate::weights::ggml_quants::dequantize;
+
+/// `rows` random rows of `nb` blocks of `format`: scales of either sign in [2⁻⁹, 2⁻⁴],
+/// every code byte random (Q8_0 codes include −128, which ggml never writes but a file may).
+fn random_blocks(rng: &mut StdRng, format: QuantFormat, rows: usize, nb: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rows * nb * format.block_bytes());
+    for _ in 0..rows * nb {
+        let mut b: Vec<u8> = (0..format.block_bytes()).map(|_| rng.random()).collect();
+        let scale = |rng: &mut StdRng| {
+            let v = rng.random_range(2f32.powi(-9)..2f32.powi(-4));
+            let v = if rng.random() { v } else { -v };
+            f16::from_f32(v).to_bits().to_le_bytes()
+        };
+        b[..2].copy_from_slice(&scale(rng));
+        if format == QuantFormat::Q4_1 {
+            b[2..4].copy_from_slice(&scale(rng));
+        }
+        out.extend(b);
+    }
+    out
+}
+
+/// Activations like a normalized hidden state, with a few outliers ten times larger.
+fn random_x(rng: &mut StdRng, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| {
+            let v: f32 = rng.random_range(-1.0..1.0);
+            if i % 37 == 5 {
+                10.0 * v
+            } else {
+                v
+            }
+        })
+        .collect()
+}
+
+fn quantized(x: &[f32]) -> Vec<Q8Block> {
+    let mut a = vec![Q8Block::default(); x.len() / BLOCK];
+    quantize_row(x, &mut a);
+    a
+}
+
+/// The activations the kernels see: `d · (254 · qs + qs2)` per element, in f64 (exact).
+fn dequantized_acts(a: &[Q8Block]) -> Vec<f64> {
+    a.iter()
+        .flat_map(|b| {
+            (0..BLOCK).map(move |i| {
+                f64::from(b.d)
+                    * f64::from(RESIDUAL_STEPS * i32::from(b.qs[i]) + i32::from(b.qs2[i]))
+            })
+        })
+        .collect()
+}
+
+fn matrix(format: QuantFormat, bytes: &[u8], rows: usize, cols: usize) -> QuantMatrix {
+    let shape = [rows, cols];
+    let raw = RawTensor {
+        dtype: format.ggml().name(),
+        shape: &shape,
+        bytes,
+    };
+    QuantMatrix::from_raw(&[raw]).expect("a valid matrix")
+}
+
+/// `Σ_i (|codes_i · d| + |m|) · |a_i|` over a row: the size of the terms a dot product
+/// adds, which bounds its f32 rounding.
+fn term_magnitude(format: QuantFormat, row: &[u8], a: &[f64]) -> f64 {
+    row.chunks_exact(format.block_bytes())
+        .zip(a.chunks_exact(BLOCK))
+        .map(|(b, a)| {
+            let (codes, d, m) = format.decode(b);
+            codes
+                .iter()
+                .zip(a)
+                .map(|(&c, &a)| (f64::from(c as f32 * d).abs() + f64::from(m).abs()) * a.abs())
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// The scalar dot product of each format, on random rows of 1 to 48 blocks:
+/// - against the weights dequantized by the GGUF reader times the activations as quantized
+///   (`d·(254·qs + qs2)`), in f64: equal up to f32 rounding (of the products, the sum, and
+///   the i32 block sum, < 2²⁸, converted to f32), `|err| ≤ 1e-5 · Σ|terms|`;
+/// - against the same weights times the original activations, in f64: the rounding of the
+///   activations (at most `d/2 = max|x|/64,516` per element, plus the f32 rounding of the
+///   residual, below `1e-6·|x|`) is the only other error, so
+///   `|err| ≤ Σ_i (d/2 + 1e-6·|x_i|)·|w_i| + 1e-5 · Σ|terms|`.
+#[test]
+fn scalar_dot_matches_the_dequantized_reference() {
+    let mut rng = StdRng::seed_from_u64(18);
+    for format in QuantFormat::ALL {
+        for nb in [1, 2, 3, 18, 48] {
+            for _ in 0..20 {
+                let k = nb * BLOCK;
+                let row = random_blocks(&mut rng, format, 1, nb);
+                let w = dequantize(format.ggml(), &row, k).unwrap();
+                let x = random_x(&mut rng, k);
+                let a = quantized(&x);
+                let xq = dequantized_acts(&a);
+                let got = f64::from(format.dot_scalar(&row, &a));
+                let mag = term_magnitude(format, &row, &xq);
+                let exact: f64 = w.iter().zip(&xq).map(|(&w, &x)| f64::from(w) * x).sum();
+                assert!(
+                    (got - exact).abs() <= 1e-5 * mag,
+                    "{format:?} nb {nb}: {got} vs {exact}"
+                );
+                let true_dot: f64 = w
+                    .iter()
+                    .zip(&x)
+                    .map(|(&w, &x)| f64::from(w) * f64::from(x))
+                    .sum();
+                let rounding: f64 = w
+                    .chunks_exact(BLOCK)
+                    .zip(x.chunks_exact(BLOCK))
+                    .zip(&a)
+                    .map(|((w, x), a)| {
+                        w.iter()
+                            .zip(x)
+                            .map(|(w, x)| {
+                                (f64::from(a.d) / 2.0 + 1e-6 * f64::from(x.abs()))
+                                    * f64::from(w.abs())
+                            })
+                            .sum::<f64>()
+                    })
+                    .sum();
+                let err = (got - true_dot).abs();
+                assert!(
+                    err <= rounding + 1e-5 * mag,
+                    "{format:?} nb {nb}: {got} vs {true_dot}"
+                );
+            }
+        }
+    }
+}
+
+/// The first level rounds to steps of `max|x| / 127` (the largest value reaches code ±127),
+/// the residual level to steps of `d = max|x| / (127·254)`: each value ends within `d/2`
+/// (plus the f32 rounding of the residual, below `1e-6·|x|`).
+#[test]
+fn activation_blocks_round_in_two_levels() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let x = random_x(&mut rng, 4 * BLOCK);
+    let a = quantized(&x);
+    let xq = dequantized_acts(&a);
+    for ((b, x), xq) in a
+        .iter()
+        .zip(x.chunks_exact(BLOCK))
+        .zip(xq.chunks_exact(BLOCK))
+    {
+        let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert_eq!(b.d, amax / (127.0 * 254.0));
+        assert!(b.qs.iter().any(|&q| q.abs() == 127));
+        for (&v, &vq) in x.iter().zip(xq) {
+            let bound = f64::from(b.d) * 0.5 * (1.0 + 1e-6) + 1e-6 * f64::from(v.abs());
+            assert!((vq - f64::from(v)).abs() <= bound, "{v} vs {vq}");
+        }
+        let sum: f64 = xq.iter().sum();
+        assert!((f64::from(b.s) - sum).abs() <= 1e-6 * f64::from(amax) * BLOCK as f64);
+    }
+    assert_eq!(quantized(&[0.0; BLOCK])[0], Q8Block::default());
+}
+
+/// The AVX2 dot products against the scalar ones on the same inputs, 1 to 4 activation rows
+/// at once: equal up to the order of f32 additions, `|err| ≤ 1e-5 · Σ|terms|` (the integer
+/// block sums are exact in both). Requires AVX2, FMA and F16C on x86-64 (every x86-64 CPU
+/// this project is tested on has them).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_dot_matches_scalar() {
+    let avx2 = avx2::Avx2::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
+    let mut rng = StdRng::seed_from_u64(5);
+    for format in QuantFormat::ALL {
+        for nb in [1, 5, 18, 48] {
+            let row = random_blocks(&mut rng, format, 1, nb);
+            let x = random_x(&mut rng, 4 * nb * BLOCK);
+            let a = quantized(&x);
+            let want: Vec<f32> = a
+                .chunks_exact(nb)
+                .map(|a| format.dot_scalar(&row, a))
+                .collect();
+            let got: Vec<f32> = [
+                &avx2.dot_rows::<1>(format, &row, &a)[..],
+                &avx2.dot_rows::<2>(format, &row, &a)[..],
+                &avx2.dot_rows::<3>(format, &row, &a)[..],
+                &avx2.dot_rows::<4>(format, &row, &a)[..],
+            ]
+            .concat();
+            let want_at = [0, 0, 1, 0, 1, 2, 0, 1, 2, 3];
+            let xq = dequantized_acts(&a);
+            for (g, &r) in got.iter().zip(&want_at) {
+                let mag = term_magnitude(format, &row, &xq[r * nb * BLOCK..(r + 1) * nb * BLOCK]);
+                let err = f64::from((g - want[r]).abs());
+                assert!(
+                    err <= 1e-5 * mag,
+                    "{format:?} nb {nb} row {r}: {g} vs {}",
+                    want[r]
+                );
+            }
+        }
+    }
+}
+
+/// The whole layer (quantization, task split, gather of output pieces, bias) against
+/// `linear_reference` on the dequantized weights and the quantized activations, for odd row
+/// counts, one task (n = 37) and several (n = 3001), both dot-product kernels.
+#[test]
+fn linear_matches_the_reference_layer() {
+    let mut rng = StdRng::seed_from_u64(11);
+    for format in QuantFormat::ALL {
+        for (n, k) in [(37, 96), (3001, 64)] {
+            let bytes = random_blocks(&mut rng, format, n, k / BLOCK);
+            let w = matrix(format, &bytes, n, k);
+            let wf = dequantize(format.ggml(), &bytes, n * k).unwrap();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.2).collect();
+            for m in [1, 2, 5, 7] {
+                let x = random_x(&mut rng, m * k);
+                let xq: Vec<f64> = x
+                    .chunks_exact(k)
+                    .flat_map(|r| dequantized_acts(&quantized(r)))
+                    .collect();
+                let xq32: Vec<f32> = xq.iter().map(|&v| v as f32).collect();
+                let mut want = vec![0.0; m * n];
+                linear_reference(&xq32, m, &wf, n, k, Some(&bias), &mut want);
+                for kernel in [DotKernel::Auto, DotKernel::Integer, DotKernel::Scalar] {
+                    let mut out = vec![f32::NAN; m * n];
+                    linear_with(kernel, &x, m, &w, Some(&bias), &mut out);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let mag = term_magnitude(format, w.row(j), &xq[i * k..(i + 1) * k]);
+                            let (g, e) = (out[i * n + j], want[i * n + j]);
+                            let tol = 1e-5 * (mag + f64::from(bias[j].abs()));
+                            assert!(
+                                f64::from((g - e).abs()) <= tol,
+                                "{format:?} {kernel:?} m {m} n {n} [{i}][{j}]: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn rows_dequantize_as_the_gguf_reader_does() {
+    let mut rng = StdRng::seed_from_u64(3);
+    for format in QuantFormat::ALL {
+        let bytes = random_blocks(&mut rng, format, 5, 2);
+        let w = matrix(format, &bytes, 5, 64);
+        let all = dequantize(format.ggml(), &bytes, 5 * 64).unwrap();
+        let mut row = vec![f32::NAN; 64];
+        w.dequantize_rows(3, &mut row);
+        assert_eq!(row, &all[3 * 64..4 * 64]);
+    }
+}
+
+#[test]
+fn from_raw_stacks_parts_and_refuses_mismatches() {
+    let mut rng = StdRng::seed_from_u64(4);
+    let a = random_blocks(&mut rng, QuantFormat::Q4_1, 2, 2);
+    let b = random_blocks(&mut rng, QuantFormat::Q4_1, 3, 2);
+    let raw = |dtype, shape, bytes| RawTensor {
+        dtype,
+        shape,
+        bytes,
+    };
+    let (s2, s3) = ([2, 64], [3, 64]);
+    let m = QuantMatrix::from_raw(&[raw("Q4_1", &s2, &a), raw("Q4_1", &s3, &b)]).unwrap();
+    assert_eq!((m.rows(), m.cols(), m.format()), (5, 64, QuantFormat::Q4_1));
+    assert_eq!(m.row(3), &b[40..80]);
+    let q8 = random_blocks(&mut rng, QuantFormat::Q8_0, 3, 2);
+    assert!(QuantMatrix::from_raw(&[raw("Q4_1", &s2, &a), raw("Q8_0", &s3, &q8)]).is_none());
+    assert!(QuantMatrix::from_raw(&[raw("Q4_1", &s2, &a[1..])]).is_none());
+    assert!(QuantMatrix::from_raw(&[raw("Q4_1", &[3, 32], &a)]).is_none());
+    assert!(QuantMatrix::from_raw(&[raw("Q4_1", &[2, 48], &a)]).is_none());
+    assert!(QuantMatrix::from_raw(&[raw("Q6_K", &s2, &a)]).is_none());
+    assert!(QuantMatrix::from_raw(&[raw("F32", &s2, &a)]).is_none());
+    assert!(QuantMatrix::from_raw(&[]).is_none());
+}
+
+/// The panel path (and `Auto` from `DEQUANT_MIN_M` rows on) against `linear_reference` on
+/// the dequantized weights and the unrounded activations: f32 GEMM error only,
+/// `|err| ≤ 1e-5 · (Σ|w·x| + |bias|)`; n = 20001 with k = 64 spans two panels.
+#[test]
+fn dequant_panels_match_the_f32_reference() {
+    let mut rng = StdRng::seed_from_u64(12);
+    for format in QuantFormat::ALL {
+        for (n, k, ms) in [(37, 96, &[1, DEQUANT_MIN_M + 1][..]), (20001, 64, &[3][..])] {
+            let bytes = random_blocks(&mut rng, format, n, k / BLOCK);
+            let w = matrix(format, &bytes, n, k);
+            let wf = dequantize(format.ggml(), &bytes, n * k).unwrap();
+            let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
+            for &m in ms {
+                let x = random_x(&mut rng, m * k);
+                let mut want = vec![0.0; m * n];
+                linear_reference(&x, m, &wf, n, k, Some(&bias), &mut want);
+                let kernels: &[DotKernel] = if m >= DEQUANT_MIN_M {
+                    &[DotKernel::Dequant, DotKernel::Auto]
+                } else {
+                    &[DotKernel::Dequant]
+                };
+                for &kernel in kernels {
+                    let mut out = vec![f32::NAN; m * n];
+                    linear_with(kernel, &x, m, &w, Some(&bias), &mut out);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let xi: Vec<f64> = x[i * k..(i + 1) * k]
+                                .iter()
+                                .map(|&v| f64::from(v))
+                                .collect();
+                            let mag = term_magnitude(format, w.row(j), &xi);
+                            let (g, e) = (out[i * n + j], want[i * n + j]);
+                            let tol = 1e-5 * (mag + f64::from(bias[j].abs()));
+                            assert!(
+                                f64::from((g - e).abs()) <= tol,
+                                "{format:?} {kernel:?} m {m} n {n} [{i}][{j}]: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
