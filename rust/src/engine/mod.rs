@@ -26,8 +26,9 @@ pub use output::{CompletionOutput, RequestMetrics, RequestOutput};
 pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, StepOutput, UpdateContext};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
+use self::runner::LaunchedStep;
 use self::runner::{ModelRunner, RunnerSizes};
-use self::step::{abort_delta, Launched};
+use self::trace::LaunchRecord;
 use self::trace::StepTrace;
 use crate::backend::Backend;
 use crate::config::ModelConfig;
@@ -52,6 +53,16 @@ pub struct EngineStats {
     pub kv_blocks_used: usize,
     pub prefix_cache_hit_rate: f64,
     pub num_preemptions: u64,
+}
+
+/// A step launched on the backend and not yet collected.
+struct Launched {
+    /// The scheduler's plan of the step.
+    plan: Vec<Scheduled>,
+    /// The step on the runner (its logits rows and how its tokens are picked).
+    step: LaunchedStep,
+    /// The step's shape and launch time, when the engine writes a step trace.
+    trace: Option<LaunchRecord>,
 }
 
 /// The inference engine over backend `B`.
@@ -243,12 +254,12 @@ impl<B: Backend> Engine<B> {
         if in_flight {
             let mine = |s: &&mut Sequence| ids.contains(&s.request_id) && !s.is_finished();
             let aborted = self.scheduler.running.iter_mut().filter(mine);
-            deltas.extend(aborted.filter_map(|s| abort_delta(s, &self.tokenizer)));
+            deltas.extend(aborted.filter_map(|s| s.abort_delta(&self.tokenizer)));
         }
         let mut seqs = self.scheduler.remove_requests(ids, &mut self.kv, in_flight);
         deltas.extend(
             seqs.iter_mut()
-                .filter_map(|s| abort_delta(s, &self.tokenizer)),
+                .filter_map(|s| s.abort_delta(&self.tokenizer)),
         );
         deltas
     }

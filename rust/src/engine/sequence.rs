@@ -278,6 +278,29 @@ impl Sequence {
     }
 
     /// What changed since the last call, or `None` if nothing did.
+    /// Brings the text up to the tokens and takes the delta; a failed detokenization finishes
+    /// the sequence (Abort) and comes back with its request id.
+    pub fn emit_delta(
+        &mut self,
+        tokenizer: &Tokenizer,
+    ) -> std::result::Result<Option<SeqDelta>, (u64, crate::error::Error)> {
+        match self.detokenize(tokenizer) {
+            Ok(()) => Ok(self.take_delta()),
+            Err(e) => {
+                self.finish(Some(FinishReason::Abort));
+                Err((self.request_id, e))
+            }
+        }
+    }
+
+    /// Finishes the sequence as aborted and returns its final delta, with the text of every
+    /// token first (with async scheduling the last collected token has none yet).
+    pub fn abort_delta(&mut self, tokenizer: &Tokenizer) -> Option<SeqDelta> {
+        let _ = self.detokenize(tokenizer);
+        self.finish(Some(FinishReason::Abort));
+        self.take_delta()
+    }
+
     pub fn take_delta(&mut self) -> Option<SeqDelta> {
         let (tokens_done, text_done) = self.reported;
         let out_len = self.output().len();

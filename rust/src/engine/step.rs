@@ -8,13 +8,11 @@ use std::time::Instant;
 use rayon::prelude::*;
 
 use super::batch::build_batch;
-use super::runner::LaunchedStep;
 use super::trace::LaunchRecord;
-use super::{Engine, FinishReason, Scheduled, SeqDelta, Sequence, StepOutput, UpdateContext};
+use super::{Engine, Launched, Scheduled, SeqDelta, Sequence, StepOutput, UpdateContext};
 use crate::backend::Backend;
 use crate::error::Error;
 use crate::sampling::StepSampling;
-use crate::tokenizer::Tokenizer;
 
 impl<B: Backend> Engine<B> {
     /// Runs one step and returns what changed, one delta per sequence that produced tokens or
@@ -75,7 +73,7 @@ impl<B: Backend> Engine<B> {
         let mut errors = self.scheduler.update(&mut self.kv, out, &ctx);
         let mut deltas = Vec::new();
         for mut seq in self.scheduler.take_finished(&mut self.kv) {
-            match emit_delta(&mut seq, &self.tokenizer) {
+            match seq.emit_delta(&self.tokenizer) {
                 Ok(delta) => deltas.extend(delta),
                 Err(e) => errors.push(e),
             }
@@ -105,7 +103,7 @@ impl<B: Backend> Engine<B> {
     /// [`launch_next`](Self::launch_next) started.
     pub fn emit(&mut self) -> (Vec<SeqDelta>, Vec<(u64, Error)>) {
         let tokenizer = &self.tokenizer;
-        let emit = |seq: &mut Sequence| emit_delta(seq, tokenizer);
+        let emit = |seq: &mut Sequence| seq.emit_delta(tokenizer);
         let running: Vec<_> = self
             .scheduler
             .running
@@ -184,37 +182,4 @@ impl<B: Backend> Drop for Engine<B> {
             let _ = self.runner.collect(&l.step);
         }
     }
-}
-
-/// Brings `seq`'s text up to its tokens and takes its delta; a failed detokenization finishes
-/// it (Abort) and comes back with its request id.
-pub(super) fn emit_delta(
-    seq: &mut Sequence,
-    tokenizer: &Tokenizer,
-) -> std::result::Result<Option<SeqDelta>, (u64, Error)> {
-    match seq.detokenize(tokenizer) {
-        Ok(()) => Ok(seq.take_delta()),
-        Err(e) => {
-            seq.finish(Some(FinishReason::Abort));
-            Err((seq.request_id, e))
-        }
-    }
-}
-
-/// Finishes `seq` as aborted and returns its final delta, with the text of every token first
-/// (with async scheduling the last collected token has none yet).
-pub(super) fn abort_delta(seq: &mut Sequence, tokenizer: &Tokenizer) -> Option<SeqDelta> {
-    let _ = seq.detokenize(tokenizer);
-    seq.finish(Some(FinishReason::Abort));
-    seq.take_delta()
-}
-
-/// A step launched on the backend and not yet collected.
-pub(super) struct Launched {
-    /// The scheduler's plan of the step.
-    pub(super) plan: Vec<Scheduled>,
-    /// The step on the runner (its logits rows and how its tokens are picked).
-    step: LaunchedStep,
-    /// The step's shape and launch time, when the engine writes a step trace.
-    trace: Option<LaunchRecord>,
 }
