@@ -432,6 +432,18 @@ def test_metrics_parse(server, client):
         "infire_preemptions",
     ):
         assert name in families, name
+    # The gauges a vLLM scraper reads (llm-d's endpoint picker, dashboards), by vLLM's names.
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:kv_cache_usage_perc",
+        "vllm:cache_config_info",
+    ):
+        assert name in families, name
+    usage = families["vllm:kv_cache_usage_perc"].samples[0]
+    assert usage.labels == {"model_name": MODEL} and 0.0 <= usage.value <= 1.0
+    info = families["vllm:cache_config_info"].samples[0].labels
+    assert int(info["block_size"]) > 0 and int(info["num_gpu_blocks"]) > 0
     m = _metrics(server)
     assert m['infire_requests_total{"status": "200"}'] > 0
     assert m['infire_requests_total{"status": "401"}'] > 0
@@ -472,3 +484,24 @@ def test_sigterm_lets_running_stream_finish(default_model_path):
     assert chunks[-1].choices[0].finish_reason == "length"
     assert sum(1 for c in chunks if c.choices[0].text) > 1
     assert proc.wait(timeout=30) == 0
+
+
+def test_usage_reports_the_prompt_tokens_served_from_the_prefix_cache(client):
+    """OpenAI's ``usage.prompt_tokens_details.cached_tokens``: none the first time a long prompt
+    is seen, its full blocks the second time (also in a stream's usage chunk)."""
+    prompt = "The history of the printing press in Europe. " * 12
+    first = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0)
+    assert first.usage.prompt_tokens_details.cached_tokens == 0
+    again = client.completions.create(model=MODEL, prompt=prompt, max_tokens=1, temperature=0)
+    cached = again.usage.prompt_tokens_details.cached_tokens
+    assert 16 <= cached < again.usage.prompt_tokens, again.usage
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=prompt,
+            max_tokens=1,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage.prompt_tokens_details.cached_tokens == cached

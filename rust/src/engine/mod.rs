@@ -50,6 +50,8 @@ pub struct EngineStats {
     pub num_running: usize,
     pub num_waiting: usize,
     pub kv_blocks_total: usize,
+    /// Tokens per KV-cache block.
+    pub kv_block_size: usize,
     pub kv_blocks_used: usize,
     pub prefix_cache_hit_rate: f64,
     pub num_preemptions: u64,
@@ -196,6 +198,7 @@ impl<B: Backend> Engine<B> {
             num_running: self.scheduler.running.len(),
             num_waiting: self.scheduler.num_waiting(),
             kv_blocks_total: self.kv.num_blocks(),
+            kv_block_size: self.kv.block_size(),
             kv_blocks_used: self.kv.num_blocks() - self.kv.num_free_blocks(),
             prefix_cache_hit_rate: self.kv.hit_rate(),
             num_preemptions: self.scheduler.num_preemptions,

@@ -64,6 +64,7 @@ pub async fn chat_completions(
         o.prompt_token_ids.len(),
         o.outputs.iter().map(|c| c.token_ids.len()).sum(),
     );
+    usage.add_cached(o.num_cached_tokens);
     let choices: Vec<Value> = o
         .outputs
         .iter()
@@ -269,6 +270,7 @@ async fn stream_chunks(
             generation.output().prompt_token_ids.len(),
             completion_tokens,
         );
+        usage.add_cached(generation.output().num_cached_tokens);
         let mut last = chunk(json!([]));
         last["usage"] = json!(usage);
         out.send(&last);

@@ -139,6 +139,7 @@ fn response(
             o.prompt_token_ids.len(),
             o.outputs.iter().map(|c| c.token_ids.len()).sum(),
         );
+        usage.add_cached(o.num_cached_tokens);
         for c in &o.outputs {
             let logprobs = k.map(|k| {
                 let mut items = match echoes[i] {
@@ -267,6 +268,8 @@ async fn stream_chunks(
         usage.add(g.output().prompt_token_ids.len(), 0);
     }
     let mut choices = vec![Choice::default(); gens.len() * n];
+    // Prompt tokens each prompt had from the prefix cache (its first sequence's deltas say).
+    let mut cached = vec![0; gens.len()];
     let mut merged = interleave(gens);
     loop {
         let item = tokio::select! {
@@ -282,6 +285,9 @@ async fn stream_chunks(
             }
         };
         usage.add(0, d.token_ids.len());
+        if d.index == 0 {
+            cached[i] = d.num_cached_tokens;
+        }
         let index = i * n + d.index;
         let choice = &mut choices[index];
         if let (Some(k), Some(echo), true) = (k, &echoes[i], echo_pending[index]) {
@@ -304,6 +310,7 @@ async fn stream_chunks(
         }
     }
     if include_usage {
+        usage.add_cached(cached.iter().sum());
         let mut last = chunk(json!([]));
         last["usage"] = json!(usage);
         out.send(&last);

@@ -43,7 +43,8 @@ pub(super) async fn health() -> Response {
 }
 
 pub(super) async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {
-    let text = state.metrics.render(&state.handle.stats());
+    let name = &state.config.served_model_name;
+    let text = state.metrics.render(&state.handle.stats(), name);
     (
         [(
             header::CONTENT_TYPE,

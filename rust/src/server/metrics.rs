@@ -92,8 +92,9 @@ impl Metrics {
         }
     }
 
-    /// The text exposition of every metric, engine gauges from `stats`.
-    pub fn render(&self, stats: &EngineStats) -> String {
+    /// The text exposition of every metric, engine gauges from `stats`, and the same gauges
+    /// under vLLM's names for `model_name` ([`render_vllm_gauges`]).
+    pub fn render(&self, stats: &EngineStats, model_name: &str) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -182,8 +183,59 @@ impl Metrics {
             "Fraction of prompt tokens served from the prefix cache.",
             stats.prefix_cache_hit_rate,
         );
+        render_vllm_gauges(&mut out, stats, model_name);
         out
     }
+}
+
+/// The engine's gauges under vLLM's names and labels, so that what scrapes a vLLM server
+/// (llm-d's endpoint picker, KServe, existing dashboards) reads this one unchanged:
+/// `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (a
+/// fraction, as vLLM reports it) with a `model_name` label, and `vllm:cache_config_info`. The
+/// request counts are sequences, as the engine schedules them (the same for `n` = 1).
+fn render_vllm_gauges(out: &mut String, stats: &EngineStats, model_name: &str) {
+    let label = format!("model_name=\"{}\"", escape_label(model_name));
+    let kv_usage = if stats.kv_blocks_total == 0 {
+        0.0
+    } else {
+        stats.kv_blocks_used as f64 / stats.kv_blocks_total as f64
+    };
+    for (name, help, v) in [
+        (
+            "vllm:num_requests_running",
+            "Number of requests in model execution batches.",
+            stats.num_running as f64,
+        ),
+        (
+            "vllm:num_requests_waiting",
+            "Number of requests waiting to be processed.",
+            stats.num_waiting as f64,
+        ),
+        (
+            "vllm:kv_cache_usage_perc",
+            "KV-cache usage. 1 means 100 percent usage.",
+            kv_usage,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{{label}}} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig.\n\
+         # TYPE vllm:cache_config_info gauge\n\
+         vllm:cache_config_info{{block_size=\"{}\",num_gpu_blocks=\"{}\"}} 1",
+        stats.kv_block_size, stats.kv_blocks_total
+    );
+}
+
+/// A Prometheus label value with `\`, `"` and newlines escaped.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -196,7 +248,17 @@ mod tests {
         m.ttft.observe(Duration::from_millis(3));
         m.ttft.observe(Duration::from_secs(100));
         m.count_response(200);
-        let text = m.render(&EngineStats::default());
+        let stats = EngineStats {
+            num_waiting: 3,
+            kv_blocks_total: 8,
+            kv_blocks_used: 2,
+            kv_block_size: 16,
+            ..EngineStats::default()
+        };
+        let text = m.render(&stats, "m\"x");
+        assert!(text.contains("vllm:num_requests_waiting{model_name=\"m\\\"x\"} 3\n"));
+        assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"m\\\"x\"} 0.25\n"));
+        assert!(text.contains("vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"8\"} 1"));
         assert!(text.contains("infire_time_to_first_token_seconds_bucket{le=\"0.005\"} 1"));
         assert!(text.contains("infire_time_to_first_token_seconds_bucket{le=\"80\"} 1"));
         assert!(text.contains("infire_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2"));

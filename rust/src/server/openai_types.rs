@@ -201,6 +201,15 @@ pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub total_tokens: usize,
+    /// As OpenAI reports it: how many prompt tokens came from the (prefix) cache.
+    pub prompt_tokens_details: PromptTokensDetails,
+}
+
+/// `usage.prompt_tokens_details`.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct PromptTokensDetails {
+    /// Prompt tokens whose KV came from the prefix cache instead of being computed.
+    pub cached_tokens: usize,
 }
 
 impl Usage {
@@ -208,6 +217,11 @@ impl Usage {
         self.prompt_tokens += prompt;
         self.completion_tokens += completion;
         self.total_tokens += prompt + completion;
+    }
+
+    /// Counts `n` prompt tokens served from the prefix cache.
+    pub fn add_cached(&mut self, n: usize) {
+        self.prompt_tokens_details.cached_tokens += n;
     }
 }
 
