@@ -131,9 +131,9 @@ def _random_seed(args: argparse.Namespace) -> None:
         print(f"infire: seed {args.seed}", file=sys.stderr)
 
 
-def _engine_options(args: argparse.Namespace, options=None) -> dict:
-    """The engine options (or those of ``options``) given on the command line."""
-    given = ((o.name, getattr(args, o.name)) for o in options or engine_option_list())
+def _given(args: argparse.Namespace, options) -> dict:
+    """The options of ``options`` (engine or server) given on the command line."""
+    given = ((o.name, getattr(args, o.name)) for o in options)
     return {name: value for name, value in given if value is not None}
 
 
@@ -144,8 +144,8 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         serve(
             args.model,
-            **_engine_options(args, server_option_list()),
-            **_engine_options(args),
+            **_given(args, server_option_list()),
+            **_given(args, engine_option_list()),
         )
     except KeyboardInterrupt:
         # SIGINT already drained the server (Rust handles the signal); Python sees it after.
@@ -157,7 +157,7 @@ def _generate(args: argparse.Namespace) -> int:
     from .engine import Engine, SamplingParams
 
     _random_seed(args)
-    engine = Engine(model=args.model, **_engine_options(args))
+    engine = Engine(model=args.model, **_given(args, engine_option_list()))
     params = SamplingParams(
         max_tokens=args.max_tokens,
         temperature=args.temperature,

@@ -26,8 +26,7 @@ pub use output::{CompletionOutput, RequestMetrics, RequestOutput};
 pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, StepOutput, UpdateContext};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
-use self::runner::LaunchedStep;
-use self::runner::{ModelRunner, RunnerSizes};
+use self::runner::{LaunchedStep, ModelRunner, RunnerSizes};
 use self::trace::LaunchRecord;
 use self::trace::StepTrace;
 use crate::backend::Backend;
@@ -120,7 +119,6 @@ impl<B: Backend> Engine<B> {
         let sizes = RunnerSizes {
             max_tokens: config.max_num_batched_tokens,
             max_logits,
-            max_seqs: max_logits,
             max_blocks_per_seq,
             kv_cache_tokens: config.kv_cache_tokens,
             default_kv_bytes: DEFAULT_CPU_KV_BYTES,

@@ -58,10 +58,9 @@ fn is_decode(batch: &ForwardBatch) -> bool {
 pub struct RunnerSizes {
     /// Most rows (tokens) of a step.
     pub max_tokens: usize,
-    /// Most logits rows of a step.
+    /// Most logits rows of a step, and so most sequences (each running sequence has at most
+    /// one row of logits, and prompt-logprob rows only add to that).
     pub max_logits: usize,
-    /// Most sequences of a step (sizes the backend's per-step buffers).
-    pub max_seqs: usize,
     /// Block-table entries of the longest sequence.
     pub max_blocks_per_seq: usize,
     /// Tokens the KV cache holds; `None`: what the backend's memory budget allows (or
@@ -125,7 +124,7 @@ impl<B: Backend> ModelRunner<B> {
         }
         let cache = backend.kv_cache(num_blocks)?;
         backend.finish_loading()?;
-        backend.reserve_steps(sizes.max_tokens, sizes.max_seqs, sizes.max_blocks_per_seq)?;
+        backend.reserve_steps(sizes.max_tokens, sizes.max_logits, sizes.max_blocks_per_seq)?;
         Ok(ModelRunner {
             backend,
             model,
@@ -151,11 +150,6 @@ impl<B: Backend> ModelRunner<B> {
     /// Blocks of the KV cache.
     pub fn num_blocks(&self) -> usize {
         self.num_blocks
-    }
-
-    /// Most rows a step can have.
-    pub fn max_tokens(&self) -> usize {
-        self.bufs.max_tokens
     }
 
     /// The largest decode step that can run as a graph.
@@ -191,7 +185,8 @@ impl<B: Backend> ModelRunner<B> {
     /// runs the model's operations, and starts picking its tokens.
     fn run(&mut self, batch: &ForwardBatch, sampling: Option<StepSampling>) -> LaunchedStep {
         self.backend.begin_step(batch);
-        let key = is_decode(batch).then(|| GraphKey {
+        let recorded = !self.graphs.is_empty() && is_decode(batch);
+        let key = recorded.then(|| GraphKey {
             rows: batch.num_tokens(),
             variant: self.backend.graph_variant(),
         });

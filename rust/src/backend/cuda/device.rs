@@ -103,7 +103,7 @@ impl Backend for CudaBackend {
         let plane_bytes = self
             .layout
             .plane_len(num_blocks)?
-            .checked_mul(ELEM_BYTES)
+            .checked_mul(self.layout.dtype.bytes())
             .ok_or_else(|| Error::InvalidConfig("KV cache size overflows".into()))?;
         let bytes = plane_bytes
             .checked_mul(2 * self.layout.num_layers)
