@@ -7,6 +7,7 @@
 """
 
 from . import _core
+from ._sampling import StructuredOutputsParams
 from .engine import LLM, Engine, SamplingParams, Stream
 from .errors import (
     EngineError,
@@ -46,6 +47,7 @@ __all__ = [
     "RequestOutput",
     "SamplingParams",
     "Stream",
+    "StructuredOutputsParams",
     "Tokenizer",
     "TokenizerError",
     "UnsupportedModelError",

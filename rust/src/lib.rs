@@ -18,6 +18,7 @@ pub mod loader;
 pub mod model;
 pub mod options;
 pub mod sampling;
+pub mod structured;
 pub mod server;
 pub mod tokenizer;
 pub mod tuning;

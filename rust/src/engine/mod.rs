@@ -35,6 +35,7 @@ use crate::error::{Error, Result};
 use crate::kv::BlockManager;
 use crate::loader::ModelFiles;
 use crate::sampling::SamplingParams;
+use crate::structured::GrammarCompiler;
 use crate::tokenizer::Tokenizer;
 
 /// KV memory the CPU backend takes by default. Pages are touched only as the cache fills.
@@ -72,6 +73,8 @@ pub struct Engine<B: Backend> {
     runner: ModelRunner<B>,
     tokenizer: Tokenizer,
     eos_token_ids: Vec<u32>,
+    /// Compiles requests' structured outputs (shared with the engine's handles).
+    grammars: Arc<GrammarCompiler>,
     default_sampling: SamplingParams,
     kv: BlockManager,
     scheduler: Scheduler,
@@ -137,6 +140,10 @@ impl<B: Backend> Engine<B> {
         }
         Ok(Engine {
             runner,
+            grammars: Arc::new(GrammarCompiler::new(
+                files.tokenizer.clone(),
+                &files.eos_token_ids,
+            )),
             tokenizer: files.tokenizer,
             eos_token_ids: files.eos_token_ids,
             default_sampling: files.default_sampling,
@@ -165,6 +172,11 @@ impl<B: Backend> Engine<B> {
 
     pub fn limits(&self) -> RequestLimits {
         self.limits
+    }
+
+    /// The compiler of structured outputs for this model's vocabulary.
+    pub fn grammars(&self) -> &Arc<GrammarCompiler> {
+        &self.grammars
     }
 
     pub fn config(&self) -> &EngineConfig {
@@ -209,10 +221,11 @@ impl<B: Backend> Engine<B> {
         &mut self,
         request_id: u64,
         prompt: Vec<u32>,
-        params: SamplingParams,
+        mut params: SamplingParams,
         priority: i32,
     ) -> Result<()> {
         let max_new = self.limits.check(&prompt, &params)?;
+        self.grammars.prepare(&mut params)?;
         let n = params.n;
         let params = Arc::new(params);
         let mut seqs = Vec::with_capacity(n);

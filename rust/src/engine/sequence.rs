@@ -6,7 +6,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
 use crate::kv::BlockTable;
-use crate::sampling::{log_softmax_top, Sampler, SamplingParams, StopChecker, StopReason};
+use crate::sampling::{
+    log_softmax_top, Sampled, Sampler, SamplingParams, StopChecker, StopReason,
+};
+use crate::structured::GrammarState;
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 
 /// Why a sequence ended.
@@ -60,6 +63,8 @@ pub struct Sequence {
     /// Most tokens this sequence may generate (`max_tokens`, capped by `max_model_len`).
     pub max_new_tokens: usize,
     pub sampler: Sampler,
+    /// Where a constrained sequence (structured outputs) is in its grammar.
+    pub grammar: Option<GrammarState>,
     pub block_table: BlockTable,
     /// Tokens whose keys and values are in the cache.
     pub num_computed: usize,
@@ -110,6 +115,7 @@ impl Sequence {
             first_token_time: None,
             finished_time: None,
             sampler: Sampler::new(&params, &prompt, seed),
+            grammar: params.grammar.as_ref().map(GrammarState::new),
             detokenizer: IncrementalDetokenizer::new(&prompt, params.skip_special_tokens),
             stop: StopChecker::new(&params.stop),
             prompt_len: prompt.len(),
@@ -171,9 +177,11 @@ impl Sequence {
     }
 
     /// Whether the next token must be picked from logits on the host: log-probabilities are
-    /// computed there, and `min_tokens` bans tokens ([`banned_tokens`](Self::banned_tokens)).
+    /// computed there, `min_tokens` bans tokens ([`banned_tokens`](Self::banned_tokens)) and a
+    /// grammar masks them.
     pub fn needs_host_logits(&self) -> bool {
-        self.params.logprobs.is_some()
+        self.grammar.is_some()
+            || self.params.logprobs.is_some()
             || self.params.prompt_logprobs.is_some()
             || self.output().len() < self.params.min_tokens
     }
@@ -186,6 +194,30 @@ impl Sequence {
         }
         let eos = eos_token_ids.iter().filter(|_| !self.params.ignore_eos);
         eos.chain(&self.params.stop_token_ids).copied().collect()
+    }
+
+    /// Picks the next token on the host from its logits `row`: banned tokens and those the
+    /// grammar forbids are out.
+    pub fn sample_host(&mut self, row: &[f32], eos_token_ids: &[u32]) -> Result<Sampled> {
+        let banned = self.banned_tokens(eos_token_ids);
+        let mut logits = row.to_vec();
+        let grammar = self.grammar.as_mut();
+        self.sampler
+            .sample_constrained(&self.params, &mut logits, &banned, grammar)
+    }
+
+    /// Moves the grammar past the last token; once the grammar is complete the sequence ends
+    /// (a stop, as at an end-of-sequence token) without a step spent on picking that token.
+    pub fn advance_grammar(&mut self) -> Result<()> {
+        let last = self.output().last().copied();
+        let (Some(g), Some(token)) = (&mut self.grammar, last) else {
+            return Ok(());
+        };
+        g.accept(token)?;
+        if g.is_complete() && !self.is_finished() {
+            self.finish(Some(FinishReason::Stop));
+        }
+        Ok(())
     }
 
     /// Appends a sampled token and finishes the sequence on an end-of-sequence or stop token

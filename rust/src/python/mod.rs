@@ -12,6 +12,7 @@ mod kernels;
 mod sampling_params;
 mod serve;
 mod stream;
+mod structured;
 mod tokenizer;
 
 use pyo3::prelude::*;

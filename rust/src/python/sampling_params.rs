@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use super::convert::{strings, to_pyerr, token_ids, Arg};
+use super::structured;
 use crate::sampling::SamplingParams;
 
 /// Sampling parameters, validated in Rust (see `infire/_core.pyi` for the docs).
@@ -43,7 +44,7 @@ impl PySamplingParams {
         stop_token_ids=None, ignore_eos=Arg::given(false), repetition_penalty=Arg::given(1.0),
         presence_penalty=Arg::given(0.0), frequency_penalty=Arg::given(0.0), logprobs=None,
         prompt_logprobs=None, min_tokens=Arg::given(0), include_stop_str_in_output=Arg::given(false),
-        skip_special_tokens=Arg::given(true)))]
+        skip_special_tokens=Arg::given(true), structured_outputs=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         n: Arg<usize>,
@@ -64,6 +65,7 @@ impl PySamplingParams {
         min_tokens: Arg<usize>,
         include_stop_str_in_output: Arg<bool>,
         skip_special_tokens: Arg<bool>,
+        structured_outputs: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         const COUNT: &str = "an integer >= 0";
         let inner = SamplingParams {
@@ -98,6 +100,8 @@ impl PySamplingParams {
             prompt_logprobs: prompt_logprobs
                 .map(|v| v.get("prompt_logprobs", COUNT))
                 .transpose()?,
+            structured_outputs: structured::from_py(structured_outputs)?,
+            grammar: None,
         };
         inner.validate().map_err(to_pyerr)?;
         Ok(PySamplingParams { inner })
@@ -175,6 +179,11 @@ impl PySamplingParams {
     fn prompt_logprobs(&self) -> Option<usize> {
         self.inner.prompt_logprobs
     }
+    #[getter]
+    fn structured_outputs<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let spec = self.inner.structured_outputs.as_ref();
+        spec.map(|s| structured::to_py(py, s)).transpose()
+    }
 
     /// A copy (the object is immutable, so a copy is only needed where vLLM code asks for one).
     fn clone(&self) -> Self {
@@ -211,7 +220,7 @@ impl PySamplingParams {
              top_k={}, min_p={}, seed={}, stop={stop}, stop_token_ids={:?}, \
              include_stop_str_in_output={}, skip_special_tokens={}, ignore_eos={}, \
              repetition_penalty={}, presence_penalty={}, frequency_penalty={}, logprobs={}, \
-             prompt_logprobs={})",
+             prompt_logprobs={}, structured_outputs={})",
             p.n,
             py_opt(p.max_tokens),
             p.min_tokens,
@@ -229,6 +238,10 @@ impl PySamplingParams {
             float_repr(p.frequency_penalty),
             py_opt(p.logprobs),
             py_opt(p.prompt_logprobs),
+            match self.structured_outputs(py)? {
+                Some(s) => s.repr()?.to_string(),
+                None => "None".into(),
+            },
         ))
     }
 }
@@ -270,6 +283,7 @@ impl PySamplingParams {
         d.set_item("frequency_penalty", py_float(p.frequency_penalty))?;
         d.set_item("logprobs", p.logprobs)?;
         d.set_item("prompt_logprobs", p.prompt_logprobs)?;
+        d.set_item("structured_outputs", self.structured_outputs(py)?)?;
         Ok(d)
     }
 }

@@ -1,6 +1,7 @@
 //! Per-request sampling parameters, with vLLM's names, defaults and validation.
 
 use crate::error::{Error, Result};
+use crate::structured::{CompiledGrammar, StructuredOutputs};
 
 /// Most sequences one request may ask for (`n`).
 pub const MAX_N: usize = 64;
@@ -58,6 +59,11 @@ pub struct SamplingParams {
     /// Number of top log-probabilities to return for each prompt token (from the second on);
     /// `None` returns none. Such requests compute their whole prompt (no prefix-cache hits).
     pub prompt_logprobs: Option<usize>,
+    /// The shape the output must have (JSON Schema, regex, choice, grammar); `None`: free.
+    pub structured_outputs: Option<StructuredOutputs>,
+    /// `structured_outputs` compiled; set on submission
+    /// ([`GrammarCompiler::prepare`](crate::structured::GrammarCompiler::prepare)).
+    pub grammar: Option<CompiledGrammar>,
 }
 
 impl Default for SamplingParams {
@@ -81,6 +87,8 @@ impl Default for SamplingParams {
             frequency_penalty: 0.0,
             logprobs: None,
             prompt_logprobs: None,
+            structured_outputs: None,
+            grammar: None,
         }
     }
 }

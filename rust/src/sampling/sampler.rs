@@ -10,6 +10,8 @@ use rand::{Rng, SeedableRng};
 
 use super::filter::{sample_row, PenaltyToken, RowSampling};
 use super::SamplingParams;
+use crate::error::Result;
+use crate::structured::GrammarState;
 
 /// A sampled token and, when asked for, log-probabilities of the raw model output.
 #[derive(Debug, Clone, PartialEq)]
@@ -99,8 +101,26 @@ impl Sampler {
         logits: &mut [f32],
         banned: &[u32],
     ) -> Sampled {
+        self.sample_constrained(params, logits, banned, None)
+            .expect("an unconstrained pick cannot fail")
+    }
+
+    /// [`sample`](Self::sample) among the tokens `grammar` allows next: its mask is applied
+    /// before the penalties and the sampling rules, so that temperature, top-k/p, min-p and
+    /// the seed keep their meaning on the allowed tokens. Log-probabilities stay those of the
+    /// raw model output, as vLLM reports them. Fails only where the grammar's matcher does.
+    pub fn sample_constrained(
+        &mut self,
+        params: &SamplingParams,
+        logits: &mut [f32],
+        banned: &[u32],
+        grammar: Option<&mut GrammarState>,
+    ) -> Result<Sampled> {
         // Log-probabilities describe the raw model output, so keep it before penalties.
         let raw = params.logprobs.map(|k| (k, logits.to_vec()));
+        if let Some(g) = grammar {
+            g.mask_logits(logits)?;
+        }
         for &t in banned {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l = f32::NEG_INFINITY;
@@ -116,7 +136,7 @@ impl Sampler {
             }
             top
         });
-        Sampled { token, logprobs }
+        Ok(Sampled { token, logprobs })
     }
 }
 

@@ -16,7 +16,7 @@ use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{chat_shape, token_logprobs};
 use super::openai_types::{ChatRequest, Message, MessageContent, Usage, CHAT_FIELDS};
-use super::request_params::sampling_params;
+use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
 use super::stop_reason_json;
 use super::{parse_request, unix_time, AppState};
@@ -47,7 +47,8 @@ pub async fn chat_completions(
         }
     };
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
-    let params = sampling_params(req.sampling, max_tokens, k, &state.defaults)?;
+    let mut params = sampling_params(req.sampling, max_tokens, k, &state.defaults)?;
+    compile_structured(&state, &mut params)?;
     let n = params.n;
     let generation = Generation::start(&state, prompt, params, arrival, &log)?;
     let id = format!("chatcmpl-{}", generation.output().request_id);
@@ -137,17 +138,6 @@ fn reject_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
             return Err(ApiError::bad_request(
                 format!("{name} is not supported by this server (no tool calling yet)"),
                 Some(name),
-            ));
-        }
-    }
-    if let Some(f) = req.response_format.as_ref().filter(|v| !v.is_null()) {
-        if f.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::bad_request(
-                format!(
-                    "response_format {f} is not supported: only {{\"type\": \"text\"}} is \
-                     (no structured output yet)"
-                ),
-                Some("response_format"),
             ));
         }
     }

@@ -18,7 +18,7 @@ use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{completion_shape, prompt_token_logprobs, token_logprobs};
 use super::openai_types::{CompletionRequest, PromptArg, Usage, COMPLETION_FIELDS};
-use super::request_params::sampling_params;
+use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
 use super::stop_reason_json;
 use super::{parse_request, unix_time, AppState};
@@ -61,6 +61,7 @@ pub async fn completions(
         k,
         &state.defaults,
     )?;
+    compile_structured(&state, &mut params)?;
     // Echo with logprobs covers the prompt's tokens too: the engine's prompt logprobs.
     if req.echo {
         params.prompt_logprobs = params.logprobs;

@@ -28,6 +28,7 @@ mod metrics;
 mod openai_types;
 mod request_params;
 mod sse;
+mod structured_request;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -62,6 +62,15 @@ pub struct SamplingFields {
     #[serde(default)]
     pub include_stop_str_in_output: bool,
     pub skip_special_tokens: Option<bool>,
+    /// OpenAI's `{"type": "text" | "json_object" | "json_schema", ...}`.
+    pub response_format: Option<Value>,
+    /// vLLM's `{"json" | "regex" | "choice" | "grammar" | "json_object": ...}`.
+    pub structured_outputs: Option<Value>,
+    /// vLLM's older spellings of the same.
+    pub guided_json: Option<Value>,
+    pub guided_regex: Option<Value>,
+    pub guided_choice: Option<Value>,
+    pub guided_grammar: Option<Value>,
 }
 
 /// Sampling fields of both endpoints (see [`SamplingFields`]).
@@ -82,6 +91,12 @@ const SAMPLING_FIELDS: &[&str] = &[
     "min_tokens",
     "include_stop_str_in_output",
     "skip_special_tokens",
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
     // OpenAI's, accepted and ignored: they change nothing a client can see.
     "user",
     "metadata",
@@ -117,7 +132,6 @@ pub const CHAT_FIELDS: &[&str] = &[
     "parallel_tool_calls",
     "functions",
     "function_call",
-    "response_format",
     "chat_template_kwargs",
     "add_generation_prompt",
 ];
@@ -186,7 +200,6 @@ pub struct ChatRequest {
     pub tool_choice: Option<Value>,
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
-    pub response_format: Option<Value>,
     /// More variables for the chat template (vLLM's extension; e.g. `enable_thinking`).
     pub chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     /// Whether the prompt ends with the assistant's header (vLLM's extension; default true).

@@ -3,12 +3,23 @@
 
 use super::errors::ApiError;
 use super::openai_types::SamplingFields;
+use super::AppState;
 use crate::sampling::SamplingParams;
 
 /// A non-negative integer field, or a 400 naming it.
 fn count(name: &str, v: i64) -> Result<usize, ApiError> {
     usize::try_from(v)
         .map_err(|_| ApiError::bad_request(format!("{name} must be >= 0, got {v}"), Some(name)))
+}
+
+/// Compiles the request's structured outputs (a 400 with llguidance's message if it refuses
+/// them), off the async runtime's hot path: a large schema takes milliseconds.
+pub fn compile_structured(state: &AppState, params: &mut SamplingParams) -> Result<(), ApiError> {
+    if params.structured_outputs.is_none() {
+        return Ok(());
+    }
+    tokio::task::block_in_place(|| state.handle.grammars().prepare(params))?;
+    Ok(())
 }
 
 /// Builds and validates the sampling parameters of one request.
@@ -30,6 +41,7 @@ pub fn sampling_params(
             Some("logit_bias"),
         ));
     }
+    let structured = super::structured_request::requested(&f)?.map(|(spec, _)| spec);
     let params = SamplingParams {
         n: count("n", f.n.unwrap_or(1))?,
         max_tokens: max_tokens.map(|m| count("max_tokens", m)).transpose()?,
@@ -53,6 +65,8 @@ pub fn sampling_params(
         frequency_penalty: f.frequency_penalty.unwrap_or(0.0),
         logprobs: logprobs.map(|k| count("logprobs", k)).transpose()?,
         prompt_logprobs: None,
+        structured_outputs: structured,
+        grammar: None,
     };
     params.validate()?;
     Ok(params)

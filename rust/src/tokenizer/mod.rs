@@ -157,6 +157,14 @@ impl Tokenizer {
             .map_err(|e| Error::Tokenizer(format!("decoding failed: {e}")))
     }
 
+    /// The `tokenizers` pipeline as `tokenizer.json` spells it (what grammar engines read
+    /// each token's bytes from).
+    pub(crate) fn to_hf_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| Error::Tokenizer(format!("serializing the tokenizer failed: {e}")))
+    }
+
     /// One past the largest token id, added tokens included: the number of rows the model's
     /// embedding needs at least.
     pub fn vocab_size(&self) -> usize {

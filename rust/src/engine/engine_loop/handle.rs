@@ -15,6 +15,7 @@ use crate::backend::Backend;
 use crate::engine::{Engine, EngineStats, RequestLimits, RequestOutput, SeqDelta};
 use crate::error::{Error, Result};
 use crate::sampling::SamplingParams;
+use crate::structured::GrammarCompiler;
 
 /// What a request's receiver gets.
 #[derive(Debug)]
@@ -30,6 +31,8 @@ pub struct EngineHandle {
     commands: Sender<Command>,
     shared: Arc<Shared>,
     limits: RequestLimits,
+    /// Structured outputs are compiled here, on the caller's thread, not the engine's.
+    grammars: Arc<GrammarCompiler>,
     next_request_id: Arc<AtomicU64>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
@@ -40,6 +43,7 @@ impl Clone for EngineHandle {
             commands: self.commands.clone(),
             shared: self.shared.clone(),
             limits: self.limits,
+            grammars: self.grammars.clone(),
             next_request_id: self.next_request_id.clone(),
             thread: self.thread.clone(),
         }
@@ -112,6 +116,7 @@ impl EngineHandle {
             .lock()
             .map_err(|_| Error::Engine("stats poisoned".into()))? = engine.stats();
         let limits = engine.limits();
+        let grammars = engine.grammars().clone();
         let loop_shared = shared.clone();
         let pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|i| format!("infire-worker-{i}"))
@@ -125,6 +130,7 @@ impl EngineHandle {
             commands: tx,
             shared,
             limits,
+            grammars,
             next_request_id: Arc::new(AtomicU64::new(0)),
             thread: Arc::new(Mutex::new(Some(thread))),
         })
@@ -133,6 +139,11 @@ impl EngineHandle {
     /// What requests may ask for.
     pub fn limits(&self) -> RequestLimits {
         self.limits
+    }
+
+    /// The compiler of structured outputs (callers may compile before submitting).
+    pub fn grammars(&self) -> &Arc<GrammarCompiler> {
+        &self.grammars
     }
 
     /// Validates and submits a request. A bad request fails here, alone, with nothing changed.
@@ -153,11 +164,12 @@ impl EngineHandle {
     pub fn submit_bounded(
         &self,
         prompt: Vec<u32>,
-        params: SamplingParams,
+        mut params: SamplingParams,
         priority: i32,
         max_waiting: usize,
     ) -> Result<std::result::Result<Submitted, usize>> {
         self.limits.check(&prompt, &params)?;
+        self.grammars.prepare(&mut params)?;
         if let Some(failure) = self.failure() {
             return Err(dead_engine(&failure));
         }

@@ -122,17 +122,20 @@ impl Scheduler {
             .with_min_len(64)
             .map(|(seq, sample)| {
                 let sampled = match sample {
-                    Sample::Token(token) => Sampled {
+                    Sample::Token(token) => Ok(Sampled {
                         token,
                         logprobs: None,
-                    },
-                    Sample::Logits(row) => {
-                        let banned = seq.banned_tokens(ctx.eos_token_ids);
-                        seq.sampler.sample(&seq.params, &mut row.to_vec(), &banned)
-                    }
+                    }),
+                    Sample::Logits(row) => seq.sample_host(row, ctx.eos_token_ids),
                 };
-                seq.push_token(sampled.token, sampled.logprobs, ctx.eos_token_ids);
-                let mut r = Ok(());
+                let mut r = sampled.map(|s| {
+                    seq.push_token(s.token, s.logprobs, ctx.eos_token_ids);
+                });
+                r = r.and_then(|()| seq.advance_grammar());
+                if r.is_err() {
+                    seq.finish(Some(FinishReason::Abort));
+                    return (seq.request_id, seq.index == 0, r);
+                }
                 if !ctx.defer_text || seq.has_stop_strings() {
                     r = seq.detokenize(ctx.tokenizer);
                     if r.is_err() {

@@ -1,0 +1,126 @@
+//! Grammars over the small byte-level test vocabulary: masks allow exactly what the grammar
+//! can continue with, sampling among random logits always yields a valid output, and bad
+//! specs come back as invalid requests naming the problem.
+
+use super::*;
+use crate::error::Error;
+use crate::sampling::{Sampler, SamplingParams};
+use crate::tokenizer::test_vocab::gpt2_metadata;
+use crate::tokenizer::Tokenizer;
+
+/// EOS of the test vocabulary (`<|im_end|>`).
+const EOS: u32 = 2;
+
+fn compiler() -> (GrammarCompiler, Tokenizer) {
+    let tok = Tokenizer::from_gguf_metadata(&gpt2_metadata(None, None)).unwrap();
+    (GrammarCompiler::new(tok.clone(), &[EOS]), tok)
+}
+
+/// Samples up to `max` tokens from seeded random logits under `spec` (temperature 1, so
+/// every allowed token has a chance); returns the text and whether the grammar ended it.
+fn generate(spec: StructuredOutputs, seed: u64, max: usize) -> (String, bool) {
+    let (c, tok) = compiler();
+    let params = SamplingParams {
+        structured_outputs: Some(spec),
+        ..Default::default()
+    };
+    let grammar = c.compile(params.structured_outputs.as_ref().unwrap()).unwrap();
+    let mut state = GrammarState::new(&grammar);
+    let mut sampler = Sampler::new(&params, &[], seed);
+    // A fixed pseudo-random "model": an LCG's draws as logits in [0, 4).
+    let mut x = seed.wrapping_add(1);
+    let mut draw = move || {
+        x = x
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        ((x >> 33) % 1000) as f32 / 250.0
+    };
+    let mut out = Vec::new();
+    for _ in 0..max {
+        let mut logits: Vec<f32> = (0..tok.vocab_size()).map(|_| draw()).collect();
+        let picked = sampler
+            .sample_constrained(&params, &mut logits, &[], Some(&mut state))
+            .unwrap();
+        if picked.token == EOS {
+            return (tok.decode(&out, true).unwrap(), true);
+        }
+        state.accept(picked.token).unwrap();
+        out.push(picked.token);
+        if state.is_complete() {
+            return (tok.decode(&out, true).unwrap(), true);
+        }
+    }
+    (tok.decode(&out, true).unwrap(), false)
+}
+
+#[test]
+fn json_schema_outputs_parse_and_match() {
+    let schema = r#"{"type":"object","properties":{"a":{"type":"integer","minimum":0,"maximum":99},
+        "b":{"enum":["x","y"]}},"required":["a","b"],"additionalProperties":false}"#;
+    for seed in 0..8 {
+        let spec = StructuredOutputs::Json {
+            schema: schema.into(),
+            strict: true,
+        };
+        let (text, done) = generate(spec, seed, 200);
+        assert!(done, "seed {seed}: cut at {text:?}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let a = v["a"].as_i64().unwrap();
+        assert!((0..=99).contains(&a), "{text}");
+        assert!(v["b"] == "x" || v["b"] == "y", "{text}");
+    }
+}
+
+#[test]
+fn regex_and_choice_outputs_match() {
+    for seed in 0..8 {
+        let (t, done) = generate(StructuredOutputs::Regex("[0-9]{3}-[a-c]+".into()), seed, 50);
+        let ok = t.len() > 4 && t[..3].bytes().all(|b| b.is_ascii_digit()) && &t[3..4] == "-";
+        assert!(ok && t[4..].bytes().all(|b| (b'a'..=b'c').contains(&b)), "{t}");
+        assert!(done || t.len() > 40, "{t}");
+        let choices = vec!["the world".to_string(), "in.|x".to_string()];
+        let (t, done) = generate(StructuredOutputs::Choice(choices.clone()), seed, 50);
+        assert!(done && choices.contains(&t), "{t:?}");
+    }
+}
+
+#[test]
+fn lark_grammar_outputs_match() {
+    let g = "start: \"he\" tail\ntail: \"ll\" | \"y\" \" \" /[0-9]{2}/";
+    for seed in 0..6 {
+        let (t, done) = generate(StructuredOutputs::Grammar(g.into()), seed, 50);
+        let digits = |s: &str| s.len() == 2 && s.bytes().all(|b| b.is_ascii_digit());
+        let ok = t == "hell" || t.strip_prefix("hey ").is_some_and(digits);
+        assert!(done && ok, "{t:?}");
+    }
+}
+
+#[test]
+fn bad_specs_name_the_problem_and_the_cache_keeps_good_ones() {
+    let (c, _) = compiler();
+    let bad = [
+        (
+            StructuredOutputs::Json {
+                schema: r#"{"type":"nonsense"}"#.into(),
+                strict: true,
+            },
+            "nonsense",
+        ),
+        (StructuredOutputs::Regex("(unclosed".into()), "regex"),
+        (StructuredOutputs::Grammar("start: missing_rule".into()), "missing_rule"),
+    ];
+    for (spec, word) in bad {
+        let e = c.compile(&spec).unwrap_err();
+        assert!(matches!(e, Error::InvalidRequest(_)), "{e}");
+        assert!(e.to_string().contains(word), "{e} should name {word}");
+    }
+    let good = StructuredOutputs::JsonObject;
+    let (a, b) = (c.compile(&good).unwrap(), c.compile(&good).unwrap());
+    assert_eq!(a, b);
+    let mut p = SamplingParams {
+        structured_outputs: Some(good),
+        ..Default::default()
+    };
+    c.prepare(&mut p).unwrap();
+    assert_eq!(p.grammar, Some(a));
+}
