@@ -6,9 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::error::Result;
 use crate::kv::BlockTable;
-use crate::sampling::{
-    log_softmax_top, Sampled, Sampler, SamplingParams, StopChecker, StopReason,
-};
+use crate::sampling::{log_softmax_top, Sampled, Sampler, SamplingParams, StopChecker, StopReason};
 use crate::structured::GrammarState;
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
 

@@ -19,7 +19,10 @@ use super::openai_types::{ChatRequest, Message, MessageContent, Usage, CHAT_FIEL
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
 use super::stop_reason_json;
+use super::tool_calls::{assistant_message, ToolStream};
+use super::tools::{self, render_calls, ToolFormat, ToolRequest};
 use super::{parse_request, unix_time, AppState};
+use crate::engine::FinishReason;
 use crate::tokenizer::ChatMessage;
 
 pub async fn chat_completions(
@@ -32,9 +35,27 @@ pub async fn chat_completions(
     log.set_model(&req.model);
     state.check_model(&req.model)?;
     reject_unsupported(&req)?;
-    let kwargs = req.chat_template_kwargs.take().unwrap_or_default();
+    let template = (state.tokenizer.chat_template()).map_or(String::new(), |t| t.source().into());
+    let tools = tools::parse(
+        req.tools.as_ref(),
+        req.tool_choice.as_ref(),
+        req.parallel_tool_calls.as_ref(),
+        &template,
+    )?;
+    let format = (tools.as_ref()).map_or_else(|| ToolFormat::of_template(&template), |t| t.format);
+    let mut kwargs = req.chat_template_kwargs.take().unwrap_or_default();
     let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);
-    let messages = std::mem::take(&mut req.messages);
+    let mut messages = (std::mem::take(&mut req.messages).into_iter())
+        .map(|m| to_template_message(m, format))
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(t) = &tools {
+        if template.contains("tools") {
+            let (name, value) = t.template_vars();
+            kwargs.insert(name, value);
+        } else {
+            t.describe_in_prompt(&mut messages, &template);
+        }
+    }
     let prompt = chat_prompt(&state, messages, add_generation_prompt, &kwargs)?;
     let k = match (req.logprobs, req.top_logprobs) {
         (true, k) => Some(k.unwrap_or(0)),
@@ -48,7 +69,22 @@ pub async fn chat_completions(
     };
     let max_tokens = req.max_completion_tokens.or(req.max_tokens);
     let mut params = sampling_params(req.sampling, max_tokens, k, &state.defaults)?;
+    if let Some(grammar) = tools.as_ref().and_then(ToolRequest::grammar) {
+        if params.structured_outputs.is_some() {
+            return Err(ApiError::bad_request(
+                "tool_choice required or named cannot be combined with another output \
+                 constraint (response_format, structured_outputs, guided_*)",
+                Some("tool_choice"),
+            ));
+        }
+        params.structured_outputs = Some(grammar);
+    }
+    if format == ToolFormat::Mistral && tools.is_some() {
+        // Its calls begin with a special token, which the text must keep to be parsed.
+        params.skip_special_tokens = false;
+    }
     compile_structured(&state, &mut params)?;
+    let tools = tools.map(|t| t.format);
     let n = params.n;
     let generation = Generation::start(&state, prompt, params, arrival, &log)?;
     let id = format!("chatcmpl-{}", generation.output().request_id);
@@ -56,7 +92,7 @@ pub async fn chat_completions(
     if req.stream {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
         return Ok(spawn_sse(state.cut.subscribe(), move |out| {
-            stream_chunks(state, generation, out, id, n, k, include_usage)
+            stream_chunks(state, generation, out, id, (n, k, include_usage), tools)
         }));
     }
     let o = generation.finish().await?;
@@ -74,11 +110,12 @@ pub async fn chat_completions(
                 let steps = c.logprobs.as_deref().unwrap_or_default();
                 chat_shape(&token_logprobs(&state.tokenizer, &c.token_ids, steps, k))
             });
+            let (message, called) = assistant_message(&c.text, tools);
             json!({
                 "index": c.index,
-                "message": {"role": "assistant", "content": c.text},
+                "message": message,
                 "logprobs": logprobs,
-                "finish_reason": c.finish_reason.map(|r| r.as_str()),
+                "finish_reason": finish_reason(c.finish_reason, called),
                 "stop_reason": stop_reason_json(c.stop_reason.as_ref()),
             })
         })
@@ -98,14 +135,10 @@ pub async fn chat_completions(
 /// template variables), tokenized.
 fn chat_prompt(
     state: &AppState,
-    messages: Vec<Message>,
+    messages: Vec<ChatMessage>,
     add_generation_prompt: bool,
     kwargs: &serde_json::Map<String, Value>,
 ) -> Result<Vec<u32>, ApiError> {
-    let messages = messages
-        .into_iter()
-        .map(to_template_message)
-        .collect::<Result<Vec<_>, _>>()?;
     if messages.is_empty() {
         return Err(ApiError::bad_request(
             "messages must not be empty",
@@ -121,22 +154,23 @@ fn chat_prompt(
     Ok(prompt)
 }
 
-/// Fields this server does not implement yet: a 400 naming them, never silence.
+/// A choice's finish reason; `stop` becomes `tool_calls` when the output holds calls.
+fn finish_reason(reason: Option<FinishReason>, called: bool) -> Option<&'static str> {
+    match reason {
+        Some(FinishReason::Stop) if called => Some("tool_calls"),
+        r => r.map(|r| r.as_str()),
+    }
+}
+
+/// Fields this server does not implement: a 400 naming them, never silence.
 fn reject_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
-    let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
     for (name, v) in [
-        ("tools", &req.tools),
-        ("tool_choice", &req.tool_choice),
         ("functions", &req.functions),
         ("function_call", &req.function_call),
     ] {
-        let empty_list = v
-            .as_ref()
-            .is_some_and(|v| v.as_array().is_some_and(Vec::is_empty));
-        let none_choice = v.as_ref().is_some_and(|v| v == "none");
-        if set(v) && !empty_list && !none_choice {
+        if v.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::bad_request(
-                format!("{name} is not supported by this server (no tool calling yet)"),
+                format!("{name} (the deprecated form) is not supported: use tools"),
                 Some(name),
             ));
         }
@@ -144,27 +178,32 @@ fn reject_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// One message as the template sees it: text parts joined, anything else refused.
-fn to_template_message(m: Message) -> Result<ChatMessage, ApiError> {
+/// One message as the template sees it: text parts joined, an assistant's `tool_calls`
+/// written after its text as the model writes calls (`format`), anything else refused.
+fn to_template_message(m: Message, format: ToolFormat) -> Result<ChatMessage, ApiError> {
     if !matches!(
         m.role.as_str(),
-        "system" | "developer" | "user" | "assistant"
+        "system" | "developer" | "user" | "assistant" | "tool"
     ) {
         return Err(ApiError::bad_request(
             format!(
-                "message role {:?} is not supported (system, developer, user, assistant)",
+                "message role {:?} is not supported (system, developer, user, assistant, tool)",
                 m.role
             ),
             Some("messages"),
         ));
     }
-    if m.tool_calls.as_ref().is_some_and(|v| !v.is_null()) {
-        return Err(ApiError::bad_request(
-            "tool_calls in messages are not supported by this server",
-            Some("messages"),
-        ));
-    }
-    let content = match m.content {
+    let calls = match m.tool_calls.as_ref().filter(|v| !v.is_null()) {
+        Some(_) if m.role != "assistant" => {
+            return Err(ApiError::bad_request(
+                "only assistant messages may hold tool_calls",
+                Some("messages"),
+            ))
+        }
+        Some(c) => Some(render_calls(c, format)?),
+        None => None,
+    };
+    let mut content = match m.content {
         None => String::new(),
         Some(MessageContent::Text(t)) => t,
         Some(MessageContent::Parts(parts)) => {
@@ -186,6 +225,12 @@ fn to_template_message(m: Message) -> Result<ChatMessage, ApiError> {
             text
         }
     };
+    if let Some(calls) = calls {
+        if !content.is_empty() {
+            content.push('\n');
+        }
+        content.push_str(&calls);
+    }
     let role = if m.role == "developer" {
         "system".into()
     } else {
@@ -194,15 +239,15 @@ fn to_template_message(m: Message) -> Result<ChatMessage, ApiError> {
     Ok(ChatMessage { role, content })
 }
 
-/// Produces the chunks of a streamed chat response.
+/// Produces the chunks of a streamed chat response; with tools (`tools`: their format),
+/// content streams until calls begin and the calls go out whole when the choice ends.
 async fn stream_chunks(
     state: Arc<AppState>,
     mut generation: Generation,
     out: Emitter,
     id: String,
-    n: usize,
-    k: Option<usize>,
-    include_usage: bool,
+    (n, k, include_usage): (usize, Option<usize>, bool),
+    tools: Option<ToolFormat>,
 ) {
     let created = unix_time();
     let chunk = |choices: Value| {
@@ -219,6 +264,7 @@ async fn stream_chunks(
             "logprobs": null, "finish_reason": null}]);
         out.send(&chunk(c));
     }
+    let mut parsers: Vec<Option<ToolStream>> = (0..n).map(|_| tools.map(ToolStream::new)).collect();
     let mut completion_tokens = 0;
     loop {
         let item = tokio::select! {
@@ -238,16 +284,35 @@ async fn stream_chunks(
             let steps = d.logprobs.as_deref().unwrap_or_default();
             chat_shape(&token_logprobs(&state.tokenizer, &d.token_ids, steps, k))
         });
-        let delta = if d.text.is_empty() {
-            json!({})
-        } else {
-            json!({"content": d.text})
+        let parser = parsers.get_mut(d.index).and_then(Option::as_mut);
+        let (text, calls) = match parser {
+            None => (d.text.clone(), Vec::new()),
+            Some(p) => {
+                let mut text = p.push(&d.text);
+                let mut calls = Vec::new();
+                if d.finish_reason.is_some() {
+                    let (rest, done) = p.finish();
+                    text.push_str(&rest);
+                    calls = done;
+                }
+                (text, calls)
+            }
         };
+        let mut delta = json!({});
+        if !text.is_empty() {
+            delta["content"] = json!(text);
+        }
+        if !calls.is_empty() {
+            let calls: Vec<Value> = (calls.iter().enumerate())
+                .map(|(i, c)| c.to_json(Some(i)))
+                .collect();
+            delta["tool_calls"] = json!(calls);
+        }
         let c = json!([{
             "index": d.index,
             "delta": delta,
             "logprobs": logprobs,
-            "finish_reason": d.finish_reason.map(|r| r.as_str()),
+            "finish_reason": finish_reason(d.finish_reason, !calls.is_empty()),
             "stop_reason": stop_reason_json(d.stop_reason.as_ref()),
         }]);
         if !out.send(&chunk(c)) {

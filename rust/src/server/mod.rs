@@ -29,6 +29,8 @@ mod openai_types;
 mod request_params;
 mod sse;
 mod structured_request;
+mod tool_calls;
+mod tools;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -198,6 +198,7 @@ pub struct ChatRequest {
     pub stream_options: Option<StreamOptions>,
     pub tools: Option<Value>,
     pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<Value>,
     pub functions: Option<Value>,
     pub function_call: Option<Value>,
     /// More variables for the chat template (vLLM's extension; e.g. `enable_thinking`).

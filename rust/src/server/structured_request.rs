@@ -43,9 +43,10 @@ fn response_format(v: &Value) -> Result<Option<StructuredOutputs>, ApiError> {
         Some("text") => Ok(None),
         Some("json_object") => Ok(Some(StructuredOutputs::JsonObject)),
         Some("json_schema") => {
-            let js = v.get("json_schema").filter(|j| j.is_object()).ok_or_else(|| {
-                bad("response_format json_schema needs a json_schema object", F)
-            })?;
+            let js = v
+                .get("json_schema")
+                .filter(|j| j.is_object())
+                .ok_or_else(|| bad("response_format json_schema needs a json_schema object", F))?;
             let schema = js
                 .get("schema")
                 .ok_or_else(|| bad("response_format json_schema needs a schema", F))?;
@@ -85,9 +86,16 @@ fn structured_outputs(v: &Value) -> Result<Option<StructuredOutputs>, ApiError> 
             "json_object" if v == &Value::Bool(true) => StructuredOutputs::JsonObject,
             "json_object" => continue,
             // vLLM's tuning knobs that change nothing here.
-            "disable_fallback" | "disable_any_whitespace" | "disable_additional_properties"
+            "disable_fallback"
+            | "disable_any_whitespace"
+            | "disable_additional_properties"
             | "whitespace_pattern" => continue,
-            other => return Err(bad(format!("structured_outputs.{other} is not supported"), F)),
+            other => {
+                return Err(bad(
+                    format!("structured_outputs.{other} is not supported"),
+                    F,
+                ))
+            }
         };
         found.push(spec);
     }
@@ -101,7 +109,9 @@ fn structured_outputs(v: &Value) -> Result<Option<StructuredOutputs>, ApiError> 
 }
 
 /// The one constraint a request asks for (with the field that asked), or `None`.
-pub fn requested(f: &SamplingFields) -> Result<Option<(StructuredOutputs, &'static str)>, ApiError> {
+pub fn requested(
+    f: &SamplingFields,
+) -> Result<Option<(StructuredOutputs, &'static str)>, ApiError> {
     let mut found: Vec<(StructuredOutputs, &'static str)> = Vec::new();
     let given = |v: &Option<Value>| v.as_ref().filter(|v| !v.is_null()).cloned();
     if let Some(v) = given(&f.response_format) {
@@ -112,13 +122,25 @@ pub fn requested(f: &SamplingFields) -> Result<Option<(StructuredOutputs, &'stat
     }
     if let Some(v) = given(&f.guided_json) {
         let schema = schema_text(&v, "guided_json")?;
-        found.push((StructuredOutputs::Json { schema, strict: true }, "guided_json"));
+        found.push((
+            StructuredOutputs::Json {
+                schema,
+                strict: true,
+            },
+            "guided_json",
+        ));
     }
     if let Some(v) = given(&f.guided_regex) {
-        found.push((StructuredOutputs::Regex(string(&v, "guided_regex")?), "guided_regex"));
+        found.push((
+            StructuredOutputs::Regex(string(&v, "guided_regex")?),
+            "guided_regex",
+        ));
     }
     if let Some(v) = given(&f.guided_choice) {
-        found.push((StructuredOutputs::Choice(choices(&v, "guided_choice")?), "guided_choice"));
+        found.push((
+            StructuredOutputs::Choice(choices(&v, "guided_choice")?),
+            "guided_choice",
+        ));
     }
     if let Some(v) = given(&f.guided_grammar) {
         let g = string(&v, "guided_grammar")?;
@@ -127,7 +149,10 @@ pub fn requested(f: &SamplingFields) -> Result<Option<(StructuredOutputs, &'stat
     if found.len() > 1 {
         let names: Vec<&str> = found.iter().map(|(_, n)| *n).collect();
         return Err(bad(
-            format!("only one output constraint may be given, got {}", names.join(", ")),
+            format!(
+                "only one output constraint may be given, got {}",
+                names.join(", ")
+            ),
             names[1],
         ));
     }

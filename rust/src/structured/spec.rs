@@ -59,9 +59,9 @@ impl StructuredOutputs {
                 obj.insert("x-guidance".into(), opts);
                 TopLevelGrammar::from_json_schema(schema)
             }
-            StructuredOutputs::JsonObject => TopLevelGrammar::from_json_schema(
-                json!({"type": "object", "x-guidance": layout()}),
-            ),
+            StructuredOutputs::JsonObject => {
+                TopLevelGrammar::from_json_schema(json!({"type": "object", "x-guidance": layout()}))
+            }
             StructuredOutputs::Regex(rx) => TopLevelGrammar::from_regex(rx),
             StructuredOutputs::Choice(choices) => {
                 if choices.is_empty() {

@@ -35,7 +35,8 @@ impl GrammarState {
         let words = mask.as_slice();
         // The trie knows one end-of-sequence id; the model may have several, all allowed
         // when that one is.
-        let eos_allowed = (self.eos_token_ids.iter()).any(|&t| (t as usize) < mask.len() && mask.is_allowed(t));
+        let eos_allowed =
+            (self.eos_token_ids.iter()).any(|&t| (t as usize) < mask.len() && mask.is_allowed(t));
         let eos_logits: Vec<(usize, f32)> = self
             .eos_token_ids
             .iter()

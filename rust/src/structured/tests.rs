@@ -24,7 +24,9 @@ fn generate(spec: StructuredOutputs, seed: u64, max: usize) -> (String, bool) {
         structured_outputs: Some(spec),
         ..Default::default()
     };
-    let grammar = c.compile(params.structured_outputs.as_ref().unwrap()).unwrap();
+    let grammar = c
+        .compile(params.structured_outputs.as_ref().unwrap())
+        .unwrap();
     let mut state = GrammarState::new(&grammar);
     let mut sampler = Sampler::new(&params, &[], seed);
     // A fixed pseudo-random "model": an LCG's draws as logits in [0, 4).
@@ -76,7 +78,10 @@ fn regex_and_choice_outputs_match() {
     for seed in 0..8 {
         let (t, done) = generate(StructuredOutputs::Regex("[0-9]{3}-[a-c]+".into()), seed, 50);
         let ok = t.len() > 4 && t[..3].bytes().all(|b| b.is_ascii_digit()) && &t[3..4] == "-";
-        assert!(ok && t[4..].bytes().all(|b| (b'a'..=b'c').contains(&b)), "{t}");
+        assert!(
+            ok && t[4..].bytes().all(|b| (b'a'..=b'c').contains(&b)),
+            "{t}"
+        );
         assert!(done || t.len() > 40, "{t}");
         let choices = vec!["the world".to_string(), "in.|x".to_string()];
         let (t, done) = generate(StructuredOutputs::Choice(choices.clone()), seed, 50);
@@ -107,7 +112,10 @@ fn bad_specs_name_the_problem_and_the_cache_keeps_good_ones() {
             "nonsense",
         ),
         (StructuredOutputs::Regex("(unclosed".into()), "regex"),
-        (StructuredOutputs::Grammar("start: missing_rule".into()), "missing_rule"),
+        (
+            StructuredOutputs::Grammar("start: missing_rule".into()),
+            "missing_rule",
+        ),
     ];
     for (spec, word) in bad {
         let e = c.compile(&spec).unwrap_err();

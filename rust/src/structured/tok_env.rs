@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 use llguidance::token_bytes_from_tokenizer_json;
+use llguidance::toktrie::{TokEnv, TokRxInfo, TokTrie, TokenId, TokenizerEnv};
 
 use crate::error::{Error, Result};
 use crate::tokenizer::Tokenizer;
