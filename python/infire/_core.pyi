@@ -33,6 +33,10 @@ class SamplingParams:
             token ids cannot be picked and stop strings are not looked for (default 0).
         include_stop_str_in_output: keep the stop string that ended generation in the text.
         skip_special_tokens: leave special tokens out of the text (default True).
+        structured_outputs: hold the output to a shape: an ``infire.StructuredOutputsParams``
+            or a dict with one of its keys (``json``: a JSON Schema as str, dict or pydantic
+            class; ``regex``; ``choice``; ``grammar``: Lark; ``json_object=True``). A schema
+            llguidance refuses raises ``InvalidRequestError`` when the request is submitted.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class SamplingParams:
         min_tokens: int = 0,
         include_stop_str_in_output: bool = False,
         skip_special_tokens: bool = True,
+        structured_outputs: Any = None,
     ) -> None: ...
     @property
     def n(self) -> int: ...
@@ -93,6 +98,9 @@ class SamplingParams:
     def logprobs(self) -> int | None: ...
     @property
     def prompt_logprobs(self) -> int | None: ...
+    @property
+    def structured_outputs(self) -> Any:
+        """An ``infire.StructuredOutputsParams``, or ``None``."""
     def clone(self) -> SamplingParams:
         """An equal copy (vLLM's ``SamplingParams.clone()``)."""
     def to_dict(self) -> dict[str, Any]:

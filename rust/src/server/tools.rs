@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use super::errors::ApiError;
-use crate::structured::StructuredOutputs;
+use crate::structured::{json_layout, StructuredOutputs};
 use crate::tokenizer::ChatMessage;
 
 /// How a model family writes tool calls.
@@ -196,7 +196,7 @@ impl ToolRequest {
                     "required": ["name", key], "additionalProperties": false})
             })
             .collect();
-        json!({"anyOf": alts})
+        json!({"anyOf": alts, "x-guidance": json_layout()})
     }
 
     /// The grammar that holds the output to tool calls (`required` or named), `None` for

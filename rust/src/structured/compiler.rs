@@ -19,9 +19,12 @@ const CACHE_CAPACITY: usize = 512;
 
 /// A grammar ready to constrain sequences: its start state, whose lexer caches every sequence
 /// of the same grammar shares (llguidance's shallow clone).
+/// Cheap to clone (one `Arc`), so that sampling parameters stay small.
 #[derive(Clone)]
-pub struct CompiledGrammar {
-    key: Arc<str>,
+pub struct CompiledGrammar(Arc<Compiled>);
+
+struct Compiled {
+    key: String,
     start: Matcher,
     /// Ids that end a sequence: allowed exactly when the grammar accepts.
     eos_token_ids: Arc<[u32]>,
@@ -30,21 +33,21 @@ pub struct CompiledGrammar {
 impl CompiledGrammar {
     /// A fresh matcher at the grammar's start, for one sequence.
     pub fn start(&self) -> (Matcher, Arc<[u32]>) {
-        (self.start.clone(), self.eos_token_ids.clone())
+        (self.0.start.clone(), self.0.eos_token_ids.clone())
     }
 }
 
 impl fmt::Debug for CompiledGrammar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CompiledGrammar")
-            .field("key", &self.key)
+            .field("key", &self.0.key)
             .finish()
     }
 }
 
 impl PartialEq for CompiledGrammar {
     fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
+        self.0.key == other.0.key
     }
 }
 
@@ -98,11 +101,11 @@ impl GrammarCompiler {
                 first_line(&e)
             )));
         }
-        let compiled = CompiledGrammar {
-            key: key.as_str().into(),
+        let compiled = CompiledGrammar(Arc::new(Compiled {
+            key: key.clone(),
             start,
             eos_token_ids: self.eos_token_ids.clone(),
-        };
+        }));
         let mut cache = self.lock();
         if cache.len() >= CACHE_CAPACITY {
             cache.clear();

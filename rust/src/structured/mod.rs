@@ -10,7 +10,7 @@ mod state;
 mod tok_env;
 
 pub use compiler::{CompiledGrammar, GrammarCompiler};
-pub use spec::StructuredOutputs;
+pub use spec::{json_layout, StructuredOutputs};
 pub use state::GrammarState;
 
 #[cfg(test)]

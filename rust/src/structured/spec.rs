@@ -25,7 +25,7 @@ pub enum StructuredOutputs {
 /// How JSON is laid out: one space after `,` and `:` and no other whitespace, as Python's
 /// `json.dumps` writes it. Free whitespace lets a small model pad forever; fixed separators
 /// keep every output short and still valid JSON.
-fn layout() -> Value {
+pub fn json_layout() -> Value {
     json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
 }
 
@@ -54,14 +54,14 @@ impl StructuredOutputs {
                 let Some(obj) = schema.as_object_mut() else {
                     return bad("JSON schema must be an object (or true)".into());
                 };
-                let mut opts = layout();
+                let mut opts = json_layout();
                 opts["lenient"] = json!(!strict);
                 obj.insert("x-guidance".into(), opts);
                 TopLevelGrammar::from_json_schema(schema)
             }
-            StructuredOutputs::JsonObject => {
-                TopLevelGrammar::from_json_schema(json!({"type": "object", "x-guidance": layout()}))
-            }
+            StructuredOutputs::JsonObject => TopLevelGrammar::from_json_schema(
+                json!({"type": "object", "x-guidance": json_layout()}),
+            ),
             StructuredOutputs::Regex(rx) => TopLevelGrammar::from_regex(rx),
             StructuredOutputs::Choice(choices) => {
                 if choices.is_empty() {

@@ -18,7 +18,7 @@ fn add(request_id: u64) -> (Command, UnboundedReceiver<RequestEvent>) {
     let cmd = Command::Add {
         request_id,
         prompt: vec![1],
-        params: SamplingParams::default(),
+        params: Box::new(SamplingParams::default()),
         priority: 0,
         events,
     };

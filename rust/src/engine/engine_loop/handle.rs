@@ -193,7 +193,7 @@ impl EngineHandle {
         let sent = self.commands.send(Command::Add {
             request_id,
             prompt,
-            params,
+            params: Box::new(params),
             priority,
             events,
         });

@@ -34,7 +34,7 @@ enum Command {
     Add {
         request_id: u64,
         prompt: Vec<u32>,
-        params: SamplingParams,
+        params: Box<SamplingParams>,
         priority: i32,
         events: UnboundedSender<RequestEvent>,
     },

@@ -110,7 +110,7 @@ fn handle<B: Backend>(
             events,
         } => {
             let n = params.n;
-            match engine.add_request(request_id, prompt, params, priority) {
+            match engine.add_request(request_id, prompt, *params, priority) {
                 Ok(()) => {
                     routes.insert(request_id, Route { events, open: n });
                 }
