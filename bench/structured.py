@@ -77,7 +77,7 @@ def compile_ms(engine, repeats: int) -> float:
             t = time.perf_counter()
             engine.generate("Describe a person as JSON.", p)
             out.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(f - c for f, c in zip(fresh, cached))
+    return statistics.median(f - c for f, c in zip(fresh, cached, strict=True))
 
 
 def main() -> None:

@@ -56,7 +56,13 @@ def schemas() -> list[dict]:
         {"anyOf": [obj({"a": AGE}), obj({"b": NAME})]},
         {"enum": ["alpha", "beta", "gamma"]},
         obj({"flags": arr(FLAG, 3, 3)}),
-        obj({"meta": obj({"version": {"type": "integer", "minimum": 1, "maximum": 5}, "draft": FLAG})}),
+        obj(
+            {
+                "meta": obj(
+                    {"version": {"type": "integer", "minimum": 1, "maximum": 5}, "draft": FLAG}
+                )
+            }
+        ),
         obj({"email": {"type": "string", "pattern": "^[a-z]{1,8}@[a-z]{1,8}\\.com$"}}),
         obj({"rgb": arr({"type": "integer", "minimum": 0, "maximum": 255}, 3, 3)}),
         obj({"title": NAME, "pages": {"type": "integer", "minimum": 1, "maximum": 2000}}),

@@ -294,3 +294,37 @@ def test_cpu_and_cuda_agree(checkpoint, engine):
             ref = out.prompt_logprobs[len(prompt) + step]
             assert abs(g.logprobs[step][tok] - ref[tok]) <= LOGPROB_ATOL, (i, step)
             assert max(ref.values()) - ref[tok] <= TIE_LOGPROB, (i, step, ref)
+
+
+def test_structured_outputs_hold_beside_free_sequences(engine):
+    """Constrained sequences (sampled on the host from the step's logits) batched with free
+    ones: every constrained output matches, with greedy and seeded sampling alike."""
+    import json
+    import re
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "n": {"type": "integer", "minimum": 0, "maximum": 9},
+            "ok": {"type": "boolean"},
+        },
+        "required": ["n", "ok"],
+        "additionalProperties": False,
+    }
+    held = [
+        SamplingParams(max_tokens=64, temperature=0.0, structured_outputs={"json": schema}),
+        SamplingParams(
+            max_tokens=16, temperature=1.0, seed=1, structured_outputs={"regex": "[a-c]{4}"}
+        ),
+        SamplingParams(
+            max_tokens=16, temperature=0.7, seed=2, structured_outputs={"choice": ["x", "yz"]}
+        ),
+    ]
+    free = SamplingParams(max_tokens=8, temperature=0.0, ignore_eos=True)
+    prompts = PROMPTS[:6]
+    outs = engine.generate(prompts, held + [free] * 3)
+    json.loads(outs[0].outputs[0].text)
+    assert re.fullmatch("[a-c]{4}", outs[1].outputs[0].text)
+    assert outs[2].outputs[0].text in ("x", "yz")
+    assert all(o.outputs[0].finish_reason == "stop" for o in outs[:3])
+    assert all(len(o.outputs[0].token_ids) == 8 for o in outs[3:])

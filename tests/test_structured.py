@@ -134,7 +134,10 @@ def test_regex_choice_grammar_and_json_object(client, server):
     assert isinstance(json.loads(r.choices[0].message.content), dict)
     # The completions endpoint takes the same fields; streamed text joins to a valid output.
     stream = client.completions.create(
-        model=MODEL, prompt="Number:", max_tokens=20, stream=True,
+        model=MODEL,
+        prompt="Number:",
+        max_tokens=20,
+        stream=True,
         extra_body={"guided_regex": "[1-9][0-9]{0,3}"},
     )
     text = "".join(c.choices[0].text for c in stream)
@@ -146,8 +149,12 @@ def test_regex_choice_grammar_and_json_object(client, server):
     [
         ({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}, "schema"),
         (
-            {"response_format": {"type": "json_schema", "json_schema": {
-                "name": "x", "strict": True, "schema": {"type": "nonsense"}}}},
+            {
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "x", "strict": True, "schema": {"type": "nonsense"}},
+                }
+            },
             "nonsense",
         ),
         ({"response_format": {"type": "yaml"}}, "yaml"),

@@ -28,10 +28,18 @@ TIME = {
     "additionalProperties": False,
 }
 TOOLS = [
-    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                      "parameters": WEATHER}},
-    {"type": "function", "function": {"name": "get_time", "description": "Time in a zone",
-                                      "parameters": TIME}},
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": WEATHER,
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "get_time", "description": "Time in a zone", "parameters": TIME},
+    },
 ]
 SCHEMAS = {"get_weather": WEATHER, "get_time": TIME}
 ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
@@ -76,7 +84,11 @@ def _streamed(client, **kw):
 
 def test_required_call_then_tool_result_then_answer(client):
     r = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required", max_tokens=200,
+        model=MODEL,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="required",
+        max_tokens=200,
         temperature=0,
     )
     choice = r.choices[0]
@@ -88,7 +100,11 @@ def test_required_call_then_tool_result_then_answer(client):
         {"role": "tool", "tool_call_id": call.id, "content": '{"temp_c": 18, "sky": "clear"}'},
     ]
     r = client.chat.completions.create(
-        model=MODEL, messages=follow, tools=TOOLS, tool_choice="none", max_tokens=30,
+        model=MODEL,
+        messages=follow,
+        tools=TOOLS,
+        tool_choice="none",
+        max_tokens=30,
     )
     assert r.choices[0].message.content
     assert not r.choices[0].message.tool_calls
@@ -103,8 +119,14 @@ def test_named_call_streamed_and_single_call_when_not_parallel(client):
     assert [c["name"] for c in calls] == ["get_time"]
     jsonschema.validate(json.loads(calls[0]["arguments"]), TIME)
     r = client.chat.completions.create(
-        model=MODEL, messages=ASK, tools=TOOLS, tool_choice="required",
-        parallel_tool_calls=False, max_tokens=200, temperature=1.0, seed=5,
+        model=MODEL,
+        messages=ASK,
+        tools=TOOLS,
+        tool_choice="required",
+        parallel_tool_calls=False,
+        max_tokens=200,
+        temperature=1.0,
+        seed=5,
     )
     assert len(r.choices[0].message.tool_calls) == 1
     _check_calls(r.choices[0].message.tool_calls)
@@ -131,14 +153,33 @@ def test_auto_streamed_and_not_agree_in_shape(client):
     [
         ({"tools": [{"type": "function", "function": {"name": "bad name"}}]}, "name"),
         ({"tools": [{"type": "code_interpreter"}]}, "type"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": 7}}]},
-         "parameters"),
-        ({"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
-         "nope"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": 7}}]},
+            "parameters",
+        ),
+        (
+            {"tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "nope",
+        ),
         ({"tools": TOOLS, "tool_choice": "sometimes"}, "tool_choice"),
-        ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"x": {"type": "nonsense"}}}}}],
-          "tool_choice": "required"}, "nonsense"),
+        (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {
+                            "name": "f",
+                            "parameters": {
+                                "type": "object",
+                                "properties": {"x": {"type": "nonsense"}},
+                            },
+                        },
+                    }
+                ],
+                "tool_choice": "required",
+            },
+            "nonsense",
+        ),
     ],
 )
 def test_bad_tools_are_400_and_the_server_keeps_serving(client, server, body, word):

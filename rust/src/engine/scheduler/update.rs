@@ -103,8 +103,9 @@ impl Scheduler {
     }
 
     /// Samples (on the host where the backend did not) and appends each sequence's token, in
-    /// parallel over the engine's threads in chunks of 64 sequences. Returns per sequence its
-    /// request, whether it is the request's first sequence, and the outcome.
+    /// parallel over the engine's threads in chunks of 64 sequences (4 where grammars mask).
+    /// Returns per sequence its request, whether it is the request's first sequence, and the
+    /// outcome.
     fn append_tokens(
         &mut self,
         samples: Vec<(usize, Sample<'_>)>,
@@ -118,8 +119,10 @@ impl Scheduler {
                 work.push((seq, sample));
             }
         }
+        // A grammar's mask takes far longer than a plain pick: spread those more finely.
+        let constrained = work.iter().any(|(seq, _)| seq.grammar.is_some());
         work.into_par_iter()
-            .with_min_len(64)
+            .with_min_len(if constrained { 4 } else { 64 })
             .map(|(seq, sample)| {
                 let sampled = match sample {
                     Sample::Token(token) => Ok(Sampled {
