@@ -6,6 +6,7 @@ reason ``stop``) and valid; requests go concurrently so that the corpus runs in 
 from __future__ import annotations
 
 import json
+import pickle
 import re
 from concurrent.futures import ThreadPoolExecutor
 
@@ -67,8 +68,10 @@ def test_python_api_json_regex_choice_and_bad_schema(engine):
     assert re.fullmatch("[0-9]{3}-[0-9]{4}", outs[1].outputs[0].text)
     assert outs[2].outputs[0].text in ("positive", "negative")
     assert all(o.outputs[0].finish_reason == "stop" for o in outs)
-    # The parameters round-trip through to_dict (and so pickling).
-    assert SamplingParams(**params[2].to_dict()) == params[2]
+    # The parameters round-trip through to_dict and pickling.
+    for p in params:
+        assert SamplingParams(**p.to_dict()) == p == pickle.loads(pickle.dumps(p))
+    assert params[2].structured_outputs == StructuredOutputsParams(choice=["positive", "negative"])
     bad = SamplingParams(structured_outputs={"json": {"type": "nonsense"}})
     with pytest.raises(infire.InvalidRequestError, match="nonsense"):
         engine.generate("x", bad)
