@@ -324,13 +324,11 @@ def test_bad_parameters_are_400_naming_the_field(client, field, value):
 
 
 def test_unsupported_chat_fields_are_400(client):
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
-    with pytest.raises(openai.BadRequestError, match="tools"):
-        client.chat.completions.create(model=MODEL, messages=CHAT, tools=tools)
-    with pytest.raises(openai.BadRequestError, match="response_format"):
-        client.chat.completions.create(
-            model=MODEL, messages=CHAT, response_format={"type": "json_object"}
-        )
+    # The deprecated `functions` form of tools (tools and response_format: test_tools.py,
+    # test_structured.py).
+    functions = [{"name": "f", "parameters": {}}]
+    with pytest.raises(openai.BadRequestError, match="functions"):
+        client.chat.completions.create(model=MODEL, messages=CHAT, functions=functions)
     ok = client.chat.completions.create(
         model=MODEL, messages=CHAT, max_tokens=2, response_format={"type": "text"}
     )

@@ -57,12 +57,12 @@ def test_unknown_fields_are_a_400_naming_them(client):
         )
     assert "foo" in e.value.message and "top_kk" in e.value.message
     assert e.value.body["param"] == "foo"
-    with pytest.raises(openai.BadRequestError, match="guided_json"):
+    with pytest.raises(openai.BadRequestError, match="guided_decoding_backend"):
         client.chat.completions.create(
             model=MODEL,
             messages=[{"role": "user", "content": "Hi"}],
             max_tokens=2,
-            extra_body={"guided_json": {}},
+            extra_body={"guided_decoding_backend": "xgrammar"},
         )
 
 
