@@ -260,10 +260,12 @@ mod tests {
 
     #[test]
     fn layout_follows_json_dumps() {
+        // Keys keep their order, as in a Python dict (serde_json's `preserve_order`, which
+        // llguidance turns on for the whole build).
         let value = serde_json::json!({"b": [1, 2.5, "é"], "a": {}});
         assert_eq!(
             json_dumps(&value, &JsonDumpsOptions::new(None)).expect("dump"),
-            r#"{"a": {}, "b": [1, 2.5, "é"]}"#
+            r#"{"b": [1, 2.5, "é"], "a": {}}"#
         );
         let indented = JsonDumpsOptions {
             ensure_ascii: true,
@@ -271,7 +273,7 @@ mod tests {
         };
         assert_eq!(
             json_dumps(&value, &indented).expect("dump"),
-            "{\n \"a\": {},\n \"b\": [\n  1,\n  2.5,\n  \"\\u00e9\"\n ]\n}"
+            "{\n \"b\": [\n  1,\n  2.5,\n  \"\\u00e9\"\n ],\n \"a\": {}\n}"
         );
     }
 }
