@@ -1,6 +1,7 @@
 //! The model's vocabulary as llguidance sees it: each token's bytes in a trie (special tokens
 //! marked so that a grammar never produces them as text), and tokenization through the model's
-//! own tokenizer so that forced text becomes the tokens the model would have produced.
+//! own tokenizer (where it spells the text exactly) so that forced text becomes the tokens the
+//! model would have produced.
 
 use std::sync::Arc;
 
@@ -42,11 +43,15 @@ impl TokenizerEnv for ModelTokEnv {
     }
 
     fn tokenize_bytes(&self, s: &[u8]) -> Vec<TokenId> {
-        // llguidance hands over text it forces (valid UTF-8 except at a cut, which the lossy
-        // conversion only affects where the trie's greedy fallback below would apply).
-        match std::str::from_utf8(s) {
-            Ok(text) => self.tokenizer.encode(text, false).unwrap_or_default(),
-            Err(_) => self.trie.greedy_tokenize(s),
+        // The model's tokenizer where its tokens spell exactly `s`; a SentencePiece tokenizer
+        // adds a space in front, and a cut may split a character: then the trie's greedy
+        // tokenization, which always spells `s`.
+        let encoded = std::str::from_utf8(s)
+            .ok()
+            .and_then(|text| self.tokenizer.encode(text, false).ok());
+        match encoded {
+            Some(ids) if self.trie.decode_raw(&ids) == s => ids,
+            _ => self.trie.greedy_tokenize(s),
         }
     }
 }
