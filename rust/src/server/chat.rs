@@ -19,18 +19,21 @@ use super::openai_types::{ChatRequest, Message, MessageContent, Usage, CHAT_FIEL
 use super::request_params::sampling_params;
 use super::sse::{spawn_sse, Emitter};
 use super::stop_reason_json;
-use super::{parse_request, unix_time, AppState};
+use super::{parse_request, unix_time, AppState, Caller};
 use crate::tokenizer::ChatMessage;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(log): Extension<RequestLog>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let mut req: ChatRequest = parse_request(&state, body, CHAT_FIELDS)?;
     log.set_model(&req.model);
-    state.check_model(&req.model)?;
+    let state = state
+        .route(&req.model, req.sampling.priority, &caller)
+        .await?;
     reject_unsupported(&req)?;
     let kwargs = req.chat_template_kwargs.take().unwrap_or_default();
     let add_generation_prompt = req.add_generation_prompt.unwrap_or(true);

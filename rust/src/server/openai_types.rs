@@ -62,6 +62,9 @@ pub struct SamplingFields {
     #[serde(default)]
     pub include_stop_str_in_output: bool,
     pub skip_special_tokens: Option<bool>,
+    /// vLLM's request priority (lower is more urgent); read by the routing, not a sampling
+    /// parameter.
+    pub priority: Option<i64>,
 }
 
 /// Sampling fields of both endpoints (see [`SamplingFields`]).
@@ -82,6 +85,7 @@ const SAMPLING_FIELDS: &[&str] = &[
     "min_tokens",
     "include_stop_str_in_output",
     "skip_special_tokens",
+    "priority",
     // OpenAI's, accepted and ignored: they change nothing a client can see.
     "user",
     "metadata",
