@@ -68,7 +68,7 @@ impl Budget {
                     if let Some(num) = s.strip_suffix(unit) {
                         let x: f64 = num.trim().parse().map_err(|_| bad())?;
                         return (x > 0.0)
-                            .then(|| Budget::Bytes((x * scale as f64) as usize))
+                            .then_some(Budget::Bytes((x * scale as f64) as usize))
                             .ok_or_else(bad);
                     }
                 }

@@ -10,16 +10,13 @@ use crate::kv::BlockManager;
 impl Scheduler {
     /// Admits waiting sequences into `plan` (see the module docs).
     pub(super) fn admit(&mut self, kv: &mut BlockManager, step: &mut StepBudget, plan: &mut Plan) {
-        loop {
-            // The first waiting sequence whose class has rows left (interactive ones come
-            // first in the queue's order).
-            let Some(w) = self
-                .waiting
-                .iter()
-                .position(|s| step.cap(is_batch(s.priority)) > 0)
-            else {
-                break;
-            };
+        // The first waiting sequence whose class has rows left (interactive ones come first in
+        // the queue's order).
+        while let Some(w) = self
+            .waiting
+            .iter()
+            .position(|s| step.cap(is_batch(s.priority)) > 0)
+        {
             let batch = is_batch(self.waiting[w].priority);
             if self.running.len() >= self.config.max_num_seqs {
                 // Every slot is taken: an interactive sequence takes one from batch work.
