@@ -32,6 +32,7 @@ import asyncio
 import datetime
 import json
 import os
+import re
 import shlex
 import socket
 import statistics
@@ -222,6 +223,8 @@ async def metrics(port: int) -> dict[str, float]:
     for line in reply.body.decode().splitlines():
         if line and not line.startswith("#"):
             name, _, value = line.rpartition(" ")
+            # The server's one model: its `model` label is left out of the name.
+            name = re.sub(r'\{model="[^"]*"\}$', "", name)
             out[name] = float(value)
     return out
 

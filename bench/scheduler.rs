@@ -23,6 +23,7 @@ fn main() {
         max_num_seqs: SEQS,
         max_num_batched_tokens: SEQS * PROMPT + SEQS,
         max_prompt_logprob_rows: 0,
+        batch_min_share: 0.1,
     });
     let params = Arc::new(SamplingParams {
         max_tokens: None,

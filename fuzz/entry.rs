@@ -16,9 +16,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use infire::config::ModelConfig;
-use infire::engine::launch::launch;
 use infire::engine::EngineArgs;
-use infire::server::{self, AppState, ServerConfig};
+use infire::server::{self, AppState, ModelSpec, Node, ServerConfig};
 use infire::tokenizer::{ChatMessage, ChatTemplate, Tokenizer};
 use infire::weights::gguf::GgufFile;
 use infire::weights::safetensors::SafetensorsWeights;
@@ -150,19 +149,22 @@ fn test_server() -> &'static SocketAddr {
             max_model_len: Some(256),
             ..Default::default()
         };
-        let launched = launch(&model, &args).expect("the tiny model loads");
+        let spec = ModelSpec {
+            name: "tiny".into(),
+            aliases: Vec::new(),
+            path: model,
+            args,
+            memory: None,
+            on_demand: false,
+        };
+        let node = Node::start(vec![spec], None).expect("the tiny model loads");
         let server_config = ServerConfig {
             port: 0,
             header_timeout: Duration::from_secs(5),
             body_timeout: Duration::from_secs(5),
             ..ServerConfig::new("tiny")
         };
-        let state = Arc::new(AppState::new(
-            launched.handle,
-            launched.tokenizer,
-            launched.default_sampling,
-            server_config,
-        ));
+        let state = Arc::new(AppState::new(node, server_config));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -133,7 +133,9 @@ def _metrics(base: str) -> dict[str, float]:
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            key = s.name + (json.dumps(s.labels, sort_keys=True) if s.labels else "")
+            # One model: its `model` label is left out of the key.
+            labels = {k: v for k, v in s.labels.items() if k != "model"}
+            key = s.name + (json.dumps(labels, sort_keys=True) if labels else "")
             out[key] = s.value
     return out
 

@@ -195,9 +195,10 @@ class Engine:
 def load_tokenizer(path: str) -> Tokenizer:
     """Loads only the tokenizer of a local model."""
 
-def serve(model: str, options: str = "{}", server: str = "{}") -> None:
-    """Serves the OpenAI-compatible API until SIGTERM or SIGINT (see ``infire.serve``):
-    ``options`` are the engine's options, ``server`` the server's, each a JSON object."""
+def serve(models: str, server: str = "{}") -> None:
+    """Serves the OpenAI-compatible API of a node of models until SIGTERM or SIGINT (see
+    ``infire.serve``): ``models`` is a JSON list of model entries (path, names, memory budget,
+    engine options), ``server`` the server's options as a JSON object."""
 
 def engine_args_schema() -> str:
     """Every engine option (name, type, default, help) as a JSON list."""

@@ -1,7 +1,7 @@
 """The ``infire`` command line.
 
 infire generate "PROMPT" [--model M] [--max-tokens N] [--temperature T] [--chat] ...
-infire serve [--model M] [--host H] [--port P] [--api-key KEY] ...  # OpenAI-compatible server
+infire serve [--model M]... [--config node.toml] [--api-key KEY[=CLASS]]... ...  # OpenAI server
 infire download            # fetch the default model into the cache, print its path
 """
 
@@ -83,8 +83,20 @@ def _add_serve_parser(sub) -> None:
         "unless --seed is given.",
         formatter_class=_Formatter,
     )
-    srv.add_argument("--model", default=None, help="as for `generate` (default: SmolLM2)")
-    _add_options(srv, "server options", server_option_list())
+    srv.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="as for `generate` (default: SmolLM2); repeat it to serve several models, each "
+        "under its file's stem",
+    )
+    srv.add_argument(
+        "--config",
+        default=None,
+        help="a node's TOML file: [[models]] tables (model, served_model_name, aliases, "
+        "memory, on_demand, engine options) and a [server] table; see the README",
+    )
+    _add_options(srv, "server options", server_option_list(), repeated=("api_key",))
     _add_engine_args(srv)
 
 
@@ -96,10 +108,13 @@ def _add_engine_args(parser: argparse.ArgumentParser) -> None:
     _add_options(parser, "engine options", engine_option_list())
 
 
-def _add_options(parser: argparse.ArgumentParser, title: str, options) -> None:
+def _add_options(
+    parser: argparse.ArgumentParser, title: str, options, repeated: tuple[str, ...] = ()
+) -> None:
     """A flag for every option of ``options`` (``--max-num-seqs`` for ``max_num_seqs``;
-    booleans as ``--name`` / ``--no-name``). A flag left out is not passed on, so the option
-    keeps the Rust core's default."""
+    booleans as ``--name`` / ``--no-name``; those named in ``repeated`` may be given several
+    times, into a list). A flag left out is not passed on, so the option keeps the Rust core's
+    default."""
     group = parser.add_argument_group(title)
     for o in options:
         flag = "--" + o.name.replace("_", "-")
@@ -113,7 +128,10 @@ def _add_options(parser: argparse.ArgumentParser, title: str, options) -> None:
             group.add_argument(flag, dest=o.name, action=action, default=None, help=help_text)
         else:
             kind = _ARG_TYPES[o.type]
-            group.add_argument(flag, dest=o.name, type=kind, default=None, help=help_text)
+            action = "append" if o.name in repeated else "store"
+            group.add_argument(
+                flag, dest=o.name, type=kind, default=None, action=action, help=help_text
+            )
 
 
 def _version() -> str:
@@ -142,8 +160,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     _random_seed(args)
     try:
+        models = args.model or []
         serve(
-            args.model,
+            models[0] if len(models) == 1 else None,
+            models=models[1:] if len(models) == 1 else models,
+            config=args.config,
             **_given(args, server_option_list()),
             **_given(args, engine_option_list()),
         )

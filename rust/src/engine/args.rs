@@ -71,6 +71,9 @@ declare_options! {
         /// work overlaps the device's (default: on for CUDA, off for the CPU, which computes a step
         /// as it is launched).
         async_scheduling: Option<bool> = None,
+        /// Share of each step's token rows that interactive requests leave to batch requests
+        /// while there are any (batch work is never starved; see `--api-key KEY=batch`).
+        batch_min_share: f64 = 0.1,
     }
 }
 
@@ -90,6 +93,12 @@ impl EngineArgs {
             return bad(format!(
                 "gpu_memory_utilization must be in [0.05, 1], got {}",
                 self.gpu_memory_utilization
+            ));
+        }
+        if !(0.0..1.0).contains(&self.batch_min_share) {
+            return bad(format!(
+                "batch_min_share must be in [0, 1), got {}",
+                self.batch_min_share
             ));
         }
         // Ceilings far above any real use, so that a typo cannot ask for buffers the machine
@@ -136,6 +145,7 @@ impl EngineArgs {
             enable_prefix_caching: self.enable_prefix_caching,
             seed: self.seed,
             async_scheduling: self.async_scheduling,
+            batch_min_share: self.batch_min_share,
             step_trace: None,
         }
     }
@@ -166,6 +176,8 @@ pub struct EngineConfig {
     /// the backend's launches only enqueue work (`Backend::launches_ahead`: CUDA), off on the
     /// CPU, which computes a step as it is launched (there it would only delay each output).
     pub async_scheduling: Option<bool>,
+    /// Share of a step's rows kept for batch work while there is any.
+    pub batch_min_share: f64,
     /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).
     pub step_trace: Option<std::path::PathBuf>,
 }

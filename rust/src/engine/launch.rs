@@ -10,7 +10,7 @@ use super::{DeviceKind, Engine, EngineArgs, EngineConfig};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{KvDtype, KvLayout};
 use crate::error::{Error, Result};
-use crate::loader::open_model;
+use crate::loader::{open_model, ModelFiles};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::tuning::Tuning;
@@ -70,11 +70,24 @@ pub fn cuda_device_count() -> usize {
     }
 }
 
+/// The kind of device `opts.device` selects (an error names a device that is not there).
+pub fn device_kind(opts: &EngineArgs) -> Result<DeviceKind> {
+    Ok(match resolve_device(opts)? {
+        None => DeviceKind::Cpu,
+        Some(_) => DeviceKind::Cuda,
+    })
+}
+
 /// Opens `model`, loads it on the backend `opts` selects and spawns the engine loop.
 pub fn launch(model: &Path, opts: &EngineArgs) -> Result<Launched> {
     opts.validate()?;
+    launch_files(open_model(model)?, opts)
+}
+
+/// [`launch`] for a model already opened (a node sizes its KV pool from the files first).
+pub fn launch_files(files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
+    opts.validate()?;
     let tuning = Tuning::from_env();
-    let files = open_model(model)?;
     match resolve_device(opts)? {
         None => {
             let config = EngineConfig {

@@ -23,7 +23,9 @@ use std::sync::Arc;
 pub use args::{DeviceKind, EngineArgs, EngineConfig};
 pub use limits::RequestLimits;
 pub use output::{CompletionOutput, RequestMetrics, RequestOutput};
-pub use scheduler::{Scheduled, Scheduler, SchedulerConfig, StepOutput, UpdateContext};
+pub use scheduler::{
+    is_batch, Scheduled, Scheduler, SchedulerConfig, StepOutput, UpdateContext, BATCH_PRIORITY,
+};
 pub use sequence::{now_s, FinishReason, SeqDelta, Sequence};
 
 use self::runner::{LaunchedStep, ModelRunner, RunnerSizes};
@@ -55,6 +57,8 @@ pub struct EngineStats {
     pub kv_blocks_used: usize,
     pub prefix_cache_hit_rate: f64,
     pub num_preemptions: u64,
+    /// Batch sequences preempted for interactive ones (also in `num_preemptions`).
+    pub num_batch_preemptions: u64,
 }
 
 /// A step launched on the backend and not yet collected.
@@ -152,6 +156,7 @@ impl<B: Backend> Engine<B> {
                 max_num_seqs: config.max_num_seqs,
                 max_num_batched_tokens: config.max_num_batched_tokens,
                 max_prompt_logprob_rows: PROMPT_LOGPROB_ROWS,
+                batch_min_share: config.batch_min_share,
             }),
             limits: RequestLimits {
                 max_model_len,
@@ -212,6 +217,7 @@ impl<B: Backend> Engine<B> {
             kv_blocks_used: self.kv.num_blocks() - self.kv.num_free_blocks(),
             prefix_cache_hit_rate: self.kv.hit_rate(),
             num_preemptions: self.scheduler.num_preemptions,
+            num_batch_preemptions: self.scheduler.num_batch_preemptions,
         }
     }
 

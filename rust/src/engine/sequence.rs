@@ -52,6 +52,8 @@ pub struct Sequence {
     /// Order of arrival, engine-wide; breaks priority ties and picks preemption victims.
     pub arrival_seq: u64,
     pub arrival_time: f64,
+    /// When the scheduler first admitted it (the end of its time in the queue).
+    pub scheduled_time: Option<f64>,
     pub first_token_time: Option<f64>,
     pub finished_time: Option<f64>,
     /// Prompt then generated tokens.
@@ -110,6 +112,7 @@ impl Sequence {
             priority,
             arrival_seq,
             arrival_time: now_s(),
+            scheduled_time: None,
             first_token_time: None,
             finished_time: None,
             sampler: Sampler::new(&params, &prompt, seed),
@@ -354,6 +357,7 @@ impl Sequence {
             stop_reason: self.finish_reason.and(self.stop_reason.clone()),
             num_cached_tokens: self.num_cached_tokens,
             arrival_time: self.arrival_time,
+            scheduled_time: self.scheduled_time,
             first_token_time: self.first_token_time,
             finished_time: self.finished_time,
         };
@@ -378,6 +382,8 @@ pub struct SeqDelta {
     pub stop_reason: Option<StopReason>,
     pub num_cached_tokens: usize,
     pub arrival_time: f64,
+    /// When the sequence was first admitted (queue time: from `arrival_time` to this).
+    pub scheduled_time: Option<f64>,
     pub first_token_time: Option<f64>,
     pub finished_time: Option<f64>,
 }

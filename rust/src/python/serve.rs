@@ -1,51 +1,43 @@
-//! `infire._core.serve`: the OpenAI-compatible server from Python.
-
-use std::path::PathBuf;
+//! `infire._core.serve`: the OpenAI-compatible server of a node of models, from Python.
 
 use pyo3::prelude::*;
 
 use super::convert::to_pyerr;
-use super::engine_args;
-use crate::engine::launch::launch;
-use crate::error::Result;
-use crate::server::{self, LogFormat, ServerArgs};
+use crate::error::{Error, Result};
+use crate::server::{self, LogFormat, ModelSpec, Node, ServerArgs};
 
-/// Loads `model`, starts the engine and serves the OpenAI-compatible API until SIGTERM or
-/// SIGINT (see `infire.serve`). Blocks without holding the GIL. `options` are the engine's
-/// options and `server` the server's (`ServerArgs`), each as a JSON object of the options set;
-/// without `api_key`, `$INFIRE_API_KEY` (when set and not empty) is the key.
+/// Loads the models of `models` (a JSON list of entries: `{"model": PATH, "served_model_name",
+/// "aliases", "memory", "on_demand", ...engine options}`, see `infire.serve`), starts one engine
+/// per model and serves the OpenAI-compatible API until SIGTERM or SIGINT. Blocks without
+/// holding the GIL. `server` holds the server's options (`ServerArgs`) as a JSON object; without
+/// `api_key`, `$INFIRE_API_KEY` (when set and not empty) is the key.
 #[pyfunction]
-#[pyo3(signature = (model, options="{}", server="{}"))]
-pub fn serve(py: Python<'_>, model: PathBuf, options: &str, server: &str) -> PyResult<()> {
-    let args = engine_args(options)?;
+#[pyo3(signature = (models, server="{}"))]
+pub fn serve(py: Python<'_>, models: &str, server: &str) -> PyResult<()> {
     let server_args = ServerArgs::from_json(server).map_err(to_pyerr)?;
-    let stem = model.file_stem().map_or_else(
-        || model.display().to_string(),
-        |s| s.to_string_lossy().into_owned(),
-    );
-    let mut config = server_args.server_config(&stem).map_err(to_pyerr)?;
-    if config.api_key.is_none() {
-        config.api_key = std::env::var("INFIRE_API_KEY")
+    let mut specs = ModelSpec::parse_list(models).map_err(to_pyerr)?;
+    if let Some(name) = &server_args.served_model_name {
+        if specs.len() > 1 {
+            return Err(to_pyerr(Error::InvalidConfig(
+                "served_model_name names one model: give each model of a node its \
+                 served_model_name in its entry"
+                    .into(),
+            )));
+        }
+        specs[0].name = name.clone();
+    }
+    let mut args = server_args.clone();
+    if args.api_key.is_none() {
+        args.api_key = std::env::var("INFIRE_API_KEY")
             .ok()
             .filter(|k| !k.is_empty());
     }
+    let config = args.server_config(&specs[0].name).map_err(to_pyerr)?;
     let format = LogFormat::parse(&server_args.log_format).map_err(to_pyerr)?;
     server::init_logging(server_args.log_level.as_deref(), format).map_err(to_pyerr)?;
     py.detach(|| -> Result<()> {
-        tracing::info!("loading {}", model.display());
-        let launched = launch(&model, &args)?;
-        tracing::info!(
-            device = launched.device,
-            device_name = %launched.device_name,
-            kv_cache_tokens = launched.kv_capacity_tokens,
-            "engine ready"
-        );
-        server::run(
-            launched.handle,
-            launched.tokenizer,
-            launched.default_sampling,
-            config,
-        )
+        let node = Node::start(specs, config.node_memory)?;
+        server::run(node, config)
     })
     .map_err(to_pyerr)
 }

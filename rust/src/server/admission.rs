@@ -52,8 +52,8 @@ pub(super) async fn read_body_in_time(
     }
 }
 
-/// Answers 503 (with `Retry-After`, closing the connection) while the server drains or once the
-/// engine has failed, `/health` included; otherwise runs the request and counts it in
+/// Answers 503 (with `Retry-After`, closing the connection) while the server drains or once an
+/// engine of the node has failed, `/health` included; otherwise runs the request and counts it in
 /// [`AppState::busy`] until its response body, a stream included, has been sent or dropped.
 pub(super) async fn admit(
     State(state): State<Arc<AppState>>,
@@ -64,7 +64,7 @@ pub(super) async fn admit(
         Some(ApiError::shutting_down())
     } else {
         state
-            .handle
+            .node
             .failure()
             .map(|reason| ApiError::engine_failed(&reason))
     };

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::traffic::parse_keys;
 use super::ServerConfig;
 use crate::error::{Error, Result};
 use crate::options::{declare_options, parse_options};
@@ -19,12 +20,24 @@ declare_options! {
         /// Port to listen on (0: any free one, printed at start).
         port: u16 = 8000,
         /// Require `Authorization: Bearer KEY` on /v1 routes (default: $INFIRE_API_KEY, else
-        /// none).
+        /// none). KEY=interactive or KEY=batch binds a traffic class to a key; several keys are
+        /// separated by commas (the flag may be repeated). Only a key bound to no class may use
+        /// the admin API.
         api_key: Option<String> = None,
         /// The model name clients use (default: the model file's stem).
         served_model_name: Option<String> = None,
         /// Sequences waiting in the engine at which new requests get 429.
         max_waiting: usize = 256,
+        /// Interactive requests waiting for their first token, per model, at which new ones get
+        /// 429.
+        max_waiting_interactive: usize = 256,
+        /// Batch requests waiting for their first token, per model, at which new ones get 429.
+        max_waiting_batch: usize = 1024,
+        /// Seconds a request waits for a sleeping or on-demand model to be ready before a 503.
+        wake_timeout: f64 = 60.0,
+        /// Bytes the models may hold in all on the CPU (default: the memory available at
+        /// start); each model's memory budget is checked against it.
+        node_memory: Option<usize> = None,
         /// Largest request body in bytes; larger ones get 413.
         max_body_bytes: usize = 8 << 20,
         /// Seconds running requests get to finish after SIGTERM; streams still open then end
@@ -73,15 +86,22 @@ impl ServerArgs {
                 return Err(Error::InvalidConfig(format!("{name} must be at least 1")));
             }
         }
+        let api_keys = match &self.api_key {
+            Some(k) => parse_keys(k)?,
+            None => Vec::new(),
+        };
         Ok(ServerConfig {
             host: self.host.clone(),
             port: self.port,
-            api_key: self.api_key.clone(),
+            api_keys,
             served_model_name: self
                 .served_model_name
                 .clone()
                 .unwrap_or_else(|| default_name.to_string()),
             max_waiting: self.max_waiting,
+            max_waiting_class: [self.max_waiting_interactive, self.max_waiting_batch],
+            wake_timeout: seconds("wake_timeout", self.wake_timeout)?,
+            node_memory: self.node_memory,
             max_body_bytes: self.max_body_bytes,
             shutdown_grace: seconds("shutdown_grace", self.shutdown_grace)?,
             header_timeout: seconds("header_timeout", self.header_timeout)?,
@@ -102,6 +122,10 @@ mod tests {
         assert_eq!(config.served_model_name, "m");
         assert_eq!(config.max_waiting, 256);
         assert_eq!(config.header_timeout, Duration::from_secs(10));
+        assert!(config.api_keys.is_empty());
+        let keyed = ServerArgs::from_json(r#"{"api_key": "a,b=batch"}"#).unwrap();
+        let keys = keyed.server_config("m").unwrap().api_keys;
+        assert_eq!(keys[1].class, Some(super::super::Class::Batch));
         let args = ServerArgs::from_json(r#"{"port": 0, "shutdown_grace": 1.5}"#).unwrap();
         let config = args.server_config("m").unwrap();
         assert_eq!(

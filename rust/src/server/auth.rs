@@ -8,24 +8,42 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::errors::ApiError;
+use super::traffic::{Caller, Class};
 use super::AppState;
 
-/// Lets a request through when no key is set or it carries `Authorization: Bearer <key>`.
+/// Lets a request through when no key is set or it carries `Authorization: Bearer <key>` of
+/// an accepted key, and tells the handlers who called ([`Caller`]: the key's class, and whether
+/// it is a full key, which the admin API needs).
 pub async fn require_api_key(
     State(state): State<Arc<AppState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
-    if let Some(key) = &state.config.api_key {
+    let keys = &state.config.api_keys;
+    let caller = if keys.is_empty() {
+        Caller {
+            class: Class::Interactive,
+            admin: true,
+        }
+    } else {
         let given = request
             .headers()
             .get(AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), key.as_bytes())) {
+        let matched = given.and_then(|g| {
+            keys.iter()
+                .find(|k| constant_time_eq(g.as_bytes(), k.key.as_bytes()))
+        });
+        let Some(key) = matched else {
             return ApiError::unauthorized().into_response();
+        };
+        Caller {
+            class: key.class.unwrap_or_default(),
+            admin: key.class.is_none(),
         }
-    }
+    };
+    request.extensions_mut().insert(caller);
     next.run(request).await
 }
 

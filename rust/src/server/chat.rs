@@ -21,19 +21,22 @@ use super::sse::{spawn_sse, Emitter};
 use super::stop_reason_json;
 use super::tool_calls::{assistant_message, ToolStream};
 use super::tools::{self, render_calls, ToolFormat, ToolRequest};
-use super::{parse_request, unix_time, AppState};
+use super::{parse_request, unix_time, AppState, Caller};
 use crate::engine::FinishReason;
 use crate::tokenizer::ChatMessage;
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(log): Extension<RequestLog>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let mut req: ChatRequest = parse_request(&state, body, CHAT_FIELDS)?;
     log.set_model(&req.model);
-    state.check_model(&req.model)?;
+    let state = state
+        .route(&req.model, req.sampling.priority, &caller)
+        .await?;
     reject_unsupported(&req)?;
     let template = (state.tokenizer.chat_template()).map_or(String::new(), |t| t.source().into());
     let tools = tools::parse(

@@ -21,7 +21,7 @@ use super::openai_types::{CompletionRequest, PromptArg, Usage, COMPLETION_FIELDS
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
 use super::stop_reason_json;
-use super::{parse_request, unix_time, AppState};
+use super::{parse_request, unix_time, AppState, Caller};
 use crate::engine::{RequestOutput, SeqDelta};
 
 /// Per-choice state of a response being built.
@@ -33,12 +33,15 @@ struct Choice {
 pub async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(log): Extension<RequestLog>,
+    Extension(caller): Extension<Caller>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let req: CompletionRequest = parse_request(&state, body, COMPLETION_FIELDS)?;
     log.set_model(&req.model);
-    state.check_model(&req.model)?;
+    let state = state
+        .route(&req.model, req.sampling.priority, &caller)
+        .await?;
     reject_unsupported(&req)?;
     let tok = &state.tokenizer;
     // Tokenizing a long prompt takes a while: tell the runtime, so other requests move on.

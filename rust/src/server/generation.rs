@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::access_log::RequestLog;
 use super::errors::ApiError;
+use super::traffic::QueuePlace;
 use super::AppState;
 use crate::engine::engine_loop::{EngineHandle, Submitted};
 use crate::engine::{RequestOutput, SeqDelta};
@@ -25,11 +26,14 @@ pub struct Generation {
     finished: bool,
     /// The request's access-log line, counting its tokens.
     log: RequestLog,
+    /// Its place in its class's queue until its first token.
+    place: QueuePlace,
 }
 
 impl Generation {
-    /// Submits `prompt`; answers 429 when its sequences would make more than `max_waiting`
-    /// wait (counted at submission, exact under any burst), 503 once the server is shutting
+    /// Submits `prompt` with the request's priority; answers 429 when its class already has
+    /// its limit of requests waiting for a first token, or when its sequences would make more
+    /// than `max_waiting` wait (counted at submission, exact under any burst), 503 once the server is shutting
     /// down (a keep-alive connection may still bring requests).
     pub fn start(
         state: &Arc<AppState>,
@@ -43,10 +47,19 @@ impl Generation {
         }
         let max_waiting = state.config.max_waiting;
         let prompt_len = prompt.len();
+        let class = state.class;
+        let place = state
+            .slot
+            .queues
+            .enter(class, state.config.max_waiting_class[class.index()])
+            .inspect_err(|_| state.metrics.class(class).count_rejected())?;
         let submitted = state
             .handle
-            .submit_bounded(prompt, params, 0, max_waiting)?
-            .map_err(|waiting| ApiError::overloaded(waiting, max_waiting))?;
+            .submit_bounded(prompt, params, state.priority, max_waiting)?
+            .map_err(|waiting| {
+                state.metrics.class(class).count_rejected();
+                ApiError::overloaded(waiting, max_waiting)
+            })?;
         log.add_prompt(prompt_len);
         Ok(Generation {
             handle: state.handle.clone(),
@@ -56,6 +69,7 @@ impl Generation {
             last_token: None,
             finished: false,
             log: log.clone(),
+            place,
         })
     }
 
@@ -70,14 +84,29 @@ impl Generation {
             }
         };
         let metrics = &self.state.metrics;
+        let class = metrics.class(self.state.class);
         if !delta.token_ids.is_empty() {
             let now = Instant::now();
             self.log
                 .add_output(delta.token_ids.len(), now - self.arrival);
             match self.last_token {
-                None => metrics.ttft.observe(now - self.arrival),
+                None => {
+                    self.place.leave();
+                    metrics.ttft.observe(now - self.arrival);
+                    class.ttft.observe(now - self.arrival);
+                    // The engine's clock: from the request's arrival there to its admission.
+                    if let Some(s) = delta.scheduled_time {
+                        let queued = (s - delta.arrival_time).max(0.0);
+                        class
+                            .queue
+                            .observe(std::time::Duration::from_secs_f64(queued));
+                    }
+                }
                 Some(t) => metrics.inter_token.observe(now - t),
             }
+            class
+                .generation_tokens
+                .fetch_add(delta.token_ids.len() as u64, Ordering::Relaxed);
             self.last_token = Some(now);
             metrics
                 .generation_tokens
@@ -86,10 +115,9 @@ impl Generation {
         if self.submitted.output.finished() {
             self.finished = true;
             metrics.e2e.observe(self.arrival.elapsed());
-            metrics.prompt_tokens.fetch_add(
-                self.submitted.output.prompt_token_ids.len() as u64,
-                Ordering::Relaxed,
-            );
+            let prompt = self.submitted.output.prompt_token_ids.len() as u64;
+            metrics.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+            class.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
         }
         Ok(Some(delta))
     }

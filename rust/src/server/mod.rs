@@ -2,9 +2,13 @@
 //! engine loop. Handlers tokenize, submit to the [`EngineHandle`] and stream the engine's
 //! deltas back; nothing but conversion happens here.
 //!
+//! A server serves a node of models (`node`): each request goes to the engine of the model it
+//! names, waiting for a sleeping model to wake; the admin API (`admin`) puts models to sleep,
+//! wakes, loads and unloads them; API keys may bind a traffic class (`traffic`).
+//!
 //! Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
-//! `POST /v1/chat/completions` (bearer auth when an API key is set), `GET /health`,
-//! `GET /metrics`; another method on a route is a 405 with an error body. Request fields the
+//! `POST /v1/chat/completions`, `POST /v1/admin/models/{name}/{sleep,wake,load,unload}`
+//! (bearer auth when an API key is set), `GET /health`, `GET /metrics`; another method on a route is a 405 with an error body. Request fields the
 //! server does not know are a 400 naming them (see `openai_types`). Every request gets an
 //! access-log line (`access_log`); logs go through `tracing` (`logging`). On SIGTERM or SIGINT the server
 //! answers new requests 503, lets running requests finish up to
@@ -13,6 +17,7 @@
 //! has died.
 
 mod access_log;
+mod admin;
 mod admission;
 mod args;
 mod auth;
@@ -24,16 +29,22 @@ mod generation;
 mod info;
 mod logging;
 mod logprobs;
+mod memory;
 mod metrics;
+mod metrics_text;
+mod node;
+mod node_spec;
 mod openai_types;
 mod request_params;
 mod sse;
 mod structured_request;
 mod tool_calls;
 mod tools;
+mod state;
+mod traffic;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -53,11 +64,13 @@ pub use args::ServerArgs;
 pub use errors::ApiError;
 pub use logging::{init as init_logging, LogFormat};
 pub use metrics::Metrics;
+pub use node::{ModelState, Node};
+pub use node_spec::ModelSpec;
+pub use state::{AppState, Routed};
+pub use traffic::{ApiKey, Caller, Class};
 
-use crate::engine::engine_loop::EngineHandle;
 use crate::error::{Error, Result};
-use crate::sampling::{SamplingParams, StopReason};
-use crate::tokenizer::Tokenizer;
+use crate::sampling::StopReason;
 
 /// The server's settled options (from [`ServerArgs`], whose fields document them).
 #[derive(Debug, Clone)]
@@ -66,10 +79,19 @@ pub struct ServerConfig {
     pub host: String,
     /// Port to listen on (default 8000; 0 picks a free one).
     pub port: u16,
-    /// When set, `/v1` routes need `Authorization: Bearer <api_key>`.
-    pub api_key: Option<String>,
-    /// The model name requests must give; others get 404.
+    /// When set, `/v1` routes need `Authorization: Bearer <api_key>`: the keys accepted, and
+    /// the class each binds (see `traffic`).
+    pub api_keys: Vec<ApiKey>,
+    /// The name of the model a request was routed to (in a node's own state: the first
+    /// model's); responses name it.
     pub served_model_name: String,
+    /// Most requests of each class (interactive, batch) that wait for their first token on one
+    /// model; one more gets 429.
+    pub max_waiting_class: [usize; 2],
+    /// How long a request waits for a sleeping or on-demand model to be ready.
+    pub wake_timeout: Duration,
+    /// Bytes the node's models may hold on the CPU (`None`: what the machine has available).
+    pub node_memory: Option<usize>,
     /// Sequences waiting in the engine at which new requests get 429 (default 256).
     pub max_waiting: usize,
     /// Largest request body in bytes (default 8 MiB); larger ones get 413.
@@ -100,56 +122,6 @@ impl ServerConfig {
     }
 }
 
-/// What every handler shares.
-pub struct AppState {
-    pub handle: EngineHandle,
-    pub tokenizer: Arc<Tokenizer>,
-    /// The model's sampling defaults, for fields a request leaves out.
-    pub defaults: SamplingParams,
-    pub config: ServerConfig,
-    pub metrics: Metrics,
-    /// Set once a shutdown signal arrived: health says 503 and new requests are refused.
-    pub shutting_down: AtomicBool,
-    /// Requests in flight (their responses not yet fully sent); the drain waits for zero.
-    pub busy: AtomicUsize,
-    /// Turns true when the grace period after a shutdown signal is over: open streams end
-    /// with an error event.
-    pub cut: tokio::sync::watch::Sender<bool>,
-}
-
-impl AppState {
-    /// The state of a server of `handle` with `config`, before any request.
-    pub fn new(
-        handle: EngineHandle,
-        tokenizer: Arc<Tokenizer>,
-        defaults: SamplingParams,
-        config: ServerConfig,
-    ) -> Self {
-        AppState {
-            handle,
-            tokenizer,
-            defaults,
-            config,
-            metrics: Metrics::default(),
-            shutting_down: AtomicBool::new(false),
-            busy: AtomicUsize::new(0),
-            cut: tokio::sync::watch::channel(false).0,
-        }
-    }
-
-    /// 404 unless `model` is the served model's name.
-    fn check_model(&self, model: &str) -> Result<(), ApiError> {
-        if model == self.config.served_model_name {
-            Ok(())
-        } else {
-            Err(ApiError::unknown_model(
-                model,
-                &self.config.served_model_name,
-            ))
-        }
-    }
-}
-
 /// The router of every endpoint over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
     let v1 = Router::new()
@@ -157,6 +129,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{*id}", get(info::model))
         .route("/v1/completions", post(completions::completions))
         .route("/v1/chat/completions", post(chat::chat_completions))
+        .route("/v1/admin/models/{name}/{action}", post(admin::admin))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_api_key,
@@ -220,29 +193,24 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
     Ok(())
 }
 
-/// Builds a tokio runtime and serves `handle` on it until shutdown; then stops the engine.
+/// Builds a tokio runtime and serves `node` on it until shutdown; then stops its engines.
 /// Blocks the calling thread.
-pub fn run(
-    handle: EngineHandle,
-    tokenizer: Arc<Tokenizer>,
-    defaults: SamplingParams,
-    config: ServerConfig,
-) -> Result<()> {
+pub fn run(node: Arc<Node>, config: ServerConfig) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("infire-http")
         .enable_all()
         .build()
         .map_err(|e| Error::Engine(format!("cannot start the HTTP runtime: {e}")))?;
-    let state = Arc::new(AppState::new(handle.clone(), tokenizer, defaults, config));
-    let name = state.config.served_model_name.clone();
+    let state = Arc::new(AppState::new(node.clone(), config));
+    let names = node.names();
     let result = runtime.block_on(serve(state, |addr| {
-        tracing::info!("serving {name} on http://{addr}");
+        tracing::info!("serving `{names}` on http://{addr}");
     }));
     runtime.shutdown_timeout(Duration::from_secs(1));
-    handle.shutdown();
+    node.shutdown();
     match &result {
-        Ok(()) => tracing::info!("engine stopped; exiting"),
+        Ok(()) => tracing::info!("engines stopped; exiting"),
         Err(e) => tracing::error!("server failed: {e}"),
     }
     result
@@ -276,7 +244,8 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
 /// Parses a JSON request body whose top-level fields must be among `known` (see
 /// `openai_types`): a body over the size limit gets 413, malformed JSON 400, and fields this
 /// server does not know 400 naming them, as OpenAI answers (with
-/// [`ServerConfig::allow_unknown_fields`], they are logged and ignored).
+/// [`ServerConfig::allow_unknown_fields`], they are logged and ignored). `priority` (vLLM's
+/// field) is known to both endpoints.
 fn parse_request<T: DeserializeOwned>(
     state: &AppState,
     body: Result<Bytes, BytesRejection>,

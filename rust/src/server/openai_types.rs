@@ -71,6 +71,9 @@ pub struct SamplingFields {
     pub guided_regex: Option<Value>,
     pub guided_choice: Option<Value>,
     pub guided_grammar: Option<Value>,
+    /// vLLM's request priority (lower is more urgent); read by the routing, not a sampling
+    /// parameter.
+    pub priority: Option<i64>,
 }
 
 /// Sampling fields of both endpoints (see [`SamplingFields`]).
@@ -97,6 +100,7 @@ const SAMPLING_FIELDS: &[&str] = &[
     "guided_regex",
     "guided_choice",
     "guided_grammar",
+    "priority",
     // OpenAI's, accepted and ignored: they change nothing a client can see.
     "user",
     "metadata",

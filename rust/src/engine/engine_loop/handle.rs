@@ -228,6 +228,20 @@ impl EngineHandle {
     /// get `Failed`.
     pub fn shutdown(&self) {
         let _ = self.commands.send(Command::Shutdown);
+        self.join();
+    }
+
+    /// [`shutdown`](Self::shutdown), telling the requests still running `reason` (a node puts
+    /// a model to sleep or unloads it).
+    pub fn shutdown_with(&self, reason: &str) {
+        if let Ok(mut r) = self.shared.stop_reason.lock() {
+            *r = Some(reason.to_string());
+        }
+        self.shutdown();
+    }
+
+    /// Waits for the loop's thread to end (it has been told to).
+    fn join(&self) {
         if let Ok(mut t) = self.thread.lock() {
             if let Some(t) = t.take() {
                 let _ = t.join();

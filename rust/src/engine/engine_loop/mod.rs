@@ -56,6 +56,9 @@ struct Shared {
     queued: AtomicUsize,
     /// Set once, when the loop panicked: what the panic said.
     failure: Mutex<Option<String>>,
+    /// Why the loop is being shut down, for the requests still running then
+    /// ([`EngineHandle::shutdown_with`]).
+    stop_reason: Mutex<Option<String>>,
 }
 
 /// Per-request bookkeeping of the loop.

@@ -129,10 +129,16 @@ fn handle<B: Backend>(
             routes.remove(&id);
         }
         Command::Shutdown => {
+            let reason = shared
+                .stop_reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_else(|| "the engine shut down".into());
             for (_, r) in routes.drain() {
-                let _ = r.events.send(RequestEvent::Failed(Error::Engine(
-                    "the engine shut down".into(),
-                )));
+                let _ = r
+                    .events
+                    .send(RequestEvent::Failed(Error::Engine(reason.clone())));
             }
             return ControlFlow::Break(());
         }

@@ -9,11 +9,23 @@
 //! back to the waiting queue to be recomputed later. A step's outcome comes back through
 //! [`Scheduler::update`] (`update.rs`), which advances the sequences and seals their full
 //! blocks into the prefix cache.
+//!
+//! Traffic classes: a sequence whose priority is at least `BATCH_PRIORITY / 2` is batch work
+//! (the server offsets batch requests by [`BATCH_PRIORITY`]), any other interactive. Running
+//! interactive sequences are served before running batch ones; an interactive sequence that
+//! cannot be admitted for lack of blocks preempts running batch sequences (counted in
+//! `num_batch_preemptions`); and while batch work exists, interactive work takes at most
+//! `1 - batch_min_share` of a step's rows, so that batch work is never starved
+//! (`step_budget.rs`, `admit.rs`).
 
+mod admit;
+mod step_budget;
 mod update;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+pub use self::step_budget::{is_batch, BATCH_PRIORITY};
+use self::step_budget::{Plan, StepBudget};
 pub use self::update::{StepOutput, UpdateContext};
 use super::sequence::Sequence;
 use crate::kv::BlockManager;
@@ -26,6 +38,9 @@ pub struct SchedulerConfig {
     /// Most prompt rows per step whose logits are kept for `prompt_logprobs` (they need a
     /// vocabulary-wide row of the logits buffer each).
     pub max_prompt_logprob_rows: usize,
+    /// Share of a step's rows that interactive work leaves to batch work while there is any
+    /// (so that batch work is never starved).
+    pub batch_min_share: f64,
 }
 
 /// One sequence's share of a step: `running[seq]` computes its next `num_tokens` tokens.
@@ -48,6 +63,9 @@ pub struct Scheduler {
     pending_siblings: HashMap<u64, Vec<Sequence>>,
     /// Preemptions since start.
     pub num_preemptions: u64,
+    /// Batch sequences preempted so that interactive ones could be admitted (also counted in
+    /// `num_preemptions`).
+    pub num_batch_preemptions: u64,
 }
 
 /// Tokens `seq` computes next within `budget` rows; a prefill chunk of a `prompt_logprobs`
@@ -83,6 +101,7 @@ impl Scheduler {
             running: Vec::new(),
             pending_siblings: HashMap::new(),
             num_preemptions: 0,
+            num_batch_preemptions: 0,
         }
     }
 
@@ -131,74 +150,83 @@ impl Scheduler {
     }
 
     /// Plans the next step. Allocates KV blocks for every scheduled token; the returned
-    /// entries index `running` and are in the batch's row order.
+    /// entries index `running`, in increasing order, which is the batch's row order. Running interactive
+    /// sequences are served first, then running batch ones, then waiting sequences are
+    /// admitted (`admit.rs`); while batch work exists, interactive work leaves it
+    /// `batch_min_share` of the step's rows.
     pub fn schedule(&mut self, kv: &mut BlockManager) -> Vec<Scheduled> {
-        let mut budget = self.config.max_num_batched_tokens;
-        let mut plp_rows = self.config.max_prompt_logprob_rows;
-        let mut plan = Vec::with_capacity(self.running.len());
+        let mut step = StepBudget::new(&self.config, self.has_batch_work());
+        let mut plan = Plan::default();
         let preemptions_before = self.num_preemptions;
+        for batch in [false, true] {
+            self.serve_running(kv, &mut step, &mut plan, batch);
+        }
+        // Admit waiting sequences while there is room; not in a step that had to preempt, which
+        // would only take blocks back from the sequences just served.
+        if self.num_preemptions == preemptions_before {
+            self.admit(kv, &mut step, &mut plan);
+        }
+        plan.indices(&self.running)
+    }
+
+    /// Whether any batch sequence runs or waits.
+    fn has_batch_work(&self) -> bool {
+        self.running
+            .iter()
+            .chain(self.waiting.iter())
+            .any(|s| is_batch(s.priority))
+            || self
+                .pending_siblings
+                .values()
+                .flatten()
+                .any(|s| is_batch(s.priority))
+    }
+
+    /// Plans the running sequences of one class (`batch` or not), oldest first. When one
+    /// cannot get a block, the least important sequence not yet planned is preempted.
+    fn serve_running(
+        &mut self,
+        kv: &mut BlockManager,
+        step: &mut StepBudget,
+        plan: &mut Plan,
+        batch: bool,
+    ) {
         let mut i = 0;
-        while i < self.running.len() && budget > 0 {
+        while i < self.running.len() {
             let seq = &self.running[i];
-            let n = chunk(seq, budget, &mut plp_rows);
-            let need = seq.num_computed + n;
+            if is_batch(seq.priority) != batch || plan.has(seq) {
+                i += 1;
+                continue;
+            }
+            let cap = step.cap(batch);
+            if cap == 0 {
+                return;
+            }
+            let n = chunk(seq, cap, &mut step.plp_rows);
             if n == 0 {
                 i += 1;
                 continue;
             }
+            let need = seq.num_computed + n;
             if kv.allocate(&mut self.running[i].block_table, need) {
-                plan.push(Scheduled {
-                    seq: i,
-                    num_tokens: n,
-                });
-                budget -= n;
+                plan.push(&self.running[i], n);
+                step.take(batch, n);
                 i += 1;
                 continue;
             }
-            // Out of blocks: preempt the least important sequence not yet scheduled.
-            let victim = (i..self.running.len())
+            // Out of blocks: preempt the least important sequence not yet planned (batch ones
+            // first: their priorities are the largest).
+            let victim = (0..self.running.len())
+                .filter(|&j| !plan.has(&self.running[j]))
                 .max_by_key(|&j| (self.running[j].priority, self.running[j].arrival_seq))
                 .unwrap_or(i);
             self.preempt(victim, kv);
-            // Removing `victim >= i` keeps every planned index valid; retry `i` (or the
-            // sequence that moved into its place).
-        }
-        // Admit waiting sequences while there is room; not in a step that had to preempt, which
-        // would only take blocks back from the sequences just served.
-        let preempted = self.num_preemptions != preemptions_before;
-        while !preempted && budget > 0 && self.running.len() < self.config.max_num_seqs {
-            let Some(seq) = self.waiting.front_mut() else {
-                break;
-            };
-            // Prompt log-probabilities need every prompt row computed, so no cache hits.
-            let cached = if seq.params.prompt_logprobs.is_some() {
-                0
-            } else {
-                kv.match_prefix(&seq.tokens, &mut seq.block_table)
-            };
-            seq.num_computed = cached;
-            let mut rows_left = plp_rows;
-            let n = chunk(seq, budget, &mut rows_left);
-            if n == 0 || !kv.allocate(&mut seq.block_table, cached + n) {
-                kv.free(&mut seq.block_table);
-                seq.num_computed = 0;
-                break;
-            }
-            plp_rows = rows_left;
-            if !seq.was_admitted {
-                seq.num_cached_tokens = cached;
-                seq.was_admitted = true;
-            }
-            budget -= n;
-            plan.push(Scheduled {
-                seq: self.running.len(),
-                num_tokens: n,
-            });
-            if let Some(seq) = self.waiting.pop_front() {
-                self.running.push(seq);
+            // Planned entries are kept by identity, so removals leave them valid; the sequence
+            // at `i` moved down one when the victim was before it, and `i` is retried.
+            if victim < i {
+                i -= 1;
             }
         }
-        plan
     }
 
     /// Frees a running sequence's blocks and sends it back to wait for recompute.
@@ -269,3 +297,7 @@ impl Scheduler {
 #[cfg(test)]
 #[path = "proptest.rs"]
 mod proptests;
+
+#[cfg(test)]
+#[path = "class_tests.rs"]
+mod class_tests;

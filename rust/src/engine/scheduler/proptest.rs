@@ -27,8 +27,13 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        2 => (proptest::collection::vec(0u32..3, 1..24), 1usize..12, 0i32..3)
-            .prop_map(|(prompt, max_new, priority)| Op::Add { prompt, max_new, priority }),
+        // Priority 3 stands for batch work (preempted for interactive work, kept a share).
+        2 => (proptest::collection::vec(0u32..3, 1..24), 1usize..12, 0i32..4)
+            .prop_map(|(prompt, max_new, p)| Op::Add {
+                prompt,
+                max_new,
+                priority: if p == 3 { super::BATCH_PRIORITY } else { p },
+            }),
         5 => Just(Op::Step),
         1 => (0u64..16).prop_map(Op::Abort),
     ]
@@ -62,6 +67,10 @@ fn step(s: &mut Scheduler, kv: &mut BlockManager, tok: &Tokenizer) -> Result<(),
     if !s.running.is_empty() {
         prop_assert!(!plan.is_empty(), "running sequences but nothing scheduled");
     }
+    prop_assert!(
+        plan.windows(2).all(|w| w[0].seq < w[1].seq),
+        "the plan is in increasing order of running sequences"
+    );
     // A token for each sequence whose last token the step computes, in plan order.
     let tokens: Vec<u32> = plan
         .iter()
@@ -104,6 +113,7 @@ proptest! {
             max_num_seqs,
             max_num_batched_tokens: budget,
             max_prompt_logprob_rows: 8,
+            batch_min_share: 0.1,
         });
         let params = Arc::new(SamplingParams::default());
         let tok = Tokenizer::from_gguf_metadata(&gpt2_metadata(None, None)).unwrap();
@@ -149,6 +159,7 @@ fn remove_requests_takes_exactly_its_requests_in_one_pass() {
         max_num_seqs: 2,
         max_num_batched_tokens: 64,
         max_prompt_logprob_rows: 8,
+        batch_min_share: 0.1,
     });
     let params = Arc::new(SamplingParams {
         n: 2,
