@@ -25,6 +25,8 @@ pub struct Launched {
     pub device: &'static str,
     /// The processor's name for a GPU (e.g. "NVIDIA H200"), `"cpu"` otherwise.
     pub device_name: String,
+    /// The model files' content fingerprint (see [`crate::fingerprint`]).
+    pub fingerprint: String,
 }
 
 /// Which backend `args.device` selects: `None` for the CPU, `Some(ordinal)` for a GPU.
@@ -70,9 +72,24 @@ pub fn cuda_device_count() -> usize {
     }
 }
 
-/// Opens `model`, loads it on the backend `opts` selects and spawns the engine loop.
+/// Opens `model`, loads it on the backend `opts` selects and spawns the engine loop; the
+/// model's fingerprint is computed (or read from its cache) beside the load.
 pub fn launch(model: &Path, opts: &EngineArgs) -> Result<Launched> {
     opts.validate()?;
+    std::thread::scope(|s| {
+        let fingerprint = s.spawn(|| crate::fingerprint::fingerprint(model));
+        let launched = launch_engine(model, opts);
+        let fingerprint = fingerprint
+            .join()
+            .map_err(|_| Error::Engine("hashing the model files panicked".into()))?;
+        let mut launched = launched?;
+        launched.fingerprint = fingerprint?;
+        Ok(launched)
+    })
+}
+
+/// [`launch`] without the fingerprint.
+fn launch_engine(model: &Path, opts: &EngineArgs) -> Result<Launched> {
     let tuning = Tuning::from_env();
     let files = open_model(model)?;
     match resolve_device(opts)? {
@@ -145,6 +162,7 @@ fn finish<B: crate::backend::Backend + 'static>(
         kv_capacity_tokens,
         device,
         device_name,
+        fingerprint: String::new(),
     })
 }
 

@@ -7,7 +7,6 @@ use pyo3::prelude::*;
 use super::convert::to_pyerr;
 use super::engine_args;
 use crate::engine::launch::launch;
-use crate::error::Result;
 use crate::server::{self, LogFormat, ServerArgs};
 
 /// Loads `model`, starts the engine and serves the OpenAI-compatible API until SIGTERM or
@@ -31,21 +30,12 @@ pub fn serve(py: Python<'_>, model: PathBuf, options: &str, server: &str) -> PyR
     }
     let format = LogFormat::parse(&server_args.log_format).map_err(to_pyerr)?;
     server::init_logging(server_args.log_level.as_deref(), format).map_err(to_pyerr)?;
-    py.detach(|| -> Result<()> {
-        tracing::info!("loading {}", model.display());
-        let launched = launch(&model, &args)?;
-        tracing::info!(
-            device = launched.device,
-            device_name = %launched.device_name,
-            kv_cache_tokens = launched.kv_capacity_tokens,
-            "engine ready"
-        );
-        server::run(
-            launched.handle,
-            launched.tokenizer,
-            launched.default_sampling,
-            config,
-        )
+    // The server binds its port first and answers probes (503) while the model loads.
+    py.detach(|| {
+        server::run(config, move || {
+            tracing::info!("loading {}", model.display());
+            launch(&model, &args)
+        })
     })
     .map_err(to_pyerr)
 }

@@ -4,7 +4,7 @@
 //!
 //! Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
 //! `POST /v1/chat/completions` (bearer auth when an API key is set), `GET /health`,
-//! `GET /metrics`; another method on a route is a 405 with an error body. Request fields the
+//! `GET /health/live`, `GET /health/ready`, `GET /metrics`; another method on a route is a 405 with an error body. Request fields the
 //! server does not know are a 400 naming them (see `openai_types`). Every request gets an
 //! access-log line (`access_log`); logs go through `tracing` (`logging`). On SIGTERM or SIGINT the server
 //! answers new requests 503, lets running requests finish up to
@@ -28,6 +28,7 @@ mod metrics;
 mod openai_types;
 mod request_params;
 mod sse;
+mod startup;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -52,6 +53,7 @@ pub use logging::{init as init_logging, LogFormat};
 pub use metrics::Metrics;
 
 use crate::engine::engine_loop::EngineHandle;
+use crate::engine::launch::Launched;
 use crate::error::{Error, Result};
 use crate::sampling::{SamplingParams, StopReason};
 use crate::tokenizer::Tokenizer;
@@ -112,6 +114,10 @@ pub struct AppState {
     /// Turns true when the grace period after a shutdown signal is over: open streams end
     /// with an error event.
     pub cut: tokio::sync::watch::Sender<bool>,
+    /// The engine's progress as `/health/ready` sees it.
+    pub(crate) progress: info::Progress,
+    /// The model's content fingerprint: OpenAI's `system_fingerprint` of every response.
+    pub fingerprint: String,
 }
 
 impl AppState {
@@ -131,6 +137,8 @@ impl AppState {
             shutting_down: AtomicBool::new(false),
             busy: AtomicUsize::new(0),
             cut: tokio::sync::watch::channel(false).0,
+            progress: info::Progress::default(),
+            fingerprint: String::new(),
         }
     }
 
@@ -161,6 +169,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(v1)
         .route("/health", get(info::health))
+        .route("/health/live", get(info::live))
+        .route("/health/ready", get(info::ready))
         .route("/metrics", get(info::metrics_text))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
@@ -190,14 +200,17 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
     // Signal handlers go in before the socket opens, so a signal sent as soon as the server
     // says it is listening is never missed.
     let signal = shutdown_signal()?;
-    let addr = format!("{}:{}", state.config.host, state.config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| Error::InvalidConfig(format!("cannot listen on {addr}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::InvalidConfig(format!("cannot listen on {addr}: {e}")))?;
+    let (listener, local) = startup::bind(&state.config).await?;
     on_listening(local);
+    serve_listener(state, listener, signal).await
+}
+
+/// Serves `state` on `listener` until `signal` resolves, then drains.
+async fn serve_listener(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();
     tokio::spawn(async move {
@@ -217,13 +230,11 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
     Ok(())
 }
 
-/// Builds a tokio runtime and serves `handle` on it until shutdown; then stops the engine.
-/// Blocks the calling thread.
+/// Builds a tokio runtime, binds the socket, answers probes while `load` starts the engine
+/// (see `startup`), then serves it until shutdown and stops it. Blocks the calling thread.
 pub fn run(
-    handle: EngineHandle,
-    tokenizer: Arc<Tokenizer>,
-    defaults: SamplingParams,
     config: ServerConfig,
+    load: impl FnOnce() -> Result<Launched> + Send + 'static,
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -231,13 +242,11 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| Error::Engine(format!("cannot start the HTTP runtime: {e}")))?;
-    let state = Arc::new(AppState::new(handle.clone(), tokenizer, defaults, config));
-    let name = state.config.served_model_name.clone();
-    let result = runtime.block_on(serve(state, |addr| {
-        tracing::info!("serving {name} on http://{addr}");
+    let name = config.served_model_name.clone();
+    let result = runtime.block_on(startup::serve_while_loading(config, load, |addr| {
+        tracing::info!("listening on http://{addr}; loading {name}");
     }));
     runtime.shutdown_timeout(Duration::from_secs(1));
-    handle.shutdown();
     match &result {
         Ok(()) => tracing::info!("engine stopped; exiting"),
         Err(e) => tracing::error!("server failed: {e}"),
