@@ -75,3 +75,16 @@ def test_config_defaults_and_errors(default_model_path):
     for doc in bad:
         with pytest.raises(InvalidConfigError):
             from_dict(doc)
+
+
+def test_cluster_cli_reports_a_bad_config(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "cluster.toml"
+    config.write_text('[cluster]\nrouter = "random"\n[[models]]\nname = "m"\n')
+    for args in (["up", "--config", str(config)], ["status", "--config", str(tmp_path / "no")]):
+        run = subprocess.run(
+            [sys.executable, "-m", "infire", "cluster", *args], capture_output=True, text=True
+        )
+        assert run.returncode == 2 and "infire: error:" in run.stderr, run.stderr

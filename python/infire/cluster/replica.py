@@ -206,17 +206,6 @@ class InfireReplica:
             async for chunk in response.content.iter_any():
                 yield chunk
 
-    def stats(self) -> dict:
-        """The server's ``/metrics`` engine gauges, for ``infire cluster status``."""
-        text = urllib.request.urlopen(f"{self.base}/metrics", timeout=5).read().decode()
-        wanted = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache")
-        gauges = {}
-        for line in text.splitlines():
-            if line.startswith(wanted):
-                name, value = line.rsplit(" ", 1)
-                gauges[name.split("{")[0]] = float(value)
-        return {"fingerprint": self.fingerprint, "region": self.region, **gauges}
-
     def stop(self) -> None:
         if self._proc.poll() is None:
             self._proc.terminate()
