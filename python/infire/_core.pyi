@@ -161,6 +161,9 @@ class Engine:
     @property
     def device_name(self) -> str: ...
     @property
+    def fingerprint(self) -> str:
+        """The model files' content fingerprint, ``fp_<sha256 hex>``."""
+    @property
     def tokenizer(self) -> Tokenizer: ...
     @property
     def max_model_len(self) -> int: ...
@@ -191,6 +194,14 @@ class Engine:
     ) -> Stream: ...
     def abort(self, request_id: str) -> None: ...
     def shutdown(self) -> None: ...
+
+def fingerprint(path: str) -> str:
+    """The content fingerprint of the model at ``path``: ``fp_`` + sha256 over its config,
+    weights, tokenizer and chat template, cached beside the model."""
+
+def prefix_block_hashes(token_ids: list[int], block_size: int, max_blocks: int = ...) -> list[int]:
+    """The chain hashes of the first ``max_blocks`` full blocks of ``token_ids``, as the
+    engine's prefix cache keys them."""
 
 def load_tokenizer(path: str) -> Tokenizer:
     """Loads only the tokenizer of a local model."""

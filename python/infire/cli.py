@@ -3,6 +3,8 @@
 infire generate "PROMPT" [--model M] [--max-tokens N] [--temperature T] [--chat] ...
 infire serve [--model M]... [--config node.toml] [--api-key KEY[=CLASS]]... ...  # OpenAI server
 infire download            # fetch the default model into the cache, print its path
+infire cluster up --config cluster.toml   # deploy on a Ray cluster (needs infire[cluster])
+infire cluster status --config cluster.toml
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_engine_args(gen)
 
     _add_serve_parser(sub)
+    _add_cluster_parser(sub)
 
     sub.add_parser(
         "download",
@@ -98,6 +101,57 @@ def _add_serve_parser(sub) -> None:
     )
     _add_options(srv, "server options", server_option_list(), repeated=("api_key",))
     _add_engine_args(srv)
+
+
+def _add_cluster_parser(sub) -> None:
+    cluster = sub.add_parser(
+        "cluster",
+        help="run models on a Ray Serve cluster (needs infire[cluster])",
+        description="Deploy the models of a cluster.toml on Ray Serve behind an OpenAI "
+        "ingress, or show their state (see infire.cluster.config for the file's format).",
+    )
+    actions = cluster.add_subparsers(dest="cluster_command", required=True, metavar="ACTION")
+    for name, text in (
+        ("up", "deploy (connects to a running Ray cluster, or starts a local one) and serve"),
+        ("status", "show the application's and each model's replicas' state as JSON"),
+    ):
+        p = actions.add_parser(name, help=text, description=text, formatter_class=_Formatter)
+        p.add_argument("--config", required=True, help="the cluster.toml")
+        p.add_argument("--address", default=None, help="Ray address (overrides the config)")
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    try:
+        from . import cluster
+    except ImportError as e:
+        print(f"infire: error: {e}; install infire[cluster]", file=sys.stderr)
+        return 2
+    config = cluster.load(args.config)
+    if args.address:
+        config = dataclasses.replace(config, address=args.address)
+    if args.cluster_command == "status":
+        print(json.dumps(cluster.status(config), indent=2))
+        return 0
+    print(f"infire: deploying {len(config.models)} model(s) on Ray Serve", file=sys.stderr)
+    url = cluster.up(config)
+    print(f"infire: serving on {url} (Ctrl-C to stop)", file=sys.stderr)
+    _wait_forever()
+    return 0
+
+
+def _wait_forever() -> None:
+    import time
+
+    from ray import serve
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
 
 
 _ARG_TYPES = {"int": int, "optional_int": int, "float": float, "str": str, "optional_str": str}
@@ -234,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
             return _generate(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "cluster":
+            return _cluster(args)
         if args.command == "download":
             from .model_resolution import default_model_path
 

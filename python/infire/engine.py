@@ -45,6 +45,10 @@ class Engine:
         """``"cpu"`` or ``"cuda"``: where the model runs."""
         self.device_name = self._core.device_name
         """The GPU's name (e.g. ``"NVIDIA H200"``), or ``"cpu"``."""
+        self.fingerprint = self._core.fingerprint
+        """The model files' content fingerprint, ``fp_<sha256 hex>``: sha256 over the config,
+        weights, tokenizer and chat template (cached beside the model), the server's
+        ``system_fingerprint``."""
         self._tokenizer = Tokenizer(self._core.tokenizer)
 
     def __repr__(self) -> str:

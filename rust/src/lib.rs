@@ -13,6 +13,7 @@ pub mod backend;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fingerprint;
 pub mod kv;
 pub mod loader;
 pub mod model;

@@ -25,6 +25,8 @@ pub struct Launched {
     pub device: &'static str,
     /// The processor's name for a GPU (e.g. "NVIDIA H200"), `"cpu"` otherwise.
     pub device_name: String,
+    /// The model files' content fingerprint (see [`crate::fingerprint`]).
+    pub fingerprint: String,
 }
 
 /// Which backend `args.device` selects: `None` for the CPU, `Some(ordinal)` for a GPU.
@@ -78,15 +80,31 @@ pub fn device_kind(opts: &EngineArgs) -> Result<DeviceKind> {
     })
 }
 
-/// Opens `model`, loads it on the backend `opts` selects and spawns the engine loop.
+/// Opens `model`, loads it on the backend `opts` selects and spawns the engine loop; the
+/// model's fingerprint is computed (or read from its cache) beside the load.
 pub fn launch(model: &Path, opts: &EngineArgs) -> Result<Launched> {
     opts.validate()?;
-    launch_files(open_model(model)?, opts)
+    launch_files(model, open_model(model)?, opts)
 }
 
-/// [`launch`] for a model already opened (a node sizes its KV pool from the files first).
-pub fn launch_files(files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
+/// [`launch`] for a model already opened from `model` (a node sizes its KV pool from the files
+/// first).
+pub fn launch_files(model: &Path, files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
     opts.validate()?;
+    std::thread::scope(|s| {
+        let fingerprint = s.spawn(|| crate::fingerprint::fingerprint(model));
+        let launched = launch_engine(files, opts);
+        let fingerprint = fingerprint
+            .join()
+            .map_err(|_| Error::Engine("hashing the model files panicked".into()))?;
+        let mut launched = launched?;
+        launched.fingerprint = fingerprint?;
+        Ok(launched)
+    })
+}
+
+/// [`launch_files`] without the fingerprint.
+fn launch_engine(files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
     let tuning = Tuning::from_env();
     match resolve_device(opts)? {
         None => {
@@ -158,6 +176,7 @@ fn finish<B: crate::backend::Backend + 'static>(
         kv_capacity_tokens,
         device,
         device_name,
+        fingerprint: String::new(),
     })
 }
 

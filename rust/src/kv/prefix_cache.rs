@@ -15,7 +15,7 @@ pub(crate) type BlockHasher = fn(u64, &[u32]) -> u64;
 
 /// The chain hash of the empty prefix, the "parent" of every sequence's first block.
 /// Arbitrary; nonzero so that it does not look like an uninitialized value.
-const ROOT_HASH: u64 = 0x9e37_79b9_7f4a_7c15;
+pub(crate) const ROOT_HASH: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// The default [`BlockHasher`]: SipHash-1-3 with fixed keys (`DefaultHasher::new()`) over the
 /// parent hash and the token ids. Hashes live only in memory, so a change of the algorithm in a

@@ -28,6 +28,7 @@ pub struct PyEngine {
     kv_cache_tokens: usize,
     device: &'static str,
     device_name: String,
+    fingerprint: String,
 }
 
 impl PyEngine {
@@ -100,6 +101,7 @@ impl PyEngine {
             kv_cache_tokens: launched.kv_capacity_tokens,
             device: launched.device,
             device_name: launched.device_name,
+            fingerprint: launched.fingerprint,
         })
     }
 
@@ -113,6 +115,13 @@ impl PyEngine {
     #[getter]
     fn device_name(&self) -> &str {
         &self.device_name
+    }
+
+    /// The model files' content fingerprint, `fp_<sha256 hex>` (the server's
+    /// `system_fingerprint`).
+    #[getter]
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     #[getter]

@@ -5,6 +5,7 @@
 //! `convert` holds the conversions and the error mapping; each other file binds one class or
 //! function group.
 
+mod cluster;
 mod convert;
 mod engine;
 #[cfg(feature = "cuda")]
@@ -55,6 +56,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(tokenizer::load_tokenizer, m)?)?;
     m.add_function(wrap_pyfunction!(serve::serve, m)?)?;
     m.add_function(wrap_pyfunction!(cuda_device_count, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::fingerprint, m)?)?;
+    m.add_function(wrap_pyfunction!(cluster::prefix_block_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(engine_args_schema, m)?)?;
     m.add_function(wrap_pyfunction!(server_args_schema, m)?)?;
     #[cfg(feature = "cuda")]

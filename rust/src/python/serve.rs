@@ -35,9 +35,8 @@ pub fn serve(py: Python<'_>, models: &str, server: &str) -> PyResult<()> {
     let config = args.server_config(&specs[0].name).map_err(to_pyerr)?;
     let format = LogFormat::parse(&server_args.log_format).map_err(to_pyerr)?;
     server::init_logging(server_args.log_level.as_deref(), format).map_err(to_pyerr)?;
-    py.detach(|| -> Result<()> {
-        let node = Node::start(specs, config.node_memory)?;
-        server::run(node, config)
-    })
-    .map_err(to_pyerr)
+    // The server binds its port first and answers probes (503) while the models load.
+    let node_memory = config.node_memory;
+    py.detach(|| -> Result<()> { server::run(config, move || Node::start(specs, node_memory)) })
+        .map_err(to_pyerr)
 }

@@ -67,7 +67,10 @@ impl Drop for LogLine {
         let total_ms = (self.start.elapsed().as_secs_f64() * 1e4).round() / 10.0;
         // Probes (load balancers, Kubernetes, Prometheus) would drown the requests: their
         // lines are debug-level.
-        let probe = matches!(self.path.as_str(), "/health" | "/metrics");
+        let probe = matches!(
+            self.path.as_str(),
+            "/health" | "/health/live" | "/health/ready" | "/metrics"
+        );
         self.log.with(|f| {
             let ttft_ms = f.ttft.map(|t| (t.as_secs_f64() * 1e4).round() / 10.0);
             let model = f.model.as_deref().unwrap_or("-");

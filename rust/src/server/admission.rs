@@ -69,8 +69,11 @@ pub(super) async fn admit(
             .map(|reason| ApiError::engine_failed(&reason))
     };
     if let Some(refusal) = refusal {
-        // `/metrics` stays readable: it is how an operator sees why.
-        if request.uri().path() != "/metrics" {
+        // `/metrics` stays readable: it is how an operator sees why. A draining process is
+        // alive: liveness stays 200, or the orchestrator would kill it mid-drain.
+        let path = request.uri().path();
+        let draining_live = path == "/health/live" && state.handle.failure().is_none();
+        if path != "/metrics" && !draining_live {
             let mut response = refusal.into_response();
             if state.shutting_down.load(Ordering::SeqCst) {
                 close_after(&mut response);

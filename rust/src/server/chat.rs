@@ -128,6 +128,7 @@ pub async fn chat_completions(
         "object": "chat.completion",
         "created": unix_time(),
         "model": state.config.served_model_name,
+        "system_fingerprint": state.fingerprint,
         "choices": choices,
         "usage": usage,
     }))
@@ -259,6 +260,7 @@ async fn stream_chunks(
             "object": "chat.completion.chunk",
             "created": created,
             "model": state.config.served_model_name,
+            "system_fingerprint": state.fingerprint,
             "choices": choices,
         })
     };

@@ -181,6 +181,7 @@ fn response(
         "object": "text_completion",
         "created": unix_time(),
         "model": state.config.served_model_name,
+        "system_fingerprint": state.fingerprint,
         "choices": choices,
         "usage": usage,
     })
@@ -246,6 +247,7 @@ async fn stream_chunks(
             "object": "text_completion",
             "created": created,
             "model": state.config.served_model_name,
+            "system_fingerprint": state.fingerprint,
             "choices": choices,
         })
     };

@@ -1,7 +1,11 @@
-//! The routes that describe the server: `GET /v1/models`, `GET /v1/models/{id}`, `GET /health`
-//! and `GET /metrics`.
+//! The routes that describe the server: `GET /v1/models`, `GET /v1/models/{id}`, `GET /metrics`
+//! and the probes: `GET /health` (200 once the engine is loaded and while it serves; see
+//! `startup` for the 503 while it loads), `GET /health/live` (the process answers: 200 while it
+//! drains too) and `GET /health/ready` (the engine serves and makes progress).
 
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
@@ -28,6 +32,7 @@ fn model_card(slot: &ModelSlot) -> serde_json::Value {
         "aliases": slot.spec.aliases,
         "on_demand": slot.spec.on_demand,
         "memory": status,
+        "fingerprint": slot.fingerprint(),
     })
 }
 
@@ -54,6 +59,66 @@ pub(super) async fn model(
 /// once the engine has failed.
 pub(super) async fn health() -> Response {
     (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+}
+
+/// Liveness: 200 while the process answers, draining included ([`admission::admit`] lets it
+/// through then); 503 once the engine has failed, since only a restart helps.
+pub(super) async fn live() -> Response {
+    health().await
+}
+
+/// How long the engine may hold requests without a token coming out before readiness fails. A
+/// prefill of the longest prompt takes far less; a step that hangs (a wedged device, a
+/// deadlock) takes forever.
+const STALL: Duration = Duration::from_secs(120);
+
+/// Readiness: 200 while the engines serve and make progress, 503 (naming why) when requests
+/// are in an engine and no token came out of any for [`STALL`].
+pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Response {
+    match state.progress.stalled_for(&state) {
+        None => health().await,
+        Some(stalled) => ApiError::with_status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the engine made no progress for {} s with requests in it",
+                stalled.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
+
+/// The engine's forward progress as readiness sees it: the tokens out so far, and since when
+/// that count has not changed while requests were in the engine.
+pub struct Progress(Mutex<(u64, Instant, bool)>);
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress(Mutex::new((0, Instant::now(), false)))
+    }
+}
+
+impl Progress {
+    /// `Some(how long)` when requests are in the engine and no token came out for [`STALL`].
+    fn stalled_for(&self, state: &AppState) -> Option<Duration> {
+        let (mut busy, mut tokens) = (false, 0);
+        for slot in &state.node.models {
+            if let Some(handle) = slot.handle() {
+                let stats = handle.stats();
+                busy |= stats.num_running + stats.num_waiting > 0;
+            }
+            tokens += slot.metrics.generation_tokens.load(Ordering::Relaxed)
+                + slot.metrics.prompt_tokens.load(Ordering::Relaxed);
+        }
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (count, since, was_busy) = *seen;
+        if !busy || !was_busy || tokens != count {
+            *seen = (tokens, Instant::now(), busy);
+            return None;
+        }
+        let stalled = since.elapsed();
+        (stalled > STALL).then_some(stalled)
+    }
 }
 
 pub(super) async fn metrics_text(State(state): State<Arc<AppState>>) -> Response {

@@ -8,7 +8,7 @@
 //!
 //! Routes: `GET /v1/models`, `GET /v1/models/{id}`, `POST /v1/completions`,
 //! `POST /v1/chat/completions`, `POST /v1/admin/models/{name}/{sleep,wake,load,unload}`
-//! (bearer auth when an API key is set), `GET /health`, `GET /metrics`; another method on a route is a 405 with an error body. Request fields the
+//! (bearer auth when an API key is set), `GET /health`, `GET /health/live`, `GET /health/ready`, `GET /metrics`; another method on a route is a 405 with an error body. Request fields the
 //! server does not know are a 400 naming them (see `openai_types`). Every request gets an
 //! access-log line (`access_log`); logs go through `tracing` (`logging`). On SIGTERM or SIGINT the server
 //! answers new requests 503, lets running requests finish up to
@@ -37,10 +37,11 @@ mod node_spec;
 mod openai_types;
 mod request_params;
 mod sse;
+mod startup;
+mod state;
 mod structured_request;
 mod tool_calls;
 mod tools;
-mod state;
 mod traffic;
 
 use std::net::SocketAddr;
@@ -137,6 +138,8 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .merge(v1)
         .route("/health", get(info::health))
+        .route("/health/live", get(info::live))
+        .route("/health/ready", get(info::ready))
         .route("/metrics", get(info::metrics_text))
         .fallback(|uri: Uri| async move { ApiError::not_found(uri.path()) })
         .method_not_allowed_fallback(|method: Method, uri: Uri| async move {
@@ -166,14 +169,17 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
     // Signal handlers go in before the socket opens, so a signal sent as soon as the server
     // says it is listening is never missed.
     let signal = shutdown_signal()?;
-    let addr = format!("{}:{}", state.config.host, state.config.port);
-    let listener = tokio::net::TcpListener::bind(&addr)
-        .await
-        .map_err(|e| Error::InvalidConfig(format!("cannot listen on {addr}: {e}")))?;
-    let local = listener
-        .local_addr()
-        .map_err(|e| Error::InvalidConfig(format!("cannot listen on {addr}: {e}")))?;
+    let (listener, local) = startup::bind(&state.config).await?;
     on_listening(local);
+    serve_listener(state, listener, signal).await
+}
+
+/// Serves `state` on `listener` until `signal` resolves, then drains.
+async fn serve_listener(
+    state: Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    signal: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let signal_state = state.clone();
     tokio::spawn(async move {
@@ -193,22 +199,23 @@ pub async fn serve(state: Arc<AppState>, on_listening: impl FnOnce(SocketAddr)) 
     Ok(())
 }
 
-/// Builds a tokio runtime and serves `node` on it until shutdown; then stops its engines.
-/// Blocks the calling thread.
-pub fn run(node: Arc<Node>, config: ServerConfig) -> Result<()> {
+/// Builds a tokio runtime, binds the socket, answers probes while `load` starts the node's
+/// engines (see `startup`), then serves them until shutdown and stops them. Blocks the calling
+/// thread.
+pub fn run(
+    config: ServerConfig,
+    load: impl FnOnce() -> Result<Arc<Node>> + Send + 'static,
+) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("infire-http")
         .enable_all()
         .build()
         .map_err(|e| Error::Engine(format!("cannot start the HTTP runtime: {e}")))?;
-    let state = Arc::new(AppState::new(node.clone(), config));
-    let names = node.names();
-    let result = runtime.block_on(serve(state, |addr| {
-        tracing::info!("serving `{names}` on http://{addr}");
+    let result = runtime.block_on(startup::serve_while_loading(config, load, |addr| {
+        tracing::info!("listening on http://{addr}; loading the models");
     }));
     runtime.shutdown_timeout(Duration::from_secs(1));
-    node.shutdown();
     match &result {
         Ok(()) => tracing::info!("engines stopped; exiting"),
         Err(e) => tracing::error!("server failed: {e}"),

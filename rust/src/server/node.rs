@@ -58,6 +58,8 @@ pub struct Loaded {
     pub handle: EngineHandle,
     pub tokenizer: Arc<Tokenizer>,
     pub defaults: SamplingParams,
+    /// The model's content fingerprint (OpenAI's `system_fingerprint`).
+    pub fingerprint: String,
 }
 
 /// What changes as a model loads and sleeps.
@@ -145,6 +147,12 @@ impl ModelSlot {
     pub fn handle(&self) -> Option<EngineHandle> {
         self.lock().loaded.as_ref().map(|l| l.handle.clone())
     }
+
+    /// The fingerprint of the files last loaded (none before the first load).
+    pub fn fingerprint(&self) -> Option<String> {
+        let i = self.lock();
+        i.loaded.as_ref().map(|l| l.fingerprint.clone())
+    }
 }
 
 /// The models of one server.
@@ -223,7 +231,11 @@ impl Node {
         let rss = super::memory::rss_bytes();
         let result = self.make_room(slot).and_then(|()| {
             tracing::info!(model = %slot.spec.name, "loading {}", slot.spec.path.display());
-            launch_files(open_model(&slot.spec.path)?, &slot.plan.args)
+            launch_files(
+                &slot.spec.path,
+                open_model(&slot.spec.path)?,
+                &slot.plan.args,
+            )
         });
         let mut i = slot.lock();
         match result {
@@ -232,6 +244,7 @@ impl Node {
                     handle: l.handle,
                     tokenizer: l.tokenizer,
                     defaults: l.default_sampling,
+                    fingerprint: l.fingerprint,
                 });
                 i.last_error = None;
                 i.last_load_s = Some(started.elapsed().as_secs_f64());

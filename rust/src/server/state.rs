@@ -27,6 +27,8 @@ pub struct AppState {
     /// Turns true when the grace period after a shutdown signal is over: open streams end
     /// with an error event.
     pub cut: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The engines' progress as `/health/ready` sees it.
+    pub(crate) progress: Arc<super::info::Progress>,
     routed: Option<Routed>,
 }
 
@@ -36,6 +38,8 @@ pub struct Routed {
     pub tokenizer: Arc<Tokenizer>,
     /// The model's sampling defaults, for fields a request leaves out.
     pub defaults: SamplingParams,
+    /// The model's content fingerprint: OpenAI's `system_fingerprint` of every response.
+    pub fingerprint: String,
     pub class: Class,
     /// The engine priority (the body's `priority` offset by the class).
     pub priority: i32,
@@ -66,6 +70,7 @@ impl AppState {
             shutting_down: Arc::new(AtomicBool::new(false)),
             busy: Arc::new(AtomicUsize::new(0)),
             cut: Arc::new(tokio::sync::watch::channel(false).0),
+            progress: Arc::default(),
             routed: None,
         }
     }
@@ -99,10 +104,12 @@ impl AppState {
             shutting_down: self.shutting_down.clone(),
             busy: self.busy.clone(),
             cut: self.cut.clone(),
+            progress: self.progress.clone(),
             routed: Some(Routed {
                 handle: loaded.handle,
                 tokenizer: loaded.tokenizer,
                 defaults: loaded.defaults,
+                fingerprint: loaded.fingerprint,
                 class: caller.class,
                 priority: engine_priority,
                 slot,
