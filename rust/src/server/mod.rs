@@ -32,6 +32,7 @@ mod logprobs;
 mod memory;
 mod metrics;
 mod metrics_text;
+mod model_state;
 mod node;
 mod node_spec;
 mod openai_types;

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::memory::{plan, MemoryPlan};
 use super::metrics::Metrics;
+pub use super::model_state::{ModelState, ModelStatus};
 use super::node_spec::ModelSpec;
 use super::traffic::ClassQueues;
 use super::ApiError;
@@ -31,26 +32,6 @@ use crate::error::{Error, Result};
 use crate::loader::open_model;
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
-
-/// Where a model is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ModelState {
-    Ready,
-    Loading,
-    Sleeping,
-    Unloaded,
-}
-
-impl ModelState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelState::Ready => "ready",
-            ModelState::Loading => "loading",
-            ModelState::Sleeping => "sleeping",
-            ModelState::Unloaded => "unloaded",
-        }
-    }
-}
 
 /// A loaded model's engine and what requests need of it.
 #[derive(Clone)]
@@ -99,19 +80,6 @@ impl Drop for InFlight {
             i.in_flight -= 1;
         }
     }
-}
-
-/// What `/v1/models` and the admin API say of a model.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ModelStatus {
-    pub state: &'static str,
-    pub in_flight: usize,
-    pub budget_bytes: Option<usize>,
-    pub share: f64,
-    pub kv_cache_tokens: Option<usize>,
-    pub last_load_s: Option<f64>,
-    pub measured_bytes: Option<usize>,
-    pub last_error: Option<String>,
 }
 
 impl ModelSlot {
