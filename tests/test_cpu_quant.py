@@ -68,3 +68,25 @@ def test_quantized_and_f32_paths_differ(both):
     first_q, first_f = quant[case].logprobs[0], ref[case].logprobs[0]
     token = ref[case].token_ids[0]
     assert first_q[token] != first_f[token]
+
+
+def worker_threads() -> int:
+    """Threads of this process named as the engine names its pool's workers."""
+    names = (p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm"))
+    return sum(name.startswith("infire-worker") for name in names)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_num_threads_sizes_the_pool_and_keeps_the_tokens(default_model_path):
+    params = infire.SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    before = worker_threads()
+    three = infire.Engine(model=default_model_path, device="cpu", num_threads=3)
+    assert worker_threads() - before == 3
+    one = infire.Engine(model=default_model_path, device="cpu", num_threads=1)
+    assert worker_threads() - before == 4
+    tokens = [[o.outputs[0].token_ids for o in e.generate(prompts, params)] for e in (three, one)]
+    assert tokens[0] == tokens[1]
+    for bad in (0, -1, "2"):
+        with pytest.raises(infire.InvalidConfigError, match="num_threads"):
+            infire.Engine(model=default_model_path, device="cpu", num_threads=bad)

@@ -39,6 +39,8 @@ pub const MAX_BATCHED_TOKENS: usize = 1 << 20;
 pub const MAX_NUM_SEQS: usize = 1 << 16;
 /// Most tokens per KV-cache block.
 pub const MAX_BLOCK_SIZE: usize = 1024;
+/// Most threads of the engine's pool.
+pub const MAX_NUM_THREADS: usize = 4096;
 
 declare_options! {
     /// The options of an engine. See the module documentation.
@@ -71,6 +73,9 @@ declare_options! {
         /// work overlaps the device's (default: on for CUDA, off for the CPU, which computes a step
         /// as it is launched).
         async_scheduling: Option<bool> = None,
+        /// Worker threads of the engine's CPU thread pool (the CPU backend's matrix products;
+        /// default: the physical cores, or RAYON_NUM_THREADS where set).
+        num_threads: Option<usize> = None,
     }
 }
 
@@ -102,6 +107,7 @@ impl EngineArgs {
             ),
             ("max_num_seqs", self.max_num_seqs, MAX_NUM_SEQS),
             ("block_size", Some(self.block_size), MAX_BLOCK_SIZE),
+            ("num_threads", self.num_threads, MAX_NUM_THREADS),
         ] {
             if let Some(v) = value.filter(|&v| v > most) {
                 return bad(format!("{name} must be at most {most}, got {v}"));
@@ -113,6 +119,7 @@ impl EngineArgs {
             ("max_num_batched_tokens", self.max_num_batched_tokens),
             ("max_num_seqs", self.max_num_seqs),
             ("block_size", Some(self.block_size)),
+            ("num_threads", self.num_threads),
         ] {
             if value == Some(0) {
                 return bad(format!("{name} must be at least 1, got 0"));
@@ -136,6 +143,7 @@ impl EngineArgs {
             enable_prefix_caching: self.enable_prefix_caching,
             seed: self.seed,
             async_scheduling: self.async_scheduling,
+            num_threads: self.num_threads,
             step_trace: None,
         }
     }
@@ -166,6 +174,9 @@ pub struct EngineConfig {
     /// the backend's launches only enqueue work (`Backend::launches_ahead`: CUDA), off on the
     /// CPU, which computes a step as it is launched (there it would only delay each output).
     pub async_scheduling: Option<bool>,
+    /// Threads of the engine's pool; `None`: `RAYON_NUM_THREADS` where set, else the
+    /// physical cores.
+    pub num_threads: Option<usize>,
     /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).
     pub step_trace: Option<std::path::PathBuf>,
 }
@@ -199,6 +210,8 @@ mod tests {
                 "at most",
             ),
             (r#"{"max_num_seqs": 10000000}"#, "max_num_seqs"),
+            (r#"{"num_threads": 0}"#, "num_threads"),
+            (r#"{"num_threads": 100000}"#, "num_threads"),
         ] {
             let e = EngineArgs::from_json(json).unwrap_err();
             assert!(matches!(e, Error::InvalidConfig(_)), "{json}: {e:?}");

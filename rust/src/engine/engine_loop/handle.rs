@@ -100,8 +100,8 @@ impl Submitted {
 }
 
 impl EngineHandle {
-    /// Moves `engine` onto its own rayon pool (one worker per core, `RAYON_NUM_THREADS`
-    /// overrides) and returns a handle on it. The loop runs on one of the pool's workers, so the
+    /// Moves `engine` onto its own rayon pool (`num_threads` workers; by default
+    /// `RAYON_NUM_THREADS` where set, else one per physical core) and returns a handle on it. The loop runs on one of the pool's workers, so the
     /// forward pass's parallel loops start without a cross-thread hand-off; a pool per engine
     /// keeps engines in one process from blocking each other.
     pub fn spawn<B: Backend + 'static>(engine: Engine<B>) -> Result<Self> {
@@ -113,7 +113,9 @@ impl EngineHandle {
             .map_err(|_| Error::Engine("stats poisoned".into()))? = engine.stats();
         let limits = engine.limits();
         let loop_shared = shared.clone();
+        let threads = engine.config().num_threads.unwrap_or_else(default_threads);
         let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
             .thread_name(|i| format!("infire-worker-{i}"))
             .build()
             .map_err(|e| Error::Engine(format!("cannot start the engine's threads: {e}")))?;
@@ -222,4 +224,15 @@ impl EngineHandle {
             }
         }
     }
+}
+
+/// The pool's size when the engine sets none: `RAYON_NUM_THREADS` where set (rayon's own
+/// rule), else the physical cores (a second hyper-thread of a core shares its vector units and
+/// only adds wake-ups to the small steps of a decode).
+fn default_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(crate::backend::cpu::physical_cores)
 }
