@@ -188,7 +188,7 @@ def report(args, threads, prompts, llama, infire_rows, ceiling, llama_cmd, load_
         )
     result = {
         "bench": "cpu_vs_llamacpp",
-        "date": datetime.datetime.fromtimestamp(started, datetime.UTC).isoformat(
+        "date": datetime.datetime.fromtimestamp(started, datetime.timezone.utc).isoformat(
             timespec="minutes"
         ),
         "machine": f"{cpu_name()}, {os.cpu_count()} cores",
