@@ -2,7 +2,7 @@
 //! the machine's memory-read ceiling first, then every version checked against the f64
 //! reference and timed per shape, then one whole SmolLM2-135M decode step's matmuls.
 //!
-//! Run: `cargo bench --bench cpu_matmul -- [--quick | --decode-only] [--json PATH]`.
+//! Run: `cargo bench --bench cpu_matmul -- [--quick | --decode-only | --ceiling-only] [--json PATH]`.
 //! Weights are "cold": each timed call reads a different copy of `w`, and the copies add up to
 //! more than [`COLD_BYTES`], so the last-level cache cannot hold them (as in a real decode step,
 //! where ~540 MB of weights stream past). GB/s counts the bytes of `w` only.
@@ -58,6 +58,11 @@ fn main() {
         rayon::current_num_threads()
     );
     ceiling(&mut json);
+    if args.iter().any(|a| a == "--ceiling-only") {
+        // For scripts (bench/cpu_vs_llamacpp.py): the ceiling's JSON rows on stdout.
+        json.iter().for_each(|row| println!("{row}"));
+        return;
+    }
     let ms: &[usize] = match (decode_only, quick) {
         (true, _) => &[],
         (false, true) => &[1, 4, 16],

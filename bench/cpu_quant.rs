@@ -2,7 +2,8 @@
 //! against the f32 one (`matmul`) on SmolLM2-135M's shapes: Q4_1 layer matrices (fused QKV,
 //! o_proj, fused gate/up, down) and the Q8_0 LM head, from decode (m = 1) to prefill chunks.
 //!
-//! Run: `cargo bench --bench cpu_quant -- [--quick] [--json PATH]`.
+//! Run: `cargo bench --bench cpu_quant -- [--quick | --crossover] [--json PATH]` (`--crossover`:
+//! m = 1…256, to place the switch between the integer tile and the dequantized panels).
 //! Weights are cold as in `cpu_matmul.rs`: each timed call reads another copy of the matrix,
 //! and the copies add up to more than [`COLD_BYTES`]. Each version is checked against the
 //! f32 layer on the same dequantized weights before it is timed (relative error printed).
@@ -47,11 +48,14 @@ fn main() {
         .and_then(|i| args.get(i + 1));
     let ms: &[usize] = if quick {
         &[1, 16, 64]
+    } else if args.iter().any(|a| a == "--crossover") {
+        &[1, 2, 4, 8, 16, 32, 64, 128, 256]
     } else {
         &[1, 4, 16, 32, 64, 128]
     };
     let versions = [
         Version::F32,
+        Version::Quant(DotKernel::Maddubs),
         Version::Quant(DotKernel::Integer),
         Version::Quant(DotKernel::Dequant),
         Version::Quant(DotKernel::Auto),
@@ -60,8 +64,10 @@ fn main() {
         "# quantized vs f32 linear layer; {} rayon threads",
         rayon::current_num_threads()
     );
-    println!("| shape | m | f32 | integer | dequant+gemm | auto |");
-    println!("|---|---|---|---|---|---|");
+    println!(
+        "| shape | m | f32 | integer (maddubs) | integer (16-bit tile) | dequant+gemm | auto |"
+    );
+    println!("|---|---|---|---|---|---|---|");
     let mut json = Vec::new();
     let mut rng = StdRng::seed_from_u64(1);
     for (name, n, k, format) in SHAPES {

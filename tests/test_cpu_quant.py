@@ -13,6 +13,8 @@ conditioned on different tokens and are not compared.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,40 @@ def test_quantized_and_f32_paths_differ(both):
     first_q, first_f = quant[case].logprobs[0], ref[case].logprobs[0]
     token = ref[case].token_ids[0]
     assert first_q[token] != first_f[token]
+
+
+# Counted in a fresh process: the engines of the tests above may still be winding their pools
+# down in this one.
+COUNT_WORKERS = """
+import sys
+from pathlib import Path
+import infire
+import time
+n = int(sys.argv[2])
+engine = infire.Engine(model=sys.argv[1], device="cpu", num_threads=n)
+def count():
+    names = (p.read_text().strip() for p in Path("/proc/self/task").glob("*/comm"))
+    return sum(name.startswith("infire-worker") for name in names)
+# The pool's threads name themselves as they start: wait for them, then once more for any extra.
+deadline = time.monotonic() + 30
+while count() < n and time.monotonic() < deadline:
+    time.sleep(0.05)
+time.sleep(0.5)
+print(count())
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux's /proc")
+def test_num_threads_sizes_the_pool_and_keeps_the_tokens(default_model_path):
+    for n in (1, 3):
+        cmd = [sys.executable, "-c", COUNT_WORKERS, default_model_path, str(n)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        assert int(out.strip().splitlines()[-1]) == n
+    params = infire.SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    prompts = ["The capital of France is", "def fibonacci(n):"]
+    engines = [infire.Engine(model=default_model_path, device="cpu", num_threads=n) for n in (3, 1)]
+    tokens = [[o.outputs[0].token_ids for o in e.generate(prompts, params)] for e in engines]
+    assert tokens[0] == tokens[1]
+    for bad in (0, -1, "2"):
+        with pytest.raises(infire.InvalidConfigError, match="num_threads"):
+            infire.Engine(model=default_model_path, device="cpu", num_threads=bad)

@@ -39,6 +39,8 @@ pub const MAX_BATCHED_TOKENS: usize = 1 << 20;
 pub const MAX_NUM_SEQS: usize = 1 << 16;
 /// Most tokens per KV-cache block.
 pub const MAX_BLOCK_SIZE: usize = 1024;
+/// Most threads of the engine's pool.
+pub const MAX_NUM_THREADS: usize = 4096;
 
 declare_options! {
     /// The options of an engine. See the module documentation.
@@ -74,6 +76,10 @@ declare_options! {
         /// Share of each step's token rows that interactive requests leave to batch requests
         /// while there are any (batch work is never starved; see `--api-key KEY=batch`).
         batch_min_share: f64 = 0.1,
+        /// Worker threads of the engine's thread pool (the CPU backend's matrix products; default
+        /// on the CPU: the physical cores, or RAYON_NUM_THREADS where set; on CUDA the pool does
+        /// only per-sequence host work and keeps rayon's default size).
+        num_threads: Option<usize> = None,
     }
 }
 
@@ -111,6 +117,7 @@ impl EngineArgs {
             ),
             ("max_num_seqs", self.max_num_seqs, MAX_NUM_SEQS),
             ("block_size", Some(self.block_size), MAX_BLOCK_SIZE),
+            ("num_threads", self.num_threads, MAX_NUM_THREADS),
         ] {
             if let Some(v) = value.filter(|&v| v > most) {
                 return bad(format!("{name} must be at most {most}, got {v}"));
@@ -122,6 +129,7 @@ impl EngineArgs {
             ("max_num_batched_tokens", self.max_num_batched_tokens),
             ("max_num_seqs", self.max_num_seqs),
             ("block_size", Some(self.block_size)),
+            ("num_threads", self.num_threads),
         ] {
             if value == Some(0) {
                 return bad(format!("{name} must be at least 1, got 0"));
@@ -146,6 +154,7 @@ impl EngineArgs {
             seed: self.seed,
             async_scheduling: self.async_scheduling,
             batch_min_share: self.batch_min_share,
+            num_threads: self.num_threads,
             step_trace: None,
         }
     }
@@ -178,6 +187,9 @@ pub struct EngineConfig {
     pub async_scheduling: Option<bool>,
     /// Share of a step's rows kept for batch work while there is any.
     pub batch_min_share: f64,
+    /// Threads of the engine's pool; `None`: settled by `Engine::new` (the CPU backend:
+    /// `RAYON_NUM_THREADS` where set, else the physical cores; CUDA: rayon's default).
+    pub num_threads: Option<usize>,
     /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).
     pub step_trace: Option<std::path::PathBuf>,
 }
@@ -211,6 +223,8 @@ mod tests {
                 "at most",
             ),
             (r#"{"max_num_seqs": 10000000}"#, "max_num_seqs"),
+            (r#"{"num_threads": 0}"#, "num_threads"),
+            (r#"{"num_threads": 100000}"#, "num_threads"),
         ] {
             let e = EngineArgs::from_json(json).unwrap_err();
             assert!(matches!(e, Error::InvalidConfig(_)), "{json}: {e:?}");

@@ -137,6 +137,13 @@ impl<B: Backend> Engine<B> {
         let async_scheduling = config
             .async_scheduling
             .unwrap_or_else(|| runner.backend().launches_ahead());
+        if !runner.backend().launches_ahead() {
+            // The CPU backend's matrix products run on the pool: one thread per physical core.
+            // A device backend's pool does only host work per sequence: rayon's default there.
+            config
+                .num_threads
+                .get_or_insert_with(crate::backend::cpu::default_threads);
+        }
         runner.capture_graphs(config.max_num_seqs, max_blocks_per_seq)?;
         let trace = config.step_trace.as_deref().and_then(StepTrace::create);
         if trace.is_some() {

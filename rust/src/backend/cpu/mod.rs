@@ -6,8 +6,10 @@ mod attention;
 mod device;
 pub mod matmul;
 pub mod quant;
+mod threads;
 mod weight_buf;
 
+pub use threads::{default_threads, physical_cores};
 pub use weight_buf::WeightBuf;
 
 use rayon::prelude::*;

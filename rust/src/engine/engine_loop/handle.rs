@@ -104,8 +104,8 @@ impl Submitted {
 }
 
 impl EngineHandle {
-    /// Moves `engine` onto its own rayon pool (one worker per core, `RAYON_NUM_THREADS`
-    /// overrides) and returns a handle on it. The loop runs on one of the pool's workers, so the
+    /// Moves `engine` onto its own rayon pool (`num_threads` workers, as the engine settled it;
+    /// unset: rayon's default) and returns a handle on it. The loop runs on one of the pool's workers, so the
     /// forward pass's parallel loops start without a cross-thread hand-off; a pool per engine
     /// keeps engines in one process from blocking each other.
     pub fn spawn<B: Backend + 'static>(engine: Engine<B>) -> Result<Self> {
@@ -118,7 +118,11 @@ impl EngineHandle {
         let limits = engine.limits();
         let grammars = engine.grammars().clone();
         let loop_shared = shared.clone();
-        let pool = rayon::ThreadPoolBuilder::new()
+        let mut pool = rayon::ThreadPoolBuilder::new();
+        if let Some(threads) = engine.config().num_threads {
+            pool = pool.num_threads(threads);
+        }
+        let pool = pool
             .thread_name(|i| format!("infire-worker-{i}"))
             .build()
             .map_err(|e| Error::Engine(format!("cannot start the engine's threads: {e}")))?;

@@ -10,22 +10,27 @@
 //! - **Integer dot products** for decode and short chunks (`m <` [`DEQUANT_MIN_M`]): memory
 //!   bound, so the point is to read each weight block once. The `n` weight rows are split
 //!   into contiguous blocks (at least [`MIN_TASK_WEIGHT_BYTES`] of weights, about
-//!   [`TASKS_PER_THREAD`] per pool thread), one rayon task each. A task runs its weight rows
-//!   against [`ROWS_PER_DOT`] activation rows at a time, so that each weight block is
-//!   unpacked once per group of rows while the group's activation blocks stay in L1.
+//!   [`TASKS_PER_THREAD`] per pool thread), one rayon task each. A task runs the AVX2
+//!   16-bit register tile (`tile.rs`: 2 weight rows × 4 activation rows, each weight block
+//!   widened once per 4 rows, each activation block loaded once per 2 weight rows); Q8_0
+//!   matrices below [`TILE_Q8_0_MIN_M`] rows run the `maddubs` kernel (`avx2.rs`: one weight
+//!   row × [`ROWS_PER_DOT`] activation rows), which reads bytes as they are.
 //! - **Dequantized panels** for prefill (`m ≥` [`DEQUANT_MIN_M`]): compute bound, where the
 //!   integer kernels spend more instructions per multiply-add (two scales every 32 values)
 //!   than an f32 GEMM. Panels of at most [`PANEL_ELEMENTS`] weights are dequantized into a
 //!   reused buffer and multiplied by the `gemm` crate; the activations stay f32.
 //!
 //! Files: the activation blocks (`q8.rs`), the formats and their scalar reference dot product
-//! (`format.rs`), the AVX2 dot products (`avx2.rs`); this file holds the matrix, the dispatch
-//! and the split.
+//! (`format.rs`), the AVX2 dot products (`avx2.rs`, `tile.rs`), the panel path (`panels.rs`);
+//! this file holds the matrix, the dispatch and the split.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod format;
+mod panels;
 mod q8;
+#[cfg(target_arch = "x86_64")]
+mod tile;
 
 pub use format::QuantFormat;
 pub use q8::{quantize_row, Q8Block, RESIDUAL_STEPS};
@@ -34,10 +39,10 @@ use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-use super::matmul::gemm_into_columns;
 use super::WeightBuf;
 use crate::weights::ggml_quants::dequantize_into;
 use crate::weights::RawTensor;
+use panels::linear_dequant;
 
 /// Elements per block in every format here (`QK4_0 = QK4_1 = QK8_0 = 32` in ggml).
 pub const BLOCK: usize = 32;
@@ -51,12 +56,12 @@ const MIN_TASK_WEIGHT_BYTES: usize = 64 * 1024;
 /// Tasks per pool thread (as in `matmul`).
 const TASKS_PER_THREAD: usize = 4;
 
+/// Smallest `m` from which [`DotKernel::Auto`] runs Q8_0 matrices with the 16-bit tile
+/// rather than the `maddubs` kernel.
+const TILE_Q8_0_MIN_M: usize = 16;
+
 /// Smallest `m` that [`DotKernel::Auto`] sends to the dequantized-panel path.
 pub const DEQUANT_MIN_M: usize = 32;
-
-/// Most weights dequantized at once by the panel path (4 MiB of f32: a layer's matrix in
-/// one or two panels, the LM head in slices, never a whole f32 copy of it).
-const PANEL_ELEMENTS: usize = 1 << 20;
 
 /// An `rows × cols` weight matrix of ggml blocks, row-major.
 ///
@@ -120,6 +125,12 @@ impl QuantMatrix {
         self.cols / BLOCK * self.format.block_bytes()
     }
 
+    /// Rows `r..r + count`'s blocks.
+    fn rows_bytes(&self, r: usize, count: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.data[r * rb..(r + count) * rb]
+    }
+
     /// Row `r`'s blocks.
     fn row(&self, r: usize) -> &[u8] {
         let rb = self.row_bytes();
@@ -146,8 +157,13 @@ impl QuantMatrix {
 pub enum DotKernel {
     /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`], [`DotKernel::Dequant`] above.
     Auto,
-    /// Integer dot products, AVX2 where the CPU has it (with FMA and F16C), else scalar.
+    /// Integer dot products, the AVX2 16-bit tile where the CPU has it (with FMA and F16C),
+    /// else scalar.
     Integer,
+    /// Integer dot products with the AVX2 `maddubs` kernel (one weight row × up to 4
+    /// activation rows, each 8-bit level apart), else scalar: the previous kernel, for the
+    /// benchmark.
+    Maddubs,
     /// Integer dot products with [`QuantFormat::dot_scalar`], the reference.
     Scalar,
     /// Dequantized panels through the `gemm` crate, f32 activations.
@@ -167,35 +183,9 @@ pub fn linear(x: &[f32], m: usize, w: &QuantMatrix, bias: Option<&[f32]>, out: &
 thread_local! {
     /// The calling thread's activation blocks, reused from call to call.
     static ACTS: RefCell<Vec<Q8Block>> = const { RefCell::new(Vec::new()) };
-    /// The calling thread's panel of dequantized weights, reused from call to call.
-    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-}
-
-/// The panel path: `out = x · wᵀ (+ bias)` with `w` dequantized [`PANEL_ELEMENTS`] at a time.
-fn linear_dequant(x: &[f32], m: usize, w: &QuantMatrix, bias: Option<&[f32]>, out: &mut [f32]) {
-    PANEL.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut panel) => panels(x, m, w, &mut panel, out),
-        // Re-entrant on this thread (see `linear_with`): a panel of its own.
-        Err(_) => panels(x, m, w, &mut Vec::new(), out),
-    });
-    if let Some(b) = bias {
-        for row in out.chunks_exact_mut(w.rows) {
-            row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
-        }
-    }
-}
-
-/// `out = x · wᵀ`, one panel of weight rows at a time, dequantized into `panel`.
-fn panels(x: &[f32], m: usize, w: &QuantMatrix, panel: &mut Vec<f32>, out: &mut [f32]) {
-    let (n, k) = (w.rows, w.cols);
-    let panel_rows = (PANEL_ELEMENTS / k).clamp(1, n);
-    panel.resize(panel_rows * k, 0.0);
-    for j0 in (0..n).step_by(panel_rows) {
-        let np = panel_rows.min(n - j0);
-        let panel = &mut panel[..np * k];
-        w.dequantize_rows(j0, panel);
-        gemm_into_columns(x, m, panel, np, k, out, n, j0);
-    }
+    /// The same as 16-bit codes for the tile.
+    #[cfg(target_arch = "x86_64")]
+    static ACTS16: RefCell<Vec<tile::A16Block>> = const { RefCell::new(Vec::new()) };
 }
 
 /// [`linear`] with the dot-product implementation chosen by the caller.
@@ -219,6 +209,11 @@ pub fn linear_with(
     }
     let kernel = match kernel {
         DotKernel::Auto if m >= DEQUANT_MIN_M => DotKernel::Dequant,
+        // Q8_0 codes are already bytes, which `maddubs` takes as they are; widening them to
+        // 16 bits costs more than the tile saves until 16 rows (LM head, cpu_quant bench).
+        DotKernel::Auto if w.format == QuantFormat::Q8_0 && m < TILE_Q8_0_MIN_M => {
+            DotKernel::Maddubs
+        }
         DotKernel::Auto => DotKernel::Integer,
         other => other,
     };
@@ -240,6 +235,8 @@ enum Dot {
     Scalar,
     #[cfg(target_arch = "x86_64")]
     Avx2(avx2::Avx2),
+    #[cfg(target_arch = "x86_64")]
+    Tile(tile::Tile),
 }
 
 impl Dot {
@@ -247,8 +244,10 @@ impl Dot {
         match kernel {
             #[cfg(target_arch = "x86_64")]
             DotKernel::Auto | DotKernel::Integer => {
-                avx2::Avx2::detect().map_or(Dot::Scalar, Dot::Avx2)
+                tile::Tile::detect().map_or(Dot::Scalar, Dot::Tile)
             }
+            #[cfg(target_arch = "x86_64")]
+            DotKernel::Maddubs => avx2::Avx2::detect().map_or(Dot::Scalar, Dot::Avx2),
             _ => Dot::Scalar,
         }
     }
@@ -264,16 +263,57 @@ fn run(
     acts: &mut Vec<Q8Block>,
     out: &mut [f32],
 ) {
-    let (n, nb) = (w.rows, w.cols / BLOCK);
+    let nb = w.cols / BLOCK;
     acts.resize(m * nb, Q8Block::default());
     acts.par_chunks_mut(nb)
         .zip(x.par_chunks(w.cols))
         .with_min_len(16)
         .for_each(|(a, x)| quantize_row(x, a));
     let acts = &acts[..];
+    #[cfg(target_arch = "x86_64")]
+    if let Dot::Tile(t) = dot {
+        return ACTS16.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut a16) => run_tile(t, acts, w, bias, &mut a16, m, out),
+            Err(_) => run_tile(t, acts, w, bias, &mut Vec::new(), m, out),
+        });
+    }
+    split(m, w, bias, out, |j0, pieces| {
+        task_block(dot, w, acts, j0, pieces)
+    });
+}
+
+/// The tile's tasks, on the activations converted to 16-bit codes in `a16`.
+#[cfg(target_arch = "x86_64")]
+fn run_tile(
+    t: tile::Tile,
+    acts: &[Q8Block],
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    a16: &mut Vec<tile::A16Block>,
+    m: usize,
+    out: &mut [f32],
+) {
+    a16.clear();
+    a16.extend(acts.iter().map(tile::A16Block::from));
+    let a16 = &a16[..];
+    split(m, w, bias, out, |j0, pieces| {
+        tile::task(t, w, a16, j0, pieces)
+    });
+}
+
+/// Splits the output columns into rayon tasks, each `block(j0, pieces)` for columns
+/// `j0..j0 + pieces[i].len()` of every row `i`, plus the bias.
+fn split(
+    m: usize,
+    w: &QuantMatrix,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+    block: impl Fn(usize, &mut [&mut [f32]]) + Sync,
+) {
+    let n = w.rows;
     let cols = task_rows(n, w.row_bytes());
     let task = |j0: usize, pieces: &mut [&mut [f32]]| {
-        task_block(dot, w, acts, j0, pieces);
+        block(j0, pieces);
         if let Some(b) = bias {
             for p in pieces.iter_mut() {
                 p.iter_mut().zip(&b[j0..]).for_each(|(o, b)| *o += b);
@@ -344,6 +384,8 @@ fn dot_group(
             3 => dots[..3].copy_from_slice(&avx2.dot_rows::<3>(format, row, a)),
             _ => *dots = avx2.dot_rows::<ROWS_PER_DOT>(format, row, a),
         },
+        #[cfg(target_arch = "x86_64")]
+        Dot::Tile(_) => unreachable!("the tile runs through run_tile"),
         Dot::Scalar => {
             let nb = a.len() / group;
             for (d, a) in dots.iter_mut().zip(a.chunks_exact(nb)) {

@@ -210,6 +210,65 @@ fn avx2_dot_matches_scalar() {
     }
 }
 
+/// The AVX2 16-bit tile against the scalar dot products on the same inputs, every tile shape
+/// (1–2 weight rows × 1–4 activation rows) and odd block counts: equal up to the order of f32
+/// additions, `|err| ≤ 1e-5 · Σ|terms|` (the integer block sums are exact in both).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn tile_matches_scalar() {
+    let t = tile::Tile::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
+    let mut rng = StdRng::seed_from_u64(6);
+    for format in QuantFormat::ALL {
+        for nb in [1, 3, 18, 49] {
+            let rb = nb * format.block_bytes();
+            let rows = random_blocks(&mut rng, format, 2, nb);
+            let a = quantized(&random_x(&mut rng, 4 * nb * BLOCK));
+            let a16: Vec<tile::A16Block> = a.iter().map(tile::A16Block::from).collect();
+            let got: [Vec<Vec<f32>>; 8] = [
+                t.dot::<1, 1>(format, &rows, rb, &a16)
+                    .map(Vec::from)
+                    .to_vec(),
+                t.dot::<1, 2>(format, &rows, rb, &a16)
+                    .map(Vec::from)
+                    .to_vec(),
+                t.dot::<1, 3>(format, &rows, rb, &a16)
+                    .map(Vec::from)
+                    .to_vec(),
+                t.dot::<1, 4>(format, &rows, rb, &a16)
+                    .map(Vec::from)
+                    .to_vec(),
+                t.dot::<2, 1>(format, &rows, rb, &a16)
+                    .map(Vec::from)
+                    .to_vec(),
+                t.dot::<2, 2>(format, &rows, rb, &a16)
+                    .map(Vec::from)
+                    .to_vec(),
+                t.dot::<2, 3>(format, &rows, rb, &a16)
+                    .map(Vec::from)
+                    .to_vec(),
+                t.dot::<2, 4>(format, &rows, rb, &a16)
+                    .map(Vec::from)
+                    .to_vec(),
+            ];
+            let xq = dequantized_acts(&a);
+            for tile in &got {
+                for (wr, dots) in tile.iter().enumerate() {
+                    let row = &rows[wr * rb..(wr + 1) * rb];
+                    for (r, &g) in dots.iter().enumerate() {
+                        let want = format.dot_scalar(row, &a[r * nb..(r + 1) * nb]);
+                        let xr = &xq[r * nb * BLOCK..(r + 1) * nb * BLOCK];
+                        let err = f64::from((g - want).abs());
+                        assert!(
+                            err <= 1e-5 * term_magnitude(format, row, xr),
+                            "{format:?} nb {nb} w{wr} a{r}: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The whole layer (quantization, task split, gather of output pieces, bias) against
 /// `linear_reference` on the dequantized weights and the quantized activations, for odd row
 /// counts, one task (n = 37) and several (n = 3001), both dot-product kernels.
@@ -222,7 +281,7 @@ fn linear_matches_the_reference_layer() {
             let w = matrix(format, &bytes, n, k);
             let wf = dequantize(format.ggml(), &bytes, n * k).unwrap();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.2).collect();
-            for m in [1, 2, 5, 7] {
+            for m in [1, 2, 5, 7, 9] {
                 let x = random_x(&mut rng, m * k);
                 let xq: Vec<f64> = x
                     .chunks_exact(k)
@@ -231,7 +290,12 @@ fn linear_matches_the_reference_layer() {
                 let xq32: Vec<f32> = xq.iter().map(|&v| v as f32).collect();
                 let mut want = vec![0.0; m * n];
                 linear_reference(&xq32, m, &wf, n, k, Some(&bias), &mut want);
-                for kernel in [DotKernel::Auto, DotKernel::Integer, DotKernel::Scalar] {
+                for kernel in [
+                    DotKernel::Auto,
+                    DotKernel::Integer,
+                    DotKernel::Maddubs,
+                    DotKernel::Scalar,
+                ] {
                     let mut out = vec![f32::NAN; m * n];
                     linear_with(kernel, &x, m, &w, Some(&bias), &mut out);
                     for i in 0..m {
