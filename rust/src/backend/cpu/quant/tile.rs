@@ -11,6 +11,7 @@
 
 use std::arch::x86_64::*;
 
+use super::avx2::Avx2;
 use super::q8::{Q8Block, RESIDUAL_STEPS};
 use super::{QuantFormat, BLOCK};
 
@@ -43,12 +44,9 @@ impl From<&Q8Block> for A16Block {
 pub struct Tile(());
 
 impl Tile {
-    /// `Some` when the CPU reports AVX2, FMA and F16C.
+    /// `Some` when the CPU reports AVX2, FMA and F16C (the features [`Avx2`] proves).
     pub fn detect() -> Option<Tile> {
-        let ok = is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c");
-        ok.then_some(Tile(()))
+        Avx2::detect().map(|_| Tile(()))
     }
 
     /// `out[wr][r] = w_row(wr) · acts[r·nb..(r+1)·nb]` for the `W` consecutive weight rows at
