@@ -17,8 +17,8 @@ use std::time::UNIX_EPOCH;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::engine::launch::kernel_cache_dir;
 use crate::error::{Error, Result};
+use crate::loader::cache_root;
 
 /// Name of the cache file beside an HF directory's files.
 const CACHE_NAME: &str = ".infire-fingerprint.json";
@@ -159,7 +159,7 @@ fn cache_places(path: &Path) -> Vec<PathBuf> {
         PathBuf::from(name)
     };
     let mut places = vec![beside];
-    if let Some(root) = kernel_cache_dir().and_then(|k| k.parent().map(Path::to_path_buf)) {
+    if let Some(root) = cache_root() {
         // Keyed by the model's absolute path: one cache file per model location.
         let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
         let key = Sha256::digest(abs.to_string_lossy().as_bytes());

@@ -188,3 +188,17 @@ pub fn open_tokenizer(path: &Path) -> Result<Tokenizer> {
         Tokenizer::from_gguf_metadata(GgufFile::open(path)?.metadata())
     }
 }
+
+/// Infire's cache directory: `$INFIRE_CACHE_DIR`, else `$XDG_CACHE_HOME/infire`, else
+/// `~/.cache/infire` (where the Python layer keeps downloaded models; compiled kernels and
+/// model fingerprints go under it).
+pub fn cache_root() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("INFIRE_CACHE_DIR")
+        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("infire")))
+        .or_else(|| env("HOME").map(|h| h.join(".cache").join("infire")))
+}

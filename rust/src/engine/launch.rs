@@ -10,7 +10,7 @@ use super::{DeviceKind, Engine, EngineArgs, EngineConfig};
 use crate::backend::cpu::CpuBackend;
 use crate::backend::{KvDtype, KvLayout};
 use crate::error::{Error, Result};
-use crate::loader::{open_model, ModelFiles};
+use crate::loader::{cache_root, open_model, ModelFiles};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::tuning::Tuning;
@@ -180,19 +180,10 @@ fn finish<B: crate::backend::Backend + 'static>(
     })
 }
 
-/// Where compiled kernels are kept: `$INFIRE_CACHE_DIR/kernels`, else
-/// `$XDG_CACHE_HOME/infire/kernels`, else `~/.cache/infire/kernels` (the model cache's
-/// parent, as the Python layer resolves it).
+/// Where compiled kernels are kept: `kernels` under Infire's cache directory
+/// ([`cache_root`]).
 pub fn kernel_cache_dir() -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    let root = env("INFIRE_CACHE_DIR")
-        .or_else(|| env("XDG_CACHE_HOME").map(|d| d.join("infire")))
-        .or_else(|| env("HOME").map(|h| h.join(".cache").join("infire")))?;
-    Some(root.join("kernels"))
+    Some(cache_root()?.join("kernels"))
 }
 
 #[cfg(test)]
