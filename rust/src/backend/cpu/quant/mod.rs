@@ -220,7 +220,7 @@ pub fn linear_with(
     if kernel == DotKernel::Dequant {
         return linear_dequant(x, m, w, bias, out);
     }
-    let dot = Dot::resolve(kernel);
+    let dot = Dot::resolve(kernel, w.format);
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => run(dot, x, m, w, bias, &mut acts, out),
         // A re-entrant call on this thread (a rayon worker that picked up another engine's
@@ -240,7 +240,10 @@ enum Dot {
 }
 
 impl Dot {
-    fn resolve(kernel: DotKernel) -> Dot {
+    fn resolve(kernel: DotKernel, format: QuantFormat) -> Dot {
+        if !format.has_simd() {
+            return Dot::Scalar;
+        }
         match kernel {
             #[cfg(target_arch = "x86_64")]
             DotKernel::Auto | DotKernel::Integer => {
