@@ -3,6 +3,7 @@
 
 use half::f16;
 
+use super::kquant;
 use super::q8::{Q8Block, RESIDUAL_STEPS};
 use super::BLOCK;
 use crate::weights::ggml_quants::GgmlType;
@@ -25,16 +26,25 @@ pub enum QuantFormat {
     Q5_1,
     /// `{ f16 d; i8 qs[32] }`: `w = q · d`.
     Q8_0,
+    /// 256-element super-blocks of 8 sub-blocks with 6-bit scales and minimums (`kquant.rs`).
+    Q4_K,
+    /// `Q4_K` with a fifth bit per weight.
+    Q5_K,
+    /// 256-element super-blocks of 16 groups of 16 with 8-bit scales, 6-bit weights.
+    Q6_K,
 }
 
 impl QuantFormat {
     /// Every format, for tests and error messages.
-    pub const ALL: [QuantFormat; 5] = [
+    pub const ALL: [QuantFormat; 8] = [
         QuantFormat::Q4_0,
         QuantFormat::Q4_1,
         QuantFormat::Q5_0,
         QuantFormat::Q5_1,
         QuantFormat::Q8_0,
+        QuantFormat::Q4_K,
+        QuantFormat::Q5_K,
+        QuantFormat::Q6_K,
     ];
 
     /// The formats with AVX2 kernels (`avx2.rs`, `tile.rs`).
@@ -65,17 +75,32 @@ impl QuantFormat {
             QuantFormat::Q5_0 => GgmlType::Q5_0,
             QuantFormat::Q5_1 => GgmlType::Q5_1,
             QuantFormat::Q8_0 => GgmlType::Q8_0,
+            QuantFormat::Q4_K => GgmlType::Q4_K,
+            QuantFormat::Q5_K => GgmlType::Q5_K,
+            QuantFormat::Q6_K => GgmlType::Q6_K,
         }
     }
 
-    /// Bytes per block of 32 weights.
+    /// Bytes per block (of [`QuantFormat::block_elems`] weights).
     pub fn block_bytes(self) -> usize {
         self.ggml().type_size()
     }
 
-    /// One block as integer codes, scale and minimum: `w[i] = codes[i] · d + m` (`m = 0`
-    /// for the symmetric formats).
-    pub fn decode(self, b: &[u8]) -> ([i32; BLOCK], f32, f32) {
+    /// Weights per block: 32, or 256 for the k-quants' super-blocks.
+    pub fn block_elems(self) -> usize {
+        self.ggml().block_size()
+    }
+
+    /// Row `row`'s 32-element sub-blocks in order, each as [`QuantFormat::decode`] gives it.
+    pub fn sub_blocks(self, row: &[u8]) -> impl Iterator<Item = ([i32; BLOCK], f32, f32)> + '_ {
+        let per_block = self.block_elems() / BLOCK;
+        row.chunks_exact(self.block_bytes())
+            .flat_map(move |b| (0..per_block).map(move |s| self.decode(b, s)))
+    }
+
+    /// Sub-block `s` of block `b` (`s = 0` unless a k-quant) as integer codes, scale and
+    /// minimum: `w[i] = codes[i] · d + m` (`m = 0` for the symmetric formats).
+    pub fn decode(self, b: &[u8], s: usize) -> ([i32; BLOCK], f32, f32) {
         let f16_at = |at: usize| f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32();
         let mut codes = [0i32; BLOCK];
         let nibbles = |qs: &[u8], codes: &mut [i32; BLOCK], offset: i32| {
@@ -107,16 +132,19 @@ impl QuantFormat {
                 }
                 (codes, f16_at(0), 0.0)
             }
+            QuantFormat::Q4_K => kquant::decode_q45_k(b, s, false),
+            QuantFormat::Q5_K => kquant::decode_q45_k(b, s, true),
+            QuantFormat::Q6_K => kquant::decode_q6_k(b, s),
         }
     }
 
     /// The reference dot product of one weight row (its blocks, in this format) with one row
-    /// of activation blocks: `Σ_b d_w·d_a·(Σ codes·(254·qs + qs2)) + m_w·s_a`, each block's
-    /// integer sum exact in i64, accumulated in f32 in block order.
+    /// of activation blocks: `Σ_b d_w·d_a·(Σ codes·(254·qs + qs2)) + m_w·s_a` over the
+    /// 32-element (sub-)blocks, each integer sum exact in i64 (the k-quants' codes carry their
+    /// sub-block scale, up to 63·31 or 128·32), accumulated in f32 in block order.
     pub fn dot_scalar(self, w: &[u8], a: &[Q8Block]) -> f32 {
         let mut sum = 0.0f32;
-        for (b, a) in w.chunks_exact(self.block_bytes()).zip(a) {
-            let (codes, d, m) = self.decode(b);
+        for ((codes, d, m), a) in self.sub_blocks(w).zip(a) {
             let idot: i64 = (0..BLOCK)
                 .map(|i| {
                     let q = RESIDUAL_STEPS * i32::from(a.qs[i]) + i32::from(a.qs2[i]);

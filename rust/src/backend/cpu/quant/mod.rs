@@ -1,9 +1,10 @@
-//! Weights kept in ggml block formats (Q4_0, Q4_1, Q8_0: GGUF blocks as the file stores
-//! them) and the linear layer over them with integer dot products, as llama.cpp computes it.
+//! Weights kept in ggml block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the k-quants Q4_K,
+//! Q5_K, Q6_K: GGUF blocks as the file stores them) and the linear layer over them with
+//! integer dot products, as llama.cpp computes it.
 //!
 //! `out[i][j] = Σ_p x[i][p] · w[j][p] (+ bias[j])`, with `w` an `n × k` matrix of blocks (row
-//! `j` is `k / 32` blocks of its format, contiguous) and `x` quantized first, per 32 values,
-//! to [`Q8Block`]s. The quantization of `x` is the only rounding beyond f32 arithmetic: the
+//! `j` is its format's blocks, contiguous; a k-quant super-block is 8 sub-blocks of 32) and
+//! `x` quantized first, per 32 values, to [`Q8Block`]s. The quantization of `x` is the only rounding beyond f32 arithmetic: the
 //! weights enter with their exact values (`codes · d + m`), the block sums are exact integers.
 //!
 //! Two strategies, picked by [`DotKernel::Auto`] from `m` (measured, see `NOTES.md`):
@@ -27,6 +28,7 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod format;
+mod kquant;
 mod panels;
 mod q8;
 #[cfg(target_arch = "x86_64")]
@@ -65,7 +67,8 @@ pub const DEQUANT_MIN_M: usize = 32;
 
 /// An `rows × cols` weight matrix of ggml blocks, row-major.
 ///
-/// Invariant: `cols % 32 == 0` and `data.len() == rows · cols / 32 · format.block_bytes()`.
+/// Invariant: `cols % format.block_elems() == 0` and
+/// `data.len() == rows · cols / format.block_elems() · format.block_bytes()`.
 pub struct QuantMatrix {
     format: QuantFormat,
     rows: usize,
@@ -75,16 +78,16 @@ pub struct QuantMatrix {
 
 impl QuantMatrix {
     /// `parts` stacked along rows, copied once from their bytes; `None` unless every part is
-    /// 2-D with the same column count (a multiple of 32), has the same format among
+    /// 2-D with the same column count (a multiple of the format's block), has the same format among
     /// [`QuantFormat::ALL`], and holds the bytes its shape implies.
     pub fn from_raw(parts: &[RawTensor<'_>]) -> Option<QuantMatrix> {
         let first = parts.first()?;
         let format = QuantFormat::from_name(first.dtype)?;
         let cols = *first.shape.get(1)?;
-        if cols == 0 || cols % BLOCK != 0 {
+        if cols == 0 || cols % format.block_elems() != 0 {
             return None;
         }
-        let row_bytes = cols / BLOCK * format.block_bytes();
+        let row_bytes = cols / format.block_elems() * format.block_bytes();
         let mut rows = 0;
         for p in parts {
             let ok = p.dtype == first.dtype
@@ -122,7 +125,7 @@ impl QuantMatrix {
 
     /// Bytes of one row.
     fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.format.block_bytes()
+        self.cols / self.format.block_elems() * self.format.block_bytes()
     }
 
     /// Rows `r..r + count`'s blocks.

@@ -9,8 +9,9 @@ use super::*;
 use crate::backend::cpu::matmul::linear_reference;
 use crate::weights::ggml_quants::dequantize;
 
-/// `rows` random rows of `nb` blocks of `format`: scales of either sign in [2⁻⁹, 2⁻⁴],
-/// every code byte random (Q8_0 codes include −128, which ggml never writes but a file may).
+/// `rows` random rows of `nb` blocks of `format`: f16 scales of either sign in [2⁻⁹, 2⁻⁴],
+/// every other byte random (Q8_0 codes include −128, which ggml never writes but a file may;
+/// the k-quants' sub-block scales and minimums take their whole range).
 fn random_blocks(rng: &mut StdRng, format: QuantFormat, rows: usize, nb: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(rows * nb * format.block_bytes());
     for _ in 0..rows * nb {
@@ -20,9 +21,15 @@ fn random_blocks(rng: &mut StdRng, format: QuantFormat, rows: usize, nb: usize) 
             let v = if rng.random() { v } else { -v };
             f16::from_f32(v).to_bits().to_le_bytes()
         };
-        b[..2].copy_from_slice(&scale(rng));
-        if matches!(format, QuantFormat::Q4_1 | QuantFormat::Q5_1) {
-            b[2..4].copy_from_slice(&scale(rng));
+        let f16s: &[usize] = match format {
+            QuantFormat::Q4_1 | QuantFormat::Q5_1 | QuantFormat::Q4_K | QuantFormat::Q5_K => {
+                &[0, 2]
+            }
+            QuantFormat::Q6_K => &[208],
+            _ => &[0],
+        };
+        for &at in f16s {
+            b[at..at + 2].copy_from_slice(&scale(rng));
         }
         out.extend(b);
     }
@@ -41,6 +48,13 @@ fn random_x(rng: &mut StdRng, len: usize) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// `(n, k)` for `format`: `k` rounded up to whole blocks (256 for the k-quants), `n` scaled
+/// down to keep about `n · k` weights (an odd count, still several tasks or panels).
+fn shape(format: QuantFormat, n: usize, k: usize) -> (usize, usize) {
+    let kk = k.next_multiple_of(format.block_elems());
+    ((n * k / kk) | 1, kk)
 }
 
 fn quantized(x: &[f32]) -> Vec<Q8Block> {
@@ -74,10 +88,10 @@ fn matrix(format: QuantFormat, bytes: &[u8], rows: usize, cols: usize) -> QuantM
 /// `Σ_i (|codes_i · d| + |m|) · |a_i|` over a row: the size of the terms a dot product
 /// adds, which bounds its f32 rounding.
 fn term_magnitude(format: QuantFormat, row: &[u8], a: &[f64]) -> f64 {
-    row.chunks_exact(format.block_bytes())
+    format
+        .sub_blocks(row)
         .zip(a.chunks_exact(BLOCK))
-        .map(|(b, a)| {
-            let (codes, d, m) = format.decode(b);
+        .map(|((codes, d, m), a)| {
             codes
                 .iter()
                 .zip(a)
@@ -101,7 +115,7 @@ fn scalar_dot_matches_the_dequantized_reference() {
     for format in QuantFormat::ALL {
         for nb in [1, 2, 3, 18, 48] {
             for _ in 0..20 {
-                let k = nb * BLOCK;
+                let k = nb * format.block_elems();
                 let row = random_blocks(&mut rng, format, 1, nb);
                 let w = dequantize(format.ggml(), &row, k).unwrap();
                 let x = random_x(&mut rng, k);
@@ -276,8 +290,8 @@ fn tile_matches_scalar() {
 fn linear_matches_the_reference_layer() {
     let mut rng = StdRng::seed_from_u64(11);
     for format in QuantFormat::ALL {
-        for (n, k) in [(37, 96), (3001, 64)] {
-            let bytes = random_blocks(&mut rng, format, n, k / BLOCK);
+        for (n, k) in [(37, 96), (3001, 64)].map(|(n, k)| shape(format, n, k)) {
+            let bytes = random_blocks(&mut rng, format, n, k / format.block_elems());
             let w = matrix(format, &bytes, n, k);
             let wf = dequantize(format.ggml(), &bytes, n * k).unwrap();
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.2).collect();
@@ -319,12 +333,13 @@ fn linear_matches_the_reference_layer() {
 fn rows_dequantize_as_the_gguf_reader_does() {
     let mut rng = StdRng::seed_from_u64(3);
     for format in QuantFormat::ALL {
+        let k = 2 * format.block_elems();
         let bytes = random_blocks(&mut rng, format, 5, 2);
-        let w = matrix(format, &bytes, 5, 64);
-        let all = dequantize(format.ggml(), &bytes, 5 * 64).unwrap();
-        let mut row = vec![f32::NAN; 64];
+        let w = matrix(format, &bytes, 5, k);
+        let all = dequantize(format.ggml(), &bytes, 5 * k).unwrap();
+        let mut row = vec![f32::NAN; k];
         w.dequantize_rows(3, &mut row);
-        assert_eq!(row, &all[3 * 64..4 * 64]);
+        assert_eq!(row, &all[3 * k..4 * k]);
     }
 }
 
@@ -347,7 +362,13 @@ fn from_raw_stacks_parts_and_refuses_mismatches() {
     assert!(QuantMatrix::from_raw(&[raw("Q4_1", &s2, &a[1..])]).is_none());
     assert!(QuantMatrix::from_raw(&[raw("Q4_1", &[3, 32], &a)]).is_none());
     assert!(QuantMatrix::from_raw(&[raw("Q4_1", &[2, 48], &a)]).is_none());
-    assert!(QuantMatrix::from_raw(&[raw("Q6_K", &s2, &a)]).is_none());
+    assert!(
+        QuantMatrix::from_raw(&[raw("Q6_K", &s2, &a)]).is_none(),
+        "64 columns"
+    );
+    // Q2_K and Q3_K have no dot product here: the loader dequantizes them to f32.
+    assert!(QuantMatrix::from_raw(&[raw("Q2_K", &[1, 256], &[0; 84])]).is_none());
+    assert!(QuantMatrix::from_raw(&[raw("Q3_K", &[1, 256], &[0; 110])]).is_none());
     assert!(QuantMatrix::from_raw(&[raw("F32", &s2, &a)]).is_none());
     assert!(QuantMatrix::from_raw(&[]).is_none());
 }
@@ -360,7 +381,8 @@ fn dequant_panels_match_the_f32_reference() {
     let mut rng = StdRng::seed_from_u64(12);
     for format in QuantFormat::ALL {
         for (n, k, ms) in [(37, 96, &[1, DEQUANT_MIN_M + 1][..]), (20001, 64, &[3][..])] {
-            let bytes = random_blocks(&mut rng, format, n, k / BLOCK);
+            let (n, k) = shape(format, n, k);
+            let bytes = random_blocks(&mut rng, format, n, k / format.block_elems());
             let w = matrix(format, &bytes, n, k);
             let wf = dequantize(format.ggml(), &bytes, n * k).unwrap();
             let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
