@@ -283,4 +283,5 @@ fn tile_matches_scalar() {
     }
 }
 
+mod gguf_file;
 mod layer;
