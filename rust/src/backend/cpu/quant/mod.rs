@@ -160,7 +160,8 @@ impl QuantMatrix {
 /// the others exist so that tests and benchmarks can check and time each one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DotKernel {
-    /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`], [`DotKernel::Dequant`] above.
+    /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`], [`DotKernel::Dequant`] above; always
+    /// [`DotKernel::Dequant`] for a format without AVX2 kernels.
     Auto,
     /// Integer dot products, the AVX2 16-bit tile where the CPU has it (with FMA and F16C),
     /// else scalar.
@@ -213,7 +214,9 @@ pub fn linear_with(
         return;
     }
     let kernel = match kernel {
-        DotKernel::Auto if m >= DEQUANT_MIN_M => DotKernel::Dequant,
+        // The scalar dot product is 1.3–6× slower than the panels at m = 1 and 4 for every
+        // format but Q5_0 at m = 1 (`cpu_quant -- --formats`, NOTES.md).
+        DotKernel::Auto if m >= DEQUANT_MIN_M || !w.format.has_simd() => DotKernel::Dequant,
         // Q8_0 codes are already bytes, which `maddubs` takes as they are; widening them to
         // 16 bits costs more than the tile saves until 16 rows (LM head, cpu_quant bench).
         DotKernel::Auto if w.format == QuantFormat::Q8_0 && m < TILE_Q8_0_MIN_M => {

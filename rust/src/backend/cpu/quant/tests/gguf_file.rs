@@ -46,7 +46,7 @@ fn kquant_file(rng: &mut StdRng) -> (GgufFile, Vec<(&'static str, QuantFormat, u
 }
 
 /// Each k-quant matrix of the file, kept quantized, against the f32 weights the reader
-/// loads: the integer path (`m = 3`) within the activation rounding of the dequantize-then-f32
+/// loads: the integer path (`m = 3`, `DotKernel::Integer`: `Auto` runs the panels for these) within the activation rounding of the dequantize-then-f32
 /// layer on the quantized activations (`|err| ≤ 1e-5 · Σ|terms|`, as in
 /// `linear_matches_the_reference_layer`), the panel path (`m = DEQUANT_MIN_M`) within f32
 /// GEMM error of the f32 layer. Q2_K is not kept (`from_raw` is `None`) and still loads
@@ -61,7 +61,7 @@ fn kquant_gguf_tensors_match_their_f32_load() {
         assert_eq!((w.format(), w.rows(), w.cols()), (format, n, 512));
         let wf = file.load_f32(name).unwrap();
         assert_eq!(wf.shape, [n, 512]);
-        for (m, kernel) in [(3, DotKernel::Auto), (DEQUANT_MIN_M, DotKernel::Auto)] {
+        for (m, kernel) in [(3, DotKernel::Integer), (DEQUANT_MIN_M, DotKernel::Auto)] {
             let x = random_x(&mut rng, m * 512);
             let xq: Vec<f64> = x
                 .chunks_exact(512)
