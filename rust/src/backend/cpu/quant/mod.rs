@@ -214,8 +214,8 @@ pub fn linear_with(
         return;
     }
     let kernel = match kernel {
-        // The scalar dot product is 1.3–6× slower than the panels at m = 1 and 4 for every
-        // format but Q5_0 at m = 1 (`cpu_quant -- --formats`, NOTES.md).
+        // The scalar dot product is as fast as the panels to 8× slower at m = 1 and 4 for
+        // every format but Q5_0 at m = 1 (`cpu_quant -- --formats`, NOTES.md).
         DotKernel::Auto if m >= DEQUANT_MIN_M || !w.format.has_simd() => DotKernel::Dequant,
         // Q8_0 codes are already bytes, which `maddubs` takes as they are; widening them to
         // 16 bits costs more than the tile saves until 16 rows (LM head, cpu_quant bench).
