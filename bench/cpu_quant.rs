@@ -2,8 +2,10 @@
 //! against the f32 one (`matmul`) on SmolLM2-135M's shapes: Q4_1 layer matrices (fused QKV,
 //! o_proj, fused gate/up, down) and the Q8_0 LM head, from decode (m = 1) to prefill chunks.
 //!
-//! Run: `cargo bench --bench cpu_quant -- [--quick | --crossover] [--json PATH]` (`--crossover`:
-//! m = 1…256, to place the switch between the integer tile and the dequantized panels).
+//! Run: `cargo bench --bench cpu_quant -- [--quick | --crossover | --formats] [--json PATH]`
+//! (`--crossover`: m = 1…256, to place the switch between the integer tile and the dequantized
+//! panels; `--formats`: every format on one 1536 × 1536 matrix at m = 1 and 4, Auto against
+//! the panels and f32, for the formats without AVX2 kernels).
 //! Weights are cold as in `cpu_matmul.rs`: each timed call reads another copy of the matrix,
 //! and the copies add up to more than [`COLD_BYTES`]. Each version is checked against the
 //! f32 layer on the same dequantized weights before it is timed (relative error printed).
@@ -41,6 +43,9 @@ enum Version {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--formats") {
+        return formats_table();
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let json_path = args
         .iter()
@@ -167,16 +172,64 @@ fn time(mut f: impl FnMut()) -> f64 {
     best
 }
 
+/// Every format on a 1536 × 1536 matrix (cold copies), m = 1 and 4: µs per call of the f32
+/// layer, `Auto` and the dequantized panels.
+fn formats_table() {
+    let (n, k) = (1536, 1536);
+    println!("# {n}×{k}, {} rayon threads", rayon::current_num_threads());
+    println!("| format | m | f32 | auto | dequant+gemm |");
+    println!("|---|---|---|---|---|");
+    let mut rng = StdRng::seed_from_u64(2);
+    for format in QuantFormat::ALL {
+        let bytes = random_blocks(&mut rng, format, n * k / format.block_elems());
+        let wf = dequantize(format.ggml(), &bytes, n * k).unwrap();
+        let quants: Vec<QuantMatrix> = (0..COLD_BYTES.div_ceil(bytes.len()))
+            .map(|_| matrix(format, &bytes, n, k))
+            .collect();
+        let floats: Vec<Vec<f32>> = (0..COLD_BYTES / (wf.len() * 4))
+            .map(|_| wf.clone())
+            .collect();
+        for m in [1, 4] {
+            let x: Vec<f32> = (0..m * k).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let mut out = vec![0.0f32; m * n];
+            let mut i = 0;
+            let f32_us = time(|| {
+                i += 1;
+                matmul::linear(&x, m, &floats[i % floats.len()], n, k, None, &mut out)
+            });
+            let mut quant_us = |kernel| {
+                time(|| {
+                    i += 1;
+                    linear_with(kernel, &x, m, &quants[i % quants.len()], None, &mut out)
+                })
+            };
+            let (auto, panels) = (quant_us(DotKernel::Auto), quant_us(DotKernel::Dequant));
+            println!(
+                "| {format:?} | {m} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                f32_us * 1e6,
+                auto * 1e6,
+                panels * 1e6
+            );
+        }
+    }
+}
+
 /// `blocks` random blocks of `format`: scales in ±[2⁻⁹, 2⁻⁴], random codes.
 fn random_blocks(rng: &mut StdRng, format: QuantFormat, blocks: usize) -> Vec<u8> {
     let size = format.block_bytes();
     let mut out: Vec<u8> = (0..blocks * size).map(|_| rng.random()).collect();
     for b in out.chunks_exact_mut(size) {
-        let scales = if format == QuantFormat::Q4_1 { 2 } else { 1 };
-        for s in 0..scales {
+        let at: &[usize] = match format {
+            QuantFormat::Q4_1 | QuantFormat::Q5_1 | QuantFormat::Q4_K | QuantFormat::Q5_K => {
+                &[0, 2]
+            }
+            QuantFormat::Q6_K => &[208],
+            _ => &[0],
+        };
+        for &a in at {
             let v = rng.random_range(2f32.powi(-9)..2f32.powi(-4))
                 * if rng.random() { 1.0 } else { -1.0 };
-            b[2 * s..2 * s + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
+            b[a..a + 2].copy_from_slice(&half::f16::from_f32(v).to_bits().to_le_bytes());
         }
     }
     out

@@ -26,7 +26,7 @@ use crate::error::{Error, Result};
 mod header;
 mod hf_names;
 #[cfg(test)]
-mod test_writer;
+pub(crate) mod test_writer;
 
 pub use hf_names::{hf_name, reverse_permute_rows};
 

@@ -16,6 +16,7 @@ mod k_quants;
 mod legacy;
 mod types;
 
+pub(crate) use k_quants::scale_min_k4;
 use k_quants::{
     dequantize_q2_k, dequantize_q3_k, dequantize_q4_k, dequantize_q5_k, dequantize_q6_k,
 };

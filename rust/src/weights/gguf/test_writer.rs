@@ -4,7 +4,7 @@
 use super::GgufFile;
 
 /// Writes GGUF files byte by byte from the format's description, independently of the reader.
-pub(super) struct Builder {
+pub(crate) struct Builder {
     /// The version field written (3 unless a test changes it).
     pub(super) version: u32,
     /// Alignment of the data section and of each tensor's data.
@@ -34,7 +34,7 @@ pub(super) fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 impl Builder {
     /// An empty version-3 file with the default alignment.
-    pub(super) fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (kv, infos, data) = (Vec::new(), Vec::new(), Vec::new());
         Builder {
             version: 3,
@@ -57,7 +57,7 @@ impl Builder {
     }
 
     /// A string metadata pair.
-    pub(super) fn kv_str(self, key: &str, value: &str) -> Self {
+    pub(crate) fn kv_str(self, key: &str, value: &str) -> Self {
         let mut v = Vec::new();
         put_str(&mut v, value);
         self.kv(key, 8, &v)
@@ -80,7 +80,7 @@ impl Builder {
     }
 
     /// A tensor with its data appended (aligned) to the data section.
-    pub(super) fn tensor(mut self, name: &str, dims: &[u64], ty: u32, bytes: &[u8]) -> Self {
+    pub(crate) fn tensor(mut self, name: &str, dims: &[u64], ty: u32, bytes: &[u8]) -> Self {
         self.data
             .resize(self.data.len().next_multiple_of(self.alignment), 0);
         let offset = self.data.len() as u64;
@@ -89,7 +89,7 @@ impl Builder {
     }
 
     /// The file's bytes.
-    pub(super) fn build(&self) -> Vec<u8> {
+    pub(crate) fn build(&self) -> Vec<u8> {
         let mut out = b"GGUF".to_vec();
         out.extend(self.version.to_le_bytes());
         out.extend(self.n_tensors.to_le_bytes());

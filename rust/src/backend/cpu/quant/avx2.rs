@@ -35,7 +35,8 @@ impl Avx2 {
     ///
     /// # Panics
     ///
-    /// When `w` is not a whole number of blocks or `acts` holds fewer than `R·nb` blocks.
+    /// When `fmt` is not in [`QuantFormat::SIMD`], `w` is not a whole number of blocks or
+    /// `acts` holds fewer than `R·nb` blocks.
     pub fn dot_rows<const R: usize>(
         self,
         fmt: QuantFormat,
@@ -50,6 +51,7 @@ impl Avx2 {
                 QuantFormat::Q4_0 => dot_rows::<Q4_0, R>(w, acts, nb),
                 QuantFormat::Q4_1 => dot_rows::<Q4_1, R>(w, acts, nb),
                 QuantFormat::Q8_0 => dot_rows::<Q8_0, R>(w, acts, nb),
+                other => panic!("{other:?} has no AVX2 kernel (QuantFormat::SIMD)"),
             }
         }
     }

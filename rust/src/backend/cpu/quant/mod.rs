@@ -1,9 +1,10 @@
-//! Weights kept in ggml block formats (Q4_0, Q4_1, Q8_0: GGUF blocks as the file stores
-//! them) and the linear layer over them with integer dot products, as llama.cpp computes it.
+//! Weights kept in ggml block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the k-quants Q4_K,
+//! Q5_K, Q6_K: GGUF blocks as the file stores them) and the linear layer over them with
+//! integer dot products, as llama.cpp computes it.
 //!
 //! `out[i][j] = Σ_p x[i][p] · w[j][p] (+ bias[j])`, with `w` an `n × k` matrix of blocks (row
-//! `j` is `k / 32` blocks of its format, contiguous) and `x` quantized first, per 32 values,
-//! to [`Q8Block`]s. The quantization of `x` is the only rounding beyond f32 arithmetic: the
+//! `j` is its format's blocks, contiguous; a k-quant super-block is 8 sub-blocks of 32) and
+//! `x` quantized first, per 32 values, to [`Q8Block`]s. The quantization of `x` is the only rounding beyond f32 arithmetic: the
 //! weights enter with their exact values (`codes · d + m`), the block sums are exact integers.
 //!
 //! Two strategies, picked by [`DotKernel::Auto`] from `m` (measured, see `NOTES.md`):
@@ -27,8 +28,10 @@
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod format;
+mod kquant;
 mod panels;
 mod q8;
+mod split;
 #[cfg(target_arch = "x86_64")]
 mod tile;
 
@@ -43,6 +46,7 @@ use super::WeightBuf;
 use crate::weights::ggml_quants::dequantize_into;
 use crate::weights::RawTensor;
 use panels::linear_dequant;
+use split::split;
 
 /// Elements per block in every format here (`QK4_0 = QK4_1 = QK8_0 = 32` in ggml).
 pub const BLOCK: usize = 32;
@@ -65,7 +69,8 @@ pub const DEQUANT_MIN_M: usize = 32;
 
 /// An `rows × cols` weight matrix of ggml blocks, row-major.
 ///
-/// Invariant: `cols % 32 == 0` and `data.len() == rows · cols / 32 · format.block_bytes()`.
+/// Invariant: `cols % format.block_elems() == 0` and
+/// `data.len() == rows · cols / format.block_elems() · format.block_bytes()`.
 pub struct QuantMatrix {
     format: QuantFormat,
     rows: usize,
@@ -75,16 +80,16 @@ pub struct QuantMatrix {
 
 impl QuantMatrix {
     /// `parts` stacked along rows, copied once from their bytes; `None` unless every part is
-    /// 2-D with the same column count (a multiple of 32), has the same format among
+    /// 2-D with the same column count (a multiple of the format's block), has the same format among
     /// [`QuantFormat::ALL`], and holds the bytes its shape implies.
     pub fn from_raw(parts: &[RawTensor<'_>]) -> Option<QuantMatrix> {
         let first = parts.first()?;
         let format = QuantFormat::from_name(first.dtype)?;
         let cols = *first.shape.get(1)?;
-        if cols == 0 || cols % BLOCK != 0 {
+        if cols == 0 || cols % format.block_elems() != 0 {
             return None;
         }
-        let row_bytes = cols / BLOCK * format.block_bytes();
+        let row_bytes = cols / format.block_elems() * format.block_bytes();
         let mut rows = 0;
         for p in parts {
             let ok = p.dtype == first.dtype
@@ -122,7 +127,7 @@ impl QuantMatrix {
 
     /// Bytes of one row.
     fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.format.block_bytes()
+        self.cols / self.format.block_elems() * self.format.block_bytes()
     }
 
     /// Rows `r..r + count`'s blocks.
@@ -155,7 +160,8 @@ impl QuantMatrix {
 /// the others exist so that tests and benchmarks can check and time each one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DotKernel {
-    /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`], [`DotKernel::Dequant`] above.
+    /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`], [`DotKernel::Dequant`] above; always
+    /// [`DotKernel::Dequant`] for a format without AVX2 kernels.
     Auto,
     /// Integer dot products, the AVX2 16-bit tile where the CPU has it (with FMA and F16C),
     /// else scalar.
@@ -208,7 +214,9 @@ pub fn linear_with(
         return;
     }
     let kernel = match kernel {
-        DotKernel::Auto if m >= DEQUANT_MIN_M => DotKernel::Dequant,
+        // The scalar dot product is as fast as the panels to 8× slower at m = 1 and 4 for
+        // every format but Q5_0 at m = 1 (`cpu_quant -- --formats`, NOTES.md).
+        DotKernel::Auto if m >= DEQUANT_MIN_M || !w.format.has_simd() => DotKernel::Dequant,
         // Q8_0 codes are already bytes, which `maddubs` takes as they are; widening them to
         // 16 bits costs more than the tile saves until 16 rows (LM head, cpu_quant bench).
         DotKernel::Auto if w.format == QuantFormat::Q8_0 && m < TILE_Q8_0_MIN_M => {
@@ -220,7 +228,7 @@ pub fn linear_with(
     if kernel == DotKernel::Dequant {
         return linear_dequant(x, m, w, bias, out);
     }
-    let dot = Dot::resolve(kernel);
+    let dot = Dot::resolve(kernel, w.format);
     ACTS.with(|cell| match cell.try_borrow_mut() {
         Ok(mut acts) => run(dot, x, m, w, bias, &mut acts, out),
         // A re-entrant call on this thread (a rayon worker that picked up another engine's
@@ -240,7 +248,10 @@ enum Dot {
 }
 
 impl Dot {
-    fn resolve(kernel: DotKernel) -> Dot {
+    fn resolve(kernel: DotKernel, format: QuantFormat) -> Dot {
+        if !format.has_simd() {
+            return Dot::Scalar;
+        }
         match kernel {
             #[cfg(target_arch = "x86_64")]
             DotKernel::Auto | DotKernel::Integer => {
@@ -299,54 +310,6 @@ fn run_tile(
     split(m, w, bias, out, |j0, pieces| {
         tile::task(t, w, a16, j0, pieces)
     });
-}
-
-/// Splits the output columns into rayon tasks, each `block(j0, pieces)` for columns
-/// `j0..j0 + pieces[i].len()` of every row `i`, plus the bias.
-fn split(
-    m: usize,
-    w: &QuantMatrix,
-    bias: Option<&[f32]>,
-    out: &mut [f32],
-    block: impl Fn(usize, &mut [&mut [f32]]) + Sync,
-) {
-    let n = w.rows;
-    let cols = task_rows(n, w.row_bytes());
-    let task = |j0: usize, pieces: &mut [&mut [f32]]| {
-        block(j0, pieces);
-        if let Some(b) = bias {
-            for p in pieces.iter_mut() {
-                p.iter_mut().zip(&b[j0..]).for_each(|(o, b)| *o += b);
-            }
-        }
-    };
-    if m == 1 {
-        out.par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(t, piece)| task(t * cols, &mut [piece]));
-        return;
-    }
-    // Each task owns columns [j0, j0 + cols) of every output row: gather those row pieces.
-    let mut per_task: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(cols))
-        .map(|_| Vec::with_capacity(m))
-        .collect();
-    for row in out.chunks_exact_mut(n) {
-        for (t, piece) in row.chunks_mut(cols).enumerate() {
-            per_task[t].push(piece);
-        }
-    }
-    per_task
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(t, mut pieces)| task(t * cols, &mut pieces));
-}
-
-/// Weight rows per rayon task: at least [`MIN_TASK_WEIGHT_BYTES`] of weights, about
-/// [`TASKS_PER_THREAD`] tasks per pool thread.
-fn task_rows(n: usize, row_bytes: usize) -> usize {
-    let min_rows = MIN_TASK_WEIGHT_BYTES.div_ceil(row_bytes.max(1));
-    let tasks = rayon::current_num_threads() * TASKS_PER_THREAD;
-    n.div_ceil(tasks).max(min_rows).clamp(1, n)
 }
 
 /// One task: `pieces[i][jj] = acts[i] · w[j0 + jj]` for every activation row `i` (one piece

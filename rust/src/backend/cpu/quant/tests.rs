@@ -9,8 +9,9 @@ use super::*;
 use crate::backend::cpu::matmul::linear_reference;
 use crate::weights::ggml_quants::dequantize;
 
-/// `rows` random rows of `nb` blocks of `format`: scales of either sign in [2⁻⁹, 2⁻⁴],
-/// every code byte random (Q8_0 codes include −128, which ggml never writes but a file may).
+/// `rows` random rows of `nb` blocks of `format`: f16 scales of either sign in [2⁻⁹, 2⁻⁴],
+/// every other byte random (Q8_0 codes include −128, which ggml never writes but a file may;
+/// the k-quants' sub-block scales and minimums take their whole range).
 fn random_blocks(rng: &mut StdRng, format: QuantFormat, rows: usize, nb: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(rows * nb * format.block_bytes());
     for _ in 0..rows * nb {
@@ -20,9 +21,15 @@ fn random_blocks(rng: &mut StdRng, format: QuantFormat, rows: usize, nb: usize) 
             let v = if rng.random() { v } else { -v };
             f16::from_f32(v).to_bits().to_le_bytes()
         };
-        b[..2].copy_from_slice(&scale(rng));
-        if format == QuantFormat::Q4_1 {
-            b[2..4].copy_from_slice(&scale(rng));
+        let f16s: &[usize] = match format {
+            QuantFormat::Q4_1 | QuantFormat::Q5_1 | QuantFormat::Q4_K | QuantFormat::Q5_K => {
+                &[0, 2]
+            }
+            QuantFormat::Q6_K => &[208],
+            _ => &[0],
+        };
+        for &at in f16s {
+            b[at..at + 2].copy_from_slice(&scale(rng));
         }
         out.extend(b);
     }
@@ -41,6 +48,13 @@ fn random_x(rng: &mut StdRng, len: usize) -> Vec<f32> {
             }
         })
         .collect()
+}
+
+/// `(n, k)` for `format`: `k` rounded up to whole blocks (256 for the k-quants), `n` scaled
+/// down to keep about `n · k` weights (an odd count, still several tasks or panels).
+fn shape(format: QuantFormat, n: usize, k: usize) -> (usize, usize) {
+    let kk = k.next_multiple_of(format.block_elems());
+    ((n * k / kk) | 1, kk)
 }
 
 fn quantized(x: &[f32]) -> Vec<Q8Block> {
@@ -74,10 +88,10 @@ fn matrix(format: QuantFormat, bytes: &[u8], rows: usize, cols: usize) -> QuantM
 /// `Σ_i (|codes_i · d| + |m|) · |a_i|` over a row: the size of the terms a dot product
 /// adds, which bounds its f32 rounding.
 fn term_magnitude(format: QuantFormat, row: &[u8], a: &[f64]) -> f64 {
-    row.chunks_exact(format.block_bytes())
+    format
+        .sub_blocks(row)
         .zip(a.chunks_exact(BLOCK))
-        .map(|(b, a)| {
-            let (codes, d, m) = format.decode(b);
+        .map(|((codes, d, m), a)| {
             codes
                 .iter()
                 .zip(a)
@@ -87,10 +101,10 @@ fn term_magnitude(format: QuantFormat, row: &[u8], a: &[f64]) -> f64 {
         .sum()
 }
 
-/// The scalar dot product of each format, on random rows of 1 to 48 blocks:
+/// The scalar dot product of each format, on random rows of 1 to 48 blocks (of 32 or 256):
 /// - against the weights dequantized by the GGUF reader times the activations as quantized
 ///   (`d·(254·qs + qs2)`), in f64: equal up to f32 rounding (of the products, the sum, and
-///   the i32 block sum, < 2²⁸, converted to f32), `|err| ≤ 1e-5 · Σ|terms|`;
+///   the exact i64 block sum converted to f32), `|err| ≤ 1e-5 · Σ|terms|`;
 /// - against the same weights times the original activations, in f64: the rounding of the
 ///   activations (at most `d/2 = max|x|/64,516` per element, plus the f32 rounding of the
 ///   residual, below `1e-6·|x|`) is the only other error, so
@@ -101,7 +115,7 @@ fn scalar_dot_matches_the_dequantized_reference() {
     for format in QuantFormat::ALL {
         for nb in [1, 2, 3, 18, 48] {
             for _ in 0..20 {
-                let k = nb * BLOCK;
+                let k = nb * format.block_elems();
                 let row = random_blocks(&mut rng, format, 1, nb);
                 let w = dequantize(format.ggml(), &row, k).unwrap();
                 let x = random_x(&mut rng, k);
@@ -179,7 +193,7 @@ fn activation_blocks_round_in_two_levels() {
 fn avx2_dot_matches_scalar() {
     let avx2 = avx2::Avx2::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
     let mut rng = StdRng::seed_from_u64(5);
-    for format in QuantFormat::ALL {
+    for format in QuantFormat::SIMD {
         for nb in [1, 5, 18, 48] {
             let row = random_blocks(&mut rng, format, 1, nb);
             let x = random_x(&mut rng, 4 * nb * BLOCK);
@@ -218,7 +232,7 @@ fn avx2_dot_matches_scalar() {
 fn tile_matches_scalar() {
     let t = tile::Tile::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
     let mut rng = StdRng::seed_from_u64(6);
-    for format in QuantFormat::ALL {
+    for format in QuantFormat::SIMD {
         for nb in [1, 3, 18, 49] {
             let rb = nb * format.block_bytes();
             let rows = random_blocks(&mut rng, format, 2, nb);
@@ -269,130 +283,5 @@ fn tile_matches_scalar() {
     }
 }
 
-/// The whole layer (quantization, task split, gather of output pieces, bias) against
-/// `linear_reference` on the dequantized weights and the quantized activations, for odd row
-/// counts, one task (n = 37) and several (n = 3001), both dot-product kernels.
-#[test]
-fn linear_matches_the_reference_layer() {
-    let mut rng = StdRng::seed_from_u64(11);
-    for format in QuantFormat::ALL {
-        for (n, k) in [(37, 96), (3001, 64)] {
-            let bytes = random_blocks(&mut rng, format, n, k / BLOCK);
-            let w = matrix(format, &bytes, n, k);
-            let wf = dequantize(format.ggml(), &bytes, n * k).unwrap();
-            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.01 - 0.2).collect();
-            for m in [1, 2, 5, 7, 9] {
-                let x = random_x(&mut rng, m * k);
-                let xq: Vec<f64> = x
-                    .chunks_exact(k)
-                    .flat_map(|r| dequantized_acts(&quantized(r)))
-                    .collect();
-                let xq32: Vec<f32> = xq.iter().map(|&v| v as f32).collect();
-                let mut want = vec![0.0; m * n];
-                linear_reference(&xq32, m, &wf, n, k, Some(&bias), &mut want);
-                for kernel in [
-                    DotKernel::Auto,
-                    DotKernel::Integer,
-                    DotKernel::Maddubs,
-                    DotKernel::Scalar,
-                ] {
-                    let mut out = vec![f32::NAN; m * n];
-                    linear_with(kernel, &x, m, &w, Some(&bias), &mut out);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let mag = term_magnitude(format, w.row(j), &xq[i * k..(i + 1) * k]);
-                            let (g, e) = (out[i * n + j], want[i * n + j]);
-                            let tol = 1e-5 * (mag + f64::from(bias[j].abs()));
-                            assert!(
-                                f64::from((g - e).abs()) <= tol,
-                                "{format:?} {kernel:?} m {m} n {n} [{i}][{j}]: {g} vs {e}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-#[test]
-fn rows_dequantize_as_the_gguf_reader_does() {
-    let mut rng = StdRng::seed_from_u64(3);
-    for format in QuantFormat::ALL {
-        let bytes = random_blocks(&mut rng, format, 5, 2);
-        let w = matrix(format, &bytes, 5, 64);
-        let all = dequantize(format.ggml(), &bytes, 5 * 64).unwrap();
-        let mut row = vec![f32::NAN; 64];
-        w.dequantize_rows(3, &mut row);
-        assert_eq!(row, &all[3 * 64..4 * 64]);
-    }
-}
-
-#[test]
-fn from_raw_stacks_parts_and_refuses_mismatches() {
-    let mut rng = StdRng::seed_from_u64(4);
-    let a = random_blocks(&mut rng, QuantFormat::Q4_1, 2, 2);
-    let b = random_blocks(&mut rng, QuantFormat::Q4_1, 3, 2);
-    let raw = |dtype, shape, bytes| RawTensor {
-        dtype,
-        shape,
-        bytes,
-    };
-    let (s2, s3) = ([2, 64], [3, 64]);
-    let m = QuantMatrix::from_raw(&[raw("Q4_1", &s2, &a), raw("Q4_1", &s3, &b)]).unwrap();
-    assert_eq!((m.rows(), m.cols(), m.format()), (5, 64, QuantFormat::Q4_1));
-    assert_eq!(m.row(3), &b[40..80]);
-    let q8 = random_blocks(&mut rng, QuantFormat::Q8_0, 3, 2);
-    assert!(QuantMatrix::from_raw(&[raw("Q4_1", &s2, &a), raw("Q8_0", &s3, &q8)]).is_none());
-    assert!(QuantMatrix::from_raw(&[raw("Q4_1", &s2, &a[1..])]).is_none());
-    assert!(QuantMatrix::from_raw(&[raw("Q4_1", &[3, 32], &a)]).is_none());
-    assert!(QuantMatrix::from_raw(&[raw("Q4_1", &[2, 48], &a)]).is_none());
-    assert!(QuantMatrix::from_raw(&[raw("Q6_K", &s2, &a)]).is_none());
-    assert!(QuantMatrix::from_raw(&[raw("F32", &s2, &a)]).is_none());
-    assert!(QuantMatrix::from_raw(&[]).is_none());
-}
-
-/// The panel path (and `Auto` from `DEQUANT_MIN_M` rows on) against `linear_reference` on
-/// the dequantized weights and the unrounded activations: f32 GEMM error only,
-/// `|err| ≤ 1e-5 · (Σ|w·x| + |bias|)`; n = 20001 with k = 64 spans two panels.
-#[test]
-fn dequant_panels_match_the_f32_reference() {
-    let mut rng = StdRng::seed_from_u64(12);
-    for format in QuantFormat::ALL {
-        for (n, k, ms) in [(37, 96, &[1, DEQUANT_MIN_M + 1][..]), (20001, 64, &[3][..])] {
-            let bytes = random_blocks(&mut rng, format, n, k / BLOCK);
-            let w = matrix(format, &bytes, n, k);
-            let wf = dequantize(format.ggml(), &bytes, n * k).unwrap();
-            let bias: Vec<f32> = (0..n).map(|j| (j % 7) as f32 * 0.1 - 0.3).collect();
-            for &m in ms {
-                let x = random_x(&mut rng, m * k);
-                let mut want = vec![0.0; m * n];
-                linear_reference(&x, m, &wf, n, k, Some(&bias), &mut want);
-                let kernels: &[DotKernel] = if m >= DEQUANT_MIN_M {
-                    &[DotKernel::Dequant, DotKernel::Auto]
-                } else {
-                    &[DotKernel::Dequant]
-                };
-                for &kernel in kernels {
-                    let mut out = vec![f32::NAN; m * n];
-                    linear_with(kernel, &x, m, &w, Some(&bias), &mut out);
-                    for i in 0..m {
-                        for j in 0..n {
-                            let xi: Vec<f64> = x[i * k..(i + 1) * k]
-                                .iter()
-                                .map(|&v| f64::from(v))
-                                .collect();
-                            let mag = term_magnitude(format, w.row(j), &xi);
-                            let (g, e) = (out[i * n + j], want[i * n + j]);
-                            let tol = 1e-5 * (mag + f64::from(bias[j].abs()));
-                            assert!(
-                                f64::from((g - e).abs()) <= tol,
-                                "{format:?} {kernel:?} m {m} n {n} [{i}][{j}]: {g} vs {e}"
-                            );
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
+mod gguf_file;
+mod layer;

@@ -55,8 +55,8 @@ impl Tile {
     ///
     /// # Panics
     ///
-    /// When `w` holds fewer than `W` rows, a row is not whole blocks, or `acts` holds fewer
-    /// than `R·nb` blocks.
+    /// When `fmt` is not in [`QuantFormat::SIMD`], `w` holds fewer than `W` rows, a row is not
+    /// whole blocks, or `acts` holds fewer than `R·nb` blocks.
     pub fn dot<const W: usize, const R: usize>(
         self,
         fmt: QuantFormat,
@@ -73,6 +73,7 @@ impl Tile {
                 QuantFormat::Q4_0 => tile::<Q4_0, W, R>(w.as_ptr(), row_bytes, acts, nb),
                 QuantFormat::Q4_1 => tile::<Q4_1, W, R>(w.as_ptr(), row_bytes, acts, nb),
                 QuantFormat::Q8_0 => tile::<Q8_0, W, R>(w.as_ptr(), row_bytes, acts, nb),
+                other => panic!("{other:?} has no AVX2 kernel (QuantFormat::SIMD)"),
             }
         }
     }
