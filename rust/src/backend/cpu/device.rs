@@ -6,7 +6,7 @@ use crate::backend::{Backend, KvLayout, NoGraph};
 use crate::error::{Error, Result};
 use crate::weights::{HostTensor, RawTensor};
 
-use super::quant::QuantMatrix;
+use super::quant::{QuantFormat, QuantMatrix};
 
 impl Backend for CpuBackend {
     type Graph = NoGraph;
@@ -29,11 +29,18 @@ impl Backend for CpuBackend {
         }
     }
 
-    /// GGUF blocks of a [`super::quant::QuantFormat`], copied as they are when this backend
-    /// keeps quantized weights and every part has the same format; `None` otherwise (the
-    /// model then loads the parts through f32).
+    /// GGUF blocks of a [`QuantFormat`] with SIMD kernels ([`QuantFormat::SIMD`]), copied as
+    /// they are when this backend keeps quantized weights and every part has the same format;
+    /// `None` otherwise (the model then loads the parts through f32). Q5_x and the k-quants
+    /// have only the scalar dot product and the dequantized panels so far, measured 1.5–7×
+    /// slower per matrix than f32 (`rust/src/backend/cpu/NOTES.md`): they load through f32
+    /// until their AVX2 kernels exist.
     fn matrix_raw(&self, parts: &[RawTensor<'_>]) -> Option<Result<CpuMatrix>> {
         if !self.keep_quantized {
+            return None;
+        }
+        let format = QuantFormat::from_name(parts.first()?.dtype)?;
+        if !QuantFormat::SIMD.contains(&format) {
             return None;
         }
         QuantMatrix::from_raw(parts).map(|q| Ok(CpuMatrix::Quant(q)))
