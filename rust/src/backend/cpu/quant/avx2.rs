@@ -187,7 +187,7 @@ unsafe fn dot_rows<B: Block, const R: usize>(w: &[u8], acts: &[Q8Block], nb: usi
 ///
 /// The CPU has AVX2.
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)))

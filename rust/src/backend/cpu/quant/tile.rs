@@ -11,7 +11,7 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::Avx2;
+use super::avx2::{hsum, Avx2};
 use super::q8::{Q8Block, RESIDUAL_STEPS};
 use super::{QuantFormat, BLOCK};
 
@@ -198,14 +198,6 @@ unsafe fn tile<B: Block, const W: usize, const R: usize>(
         }
     }
     out
-}
-
-/// The sum of the 8 lanes of `v`.
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)))
 }
 
 /// Weight rows per tile pass.
