@@ -20,7 +20,7 @@ pub use types::{
 
 use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
-use crate::weights::{HostTensor, RawTensor};
+use crate::weights::{Fp8Tensor, HostTensor, RawTensor};
 
 /// The device side of a backend: memory and weights, the KV pool, a step's upload and
 /// lifecycle, sampling, timing, and recording steps as graphs. The forward pass's math is
@@ -44,6 +44,18 @@ pub trait Backend: Ops + Send {
     /// dtype as is; the caller then converts through [`matrix`](Self::matrix).
     fn matrix_raw(&self, _parts: &[RawTensor<'_>]) -> Option<Result<Self::Matrix>> {
         None
+    }
+    /// A projection matrix made of FP8 `parts` stacked along rows (QKV and gate/up fusion),
+    /// kept in FP8 with their scales. `None` when this backend has no FP8 kernels; the caller
+    /// then loads the parts dequantized ([`crate::weights::WeightSource::load_f32`]).
+    fn matrix_fp8(&self, _parts: &[Fp8Tensor<'_>]) -> Option<Result<Self::Matrix>> {
+        None
+    }
+    /// Called on every projection matrix once it is loaded (not on the embeddings or the LM
+    /// head): a backend that quantizes weights at load (CUDA, `quantization="fp8"`) converts
+    /// it here. A matrix already in FP8 is returned as it is.
+    fn projection(&self, m: Self::Matrix) -> Result<Self::Matrix> {
+        Ok(m)
     }
     /// Takes ownership of a 1-D weight.
     fn vector(&self, t: HostTensor) -> Result<Self::Vector>;

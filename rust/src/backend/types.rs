@@ -68,12 +68,15 @@ impl AttentionShape {
     }
 }
 
-/// Element type of the KV cache (and, on CUDA today, of weights and activations too).
+/// Element type of the KV cache (on CUDA, also of activations and weights, except for
+/// `Fp8E4m3`, a cache of e4m3 codes beside bf16/f16 activations).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvDtype {
     F32,
     Bf16,
     F16,
+    /// e4m3fn codes with a per-tensor scale per layer (keys and values each).
+    Fp8E4m3,
 }
 
 impl KvDtype {
@@ -82,6 +85,17 @@ impl KvDtype {
         match self {
             KvDtype::F32 => 4,
             KvDtype::Bf16 | KvDtype::F16 => 2,
+            KvDtype::Fp8E4m3 => 1,
+        }
+    }
+
+    /// The name `stats()` and `/metrics` report.
+    pub fn name(self) -> &'static str {
+        match self {
+            KvDtype::F32 => "float32",
+            KvDtype::Bf16 => "bfloat16",
+            KvDtype::F16 => "float16",
+            KvDtype::Fp8E4m3 => "fp8_e4m3",
         }
     }
 }

@@ -52,6 +52,14 @@ declare_options! {
         /// GGUF Q4_0/Q4_1/Q8_0 weights kept quantized and the rest in float32), "bfloat16" or
         /// "float16" (CUDA), "float32" (CPU: every weight dequantized to f32, the reference).
         dtype: String = "auto".into(),
+        /// Weights quantized at load: "fp8" (CUDA: every projection of a bf16/f16 checkpoint to
+        /// e4m3 with one scale per output row; embeddings, norms and the LM head stay as they
+        /// are). An FP8 checkpoint needs no option: its `quantization_config` says so.
+        quantization: Option<String> = None,
+        /// KV-cache element type: "auto" (the activations') or "fp8" / "fp8_e4m3" (CUDA: e4m3
+        /// codes, a per-tensor scale for each layer's keys and values, from the checkpoint
+        /// where it has them, else 1.0; the cache holds twice the tokens).
+        kv_cache_dtype: String = "auto".into(),
         /// Share of the GPU's memory the engine may hold in all (weights, activations, KV cache);
         /// the KV cache gets what the rest leaves.
         gpu_memory_utilization: f64 = 0.9,
@@ -84,6 +92,11 @@ declare_options! {
 }
 
 impl EngineArgs {
+    /// Whether the KV cache holds FP8 codes (`kv_cache_dtype` "fp8" or "fp8_e4m3").
+    pub fn fp8_kv_cache(&self) -> bool {
+        self.kv_cache_dtype != "auto"
+    }
+
     /// Parses options given as a JSON object (unknown names and wrong types are errors that
     /// name the option).
     pub fn from_json(json: &str) -> Result<EngineArgs> {
@@ -105,6 +118,17 @@ impl EngineArgs {
             return bad(format!(
                 "batch_min_share must be in [0, 1), got {}",
                 self.batch_min_share
+            ));
+        }
+        if let Some(q) = self.quantization.as_deref().filter(|&q| q != "fp8") {
+            return bad(format!(
+                "quantization must be \"fp8\" (or unset), got {q:?}"
+            ));
+        }
+        if !matches!(self.kv_cache_dtype.as_str(), "auto" | "fp8" | "fp8_e4m3") {
+            return bad(format!(
+                "kv_cache_dtype must be \"auto\", \"fp8\" or \"fp8_e4m3\", got {:?}",
+                self.kv_cache_dtype
             ));
         }
         // Ceilings far above any real use, so that a typo cannot ask for buffers the machine

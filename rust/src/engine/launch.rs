@@ -118,6 +118,13 @@ fn launch_engine(files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
                     opts.dtype
                 )));
             }
+            if opts.quantization.is_some() || opts.fp8_kv_cache() {
+                return Err(Error::InvalidConfig(
+                    "quantization=\"fp8\" and kv_cache_dtype=\"fp8\" need a CUDA device (FP8 \
+                     checkpoints load on the CPU dequantized to float32)"
+                        .into(),
+                ));
+            }
             // "auto" keeps GGUF blocks quantized; "float32" is the f32 reference path.
             let backend = CpuBackend::for_model(&files.config, config.block_size)
                 .keep_quantized(opts.dtype == "auto");
@@ -142,10 +149,17 @@ fn launch_engine(files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
                 ))
             })?;
             // The KV layout is decided here, once, and the backend is made for it.
-            let layout = KvLayout::for_model(&files.config, config.block_size, dtype);
+            let kv_dtype = if opts.fp8_kv_cache() {
+                KvDtype::Fp8E4m3
+            } else {
+                dtype
+            };
+            let layout = KvLayout::for_model(&files.config, config.block_size, kv_dtype);
             let backend = CudaBackend::new(
                 CudaOptions {
                     device: ordinal,
+                    dtype,
+                    quantize_fp8: opts.quantization.as_deref() == Some("fp8"),
                     gpu_memory_utilization: opts.gpu_memory_utilization,
                     kernel_cache_dir: kernel_cache_dir(),
                     tuning: tuning.clone(),

@@ -7,7 +7,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
 use crate::weights::{HostTensor, WeightSource};
 
-use super::{load_checked, load_matrix};
+use super::{load_checked, load_matrix, load_projection};
 
 /// Weights of one decoder layer. QKV and gate/up are fused at load time so each is one GEMM.
 pub struct LayerWeights<B: Ops> {
@@ -98,7 +98,7 @@ impl<B: Backend> LayerWeights<B> {
         };
         let p = format!("model.layers.{i}");
         let attn = |n: &str| format!("{p}.self_attn.{n}");
-        let qkv = load_matrix(
+        let qkv = load_projection(
             backend,
             src,
             &[
@@ -141,9 +141,9 @@ impl<B: Backend> LayerWeights<B> {
             qkv_bias,
             q_norm,
             k_norm,
-            o_proj: load_matrix(backend, src, &[(&attn("o_proj.weight"), h, q_rows)])?,
+            o_proj: load_projection(backend, src, &[(&attn("o_proj.weight"), h, q_rows)])?,
             post_attention_norm: vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-            gate_up: load_matrix(
+            gate_up: load_projection(
                 backend,
                 src,
                 &[
@@ -151,7 +151,7 @@ impl<B: Backend> LayerWeights<B> {
                     (&mlp("up_proj.weight"), inter, h),
                 ],
             )?,
-            down: load_matrix(backend, src, &[(&mlp("down_proj.weight"), h, inter)])?,
+            down: load_projection(backend, src, &[(&mlp("down_proj.weight"), h, inter)])?,
         })
     }
 }

@@ -53,6 +53,31 @@ pub(crate) fn load_matrix<B: Backend>(
     backend.matrix(concat_rows(tensors))
 }
 
+/// Loads the projection made of `parts` (name, rows, cols), stacked along rows: kept in FP8
+/// where the checkpoint stores every part in FP8 and the backend computes with FP8 weights,
+/// else as [`load_matrix`] does, then handed to [`Backend::projection`] (which quantizes it
+/// where the engine quantizes at load).
+pub(crate) fn load_projection<B: Backend>(
+    backend: &B,
+    src: &dyn WeightSource,
+    parts: &[(&str, usize, usize)],
+) -> Result<B::Matrix> {
+    let fp8: Option<Vec<_>> = parts
+        .iter()
+        .map(|&(name, rows, cols)| {
+            src.fp8(name)
+                .filter(|t| t.as_ref().map_or(true, |t| t.shape == [rows, cols]))
+        })
+        .collect();
+    if let Some(fp8) = fp8 {
+        let fp8 = fp8.into_iter().collect::<Result<Vec<_>>>()?;
+        if let Some(m) = backend.matrix_fp8(&fp8) {
+            return m;
+        }
+    }
+    backend.projection(load_matrix(backend, src, parts)?)
+}
+
 /// Concatenates matrices with the same column count along rows (QKV and gate/up fusion).
 pub(crate) fn concat_rows(parts: Vec<HostTensor>) -> HostTensor {
     let cols = parts[0].shape[1];

@@ -38,6 +38,31 @@ pub struct RawTensor<'a> {
     pub bytes: &'a [u8],
 }
 
+/// How an FP8 weight's scales are laid out: a weight's value is its e4m3 code's value times
+/// the scale of its place.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fp8Scales {
+    /// One scale for the whole matrix (`compressed-tensors` with `strategy: "tensor"`).
+    Tensor(f32),
+    /// One scale per output row (`strategy: "channel"`): `rows` values.
+    Channel(Vec<f32>),
+    /// One scale per `block[0]` × `block[1]` tile (`quant_method: "fp8"` with
+    /// `weight_block_size`, as Qwen3's and DeepSeek's FP8 releases), row-major over
+    /// `[ceil(rows / block[0]), ceil(cols / block[1])]`.
+    Block { block: [usize; 2], scales: Vec<f32> },
+}
+
+/// An FP8 (e4m3fn: safetensors' `F8_E4M3`) weight matrix as the checkpoint stores it, with its
+/// scales (checked finite and positive by the reader).
+#[derive(Debug, Clone)]
+pub struct Fp8Tensor<'a> {
+    /// `[rows, cols]` (nn.Linear's `[out, in]`).
+    pub shape: [usize; 2],
+    /// `rows * cols` e4m3 codes, row-major.
+    pub bytes: &'a [u8],
+    pub scales: Fp8Scales,
+}
+
 /// A source of named tensors. Names follow Hugging Face's Llama naming.
 pub trait WeightSource: Send + Sync {
     /// Whether a tensor of this name exists (optional tensors: biases, q/k norms, `lm_head`).
@@ -53,6 +78,14 @@ pub trait WeightSource: Send + Sync {
     /// dtype; every block's scales, for ggml blocks) hold a non-finite value, so that the
     /// caller falls back to [`WeightSource::load_f32`], which reports it.
     fn raw(&self, _name: &str) -> Option<RawTensor<'_>> {
+        None
+    }
+    /// The matrix's e4m3 codes and scales, when the checkpoint stores it in FP8 (`None`
+    /// otherwise: a dense or ggml tensor, or no tensor of that name). [`load_f32`] of an FP8
+    /// matrix returns it dequantized, so that a backend without FP8 kernels loads it too.
+    ///
+    /// [`load_f32`]: WeightSource::load_f32
+    fn fp8(&self, _name: &str) -> Option<Result<Fp8Tensor<'_>>> {
         None
     }
 }

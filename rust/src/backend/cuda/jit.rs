@@ -89,6 +89,14 @@ impl KernelDtype {
         }
     }
 
+    /// The KV dtype of a cache in this dtype.
+    pub fn kv_dtype(self) -> crate::backend::KvDtype {
+        match self {
+            KernelDtype::Bf16 => crate::backend::KvDtype::Bf16,
+            KernelDtype::F16 => crate::backend::KvDtype::F16,
+        }
+    }
+
     fn define(self) -> &'static str {
         match self {
             KernelDtype::Bf16 => "INFIRE_DTYPE_BF16",

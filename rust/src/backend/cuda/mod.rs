@@ -64,6 +64,10 @@ const ELEM_BYTES: usize = 2;
 pub struct CudaOptions {
     /// GPU ordinal.
     pub device: usize,
+    /// Activations' and (unquantized) weights' dtype: `Bf16` or `F16`.
+    pub dtype: KvDtype,
+    /// Whether projections are quantized to FP8 at load (`quantization="fp8"`).
+    pub quantize_fp8: bool,
     /// Fraction of the GPU's memory the engine may hold in all (weights, activations, KV).
     pub gpu_memory_utilization: f64,
     /// Where compiled kernels are cached; `None` compiles every time.
@@ -152,19 +156,26 @@ pub struct CudaBackend {
     graphs_recorded: bool,
 }
 
-/// Checks that the kernels support `model` and `layout`; returns their dtype.
-fn check_model(model: &ModelConfig, layout: &KvLayout) -> Result<KernelDtype> {
-    let dtype = match layout.dtype {
+/// Checks that the kernels support `model`, the activations' `dtype` and `layout`; returns
+/// the kernels' dtype.
+fn check_model(model: &ModelConfig, dtype: KvDtype, layout: &KvLayout) -> Result<KernelDtype> {
+    let dtype = match dtype {
         KvDtype::Bf16 => KernelDtype::Bf16,
         KvDtype::F16 => KernelDtype::F16,
-        KvDtype::F32 => {
+        KvDtype::F32 | KvDtype::Fp8E4m3 => {
             return Err(Error::InvalidConfig(
-                "the CUDA backend keeps weights, activations and the KV cache in bfloat16 or \
-                 float16, not float32"
-                    .into(),
+                "the CUDA backend keeps weights and activations in bfloat16 or float16".into(),
             ))
         }
     };
+    if layout.dtype != KvDtype::Fp8E4m3 && layout.dtype != dtype.kv_dtype() {
+        return Err(Error::InvalidConfig(format!(
+            "a KV cache of {} beside activations of {}: the cache holds the activations' \
+             dtype or FP8",
+            layout.dtype.name(),
+            dtype.kv_dtype().name()
+        )));
+    }
     for (what, n) in [
         ("hidden_size", model.hidden_size),
         ("intermediate_size", model.intermediate_size),
@@ -208,7 +219,7 @@ impl CudaBackend {
                 "no CUDA device: the NVIDIA driver (libcuda.so) or a GPU is missing".into(),
             ));
         }
-        let (shape, dtype) = (layout.shape, check_model(model, &layout)?);
+        let (shape, dtype) = (layout.shape, check_model(model, opts.dtype, &layout)?);
         libs::preload();
         // SAFETY: only probes whether the library can be opened.
         if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
