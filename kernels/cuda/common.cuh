@@ -102,6 +102,17 @@ __device__ __forceinline__ float block_max(float v) {
     return warp_max(v);
 }
 
+// --- FP8 (e4m3fn) codes (fp8.cu) ---------------------------------------------------------------
+
+// The value of e4m3 code `b` times 2^-120, exactly: the code's exponent and mantissa bits placed
+// in the low exponent and high mantissa bits of an f32 (subnormal codes become f32 subnormals,
+// which the kernels keep: NVRTC compiles without -ftz).
+__device__ __forceinline__ float e4m3_raw(unsigned b) {
+    return __uint_as_float(((b & 0x7fu) << 20) | ((b & 0x80u) << 24));
+}
+constexpr float E4M3_RAW_SCALE = 1.329227995784916e36f;  // 2^120
+__device__ __forceinline__ float e4m3_to_float(unsigned b) { return e4m3_raw(b) * E4M3_RAW_SCALE; }
+
 // --- Tensor-core attention helpers (sm_80 PTX: mma.sync, ldmatrix, cp.async) -----------------
 
 #ifdef INFIRE_DTYPE_BF16

@@ -30,6 +30,15 @@
 // CTA into shared memory instead was slower: it puts a pass over x and a barrier before the
 // first product; kernels/cuda/NOTES.md). Loads of W go around L1 (`ld.global.nc.L1::no_allocate`).
 //
+// FP8 weights (the *_fp8_m1 entry points): W is [N, K] e4m3fn codes (fp8.cu) with f32 scales,
+// W[n, k] = decode(code) * ws[(n >> srow_shift) * s_ld + (k >> scol_shift)] (one scale per
+// row: 0, 1, 31; 128 x 128 blocks: 7, ceil(K / 128), 7). A 16-byte vector of W then holds 16
+// weights, so each streams half the bytes of the bf16 kernel per weight. Products are taken
+// with the codes decoded to f32 exactly but 2^120 too small (e4m3_raw: two integer operations a
+// weight, no conversion instruction), summed over the vector's 16 weights and scaled once per
+// vector by the vector's scale times 2^120 (a vector never straddles a 128-block). K a multiple
+// of 16.
+//
 // Launch: grid = ceil(N / cols_per_cta), block = GEMV_THREADS; cols_per_cta a multiple of
 // GROUP; K a multiple of 8; rows >= 1. Rows m >= rows of out are not touched.
 // Numerics: fp32 products and sums; the order of the k-sum differs from cuBLASLt's.
@@ -42,9 +51,16 @@ constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 constexpr int GROUP = 4;
 
 enum { PRO_PLAIN = 0, PRO_NORM = 1 };
+enum { WF_DENSE = 0, WF_FP8 = 1 };
+
+// The scale layout of an FP8 matrix (see above); unused for dense weights.
+struct WScales {
+    const float* __restrict__ s;
+    int srow_shift, scol_shift, s_ld;
+};
 enum { EPI_STORE = 0, EPI_F32 = 1, EPI_ADD = 2, EPI_SILU = 3 };
 
-__device__ __forceinline__ Vec load_stream(const T* p) {
+__device__ __forceinline__ Vec load_stream(const void* p) {
     Vec v;
     asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
@@ -76,31 +92,40 @@ __device__ __forceinline__ int w_row(int c, int n) {
     return (c >> 2) * 2 + (c & 1) + ((c & 2) ? n / 2 : 0);
 }
 
-template <int M, int PRO, int EPI, int UNROLL>
-__device__ __forceinline__ void gemv(const T* __restrict__ W, const T* __restrict__ x,
-                                     const T* __restrict__ nw, const T* __restrict__ bias,
-                                     void* __restrict__ out, int rows, int n, int k,
-                                     int cols_per_cta, float eps) {
+template <int M, int PRO, int EPI, int UNROLL, int WF>
+__device__ __forceinline__ void gemv(const void* __restrict__ W, WScales ws,
+                                     const T* __restrict__ x, const T* __restrict__ nw,
+                                     const T* __restrict__ bias, void* __restrict__ out, int rows,
+                                     int n, int k, int cols_per_cta, float eps) {
     __shared__ float s_part[GEMV_WARPS][M];
     __shared__ float s_red[2][GEMV_WARPS][GROUP * M];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int kv = k / VEC;  // 16-byte vectors per row of W
+    constexpr int EPV = WF == WF_FP8 ? 16 : VEC;  // weights per 16-byte vector of W
+    constexpr int WBYTES = WF == WF_FP8 ? 1 : (int)sizeof(T);
+    const int kv = k / EPV;  // 16-byte vectors per row of W
+    const char* Wb = static_cast<const char*>(W);
     const int col0 = blockIdx.x * cols_per_cta;
     const int col_end = min(col0 + cols_per_cta, n);
     if (col0 >= col_end) return;
 
     // W[c0 + g, (v0 + u * THREADS + tid) * 8 ..] for every g, u; zeros outside the matrix.
+    // With FP8 weights, wsc[g][u] is the scale of w[g][u] (times 2^120).
     Vec w[GROUP][UNROLL];
+    float wsc[GROUP][UNROLL];
     auto load_w = [&](int c0, int v0) {
 #pragma unroll
         for (int g = 0; g < GROUP; ++g)
 #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 const int v = v0 + u * GEMV_THREADS + tid;
-                w[g][u] = (c0 + g < col_end && v < kv)
-                              ? load_stream(W + (long long)w_row<EPI>(c0 + g, n) * k +
-                                            (long long)v * VEC)
-                              : make_uint4(0, 0, 0, 0);
+                const bool in = c0 + g < col_end && v < kv;
+                const long long row = w_row<EPI>(c0 + g, n);
+                w[g][u] = in ? load_stream(Wb + (row * k + (long long)v * EPV) * WBYTES)
+                             : make_uint4(0, 0, 0, 0);
+                if (WF == WF_FP8)
+                    wsc[g][u] = in ? __ldg(ws.s + (row >> ws.srow_shift) * ws.s_ld +
+                                           ((v * EPV) >> ws.scol_shift))
+                                   : 0.0f;
             }
     };
     int c0 = col0, v0 = 0;
@@ -153,14 +178,37 @@ __device__ __forceinline__ void gemv(const T* __restrict__ W, const T* __restric
 #pragma unroll
             for (int m = 0; m < M; ++m) {
                 if (m >= rows) break;
-                float xf[VEC];
-                load_input<PRO>(x, nw, m, k, v * VEC, inv_rms[m], xf);
+                if (WF == WF_FP8) {
+                    float part[GROUP];
 #pragma unroll
-                for (int g = 0; g < GROUP; ++g) {
-                    float wf[VEC];
-                    vec_to_float(w[g][u], wf);
+                    for (int g = 0; g < GROUP; ++g) part[g] = 0.0f;
 #pragma unroll
-                    for (int i = 0; i < VEC; ++i) acc[g][m] += wf[i] * xf[i];
+                    for (int h = 0; h < 2; ++h) {  // the vector's two halves of 8 weights
+                        float xf[VEC];
+                        load_input<PRO>(x, nw, m, k, v * EPV + h * VEC, inv_rms[m], xf);
+#pragma unroll
+                        for (int g = 0; g < GROUP; ++g) {
+                            const unsigned lo = h ? w[g][u].z : w[g][u].x;
+                            const unsigned hi = h ? w[g][u].w : w[g][u].y;
+#pragma unroll
+                            for (int i = 0; i < VEC; ++i)
+                                part[g] += e4m3_raw(((i < 4 ? lo : hi) >> (8 * (i % 4))) & 0xffu) *
+                                           xf[i];
+                        }
+                    }
+#pragma unroll
+                    for (int g = 0; g < GROUP; ++g)
+                        acc[g][m] += part[g] * E4M3_RAW_SCALE * wsc[g][u];
+                } else {
+                    float xf[VEC];
+                    load_input<PRO>(x, nw, m, k, v * VEC, inv_rms[m], xf);
+#pragma unroll
+                    for (int g = 0; g < GROUP; ++g) {
+                        float wf[VEC];
+                        vec_to_float(w[g][u], wf);
+#pragma unroll
+                        for (int i = 0; i < VEC; ++i) acc[g][m] += wf[i] * xf[i];
+                    }
                 }
             }
         }
@@ -221,16 +269,26 @@ __device__ __forceinline__ void gemv(const T* __restrict__ W, const T* __restric
     }
 }
 
-// One entry point per (prologue, epilogue): gemv_<prologue>_<epilogue>_m1, for one row; 4 CTAs
-// per SM (<= 64 registers). The kernel is written for M <= 8 rows, but at 2-8 rows it lost to
-// cuBLASLt (kernels/cuda/NOTES.md: each 4-column group re-reads x and redoes the prologue, which
-// makes it instruction-bound), so only M = 1 is compiled.
+// One entry point per (weights, prologue, epilogue): gemv_<prologue>_<epilogue>_m1 for bf16/f16
+// weights, gemv_<prologue>_<epilogue>_fp8_m1 for FP8 weights, for one row; 4 CTAs per SM (<= 64
+// registers). The kernel is written for M <= 8 rows, but at 2-8 rows it lost to cuBLASLt
+// (kernels/cuda/NOTES.md: each 4-column group re-reads x and redoes the prologue, which makes
+// it instruction-bound), so only M = 1 is compiled.
 #define GEMV_ENTRY(NAME, PRO, EPI)                                                           \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)                            \
         NAME##_m1(const T* __restrict__ W, const T* __restrict__ x, const T* __restrict__ nw, \
                   const T* __restrict__ bias, void* __restrict__ out, int rows, int n, int k, \
                   int cols_per_cta, float eps) {                                             \
-        gemv<1, PRO, EPI, 2>(W, x, nw, bias, out, rows, n, k, cols_per_cta, eps);            \
+        gemv<1, PRO, EPI, 2, WF_DENSE>(W, WScales{nullptr, 0, 0, 0}, x, nw, bias, out, rows, \
+                                       n, k, cols_per_cta, eps);                             \
+    }                                                                                        \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) NAME##_fp8_m1(                \
+        const unsigned char* __restrict__ W, const float* __restrict__ ws, int srow_shift,    \
+        int scol_shift, int s_ld, const T* __restrict__ x, const T* __restrict__ nw,          \
+        const T* __restrict__ bias, void* __restrict__ out, int rows, int n, int k,           \
+        int cols_per_cta, float eps) {                                                        \
+        gemv<1, PRO, EPI, 1, WF_FP8>(W, WScales{ws, srow_shift, scol_shift, s_ld}, x, nw,     \
+                                     bias, out, rows, n, k, cols_per_cta, eps);               \
     }
 
 GEMV_ENTRY(gemv_plain_store, PRO_PLAIN, EPI_STORE)

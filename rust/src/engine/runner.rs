@@ -100,6 +100,10 @@ impl<B: Backend> ModelRunner<B> {
     ) -> Result<Self> {
         let model = LlamaModel::load(&backend, config, weights)?;
         let bufs = StepBuffers::new(&backend, &model.config, sizes.max_tokens, sizes.max_logits)?;
+        // The per-step buffers (the FP8 GEMMs' scratch among them) before the KV cache, so
+        // that its budget is what they leave.
+        backend.finish_loading()?;
+        backend.reserve_steps(sizes.max_tokens, sizes.max_logits, sizes.max_blocks_per_seq)?;
         let layout = backend.kv_layout();
         let per_token = layout.bytes_per_token();
         let budget = backend.kv_cache_budget_bytes();
@@ -123,8 +127,6 @@ impl<B: Backend> ModelRunner<B> {
             )));
         }
         let cache = backend.kv_cache(num_blocks)?;
-        backend.finish_loading()?;
-        backend.reserve_steps(sizes.max_tokens, sizes.max_logits, sizes.max_blocks_per_seq)?;
         Ok(ModelRunner {
             backend,
             model,

@@ -9,7 +9,7 @@ use super::{CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, ELEM_BYTE
 use crate::backend::{Backend, ForwardBatch, KvLayout, StepTiming};
 use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
-use crate::weights::{HostTensor, RawTensor};
+use crate::weights::{Fp8Tensor, HostTensor, RawTensor};
 
 impl Backend for CudaBackend {
     type Graph = CudaStepGraph;
@@ -29,6 +29,7 @@ impl Backend for CudaBackend {
             mem: self.upload_weights(&t)?,
             rows,
             cols,
+            fp8: None,
         })
     }
 
@@ -47,18 +48,26 @@ impl Backend for CudaBackend {
         let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
         Some((|| {
             let mem = DeviceMem::zeroed(&self.stream, rows * cols * ELEM_BYTES)?;
-            let mut slot = self.uploader.borrow_mut();
-            let uploader = match slot.as_mut() {
-                Some(u) => u,
-                None => slot.insert(device_mem::Uploader::new(&self.stream)?),
-            };
             let mut offset = 0u64;
             for p in parts {
-                uploader.upload(&self.stream, mem.ptr + offset, p.bytes)?;
+                self.upload_at(mem.ptr + offset, p.bytes)?;
                 offset += p.bytes.len() as u64;
             }
-            Ok(CudaMatrix { mem, rows, cols })
+            Ok(CudaMatrix {
+                mem,
+                rows,
+                cols,
+                fp8: None,
+            })
         })())
+    }
+
+    fn matrix_fp8(&self, parts: &[Fp8Tensor<'_>]) -> Option<Result<CudaMatrix>> {
+        self.fp8_matrix(parts)
+    }
+
+    fn projection(&self, m: CudaMatrix) -> Result<CudaMatrix> {
+        self.quantize_matrix(m)
     }
 
     fn vector(&self, t: HostTensor) -> Result<CudaVector> {
@@ -122,6 +131,7 @@ impl Backend for CudaBackend {
     }
 
     fn reserve_steps(&mut self, rows: usize, seqs: usize, max_blocks_per_seq: usize) -> Result<()> {
+        self.reserve_fp8(rows)?;
         let moved = self
             .meta
             .reserve(&self.stream, rows, seqs, max_blocks_per_seq)?;

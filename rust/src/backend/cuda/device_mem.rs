@@ -105,6 +105,11 @@ impl DeviceMem {
                 .into_iter()
                 .map(f32::from)
                 .collect(),
+            ElemType::Fp8E4m3 => {
+                return Err(Error::Engine(
+                    "activation buffers are never FP8: nothing reads one back".into(),
+                ))
+            }
         })
     }
 }

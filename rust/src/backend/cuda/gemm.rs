@@ -25,6 +25,10 @@ pub enum ElemType {
     Bf16,
     F16,
     F32,
+    /// e4m3fn codes (an input only), scaled by an f32 vector per operand: one scale per row
+    /// of the weight and one per row of the activations, applied in the epilogue
+    /// (cuBLASLt's outer-vector scaling, CUDA 12.9+, sm_89+).
+    Fp8E4m3,
 }
 
 impl ElemType {
@@ -33,6 +37,7 @@ impl ElemType {
             ElemType::Bf16 => sys::cudaDataType::CUDA_R_16BF,
             ElemType::F16 => sys::cudaDataType::CUDA_R_16F,
             ElemType::F32 => sys::cudaDataType::CUDA_R_32F,
+            ElemType::Fp8E4m3 => sys::cudaDataType::CUDA_R_8F_E4M3,
         }
     }
 }
@@ -102,6 +107,22 @@ impl Plan {
                 size_of::<i32>(),
             )
             .map_err(|e| lt_err("transa", e))?;
+            if s.input == ElemType::Fp8E4m3 {
+                let mode =
+                    sys::cublasLtMatmulMatrixScale_t::CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+                for attr in [
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_MODE,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_MODE,
+                ] {
+                    lt::set_matmul_desc_attribute(
+                        desc,
+                        attr,
+                        &mode as *const _ as *const c_void,
+                        size_of::<sys::cublasLtMatmulMatrixScale_t>(),
+                    )
+                    .map_err(|e| lt_err("scale mode", e))?;
+                }
+            }
             if s.bias {
                 let epilogue = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
                 lt::set_matmul_desc_attribute(
@@ -176,6 +197,23 @@ impl Gemm {
         out: u64,
         stream: &CudaStream,
     ) -> Result<()> {
+        self.run_scaled(shape, x, w, bias, None, out, stream)
+    }
+
+    /// [`run`](Self::run) with FP8 inputs (`shape.input` [`ElemType::Fp8E4m3`]) and their
+    /// `scales`: (`[n]` f32 of `w`'s rows, `[rows]` f32 of `x`'s rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_scaled(
+        &self,
+        shape: GemmShape,
+        x: u64,
+        w: u64,
+        bias: Option<u64>,
+        scales: Option<(u64, u64)>,
+        out: u64,
+        stream: &CudaStream,
+    ) -> Result<()> {
+        debug_assert_eq!(scales.is_some(), shape.input == ElemType::Fp8E4m3);
         let mut plans = self.plans.borrow_mut();
         let plan = match plans.entry(shape) {
             Entry::Occupied(e) => e.into_mut(),
@@ -193,6 +231,26 @@ impl Gemm {
                     size_of::<u64>(),
                 )
                 .map_err(|e| lt_err("bias pointer", e))?;
+            }
+            if let Some((w_scales, x_scales)) = scales {
+                for (attr, ptr) in [
+                    (
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_A_SCALE_POINTER,
+                        w_scales,
+                    ),
+                    (
+                        sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
+                        x_scales,
+                    ),
+                ] {
+                    lt::set_matmul_desc_attribute(
+                        plan.desc,
+                        attr,
+                        &ptr as *const u64 as *const c_void,
+                        size_of::<u64>(),
+                    )
+                    .map_err(|e| lt_err("scale pointer", e))?;
+                }
             }
             lt::matmul(
                 self.handle,

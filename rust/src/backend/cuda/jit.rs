@@ -32,6 +32,7 @@ const SOURCES: &[(&str, &str)] = &[
         "embedding",
         include_str!("../../../../kernels/cuda/embedding.cu"),
     ),
+    ("fp8", include_str!("../../../../kernels/cuda/fp8.cu")),
     ("gemv", include_str!("../../../../kernels/cuda/gemv.cu")),
     (
         "gather_rows",

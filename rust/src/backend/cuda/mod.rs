@@ -23,6 +23,7 @@ mod clock;
 mod decode_plan;
 mod device;
 mod device_mem;
+mod fp8;
 pub mod gemm;
 mod graphs;
 pub mod jit;
@@ -92,11 +93,12 @@ pub struct CudaBuf {
     dtype: ElemType,
 }
 
-/// A weight matrix `[rows, cols]` in the activation dtype.
+/// A weight matrix `[rows, cols]` in the activation dtype, or of FP8 codes with their scales.
 pub struct CudaMatrix {
     mem: DeviceMem,
     rows: usize,
     cols: usize,
+    fp8: Option<fp8::Fp8Weights>,
 }
 
 /// A 1-D weight in the activation dtype.
@@ -138,6 +140,10 @@ pub struct CudaBackend {
     /// (`Tuning::gemv_max_rows` can lower it, to measure one against the other).
     gemv_max_rows: usize,
     gemm: Gemm,
+    /// Whether FP8 GEMMs run on tensor cores (sm_89 and later).
+    fp8_gemm: bool,
+    fp8_needs: fp8::Fp8Needs,
+    fp8_scratch: fp8::Fp8Scratch,
     kernels: KernelSet,
     meta: StepMeta,
     plan: DecodePlan,
@@ -284,6 +290,9 @@ impl CudaBackend {
             name,
             sm_count,
             gemm,
+            fp8_gemm: (major, minor) >= (8, 9),
+            fp8_needs: Default::default(),
+            fp8_scratch: Default::default(),
             kernels,
             inv_freq: RefCell::new(None),
             error: RefCell::new(None),

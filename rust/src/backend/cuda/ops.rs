@@ -53,6 +53,7 @@ impl CudaBackend {
             output,
             rows,
             w: w.mem.ptr,
+            fp8: w.fp8_layout(),
             n: w.rows,
             k: w.cols,
             x: x.mem.ptr,
@@ -133,6 +134,9 @@ impl Ops for CudaBackend {
         if self.use_gemv(rows, w) {
             let output = Self::gemv_output(out);
             return self.gemv(GemvInput::Plain, output, rows, w, x, None, bias, out, 0.0);
+        }
+        if w.fp8.is_some() {
+            return self.fp8_linear(x, rows, w, bias, out);
         }
         let shape = GemmShape {
             rows,

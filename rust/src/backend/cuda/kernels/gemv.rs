@@ -52,7 +52,19 @@ pub(super) const GEMV_VARIANTS: [(GemvInput, GemvOutput); 6] = [
     (GemvInput::Norm, GemvOutput::Silu),
 ];
 
-pub(super) fn gemv_name(input: GemvInput, output: GemvOutput) -> String {
+/// How an FP8 matrix's f32 scales map to its weights (`kernels/cuda/gemv.cu`, `fp8.cu`): the
+/// scale of weight `(r, c)` is `scales[(r >> row_shift) * ld + (c >> col_shift)]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fp8Layout {
+    /// Device address of the scales.
+    pub scales: u64,
+    pub row_shift: i32,
+    pub col_shift: i32,
+    pub ld: i32,
+}
+
+/// The GEMV entry point of `(input, output)`, for bf16/f16 weights or (`fp8`) FP8 weights.
+pub(super) fn gemv_name(input: GemvInput, output: GemvOutput, fp8: bool) -> String {
     let i = match input {
         GemvInput::Plain => "plain",
         GemvInput::Norm => "norm",
@@ -63,7 +75,8 @@ pub(super) fn gemv_name(input: GemvInput, output: GemvOutput) -> String {
         GemvOutput::Add => "add",
         GemvOutput::Silu => "silu",
     };
-    format!("gemv_{i}_{o}_m{GEMV_MAX_ROWS}")
+    let w = if fp8 { "_fp8" } else { "" };
+    format!("gemv_{i}_{o}{w}_m{GEMV_MAX_ROWS}")
 }
 
 /// Columns per CTA of an `n`-column GEMV: a multiple of [`GEMV_GROUP`], as few as let the
@@ -102,6 +115,8 @@ pub struct GemvArgs {
     pub rows: usize,
     /// `[n, k]` weight.
     pub w: u64,
+    /// The scales of an FP8 weight (`None`: the weight is in the activation dtype).
+    pub fp8: Option<Fp8Layout>,
     pub n: usize,
     pub k: usize,
     pub x: u64,
@@ -122,12 +137,24 @@ impl Kernels {
         if a.rows > GEMV_MAX_ROWS {
             return Err(Error::Engine(format!("GEMV of {} rows", a.rows)));
         }
-        let kernel = &self.gemv[variant];
-        let (grid, cols) = kernel.grid(a, sm_count);
         let (w, x, norm_w, bias, out, eps) = (a.w, a.x, a.norm_w, a.bias, a.out, a.eps);
         let (rows, n, k) = (a.rows as i32, a.n as i32, a.k as i32);
-        launch!(self, stream, &kernel.func, grid, GEMV_THREADS;
-            w, x, norm_w, bias, out, rows, n, k, cols, eps)
+        match a.fp8 {
+            None => {
+                let kernel = &self.gemv[variant];
+                let (grid, cols) = kernel.grid(a, sm_count);
+                launch!(self, stream, &kernel.func, grid, GEMV_THREADS;
+                    w, x, norm_w, bias, out, rows, n, k, cols, eps)
+            }
+            Some(l) => {
+                let kernel = &self.gemv_fp8[variant];
+                let (grid, cols) = kernel.grid(a, sm_count);
+                let (scales, row_shift, col_shift, ld) = (l.scales, l.row_shift, l.col_shift, l.ld);
+                launch!(self, stream, &kernel.func, grid, GEMV_THREADS;
+                    w, scales, row_shift, col_shift, ld, x, norm_w, bias, out, rows, n, k, cols,
+                    eps)
+            }
+        }
     }
 }
 
@@ -139,7 +166,7 @@ mod tests {
     fn gemv_entry_points_are_named_as_gemv_cu_defines_them() {
         let names: Vec<_> = GEMV_VARIANTS
             .iter()
-            .map(|&(i, o)| gemv_name(i, o))
+            .map(|&(i, o)| gemv_name(i, o, false))
             .collect();
         assert_eq!(
             names,
@@ -157,6 +184,10 @@ mod tests {
             let (stem, _) = name.rsplit_once("_m").unwrap();
             assert!(source.contains(&format!("GEMV_ENTRY({stem},")), "{name}");
         }
+        // The FP8 entry points: the same stems, `NAME##_fp8_m1` in the macro.
+        assert!(source.contains("NAME##_fp8_m1("));
+        let (i, o) = GEMV_VARIANTS[5];
+        assert_eq!(gemv_name(i, o, true), "gemv_norm_silu_fp8_m1");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 
 pub use self::compile::KernelSet;
 use self::gemv::{gemv_name, GemvKernel, GEMV_VARIANTS};
-pub use self::gemv::{GemvArgs, GemvInput, GemvOutput, GEMV_MAX_ROWS};
+pub use self::gemv::{Fp8Layout, GemvArgs, GemvInput, GemvOutput, GEMV_MAX_ROWS};
 
 /// The loaded kernel functions.
 pub struct Kernels {
@@ -34,8 +34,11 @@ pub struct Kernels {
     decode_attention: CudaFunction,
     attention_combine: CudaFunction,
     prefill_attention: CudaFunction,
-    /// The entry points of `GEMV_VARIANTS`, in its order.
+    /// The entry points of `GEMV_VARIANTS`, in its order, for bf16/f16 and for FP8 weights.
     gemv: Vec<GemvKernel>,
+    gemv_fp8: Vec<GemvKernel>,
+    fp8_quantize_rows: CudaFunction,
+    fp8_dequantize: CudaFunction,
     /// Whether launches use programmatic dependent launch (Hopper and later).
     pdl: bool,
 }
@@ -131,16 +134,22 @@ impl Kernels {
                 .load_function(func)
                 .map_err(|e| Error::Engine(format!("kernel {func} in {file}: {e:?}")))
         };
-        let gemv = GEMV_VARIANTS
-            .iter()
-            .map(|&(input, output)| GemvKernel::new(f("gemv", &gemv_name(input, output))?))
-            .collect::<Result<Vec<_>>>()?;
+        let gemv_of = |fp8: bool| {
+            GEMV_VARIANTS
+                .iter()
+                .map(|&(i, o)| GemvKernel::new(f("gemv", &gemv_name(i, o, fp8))?))
+                .collect::<Result<Vec<_>>>()
+        };
+        let (gemv, gemv_fp8) = (gemv_of(false)?, gemv_of(true)?);
         // Programmatic dependent launch needs sm_90.
         let (major, _) = ctx.compute_capability().map_err(cuda_err)?;
         let pdl = pdl && major >= 9;
         Ok(Kernels {
             pdl,
             gemv,
+            gemv_fp8,
+            fp8_quantize_rows: f("fp8", "fp8_quantize_rows")?,
+            fp8_dequantize: f("fp8", "fp8_dequantize")?,
             embedding: f("embedding", "embedding")?,
             rms_norm: f("rms_norm", "rms_norm")?,
             add_rms_norm: f("rms_norm", "add_rms_norm")?,
@@ -262,6 +271,39 @@ impl Kernels {
         }
         let width = width as i32;
         launch!(self, stream, &self.gather_rows, (n, 1, 1), 128; x, rows_ptr, out, width)
+    }
+
+    /// FP8 rows (`kernels/cuda/fp8.cu`): `q [rows, k]` e4m3 codes and `scales [rows]` f32 of
+    /// `x [rows, k]` in the activation dtype, one scale per row; `k` a multiple of 8.
+    pub fn fp8_quantize_rows(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: u64,
+        q: u64,
+        scales: u64,
+        rows: usize,
+        k: usize,
+    ) -> Result<()> {
+        let k = k as i32;
+        launch!(self, stream, &self.fp8_quantize_rows, (rows, 1, 1), 256; x, q, scales, k)
+    }
+
+    /// `out [rows, cols]` in the activation dtype from FP8 codes `q` with the scales of
+    /// `layout`; `cols` a multiple of 16.
+    pub fn fp8_dequantize(
+        &self,
+        stream: &Arc<CudaStream>,
+        q: u64,
+        layout: Fp8Layout,
+        out: u64,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let (scales, row_shift, col_shift, ld) =
+            (layout.scales, layout.row_shift, layout.col_shift, layout.ld);
+        let cols = cols as i32;
+        launch!(self, stream, &self.fp8_dequantize, (rows, 1, 1), 256;
+            q, scales, out, cols, row_shift, col_shift, ld)
     }
 
     /// `out[r] = argmax(logits[r])` over `vocab` f32 logits per row, as `i32`.
