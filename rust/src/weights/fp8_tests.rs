@@ -77,7 +77,7 @@ fn scale_at(scales: &Fp8Scales, cols: usize, r: usize, c: usize) -> f32 {
         Fp8Scales::Tensor(s) => *s,
         Fp8Scales::Channel(s) => s[r],
         Fp8Scales::Block { block, scales } => {
-            let per_row = (cols + block[1] - 1) / block[1];
+            let per_row = cols.div_ceil(block[1]);
             scales[(r / block[0]) * per_row + c / block[1]]
         }
     }
