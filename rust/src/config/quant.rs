@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 
-/// Which format the checkpoint declares (reported by `stats()` and `/v1/models`).
+/// Which format the checkpoint declares (it decides the scale tensors' names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fp8Format {
     /// `quant_method: "compressed-tensors"`.
@@ -99,14 +99,6 @@ impl Fp8Config {
             IgnoredModule::Pattern(re) => re.is_match(module),
         })
     }
-
-    /// `"compressed-tensors"` or `"fp8"`, the method as `quantization_config` names it.
-    pub fn method(&self) -> &'static str {
-        match self.format {
-            Fp8Format::CompressedTensors => "compressed-tensors",
-            Fp8Format::Fp8 => "fp8",
-        }
-    }
 }
 
 /// Parses `quantization_config` (`None` when absent or null).
@@ -123,15 +115,11 @@ pub fn parse_quantization_config(v: Option<&Value>) -> Result<Option<Fp8Config>>
     match method {
         "compressed-tensors" => compressed_tensors(q).map(Some),
         "fp8" => fp8(q).map(Some),
-        other => Err(unsupported(format!(
+        other => Err(Error::Unsupported(format!(
             "quantization method \"{other}\" (supported: FP8 checkpoints, \"compressed-tensors\" \
              float-quantized and \"fp8\")"
         ))),
     }
-}
-
-fn unsupported(what: String) -> Error {
-    Error::Unsupported(what)
 }
 
 fn bad(reason: String) -> Error {
@@ -145,7 +133,7 @@ fn str_of<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
 /// `quant_method: "fp8"`: `fmt`, `activation_scheme`, `weight_block_size`, ignored layers.
 fn fp8(q: &Value) -> Result<Fp8Config> {
     if let Some(fmt) = str_of(q, "fmt").filter(|&f| f != "e4m3") {
-        return Err(unsupported(format!(
+        return Err(Error::Unsupported(format!(
             "quantization method \"fp8\" with fmt \"{fmt}\" (only e4m3 weights are supported)"
         )));
     }
@@ -214,7 +202,7 @@ fn ignore_list(v: Option<&Value>, key: &str) -> Result<Vec<IgnoredModule>> {
 fn compressed_tensors(q: &Value) -> Result<Fp8Config> {
     let format = str_of(q, "format").unwrap_or("float-quantized");
     if !matches!(format, "float-quantized" | "naive-quantized") {
-        return Err(unsupported(format!(
+        return Err(Error::Unsupported(format!(
             "quantization method \"compressed-tensors\" with format \"{format}\" (supported: \
              float-quantized FP8)"
         )));
@@ -231,7 +219,7 @@ fn compressed_tensors(q: &Value) -> Result<Fp8Config> {
             activation_scheme(name, group.get("input_activations"))?,
         );
         if scheme.is_some_and(|s| s != this) {
-            return Err(unsupported(format!(
+            return Err(Error::Unsupported(format!(
                 "compressed-tensors config groups with different schemes ({name} differs)"
             )));
         }
@@ -253,13 +241,13 @@ fn check_fp8_args(group: &str, what: &str, args: &Value) -> Result<()> {
     let kind = str_of(args, "type").unwrap_or("int");
     if bits != Some(8) || kind != "float" {
         let bits = bits.map_or_else(|| "?".into(), |b| b.to_string());
-        return Err(unsupported(format!(
+        return Err(Error::Unsupported(format!(
             "quantization method \"compressed-tensors\" with {bits}-bit {kind} {what} (group \
              {group}; supported: 8-bit float)"
         )));
     }
     if args.get("symmetric").and_then(Value::as_bool) == Some(false) {
-        return Err(unsupported(format!(
+        return Err(Error::Unsupported(format!(
             "compressed-tensors asymmetric FP8 {what} (group {group})"
         )));
     }
@@ -278,7 +266,7 @@ fn weight_scheme(group: &str, weights: Option<&Value>) -> Result<Fp8ScaleLayout>
             let b = w.get("block_structure").unwrap_or(&Value::Null);
             Ok(Fp8ScaleLayout::Block(block_size(b, "block_structure")?))
         }
-        other => Err(unsupported(format!(
+        other => Err(Error::Unsupported(format!(
             "compressed-tensors FP8 weights with strategy \"{other}\" (group {group}; \
              supported: tensor, channel, block)"
         ))),
@@ -294,7 +282,7 @@ fn activation_scheme(group: &str, acts: Option<&Value>) -> Result<Fp8Activations
     match (dynamic, str_of(a, "strategy").unwrap_or("tensor")) {
         (true, "token" | "tensor") => Ok(Fp8Activations::Dynamic),
         (false, "tensor") => Ok(Fp8Activations::Static),
-        (_, strategy) => Err(unsupported(format!(
+        (_, strategy) => Err(Error::Unsupported(format!(
             "compressed-tensors FP8 activations with strategy \"{strategy}\" (dynamic: \
              {dynamic}; group {group})"
         ))),
@@ -309,7 +297,7 @@ fn kv_cache_scheme(v: Option<&Value>) -> Result<bool> {
     check_fp8_args("kv_cache_scheme", "KV cache", kv)?;
     match str_of(kv, "strategy").unwrap_or("tensor") {
         "tensor" => Ok(true),
-        other => Err(unsupported(format!(
+        other => Err(Error::Unsupported(format!(
             "compressed-tensors FP8 KV cache with strategy \"{other}\" (supported: tensor)"
         ))),
     }

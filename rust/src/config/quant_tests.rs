@@ -54,7 +54,6 @@ fn compressed_tensors_per_tensor_static() {
     assert_eq!(q.format, Fp8Format::CompressedTensors);
     assert_eq!(q.scales, Fp8ScaleLayout::Tensor);
     assert_eq!(q.activations, Fp8Activations::Static);
-    assert_eq!(q.method(), "compressed-tensors");
     assert_eq!(
         q.scale_name("model.layers.0.self_attn.q_proj.weight"),
         "model.layers.0.self_attn.q_proj.weight_scale"
@@ -98,7 +97,6 @@ fn fp8_block_format_as_qwen3_ships_it() {
     assert_eq!(q.scales, Fp8ScaleLayout::Block([128, 128]));
     assert_eq!(q.activations, Fp8Activations::Dynamic);
     assert_eq!(q.scale_name("w.weight"), "w.weight_scale_inv");
-    assert_eq!(q.method(), "fp8");
     assert!(q.ignore.is_empty());
 }
 

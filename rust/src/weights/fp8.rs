@@ -74,26 +74,17 @@ pub fn scales_for(
     shape: &[usize],
     values: Vec<f32>,
 ) -> Result<Fp8Scales, String> {
-    let scales = match layout {
-        Fp8ScaleLayout::Tensor if matches!(shape, [] | [1]) => Fp8Scales::Tensor(values[0]),
-        Fp8ScaleLayout::Channel if shape == [rows, 1] || shape == [rows] => {
-            Fp8Scales::Channel(values.clone())
-        }
-        Fp8ScaleLayout::Block(block @ [b0, b1])
-            if shape == [rows.div_ceil(b0), cols.div_ceil(b1)] =>
-        {
-            Fp8Scales::Block {
-                block,
-                scales: values.clone(),
-            }
-        }
-        _ => {
-            return Err(format!(
-                "shape {shape:?} does not fit {} scales of a [{rows}, {cols}] weight",
-                describe(layout, [rows, cols])
-            ))
-        }
+    let fits = match layout {
+        Fp8ScaleLayout::Tensor => matches!(shape, [] | [1]),
+        Fp8ScaleLayout::Channel => shape == [rows, 1] || shape == [rows],
+        Fp8ScaleLayout::Block([b0, b1]) => shape == [rows.div_ceil(b0), cols.div_ceil(b1)],
     };
+    if !fits {
+        return Err(format!(
+            "shape {shape:?} does not fit {} scales of a [{rows}, {cols}] weight",
+            describe(layout, [rows, cols])
+        ));
+    }
     if let Some((i, v)) = values
         .iter()
         .enumerate()
@@ -103,7 +94,14 @@ pub fn scales_for(
             "scale {v} at flat index {i} is not finite and positive"
         ));
     }
-    Ok(scales)
+    Ok(match layout {
+        Fp8ScaleLayout::Tensor => Fp8Scales::Tensor(values[0]),
+        Fp8ScaleLayout::Channel => Fp8Scales::Channel(values),
+        Fp8ScaleLayout::Block(block) => Fp8Scales::Block {
+            block,
+            scales: values,
+        },
+    })
 }
 
 /// What `layout` expects, for errors.
