@@ -39,6 +39,13 @@ def tokens(outs):
     return [o.outputs[0].token_ids for o in outs]
 
 
+def test_stats_report_the_kv_cache_and_quantization(engine):
+    stats = engine.stats()
+    assert stats["kv_cache_dtype"] == "float32"
+    assert stats["kv_cache_tokens"] == stats["kv_blocks_total"] * 16 > 0  # block_size 16
+    assert stats["quantization"] is None
+
+
 def wait_idle(engine):
     stats = engine.stats()
     assert (stats["num_running"], stats["num_waiting"], stats["kv_blocks_used"]) == (0, 0, 0)

@@ -141,7 +141,10 @@ def _metrics(base: str) -> dict[str, float]:
 
 
 def test_models_lists_the_served_model(client):
-    assert [m.id for m in client.models.list().data] == [MODEL]
+    (model,) = client.models.list().data
+    assert model.id == MODEL
+    # infire's fields: the default GGUF model on the CPU has no FP8 weights and an f32 cache.
+    assert (model.quantization, model.kv_cache_dtype) == (None, "float32")
 
 
 def test_health(server):
@@ -444,6 +447,11 @@ def test_metrics_parse(server, client):
     assert usage.labels == {"model_name": MODEL} and 0.0 <= usage.value <= 1.0
     info = families["vllm:cache_config_info"].samples[0].labels
     assert int(info["block_size"]) > 0 and int(info["num_gpu_blocks"]) > 0
+    # The CPU's cache holds f32; its capacity is labelled with that type.
+    assert info["cache_dtype"] == "float32"
+    (capacity,) = families["infire_kv_cache_capacity_tokens"].samples
+    assert capacity.labels == {"model": MODEL, "dtype": "float32"}
+    assert capacity.value == int(info["block_size"]) * int(info["num_gpu_blocks"])
     m = _metrics(server)
     assert m['infire_requests_total{"status": "200"}'] > 0
     assert m['infire_requests_total{"status": "401"}'] > 0

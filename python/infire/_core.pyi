@@ -169,9 +169,10 @@ class Engine:
     def max_model_len(self) -> int: ...
     @property
     def kv_cache_tokens(self) -> int: ...
-    def stats(self) -> dict[str, int | float]:
+    def stats(self) -> dict[str, int | float | str | None]:
         """``num_running``, ``num_waiting``, ``kv_blocks_total``, ``kv_blocks_used``,
-        ``prefix_cache_hit_rate``, ``num_preemptions``."""
+        ``prefix_cache_hit_rate``, ``num_preemptions``, ``kv_cache_tokens``,
+        ``kv_cache_dtype``, ``quantization``."""
     def default_sampling_params(self) -> SamplingParams:
         """The model's sampling defaults (``generation_config.json``)."""
     def apply_chat_template(

@@ -101,7 +101,7 @@ fn open_hf_dir(dir: &Path) -> Result<ModelFiles> {
         ));
     }
     let config = ModelConfig::from_hf_dir(dir)?;
-    let weights = SafetensorsWeights::open_dir(dir)?;
+    let weights = SafetensorsWeights::open_dir(dir)?.with_quantization(config.quantization.clone());
     let tokenizer = Tokenizer::from_hf_dir(dir)?;
     let mut eos = config.eos_token_ids.clone();
     eos.extend(tokenizer.eos_token_ids());

@@ -110,6 +110,7 @@ impl ModelConfig {
                 .get("tokenizer.ggml.bos_token_id")
                 .and_then(GgufValue::as_u64)
                 .map(|v| v as u32),
+            quantization: None,
         };
         cfg.validate().map_err(bad)?;
         Ok(cfg)

@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use super::quant::parse_quantization_config;
 use super::{Architecture, ModelConfig, RopeScaling};
 use crate::error::{Error, Result};
 
@@ -122,6 +123,7 @@ impl ModelConfig {
                 .unwrap_or(false),
             eos_token_ids,
             bos_token_id: opt("bos_token_id")?.map(|v| v as u32),
+            quantization: parse_quantization_config(json.get("quantization_config"))?,
         };
         cfg.validate().map_err(bad)?;
         Ok(cfg)

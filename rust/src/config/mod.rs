@@ -8,8 +8,10 @@ use crate::error::Result;
 
 mod gguf;
 mod hf;
+mod quant;
 mod rope;
 
+pub use quant::{Fp8Activations, Fp8Config, Fp8Format, Fp8ScaleLayout, IgnoredModule};
 pub use rope::RopeScaling;
 
 /// The model families covered by the one Llama-family implementation.
@@ -59,6 +61,9 @@ pub struct ModelConfig {
     /// `generation_config.json` may add more).
     pub eos_token_ids: Vec<u32>,
     pub bos_token_id: Option<u32>,
+    /// The FP8 format of the checkpoint's weights (`quantization_config`), `None` for an
+    /// unquantized checkpoint (and for GGUF, whose tensors carry their own types).
+    pub quantization: Option<Fp8Config>,
 }
 
 impl ModelConfig {
@@ -117,3 +122,6 @@ mod tests;
 
 #[cfg(test)]
 mod hostile_tests;
+
+#[cfg(test)]
+mod quant_tests;

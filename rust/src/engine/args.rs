@@ -180,6 +180,7 @@ impl EngineArgs {
             batch_min_share: self.batch_min_share,
             num_threads: self.num_threads,
             step_trace: None,
+            quantization: self.quantization.clone(),
         }
     }
 }
@@ -216,6 +217,8 @@ pub struct EngineConfig {
     pub num_threads: Option<usize>,
     /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).
     pub step_trace: Option<std::path::PathBuf>,
+    /// Weights quantized at load ([`EngineArgs::quantization`]), reported by the stats.
+    pub quantization: Option<String>,
 }
 
 impl Default for EngineConfig {

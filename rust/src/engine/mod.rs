@@ -59,6 +59,12 @@ pub struct EngineStats {
     pub num_preemptions: u64,
     /// Batch sequences preempted for interactive ones (also in `num_preemptions`).
     pub num_batch_preemptions: u64,
+    /// The KV cache's element type ([`crate::backend::KvDtype::name`]; empty in the default
+    /// of an engine not loaded).
+    pub kv_cache_dtype: &'static str,
+    /// The weights' quantization: `Some("fp8")` for an FP8 checkpoint (on the CPU, its weights
+    /// dequantized to f32 at load) or with `quantization="fp8"`, else `None`.
+    pub quantization: Option<&'static str>,
 }
 
 /// A step launched on the backend and not yet collected.
@@ -87,6 +93,8 @@ pub struct Engine<B: Backend> {
     next_arrival: u64,
     /// Whether steps overlap (see [`EngineConfig::async_scheduling`]).
     async_scheduling: bool,
+    /// What [`EngineStats::quantization`] reports.
+    quantization: Option<&'static str>,
     /// The step launched and not yet collected (async scheduling only).
     in_flight: Option<Launched>,
     /// The step trace, when the environment asks for one (see [`trace`]).
@@ -98,6 +106,8 @@ impl<B: Backend> Engine<B> {
     /// sets the block size), sizes the KV cache and captures the backend's decode graphs.
     pub fn new(backend: B, files: ModelFiles, mut config: EngineConfig) -> Result<Self> {
         let mc = files.config.clone();
+        let quantization =
+            (mc.quantization.is_some() || config.quantization.is_some()).then_some("fp8");
         let max_model_len = match config.max_model_len {
             Some(0) => {
                 return Err(Error::InvalidConfig(
@@ -173,6 +183,7 @@ impl<B: Backend> Engine<B> {
             config,
             next_arrival: 0,
             async_scheduling,
+            quantization,
             in_flight: None,
             trace,
         })
@@ -225,6 +236,8 @@ impl<B: Backend> Engine<B> {
             prefix_cache_hit_rate: self.kv.hit_rate(),
             num_preemptions: self.scheduler.num_preemptions,
             num_batch_preemptions: self.scheduler.num_batch_preemptions,
+            kv_cache_dtype: self.runner.backend().kv_layout().dtype.name(),
+            quantization: self.quantization,
         }
     }
 

@@ -142,7 +142,8 @@ impl PyEngine {
     }
 
     /// Load and KV-cache usage: `num_running`, `num_waiting`, `kv_blocks_total`,
-    /// `kv_blocks_used`, `prefix_cache_hit_rate`, `num_preemptions`.
+    /// `kv_blocks_used`, `prefix_cache_hit_rate`, `num_preemptions`; the cache's capacity and
+    /// element type (`kv_cache_tokens`, `kv_cache_dtype`) and the weights' `quantization`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.handle.stats();
         let d = PyDict::new(py);
@@ -152,6 +153,9 @@ impl PyEngine {
         d.set_item("kv_blocks_used", s.kv_blocks_used)?;
         d.set_item("prefix_cache_hit_rate", s.prefix_cache_hit_rate)?;
         d.set_item("num_preemptions", s.num_preemptions)?;
+        d.set_item("kv_cache_tokens", s.kv_blocks_total * s.kv_block_size)?;
+        d.set_item("kv_cache_dtype", s.kv_cache_dtype)?;
+        d.set_item("quantization", s.quantization)?;
         Ok(d)
     }
 

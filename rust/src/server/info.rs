@@ -19,9 +19,11 @@ use super::traffic::Class;
 use super::{unix_time, ApiError, AppState};
 
 /// A model of the node as OpenAI's `Model` object, with its state and memory (`infire`'s
-/// fields: `state`, `aliases`, `memory`).
+/// fields: `state`, `aliases`, `memory`, and while it is loaded the weights' `quantization`
+/// and the `kv_cache_dtype`).
 fn model_card(slot: &ModelSlot) -> serde_json::Value {
     let status = slot.status();
+    let stats = slot.handle().map(|h| h.stats());
     json!({
         "id": slot.spec.name,
         "object": "model",
@@ -33,6 +35,8 @@ fn model_card(slot: &ModelSlot) -> serde_json::Value {
         "on_demand": slot.spec.on_demand,
         "memory": status,
         "fingerprint": slot.fingerprint(),
+        "quantization": stats.and_then(|s| s.quantization),
+        "kv_cache_dtype": stats.map(|s| s.kv_cache_dtype),
     })
 }
 

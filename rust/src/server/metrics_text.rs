@@ -140,11 +140,33 @@ pub fn render_node(server: &Metrics, models: &[ModelSeries]) -> String {
             hist(m.metrics).render(&mut out, name, &model_label(m.name));
         }
     }
+    render_kv_capacity(&mut out, models);
     render_classes(&mut out, models);
     for m in models {
         render_vllm_gauges(&mut out, &m.stats, m.name);
     }
     out
+}
+
+/// `infire_kv_cache_capacity_tokens{model,dtype}` of every loaded model: the KV cache's size in
+/// tokens, labelled with its element type (an FP8 cache holds twice the tokens of a bf16 one).
+fn render_kv_capacity(out: &mut String, models: &[ModelSeries]) {
+    let name = "infire_kv_cache_capacity_tokens";
+    family(
+        out,
+        name,
+        "KV-cache capacity in tokens, by element type.",
+        "gauge",
+    );
+    for m in models.iter().filter(|m| !m.stats.kv_cache_dtype.is_empty()) {
+        let _ = writeln!(
+            out,
+            "{name}{{{},dtype=\"{}\"}} {}",
+            model_label(m.name),
+            m.stats.kv_cache_dtype,
+            m.stats.kv_blocks_total * m.stats.kv_block_size
+        );
+    }
 }
 
 /// The per-class series of every model.
@@ -240,7 +262,8 @@ fn kv_usage(stats: &EngineStats) -> f64 {
 /// The engine's gauges under vLLM's names and labels, so that what scrapes a vLLM server
 /// (llm-d's endpoint picker, KServe, existing dashboards) reads this one unchanged:
 /// `vllm:num_requests_running`, `vllm:num_requests_waiting`, `vllm:kv_cache_usage_perc` (a
-/// fraction, as vLLM reports it) with a `model_name` label, and `vllm:cache_config_info`. The
+/// fraction, as vLLM reports it) with a `model_name` label, and `vllm:cache_config_info` (with
+/// vLLM's `cache_dtype` label, the element type's name, empty while not loaded). The
 /// request counts are sequences, as the engine schedules them (the same for `n` = 1).
 fn render_vllm_gauges(out: &mut String, stats: &EngineStats, model_name: &str) {
     let label = format!("model_name=\"{}\"", escape_label(model_name));
@@ -270,8 +293,9 @@ fn render_vllm_gauges(out: &mut String, stats: &EngineStats, model_name: &str) {
         out,
         "# HELP vllm:cache_config_info Information of the LLMEngine CacheConfig.\n\
          # TYPE vllm:cache_config_info gauge\n\
-         vllm:cache_config_info{{{label},block_size=\"{}\",num_gpu_blocks=\"{}\"}} 1",
-        stats.kv_block_size, stats.kv_blocks_total
+         vllm:cache_config_info{{{label},block_size=\"{}\",cache_dtype=\"{}\",\
+         num_gpu_blocks=\"{}\"}} 1",
+        stats.kv_block_size, stats.kv_cache_dtype, stats.kv_blocks_total
     );
 }
 
@@ -299,6 +323,7 @@ mod tests {
             kv_blocks_total: 8,
             kv_blocks_used: 2,
             kv_block_size: 16,
+            kv_cache_dtype: "fp8_e4m3",
             ..EngineStats::default()
         };
         m.class(Class::Batch).count_rejected();
@@ -314,8 +339,21 @@ mod tests {
         assert!(text.contains("vllm:num_requests_waiting{model_name=\"m\\\"x\"} 3\n"));
         assert!(text.contains("vllm:kv_cache_usage_perc{model_name=\"m\\\"x\"} 0.25\n"));
         assert!(text.contains(
-            "vllm:cache_config_info{model_name=\"b\",block_size=\"16\",num_gpu_blocks=\"8\"} 1"
+            "vllm:cache_config_info{model_name=\"b\",block_size=\"16\",cache_dtype=\"fp8_e4m3\",\
+             num_gpu_blocks=\"8\"} 1"
         ));
+        assert!(
+            text.contains("infire_kv_cache_capacity_tokens{model=\"b\",dtype=\"fp8_e4m3\"} 128\n")
+        );
+        let unloaded = ModelSeries {
+            name: "z",
+            metrics: &other,
+            stats: EngineStats::default(),
+            state: "sleeping",
+            waiting: [0, 0],
+        };
+        let idle = render_node(&m, &[unloaded]);
+        assert!(!idle.contains("infire_kv_cache_capacity_tokens{"), "{idle}");
         let ttft = "infire_time_to_first_token_seconds_bucket{model=\"m\\\"x\",le=";
         assert!(text.contains(&format!("{ttft}\"0.005\"}} 1")));
         assert!(text.contains(&format!("{ttft}\"80\"}} 1")));

@@ -217,20 +217,24 @@ fn in_model(name: &str, e: Error) -> Error {
 }
 
 /// Bytes the CPU backend holds for `files`' weights: GGUF blocks as stored with `dtype` "auto",
-/// every other tensor (and every tensor with "float32") as f32.
+/// every other tensor (and every tensor with "float32") as f32, FP8 weights included (the CPU
+/// dequantizes them).
 pub fn cpu_weight_bytes(files: &ModelFiles, dtype: &str) -> usize {
     let w = files.weights.as_ref();
     w.names()
         .iter()
-        .filter_map(|n| w.raw(n))
-        .map(|r| {
+        .filter_map(|n| {
+            let Some(r) = w.raw(n) else {
+                let fp8 = w.fp8(n)?.ok()?;
+                return Some(fp8.bytes.len() * 4);
+            };
             let numel: usize = r.shape.iter().product();
             let dense = matches!(r.dtype, "F32" | "F16" | "BF16");
-            if dtype == "auto" && !dense {
+            Some(if dtype == "auto" && !dense {
                 r.bytes.len()
             } else {
                 numel * 4
-            }
+            })
         })
         .sum()
 }

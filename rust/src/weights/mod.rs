@@ -4,6 +4,7 @@
 //! (`model.layers.3.self_attn.q_proj.weight`), so the model loader is written once.
 
 pub mod finite;
+pub mod fp8;
 pub mod ggml_quants;
 pub mod gguf;
 pub mod gguf_value;

@@ -6,6 +6,10 @@
 //! optional `"__metadata__"` map of strings), then the data; offsets are relative to the data.
 //! Every entry is checked at open time (offsets inside the file, byte length equal to shape times
 //! element size), so a tensor that loads is exactly as described.
+//!
+//! FP8 (`F8_E4M3`) weights are read with the scale tensors `quantization_config` names
+//! ([`crate::config::Fp8Config`]): handed over as stored through [`WeightSource::fp8`], or
+//! dequantized by [`WeightSource::load_f32`].
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -17,7 +21,9 @@ use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::finite::{check_finite, sample_is_finite};
-use super::{HostTensor, RawTensor, WeightSource};
+use super::fp8::{dequantize, find_nan_code, scales_for};
+use super::{Fp8Tensor, HostTensor, RawTensor, WeightSource};
+use crate::config::Fp8Config;
 use crate::error::{Error, Result};
 
 /// The single-file checkpoint name transformers writes.
@@ -73,6 +79,9 @@ pub struct SafetensorsWeights {
     shards: Vec<Shard>,
     /// Tensor name → (index in `shards`, entry).
     tensors: BTreeMap<String, (usize, Entry)>,
+    /// How FP8 weights are scaled (the config's `quantization_config`); `None`: an FP8 weight
+    /// is an error.
+    quantization: Option<Fp8Config>,
 }
 
 impl SafetensorsWeights {
@@ -122,7 +131,11 @@ impl SafetensorsWeights {
             tensors.insert(name.clone(), (shard, entry));
         }
         let shards = parsed.into_iter().map(|(shard, _)| shard).collect();
-        Ok(SafetensorsWeights { shards, tensors })
+        Ok(SafetensorsWeights {
+            shards,
+            tensors,
+            quantization: None,
+        })
     }
 
     /// Opens one safetensors file.
@@ -135,7 +148,14 @@ impl SafetensorsWeights {
         Ok(SafetensorsWeights {
             shards: vec![shard],
             tensors,
+            quantization: None,
         })
+    }
+
+    /// Reads FP8 weights as `quantization` (the model config's) declares them.
+    pub fn with_quantization(mut self, quantization: Option<Fp8Config>) -> Self {
+        self.quantization = quantization;
+        self
     }
 
     /// A tensor's dtype as written in its file (`"BF16"`), if the tensor exists.
@@ -166,6 +186,13 @@ impl WeightSource for SafetensorsWeights {
                 .map_or_else(PathBuf::new, |s| s.path.clone());
             return Err(Error::invalid_model(path, reason));
         };
+        if let Some(t) = self.fp8(name) {
+            let t = t?;
+            return Ok(HostTensor {
+                shape: t.shape.to_vec(),
+                data: dequantize(&t),
+            });
+        }
         let shard = &self.shards[*shard];
         let data = convert(&entry.dtype, &shard.mmap[entry.range.clone()]).map_err(|e| {
             Error::Unsupported(format!("{}: tensor {name}: {e}", shard.path.display()))
@@ -185,13 +212,72 @@ impl WeightSource for SafetensorsWeights {
     fn raw(&self, name: &str) -> Option<RawTensor<'_>> {
         let (shard, entry) = self.tensors.get(name)?;
         let bytes = &self.shards[*shard].mmap[entry.range.clone()];
-        if !sample_is_finite(&entry.dtype, bytes) {
+        // FP8 codes mean nothing without their scales: they go through `fp8`.
+        if entry.dtype.starts_with("F8_") || !sample_is_finite(&entry.dtype, bytes) {
             return None;
         }
         Some(RawTensor {
             dtype: &entry.dtype,
             shape: &entry.shape,
             bytes,
+        })
+    }
+
+    fn fp8(&self, name: &str) -> Option<Result<Fp8Tensor<'_>>> {
+        let (shard, entry) = self.tensors.get(name)?;
+        match entry.dtype.as_str() {
+            "F8_E4M3" => Some(self.fp8_tensor(name, *shard, entry)),
+            "F8_E5M2" => Some(Err(Error::Unsupported(format!(
+                "{}: tensor {name}: dtype F8_E5M2 (FP8 weights must be e4m3, F8_E4M3)",
+                self.shards[*shard].path.display()
+            )))),
+            _ => None,
+        }
+    }
+}
+
+impl SafetensorsWeights {
+    /// The `F8_E4M3` weight `name` with its scales, checked: a 2-D matrix the config quantizes,
+    /// scales of the declared layout, finite and positive, and no NaN code.
+    fn fp8_tensor(&self, name: &str, shard: usize, entry: &Entry) -> Result<Fp8Tensor<'_>> {
+        let shard = &self.shards[shard];
+        let bad =
+            |reason: String| Error::invalid_model(&shard.path, format!("tensor {name} {reason}"));
+        let q = self.quantization.as_ref().ok_or_else(|| {
+            bad("is F8_E4M3 but config.json has no FP8 quantization_config".into())
+        })?;
+        let &[rows, cols] = entry.shape.as_slice() else {
+            return Err(bad(format!(
+                "is F8_E4M3 of shape {:?}, not a matrix",
+                entry.shape
+            )));
+        };
+        let module = name.strip_suffix(".weight").unwrap_or(name);
+        if q.ignores(module) {
+            return Err(bad(format!(
+                "is F8_E4M3 but quantization_config lists {module} as not quantized"
+            )));
+        }
+        let scale_name = q.scale_name(name);
+        if !self.contains(&scale_name) {
+            return Err(bad(format!(
+                "is F8_E4M3 but its scale {scale_name} is missing"
+            )));
+        }
+        let scale = self.load_f32(&scale_name)?;
+        let scales = scales_for(q.scales, [rows, cols], &scale.shape, scale.data)
+            .map_err(|e| bad(format!("has a bad scale tensor {scale_name}: {e}")))?;
+        let bytes = &shard.mmap[entry.range.clone()];
+        if let Some(i) = find_nan_code(bytes) {
+            return Err(bad(format!(
+                "holds the e4m3 NaN code {:#04x} at flat index {i}; the checkpoint is corrupt",
+                bytes[i]
+            )));
+        }
+        Ok(Fp8Tensor {
+            shape: [rows, cols],
+            bytes,
+            scales,
         })
     }
 }
@@ -347,10 +433,10 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// A fresh, empty directory under the system temp dir, removed on drop.
-    struct TempDir(PathBuf);
+    pub(super) struct TempDir(pub(super) PathBuf);
 
     impl TempDir {
-        fn new(tag: &str) -> TempDir {
+        pub(super) fn new(tag: &str) -> TempDir {
             static NEXT: AtomicUsize = AtomicUsize::new(0);
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let dir =
@@ -360,7 +446,7 @@ mod tests {
             TempDir(dir)
         }
 
-        fn write(&self, name: &str, bytes: &[u8]) {
+        pub(super) fn write(&self, name: &str, bytes: &[u8]) {
             std::fs::write(self.0.join(name), bytes).unwrap();
         }
     }
@@ -372,7 +458,7 @@ mod tests {
     }
 
     /// A safetensors file, written as the format describes, of (name, dtype, shape, bytes).
-    fn file(tensors: &[(&str, &str, &[u64], Vec<u8>)]) -> Vec<u8> {
+    pub(super) fn file(tensors: &[(&str, &str, &[u64], Vec<u8>)]) -> Vec<u8> {
         let mut header = serde_json::Map::new();
         header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
         let mut data: Vec<u8> = Vec::new();
@@ -392,7 +478,7 @@ mod tests {
         out
     }
 
-    fn f32s(values: &[f32]) -> Vec<u8> {
+    pub(super) fn f32s(values: &[f32]) -> Vec<u8> {
         values.iter().flat_map(|v| v.to_le_bytes()).collect()
     }
 
@@ -580,3 +666,7 @@ mod tests {
             .all(|(b, v)| b.to_bits() == v.to_bits() & 0xFFFF_0000));
     }
 }
+
+#[cfg(test)]
+#[path = "safetensors_fp8_tests.rs"]
+mod fp8_tests;
