@@ -109,7 +109,22 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# The CUDA attention kernels do not read e4m3 tiles yet: the engine refuses kv_cache_dtype="fp8"
+# (an UnsupportedModelError). Strict, so these fail loudly once it is implemented.
+FP8_KV_PENDING = pytest.mark.xfail(
+    raises=infire.UnsupportedModelError,
+    strict=True,
+    reason="FP8 KV cache not yet in the CUDA attention kernels",
+)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, marks=FP8_KV_PENDING) if CASES[c][1].get("kv_cache_dtype") else c
+        for c in sorted(CASES)
+    ],
+)
 def test_fp8_follows_bf16_over_english_text(checkpoints, bf16_reference, case):
     name, kwargs = CASES[case]
     logprobs, stats = read_text(checkpoints[name], **kwargs)
@@ -125,6 +140,7 @@ def test_fp8_follows_bf16_over_english_text(checkpoints, bf16_reference, case):
     assert top1 >= MIN_TOP1, (case, top1)
 
 
+@FP8_KV_PENDING
 def test_fp8_kv_cache_holds_twice_the_tokens(checkpoints):
     sizes = {}
     for kv in ("auto", "fp8"):

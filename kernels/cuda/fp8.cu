@@ -68,10 +68,10 @@ fp8_dequantize(const unsigned char* __restrict__ q, const float* __restrict__ sc
     for (int c = threadIdx.x * 16; c < cols; c += blockDim.x * 16) {
         const uint4 codes = *reinterpret_cast<const uint4*>(q + r * cols + c);
         const unsigned w[4] = {codes.x, codes.y, codes.z, codes.w};
-        const float s = srow[c >> scol_shift] * E4M3_RAW_SCALE;
-        float f[16];
+        const float s = srow[c >> scol_shift];
+        float f[16];  // decode(code) * s: the decoding is exact, so one rounding, as torch's
 #pragma unroll
-        for (int i = 0; i < 16; ++i) f[i] = e4m3_raw((w[i / 4] >> (8 * (i % 4))) & 0xffu) * s;
+        for (int i = 0; i < 16; ++i) f[i] = e4m3_to_float((w[i / 4] >> (8 * (i % 4))) & 0xffu) * s;
         float lo[VEC], hi[VEC];
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {

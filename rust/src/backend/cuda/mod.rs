@@ -174,7 +174,16 @@ fn check_model(model: &ModelConfig, dtype: KvDtype, layout: &KvLayout) -> Result
             ))
         }
     };
-    if layout.dtype != KvDtype::Fp8E4m3 && layout.dtype != dtype.kv_dtype() {
+    if layout.dtype == KvDtype::Fp8E4m3 {
+        // The cache write and both attention kernels read and write T; e4m3 tiles are not
+        // written yet.
+        return Err(Error::Unsupported(
+            "kv_cache_dtype=\"fp8\" is not supported by the CUDA attention kernels yet; use \
+             kv_cache_dtype=\"auto\""
+                .into(),
+        ));
+    }
+    if layout.dtype != dtype.kv_dtype() {
         return Err(Error::InvalidConfig(format!(
             "a KV cache of {} beside activations of {}: the cache holds the activations' \
              dtype or FP8",

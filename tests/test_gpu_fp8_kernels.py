@@ -1,0 +1,156 @@
+"""The FP8 kernels (kernels/cuda/fp8.cu, the *_fp8_m1 GEMVs of gemv.cu) against torch, on the
+GPU (`pytest -m gpu`), launched as test_gpu_kernels.py launches the others: fresh random
+inputs, outputs poisoned with NaN first.
+
+- fp8_quantize_rows: codes and scales equal torch's `(x / scale).clamp(±448).to(float8_e4m3fn)`
+  with scale = amax / 448 bit for bit (both divide in fp32 and round to nearest even).
+- fp8_dequantize: equal to torch's `codes.float() * scale` rounded to the dtype, bit for bit
+  (the decoding is exact, so both round once).
+- the FP8 GEMVs: against the fp64 product with the dequantized weights, within the dense GEMV's
+  bounds (REL_TOL; the inputs and products are the same, only the summation order differs).
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("cuda.core")
+pytest.importorskip("infire.kernels")
+
+from test_gpu_kernels import (  # noqa: E402  (after the importorskips, as that module needs)
+    DTYPES,
+    GEMV_VARIANTS,
+    NULL,
+    REL_TOL,
+    f32,
+    gemv_input_reference,
+    i32,
+    nan_like,
+    rel_err,
+    run,
+    silu_mul_reference,
+)
+
+E4M3_MAX = 448.0
+
+
+@pytest.fixture(autouse=True)
+def _cuda_and_seed(request):
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+
+
+def quantize_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    xf = x.float()
+    amax = xf.abs().amax(dim=1)
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    q = (xf / scale[:, None]).clamp(-E4M3_MAX, E4M3_MAX).to(torch.float8_e4m3fn)
+    return q.view(torch.uint8), scale
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("rows", "k"), [(1, 64), (7, 4104), (300, 576), (3, 14336)])
+def test_fp8_quantize_rows(dtype, rows, k):
+    t = DTYPES[dtype]
+    # Rows of very different magnitudes, one all zeros, a few outliers.
+    x = torch.randn(rows, k, device="cuda") * torch.logspace(-3, 3, rows, device="cuda")[:, None]
+    x[rows // 2] = 0
+    x[0, k // 3] = 1e4
+    x = x.to(t)
+    q = torch.full((rows, k), 0x7F, dtype=torch.uint8, device="cuda")
+    scales = nan_like((rows,), torch.float32)
+    run("fp8", "fp8_quantize_rows", rows, 256, x, q, scales, i32(k), dtype=dtype)
+    want_q, want_s = quantize_reference(x)
+    assert torch.equal(scales, want_s)
+    assert torch.equal(q, want_q)
+
+
+def random_codes(rows: int, cols: int) -> torch.Tensor:
+    """Every e4m3 code but the two NaNs, subnormals and ±0 included."""
+    codes = torch.randint(0, 256, (rows, cols), dtype=torch.uint8, device="cuda")
+    return torch.where((codes & 0x7F) == 0x7F, codes ^ 0x01, codes)
+
+
+def scale_layout(rows: int, cols: int, layout: str):
+    """(scales tensor, per-element scales, row_shift, col_shift, ld) of `layout`."""
+    if layout == "row":
+        s = torch.rand(rows, device="cuda") * 0.01 + 1e-4
+        return s, s[:, None].expand(rows, cols), 0, 31, 1
+    br = bc = 128
+    ld = math.ceil(cols / bc)
+    s = torch.rand(math.ceil(rows / br), ld, device="cuda") * 0.01 + 1e-4
+    full = s.repeat_interleave(br, 0)[:rows].repeat_interleave(bc, 1)[:, :cols]
+    return s.contiguous(), full, 7, 7, ld
+
+
+def dequantize_reference(codes, full_scales) -> torch.Tensor:
+    return codes.view(torch.float8_e4m3fn).float() * full_scales
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["row", "block"])
+@pytest.mark.parametrize(("rows", "cols"), [(1, 16), (300, 272), (1024, 4096)])
+def test_fp8_dequantize(dtype, layout, rows, cols):
+    t = DTYPES[dtype]
+    codes = random_codes(rows, cols)
+    s, full, rs, cs, ld = scale_layout(rows, cols, layout)
+    out = nan_like((rows, cols), t)
+    args = (codes, s, out, i32(cols), i32(rs), i32(cs), i32(ld))
+    run("fp8", "fp8_dequantize", rows, 256, *args, dtype=dtype)
+    assert torch.equal(out, dequantize_reference(codes, full).to(t))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["row", "block"])
+@pytest.mark.parametrize(("prologue", "epilogue"), GEMV_VARIANTS, ids="-".join)
+@pytest.mark.parametrize(
+    ("n", "k", "cols_per_cta"),
+    # As the dense GEMV's test, with k a multiple of 16 (FP8 vectors hold 16 weights): n not a
+    # multiple of the group, k below one vector per thread, not a multiple of 128 (a partial
+    # scale block), Llama-3-8B's o_proj and down_proj shapes.
+    [(37, 64, 4), (1003, 2064, 12), (4096, 4096, 8), (520, 14336, 8)],
+)
+def test_gemv_fp8(dtype, layout, prologue, epilogue, n, k, cols_per_cta):
+    t, rows = DTYPES[dtype], 1
+    if epilogue == "silu":
+        n -= n % 4
+    x = (2 * torch.randn(rows + 2, k, device="cuda")).to(t)
+    codes = random_codes(n, k)
+    s, full, rs, cs, ld = scale_layout(n, k, layout)
+    w = dequantize_reference(codes, full)  # the exact f32 weights the codes stand for
+    nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(t)
+    has_bias = epilogue not in ("add", "silu")
+    bias = (0.1 * torch.randn(n, device="cuda")).to(t) if has_bias else None
+    eps = 1e-5
+    xin = gemv_input_reference(prologue, x[:rows], nw, eps)
+    acc = xin.double() @ w.double().T
+    if epilogue == "add":
+        out = torch.randn(rows + 2, n, device="cuda").to(t)
+        before = out.clone()
+        expected = (before[:rows].double() + acc.to(t).double()).to(t)
+    elif epilogue == "silu":
+        out = nan_like((rows + 2, n // 2), t)
+        before = out.clone()
+        expected = silu_mul_reference(acc.to(t))
+    else:
+        out = nan_like((rows + 2, n), torch.float32 if epilogue == "f32" else t)
+        before = out.clone()
+        expected = acc + bias.double()
+    grid = math.ceil(n / cols_per_cta)
+    func = f"gemv_{prologue}_{epilogue}_fp8_m1"
+    bias_arg = bias if bias is not None else NULL
+    args = (codes, s, i32(rs), i32(cs), i32(ld), x, nw, bias_arg, out)
+    args += (i32(rows), i32(n), i32(k), i32(cols_per_cta), f32(eps))
+    run("gemv", func, grid, 256, *args, dtype=dtype)
+    tol = REL_TOL[dtype] / 10 if epilogue == "f32" else REL_TOL[dtype]
+    assert rel_err(out[:rows], expected) < tol
+    assert torch.equal(out[rows:].isnan(), before[rows:].isnan())
+    if epilogue == "add":
+        assert torch.equal(out[rows:], before[rows:])
