@@ -165,8 +165,29 @@ def time_graph(build, launches: int) -> float:
     return statistics.median(times)
 
 
+def fp8_gemm_rate() -> float | None:
+    """FP8 GEMM rate in FLOP/s of an 8192^3 torch._scaled_mm with a scale per row of each
+    operand (what the engine's FP8 GEMMs are); None where the card has no FP8 tensor cores."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        return None
+    a = torch.randn(GEMM_N, GEMM_N, device="cuda").to(torch.float8_e4m3fn)
+    b = torch.randn(GEMM_N, GEMM_N, device="cuda").to(torch.float8_e4m3fn).t()
+    sa = torch.ones(GEMM_N, 1, device="cuda")
+    sb = torch.ones(1, GEMM_N, device="cuda")
+
+    def mm():
+        torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+
+    ms = timed_ms(mm, CEILING_REPEATS)
+    return 2 * GEMM_N**3 / (ms / 1e3)
+
+
 def ceilings() -> dict:
-    result = {"copy_bytes_per_s": copy_bandwidth(), "bf16_gemm_flop_per_s": gemm_rate()}
+    result = {
+        "copy_bytes_per_s": copy_bandwidth(),
+        "bf16_gemm_flop_per_s": gemm_rate(),
+        "fp8_gemm_flop_per_s": fp8_gemm_rate(),
+    }
     gc.collect()
     torch.cuda.empty_cache()
     return result
@@ -237,19 +258,23 @@ def write_checkpoint(model_dir: Path, config_kwargs: dict, device: str = "cuda")
     return True
 
 
-def weight_bytes(model_dir: Path) -> int:
-    """Bytes of all tensors in the checkpoint's safetensors files (from their headers)."""
+def weight_bytes(model_dir: Path, fp8: bool = False) -> int:
+    """Bytes of all tensors in the checkpoint's safetensors files (from their headers); with
+    `fp8`, as the engine holds them with `quantization="fp8"`: each projection (`*_proj.weight`)
+    one byte a weight plus an f32 scale per row, the rest as stored."""
     total = 0
     for path in sorted(model_dir.glob("*.safetensors")):
         with open(path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(header_len))
-        total += sum(
-            end - start
-            for name, t in header.items()
-            if name != "__metadata__"
-            for start, end in [t["data_offsets"]]
-        )
+        for name, t in header.items():
+            if name == "__metadata__":
+                continue
+            start, end = t["data_offsets"]
+            if fp8 and name.endswith("_proj.weight"):
+                total += (end - start) // BF16_BYTES + 4 * t["shape"][0]
+            else:
+                total += end - start
     return total
 
 
@@ -275,7 +300,13 @@ def workload() -> tuple[list[list[int]], list[int]]:
 
 
 def workload_limit(
-    prompt_lens, output_lens, config: dict, weights: int, copy_bw: float, gemm_flops: float
+    prompt_lens,
+    output_lens,
+    config: dict,
+    weights: int,
+    copy_bw: float,
+    gemm_flops: float,
+    params: float | None = None,
 ) -> dict:
     """The shortest time the workload can take on this card: every request admitted at once,
     each decode step reading all weights and the KV of every live sequence at the measured copy
@@ -286,6 +317,9 @@ def workload_limit(
       generating, KV bytes per token = 2 (K, V) x layers x kv_heads x head_dim x 2 bytes;
     - prefill FLOPs = 2 x params x prompt tokens + causal attention, 4 x layers x heads x
       head_dim x n(n+1)/2 for a prompt of n tokens.
+
+    `weights` are the bytes a decode step reads (FP8 projections: about half), `params` the
+    parameter count (default: bf16 bytes / 2), `gemm_flops` the rate of the GEMMs' dtype.
     """
     p = np.asarray(prompt_lens, dtype=np.float64)
     o = np.asarray(output_lens, dtype=np.float64)
@@ -295,7 +329,7 @@ def workload_limit(
     kv_token_bytes = 2 * layers * config["num_key_value_heads"] * head_dim * BF16_BYTES
     decode_steps = int(o.max()) - 1
     kv_tokens_read = float(np.sum((o - 1) * p + (o - 1) * o / 2))
-    params = weights / BF16_BYTES
+    params = params or weights / BF16_BYTES
     linear_flops = 2 * params * float(p.sum())
     attention_flops = 4 * layers * heads * head_dim * float(np.sum(p * (p + 1) / 2))
     parts = {
@@ -496,6 +530,7 @@ def engine_options(args) -> dict:
         "max_num_batched_tokens": args.max_num_batched_tokens,
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "async_scheduling": {"on": True, "off": False, "auto": None}[args.async_scheduling],
+        "quantization": args.quantization,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -569,7 +604,8 @@ def run_engine_benches(report: Report, run: set[str], args, ceil, weights) -> No
             LLAMA_3_1_8B,
             weights,
             ceil["copy_bytes_per_s"],
-            ceil["bf16_gemm_flop_per_s"],
+            ceil["fp8_gemm_flop_per_s" if args.quantization else "bf16_gemm_flop_per_s"],
+            weight_bytes(args.model_dir) / BF16_BYTES,
         )
         if limit:
             report.step("throughput", bench_throughput, engine, limit, args)
@@ -596,6 +632,12 @@ def main() -> None:
         default="auto",
         help="the engine's async scheduling (auto: its default, on for CUDA)",
     )
+    ap.add_argument(
+        "--quantization",
+        choices=["fp8"],
+        default=None,
+        help="weights quantized at load (the roofline and limit use FP8 bytes and GEMM rate)",
+    )
     ap.add_argument("--baseline", choices=["transformers"], default=None)
     ap.add_argument("--baseline-requests", type=int, default=32)
     ap.add_argument("--baseline-new-tokens", type=int, default=256)
@@ -608,7 +650,8 @@ def main() -> None:
     log(f"card: {torch.cuda.get_device_name()}")
     ceil = report.step("ceilings", ceilings)
     report.step("checkpoint_written", write_checkpoint, args.model_dir, LLAMA_3_1_8B)
-    weights = report.step("weight_bytes", weight_bytes, args.model_dir)
+    fp8 = args.quantization == "fp8"
+    weights = report.step("weight_bytes", weight_bytes, args.model_dir, fp8)
     if run & {"decode", "ttft", "throughput"}:
         run_engine_benches(report, run, args, ceil, weights)
     if "startup" in run:
