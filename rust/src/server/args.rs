@@ -7,8 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::traffic::parse_keys;
-use super::ServerConfig;
+use super::traffic::{parse_keys, ApiKey};
 use crate::error::{Error, Result};
 use crate::options::{declare_options, parse_options};
 
@@ -151,5 +150,55 @@ mod tests {
             ..ServerArgs::default()
         };
         assert!(none.server_config("m").is_err());
+    }
+}
+
+/// The server's settled options (from [`ServerArgs`], whose fields document them).
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Address to listen on (default 127.0.0.1).
+    pub host: String,
+    /// Port to listen on (default 8000; 0 picks a free one).
+    pub port: u16,
+    /// When set, `/v1` routes need `Authorization: Bearer <api_key>`: the keys accepted, and
+    /// the class each binds (see `traffic`).
+    pub api_keys: Vec<ApiKey>,
+    /// The name of the model a request was routed to (in a node's own state: the first
+    /// model's); responses name it.
+    pub served_model_name: String,
+    /// Most requests of each class (interactive, batch) that wait for their first token on one
+    /// model; one more gets 429.
+    pub max_waiting_class: [usize; 2],
+    /// How long a request waits for a sleeping or on-demand model to be ready.
+    pub wake_timeout: Duration,
+    /// Bytes the node's models may hold on the CPU (`None`: what the machine has available).
+    pub node_memory: Option<usize>,
+    /// Sequences waiting in the engine at which new requests get 429 (default 256).
+    pub max_waiting: usize,
+    /// Largest request body in bytes (default 8 MiB); larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long running requests may take to finish after SIGTERM (default 30 s); streams
+    /// still open then end with an error event.
+    pub shutdown_grace: Duration,
+    /// How long a connection may take to send a request's head, counted from when it is ready
+    /// for one: slow headers and idle keep-alive connections are closed after this (default
+    /// 10 s).
+    pub header_timeout: Duration,
+    /// How long a request's body may take to arrive once its head has; slower ones get 408
+    /// (default 30 s).
+    pub body_timeout: Duration,
+    /// Most connections served at once; one more gets a 503 and is closed (default 512).
+    pub max_connections: usize,
+    /// Ignore (and log) request fields this server does not know instead of answering 400
+    /// (default false).
+    pub allow_unknown_fields: bool,
+}
+
+impl ServerConfig {
+    /// Defaults ([`ServerArgs`]'s) for serving `served_model_name`.
+    pub fn new(served_model_name: impl Into<String>) -> Self {
+        ServerArgs::default()
+            .server_config(&served_model_name.into())
+            .expect("the default server options are valid")
     }
 }

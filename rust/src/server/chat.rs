@@ -16,12 +16,12 @@ use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{chat_shape, token_logprobs};
 use super::openai_types::{ChatRequest, Message, MessageContent, Usage, CHAT_FIELDS};
+use super::request::{parse_request, stop_reason_json, unix_time};
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
-use super::stop_reason_json;
 use super::tool_calls::{assistant_message, ToolStream};
 use super::tools::{self, render_calls, ToolFormat, ToolRequest};
-use super::{parse_request, unix_time, AppState, Caller};
+use super::{AppState, Caller};
 use crate::engine::FinishReason;
 use crate::tokenizer::ChatMessage;
 

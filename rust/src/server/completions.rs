@@ -18,10 +18,10 @@ use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{completion_shape, prompt_token_logprobs, token_logprobs};
 use super::openai_types::{CompletionRequest, PromptArg, Usage, COMPLETION_FIELDS};
+use super::request::{parse_request, stop_reason_json, unix_time};
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
-use super::stop_reason_json;
-use super::{parse_request, unix_time, AppState, Caller};
+use super::{AppState, Caller};
 use crate::engine::{RequestOutput, SeqDelta};
 
 /// Per-choice state of a response being built.

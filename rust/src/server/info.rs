@@ -15,8 +15,9 @@ use serde_json::json;
 
 use super::metrics_text::{render_node, ModelSeries};
 use super::node::ModelSlot;
+use super::request::unix_time;
 use super::traffic::Class;
-use super::{unix_time, ApiError, AppState};
+use super::{ApiError, AppState};
 
 /// A model of the node as OpenAI's `Model` object, with its state and memory (`infire`'s
 /// fields: `state`, `aliases`, `memory`, and while it is loaded the weights' `quantization`

@@ -36,6 +36,7 @@ mod model_state;
 mod node;
 mod node_spec;
 mod openai_types;
+mod request;
 mod request_params;
 mod sse;
 mod startup;
@@ -48,10 +49,8 @@ mod traffic;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -59,10 +58,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use futures_util::StreamExt;
-use serde::de::DeserializeOwned;
-use serde_json::json;
 
-pub use args::ServerArgs;
+pub use args::{ServerArgs, ServerConfig};
 pub use errors::ApiError;
 pub use logging::{init as init_logging, LogFormat};
 pub use metrics::Metrics;
@@ -72,57 +69,6 @@ pub use state::{AppState, Routed};
 pub use traffic::{ApiKey, Caller, Class};
 
 use crate::error::{Error, Result};
-use crate::sampling::StopReason;
-
-/// The server's settled options (from [`ServerArgs`], whose fields document them).
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    /// Address to listen on (default 127.0.0.1).
-    pub host: String,
-    /// Port to listen on (default 8000; 0 picks a free one).
-    pub port: u16,
-    /// When set, `/v1` routes need `Authorization: Bearer <api_key>`: the keys accepted, and
-    /// the class each binds (see `traffic`).
-    pub api_keys: Vec<ApiKey>,
-    /// The name of the model a request was routed to (in a node's own state: the first
-    /// model's); responses name it.
-    pub served_model_name: String,
-    /// Most requests of each class (interactive, batch) that wait for their first token on one
-    /// model; one more gets 429.
-    pub max_waiting_class: [usize; 2],
-    /// How long a request waits for a sleeping or on-demand model to be ready.
-    pub wake_timeout: Duration,
-    /// Bytes the node's models may hold on the CPU (`None`: what the machine has available).
-    pub node_memory: Option<usize>,
-    /// Sequences waiting in the engine at which new requests get 429 (default 256).
-    pub max_waiting: usize,
-    /// Largest request body in bytes (default 8 MiB); larger ones get 413.
-    pub max_body_bytes: usize,
-    /// How long running requests may take to finish after SIGTERM (default 30 s); streams
-    /// still open then end with an error event.
-    pub shutdown_grace: Duration,
-    /// How long a connection may take to send a request's head, counted from when it is ready
-    /// for one: slow headers and idle keep-alive connections are closed after this (default
-    /// 10 s).
-    pub header_timeout: Duration,
-    /// How long a request's body may take to arrive once its head has; slower ones get 408
-    /// (default 30 s).
-    pub body_timeout: Duration,
-    /// Most connections served at once; one more gets a 503 and is closed (default 512).
-    pub max_connections: usize,
-    /// Ignore (and log) request fields this server does not know instead of answering 400
-    /// (default false).
-    pub allow_unknown_fields: bool,
-}
-
-impl ServerConfig {
-    /// Defaults ([`ServerArgs`]'s) for serving `served_model_name`.
-    pub fn new(served_model_name: impl Into<String>) -> Self {
-        ServerArgs::default()
-            .server_config(&served_model_name.into())
-            .expect("the default server options are valid")
-    }
-}
 
 /// The router of every endpoint over `state`.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -247,56 +193,6 @@ fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     Ok(async {
         let _ = tokio::signal::ctrl_c().await;
     })
-}
-
-/// Parses a JSON request body whose top-level fields must be among `known` (see
-/// `openai_types`): a body over the size limit gets 413, malformed JSON 400, and fields this
-/// server does not know 400 naming them, as OpenAI answers (with
-/// [`ServerConfig::allow_unknown_fields`], they are logged and ignored). `priority` (vLLM's
-/// field) is known to both endpoints.
-fn parse_request<T: DeserializeOwned>(
-    state: &AppState,
-    body: Result<Bytes, BytesRejection>,
-    known: &[&str],
-) -> Result<T, ApiError> {
-    let body = body.map_err(|r| ApiError::with_status(r.status(), r.body_text()))?;
-    let bad_body =
-        |e: serde_json::Error| ApiError::bad_request(format!("invalid request body: {e}"), None);
-    let value: serde_json::Value = serde_json::from_slice(&body).map_err(bad_body)?;
-    if let Some(object) = value.as_object() {
-        let unknown = openai_types::unknown_fields(object, known);
-        if !unknown.is_empty() && !state.config.allow_unknown_fields {
-            return Err(ApiError::bad_request(
-                format!(
-                    "Unrecognized request argument{} supplied: {} (start the server with \
-                     --allow-unknown-fields to ignore such fields)",
-                    if unknown.len() == 1 { "" } else { "s" },
-                    unknown.join(", ")
-                ),
-                Some(unknown[0]),
-            ));
-        }
-        if !unknown.is_empty() {
-            tracing::warn!(fields = %unknown.join(", "), "ignoring unknown request fields");
-        }
-    }
-    serde_json::from_value(value).map_err(bad_body)
-}
-
-/// vLLM's `stop_reason` of a choice: the stop string, the stop token id, or null.
-fn stop_reason_json(r: Option<&StopReason>) -> serde_json::Value {
-    match r {
-        None => serde_json::Value::Null,
-        Some(StopReason::Token(t)) => json!(t),
-        Some(StopReason::Text(s)) => json!(s),
-    }
-}
-
-/// Seconds since the Unix epoch (OpenAI's `created`).
-fn unix_time() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// Counts every response by status for `/metrics`.
