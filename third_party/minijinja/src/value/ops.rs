@@ -901,6 +901,13 @@ pub(crate) fn binop_alloc_estimate(op: &str, lhs: &Value, rhs: &Value) -> u64 {
             _ if lhs.is_tuple() && rhs.is_tuple() => (lhs.len().unwrap_or(0) as u64)
                 .saturating_add(rhs.len().unwrap_or(0) as u64)
                 .saturating_mul(SLOT_COST),
+            // PATCH(infire): concatenating lists is lazy, but a chain deeper than
+            // `MergeSeq::MAX_DEPTH` is flattened and anything that iterates it
+            // visits every item: check that its length could be paid for, or
+            // `l = l + l` in a loop grows to 2^n items on n instructions.
+            _ if op == "add" && is_seq(lhs) && is_seq(rhs) => (lhs.len().unwrap_or(0) as u64)
+                .saturating_add(rhs.len().unwrap_or(0) as u64)
+                .saturating_mul(SLOT_COST),
             _ => 0,
         },
         _ => 0,
@@ -909,6 +916,56 @@ pub(crate) fn binop_alloc_estimate(op: &str, lhs: &Value, rhs: &Value) -> u64 {
 
 /// The cost of a slot in a list for the purpose of fuel and size estimates.
 pub(crate) const SLOT_COST: u64 = 32;
+
+// PATCH(infire): the sequences `+` concatenates.
+fn is_seq(value: &Value) -> bool {
+    matches!(value.kind(), ValueKind::Seq | ValueKind::Iterable)
+}
+
+/// PATCH(infire): checks that the fuel could pay for formatting `values`.
+///
+/// A container can hold the same value many times (`[l, l]` in a loop), so
+/// what it prints as is not bounded by the fuel charged when it was built.
+/// This counts the text without keeping it, stopping at the remaining fuel,
+/// before the engine formats a container into the output or into a string.
+pub(crate) fn ensure_fuel_for_display(_state: &State, _values: &[&Value]) -> Result<(), Error> {
+    #[cfg(feature = "fuel")]
+    {
+        if _state.fuel_tracker().is_some() && _values.iter().any(|v| v.as_object().is_some()) {
+            // priced like the serialized output the engine charges afterwards.
+            use crate::vm::fuel::SERIALIZED_BYTE_COST;
+            let remaining = _state.fuel_tracker().map_or(0, |t| t.remaining_units());
+            let limit = remaining / SERIALIZED_BYTE_COST;
+            let mut counter = DisplayCounter { written: 0, limit };
+            for value in _values {
+                if std::fmt::Write::write_fmt(&mut counter, format_args!("{value}")).is_err() {
+                    return _state.ensure_fuel(u64::MAX);
+                }
+            }
+            return _state.ensure_fuel(counter.written.saturating_mul(SERIALIZED_BYTE_COST));
+        }
+    }
+    Ok(())
+}
+
+/// PATCH(infire): counts the bytes written, failing past `limit`.
+#[cfg(feature = "fuel")]
+struct DisplayCounter {
+    written: u64,
+    limit: u64,
+}
+
+#[cfg(feature = "fuel")]
+impl std::fmt::Write for DisplayCounter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.written = self.written.saturating_add(s.len() as u64);
+        if self.written > self.limit {
+            Err(std::fmt::Error)
+        } else {
+            Ok(())
+        }
+    }
+}
 
 /// Checks that there is enough fuel left to perform a binary operation.
 #[inline(always)]

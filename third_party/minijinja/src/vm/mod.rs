@@ -488,6 +488,8 @@ impl<'env> Executor<'env> {
                         }
                         _ => None,
                     };
+                    // PATCH(infire): a container may print as far more than it holds.
+                    ctx_ok!(ops::ensure_fuel_for_display(state, &[&value]));
                     #[cfg(feature = "debug")]
                     let span_start = out.span_start();
                     if state.env().is_default_formatter() {
@@ -683,6 +685,8 @@ impl<'env> Executor<'env> {
                     ctx_ok!(undefined_behavior.assert_value_not_undefined(&b));
                     ctx_ok!(undefined_behavior.assert_value_not_undefined(&a));
                     ctx_ok!(ops::ensure_fuel_for_binop(state, "string_concat", &b, &a));
+                    // PATCH(infire): a container may print as far more than it holds.
+                    ctx_ok!(ops::ensure_fuel_for_display(state, &[&b, &a]));
                     // like emitting, formatting containers into the string
                     // is more expensive than copying strings.
                     let formats_object = b.as_object().is_some() || a.as_object().is_some();
