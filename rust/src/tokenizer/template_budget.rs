@@ -8,9 +8,10 @@
 //! for fails before it allocates; the built-in then runs as before.
 
 use std::fmt::{self, Write as _};
+use std::sync::Arc;
 
 use minijinja::value::{Kwargs, Rest, StringInput, Value, ValueKind, ValueOrKwargs};
-use minijinja::{Environment, Error, ErrorKind, State};
+use minijinja::{Environment, Error, State};
 
 /// Bytes one fuel pays for: minijinja charges one fuel per instruction and per 64 bytes of data
 /// (`Environment::set_fuel`), so a budget of `n` fuel bounds a render's data to `64 * n` bytes.
@@ -58,9 +59,7 @@ impl PayingCounter<'_, '_> {
             fmt::Error
         })
     }
-}
 
-impl PayingCounter<'_, '_> {
     fn count(&mut self, bytes: usize) -> fmt::Result {
         self.written += bytes as u64;
         self.unpaid += bytes as u64 * self.price;
@@ -109,8 +108,8 @@ pub(crate) fn pay_for<E>(
     };
     match (result, counter.error) {
         (_, Some(error)) => Err(error),
-        (Err(_), None) => Err(Error::new(ErrorKind::WriteFailure, "formatting failed")),
-        (Ok(()), None) => Ok(counter.written),
+        // Failed for another reason: the call that follows reports it in its own words.
+        (_, None) => Ok(counter.written),
     }
 }
 
@@ -190,12 +189,11 @@ fn pay_for_split(state: &State, text: &str, separator: Option<&str>) -> Result<(
 fn split(
     state: &State,
     value: &Value,
-    separator: Option<Value>,
+    separator: Option<Arc<str>>,
     maxsplits: Option<i64>,
 ) -> Result<Value, Error> {
-    let sep = separator.as_ref().and_then(Value::as_str);
-    pay_for_split(state, value.as_str().unwrap_or_default(), sep)?;
-    minijinja::filters::split(value, sep.map(Into::into), maxsplits)
+    pay_for_split(state, value.as_str().unwrap_or_default(), separator.as_deref())?;
+    minijinja::filters::split(value, separator, maxsplits)
 }
 
 fn escape(state: &mut State, value: &Value) -> Result<Value, Error> {

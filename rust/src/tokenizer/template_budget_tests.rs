@@ -93,7 +93,9 @@ fn paying_filters_render_what_the_builtins_render() {
         {{ 'a,b,,c'|split(',', 1)|list }}|{{ '<a href=\"x\">&\\'/'|e }}|{{ 1|e }}|\
         {{ '-'.join(['a', 'b', 3]) }}|{{ '{} {x} {}'.format('a', 'c', x='b') }}|\
         {{ 'a b\\nc'.split() }}|{{ 'a,b'.split(',') }}|{{ 'a\\nb\\r\\nc'.splitlines() }}|\
-        {{ ' x '.strip() }}";
+        {{ ' x '.strip() }}|{{ [{'n': 'x'}, {'n': 'y'}]|map(attribute='n')|join('-') }}|\
+        {{ ['b', 'a']|reverse|join }}|{{ [1, 0, 2]|select|join(',') }}|\
+        {{ ','.join(['p', 'q']|map('upper')) }}|{{ range(3)|join }}|{{ ['x']|map('upper')|string }}";
     let template = ChatTemplate::new(source, None, None).unwrap();
     assert_eq!(template.render(&[], true).unwrap(), unbudgeted(source));
 }
