@@ -1,7 +1,8 @@
 //! What the chat-template budget costs on a normal render: `ChatTemplate::render` (fuel that
 //! counts instructions and data, the filters that pay before copying, the patched minijinja)
 //! against the same template in a plain minijinja environment with no fuel and the built-in
-//! filters, for three real templates and two conversation sizes.
+//! filters, for three real templates and two conversation sizes (fastest of 7 alternating
+//! rounds of each).
 //!
 //! Run: `cargo bench --bench chat_template [-- --json PATH]`. Prints a table; with `--json`,
 //! writes the figures there too.
@@ -10,6 +11,7 @@ use std::time::Instant;
 
 use infire::tokenizer::{ChatMessage, ChatTemplate};
 use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Serde, Value};
 use minijinja::{context, Environment};
 
 /// SmolLM2-135M-Instruct's template (the default model's).
@@ -20,6 +22,9 @@ const LLAMA3: &str = "{% set loop_messages = messages %}{% for message in loop_m
 
 /// Qwen2.5's template without its tool branches (a namespace, `startswith`, `join`-free).
 const QWEN25: &str = "{%- if messages[0]['role'] == 'system' %}{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- else %}{{- '<|im_start|>system\nYou are Qwen, created by Alibaba Cloud. You are a helpful assistant.<|im_end|>\n' }}{%- endif %}{%- for message in messages %}{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or (message.role == 'assistant') %}{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}";
+
+/// Alternating timing rounds per configuration.
+const ROUNDS: usize = 7;
 
 fn conversation(messages: usize, bytes: usize) -> Vec<ChatMessage> {
     (0..messages)
@@ -46,7 +51,11 @@ fn main() {
     let mut rows = Vec::new();
     println!("| template | messages × bytes | budgeted | plain minijinja | cost |");
     println!("| --- | --- | --- | --- | --- |");
-    for (name, source) in [("SmolLM2", SMOLLM2), ("Llama-3", LLAMA3), ("Qwen2.5", QWEN25)] {
+    for (name, source) in [
+        ("SmolLM2", SMOLLM2),
+        ("Llama-3", LLAMA3),
+        ("Qwen2.5", QWEN25),
+    ] {
         let budgeted = ChatTemplate::new(source, Some("<s>"), Some("</s>")).unwrap();
         let mut plain = Environment::new();
         let syntax = SyntaxConfig::builder()
@@ -60,12 +69,20 @@ fn main() {
         let plain = plain.get_template("t").unwrap();
         for (messages, bytes, iters) in [(10, 200, 2000), (1000, 200, 40)] {
             let chat = conversation(messages, bytes);
-            let with_budget = time(iters, || budgeted.render(&chat, true).unwrap().len());
-            let without = time(iters, || {
-                let ctx = context! { messages => &chat, add_generation_prompt => true,
-                                     bos_token => "<s>", eos_token => "</s>" };
-                plain.render(ctx).unwrap().len()
-            });
+            // Alternating rounds, the fastest of each: the machine is shared, and the minimum
+            // is what the code costs without other work in the way.
+            let (mut with_budget, mut without) = (f64::MAX, f64::MAX);
+            for _ in 0..ROUNDS {
+                let t = time(iters, || budgeted.render(&chat, true).unwrap().len());
+                with_budget = with_budget.min(t);
+                let t = time(iters, || {
+                    let ctx = context! { messages => Value::from(Serde(&chat)),
+                    add_generation_prompt => true,
+                    bos_token => "<s>", eos_token => "</s>" };
+                    plain.render(ctx).unwrap().len()
+                });
+                without = without.min(t);
+            }
             let cost = with_budget / without - 1.0;
             println!(
                 "| {name} | {messages} × {bytes} | {:.1} µs | {:.1} µs | {:+.0} % |",

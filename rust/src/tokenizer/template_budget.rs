@@ -192,7 +192,11 @@ fn split(
     separator: Option<Arc<str>>,
     maxsplits: Option<i64>,
 ) -> Result<Value, Error> {
-    pay_for_split(state, value.as_str().unwrap_or_default(), separator.as_deref())?;
+    pay_for_split(
+        state,
+        value.as_str().unwrap_or_default(),
+        separator.as_deref(),
+    )?;
     minijinja::filters::split(value, separator, maxsplits)
 }
 
