@@ -33,6 +33,7 @@ pub(crate) fn register(env: &mut Environment<'_>) {
     env.add_filter("split", split);
     env.add_filter("escape", escape);
     env.add_filter("e", escape);
+    env.add_filter("sum", sum);
     env.set_unknown_method_callback(method);
 }
 
@@ -207,6 +208,26 @@ fn escape(state: &mut State, value: &Value) -> Result<Value, Error> {
         pay_for_copies(state, special as u64, 5)?;
     }
     minijinja::filters::escape(state, value)
+}
+
+fn sum(
+    state: &State,
+    values: Value,
+    attribute: Option<&str>,
+    start: Option<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, Error> {
+    let start_value = match &start {
+        Some(start) => Some(start.clone()),
+        None => kwargs.get::<Option<Value>>("start")?,
+    };
+    if start_value.is_some_and(|s| !s.is_number()) {
+        // Adding strings or lists copies the running total at every item.
+        let total = pay_for_display(state, &values)?;
+        let items = values.len().map_or(total, |n| n as u64);
+        pay_for_copies(state, items, total)?;
+    }
+    minijinja::filters::sum(state, values, attribute, start, kwargs)
 }
 
 /// `pycompat`'s Python string methods, paying first for those that copy their arguments.

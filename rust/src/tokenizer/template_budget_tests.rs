@@ -47,6 +47,9 @@ const GROWING: &[(&str, &str, &str)] = &[
     ("nested str.format", NESTED, "{{ '{}'.format(ns.l)|length }}"),
     ("split", "{% set s = 'x,' * 30000000 %}", "{{ s.split(',')|length }}"),
     ("escape", "{% set s = '\"' * 60000000 %}", "{{ (s|e)|length }}"),
+    ("sum of strings", "{% set s = 'x' * 1000 %}", "{{ ([s] * 100000)|sum(start='')|length }}"),
+    ("sum of lists", "", "{{ ([[1]] * 200000)|sum(start=[])|length }}"),
+    ("nested ==", NESTED, "{% set m = [ns.l, 1] %}{{ [ns.l, 0] == m }}"),
 ];
 
 #[test]
@@ -95,7 +98,9 @@ fn paying_filters_render_what_the_builtins_render() {
         {{ 'a b\\nc'.split() }}|{{ 'a,b'.split(',') }}|{{ 'a\\nb\\r\\nc'.splitlines() }}|\
         {{ ' x '.strip() }}|{{ [{'n': 'x'}, {'n': 'y'}]|map(attribute='n')|join('-') }}|\
         {{ ['b', 'a']|reverse|join }}|{{ [1, 0, 2]|select|join(',') }}|\
-        {{ ','.join(['p', 'q']|map('upper')) }}|{{ range(3)|join }}|{{ ['x']|map('upper')|string }}";
+        {{ ','.join(['p', 'q']|map('upper')) }}|{{ range(3)|join }}|{{ ['x']|map('upper')|string }}|\
+        {{ [1, 2.5]|sum }}|{{ ['a', 'b']|sum(start='') }}|{{ [[1], [2]]|sum(start=[]) }}|\
+        {{ [{'n': 'a'}]|sum(attribute='n', start='') }}|{{ [[1, 'a']] == [[1, 'a']] }}";
     let template = ChatTemplate::new(source, None, None).unwrap();
     assert_eq!(template.render(&[], true).unwrap(), unbudgeted(source));
 }

@@ -999,6 +999,9 @@ pub(crate) fn charge_fuel_for_compare(
         if _state.fuel_tracker().is_some() {
             if let (Some(a), Some(b)) = (_lhs.as_object(), _rhs.as_object()) {
                 if !a.is_same_object(b) {
+                    // PATCH(infire): comparing walks nested containers, which may hold the
+                    // same value many times; the walk is no longer than `_lhs` prints.
+                    ok!(ensure_fuel_for_display(_state, &[_lhs]));
                     if let (Some(a_len), Some(b_len)) = (a.enumerator_len(), b.enumerator_len()) {
                         return _state.charge_items(a_len.min(b_len));
                     }
