@@ -34,9 +34,9 @@ pub const RENDER_FUEL: u64 = 2 << 20;
 pub const RENDER_MEMORY_BUDGET: u64 = RENDER_FUEL * BYTES_PER_FUEL;
 
 /// Largest rendered prompt, in bytes. Far beyond any context a model takes (the prompt is
-/// tokenized and checked against `max_model_len` next). The fuel charges output too; this cap
-/// also stops a single `{{ value }}` that prints far more than it holds (a list holding itself
-/// many times over) as soon as it is written.
+/// tokenized and checked against `max_model_len` next). The fuel charges output too, but one
+/// string written again and again costs little of it per byte: this cap stops such a template
+/// at 64 MiB of prompt rather than at the whole memory budget.
 pub const MAX_RENDERED_BYTES: usize = 64 << 20;
 
 /// One message of a conversation, as templates see it: `message.role` / `message['content']`.
