@@ -136,6 +136,31 @@ def main() -> None:
         "{% for i in range(100000) %}{% for j in range(100000) %}{{ 'xxxxxxxx' * 1000 }}"
         "{% endfor %}{% endfor %}",
     )
+    # Values that grow past the memory budget: a doubled namespace string, a list concatenated
+    # with itself, a list holding itself twice (printed), copies joined.
+    write(
+        "template",
+        "crash-growing-namespace.jinja",
+        "{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}"
+        "{% endfor %}{{ ns.s|length }}",
+    )
+    write(
+        "template",
+        "crash-growing-list.jinja",
+        "{% set ns = namespace(l=[1]) %}{% for i in range(100) %}{% set ns.l = ns.l + ns.l %}"
+        "{% endfor %}{{ ns.l|length }}",
+    )
+    write(
+        "template",
+        "crash-nested-list-printed.jinja",
+        "{% set ns = namespace(l=['x']) %}{% for i in range(60) %}{% set ns.l = [ns.l, ns.l] %}"
+        "{% endfor %}{% set c %}{{ ns.l }}{% endset %}{{ c|length }}",
+    )
+    write(
+        "template",
+        "crash-joined-copies.jinja",
+        "{% set s = 'x' * 1000000 %}{{ ''.join([s] * 100000)|length }}",
+    )
 
     def request(path: str, body: dict | bytes, extra: str = "") -> bytes:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()

@@ -8,30 +8,35 @@
 
 use std::collections::BTreeMap;
 
-use minijinja::value::Value;
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::{Serde, Value};
 use minijinja::Environment;
 use serde::{Deserialize, Serialize};
 
+use super::template_budget::{self, BYTES_PER_FUEL};
 use super::template_functions::{self, TemplateException};
 use crate::error::{Error, Result};
 
 /// Name of the one template held by a [`ChatTemplate`]'s environment.
 const TEMPLATE_NAME: &str = "chat_template";
 
-/// Instructions one rendering may execute (minijinja's fuel). Real templates spend a few hundred
-/// per message, so this leaves room for conversations of tens of thousands of messages while a
-/// template that loops without end (nested `range`s) stops within about a second on a CPU.
-pub const RENDER_FUEL: u64 = 20_000_000;
+/// A rendering's budget (minijinja's fuel), counting instructions and data together: one fuel
+/// per instruction and one per [`BYTES_PER_FUEL`] bytes the template builds or writes (strings,
+/// list slots, output, captured blocks). Real templates spend 30 to 50 per message and about
+/// one per 15 bytes of content, so this renders conversations of tens of thousands of
+/// messages or tens of MiB of text, while a template that loops without end stops within a
+/// fraction of a second and one that grows a value stops at [`RENDER_MEMORY_BUDGET`].
+pub const RENDER_FUEL: u64 = 2 << 20;
+
+/// The most data, in bytes, a rendering may build: [`RENDER_FUEL`] spent on data alone
+/// (128 MiB). Values a template builds are charged before they are allocated, or, for the
+/// few minijinja charges after the fact, paid for first by [`template_budget`]'s filters.
+pub const RENDER_MEMORY_BUDGET: u64 = RENDER_FUEL * BYTES_PER_FUEL;
 
 /// Largest rendered prompt, in bytes. Far beyond any context a model takes (the prompt is
-/// tokenized and checked against `max_model_len` next), and small enough that a template whose
-/// output grows without end fails here instead of exhausting memory.
-///
-/// Only the output is capped. A string a template builds in a variable is bounded where
-/// minijinja bounds it (repetition with `*` at 100 MB; a `set` inside a loop lasts one
-/// iteration), but a namespace attribute or a recursive macro's argument doubled again and again
-/// (`{% set ns.s = ns.s ~ ns.s %}` in a loop) grows until memory runs out: minijinja has no hook
-/// on its string operations, so the model's template must be trusted that far.
+/// tokenized and checked against `max_model_len` next). The fuel charges output too, but one
+/// string written again and again costs little of it per byte: this cap stops such a template
+/// at 64 MiB of prompt rather than at the whole memory budget.
 pub const MAX_RENDERED_BYTES: usize = 64 << 20;
 
 /// One message of a conversation, as templates see it: `message.role` / `message['content']`.
@@ -82,10 +87,14 @@ impl ChatTemplate {
     /// names. A template that does not parse is an [`Error::Tokenizer`] naming the problem.
     pub fn new(source: &str, bos_token: Option<&str>, eos_token: Option<&str>) -> Result<Self> {
         let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(|e| Error::Tokenizer(format!("chat template syntax: {e}")))?;
+        env.set_syntax(syntax);
         template_functions::register(&mut env);
+        template_budget::register(&mut env);
         env.set_fuel(Some(RENDER_FUEL));
         env.add_template_owned(TEMPLATE_NAME, source.to_string())
             .map_err(|e| Error::Tokenizer(format!("chat template does not compile: {e}")))?;
@@ -108,8 +117,9 @@ impl ChatTemplate {
     /// transformers does.
     ///
     /// Errors: [`Error::Tokenizer`] with the template's message when it calls `raise_exception`
-    /// (e.g. Mistral on roles that do not alternate), when it runs out of [`RENDER_FUEL`] or
-    /// writes more than [`MAX_RENDERED_BYTES`], or describing the failure otherwise.
+    /// (e.g. Mistral on roles that do not alternate), when it runs out of [`RENDER_FUEL`]
+    /// (instructions and [`RENDER_MEMORY_BUDGET`] counted together) or writes more than
+    /// [`MAX_RENDERED_BYTES`], or describing the failure otherwise.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
         self.render_with(messages, add_generation_prompt, &serde_json::Map::new())
     }
@@ -128,7 +138,7 @@ impl ChatTemplate {
             .get_template(TEMPLATE_NAME)
             .map_err(|e| Error::Tokenizer(format!("chat template: {e}")))?;
         let mut context: BTreeMap<&str, Value> = BTreeMap::new();
-        context.insert("messages", Value::from_serialize(messages));
+        context.insert("messages", Value::from(Serde(messages)));
         context.insert("add_generation_prompt", Value::from(add_generation_prompt));
         context.insert("tools", Value::from(()));
         context.insert("documents", Value::from(()));
@@ -139,7 +149,7 @@ impl ChatTemplate {
             context.insert("eos_token", Value::from(eos.as_str()));
         }
         for (name, value) in extra.iter().filter(|(name, _)| *name != "messages") {
-            context.insert(name.as_str(), Value::from_serialize(value));
+            context.insert(name.as_str(), Value::from(Serde(value)));
         }
         let mut out = CappedWriter {
             bytes: Vec::new(),
@@ -194,8 +204,10 @@ fn render_error(error: minijinja::Error) -> Error {
     }
     if error.kind() == minijinja::ErrorKind::OutOfFuel {
         return Error::Tokenizer(format!(
-            "chat template ran past its limit of {RENDER_FUEL} instructions (a template that \
-             loops without end, or a conversation far too long)"
+            "chat template exceeded its budget of {RENDER_FUEL} instructions and its memory \
+             budget of {} MiB, counted together (a template that loops or grows a value without \
+             end, or a conversation far too long)",
+            RENDER_MEMORY_BUDGET >> 20
         ));
     }
     Error::Tokenizer(format!("chat template failed: {error}"))

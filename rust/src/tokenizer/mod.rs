@@ -12,6 +12,7 @@ mod gguf_vocab;
 mod hf_dir;
 mod python_json;
 mod special_tokens;
+mod template_budget;
 mod template_functions;
 #[cfg(test)]
 pub(crate) mod test_vocab;

@@ -38,20 +38,29 @@ pub(crate) fn json_dumps(
     value: &impl Serialize,
     options: &JsonDumpsOptions,
 ) -> Result<String, serde_json::Error> {
+    let mut out = Vec::new();
+    json_dumps_to(value, options, &mut out)?;
+    // The serializer writes UTF-8 only; a failure here would be a serde_json bug.
+    String::from_utf8(out).map_err(|e| serde::ser::Error::custom(e.to_string()))
+}
+
+/// [`json_dumps`] into `writer`, without keeping the text.
+pub(crate) fn json_dumps_to(
+    value: &impl Serialize,
+    options: &JsonDumpsOptions,
+    writer: impl std::io::Write,
+) -> Result<(), serde_json::Error> {
     let formatter = PythonJsonFormatter {
         options,
         level: 0,
         has_value: false,
     };
-    let mut out = Vec::new();
-    let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+    let mut serializer = serde_json::Serializer::with_formatter(writer, formatter);
     if options.sort_keys {
-        sorted(serde_json::to_value(value)?).serialize(&mut serializer)?;
+        sorted(serde_json::to_value(value)?).serialize(&mut serializer)
     } else {
-        value.serialize(&mut serializer)?;
+        value.serialize(&mut serializer)
     }
-    // The serializer writes UTF-8 only; a failure here would be a serde_json bug.
-    String::from_utf8(out).map_err(|e| serde::ser::Error::custom(e.to_string()))
 }
 
 /// `value` with every object's keys in sorted order (whatever map serde_json was built with).

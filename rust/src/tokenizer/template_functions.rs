@@ -5,9 +5,10 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use minijinja::value::{Kwargs, Value};
-use minijinja::{Environment, ErrorKind};
+use minijinja::{Environment, ErrorKind, State};
 
-use super::python_json::{json_dumps, JsonDumpsOptions};
+use super::python_json::{json_dumps, json_dumps_to, JsonDumpsOptions};
+use super::template_budget::{pay_for, PRINTED_CONTAINER_BYTE};
 
 /// The message a template passed to `raise_exception`, carried as the source of the
 /// [`minijinja::Error`] so that rendering can report it verbatim.
@@ -147,7 +148,7 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 /// transformers' `tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False)`:
 /// `json.dumps` output (`", "` and `": "` between items, non-ASCII kept), unlike minijinja's
 /// built-in, which writes compact, HTML-escaped JSON.
-fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
+fn tojson(state: &State, value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
     let indent: Option<usize> = kwargs.get("indent")?;
     let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
@@ -169,6 +170,15 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, minijinja::Error> {
     }
     options.ensure_ascii = ensure_ascii.unwrap_or(false);
     options.sort_keys = sort_keys.unwrap_or(false);
+    // A value can hold one list many times: pay for the text (and for `sort_keys`, the copy it
+    // sorts) before building it.
+    let unsorted = JsonDumpsOptions {
+        sort_keys: false,
+        ..options.clone()
+    };
+    pay_for(state, PRINTED_CONTAINER_BYTE, |w| {
+        json_dumps_to(value, &unsorted, w)
+    })?;
     let text = json_dumps(value, &options)
         .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
     Ok(Value::from_safe_string(text))
