@@ -139,7 +139,7 @@ __device__ __forceinline__ void gemv(const void* __restrict__ W, WScales ws,
         float ss[M];
 #pragma unroll
         for (int m = 0; m < M; ++m) ss[m] = 0.0f;
-        for (int v = tid; v < kv; v += GEMV_THREADS) {
+        for (int v = tid; v < k / VEC; v += GEMV_THREADS) {  // x in VEC-wide vectors
 #pragma unroll
             for (int m = 0; m < M; ++m) {
                 if (m >= rows) break;

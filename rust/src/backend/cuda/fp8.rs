@@ -56,6 +56,10 @@ impl CudaMatrix {
 pub struct Fp8Needs {
     max_k: Cell<usize>,
     max_dequantized: Cell<usize>,
+    /// The largest FP8 matrix (rows × cols) and one shape of a per-row one, for the check
+    /// that cuBLASLt takes FP8 with per-row scales on this GPU.
+    max_any: Cell<usize>,
+    per_row_shape: Cell<Option<(usize, usize)>>,
 }
 
 /// The scratch of the FP8 GEMMs (see [`Fp8Needs`]).
@@ -190,6 +194,10 @@ impl CudaBackend {
     fn note_fp8(&self, rows: usize, cols: usize, w: &Fp8Weights) {
         let needs = &self.fp8_needs;
         needs.max_k.set(needs.max_k.get().max(cols));
+        needs.max_any.set(needs.max_any.get().max(rows * cols));
+        if w.per_row() {
+            needs.per_row_shape.set(Some((rows, cols)));
+        }
         if !self.fp8_tensor_cores(w) {
             let n = needs.max_dequantized.get().max(rows * cols);
             needs.max_dequantized.set(n);
@@ -198,6 +206,26 @@ impl CudaBackend {
 
     /// Makes the FP8 GEMMs' scratch for steps of up to `rows` rows.
     pub(super) fn reserve_fp8(&mut self, rows: usize) -> Result<()> {
+        if let (true, Some((n, k))) = (self.fp8_gemm, self.fp8_needs.per_row_shape.get()) {
+            let shape = GemmShape {
+                rows: rows.min(16),
+                n,
+                k,
+                input: ElemType::Fp8E4m3,
+                output: self.elem_type(),
+                bias: false,
+            };
+            if !self.gemm.supports(shape) {
+                // Every FP8 matrix then goes through a dequantized copy (kernels/cuda/NOTES.md).
+                tracing::warn!(
+                    "cuBLASLt has no FP8 GEMM with per-row scales on this GPU: FP8 matrices \
+                     of more than one row run through a dequantized copy"
+                );
+                self.fp8_gemm = false;
+                let all = self.fp8_needs.max_any.get();
+                self.fp8_needs.max_dequantized.set(all);
+            }
+        }
         let (k, deq) = (
             self.fp8_needs.max_k.get(),
             self.fp8_needs.max_dequantized.get(),

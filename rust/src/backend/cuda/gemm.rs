@@ -186,6 +186,22 @@ impl Gemm {
         })
     }
 
+    /// Whether cuBLASLt has an algorithm for `shape` (its plan is made and kept if so). FP8
+    /// with outer-vector scales, for one, is refused by the cuBLASLt of CUDA 13.0 on Hopper.
+    pub fn supports(&self, shape: GemmShape) -> bool {
+        let mut plans = self.plans.borrow_mut();
+        if plans.contains_key(&shape) {
+            return true;
+        }
+        match Plan::new(self.handle, shape, self.workspace.len()) {
+            Ok(plan) => {
+                plans.insert(shape, plan);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Enqueues `out = x · wᵀ (+ bias)` on `stream`. Pointers are device addresses of buffers
     /// large enough for `shape`.
     pub fn run(
