@@ -291,8 +291,7 @@ fn tile_matches_scalar() {
 
 /// Every format's AVX2 unpacking (`unpack.rs`, `unpack_k.rs`) against
 /// [`QuantFormat::decode`] on random blocks, sub-block by sub-block: the same weights
-/// `codes · d + m` exactly (f16 scales times 6-bit integers are exact in f32, and Q6_K's
-/// folded codes are the reference's own).
+/// `codes · d + m` exactly (f16 scales times 6- or 8-bit integers are exact in f32).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_unpacking_matches_decode() {
@@ -300,7 +299,8 @@ fn avx2_unpacking_matches_decode() {
     use unpack::{Unpack, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
     use unpack_k::{Q4_K, Q5_K, Q6_K};
 
-    type SubBlock = ([i32; BLOCK], f32, f32);
+    /// Codes, scale per element, minimum.
+    type SubBlock = ([i32; BLOCK], [f32; BLOCK], f32);
     /// # Safety
     ///
     /// `b` holds one block of `B`; the CPU has AVX2, FMA and F16C.
@@ -314,7 +314,11 @@ fn avx2_unpacking_matches_decode() {
                 let [lo, hi] = B::codes(b.as_ptr(), s);
                 _mm256_storeu_si256(c.as_mut_ptr().cast(), lo);
                 _mm256_storeu_si256(c.as_mut_ptr().add(16).cast(), hi);
-                (c.map(i32::from), scales.d[s], scales.m[s])
+                let d: [f32; BLOCK] = std::array::from_fn(|i| match i < 16 || !B::TWO_SCALES {
+                    true => scales.d[s],
+                    false => scales.d_hi[s],
+                });
+                (c.map(i32::from), d, scales.m[s])
             })
             .collect()
     }
@@ -322,8 +326,11 @@ fn avx2_unpacking_matches_decode() {
         tile::Tile::detect().is_some(),
         "this x86-64 CPU lacks AVX2, FMA or F16C"
     );
-    let weights =
-        |(codes, d, m): SubBlock| codes.map(|c| f64::from(c) * f64::from(d) + f64::from(m));
+    let weights = |(codes, d, m): SubBlock| {
+        std::array::from_fn::<f64, BLOCK, _>(|i| {
+            f64::from(codes[i]) * f64::from(d[i]) + f64::from(m)
+        })
+    };
     let mut rng = StdRng::seed_from_u64(8);
     for format in QuantFormat::ALL {
         for b in random_blocks(&mut rng, format, 1, 200).chunks_exact(format.block_bytes()) {
@@ -342,8 +349,9 @@ fn avx2_unpacking_matches_decode() {
             };
             assert_eq!(got.len(), format.block_elems() / BLOCK);
             for (s, got) in got.into_iter().enumerate() {
-                let want = format.decode(b, s);
-                assert_eq!(weights(got), weights(want), "{format:?} sub-block {s}");
+                let (codes, d, m) = format.decode(b, s);
+                let want = weights((codes, [d; BLOCK], m));
+                assert_eq!(weights(got), want, "{format:?} sub-block {s}");
             }
         }
     }

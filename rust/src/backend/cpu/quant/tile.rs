@@ -7,9 +7,9 @@
 //! `maddubs` kernel runs two sign moves, two `maddubs` and two `madd` (one per level); here
 //! the weight block is widened to i16 once per tile and reused by `R` activation rows, and each
 //! pair costs two `madd`, one add, one conversion and one FMA. The integer sums are the same
-//! (`Σ codes · (254·qs + qs2)`, |lane| ≤ 4·128·32,385 < 2²⁴, exact in f32; Q6_K's codes carry
-//! their 8-bit scale, |lane| ≤ 4·4096·32,385 < 2³¹, exact in i32 and rounded once by the
-//! conversion), so the result equals [`super::QuantFormat::dot_scalar`] up to f32 rounding.
+//! (`Σ codes · (254·qs + qs2)`, |lane| ≤ 4·128·32,385 < 2²⁴, exact in f32; the k-quants'
+//! sub-block scales go with the f32 scale, Q6_K's two per sub-block on each half's lanes), so
+//! the result equals [`super::QuantFormat::dot_scalar`] up to f32 rounding.
 
 use std::arch::x86_64::*;
 
@@ -124,12 +124,21 @@ unsafe fn tile<B: Unpack, const W: usize, const R: usize>(
                 let hi = _mm256_loadu_si256(a.c.as_ptr().add(16).cast());
                 let da = _mm256_set1_ps(a.d);
                 for wr in 0..W {
-                    let lanes = _mm256_add_epi32(
-                        _mm256_madd_epi16(codes[wr][0], lo),
-                        _mm256_madd_epi16(codes[wr][1], hi),
-                    );
-                    let scale = _mm256_mul_ps(_mm256_set1_ps(scales[wr].d[s]), da);
-                    acc[wr][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[wr][r]);
+                    let (c, sc) = (&codes[wr], &scales[wr]);
+                    let scale = _mm256_mul_ps(_mm256_set1_ps(sc.d[s]), da);
+                    if B::TWO_SCALES {
+                        let lo = _mm256_cvtepi32_ps(_mm256_madd_epi16(c[0], lo));
+                        let hi = _mm256_cvtepi32_ps(_mm256_madd_epi16(c[1], hi));
+                        let scale_hi = _mm256_mul_ps(_mm256_set1_ps(sc.d_hi[s]), da);
+                        let sum = _mm256_fmadd_ps(hi, scale_hi, _mm256_mul_ps(lo, scale));
+                        acc[wr][r] = _mm256_add_ps(acc[wr][r], sum);
+                    } else {
+                        let lanes = _mm256_add_epi32(
+                            _mm256_madd_epi16(c[0], lo),
+                            _mm256_madd_epi16(c[1], hi),
+                        );
+                        acc[wr][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[wr][r]);
+                    }
                     if B::HAS_MIN {
                         mins[wr][r] += scales[wr].m[s] * a.s;
                     }

@@ -8,11 +8,13 @@
 
 use std::arch::x86_64::*;
 
-/// Per-sub-block scales `d` and minimums `m` of one block (entries past the format's
-/// [`Unpack::SUBS`] are unused).
+/// Per-sub-block scales and minimums of one block (entries past the format's
+/// [`Unpack::SUBS`] are unused): `w[i] = codes[i] · d[s] + m[s]`, or for a format with
+/// [`Unpack::TWO_SCALES`], `d[s]` for elements 0..16 and `d_hi[s]` for 16..32.
 #[derive(Clone, Copy, Default)]
 pub(super) struct Scales {
     pub d: [f32; 8],
+    pub d_hi: [f32; 8],
     pub m: [f32; 8],
 }
 
@@ -35,6 +37,8 @@ pub(super) trait Unpack {
     const SUBS: usize;
     /// Whether the format has minimums (else every `m` is 0 and the tile skips them).
     const HAS_MIN: bool;
+    /// Whether a sub-block's two halves have scales of their own (`Scales::d_hi`).
+    const TWO_SCALES: bool = false;
     /// The scales and minimums of the block at `b`.
     ///
     /// # Safety

@@ -5,18 +5,21 @@
 //!
 //! `Q4_K`/`Q5_K` keep the sub-block's 6-bit scale out of the codes (`0..32`, so the tile's i32
 //! lanes stay exact in f32) and put it in the f32 scale `d · scale_s`, with `−dmin · min_s` as
-//! the minimum. `Q6_K` has two scales per sub-block (one per 16 values), so they are folded
-//! into the codes (`scale · (q − 32)`, |·| ≤ 4096 in i16) and `d` is the sub-block's scale.
+//! the minimum. `Q6_K` has two 8-bit scales per sub-block (one per 16 values): its codes are
+//! `q − 32` and its halves' f32 scales `d · scale` ([`Unpack::TWO_SCALES`]).
 
 use std::arch::x86_64::*;
 
 use super::unpack::{f16_at, widen, Scales, Unpack};
 
 /// `{ f16 d; f16 dmin; u8 scales[12]; u8 qs[128] }`.
+#[allow(non_camel_case_types)]
 pub(super) struct Q4_K;
 /// `{ f16 d; f16 dmin; u8 scales[12]; u8 qh[32]; u8 qs[128] }`.
+#[allow(non_camel_case_types)]
 pub(super) struct Q5_K;
 /// `{ u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d }`.
+#[allow(non_camel_case_types)]
 pub(super) struct Q6_K;
 
 /// The 8 6-bit scales and 8 6-bit minimums packed in the 12 bytes at `p`, as llama.cpp
@@ -103,12 +106,26 @@ impl Unpack for Q6_K {
     const BYTES: usize = 210;
     const SUBS: usize = 8;
     const HAS_MIN: bool = false;
+    const TWO_SCALES: bool = true;
     #[inline(always)]
     unsafe fn scales(b: *const u8) -> Scales {
-        Scales {
-            d: [f16_at(b.add(208)); 8],
-            m: [0.0; 8],
+        // The 16 i8 scales, one per 16 values in order: even ones for the first half of each
+        // sub-block, odd ones for the second (f16 · i8 is exact in f32).
+        let d = _mm256_set1_ps(f16_at(b.add(208)));
+        let mut even_odd = [0i8; 16];
+        for (i, v) in even_odd.iter_mut().enumerate() {
+            *v = b.add(192 + 2 * (i % 8) + i / 8).cast::<i8>().read();
         }
+        let as_f32 = |p: *const i8| {
+            _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p.cast()))),
+                d,
+            )
+        };
+        let mut s = Scales::default();
+        _mm256_storeu_ps(s.d.as_mut_ptr(), as_f32(even_odd.as_ptr()));
+        _mm256_storeu_ps(s.d_hi.as_mut_ptr(), as_f32(even_odd.as_ptr().add(8)));
+        s
     }
     #[inline(always)]
     unsafe fn codes(b: *const u8, s: usize) -> [__m256i; 2] {
@@ -126,15 +143,6 @@ impl Unpack for Q6_K {
             _mm256_set1_epi8(3),
         );
         let q = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
-        let [c0, c1] = widen(_mm256_sub_epi8(q, _mm256_set1_epi8(32)));
-        let scale = |i: usize| {
-            _mm256_set1_epi16(i16::from(
-                b.add(192 + 8 * n + 2 * g + i).cast::<i8>().read(),
-            ))
-        };
-        [
-            _mm256_mullo_epi16(c0, scale(0)),
-            _mm256_mullo_epi16(c1, scale(1)),
-        ]
+        widen(_mm256_sub_epi8(q, _mm256_set1_epi8(32)))
     }
 }
