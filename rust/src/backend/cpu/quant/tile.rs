@@ -110,6 +110,9 @@ unsafe fn tile<B: Unpack, const W: usize, const R: usize>(
         let mut scales = [Scales::default(); W];
         for wr in 0..W {
             p[wr] = w.add(wr * row_bytes + blk * B::BYTES);
+            if B::SUBS > 1 && blk + PREFETCH_BLOCKS < nblk {
+                prefetch_block::<B>(p[wr].add(PREFETCH_BLOCKS * B::BYTES));
+            }
             scales[wr] = B::scales(p[wr]);
         }
         for s in 0..B::SUBS {
@@ -153,6 +156,18 @@ unsafe fn tile<B: Unpack, const W: usize, const R: usize>(
         }
     }
     out
+}
+
+/// How many k-quant super-blocks ahead of the one in use the tile asks for.
+const PREFETCH_BLOCKS: usize = 2;
+
+/// Asks for the cache lines of the block at `p`: a k-quant block spans 3–4 lines and its
+/// scales are read before its codes, an order the hardware prefetcher follows poorly.
+#[inline(always)]
+unsafe fn prefetch_block<B: Unpack>(p: *const u8) {
+    for line in (0..B::BYTES).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.add(line).cast());
+    }
 }
 
 /// Weight rows per tile pass.
