@@ -48,17 +48,8 @@ impl QuantFormat {
     ];
 
     /// The formats the CPU backend keeps quantized (`device.rs`): those whose AVX2 tile beats
-    /// the f32 layer per matrix at decode (`cpu_quant -- --formats`, NOTES.md); Q6_K does not
-    /// yet and loads through f32.
-    pub const KEPT: [QuantFormat; 7] = [
-        QuantFormat::Q4_0,
-        QuantFormat::Q4_1,
-        QuantFormat::Q5_0,
-        QuantFormat::Q5_1,
-        QuantFormat::Q8_0,
-        QuantFormat::Q4_K,
-        QuantFormat::Q5_K,
-    ];
+    /// the f32 layer per matrix at decode (`cpu_quant -- --formats`, NOTES.md): all of them.
+    pub const KEPT: [QuantFormat; 8] = QuantFormat::ALL;
 
     /// The format of the ggml type `ty`, if it is one of these.
     pub fn from_ggml(ty: GgmlType) -> Option<QuantFormat> {
