@@ -5,7 +5,7 @@
 //! Run: `cargo bench --bench cpu_quant -- [--quick | --crossover | --formats] [--json PATH]`
 //! (`--crossover`: m = 1…256, to place the switch between the integer tile and the dequantized
 //! panels; `--formats`: every format on one 1536 × 1536 matrix at m = 1 and 4, Auto against
-//! the panels and f32, for the formats without AVX2 kernels).
+//! the scalar dot product, the panels and f32).
 //! Weights are cold as in `cpu_matmul.rs`: each timed call reads another copy of the matrix,
 //! and the copies add up to more than [`COLD_BYTES`]. Each version is checked against the
 //! f32 layer on the same dequantized weights before it is timed (relative error printed).
@@ -173,12 +173,12 @@ fn time(mut f: impl FnMut()) -> f64 {
 }
 
 /// Every format on a 1536 × 1536 matrix (cold copies), m = 1 and 4: µs per call of the f32
-/// layer, `Auto` and the dequantized panels.
+/// layer, `Auto`, the scalar dot product and the dequantized panels.
 fn formats_table() {
     let (n, k) = (1536, 1536);
     println!("# {n}×{k}, {} rayon threads", rayon::current_num_threads());
-    println!("| format | m | f32 | auto | dequant+gemm |");
-    println!("|---|---|---|---|---|");
+    println!("| format | m | f32 | auto | scalar | dequant+gemm |");
+    println!("|---|---|---|---|---|---|");
     let mut rng = StdRng::seed_from_u64(2);
     for format in QuantFormat::ALL {
         let bytes = random_blocks(&mut rng, format, n * k / format.block_elems());
@@ -203,11 +203,14 @@ fn formats_table() {
                     linear_with(kernel, &x, m, &quants[i % quants.len()], None, &mut out)
                 })
             };
-            let (auto, panels) = (quant_us(DotKernel::Auto), quant_us(DotKernel::Dequant));
+            let auto = quant_us(DotKernel::Auto);
+            let scalar = quant_us(DotKernel::Scalar);
+            let panels = quant_us(DotKernel::Dequant);
             println!(
-                "| {format:?} | {m} | {:.0} µs | {:.0} µs | {:.0} µs |",
+                "| {format:?} | {m} | {:.0} µs | {:.0} µs | {:.0} µs | {:.0} µs |",
                 f32_us * 1e6,
                 auto * 1e6,
+                scalar * 1e6,
                 panels * 1e6
             );
         }

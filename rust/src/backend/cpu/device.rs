@@ -29,18 +29,15 @@ impl Backend for CpuBackend {
         }
     }
 
-    /// GGUF blocks of a [`QuantFormat`] with SIMD kernels ([`QuantFormat::SIMD`]), copied as
-    /// they are when this backend keeps quantized weights and every part has the same format;
-    /// `None` otherwise (the model then loads the parts through f32). Q5_x and the k-quants
-    /// have only the scalar dot product and the dequantized panels so far, measured 1.5–7×
-    /// slower per matrix than f32 (`rust/src/backend/cpu/NOTES.md`): they load through f32
-    /// until their AVX2 kernels exist.
+    /// GGUF blocks of a [`QuantFormat`] the backend keeps quantized ([`QuantFormat::KEPT`]),
+    /// copied as they are when this backend keeps quantized weights and every part has the
+    /// same format; `None` otherwise (the model then loads the parts through f32).
     fn matrix_raw(&self, parts: &[RawTensor<'_>]) -> Option<Result<CpuMatrix>> {
         if !self.keep_quantized {
             return None;
         }
         let format = QuantFormat::from_name(parts.first()?.dtype)?;
-        if !QuantFormat::SIMD.contains(&format) {
+        if !QuantFormat::KEPT.contains(&format) {
             return None;
         }
         QuantMatrix::from_raw(parts).map(|q| Ok(CpuMatrix::Quant(q)))

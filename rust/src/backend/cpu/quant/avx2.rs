@@ -30,12 +30,21 @@ impl Avx2 {
         ok.then_some(Avx2(()))
     }
 
+    /// Whether `fmt` has this kernel (the 32-element formats that need no fifth bit: the
+    /// others run the tile, `tile.rs`).
+    pub fn has_kernel(fmt: QuantFormat) -> bool {
+        matches!(
+            fmt,
+            QuantFormat::Q4_0 | QuantFormat::Q4_1 | QuantFormat::Q8_0
+        )
+    }
+
     /// `out[r] = w · acts[r]` for the `R` activation rows `acts[r·nb..(r+1)·nb]`, where
     /// `nb = w.len() / fmt.block_bytes()` blocks.
     ///
     /// # Panics
     ///
-    /// When `fmt` is not in [`QuantFormat::SIMD`], `w` is not a whole number of blocks or
+    /// When `fmt` has no kernel here ([`Avx2::has_kernel`]), `w` is not a whole number of blocks or
     /// `acts` holds fewer than `R·nb` blocks.
     pub fn dot_rows<const R: usize>(
         self,
@@ -51,7 +60,7 @@ impl Avx2 {
                 QuantFormat::Q4_0 => dot_rows::<Q4_0, R>(w, acts, nb),
                 QuantFormat::Q4_1 => dot_rows::<Q4_1, R>(w, acts, nb),
                 QuantFormat::Q8_0 => dot_rows::<Q8_0, R>(w, acts, nb),
-                other => panic!("{other:?} has no AVX2 kernel (QuantFormat::SIMD)"),
+                other => panic!("{other:?} has no maddubs kernel (Avx2::has_kernel)"),
             }
         }
     }

@@ -9,9 +9,9 @@ use super::BLOCK;
 use crate::weights::ggml_quants::GgmlType;
 
 /// A ggml block format with integer dot-product kernels (32 weights per block, one f16 scale,
-/// and for `Q4_1`/`Q5_1` an f16 minimum; layouts of ggml-common.h). Only [`QuantFormat::SIMD`]
-/// have AVX2 kernels; the others run [`QuantFormat::dot_scalar`] (still reading 5.5 bits per
-/// weight rather than 32).
+/// and for `Q4_1`/`Q5_1` an f16 minimum; or a k-quant super-block of 256; layouts of
+/// ggml-common.h): every one has the AVX2 tile (`tile.rs`) and the scalar reference
+/// [`QuantFormat::dot_scalar`].
 #[allow(non_camel_case_types)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QuantFormat {
@@ -47,13 +47,9 @@ impl QuantFormat {
         QuantFormat::Q6_K,
     ];
 
-    /// The formats with AVX2 kernels (`avx2.rs`, `tile.rs`).
-    pub const SIMD: [QuantFormat; 3] = [QuantFormat::Q4_0, QuantFormat::Q4_1, QuantFormat::Q8_0];
-
-    /// Whether this format has AVX2 kernels.
-    pub fn has_simd(self) -> bool {
-        QuantFormat::SIMD.contains(&self)
-    }
+    /// The formats the CPU backend keeps quantized (`device.rs`): those whose AVX2 tile beats
+    /// the f32 layer per matrix at decode (`cpu_quant -- --formats`, NOTES.md): all of them.
+    pub const KEPT: [QuantFormat; 8] = QuantFormat::ALL;
 
     /// The format of the ggml type `ty`, if it is one of these.
     pub fn from_ggml(ty: GgmlType) -> Option<QuantFormat> {

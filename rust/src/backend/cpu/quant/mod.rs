@@ -22,8 +22,9 @@
 //!   reused buffer and multiplied by the `gemm` crate; the activations stay f32.
 //!
 //! Files: the activation blocks (`q8.rs`), the formats and their scalar reference dot product
-//! (`format.rs`), the AVX2 dot products (`avx2.rs`, `tile.rs`), the panel path (`panels.rs`);
-//! this file holds the matrix, the dispatch and the split.
+//! (`format.rs`, `kquant.rs`), the AVX2 dot products (`tile.rs` for every format, with each
+//! format's unpacking in `unpack.rs` and `unpack_k.rs`; `avx2.rs` for Q4_0, Q4_1 and Q8_0), the
+//! panel path (`panels.rs`); this file holds the matrix, the dispatch and the split.
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -34,6 +35,10 @@ mod q8;
 mod split;
 #[cfg(target_arch = "x86_64")]
 mod tile;
+#[cfg(target_arch = "x86_64")]
+mod unpack;
+#[cfg(target_arch = "x86_64")]
+mod unpack_k;
 
 pub use format::QuantFormat;
 pub use q8::{quantize_row, Q8Block, RESIDUAL_STEPS};
@@ -160,15 +165,15 @@ impl QuantMatrix {
 /// the others exist so that tests and benchmarks can check and time each one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DotKernel {
-    /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`], [`DotKernel::Dequant`] above; always
-    /// [`DotKernel::Dequant`] for a format without AVX2 kernels.
+    /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`] ([`DotKernel::Maddubs`] for Q8_0
+    /// below [`TILE_Q8_0_MIN_M`]), [`DotKernel::Dequant`] above.
     Auto,
     /// Integer dot products, the AVX2 16-bit tile where the CPU has it (with FMA and F16C),
     /// else scalar.
     Integer,
     /// Integer dot products with the AVX2 `maddubs` kernel (one weight row × up to 4
-    /// activation rows, each 8-bit level apart), else scalar: the previous kernel, for the
-    /// benchmark.
+    /// activation rows, each 8-bit level apart) for Q4_0, Q4_1 and Q8_0, else scalar: the
+    /// previous kernel, for the benchmark (and Q8_0's decode).
     Maddubs,
     /// Integer dot products with [`QuantFormat::dot_scalar`], the reference.
     Scalar,
@@ -214,9 +219,7 @@ pub fn linear_with(
         return;
     }
     let kernel = match kernel {
-        // The scalar dot product is as fast as the panels to 8× slower at m = 1 and 4 for
-        // every format but Q5_0 at m = 1 (`cpu_quant -- --formats`, NOTES.md).
-        DotKernel::Auto if m >= DEQUANT_MIN_M || !w.format.has_simd() => DotKernel::Dequant,
+        DotKernel::Auto if m >= DEQUANT_MIN_M => DotKernel::Dequant,
         // Q8_0 codes are already bytes, which `maddubs` takes as they are; widening them to
         // 16 bits costs more than the tile saves until 16 rows (LM head, cpu_quant bench).
         DotKernel::Auto if w.format == QuantFormat::Q8_0 && m < TILE_Q8_0_MIN_M => {
@@ -249,16 +252,15 @@ enum Dot {
 
 impl Dot {
     fn resolve(kernel: DotKernel, format: QuantFormat) -> Dot {
-        if !format.has_simd() {
-            return Dot::Scalar;
-        }
         match kernel {
             #[cfg(target_arch = "x86_64")]
             DotKernel::Auto | DotKernel::Integer => {
                 tile::Tile::detect().map_or(Dot::Scalar, Dot::Tile)
             }
             #[cfg(target_arch = "x86_64")]
-            DotKernel::Maddubs => avx2::Avx2::detect().map_or(Dot::Scalar, Dot::Avx2),
+            DotKernel::Maddubs if avx2::Avx2::has_kernel(format) => {
+                avx2::Avx2::detect().map_or(Dot::Scalar, Dot::Avx2)
+            }
             _ => Dot::Scalar,
         }
     }

@@ -193,7 +193,10 @@ fn activation_blocks_round_in_two_levels() {
 fn avx2_dot_matches_scalar() {
     let avx2 = avx2::Avx2::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
     let mut rng = StdRng::seed_from_u64(5);
-    for format in QuantFormat::SIMD {
+    let formats = QuantFormat::ALL
+        .into_iter()
+        .filter(|&f| avx2::Avx2::has_kernel(f));
+    for format in formats {
         for nb in [1, 5, 18, 48] {
             let row = random_blocks(&mut rng, format, 1, nb);
             let x = random_x(&mut rng, 4 * nb * BLOCK);
@@ -224,18 +227,21 @@ fn avx2_dot_matches_scalar() {
     }
 }
 
-/// The AVX2 16-bit tile against the scalar dot products on the same inputs, every tile shape
-/// (1–2 weight rows × 1–4 activation rows) and odd block counts: equal up to the order of f32
-/// additions, `|err| ≤ 1e-5 · Σ|terms|` (the integer block sums are exact in both).
+/// The AVX2 16-bit tile against the scalar dot products on the same inputs, every format,
+/// every tile shape (1–2 weight rows × 1–4 activation rows) and odd block counts (of 32, or of
+/// 256 for the k-quants): equal up to f32 rounding, `|err| ≤ 1e-5 · Σ|terms|` (the integer
+/// sums are exact in both; Q6_K's lanes, which carry the 8-bit scales, are rounded once when
+/// converted to f32, as the scalar path's i64 sum is).
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn tile_matches_scalar() {
     let t = tile::Tile::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
     let mut rng = StdRng::seed_from_u64(6);
-    for format in QuantFormat::SIMD {
-        for nb in [1, 3, 18, 49] {
-            let rb = nb * format.block_bytes();
-            let rows = random_blocks(&mut rng, format, 2, nb);
+    for format in QuantFormat::ALL {
+        for nblk in [1, 3, 18, 49] {
+            let rb = nblk * format.block_bytes();
+            let nb = nblk * format.block_elems() / BLOCK;
+            let rows = random_blocks(&mut rng, format, 2, nblk);
             let a = quantized(&random_x(&mut rng, 4 * nb * BLOCK));
             let a16: Vec<tile::A16Block> = a.iter().map(tile::A16Block::from).collect();
             let got: [Vec<Vec<f32>>; 8] = [
@@ -278,6 +284,74 @@ fn tile_matches_scalar() {
                         );
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Every format's AVX2 unpacking (`unpack.rs`, `unpack_k.rs`) against
+/// [`QuantFormat::decode`] on random blocks, sub-block by sub-block: the same weights
+/// `codes · d + m` exactly (f16 scales times 6- or 8-bit integers are exact in f32).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_unpacking_matches_decode() {
+    use std::arch::x86_64::*;
+    use unpack::{Unpack, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    use unpack_k::{Q4_K, Q5_K, Q6_K};
+
+    /// Codes, scale per element, minimum.
+    type SubBlock = ([i32; BLOCK], [f32; BLOCK], f32);
+    /// # Safety
+    ///
+    /// `b` holds one block of `B`; the CPU has AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpacked<B: Unpack>(b: &[u8]) -> Vec<SubBlock> {
+        assert_eq!(b.len(), B::BYTES);
+        let scales = B::scales(b.as_ptr());
+        (0..B::SUBS)
+            .map(|s| {
+                let mut c = [0i16; BLOCK];
+                let [lo, hi] = B::codes(b.as_ptr(), s);
+                _mm256_storeu_si256(c.as_mut_ptr().cast(), lo);
+                _mm256_storeu_si256(c.as_mut_ptr().add(16).cast(), hi);
+                let d: [f32; BLOCK] = std::array::from_fn(|i| match i < 16 || !B::TWO_SCALES {
+                    true => scales.d[s],
+                    false => scales.d_hi[s],
+                });
+                (c.map(i32::from), d, scales.m[s])
+            })
+            .collect()
+    }
+    assert!(
+        tile::Tile::detect().is_some(),
+        "this x86-64 CPU lacks AVX2, FMA or F16C"
+    );
+    let weights = |(codes, d, m): SubBlock| {
+        std::array::from_fn::<f64, BLOCK, _>(|i| {
+            f64::from(codes[i]) * f64::from(d[i]) + f64::from(m)
+        })
+    };
+    let mut rng = StdRng::seed_from_u64(8);
+    for format in QuantFormat::ALL {
+        for b in random_blocks(&mut rng, format, 1, 200).chunks_exact(format.block_bytes()) {
+            // SAFETY: the CPU has the features (checked above); `b` is one block of `format`.
+            let got = unsafe {
+                match format {
+                    QuantFormat::Q4_0 => unpacked::<Q4_0>(b),
+                    QuantFormat::Q4_1 => unpacked::<Q4_1>(b),
+                    QuantFormat::Q5_0 => unpacked::<Q5_0>(b),
+                    QuantFormat::Q5_1 => unpacked::<Q5_1>(b),
+                    QuantFormat::Q8_0 => unpacked::<Q8_0>(b),
+                    QuantFormat::Q4_K => unpacked::<Q4_K>(b),
+                    QuantFormat::Q5_K => unpacked::<Q5_K>(b),
+                    QuantFormat::Q6_K => unpacked::<Q6_K>(b),
+                }
+            };
+            assert_eq!(got.len(), format.block_elems() / BLOCK);
+            for (s, got) in got.into_iter().enumerate() {
+                let (codes, d, m) = format.decode(b, s);
+                let want = weights((codes, [d; BLOCK], m));
+                assert_eq!(weights(got), want, "{format:?} sub-block {s}");
             }
         }
     }

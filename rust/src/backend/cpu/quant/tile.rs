@@ -1,18 +1,22 @@
 //! The AVX2 register tile: `W` weight rows × `R` activation rows per pass, with the
 //! activations' two 8-bit levels joined into one 16-bit code and multiplied by
-//! `_mm256_madd_epi16`.
+//! `_mm256_madd_epi16`, for every [`QuantFormat`] (each unpacked by `unpack.rs` or
+//! `unpack_k.rs` into 32 i16 codes per 32-element sub-block with an f32 scale and minimum).
 //!
 //! Why 16 bits rather than `maddubs` on each level (`avx2.rs`): per pair of blocks, the
 //! `maddubs` kernel runs two sign moves, two `maddubs` and two `madd` (one per level); here
 //! the weight block is widened to i16 once per tile and reused by `R` activation rows, and each
 //! pair costs two `madd`, one add, one conversion and one FMA. The integer sums are the same
-//! (`Σ codes · (254·qs + qs2)`, |lane| ≤ 4·128·32,385 < 2²⁴, exact in f32), so the result
-//! equals [`super::QuantFormat::dot_scalar`] up to the order of f32 additions.
+//! (`Σ codes · (254·qs + qs2)`, |lane| ≤ 4·128·32,385 < 2²⁴, exact in f32; the k-quants'
+//! sub-block scales go with the f32 scale, Q6_K's two per sub-block on each half's lanes), so
+//! the result equals [`super::QuantFormat::dot_scalar`] up to f32 rounding.
 
 use std::arch::x86_64::*;
 
 use super::avx2::{hsum, Avx2};
 use super::q8::{Q8Block, RESIDUAL_STEPS};
+use super::unpack::{Scales, Unpack, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+use super::unpack_k::{Q4_K, Q5_K, Q6_K};
 use super::{QuantFormat, BLOCK};
 
 /// One activation block as the tile reads it: `x[i] ≈ d · c[i]`, `c = 254·qs + qs2`,
@@ -50,13 +54,13 @@ impl Tile {
     }
 
     /// `out[wr][r] = w_row(wr) · acts[r·nb..(r+1)·nb]` for the `W` consecutive weight rows at
-    /// the start of `w` (each `row_bytes` long, `nb = row_bytes / fmt.block_bytes()` blocks)
-    /// and `R` activation rows.
+    /// the start of `w` (each `row_bytes` long, whole blocks of `fmt`: `nb` activation blocks
+    /// of 32 elements) and `R` activation rows.
     ///
     /// # Panics
     ///
-    /// When `fmt` is not in [`QuantFormat::SIMD`], `w` holds fewer than `W` rows, a row is not
-    /// whole blocks, or `acts` holds fewer than `R·nb` blocks.
+    /// When `w` holds fewer than `W` rows, a row is not whole blocks, or `acts` holds fewer
+    /// than `R·nb` blocks.
     pub fn dot<const W: usize, const R: usize>(
         self,
         fmt: QuantFormat,
@@ -64,129 +68,83 @@ impl Tile {
         row_bytes: usize,
         acts: &[A16Block],
     ) -> [[f32; R]; W] {
-        let nb = row_bytes / fmt.block_bytes();
-        assert!(nb * fmt.block_bytes() == row_bytes && w.len() >= W * row_bytes);
-        assert!(acts.len() >= R * nb);
+        let nblk = row_bytes / fmt.block_bytes();
+        assert!(nblk * fmt.block_bytes() == row_bytes && w.len() >= W * row_bytes);
+        assert!(acts.len() >= R * nblk * (fmt.block_elems() / BLOCK));
+        let w = w.as_ptr();
         // SAFETY: `self` exists, so the CPU has AVX2, FMA and F16C; the lengths are checked.
         unsafe {
             match fmt {
-                QuantFormat::Q4_0 => tile::<Q4_0, W, R>(w.as_ptr(), row_bytes, acts, nb),
-                QuantFormat::Q4_1 => tile::<Q4_1, W, R>(w.as_ptr(), row_bytes, acts, nb),
-                QuantFormat::Q8_0 => tile::<Q8_0, W, R>(w.as_ptr(), row_bytes, acts, nb),
-                other => panic!("{other:?} has no AVX2 kernel (QuantFormat::SIMD)"),
+                QuantFormat::Q4_0 => tile::<Q4_0, W, R>(w, row_bytes, acts, nblk),
+                QuantFormat::Q4_1 => tile::<Q4_1, W, R>(w, row_bytes, acts, nblk),
+                QuantFormat::Q5_0 => tile::<Q5_0, W, R>(w, row_bytes, acts, nblk),
+                QuantFormat::Q5_1 => tile::<Q5_1, W, R>(w, row_bytes, acts, nblk),
+                QuantFormat::Q8_0 => tile::<Q8_0, W, R>(w, row_bytes, acts, nblk),
+                QuantFormat::Q4_K => tile::<Q4_K, W, R>(w, row_bytes, acts, nblk),
+                QuantFormat::Q5_K => tile::<Q5_K, W, R>(w, row_bytes, acts, nblk),
+                QuantFormat::Q6_K => tile::<Q6_K, W, R>(w, row_bytes, acts, nblk),
             }
         }
     }
 }
 
-/// How one format's block is widened to 32 i16 codes.
-trait Block {
-    /// Bytes per block.
-    const BYTES: usize;
-    /// Byte offset of the f16 minimum (`Q4_1`), if the format has one.
-    const MIN_AT: Option<usize>;
-    /// Elements 0..16 and 16..32 of the block at `b` as i16.
-    ///
-    /// # Safety
-    ///
-    /// `b` is valid for [`Self::BYTES`] reads; the CPU has AVX2.
-    unsafe fn codes(b: *const u8) -> [__m256i; 2];
-}
-
-struct Q4_0;
-struct Q4_1;
-struct Q8_0;
-
-/// The 16 bytes at `qs` as 32 nibbles widened to i16: low nibbles (elements 0..16), high.
-#[inline(always)]
-unsafe fn nibbles16(qs: *const u8) -> [__m256i; 2] {
-    let raw = _mm_loadu_si128(qs.cast());
-    let mask = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(raw, mask);
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(raw), mask);
-    [_mm256_cvtepu8_epi16(lo), _mm256_cvtepu8_epi16(hi)]
-}
-
-impl Block for Q4_0 {
-    const BYTES: usize = 18;
-    const MIN_AT: Option<usize> = None;
-    #[inline(always)]
-    unsafe fn codes(b: *const u8) -> [__m256i; 2] {
-        let [lo, hi] = nibbles16(b.add(2));
-        let eight = _mm256_set1_epi16(8);
-        [_mm256_sub_epi16(lo, eight), _mm256_sub_epi16(hi, eight)]
-    }
-}
-
-impl Block for Q4_1 {
-    const BYTES: usize = 20;
-    const MIN_AT: Option<usize> = Some(2);
-    #[inline(always)]
-    unsafe fn codes(b: *const u8) -> [__m256i; 2] {
-        nibbles16(b.add(4))
-    }
-}
-
-impl Block for Q8_0 {
-    const BYTES: usize = 34;
-    const MIN_AT: Option<usize> = None;
-    #[inline(always)]
-    unsafe fn codes(b: *const u8) -> [__m256i; 2] {
-        [
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(2).cast())),
-            _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(18).cast())),
-        ]
-    }
-}
-
-/// The f16 at `p`, as f32.
-#[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = i32::from(p.cast::<u16>().read_unaligned());
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)))
-}
-
-/// See [`Tile::dot`].
+/// See [`Tile::dot`]: for each block, every weight row's scales once; for each of its
+/// sub-blocks, every weight row's codes once, then the `R` activation blocks against them.
 ///
 /// # Safety
 ///
-/// The CPU has AVX2, FMA and F16C; `w` holds `W` rows of `nb` blocks of `B` at `row_bytes`
-/// apart, `acts` at least `R·nb` blocks.
+/// The CPU has AVX2, FMA and F16C; `w` holds `W` rows of `nblk` blocks of `B` at `row_bytes`
+/// apart, `acts` at least `R · nblk · B::SUBS` blocks.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<B: Block, const W: usize, const R: usize>(
+unsafe fn tile<B: Unpack, const W: usize, const R: usize>(
     w: *const u8,
     row_bytes: usize,
     acts: &[A16Block],
-    nb: usize,
+    nblk: usize,
 ) -> [[f32; R]; W] {
+    let nb = nblk * B::SUBS;
     let mut acc = [[_mm256_setzero_ps(); R]; W];
     let mut mins = [[0.0f32; R]; W];
-    for b in 0..nb {
-        let mut codes = [[_mm256_setzero_si256(); 2]; W];
-        let mut dw = [_mm256_setzero_ps(); W];
-        let mut mw = [0.0f32; W];
+    for blk in 0..nblk {
+        let mut p = [w; W];
+        let mut scales = [Scales::default(); W];
         for wr in 0..W {
-            let p = w.add(wr * row_bytes + b * B::BYTES);
-            codes[wr] = B::codes(p);
-            dw[wr] = _mm256_set1_ps(f16_at(p));
-            if let Some(at) = B::MIN_AT {
-                mw[wr] = f16_at(p.add(at));
+            p[wr] = w.add(wr * row_bytes + blk * B::BYTES);
+            if B::SUBS > 1 && blk + PREFETCH_BLOCKS < nblk {
+                prefetch_block::<B>(p[wr].add(PREFETCH_BLOCKS * B::BYTES));
             }
+            scales[wr] = B::scales(p[wr]);
         }
-        for r in 0..R {
-            let a = acts.get_unchecked(r * nb + b);
-            let lo = _mm256_loadu_si256(a.c.as_ptr().cast());
-            let hi = _mm256_loadu_si256(a.c.as_ptr().add(16).cast());
-            let da = _mm256_set1_ps(a.d);
+        for s in 0..B::SUBS {
+            let b = blk * B::SUBS + s;
+            let mut codes = [[_mm256_setzero_si256(); 2]; W];
             for wr in 0..W {
-                let lanes = _mm256_add_epi32(
-                    _mm256_madd_epi16(codes[wr][0], lo),
-                    _mm256_madd_epi16(codes[wr][1], hi),
-                );
-                let scale = _mm256_mul_ps(dw[wr], da);
-                acc[wr][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[wr][r]);
-                if B::MIN_AT.is_some() {
-                    mins[wr][r] += mw[wr] * a.s;
+                codes[wr] = B::codes(p[wr], s);
+            }
+            for r in 0..R {
+                let a = acts.get_unchecked(r * nb + b);
+                let lo = _mm256_loadu_si256(a.c.as_ptr().cast());
+                let hi = _mm256_loadu_si256(a.c.as_ptr().add(16).cast());
+                let da = _mm256_set1_ps(a.d);
+                for wr in 0..W {
+                    let (c, sc) = (&codes[wr], &scales[wr]);
+                    let scale = _mm256_mul_ps(_mm256_set1_ps(sc.d[s]), da);
+                    if B::TWO_SCALES {
+                        let lo = _mm256_cvtepi32_ps(_mm256_madd_epi16(c[0], lo));
+                        let hi = _mm256_cvtepi32_ps(_mm256_madd_epi16(c[1], hi));
+                        let scale_hi = _mm256_mul_ps(_mm256_set1_ps(sc.d_hi[s]), da);
+                        let sum = _mm256_fmadd_ps(hi, scale_hi, _mm256_mul_ps(lo, scale));
+                        acc[wr][r] = _mm256_add_ps(acc[wr][r], sum);
+                    } else {
+                        let lanes = _mm256_add_epi32(
+                            _mm256_madd_epi16(c[0], lo),
+                            _mm256_madd_epi16(c[1], hi),
+                        );
+                        acc[wr][r] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), scale, acc[wr][r]);
+                    }
+                    if B::HAS_MIN {
+                        mins[wr][r] += scales[wr].m[s] * a.s;
+                    }
                 }
             }
         }
@@ -198,6 +156,18 @@ unsafe fn tile<B: Block, const W: usize, const R: usize>(
         }
     }
     out
+}
+
+/// How many k-quant super-blocks ahead of the one in use the tile asks for.
+const PREFETCH_BLOCKS: usize = 2;
+
+/// Asks for the cache lines of the block at `p`: a k-quant block spans 3–4 lines and its
+/// scales are read before its codes, an order the hardware prefetcher follows poorly.
+#[inline(always)]
+unsafe fn prefetch_block<B: Unpack>(p: *const u8) {
+    for line in (0..B::BYTES).step_by(64) {
+        _mm_prefetch::<_MM_HINT_T0>(p.add(line).cast());
+    }
 }
 
 /// Weight rows per tile pass.

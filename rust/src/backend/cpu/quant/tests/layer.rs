@@ -24,11 +24,13 @@ fn linear_matches_the_reference_layer() {
                 let xq32: Vec<f32> = xq.iter().map(|&v| v as f32).collect();
                 let mut want = vec![0.0; m * n];
                 linear_reference(&xq32, m, &wf, n, k, Some(&bias), &mut want);
-                // Auto runs the panels (unrounded activations) for formats without AVX2
-                // kernels: checked in `dequant_panels_match_the_f32_reference`.
-                let auto = format.has_simd().then_some(DotKernel::Auto);
-                let kernels = [DotKernel::Integer, DotKernel::Maddubs, DotKernel::Scalar];
-                for kernel in auto.into_iter().chain(kernels) {
+                let kernels = [
+                    DotKernel::Auto,
+                    DotKernel::Integer,
+                    DotKernel::Maddubs,
+                    DotKernel::Scalar,
+                ];
+                for kernel in kernels {
                     let mut out = vec![f32::NAN; m * n];
                     linear_with(kernel, &x, m, &w, Some(&bias), &mut out);
                     for i in 0..m {
@@ -92,8 +94,7 @@ fn from_raw_stacks_parts_and_refuses_mismatches() {
     assert!(QuantMatrix::from_raw(&[]).is_none());
 }
 
-/// The panel path (and `Auto` from `DEQUANT_MIN_M` rows on, or at every `m` for a format
-/// without AVX2 kernels) against `linear_reference` on
+/// The panel path (and `Auto` from `DEQUANT_MIN_M` rows on) against `linear_reference` on
 /// the dequantized weights and the unrounded activations: f32 GEMM error only,
 /// `|err| ≤ 1e-5 · (Σ|w·x| + |bias|)`; n = 20001 with k = 64 (5001 × 256 for the k-quants)
 /// spans two panels.
@@ -111,7 +112,7 @@ fn dequant_panels_match_the_f32_reference() {
                 let x = random_x(&mut rng, m * k);
                 let mut want = vec![0.0; m * n];
                 linear_reference(&x, m, &wf, n, k, Some(&bias), &mut want);
-                let kernels: &[DotKernel] = if m >= DEQUANT_MIN_M || !format.has_simd() {
+                let kernels: &[DotKernel] = if m >= DEQUANT_MIN_M {
                     &[DotKernel::Dequant, DotKernel::Auto]
                 } else {
                     &[DotKernel::Dequant]
