@@ -12,7 +12,7 @@ use super::trace::LaunchRecord;
 use super::{Engine, Launched, Scheduled, SeqDelta, Sequence, StepOutput, UpdateContext};
 use crate::backend::Backend;
 use crate::error::Error;
-use crate::sampling::StepSampling;
+use crate::sampling::{RowSampling, StepSampling};
 
 impl<B: Backend> Engine<B> {
     /// Runs one step and returns what changed, one delta per sequence that produced tokens or
@@ -136,17 +136,11 @@ impl<B: Backend> Engine<B> {
         let on_backend = plan
             .iter()
             .all(|s| !self.scheduler.running[s.seq].needs_host_logits());
-        let sampling = on_backend.then(|| {
-            let mut step = StepSampling::default();
-            for s in &plan {
-                let seq = &mut self.scheduler.running[s.seq];
-                if seq.num_computed + s.num_tokens == seq.num_tokens() {
-                    let row = seq.sampler.row(&seq.params, &mut step.penalty_tokens);
-                    step.rows.push(row);
-                }
-            }
-            step
-        });
+        let sampling = if on_backend {
+            self.backend_sampling(&plan)
+        } else {
+            None
+        };
         // The runner pads a decode step to its graph's size (and its sampling with greedy rows).
         let step = self.runner.launch(&mut batch, sampling);
         let trace = self
@@ -154,6 +148,35 @@ impl<B: Backend> Engine<B> {
             .is_some()
             .then(|| LaunchRecord::new(&batch, plan.len(), t_launch));
         Some(Launched { plan, step, trace })
+    }
+
+    /// How the backend picks the step's tokens: one row per sequence that reaches the end of
+    /// its tokens, from its sampler, with its grammar's mask. A mask follows the token before
+    /// it, which the engine has always applied by now: a step is launched only once the one
+    /// before it is collected (async scheduling overlaps the text, not the tokens), and
+    /// [`Scheduler::update`](super::Scheduler::update) computed the mask then; a sequence's
+    /// first pick computes it here. `None` where a mask cannot be computed: the host then
+    /// picks from the logits, and the failure ends that sequence there.
+    fn backend_sampling(&mut self, plan: &[Scheduled]) -> Option<StepSampling> {
+        let width = self.runner.model_config().vocab_size;
+        let running = &mut self.scheduler.running;
+        let ends: Vec<usize> = (plan.iter())
+            .filter(|s| running[s.seq].num_computed + s.num_tokens == running[s.seq].num_tokens())
+            .map(|s| s.seq)
+            .collect();
+        // Every mask before any row, so that no random stream advances for a step that
+        // falls back to the host.
+        let masks: Vec<_> = (ends.iter())
+            .map(|&i| running[i].grammar_mask(width))
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let mut step = StepSampling::default();
+        for (i, mask) in ends.into_iter().zip(masks) {
+            let seq = &mut running[i];
+            let row = seq.sampler.row(&seq.params, &mut step.penalty_tokens);
+            step.rows.push(RowSampling { mask, ..row });
+        }
+        Some(step)
     }
 
     /// A forward step failed on the backend: its requests end with the error (their blocks are
