@@ -89,7 +89,7 @@ impl Scheduler {
                 samples.push((s.seq, sample));
             }
         }
-        let outcomes = self.append_tokens(samples, out.vocab, ctx);
+        let outcomes = self.append_tokens(samples, ctx);
         let mut errors = Vec::new();
         for (request_id, first, outcome) in outcomes {
             if let Err(e) = outcome {
@@ -104,14 +104,11 @@ impl Scheduler {
 
     /// Samples (on the host where the backend did not) and appends each sequence's token, in
     /// parallel over the engine's threads in chunks of 64 sequences (4 where grammars mask).
-    /// A grammar's mask for the next pick (over `vocab` logits) is computed here, as soon as
-    /// the token it follows is known, so that the next step's launch finds it ready.
     /// Returns per sequence its request, whether it is the request's first sequence, and the
     /// outcome.
     fn append_tokens(
         &mut self,
         samples: Vec<(usize, Sample<'_>)>,
-        vocab: usize,
         ctx: &UpdateContext<'_>,
     ) -> Vec<(u64, bool, crate::error::Result<()>)> {
         let mut work: Vec<(&mut Sequence, Sample)> = Vec::with_capacity(samples.len());
@@ -138,9 +135,6 @@ impl Scheduler {
                     seq.push_token(s.token, s.logprobs, ctx.eos_token_ids);
                 });
                 r = r.and_then(|()| seq.advance_grammar());
-                if r.is_ok() && !seq.is_finished() {
-                    r = seq.grammar_mask(vocab).map(drop);
-                }
                 if r.is_err() {
                     seq.finish(Some(FinishReason::Abort));
                     return (seq.request_id, seq.index == 0, r);
