@@ -14,6 +14,8 @@ within LOGPROB_ATOL until then.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from test_engine import wait_idle, wait_idle_soon
 from test_gpu_models import (  # skips this module too where torch or transformers is missing
@@ -297,10 +299,10 @@ def test_cpu_and_cuda_agree(checkpoint, engine):
 
 
 def test_structured_outputs_hold_beside_free_sequences(engine):
-    """Constrained sequences (sampled on the host from the step's logits) batched with free
-    ones: every constrained output matches, with greedy and seeded sampling alike."""
+    """Constrained sequences (picked on the device, their grammars' masks uploaded with the
+    step's sampling) batched with free ones: every constrained output matches, with greedy and
+    seeded sampling alike."""
     import json
-    import re
 
     schema = {
         "type": "object",
@@ -328,3 +330,34 @@ def test_structured_outputs_hold_beside_free_sequences(engine):
     assert outs[2].outputs[0].text in ("x", "yz")
     assert all(o.outputs[0].finish_reason == "stop" for o in outs[:3])
     assert all(len(o.outputs[0].token_ids) == 8 for o in outs[3:])
+
+
+REGEX = "([a-z]{2,4} ){1,3}[a-z]{2,4}"
+
+
+def test_structured_device_pick_equals_the_host_pick(engine):
+    """A constrained sequence's mask applied in the sample kernel picks the tokens the host
+    picks (`Sampler::sample_constrained`, taken when log-probabilities are asked for) from the
+    same logits and keys: with every filter and penalty on, greedy and sampled. As in
+    test_device_sampling_picks_the_host_samplers_tokens, only a near-tie of race values could
+    part them. The regex ends within 19 characters, so within max_tokens."""
+    kw = dict(
+        max_tokens=24,
+        top_k=40,
+        top_p=0.9,
+        repetition_penalty=1.2,
+        frequency_penalty=0.2,
+        seed=7,
+        structured_outputs={"regex": REGEX},
+    )
+    prompt = PROMPTS[1]
+    for temperature in (0.0, 0.8):
+        p = SamplingParams(**kw, temperature=temperature)
+        device = engine.generate(prompt, p)[0].outputs[0]
+        with_logprobs = SamplingParams(**kw, temperature=temperature, logprobs=1)
+        host = engine.generate(prompt, with_logprobs)[0].outputs[0]
+        assert device.logprobs is None and host.logprobs is not None
+        assert device.token_ids == host.token_ids, temperature
+        assert device.finish_reason == "stop"
+        assert re.fullmatch(REGEX, device.text), device.text
+    wait_idle(engine)

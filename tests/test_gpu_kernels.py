@@ -411,6 +411,7 @@ def test_argmax(rows, vocab):
 
 GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 SEEN_BIT = 1 << 31
+NO_MASK = 0xFFFFFFFF
 
 
 def uniform(key: int, n: int) -> np.ndarray:
@@ -458,12 +459,19 @@ def keep_floor(row: np.ndarray, p: dict, m, top_p) -> float:
     return floor
 
 
+def apply_mask(row: np.ndarray, p: dict) -> None:
+    """A grammar's mask (`p["allowed"]`, booleans per token), first: the rest is -inf."""
+    if p.get("allowed") is not None:
+        row[~p["allowed"]] = -np.inf
+
+
 def sample_reference(logits: np.ndarray, params: list[dict]):
     """Per row: the token, the race value of every token (-inf where not kept), and the kept
     mask with top_p loosened by 1e-3 (what a kernel may keep, given float sums)."""
     out = []
     for row, p in zip(logits, params, strict=True):
         row = row.copy()
+        apply_mask(row, p)
         penalize(row, p)
         arg = int(np.argmax(np.where(np.isnan(row), -np.inf, row)))
         if p["temperature"] == 0 or p["top_k"] == 1:
@@ -483,12 +491,25 @@ def sample_reference(logits: np.ndarray, params: list[dict]):
     return out
 
 
-def pack_sampling(params: list[dict]) -> tuple[np.ndarray, np.ndarray]:
-    """The sample kernel's parameter words and penalty entries (`pack_sampling` in sampler.rs)."""
-    words, entries = [], []
+def pack_mask(allowed: np.ndarray) -> np.ndarray:
+    """A row's token mask as the kernel reads it (llguidance's order): ceil(vocab / 32) words,
+    token t allowed when bit t % 32 of word t / 32 is set."""
+    bits = np.zeros(-(-len(allowed) // 32) * 32, dtype=bool)
+    bits[: len(allowed)] = allowed
+    return np.packbits(bits, bitorder="little").view("<u4").astype(np.uint32)
+
+
+def pack_sampling(params: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sample kernel's parameter words, penalty entries and masks (`pack_sampling` in
+    sampler.rs)."""
+    words, entries, masks = [], [], []
     for p in params:
         begin = len(entries)
         entries += [(t, c | (SEEN_BIT if seen else 0)) for t, c, seen in p["penalties"]]
+        mask_at = NO_MASK
+        if p.get("allowed") is not None:
+            mask_at = sum(len(m) for m in masks)
+            masks.append(pack_mask(p["allowed"]))
 
         def bits(x):
             return int(np.float32(x).view(np.uint32))
@@ -506,11 +527,12 @@ def pack_sampling(params: list[dict]) -> tuple[np.ndarray, np.ndarray]:
                 len(entries),
                 p["key"] & 0xFFFFFFFF,
                 p["key"] >> 32,
-                0,
+                mask_at,
             ]
         )
     flat_entries = np.array(entries or [(0, 0)], dtype=np.uint32).reshape(-1)
-    return np.array(words, dtype=np.uint32).reshape(-1), flat_entries
+    flat_masks = np.concatenate(masks) if masks else np.zeros(1, dtype=np.uint32)
+    return np.array(words, dtype=np.uint32).reshape(-1), flat_entries, flat_masks
 
 
 def random_params(rng: np.random.Generator, vocab: int) -> dict:
@@ -534,13 +556,14 @@ def random_params(rng: np.random.Generator, vocab: int) -> dict:
 def run_sample(logits, params, candidates=None):
     """The sample kernel's tokens; `candidates` overrides its shared-memory candidate capacity
     (0: every threshold and the draw read the whole row)."""
-    words, entries = pack_sampling(params)
+    words, entries, masks = pack_sampling(params)
     words_t = torch.from_numpy(words.view(np.int32)).cuda()
     entries_t = torch.from_numpy(entries.view(np.int32)).cuda()
+    masks_t = torch.from_numpy(masks.view(np.int32)).cuda()
     rows, vocab = logits.shape
     out = torch.full((rows,), -7, dtype=torch.int32, device="cuda")
     defines = () if candidates is None else (("SAMPLE_CANDIDATES", candidates),)
-    args = (logits, i32(vocab), words_t, entries_t, out)
+    args = (logits, i32(vocab), words_t, entries_t, masks_t, out)
     run("sampling", "sample", rows, 1024, *args, defines=defines)
     return out.cpu().numpy()
 
@@ -582,6 +605,85 @@ def test_sample_matches_the_reference(rows, vocab, candidates):
             assert abs(race[got] - race[token]) <= 1e-5 * max(1.0, abs(race[token])), (
                 f"row {r}: {got} (race {race[got]}) != {token} (race {race[token]})"
             )
+
+
+@pytest.mark.parametrize(("rows", "vocab"), [(24, 128256), (12, 1000), (12, 33), (6, 7)])
+@pytest.mark.parametrize("candidates", [None, 0], ids=["candidates", "whole-row"])
+def test_sample_with_grammar_masks(rows, vocab, candidates):
+    """Rows with a grammar's mask (structured outputs) beside rows without: greedy and sampled
+    rows whose masks allow one token, a few, or all of them. Every token is an allowed one
+    the filters keep, greedy rows take the best allowed token (also one whose logit is far
+    below the disallowed ones'), sampled rows the reference's draw up to a near-tie of race
+    values, and the kernel leaves -inf on the disallowed logits, penalties after the mask."""
+    rng = np.random.default_rng(zlib.crc32(f"mask{rows},{vocab}".encode()))
+    logits = torch.randn(rows, vocab, device="cuda") * 3
+    params = []
+    for r in range(rows):
+        p = random_params(rng, vocab)
+        allowed = np.zeros(vocab, dtype=bool)
+        kind = r % 4
+        if kind == 0:  # one token, the row's lowest logit by far
+            t = int(rng.integers(0, vocab))
+            logits[r, t] = -1e30
+            allowed[t] = True
+        elif kind == 1:  # a few, spread over the row (word edges included)
+            allowed[rng.choice(vocab, size=min(vocab, 5), replace=False)] = True
+            allowed[[0, vocab - 1]] = True
+        elif kind == 2:  # all of them
+            allowed[:] = True
+        else:  # none: an unconstrained row beside the others
+            allowed = None
+        # Each kind greedy in one group of four rows, sampled with the row's filters in the next.
+        if (r // 4) % 2 == 0:
+            p.update(temperature=0.0)
+        elif p["temperature"] == 0.0 or p["top_k"] == 1:
+            p.update(temperature=1.0, top_k=-1)
+        params.append({**p, "allowed": allowed})
+    host = logits.cpu().numpy()
+    want = sample_reference(host, params)
+    out = run_sample(logits, params, candidates)
+    masked = host.copy()
+    for row, p in zip(masked, params, strict=True):
+        apply_mask(row, p)
+        penalize(row, p)
+    torch.testing.assert_close(
+        logits.cpu(), torch.from_numpy(masked), rtol=1e-6, atol=1e-6, equal_nan=True
+    )
+    for r, ((token, race, kept), got, p) in enumerate(zip(want, out, params, strict=True)):
+        allowed = p["allowed"]
+        assert 0 <= got < vocab, f"row {r}: token {got}"
+        assert allowed is None or allowed[got], f"row {r}: token {got} is not allowed"
+        if race is None:
+            assert got == token, f"row {r}: greedy {got} != {token}"
+            continue
+        assert kept[got], f"row {r}: token {got} is filtered out"
+        if got != token:
+            assert abs(race[got] - race[token]) <= 1e-5 * max(1.0, abs(race[token])), (
+                f"row {r}: {got} (race {race[got]}) != {token} (race {race[token]})"
+            )
+    one = [r for r in range(rows) if r % 4 == 0]
+    assert all(out[r] == np.flatnonzero(params[r]["allowed"])[0] for r in one)
+
+
+def test_masked_sampling_follows_the_distribution_of_the_allowed_tokens():
+    """20,000 draws of one row whose mask allows 6 tokens: frequencies within 5 sigma of the
+    softmax over the allowed tokens alone (renormalized), none elsewhere."""
+    vocab, n = 200, 20_000
+    base = torch.randn(vocab) * 2
+    rng = np.random.default_rng(1)
+    allowed = np.zeros(vocab, dtype=bool)
+    allowed[[3, 31, 32, 64, 100, 199]] = True
+    p = {"temperature": 0.8, "top_k": -1, "top_p": 1.0, "min_p": 0.0}
+    p.update(rep=1.0, pres=0.0, freq=0.0, penalties=[], allowed=allowed)
+    params = [{**p, "key": int(k)} for k in rng.integers(0, 2**62, size=n)]
+    out = run_sample(base.repeat(n, 1).cuda(), params)
+    row = base.numpy().astype(np.float64)
+    prob = np.where(allowed, np.exp((row - row[allowed].max()) / p["temperature"]), 0)
+    prob /= prob.sum()
+    freq = np.bincount(out, minlength=vocab) / n
+    sigma = np.sqrt(prob * (1 - prob) / n)
+    assert (freq[~allowed] == 0).all()
+    assert (np.abs(freq - prob) <= 5 * sigma + 1e-3).all(), (freq[allowed], prob[allowed])
 
 
 def test_sample_follows_the_distribution():

@@ -81,6 +81,45 @@ def test_python_api_json_regex_choice_and_bad_schema(engine):
     assert engine.generate("Hi", SamplingParams(max_tokens=2))[0].outputs[0].token_ids
 
 
+def test_backend_pick_equals_the_host_pick(engine):
+    """A constrained sequence's token is picked by the backend, its grammar's mask going with
+    the step's sampling; asking for log-probabilities moves the pick to the host
+    (`Sampler::sample_constrained`). Same logits, same rules, same keys: the same tokens, with
+    the mask before penalties, top-k/p and the seeded draw, and alongside free sequences."""
+    kw = dict(
+        max_tokens=60,
+        temperature=0.9,
+        top_k=30,
+        top_p=0.95,
+        repetition_penalty=1.3,
+        frequency_penalty=0.2,
+        seed=5,
+    )
+    schema = {
+        "type": "object",
+        "properties": {
+            "age": {"type": "integer", "minimum": 0, "maximum": 120},
+            "color": {"enum": ["red", "green", "blue"]},
+        },
+        "required": ["age", "color"],
+        "additionalProperties": False,
+    }
+    spec = StructuredOutputsParams(json=schema)
+    prompt = "Describe a person as JSON."
+    backend = engine.generate(prompt, SamplingParams(**kw, structured_outputs=spec))[0]
+    host = engine.generate(prompt, SamplingParams(**kw, structured_outputs=spec, logprobs=1))[0]
+    a, b = backend.outputs[0], host.outputs[0]
+    assert a.logprobs is None and b.logprobs is not None
+    assert a.token_ids == b.token_ids and a.finish_reason == b.finish_reason == "stop"
+    jsonschema.validate(json.loads(a.text), schema)
+    # Beside a free sequence in one batch, and greedy, the mask still decides.
+    greedy = SamplingParams(max_tokens=20, temperature=0, structured_outputs={"regex": "[xyz]{5}"})
+    free = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True)
+    outs = engine.generate([prompt, prompt], [greedy, free])
+    assert re.fullmatch("[xyz]{5}", outs[0].outputs[0].text)
+    assert len(outs[1].outputs[0].token_ids) == 6
+
+
 def test_parse_with_a_pydantic_model(client):
     r = client.chat.completions.parse(
         model=MODEL,

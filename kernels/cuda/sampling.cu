@@ -9,8 +9,11 @@
 // argmax(logits, vocab, out): out[r] = the lowest index among equal maxima (as torch.argmax);
 // NaN ranks below every number, -inf included. Exact.
 //
-// sample(logits, vocab, params, penalty_tokens, out): per row, in this order (the semantics;
-// rust/src/sampling/filter.rs is the host reference, the tests' numpy reference a third copy):
+// sample(logits, vocab, params, penalty_tokens, masks, out): per row, in this order (the
+// semantics; rust/src/sampling/filter.rs is the host reference, the tests' numpy reference a
+// third copy):
+//   0. a grammar's mask (structured outputs), when the row has one: every token whose bit is
+//      clear gets l = -inf, in place, so that the rules below apply to the allowed tokens alone.
 //   1. penalties, in place on the row's logits: for each (token, count, seen) entry of the row,
 //      l = seen ? (l > 0 ? l / repetition : l * repetition) : l, then
 //      l -= frequency * count + presence * (count > 0). Entries name distinct tokens.
@@ -38,6 +41,10 @@
 //
 // params: SAMPLE_PARAM_WORDS 32-bit words per row (see SampleParam; floats as bits).
 // penalty_tokens: pairs (token, output count | SEEN_BIT if seen in prompt or output).
+// masks: the rows' token masks, each ceil(vocab / 32) words, token t allowed when bit t % 32
+// of word t / 32 is set (llguidance's order); a row's P_MASK word is the offset of its mask in
+// words, NO_MASK for none. A warp's 32 lanes read one word (a broadcast) and write their 32
+// adjacent logits.
 constexpr int SAMPLE_THREADS = 1024;
 constexpr int SAMPLE_WARPS = SAMPLE_THREADS / 32;
 constexpr int RADIX_BINS = 2048;
@@ -54,9 +61,11 @@ enum SampleParam {
     P_PENALTY_END,
     P_KEY_LO,
     P_KEY_HI,
+    P_MASK,
     SAMPLE_PARAM_WORDS = 12,
 };
 constexpr unsigned SEEN_BIT = 0x80000000u;
+constexpr unsigned NO_MASK = 0xffffffffu;
 
 // Whether candidate (v, i) beats the current best (bv, bi).
 __device__ __forceinline__ bool argmax_better(float v, int i, float bv, int bi) {
@@ -254,7 +263,8 @@ __device__ unsigned radix_select(ForEach&& for_each, unsigned long long target, 
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS)
 sample(float* logits, int vocab, const unsigned* __restrict__ params,
-       const unsigned* __restrict__ penalty_tokens, int* __restrict__ out) {
+       const unsigned* __restrict__ penalty_tokens, const unsigned* __restrict__ masks,
+       int* __restrict__ out) {
     pdl_begin();
     __shared__ SampleSmem sm;
     const unsigned* p = params + blockIdx.x * SAMPLE_PARAM_WORDS;
@@ -264,6 +274,14 @@ sample(float* logits, int vocab, const unsigned* __restrict__ params,
     const bool greedy = temperature == 0.0f || top_k == 1;
     const bool use_top_k = !greedy && top_k > 0 && top_k < vocab, use_top_p = top_p < 1.0f;
     float* row = logits + (long long)blockIdx.x * vocab;
+
+    // 0. The mask, in place; its writes are done before the penalties read (the barrier).
+    if (p[P_MASK] != NO_MASK) {
+        const unsigned* mask = masks + p[P_MASK];
+        for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS)
+            if (!((mask[i >> 5] >> (i & 31)) & 1u)) row[i] = -INFINITY;
+        __syncthreads();
+    }
 
     // 1. Penalties, in place (each entry names a different token).
     const float repetition = __uint_as_float(p[P_REPETITION]);

@@ -168,24 +168,34 @@ impl<B: Backend> ModelRunner<B> {
     }
 
     /// Launches one step without waiting for it: pads a decode batch to its graph size (and
-    /// `sampling` with greedy rows for the padding), then runs it (see `run`).
+    /// the sampling with greedy rows for the padding), then runs it (see `run`). `sampling` is
+    /// called once the forward pass is enqueued, so that the host work it does (a grammar's
+    /// mask) overlaps the device's.
     pub fn launch(
         &mut self,
         batch: &mut ForwardBatch,
-        mut sampling: Option<StepSampling>,
+        sampling: impl FnOnce() -> Option<StepSampling>,
     ) -> LaunchedStep {
-        if let Some(rows) = self.graph_rows(batch) {
+        let graph_rows = self.graph_rows(batch);
+        if let Some(rows) = graph_rows {
             pad_decode_batch(batch, rows);
-            if let Some(s) = &mut sampling {
+        }
+        self.run(batch, || {
+            let mut sampling = sampling();
+            if let (Some(rows), Some(s)) = (graph_rows, &mut sampling) {
                 s.rows.resize(rows, RowSampling::GREEDY);
             }
-        }
-        self.run(batch, sampling)
+            sampling
+        })
     }
 
     /// Begins the step on the backend, replays its graph if one was captured for its key or
     /// runs the model's operations, and starts picking its tokens.
-    fn run(&mut self, batch: &ForwardBatch, sampling: Option<StepSampling>) -> LaunchedStep {
+    fn run(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: impl FnOnce() -> Option<StepSampling>,
+    ) -> LaunchedStep {
         self.backend.begin_step(batch);
         let recorded = !self.graphs.is_empty() && is_decode(batch);
         let key = recorded.then(|| GraphKey {
@@ -199,6 +209,7 @@ impl<B: Backend> ModelRunner<B> {
                 self.model.forward(&self.backend, batch, cache, bufs);
             }
         }
+        let sampling = sampling();
         if let Some(s) = &sampling {
             let vocab = self.model.config.vocab_size;
             self.backend.start_sampling(self.bufs.logits(), s, vocab);
@@ -252,7 +263,7 @@ impl<B: Backend> ModelRunner<B> {
                 pad_decode_batch(&mut batch, rows);
                 batch.seqs[0].block_table = vec![0; width];
                 if i == 0 {
-                    let warm_up = self.run(&batch, Some(greedy.clone()));
+                    let warm_up = self.run(&batch, || Some(greedy.clone()));
                     self.collect(&warm_up)?;
                 }
                 self.capture(&batch)?;

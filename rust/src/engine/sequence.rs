@@ -178,11 +178,10 @@ impl Sequence {
     }
 
     /// Whether the next token must be picked from logits on the host: log-probabilities are
-    /// computed there, `min_tokens` bans tokens ([`banned_tokens`](Self::banned_tokens)) and a
-    /// grammar masks them.
+    /// computed there, and `min_tokens` bans tokens ([`banned_tokens`](Self::banned_tokens)).
+    /// A grammar's mask goes with the step's sampling ([`grammar_mask`](Self::grammar_mask)).
     pub fn needs_host_logits(&self) -> bool {
-        self.grammar.is_some()
-            || self.params.logprobs.is_some()
+        self.params.logprobs.is_some()
             || self.params.prompt_logprobs.is_some()
             || self.output().len() < self.params.min_tokens
     }
@@ -205,6 +204,15 @@ impl Sequence {
         let grammar = self.grammar.as_mut();
         self.sampler
             .sample_constrained(&self.params, &mut logits, &banned, grammar)
+    }
+
+    /// The tokens the grammar allows at the next pick, over a logits row of `width` tokens;
+    /// computed once per position, so that the engine can compute it as soon as the last
+    /// token is known. `None` without a grammar.
+    pub fn grammar_mask(&mut self, width: usize) -> Result<Option<Arc<[u32]>>> {
+        (self.grammar.as_mut())
+            .map(|g| g.allowed_tokens(width))
+            .transpose()
     }
 
     /// Moves the grammar past the last token; once the grammar is complete the sequence ends

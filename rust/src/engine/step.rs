@@ -3,6 +3,7 @@
 //! calls its parts ([`Engine::collect_step`], [`Engine::launch_next`], [`Engine::emit`]) so
 //! that it can take in requests between collecting a step and launching the next.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use rayon::prelude::*;
@@ -12,7 +13,7 @@ use super::trace::LaunchRecord;
 use super::{Engine, Launched, Scheduled, SeqDelta, Sequence, StepOutput, UpdateContext};
 use crate::backend::Backend;
 use crate::error::Error;
-use crate::sampling::StepSampling;
+use crate::sampling::{RowSampling, StepSampling};
 
 impl<B: Backend> Engine<B> {
     /// Runs one step and returns what changed, one delta per sequence that produced tokens or
@@ -132,21 +133,18 @@ impl<B: Backend> Engine<B> {
         }
         let mut batch = build_batch(&self.scheduler.running, &plan, self.kv.block_size());
         // Tokens are picked on the backend, so that only their ids leave it, unless a sequence
-        // of the step needs its logits on the host (log-probabilities, banned tokens).
+        // of the step needs its logits on the host (log-probabilities, banned tokens). The
+        // rows (and grammars' masks) are made while the device runs the forward pass.
         let on_backend = plan
             .iter()
             .all(|s| !self.scheduler.running[s.seq].needs_host_logits());
-        let sampling = on_backend.then(|| {
-            let mut step = StepSampling::default();
-            for s in &plan {
-                let seq = &mut self.scheduler.running[s.seq];
-                if seq.num_computed + s.num_tokens == seq.num_tokens() {
-                    let row = seq.sampler.row(&seq.params, &mut step.penalty_tokens);
-                    step.rows.push(row);
-                }
-            }
-            step
-        });
+        let width = self.runner.model_config().vocab_size;
+        let running = &mut self.scheduler.running;
+        let sampling = || {
+            on_backend
+                .then(|| backend_sampling(running, &plan, width))
+                .flatten()
+        };
         // The runner pads a decode step to its graph's size (and its sampling with greedy rows).
         let step = self.runner.launch(&mut batch, sampling);
         let trace = self
@@ -182,4 +180,51 @@ impl<B: Backend> Drop for Engine<B> {
             let _ = self.runner.collect(&l.step);
         }
     }
+}
+
+/// How the backend picks a step's tokens: one row per sequence of `plan` that reaches the end
+/// of its tokens, from its sampler, with its grammar's mask over `width` logits. A mask
+/// follows the token before it, which the engine has always applied by now: a step is
+/// launched only once the one before it is collected (async scheduling overlaps the text, not
+/// the tokens). The masks are computed here, in parallel over the sequences, while the device
+/// runs the step's forward pass. `None` where a mask cannot be computed: the host then picks
+/// from the logits, and the failure ends that sequence there.
+fn backend_sampling(
+    running: &mut [Sequence],
+    plan: &[Scheduled],
+    width: usize,
+) -> Option<StepSampling> {
+    let mut ends = vec![false; running.len()];
+    for s in plan {
+        let seq = &running[s.seq];
+        ends[s.seq] = seq.num_computed + s.num_tokens == seq.num_tokens();
+    }
+    // Every mask before any row, so that no random stream advances for a step that falls back
+    // to the host. One sequence a task: a mask can take a millisecond.
+    let constrained = |i: usize, seq: &Sequence| ends[i] && seq.grammar.is_some();
+    let mut masks: Vec<Option<Arc<[u32]>>> = vec![None; running.len()];
+    if running
+        .iter()
+        .enumerate()
+        .any(|(i, seq)| constrained(i, seq))
+    {
+        let computed: Vec<(usize, Arc<[u32]>)> = (running.par_iter_mut().enumerate())
+            .filter(|(i, seq)| constrained(*i, seq))
+            .map(|(i, seq)| Ok((i, seq.grammar_mask(width)?.expect("a grammar"))))
+            .collect::<crate::error::Result<_>>()
+            .ok()?;
+        for (i, mask) in computed {
+            masks[i] = Some(mask);
+        }
+    }
+    let mut step = StepSampling::default();
+    for s in plan.iter().filter(|s| ends[s.seq]) {
+        let seq = &mut running[s.seq];
+        let row = seq.sampler.row(&seq.params, &mut step.penalty_tokens);
+        step.rows.push(RowSampling {
+            mask: masks[s.seq].take(),
+            ..row
+        });
+    }
+    Some(step)
 }

@@ -1,5 +1,5 @@
-//! How one row of logits becomes a token: penalties, then greedy or temperature with top-k,
-//! min-p and top-p, then one draw. This is the host reference of the device sampler
+//! How one row of logits becomes a token: a grammar's mask (structured outputs), penalties,
+//! then greedy or temperature with top-k, min-p and top-p, then one draw. This is the host reference of the device sampler
 //! (`kernels/cuda/sampling.cu`, whose header states the same rules) and what the CPU backend
 //! runs, so both backends sample by the same rules from the same random keys.
 //!
@@ -9,12 +9,15 @@
 //! `exp(s)` and needs no prefix sum over the vocabulary. Each step's key comes from the
 //! sequence's seeded random stream ([`crate::sampling::Sampler`]).
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
+use super::mask::apply_token_mask;
 use super::SamplingParams;
 
 /// What a backend needs to pick one row's token.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RowSampling {
     /// 0: greedy.
     pub temperature: f32,
@@ -31,6 +34,9 @@ pub struct RowSampling {
     pub key: u64,
     /// The row's entries in [`StepSampling::penalty_tokens`]: `begin..end`.
     pub penalties: (u32, u32),
+    /// The tokens a grammar allows (structured outputs), as a bitmask over the row
+    /// ([`crate::structured::pack_token_mask`]); `None`: every token.
+    pub mask: Option<Arc<[u32]>>,
 }
 
 impl RowSampling {
@@ -45,6 +51,7 @@ impl RowSampling {
         frequency_penalty: 0.0,
         key: 0,
         penalties: (0, 0),
+        mask: None,
     };
 
     /// The row of a request with `params`, before its key and penalty entries are set. A
@@ -92,9 +99,10 @@ pub struct StepSampling {
 }
 
 impl StepSampling {
-    /// Whether every row is greedy with no penalties: an argmax is all it takes.
+    /// Whether every row is greedy with no penalties and no mask: an argmax is all it takes.
     pub fn is_plain_greedy(&self) -> bool {
-        self.penalty_tokens.is_empty() && self.rows.iter().all(RowSampling::is_greedy)
+        let plain = |r: &RowSampling| r.is_greedy() && r.mask.is_none();
+        self.penalty_tokens.is_empty() && self.rows.iter().all(plain)
     }
 
     /// Picks every row's token from `logits` (`rows × width`, used as scratch), rows in
@@ -112,8 +120,13 @@ impl StepSampling {
     }
 }
 
-/// Picks the token of one row (see the module docs); `logits` gets the penalties applied.
+/// Picks the token of one row (see the module docs): tokens outside the row's mask are set to
+/// -inf first, so that the rules below apply to the allowed tokens alone; `logits` gets the
+/// mask and the penalties applied.
 pub fn sample_row(logits: &mut [f32], row: &RowSampling, penalties: &[PenaltyToken]) -> u32 {
+    if let Some(mask) = &row.mask {
+        apply_token_mask(logits, mask);
+    }
     apply_penalties(logits, row, penalties);
     let arg = super::argmax(logits);
     if row.is_greedy() {
@@ -227,7 +240,7 @@ mod tests {
     fn draws(r: &RowSampling, logits: &[f32], n: u64) -> Vec<u32> {
         (0..n)
             .map(|key| {
-                let r = RowSampling { key, ..*r };
+                let r = RowSampling { key, ..r.clone() };
                 sample_row(&mut logits.to_vec(), &r, &[])
             })
             .collect()

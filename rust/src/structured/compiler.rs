@@ -17,8 +17,9 @@ use crate::tokenizer::Tokenizer;
 /// time would otherwise grow it without bound).
 const CACHE_CAPACITY: usize = 512;
 
-/// A grammar ready to constrain sequences: its start state, whose lexer caches every sequence
-/// of the same grammar shares (llguidance's shallow clone).
+/// A grammar ready to constrain sequences: its start state, which each sequence copies with
+/// its lexer caches (llguidance's deep clone: a shallow clone shares the lexer behind one
+/// mutex, which would serialize the masks the engine computes in parallel over sequences).
 /// Cheap to clone (one `Arc`), so that sampling parameters stay small.
 #[derive(Clone)]
 pub struct CompiledGrammar(Arc<Compiled>);
@@ -33,7 +34,7 @@ struct Compiled {
 impl CompiledGrammar {
     /// A fresh matcher at the grammar's start, for one sequence.
     pub fn start(&self) -> (Matcher, Arc<[u32]>) {
-        (self.0.start.clone(), self.0.eos_token_ids.clone())
+        (self.0.start.deep_clone(), self.0.eos_token_ids.clone())
     }
 }
 

@@ -11,7 +11,7 @@ mod tok_env;
 
 pub use compiler::{CompiledGrammar, GrammarCompiler};
 pub use spec::{json_layout, StructuredOutputs};
-pub use state::GrammarState;
+pub use state::{pack_token_mask, GrammarState};
 
 #[cfg(test)]
 mod tests;

@@ -3,15 +3,20 @@
 
 use std::sync::Arc;
 
+use llguidance::toktrie::SimpleVob;
 use llguidance::Matcher;
 
 use super::CompiledGrammar;
 use crate::error::{Error, Result};
+use crate::sampling::apply_token_mask;
 
-/// A constrained sequence's matcher.
+/// A constrained sequence's matcher, and the mask of its next pick once computed.
 pub struct GrammarState {
     matcher: Matcher,
     eos_token_ids: Arc<[u32]>,
+    /// The allowed tokens of the next pick, packed for a logits row of `.0` tokens
+    /// ([`pack_token_mask`]); cleared by [`accept`](Self::accept).
+    mask: Option<(usize, Arc<[u32]>)>,
 }
 
 impl GrammarState {
@@ -20,42 +25,34 @@ impl GrammarState {
         GrammarState {
             matcher,
             eos_token_ids,
+            mask: None,
         }
+    }
+
+    /// The tokens the grammar allows next, as a bitmask over a logits row of `width` tokens
+    /// (see [`pack_token_mask`]): computed once per position (the engine computes it as soon
+    /// as the previous token is known, and a device sampler uploads it as it is).
+    pub fn allowed_tokens(&mut self, width: usize) -> Result<Arc<[u32]>> {
+        if let Some((w, mask)) = &self.mask {
+            if *w == width {
+                return Ok(mask.clone());
+            }
+        }
+        let vob = self
+            .matcher
+            .compute_mask_or_eos()
+            .map_err(|e| grammar_error(&e.to_string()))?;
+        let mask: Arc<[u32]> = pack_token_mask(&vob, width, &self.eos_token_ids).into();
+        self.mask = Some((width, mask.clone()));
+        Ok(mask)
     }
 
     /// Sets the logit of every token the grammar does not allow next to -inf, so that the
     /// sampling rules (penalties, temperature, top-k/p, min-p, the seeded draw) apply to the
-    /// allowed tokens alone. Ends of sequence are allowed exactly when the grammar accepts
-    /// (after it is complete, only they are). Ids past the vocabulary (padding rows) never are.
+    /// allowed tokens alone.
     pub fn mask_logits(&mut self, logits: &mut [f32]) -> Result<()> {
-        let mask = self
-            .matcher
-            .compute_mask_or_eos()
-            .map_err(|e| grammar_error(&e.to_string()))?;
-        let words = mask.as_slice();
-        // The trie knows one end-of-sequence id; the model may have several, all allowed
-        // when that one is.
-        let eos_allowed =
-            (self.eos_token_ids.iter()).any(|&t| (t as usize) < mask.len() && mask.is_allowed(t));
-        let eos_logits: Vec<(usize, f32)> = self
-            .eos_token_ids
-            .iter()
-            .filter_map(|&t| logits.get(t as usize).map(|&l| (t as usize, l)))
-            .collect();
-        for (w, chunk) in logits.chunks_mut(32).enumerate() {
-            let bits = words.get(w).copied().unwrap_or(0);
-            if bits == u32::MAX && chunk.len() == 32 {
-                continue;
-            }
-            for (b, l) in chunk.iter_mut().enumerate() {
-                if bits & (1 << b) == 0 {
-                    *l = f32::NEG_INFINITY;
-                }
-            }
-        }
-        for (t, l) in eos_logits {
-            logits[t] = if eos_allowed { l } else { f32::NEG_INFINITY };
-        }
+        let mask = self.allowed_tokens(logits.len())?;
+        apply_token_mask(logits, &mask);
         Ok(())
     }
 
@@ -65,6 +62,7 @@ impl GrammarState {
         if self.eos_token_ids.contains(&token) {
             return Ok(());
         }
+        self.mask = None;
         self.matcher
             .consume_token(token)
             .map_err(|e| grammar_error(&e.to_string()))
@@ -74,6 +72,33 @@ impl GrammarState {
     pub fn is_complete(&self) -> bool {
         self.matcher.is_stopped() && !self.matcher.is_error()
     }
+}
+
+/// Packs llguidance's mask `vob` for a logits row of `width` tokens: `width.div_ceil(32)`
+/// words, token `t` allowed when bit `t % 32` of word `t / 32` is set (llguidance's own order).
+/// Ids past `vob` (padding of the model's vocabulary) are never allowed. The trie knows one
+/// end-of-sequence id; the model may have several: each of `eos_token_ids` is allowed exactly
+/// when one of them is in `vob` (after the grammar is complete, only they are).
+pub fn pack_token_mask(vob: &SimpleVob, width: usize, eos_token_ids: &[u32]) -> Vec<u32> {
+    let mut words = vec![0u32; width.div_ceil(32)];
+    let known = width.min(vob.len());
+    let src = vob.as_slice();
+    let full = known / 32;
+    words[..full].copy_from_slice(&src[..full]);
+    if known % 32 != 0 {
+        words[full] = src[full] & ((1u32 << (known % 32)) - 1);
+    }
+    let in_vob = |t: u32| (t as usize) < vob.len() && vob.is_allowed(t);
+    let eos_allowed = eos_token_ids.iter().any(|&t| in_vob(t));
+    for &t in eos_token_ids.iter().filter(|&&t| (t as usize) < width) {
+        let (w, bit) = (t as usize / 32, 1u32 << (t % 32));
+        if eos_allowed {
+            words[w] |= bit;
+        } else {
+            words[w] &= !bit;
+        }
+    }
+    words
 }
 
 fn grammar_error(e: &str) -> Error {

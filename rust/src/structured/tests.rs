@@ -167,3 +167,61 @@ fn regex_lite(t: &str) -> bool {
         .or_else(|| t.strip_prefix("the wall "));
     rest.is_some_and(|d| d.len() == 1 && d.as_bytes()[0].is_ascii_digit())
 }
+
+#[test]
+fn packed_masks_keep_llguidance_bit_order_and_every_eos() {
+    use llguidance::toktrie::SimpleVob;
+    // A vocabulary of 70 tokens in llguidance's mask; logits rows of 100 (padding past 70).
+    let mut vob = SimpleVob::alloc(70);
+    for t in [0, 5, 31, 32, 63, 64, 69] {
+        vob.allow_token(t);
+    }
+    let words = pack_token_mask(&vob, 100, &[]);
+    assert_eq!(words.len(), 4);
+    let allowed = |t: usize| words[t / 32] >> (t % 32) & 1 == 1;
+    for t in 0..100 {
+        assert_eq!(allowed(t), t < 70 && vob.is_allowed(t as u32), "token {t}");
+    }
+    // Rows narrower than the vocabulary keep their own ids only.
+    let narrow = pack_token_mask(&vob, 40, &[]);
+    assert_eq!(narrow, [words[0], 1]);
+    // One end-of-sequence id allowed (the trie's): all of them are, within the row.
+    vob.allow_token(2);
+    let words = pack_token_mask(&vob, 100, &[2, 40, 90]);
+    assert!([2, 40, 90]
+        .iter()
+        .all(|&t| words[t / 32] >> (t % 32) & 1 == 1));
+    // None allowed: none is, and the grammar's own tokens stay.
+    let mut vob = SimpleVob::alloc(70);
+    vob.allow_token(7);
+    let words = pack_token_mask(&vob, 100, &[2, 40, 90]);
+    assert_eq!(words, [1 << 7, 0, 0, 0]);
+}
+
+#[test]
+fn the_mask_is_computed_once_per_position() {
+    let (c, tok) = compiler();
+    let g = c.compile(&StructuredOutputs::Regex("ab".into())).unwrap();
+    let mut state = GrammarState::new(&g);
+    let width = tok.vocab_size() + 5;
+    let first = state.allowed_tokens(width).unwrap();
+    assert!(std::sync::Arc::ptr_eq(
+        &first,
+        &state.allowed_tokens(width).unwrap()
+    ));
+    // The mask on the logits is the packed one.
+    let mut logits = vec![0.0f32; width];
+    state.mask_logits(&mut logits).unwrap();
+    for (t, l) in logits.iter().enumerate() {
+        assert_eq!(
+            l.is_finite(),
+            first[t / 32] >> (t % 32) & 1 == 1,
+            "token {t}"
+        );
+    }
+    assert!(logits[tok.vocab_size()..].iter().all(|l| l.is_infinite()));
+    // A token moves the grammar on: the next mask is another.
+    let a = tok.encode("a", false).unwrap()[0];
+    state.accept(a).unwrap();
+    assert_ne!(first, state.allowed_tokens(width).unwrap());
+}

@@ -319,8 +319,9 @@ impl Kernels {
         launch!(self, stream, &self.argmax, (rows, 1, 1), 1024; logits, vocab, out)
     }
 
-    /// Sampled tokens of `rows` rows of f32 logits, penalties applied to the logits in place:
-    /// `params` holds [`SAMPLE_PARAM_WORDS`] words per row, `penalty_tokens` the rows' entries.
+    /// Sampled tokens of `rows` rows of f32 logits, masks and penalties applied to the logits
+    /// in place: `params` holds [`SAMPLE_PARAM_WORDS`] words per row, `penalty_tokens` the
+    /// rows' entries, `masks` the rows' token masks (each row names its own offset).
     #[allow(clippy::too_many_arguments)]
     pub fn sample(
         &self,
@@ -330,10 +331,11 @@ impl Kernels {
         vocab: usize,
         params: u64,
         penalty_tokens: u64,
+        masks: u64,
         out: u64,
     ) -> Result<()> {
         let vocab = vocab as i32;
         launch!(self, stream, &self.sample, (rows, 1, 1), 1024;
-            logits, vocab, params, penalty_tokens, out)
+            logits, vocab, params, penalty_tokens, masks, out)
     }
 }
