@@ -26,15 +26,10 @@ pytest.importorskip("infire.kernels")
 from test_gpu_kernels import (  # noqa: E402  (after the importorskips, as that module needs)
     DTYPES,
     GEMV_VARIANTS,
-    NULL,
-    REL_TOL,
-    f32,
-    gemv_input_reference,
+    gemv_case,
     i32,
     nan_like,
-    rel_err,
     run,
-    silu_mul_reference,
 )
 
 E4M3_MAX = 448.0
@@ -120,39 +115,15 @@ def test_fp8_dequantize(dtype, layout, rows, cols):
     [(37, 64, 4), (1003, 2064, 12), (4096, 4096, 8), (520, 14336, 8)],
 )
 def test_gemv_fp8(dtype, layout, prologue, epilogue, n, k, cols_per_cta):
-    t, rows = DTYPES[dtype], 1
+    rows = 1
     if epilogue == "silu":
         n -= n % 4
-    x = (2 * torch.randn(rows + 2, k, device="cuda")).to(t)
     codes = random_codes(n, k)
     s, full, rs, cs, ld = scale_layout(n, k, layout)
-    w = dequantize_reference(codes, full)  # the exact f32 weights the codes stand for
-    nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(t)
-    has_bias = epilogue not in ("add", "silu")
-    bias = (0.1 * torch.randn(n, device="cuda")).to(t) if has_bias else None
-    eps = 1e-5
-    xin = gemv_input_reference(prologue, x[:rows], nw, eps)
-    acc = xin.double() @ w.double().T
-    if epilogue == "add":
-        out = torch.randn(rows + 2, n, device="cuda").to(t)
-        before = out.clone()
-        expected = (before[:rows].double() + acc.to(t).double()).to(t)
-    elif epilogue == "silu":
-        out = nan_like((rows + 2, n // 2), t)
-        before = out.clone()
-        expected = silu_mul_reference(acc.to(t))
-    else:
-        out = nan_like((rows + 2, n), torch.float32 if epilogue == "f32" else t)
-        before = out.clone()
-        expected = acc + bias.double()
+    # The exact f32 weights the codes stand for.
+    case = gemv_case(dtype, prologue, epilogue, rows, dequantize_reference(codes, full))
     grid = math.ceil(n / cols_per_cta)
     func = f"gemv_{prologue}_{epilogue}_fp8_m1"
-    bias_arg = bias if bias is not None else NULL
-    args = (codes, s, i32(rs), i32(cs), i32(ld), x, nw, bias_arg, out)
-    args += (i32(rows), i32(n), i32(k), i32(cols_per_cta), f32(eps))
+    args = (codes, s, i32(rs), i32(cs), i32(ld), *case.inputs(rows, n, k, cols_per_cta))
     run("gemv", func, grid, 256, *args, dtype=dtype)
-    tol = REL_TOL[dtype] / 10 if epilogue == "f32" else REL_TOL[dtype]
-    assert rel_err(out[:rows], expected) < tol
-    assert torch.equal(out[rows:].isnan(), before[rows:].isnan())
-    if epilogue == "add":
-        assert torch.equal(out[rows:], before[rows:])
+    case.check(rows)

@@ -354,9 +354,52 @@ def test_gemv(dtype, prologue, epilogue, n, k, cols_per_cta):
     t, rows = DTYPES[dtype], 1
     if epilogue == "silu":
         n -= n % 4  # [gate; up] with an even number of outputs: gemv.cu's silu groups
-    # Two extra rows past `rows` that the kernel must not read or write.
-    x = (2 * torch.randn(rows + 2, k, device="cuda")).to(t)
     w = (torch.randn(n, k, device="cuda") / math.sqrt(k)).to(t)
+    case = gemv_case(dtype, prologue, epilogue, rows, w.float())
+    grid = math.ceil(n / cols_per_cta)
+    func = f"gemv_{prologue}_{epilogue}_m1"
+    args = (w, *case.inputs(rows, n, k, cols_per_cta))
+    run("gemv", func, grid, 256, *args, dtype=dtype)
+    case.check(rows)
+
+
+class GemvCase(NamedTuple):
+    """A GEMV's inputs (two rows past `rows` it must not touch), its output buffer, and the
+    expected result; `check` after the launch."""
+
+    dtype: str
+    epilogue: str
+    x: torch.Tensor
+    nw: torch.Tensor
+    bias: torch.Tensor | None
+    out: torch.Tensor
+    before: torch.Tensor
+    expected: torch.Tensor
+    eps: float
+
+    def inputs(self, rows, n, k, cols_per_cta) -> tuple:
+        """The kernel's arguments after the weights, in gemv.cu's order."""
+        bias = self.bias if self.bias is not None else NULL
+        return (self.x, self.nw, bias, self.out, i32(rows), i32(n), i32(k)) + (
+            i32(cols_per_cta),
+            f32(self.eps),
+        )
+
+    def check(self, rows: int) -> None:
+        tol = REL_TOL[self.dtype] / 10 if self.epilogue == "f32" else REL_TOL[self.dtype]
+        assert rel_err(self.out[:rows], self.expected) < tol
+        assert torch.equal(self.out[rows:].isnan(), self.before[rows:].isnan())
+        if self.epilogue == "add":
+            assert torch.equal(self.out[rows:], self.before[rows:])
+
+
+def gemv_case(dtype, prologue, epilogue, rows, w: torch.Tensor) -> GemvCase:
+    """Random inputs for a GEMV of the weights `w` (f32 `[n, k]`, the values the kernel's weights
+    stand for) and its expected output: the fp64 product of the prologue's input, rounded where
+    the unfused kernels round."""
+    t = DTYPES[dtype]
+    n, k = w.shape
+    x = (2 * torch.randn(rows + 2, k, device="cuda")).to(t)
     nw = (1 + 0.1 * torch.randn(k, device="cuda")).to(t)
     has_bias = epilogue not in ("add", "silu")
     bias = (0.1 * torch.randn(n, device="cuda")).to(t) if has_bias else None
@@ -375,16 +418,7 @@ def test_gemv(dtype, prologue, epilogue, n, k, cols_per_cta):
         out = nan_like((rows + 2, n), torch.float32 if epilogue == "f32" else t)
         before = out.clone()
         expected = acc + bias.double()
-    grid = math.ceil(n / cols_per_cta)
-    func = f"gemv_{prologue}_{epilogue}_m1"
-    bias_arg = bias if bias is not None else NULL
-    args = (w, x, nw, bias_arg, out, i32(rows), i32(n), i32(k), i32(cols_per_cta), f32(eps))
-    run("gemv", func, grid, 256, *args, dtype=dtype)
-    tol = REL_TOL[dtype] / 10 if epilogue == "f32" else REL_TOL[dtype]
-    assert rel_err(out[:rows], expected) < tol
-    assert torch.equal(out[rows:].isnan(), before[rows:].isnan())
-    if epilogue == "add":
-        assert torch.equal(out[rows:], before[rows:])
+    return GemvCase(dtype, epilogue, x, nw, bias, out, before, expected, eps)
 
 
 @pytest.mark.parametrize(("rows", "vocab"), [(1, 128256), (3, 1000), (17, 7), (100, 49152)])
