@@ -40,7 +40,11 @@ SHAPES = [(128, 32, 8), (64, 9, 3), (128, 32, 32), (64, 32, 4), (128, 64, 4), (6
 
 # Kernels that read global memory before their wait: decode attention gathers the K/V that
 # earlier steps wrote while the RoPE kernel before it runs (decode_attention.cu).
-EARLY_READERS = {"decode_attention"}
+EARLY_READERS = {"decode_attention"} | {
+    f"gemv_{p}_{e}_fp8_m1"
+    for p, e in [("plain", "store"), ("plain", "f32"), ("plain", "add")]
+    + [("norm", "store"), ("norm", "f32"), ("norm", "silu")]
+}
 
 ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)')
 

@@ -37,7 +37,8 @@
 // with the codes decoded to f32 exactly but 2^120 too small (e4m3_raw: two integer operations a
 // weight, no conversion instruction), summed over the vector's 16 weights and scaled once per
 // vector by the vector's scale times 2^120 (a vector never straddles a 128-block). K a multiple
-// of 16.
+// of 16. The scales are read with the weights, before pdl_begin(): like the weights, they are
+// written once at load (fp8_quantize_rows or the checkpoint's upload), never by a step's kernels.
 //
 // Launch: grid = ceil(N / cols_per_cta), block = GEMV_THREADS; cols_per_cta a multiple of
 // GROUP; K a multiple of 8; rows >= 1. Rows m >= rows of out are not touched.
