@@ -6,6 +6,8 @@ mod attention;
 mod device;
 pub mod matmul;
 pub mod quant;
+#[cfg(target_arch = "x86_64")]
+mod simd;
 mod threads;
 mod weight_buf;
 

@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{Kernels, KEY_BLOCK};
+use crate::backend::cpu::simd::hsum;
 
 /// Proof that this CPU has AVX2 and FMA: the only way to get one is [`Avx2Fma::detect`],
 /// which is what makes calling the `target_feature` functions below sound.
@@ -284,19 +285,6 @@ unsafe fn hmax(v: __m256) -> f32 {
     let h = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
     _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps::<1>(h, h)))
-}
-
-/// The sum of the 8 lanes of `v`.
-///
-/// # Safety
-///
-/// AVX2 and FMA.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)))
 }
 
 /// The vectorized `exp` on 8 values, for the tests' error bound.

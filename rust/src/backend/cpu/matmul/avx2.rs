@@ -4,6 +4,7 @@ use std::arch::x86_64::*;
 
 use super::tiled::{block, Shape, Tile};
 use super::LANES;
+use crate::backend::cpu::simd::hsum;
 
 /// Proof that this CPU has AVX2 and FMA: the only way to get one is [`Avx2Fma::detect`],
 /// which is what makes calling the `target_feature` functions below sound.
@@ -44,19 +45,6 @@ impl Tile for Avx2Fma {
 #[target_feature(enable = "avx2,fma")]
 unsafe fn block_avx2_fma(t: &Avx2Fma, s: Shape<'_>, j0: usize, out: &mut [&mut [f32]]) {
     block(t, s, j0, out);
-}
-
-/// The sum of the 8 lanes of `v`.
-///
-/// # Safety
-///
-/// The CPU must have AVX2 and FMA.
-#[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn hsum(v: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)))
 }
 
 /// See [`Tile::tile`]. Loads go through bounds-checked slices (rows are cut to the

@@ -15,6 +15,7 @@ use std::arch::x86_64::*;
 
 use super::q8::{Q8Block, RESIDUAL_STEPS};
 use super::QuantFormat;
+use crate::backend::cpu::simd::hsum;
 
 /// Proof that this CPU has AVX2, FMA and F16C: the only way to get one is [`Avx2::detect`],
 /// which is what makes calling the `target_feature` functions below sound.
@@ -188,16 +189,4 @@ unsafe fn dot_rows<B: Block, const R: usize>(w: &[u8], acts: &[Q8Block], nb: usi
         out[r] = hsum(acc[r]) + mins[r];
     }
     out
-}
-
-/// The sum of the 8 lanes of `v`.
-///
-/// # Safety
-///
-/// The CPU has AVX2.
-#[inline(always)]
-pub(super) unsafe fn hsum(v: __m256) -> f32 {
-    let h = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-    let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps::<1>(h, h)))
 }

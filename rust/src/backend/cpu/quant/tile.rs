@@ -13,11 +13,12 @@
 
 use std::arch::x86_64::*;
 
-use super::avx2::{hsum, Avx2};
+use super::avx2::Avx2;
 use super::q8::{Q8Block, RESIDUAL_STEPS};
 use super::unpack::{Scales, Unpack, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 use super::unpack_k::{Q4_K, Q5_K, Q6_K};
 use super::{QuantFormat, BLOCK};
+use crate::backend::cpu::simd::hsum;
 
 /// One activation block as the tile reads it: `x[i] ≈ d · c[i]`, `c = 254·qs + qs2`,
 /// `s` = the block's represented sum (as in [`Q8Block`]).
