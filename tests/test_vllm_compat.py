@@ -138,8 +138,12 @@ def test_min_tokens_keeps_a_model_that_would_stop_at_once_going(engine):
 def test_skip_special_tokens(engine):
     msgs = [{"role": "user", "content": "Say hello."}]
     base = dict(max_tokens=60, temperature=0, ignore_eos=True)
-    (shown,) = engine.chat(msgs, SamplingParams(**base, skip_special_tokens=False))
-    (hidden,) = engine.chat(msgs, SamplingParams(**base))
+    # Side by side in one call: run one after the other, the second would hit the prefix cache
+    # and compute its prompt's tail with the few-row kernels (8-bit activations) instead of
+    # the panels, which can flip a near-tie; this test is about the text, not the cache.
+    shown, hidden = engine.chat(
+        [msgs, msgs], [SamplingParams(**base, skip_special_tokens=False), SamplingParams(**base)]
+    )
     assert shown.outputs[0].token_ids == hidden.outputs[0].token_ids
     assert "<|im_end|>" in shown.outputs[0].text
     assert "<|im_end|>" not in hidden.outputs[0].text
