@@ -113,6 +113,7 @@ def time_step(stream, kernel, combine, rows, splits, min_keys, flush, tensors) -
     ptrs = [t.data_ptr() for t in (qkv, k, v, out, row_seq, row_pos, tables, width)]
     params = ptrs + [np.int32(QKV_WIDTH), np.float32(HEAD_DIM**-0.5)]
     params += [p_out.data_ptr(), p_lse.data_ptr(), np.int32(splits), keys.data_ptr(), 0]
+    params += [np.float32(1.0), np.float32(1.0)]  # the KV scales (unused by a cache of T)
     combine_params = (  # 0: no row list
         p_out.data_ptr(),
         p_lse.data_ptr(),

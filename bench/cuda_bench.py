@@ -307,6 +307,7 @@ def workload_limit(
     copy_bw: float,
     gemm_flops: float,
     params: float | None = None,
+    kv_elem_bytes: int = BF16_BYTES,
 ) -> dict:
     """The shortest time the workload can take on this card: every request admitted at once,
     each decode step reading all weights and the KV of every live sequence at the measured copy
@@ -314,7 +315,8 @@ def workload_limit(
 
     - decode steps = max(output_lens) - 1 (the first token of each request comes from its
       prefill); step s (1-based) reads the KV of prompt + s tokens of each request still
-      generating, KV bytes per token = 2 (K, V) x layers x kv_heads x head_dim x 2 bytes;
+      generating, KV bytes per token = 2 (K, V) x layers x kv_heads x head_dim x
+      `kv_elem_bytes` (2; 1 for an FP8 cache);
     - prefill FLOPs = 2 x params x prompt tokens + causal attention, 4 x layers x heads x
       head_dim x n(n+1)/2 for a prompt of n tokens.
 
@@ -326,7 +328,7 @@ def workload_limit(
     layers = config["num_hidden_layers"]
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
-    kv_token_bytes = 2 * layers * config["num_key_value_heads"] * head_dim * BF16_BYTES
+    kv_token_bytes = 2 * layers * config["num_key_value_heads"] * head_dim * kv_elem_bytes
     decode_steps = int(o.max()) - 1
     kv_tokens_read = float(np.sum((o - 1) * p + (o - 1) * o / 2))
     params = params or weights / BF16_BYTES
@@ -531,6 +533,7 @@ def engine_options(args) -> dict:
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "async_scheduling": {"on": True, "off": False, "auto": None}[args.async_scheduling],
         "quantization": args.quantization,
+        "kv_cache_dtype": args.kv_cache_dtype,
     }
     return {k: v for k, v in options.items() if v is not None}
 
@@ -606,6 +609,7 @@ def run_engine_benches(report: Report, run: set[str], args, ceil, weights) -> No
             ceil["copy_bytes_per_s"],
             ceil["fp8_gemm_flop_per_s" if args.quantization else "bf16_gemm_flop_per_s"],
             weight_bytes(args.model_dir) / BF16_BYTES,
+            1 if args.kv_cache_dtype == "fp8" else BF16_BYTES,
         )
         if limit:
             report.step("throughput", bench_throughput, engine, limit, args)
@@ -637,6 +641,12 @@ def main() -> None:
         choices=["fp8"],
         default=None,
         help="weights quantized at load (the roofline and limit use FP8 bytes and GEMM rate)",
+    )
+    ap.add_argument(
+        "--kv-cache-dtype",
+        choices=["fp8"],
+        default=None,
+        help="an e4m3 KV cache (the limit reads 1-byte keys and values)",
     )
     ap.add_argument("--baseline", choices=["transformers"], default=None)
     ap.add_argument("--baseline-requests", type=int, default=32)

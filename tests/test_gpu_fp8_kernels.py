@@ -6,6 +6,9 @@ inputs, outputs poisoned with NaN first.
   with scale = amax / 448 bit for bit (both divide in fp32 and round to nearest even).
 - fp8_dequantize: equal to torch's `codes.float() * scale` rounded to the dtype, bit for bit
   (the decoding is exact, so both round once).
+- fp8_scale_out: the raw FP8 GEMM's output times the per-token and per-channel scales plus the
+  bias, in place, against torch in f32 rounded once to the dtype (within one ulp: the kernel may
+  fuse the last multiply and the add).
 - the FP8 GEMVs: against the fp64 product with the dequantized weights, within the dense GEMV's
   bounds (REL_TOL; the inputs and products are the same, only the summation order differs).
 """
@@ -26,6 +29,7 @@ pytest.importorskip("infire.kernels")
 from test_gpu_kernels import (  # noqa: E402  (after the importorskips, as that module needs)
     DTYPES,
     GEMV_VARIANTS,
+    NULL,
     gemv_case,
     i32,
     nan_like,
@@ -67,6 +71,29 @@ def test_fp8_quantize_rows(dtype, rows, k):
     want_q, want_s = quantize_reference(x)
     assert torch.equal(scales, want_s)
     assert torch.equal(q, want_q)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(("rows", "n"), [(2, 8), (17, 6144), (300, 2056), (1024, 4096)])
+def test_fp8_scale_out(dtype, bias, rows, n):
+    t = DTYPES[dtype]
+    # What the raw GEMM leaves: sums of products of codes, up to 448^2 * k in size (the engine
+    # takes this path for bf16 only; f16 is tested at magnitudes it holds).
+    size = 1e5 if t == torch.bfloat16 else 1e3
+    raw = (torch.randn(rows, n, device="cuda") * size).to(t)
+    a = torch.rand(rows, device="cuda") * 0.1 + 1e-3
+    w = torch.rand(n, device="cuda") * 1e-3 + 1e-5
+    b = torch.randn(n, device="cuda").to(t) if bias else None
+    want = raw.float() * a[:, None] * w[None, :]
+    if b is not None:
+        want = want + b.float()
+    want = want.to(t)
+    out = raw.clone()
+    run("fp8", "fp8_scale_out", rows, 256, out, a, w, b if bias else NULL, i32(n), dtype=dtype)
+    ulp = torch.finfo(t).eps * want.float().abs()
+    assert torch.isfinite(out).all()
+    assert ((out.float() - want.float()).abs() <= ulp + 1e-30).all()
 
 
 def random_codes(rows: int, cols: int) -> torch.Tensor:

@@ -126,6 +126,8 @@ def f32(x: float):
 
 # A null pointer argument (pointers are passed as Python ints).
 NULL = 0
+# The (k_scale, v_scale) arguments of the KV-cache kernels, which a cache of T ignores.
+UNIT_KV_SCALES = (f32(1.0), f32(1.0))
 
 
 def nan_like(shape, dtype):
@@ -282,6 +284,7 @@ def test_rope_cache_write(dtype, shape, rows):
         k_cache,
         v_cache,
         i32(shape.qkv_width),
+        *UNIT_KV_SCALES,
         dtype=dtype,
         shape=shape,
     )
@@ -887,6 +890,7 @@ def test_decode_attention(dtype, shape, num_splits, min_keys, listed):
         i32(num_splits),
         min_split_keys,
         row_list,
+        *UNIT_KV_SCALES,
         dtype=dtype,
         shape=shape,
     )
@@ -967,9 +971,13 @@ def test_prefill_attention(dtype, shape):
     assert rel_err(out, ref) < ATTENTION_TOL[dtype]
 
 
-def run_prefill_attention(qkv, cache: PagedCache, out, seqs, scale, dtype, shape):
+def run_prefill_attention(
+    qkv, cache: PagedCache, out, seqs, scale, dtype, shape, kv_scales=None, defines=()
+):
     """Launches prefill_attention over `seqs` ((query_len, context_len) per sequence, their
-    rows end to end in `qkv`): one CTA per 64-row tile and head, the tiles in shuffled order."""
+    rows end to end in `qkv`): one CTA per 64-row tile and head, the tiles in shuffled order.
+    `kv_scales`: an FP8 cache's (k, v) scales (compiled with `defines` KV_FP8)."""
+    kv_scales = UNIT_KV_SCALES if kv_scales is None else (f32(kv_scales[0]), f32(kv_scales[1]))
 
     def ints(values):
         return torch.tensor(values, dtype=torch.int32, device="cuda")
@@ -995,8 +1003,10 @@ def run_prefill_attention(qkv, cache: PagedCache, out, seqs, scale, dtype, shape
         i32(shape.qkv_width),
         f32(scale),
         ints([x for tile in tiles for x in tile]),
+        *kv_scales,
         dtype=dtype,
         shape=shape,
+        defines=defines,
     )
 
 
@@ -1111,6 +1121,7 @@ def test_decode_attention_long_rows(dtype, shape, layout, data, num_splits, min_
         i32(num_splits),
         min_split_keys,
         NULL,
+        *UNIT_KV_SCALES,
         dtype=dtype,
         shape=shape,
     )

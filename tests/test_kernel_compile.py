@@ -73,6 +73,10 @@ def test_kernel_compiles(name, arch, dtype, shape):
         "NUM_KV_HEADS": kv_heads,
         "KV_BLOCK_SIZE": 16,
     }
+    check_compiles(name, arch, dtype, defines)
+
+
+def check_compiles(name, arch, dtype, defines):
     cubin = kernels.compile(name, arch=arch, defines=defines, dtype=dtype, target="cubin")
     assert isinstance(cubin, bytes) and cubin[:4] == b"\x7fELF"
 
@@ -99,6 +103,25 @@ def test_kernel_compiles(name, arch, dtype, shape):
                 if re.search(touches, line) and "ld.global.nc.L1::no_allocate" not in line
             ]
             assert not early, f"{function} touches memory before pdl_begin(): {early[:3]}"
+
+
+@pytest.mark.parametrize(
+    "shape", [(128, 32, 8), (64, 9, 3)], ids=lambda s: "hd{}-h{}-kv{}".format(*s)
+)
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
+@pytest.mark.parametrize("name", ["rope_cache_write", "decode_attention", "prefill_attention"])
+def test_fp8_kv_cache_kernels_compile(name, arch, dtype, shape):
+    """The kernels that write and read the KV cache, for an e4m3 cache (KV_FP8)."""
+    head_dim, heads, kv_heads = shape
+    defines = {
+        "HEAD_DIM": head_dim,
+        "NUM_HEADS": heads,
+        "NUM_KV_HEADS": kv_heads,
+        "KV_BLOCK_SIZE": 16,
+        "KV_FP8": 1,
+    }
+    check_compiles(name, arch, dtype, defines)
 
 
 # Compile-time knobs the GPU tests and benches set: each must still compile.

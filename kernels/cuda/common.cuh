@@ -5,6 +5,7 @@
 //   INFIRE_DTYPE_BF16 or INFIRE_DTYPE_F16   activation / KV-cache element type T (exactly one)
 //   HEAD_DIM, NUM_HEADS, NUM_KV_HEADS       attention shape of the model
 //   KV_BLOCK_SIZE                           tokens per paged KV-cache block
+//   KV_FP8 (optional)                       the KV cache holds e4m3 codes (type KV below)
 //
 // Numeric convention: T is storage only. Kernels load T, compute in fp32 and round to T with
 // round-to-nearest-even once per stored value, as torch does for each bf16/f16 op.
@@ -112,6 +113,42 @@ __device__ __forceinline__ float e4m3_raw(unsigned b) {
 }
 constexpr float E4M3_RAW_SCALE = 1.329227995784916e36f;  // 2^120
 __device__ __forceinline__ float e4m3_to_float(unsigned b) { return e4m3_raw(b) * E4M3_RAW_SCALE; }
+
+// Rounds |f| <= 448 (larger magnitudes saturate) to the nearest e4m3 code, ties to even.
+__device__ __forceinline__ unsigned float_to_e4m3(float f) {
+    const unsigned sign = (__float_as_uint(f) >> 24) & 0x80u;
+    const float a = fminf(fabsf(f), 448.0f);
+    if (a < 0.015625f) return sign | __float2uint_rn(a * 512.0f);  // subnormal (8 = 2^-6)
+    unsigned u = __float_as_uint(a);
+    u += 0x7ffffu + ((u >> 20) & 1u);  // round the mantissa to 3 bits, ties to even
+    const unsigned e = (u >> 23) - 120u, m = (u >> 20) & 7u;  // e - 127 + 7
+    return sign | (e << 3) | m;
+}
+
+// The KV cache's element: T, or with KV_FP8 an e4m3 code. An FP8 cache has one scale per layer
+// for K and one for V (a cached key is its code's value times k_scale; from the checkpoint, or
+// 1 as in vLLM); rope_cache_write divides by it, and the attention kernels fold it into the
+// softmax scale (K) and the output (V), so that the codes decode to T exactly (every e4m3 value
+// is a bf16 and an f16 value).
+#ifdef KV_FP8
+typedef unsigned char KV;
+#else
+typedef T KV;
+#endif
+constexpr int KV_VEC = 16 / (int)sizeof(KV);  // KV elements per 16-byte copy
+
+// 16 e4m3 codes as two vectors of T, exactly.
+__device__ __forceinline__ void e4m3x16_to_vecs(uint4 codes, Vec& lo, Vec& hi) {
+    const unsigned w[4] = {codes.x, codes.y, codes.z, codes.w};
+    float a[VEC], b[VEC];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        a[i] = e4m3_to_float((w[i / 4] >> (8 * (i % 4))) & 0xffu);
+        b[i] = e4m3_to_float((w[2 + i / 4] >> (8 * (i % 4))) & 0xffu);
+    }
+    lo = float_to_vec(a);
+    hi = float_to_vec(b);
+}
 
 // --- Tensor-core attention helpers (sm_80 PTX: mma.sync, ldmatrix, cp.async) -----------------
 

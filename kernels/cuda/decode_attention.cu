@@ -47,6 +47,13 @@
 // sum l), O += P V (P rounded to T, as FlashAttention does). Numerics: fp32 scores, softmax and
 // accumulation; the output is rounded to T once.
 //
+// With KV_FP8 (e4m3 codes in the cache, common.cuh): the ring holds the tiles' raw bytes
+// (TILE_KEYS x HEAD_DIM each, 16 codes per cp.async), and each tile is decoded once into one
+// K and one V tile of T in shared memory before its MMAs; k_scale is folded into the softmax
+// scale and v_scale into the output. 12 KiB of ring and 8.5 KiB of decoded tiles (head_dim
+// 128, STAGES 3) instead of 26 KiB; the cache's bytes per key halve. Q is loaded into the decoded
+// K tile, free until the first tile is decoded.
+//
 // The wait (pdl_begin, common.cuh) sits after the first tiles' copies: the kernel before this
 // one (RoPE and the cache write) writes only Q and each row's own key (position row_pos[r]);
 // the row list, positions and block tables were uploaded with the step, and the other keys
@@ -68,8 +75,14 @@ constexpr int TILE_KEYS = 16;  // keys per pipeline stage
 #endif
 constexpr int STAGES = DECODE_STAGES;
 static_assert(STAGES >= 2, "the ring needs a stage in flight beside the one computed");
-constexpr int STRIDE = HEAD_DIM + VEC;    // shared-memory row stride, elements
-constexpr int ROW_VECS = HEAD_DIM / VEC;  // 16-byte vectors per row
+constexpr int STRIDE = HEAD_DIM + VEC;    // shared-memory row stride of T tiles, elements
+constexpr int ROW_VECS = HEAD_DIM / VEC;  // 16-byte vectors per row of T
+constexpr int ROW_CHUNKS = HEAD_DIM / KV_VEC;  // 16-byte copies per cached row
+#ifdef KV_FP8
+constexpr int RING_STRIDE = HEAD_DIM;  // raw e4m3 rows: decoded, never read by ldmatrix
+#else
+constexpr int RING_STRIDE = STRIDE;
+#endif
 constexpr int D_STEPS = HEAD_DIM / 16;    // k-steps of S = Q K^T
 constexpr int O_TILES = HEAD_DIM / 8;     // n8 tiles of O
 constexpr float LOG2E = 1.4426950408889634f;
@@ -85,37 +98,54 @@ __device__ __forceinline__ int used_splits(int len, int num_splits, int min_keys
 // ([TILE_KEYS][STRIDE] each); the block-table lookup serves both. Key `skip` is left alone
 // (neither copied nor zeroed): the prologue passes the row's own key, which this step's RoPE
 // kernel writes, to load it after the wait; -1 skips none.
-__device__ __forceinline__ void load_kv(T* k_tile, T* v_tile, const T* __restrict__ k_cache,
-                                        const T* __restrict__ v_cache,
+__device__ __forceinline__ void load_kv(KV* k_tile, KV* v_tile, const KV* __restrict__ k_cache,
+                                        const KV* __restrict__ v_cache,
                                         const int* __restrict__ block_table, int kv_head,
                                         int key0, int end, int lane, int skip = -1) {
 #pragma unroll
-    for (int i = lane; i < TILE_KEYS * ROW_VECS; i += 32) {
-        const int row = i / ROW_VECS, c = i % ROW_VECS, key = key0 + row;
+    for (int i = lane; i < TILE_KEYS * ROW_CHUNKS; i += 32) {
+        const int row = i / ROW_CHUNKS, c = i % ROW_CHUNKS, key = key0 + row;
         if (key == skip) continue;
         const bool valid = key < end;
         long long off = 0;  // not read when !valid
         if (valid) {
             const long long token =
                 (long long)block_table[key / KV_BLOCK_SIZE] * KV_BLOCK_SIZE + key % KV_BLOCK_SIZE;
-            off = (token * NUM_KV_HEADS + kv_head) * HEAD_DIM + c * VEC;
+            off = (token * NUM_KV_HEADS + kv_head) * HEAD_DIM + c * KV_VEC;
         }
-        cp_async16(k_tile + row * STRIDE + c * VEC, k_cache + off, valid);
-        cp_async16(v_tile + row * STRIDE + c * VEC, v_cache + off, valid);
+        cp_async16(k_tile + row * RING_STRIDE + c * KV_VEC, k_cache + off, valid);
+        cp_async16(v_tile + row * RING_STRIDE + c * KV_VEC, v_cache + off, valid);
     }
 }
 
+#ifdef KV_FP8
+// Decodes a raw ring tile ([TILE_KEYS][HEAD_DIM] codes) into a T tile ([TILE_KEYS][STRIDE]).
+__device__ __forceinline__ void decode_tile(T* dst, const KV* src, int lane) {
+#pragma unroll
+    for (int i = lane; i < TILE_KEYS * ROW_CHUNKS; i += 32) {
+        const int row = i / ROW_CHUNKS, c = i % ROW_CHUNKS;
+        Vec lo, hi;
+        e4m3x16_to_vecs(*reinterpret_cast<const uint4*>(src + row * HEAD_DIM + c * 16), lo, hi);
+        store_vec(dst + row * STRIDE + c * 16, lo);
+        store_vec(dst + row * STRIDE + c * 16 + VEC, hi);
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(32)
-decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
-                 const T* __restrict__ v_cache, T* __restrict__ out,
+decode_attention(const T* __restrict__ qkv, const KV* __restrict__ k_cache,
+                 const KV* __restrict__ v_cache, T* __restrict__ out,
                  const int* __restrict__ row_seq, const int* __restrict__ row_pos,
                  const int* __restrict__ block_tables, const int* __restrict__ table_width,
                  int qkv_width,
                  float scale, float* __restrict__ partial_out, float* __restrict__ partial_lse,
                  int num_splits, const int* __restrict__ min_split_keys,
-                 const int* __restrict__ row_list) {
-    __shared__ Vec k_smem[STAGES][TILE_KEYS * STRIDE / VEC];
-    __shared__ Vec v_smem[STAGES][TILE_KEYS * STRIDE / VEC];
+                 const int* __restrict__ row_list, float k_scale, float v_scale) {
+    __shared__ Vec k_smem[STAGES][TILE_KEYS * RING_STRIDE * (int)sizeof(KV) / 16];
+    __shared__ Vec v_smem[STAGES][TILE_KEYS * RING_STRIDE * (int)sizeof(KV) / 16];
+#ifdef KV_FP8
+    __shared__ Vec kd_smem[TILE_KEYS * STRIDE / VEC], vd_smem[TILE_KEYS * STRIDE / VEC];
+#endif
 
     // Until pdl_begin() this reads only what the host uploaded for the step (row list,
     // positions, block tables) and keys that earlier steps wrote: everything but Q and the
@@ -136,12 +166,16 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     const int begin = min(split * chunk, len), end = min(begin + chunk, len);
     const int num_tiles = (end - begin + TILE_KEYS - 1) / TILE_KEYS;
     const int* block_table = block_tables + (long long)row_seq[r] * *table_width;
-    auto k_tile = [&](int stage) { return reinterpret_cast<T*>(k_smem[stage]); };
-    auto v_tile = [&](int stage) { return reinterpret_cast<T*>(v_smem[stage]); };
+    auto k_tile = [&](int stage) { return reinterpret_cast<KV*>(k_smem[stage]); };
+    auto v_tile = [&](int stage) { return reinterpret_cast<KV*>(v_smem[stage]); };
+#ifdef KV_FP8
+    T* const q_tile = reinterpret_cast<T*>(kd_smem);  // free until tile 0 is decoded
+#else
+    T* const q_tile = k_tile(STAGES - 1);  // free until iteration 0 refills it
+#endif
 
     // Prologue: tiles 0 .. STAGES-2 in one commit group each, less the row's own key (len - 1);
-    // then, after the wait, Q (into the last stage's K tile, free until iteration 0 refills it)
-    // and that key in one more group.
+    // then, after the wait, Q (into q_tile) and that key in one more group.
     const int own = len - 1;
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
@@ -152,7 +186,6 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     }
     pdl_begin();
     {
-        T* q_tile = k_tile(STAGES - 1);
         const T* q_row = qkv + (long long)r * qkv_width + head0 * HEAD_DIM;
 #pragma unroll
         for (int i = lane; i < TILE_HEADS * ROW_VECS; i += 32) {
@@ -162,13 +195,14 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
                        valid);
         }
         const int own_tile = (own - begin) / TILE_KEYS;
-        if (own >= begin && own < end && own_tile < STAGES - 1 && lane < ROW_VECS) {
+        if (own >= begin && own < end && own_tile < STAGES - 1 && lane < ROW_CHUNKS) {
             const int row = (own - begin) % TILE_KEYS;
             const long long token = (long long)block_table[own / KV_BLOCK_SIZE] * KV_BLOCK_SIZE +
                                     own % KV_BLOCK_SIZE;
-            const long long off = (token * NUM_KV_HEADS + kv_head) * HEAD_DIM + lane * VEC;
-            cp_async16(k_tile(own_tile) + row * STRIDE + lane * VEC, k_cache + off, true);
-            cp_async16(v_tile(own_tile) + row * STRIDE + lane * VEC, v_cache + off, true);
+            const long long off = (token * NUM_KV_HEADS + kv_head) * HEAD_DIM + lane * KV_VEC;
+            const int at = row * RING_STRIDE + lane * KV_VEC;
+            cp_async16(k_tile(own_tile) + at, k_cache + off, true);
+            cp_async16(v_tile(own_tile) + at, v_cache + off, true);
         }
         cp_async_commit();
     }
@@ -177,12 +211,12 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     unsigned q_frag[D_STEPS][4];
 #pragma unroll
     for (int ks = 0; ks < D_STEPS; ++ks)
-        ldmatrix_x4(q_frag[ks], k_tile(STAGES - 1) + (lane & 15) * STRIDE + ks * 16 + (lane >> 4) * 8);
+        ldmatrix_x4(q_frag[ks], q_tile + (lane & 15) * STRIDE + ks * 16 + (lane >> 4) * 8);
 
     // This thread holds rows (heads) g and g + 8 of the tile, columns 2 * tig and 2 * tig + 1 of
     // every n8 tile (the mma accumulator layout).
     const int g = lane >> 2, tig = lane & 3;
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = scale * k_scale * LOG2E;
     float o[O_TILES][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
@@ -197,8 +231,17 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
         cp_async_commit();
         cp_async_wait<STAGES - 1>();  // tile t landed (for this lane's copies) ...
         __syncwarp();                 // ... and for every lane's
+#ifdef KV_FP8
+        // Every lane is done with the decoded tiles of t - 1 (the __syncwarp above).
+        const T* kt = reinterpret_cast<const T*>(kd_smem);
+        const T* vt = reinterpret_cast<const T*>(vd_smem);
+        decode_tile(reinterpret_cast<T*>(kd_smem), k_tile(t % STAGES), lane);
+        decode_tile(reinterpret_cast<T*>(vd_smem), v_tile(t % STAGES), lane);
+        __syncwarp();
+#else
         const T* kt = k_tile(t % STAGES);
         const T* vt = v_tile(t % STAGES);
+#endif
 
         // S = Q K^T: 16 heads x 16 keys.
         float s[2][4] = {};
@@ -265,7 +308,7 @@ decode_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         const int h = g + rr * 8;
         if (h >= heads) continue;
-        const float inv_l = sum > 0.0f ? 1.0f / sum : 0.0f;
+        const float inv_l = sum > 0.0f ? v_scale / sum : 0.0f;
         const int head = head0 + h;
         if (splits == 1) {  // the row's only split: no combine
             T* dst = out + ((long long)r * NUM_HEADS + head) * HEAD_DIM + tig * 2;

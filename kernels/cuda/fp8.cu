@@ -3,7 +3,8 @@
 // e4m3fn: sign, 4 exponent bits (bias 7), 3 mantissa bits; no infinities; 0x7f / 0xff are NaN;
 // largest finite 448, smallest subnormal 2^-9. The conversions are written out (no cuda_fp8.h)
 // so that every arch the engine compiles for, sm_80 included, runs the same code; the decoding
-// (e4m3_raw) is in common.cuh, for the FP8 GEMV too.
+// (e4m3_raw) and the rounding (float_to_e4m3) are in common.cuh, for the FP8 GEMV and the FP8
+// KV cache too.
 //
 // fp8_quantize_rows: for each row r of x [rows, k] (T),
 //   scale[r] = amax_r / 448 (1 when the row is all zeros), q[r, c] = e4m3(x[r, c] / scale[r]),
@@ -17,17 +18,14 @@
 //   scol_shift 31; 128 x 128 blocks: 7, ceil(cols / 128), 7). The prefill GEMM of an FP8 matrix
 //   on a GPU without FP8 tensor cores (Ampere) reads the dequantized copy.
 //   Launch: grid = rows, block = 256; cols a multiple of 16.
-
-// Rounds |f| <= 448 (callers clamp) to the nearest e4m3 code, ties to even.
-__device__ __forceinline__ unsigned float_to_e4m3(float f) {
-    const unsigned sign = (__float_as_uint(f) >> 24) & 0x80u;
-    const float a = fminf(fabsf(f), 448.0f);
-    if (a < 0.015625f) return sign | __float2uint_rn(a * 512.0f);  // subnormal (8 = 2^-6)
-    unsigned u = __float_as_uint(a);
-    u += 0x7ffffu + ((u >> 20) & 1u);  // round the mantissa to 3 bits, ties to even
-    const unsigned e = (u >> 23) - 120u, m = (u >> 20) & 7u;  // e - 127 + 7
-    return sign | (e << 3) | m;
-}
+//
+// fp8_scale_out: out[r, c] = round_T(out[r, c] * a_scales[r] * w_scales[c] (+ bias[c])), in
+//   place. On Hopper cuBLASLt's FP8 GEMM takes no per-row scales (kernels/cuda/NOTES.md), so
+//   an FP8 projection of more than one row is the GEMM of the raw codes (scales 1, the sum
+//   rounded to T: |sum| <= 448^2 * k fits bf16's range) followed by this kernel, which applies
+//   the per-token and per-channel scales and the bias. Two roundings instead of one: the error
+//   they add (<= 2^-8 relative, bf16) is far below the e4m3 codes' own (2^-4).
+//   Launch: grid = rows, block = 256; n (out's row width) a multiple of 8; bias may be null.
 
 extern "C" __global__ void __launch_bounds__(256)
 fp8_quantize_rows(const T* __restrict__ x, unsigned char* __restrict__ q,
@@ -80,5 +78,25 @@ fp8_dequantize(const unsigned char* __restrict__ q, const float* __restrict__ sc
         }
         store_vec(out + r * cols + c, float_to_vec(lo));
         store_vec(out + r * cols + c + VEC, float_to_vec(hi));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+fp8_scale_out(T* __restrict__ out, const float* __restrict__ a_scales,
+              const float* __restrict__ w_scales, const T* __restrict__ bias, int n) {
+    pdl_begin();
+    const long long r = blockIdx.x;
+    const float a = a_scales[r];
+    T* row = out + r * n;
+    for (int c = threadIdx.x * VEC; c < n; c += blockDim.x * VEC) {
+        float f[VEC], b[VEC];
+        vec_to_float(load_vec(row + c), f);
+        if (bias != nullptr) vec_to_float(load_vec(bias + c), b);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) {
+            f[i] = f[i] * a * w_scales[c + i];
+            if (bias != nullptr) f[i] += b[i];
+        }
+        store_vec(row + c, float_to_vec(f));
     }
 }

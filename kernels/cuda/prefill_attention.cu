@@ -27,6 +27,11 @@
 // rounded to T to feed the second MMA (as in FlashAttention); the output is rounded once.
 // Shared rows are HEAD_DIM + 8 elements apart so that the 8 rows an ldmatrix reads fall in
 // distinct banks.
+//
+// With KV_FP8 (e4m3 codes in the cache, common.cuh) each K and V tile is copied raw into one
+// staging tile (KV_TILE x HEAD_DIM codes, 8 KiB at head_dim 128: 43 KiB in all) and decoded into
+// k_tile / v_tile once it has landed; the V copy then no longer overlaps S = Q K^T's decoding
+// but still overlaps its MMAs. k_scale is folded into the softmax scale, v_scale into the output.
 
 constexpr int GROUP = NUM_HEADS / NUM_KV_HEADS;
 static_assert(NUM_HEADS % NUM_KV_HEADS == 0, "NUM_HEADS must be a multiple of NUM_KV_HEADS");
@@ -37,7 +42,13 @@ constexpr int Q_TILE = 64;                   // query rows per CTA, 16 per warp
 constexpr int KV_TILE = 64;                  // keys per shared-memory tile
 constexpr int THREADS = 128;
 constexpr int STRIDE = HEAD_DIM + VEC;       // shared-memory row stride, elements
-constexpr int ROW_VECS = HEAD_DIM / VEC;     // 16-byte vectors per row
+constexpr int ROW_VECS = HEAD_DIM / VEC;     // 16-byte vectors per row of T
+constexpr int ROW_CHUNKS = HEAD_DIM / KV_VEC;  // 16-byte copies per cached row
+#ifdef KV_FP8
+constexpr int LOAD_STRIDE = HEAD_DIM;  // the raw staging tile's row stride
+#else
+constexpr int LOAD_STRIDE = STRIDE;
+#endif
 constexpr int D_STEPS = HEAD_DIM / 16;       // k-steps of S = Q K^T over head_dim
 constexpr int S_TILES = KV_TILE / 8;         // n8 tiles of S per warp
 constexpr int O_TILES = HEAD_DIM / 8;        // n8 tiles of O per warp
@@ -45,33 +56,54 @@ constexpr float LOG2E = 1.4426950408889634f;
 
 // Starts the copy of keys kv0 .. kv0+KV_TILE-1 of one kv head into tile ([KV_TILE][STRIDE]);
 // keys at or past kv_len are zero-filled (a zero V row keeps masked products finite).
-__device__ __forceinline__ void load_kv_tile(T* tile, const T* __restrict__ cache,
+__device__ __forceinline__ void load_kv_tile(KV* tile, const KV* __restrict__ cache,
                                              const int* __restrict__ block_table, int kv_head,
                                              int kv0, int kv_len) {
-    for (int i = threadIdx.x; i < KV_TILE * ROW_VECS; i += THREADS) {
-        const int row = i / ROW_VECS, c = i % ROW_VECS, key = kv0 + row;
+    for (int i = threadIdx.x; i < KV_TILE * ROW_CHUNKS; i += THREADS) {
+        const int row = i / ROW_CHUNKS, c = i % ROW_CHUNKS, key = kv0 + row;
         const bool valid = key < kv_len;
-        const T* src = cache;  // not read when !valid
+        const KV* src = cache;  // not read when !valid
         if (valid) {
             const long long token =
                 (long long)block_table[key / KV_BLOCK_SIZE] * KV_BLOCK_SIZE + key % KV_BLOCK_SIZE;
-            src = cache + (token * NUM_KV_HEADS + kv_head) * HEAD_DIM + c * VEC;
+            src = cache + (token * NUM_KV_HEADS + kv_head) * HEAD_DIM + c * KV_VEC;
         }
-        cp_async16(tile + row * STRIDE + c * VEC, src, valid);
+        cp_async16(tile + row * LOAD_STRIDE + c * KV_VEC, src, valid);
     }
 }
 
+#ifdef KV_FP8
+// Decodes the staging tile ([KV_TILE][HEAD_DIM] codes) into a T tile ([KV_TILE][STRIDE]).
+__device__ __forceinline__ void decode_tile(T* dst, const KV* src) {
+    for (int i = threadIdx.x; i < KV_TILE * ROW_CHUNKS; i += THREADS) {
+        const int row = i / ROW_CHUNKS, c = i % ROW_CHUNKS;
+        Vec lo, hi;
+        e4m3x16_to_vecs(*reinterpret_cast<const uint4*>(src + row * HEAD_DIM + c * 16), lo, hi);
+        store_vec(dst + row * STRIDE + c * 16, lo);
+        store_vec(dst + row * STRIDE + c * 16 + VEC, hi);
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(THREADS)
-prefill_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
-                  const T* __restrict__ v_cache, T* __restrict__ out,
+prefill_attention(const T* __restrict__ qkv, const KV* __restrict__ k_cache,
+                  const KV* __restrict__ v_cache, T* __restrict__ out,
                   const int* __restrict__ seq_query_start, const int* __restrict__ seq_query_len,
                   const int* __restrict__ seq_context_len, const int* __restrict__ block_tables,
                   int max_blocks_per_seq, int qkv_width, float scale,
-                  const int* __restrict__ tiles) {
+                  const int* __restrict__ tiles, float k_scale, float v_scale) {
     pdl_begin();
     __shared__ Vec k_smem[KV_TILE * STRIDE / VEC], v_smem[KV_TILE * STRIDE / VEC];
     T* k_tile = reinterpret_cast<T*>(k_smem);
     T* v_tile = reinterpret_cast<T*>(v_smem);
+#ifdef KV_FP8
+    __shared__ uint4 raw_smem[KV_TILE * HEAD_DIM / 16];
+    KV* const k_load = reinterpret_cast<KV*>(raw_smem);
+    KV* const v_load = k_load;  // V lands after K is decoded, K after V
+#else
+    KV* const k_load = k_tile;
+    KV* const v_load = v_tile;
+#endif
 
     const int seq = tiles[2 * blockIdx.x], head = blockIdx.y, kv_head = head / GROUP;
     const int q_len = seq_query_len[seq];
@@ -91,10 +123,14 @@ prefill_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
         const T* src = valid ? qkv + (row0 + row) * qkv_width + head * HEAD_DIM + c * VEC : qkv;
         cp_async16(v_tile + row * STRIDE + c * VEC, src, valid);
     }
-    load_kv_tile(k_tile, k_cache, block_table, kv_head, 0, kv_len);
+    load_kv_tile(k_load, k_cache, block_table, kv_head, 0, kv_len);
     cp_async_commit();
     cp_async_wait_all();
     __syncthreads();
+#ifdef KV_FP8
+    decode_tile(k_tile, k_load);
+    __syncthreads();
+#endif
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     unsigned q_frag[D_STEPS][4];
@@ -108,13 +144,13 @@ prefill_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
     // every n8 tile (the mma accumulator layout).
     const int g = lane >> 2, tig = lane & 3;
     const int pos_g = first_pos + warp * 16 + g;  // row g + 8 is at pos_g + 8
-    const float scale_log2 = scale * LOG2E;
+    const float scale_log2 = scale * k_scale * LOG2E;
     float o[O_TILES][4] = {};
     float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 
     for (int tile = 0; tile < num_tiles; ++tile) {
         const int kv0 = tile * KV_TILE;
-        load_kv_tile(v_tile, v_cache, block_table, kv_head, kv0, kv_len);
+        load_kv_tile(v_load, v_cache, block_table, kv_head, kv0, kv_len);
         cp_async_commit();
 
         // S = Q K^T for this warp's 16 rows and the tile's 64 keys.
@@ -171,8 +207,12 @@ prefill_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
 
         cp_async_wait_all();
         __syncthreads();  // V of this tile landed; every warp is done with K of this tile
+#ifdef KV_FP8
+        decode_tile(v_tile, v_load);  // every warp is done with V of the last tile
+        __syncthreads();              // and the staging tile is free for K
+#endif
         if (tile + 1 < num_tiles) {
-            load_kv_tile(k_tile, k_cache, block_table, kv_head, kv0 + KV_TILE, kv_len);
+            load_kv_tile(k_load, k_cache, block_table, kv_head, kv0 + KV_TILE, kv_len);
             cp_async_commit();
         }
 
@@ -194,6 +234,12 @@ prefill_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
         }
         cp_async_wait_all();
         __syncthreads();  // K of the next tile landed; every warp is done with V of this tile
+#ifdef KV_FP8
+        if (tile + 1 < num_tiles) {
+            decode_tile(k_tile, k_load);  // every warp is done with K of this tile
+            __syncthreads();
+        }
+#endif
     }
 
 #pragma unroll
@@ -201,7 +247,7 @@ prefill_attention(const T* __restrict__ qkv, const T* __restrict__ k_cache,
         float sum = l[r];
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        const float inv_l = sum > 0.0f ? 1.0f / sum : 0.0f;
+        const float inv_l = sum > 0.0f ? v_scale / sum : 0.0f;
         const int row = warp * 16 + g + r * 8;
         if (row >= q_rows) continue;
         T* dst = out + (row0 + row) * (NUM_HEADS * HEAD_DIM) + head * HEAD_DIM + tig * 2;

@@ -72,6 +72,11 @@ pub trait Backend: Ops + Send {
         None
     }
     /// A KV cache of `num_blocks` blocks in this backend's [`KvLayout`].
+    /// Layer `layer`'s `[k, v]` scales of an FP8 KV cache, from the checkpoint (a cached key
+    /// is its code's value times `k`); given before the cache is made. Backends without an FP8
+    /// cache ignore them.
+    fn set_kv_cache_scales(&self, _layer: usize, _scales: [f32; 2]) {}
+
     fn kv_cache(&self, num_blocks: usize) -> Result<Self::KvCache>;
     /// Called once the weights are loaded: a backend that prepares something in the
     /// background (the CUDA backend compiles its kernels while weights load) finishes it here,

@@ -98,6 +98,9 @@ impl<B: Backend> LayerWeights<B> {
         };
         let p = format!("model.layers.{i}");
         let attn = |n: &str| format!("{p}.self_attn.{n}");
+        if let Some(scales) = crate::weights::fp8::kv_cache_scales(src, i)? {
+            backend.set_kv_cache_scales(i, scales);
+        }
         let qkv = load_projection(
             backend,
             src,

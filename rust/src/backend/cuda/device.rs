@@ -117,10 +117,27 @@ impl Backend for CudaBackend {
         let bytes = plane_bytes
             .checked_mul(2 * self.layout.num_layers)
             .ok_or_else(|| Error::InvalidConfig("KV cache size overflows".into()))?;
+        let fp8 = self.layout.dtype == crate::backend::KvDtype::Fp8E4m3;
+        let from_checkpoint = self.kv_scales.borrow();
+        let scales = (0..self.layout.num_layers)
+            .map(|l| match from_checkpoint.get(l) {
+                Some(&s) if fp8 => s,
+                _ => [1.0, 1.0],
+            })
+            .collect();
         Ok(CudaKvCache {
             mem: DeviceMem::zeroed(&self.stream, bytes)?,
             plane_bytes,
+            scales,
         })
+    }
+
+    fn set_kv_cache_scales(&self, layer: usize, scales: [f32; 2]) {
+        let mut all = self.kv_scales.borrow_mut();
+        if all.len() <= layer {
+            all.resize(layer + 1, [1.0, 1.0]);
+        }
+        all[layer] = scales;
     }
 
     fn finish_loading(&self) -> Result<()> {

@@ -105,7 +105,7 @@ impl DeviceMem {
                 .into_iter()
                 .map(f32::from)
                 .collect(),
-            ElemType::Fp8E4m3 => {
+            ElemType::Fp8E4m3 | ElemType::Fp8E4m3Raw => {
                 return Err(Error::Engine(
                     "activation buffers are never FP8: nothing reads one back".into(),
                 ))

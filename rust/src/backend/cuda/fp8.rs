@@ -5,7 +5,9 @@
 //!   bytes of the bf16 one;
 //! - larger steps, on GPUs with FP8 tensor cores (sm_89+) and one scale per output row: the
 //!   activations quantized per token (`fp8.cu`), then cuBLASLt's FP8 GEMM with both scale
-//!   vectors applied in its epilogue (`gemm.rs`, outer-vector scaling);
+//!   vectors applied in its epilogue (`gemm.rs`, outer-vector scaling) where cuBLASLt has it,
+//!   else (Hopper) the GEMM of the raw codes into the output and `fp8_scale_out` applying the
+//!   scales and the bias there ([`Fp8Gemm`]);
 //! - otherwise (Ampere, or 128×128 block scales): the matrix dequantized into a scratch buffer
 //!   and the bf16 GEMM. Correct everywhere, and on Hopper slower than bf16 for block-scaled
 //!   checkpoints' prefill: cuBLASLt's 128×128 block mode is the next step there.
@@ -21,6 +23,19 @@ use super::kernels::Fp8Layout;
 use super::{CudaBackend, CudaBuf, CudaMatrix, CudaVector};
 use crate::error::Result;
 use crate::weights::{Fp8Scales, Fp8Tensor};
+
+/// How the GEMM of an FP8 matrix with one scale per row runs (decided once, when the steps are
+/// reserved: [`CudaBackend::reserve_fp8`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fp8Gemm {
+    /// cuBLASLt's FP8 GEMM with both scale vectors in its epilogue.
+    OuterVector,
+    /// cuBLASLt's FP8 GEMM of the raw codes (scales 1) into the bf16 output, then
+    /// `fp8_scale_out`: the per-token and per-channel scales and the bias, in place.
+    RawThenScale,
+    /// No FP8 tensor cores: a dequantized copy and the dense GEMM.
+    Dequantized,
+}
 
 /// The scales of an FP8 matrix on the device and their layout.
 pub struct Fp8Weights {
@@ -187,7 +202,7 @@ impl CudaBackend {
 
     /// Whether the GEMM of `w` runs on FP8 tensor cores (else through a dequantized copy).
     fn fp8_tensor_cores(&self, w: &Fp8Weights) -> bool {
-        self.fp8_gemm && w.per_row()
+        self.fp8_gemm != Fp8Gemm::Dequantized && w.per_row()
     }
 
     /// Records what `w`'s GEMMs need of the scratch.
@@ -204,24 +219,14 @@ impl CudaBackend {
         }
     }
 
-    /// Makes the FP8 GEMMs' scratch for steps of up to `rows` rows.
+    /// Makes the FP8 GEMMs' scratch for steps of up to `rows` rows; first decides how
+    /// per-row-scaled matrices multiply on this GPU ([`Fp8Gemm`]).
     pub(super) fn reserve_fp8(&mut self, rows: usize) -> Result<()> {
-        if let (true, Some((n, k))) = (self.fp8_gemm, self.fp8_needs.per_row_shape.get()) {
-            let shape = GemmShape {
-                rows: rows.min(16),
-                n,
-                k,
-                input: ElemType::Fp8E4m3,
-                output: self.elem_type(),
-                bias: false,
-            };
-            if !self.gemm.supports(shape) {
-                // Every FP8 matrix then goes through a dequantized copy (kernels/cuda/NOTES.md).
-                tracing::warn!(
-                    "cuBLASLt has no FP8 GEMM with per-row scales on this GPU: FP8 matrices \
-                     of more than one row run through a dequantized copy"
-                );
-                self.fp8_gemm = false;
+        if let (Fp8Gemm::OuterVector, Some((n, k))) =
+            (self.fp8_gemm, self.fp8_needs.per_row_shape.get())
+        {
+            self.fp8_gemm = self.fp8_gemm_mode(rows.min(16), n, k);
+            if self.fp8_gemm == Fp8Gemm::Dequantized {
                 let all = self.fp8_needs.max_any.get();
                 self.fp8_needs.max_dequantized.set(all);
             }
@@ -231,7 +236,7 @@ impl CudaBackend {
             self.fp8_needs.max_dequantized.get(),
         );
         let s = &mut self.fp8_scratch;
-        if k > 0 && self.fp8_gemm {
+        if k > 0 && self.fp8_gemm != Fp8Gemm::Dequantized {
             let big_enough = s.act.as_ref().is_some_and(|(a, _)| a.bytes() >= rows * k);
             if !big_enough {
                 let act = DeviceMem::zeroed(&self.stream, rows * k)?;
@@ -242,6 +247,36 @@ impl CudaBackend {
             s.dequantized = Some(DeviceMem::zeroed(&self.stream, deq * 2)?);
         }
         Ok(())
+    }
+
+    /// The best FP8 GEMM cuBLASLt offers for an `[n, k]` matrix with per-row scales: with
+    /// outer-vector scales (refused on Hopper by the cuBLASLt of CUDA 13.0), else raw codes
+    /// into a bf16 output (an f16 output could overflow: |sum| reaches 448² · k), else none.
+    fn fp8_gemm_mode(&self, rows: usize, n: usize, k: usize) -> Fp8Gemm {
+        let shape = |input| GemmShape {
+            rows,
+            n,
+            k,
+            input,
+            output: self.elem_type(),
+            bias: false,
+        };
+        if self.gemm.supports(shape(ElemType::Fp8E4m3)) {
+            return Fp8Gemm::OuterVector;
+        }
+        if self.elem_type() == ElemType::Bf16 && self.gemm.supports(shape(ElemType::Fp8E4m3Raw)) {
+            tracing::info!(
+                "cuBLASLt has no FP8 GEMM with per-row scales on this GPU: FP8 GEMMs run on the \
+                 raw codes and a kernel applies the scales"
+            );
+            return Fp8Gemm::RawThenScale;
+        }
+        // Every FP8 matrix then goes through a dequantized copy (kernels/cuda/NOTES.md).
+        tracing::warn!(
+            "cuBLASLt has no FP8 GEMM for this GPU and dtype: FP8 matrices of more than one \
+             row run through a dequantized copy"
+        );
+        Fp8Gemm::Dequantized
     }
 
     /// Enqueues `out = x · wᵀ (+ bias)` for an FP8 matrix `w` of more rows than the GEMV takes.
@@ -264,23 +299,41 @@ impl CudaBackend {
                     return Err(scratch_missing());
                 };
                 k.fp8_quantize_rows(stream, x.mem.ptr, act.ptr, act_scales.ptr, rows, w.cols)?;
+                let raw = self.fp8_gemm == Fp8Gemm::RawThenScale;
                 let shape = GemmShape {
                     rows,
                     n: w.rows,
                     k: w.cols,
-                    input: ElemType::Fp8E4m3,
+                    input: if raw {
+                        ElemType::Fp8E4m3Raw
+                    } else {
+                        ElemType::Fp8E4m3
+                    },
                     output: out.dtype,
-                    bias: bias.is_some(),
+                    bias: bias.is_some() && !raw,
                 };
-                let scales = Some((layout.scales, act_scales.ptr));
-                self.gemm.run_scaled(
-                    shape,
-                    act.ptr,
-                    w.mem.ptr,
-                    bias_ptr,
-                    scales,
-                    out.mem.ptr,
+                if !raw {
+                    let scales = Some((layout.scales, act_scales.ptr));
+                    return self.gemm.run_scaled(
+                        shape,
+                        act.ptr,
+                        w.mem.ptr,
+                        bias_ptr,
+                        scales,
+                        out.mem.ptr,
+                        stream,
+                    );
+                }
+                self.gemm
+                    .run(shape, act.ptr, w.mem.ptr, None, out.mem.ptr, stream)?;
+                k.fp8_scale_out(
                     stream,
+                    out.mem.ptr,
+                    act_scales.ptr,
+                    layout.scales,
+                    bias_ptr,
+                    rows,
+                    w.rows,
                 )
             });
             return self.record(r);

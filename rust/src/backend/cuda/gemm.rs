@@ -29,6 +29,9 @@ pub enum ElemType {
     /// of the weight and one per row of the activations, applied in the epilogue
     /// (cuBLASLt's outer-vector scaling, CUDA 12.9+, sm_89+).
     Fp8E4m3,
+    /// e4m3fn codes taken as they are (both scales 1): the caller scales the output
+    /// (`fp8_scale_out`), where cuBLASLt has no outer-vector scaling (Hopper).
+    Fp8E4m3Raw,
 }
 
 impl ElemType {
@@ -37,7 +40,7 @@ impl ElemType {
             ElemType::Bf16 => sys::cudaDataType::CUDA_R_16BF,
             ElemType::F16 => sys::cudaDataType::CUDA_R_16F,
             ElemType::F32 => sys::cudaDataType::CUDA_R_32F,
-            ElemType::Fp8E4m3 => sys::cudaDataType::CUDA_R_8F_E4M3,
+            ElemType::Fp8E4m3 | ElemType::Fp8E4m3Raw => sys::cudaDataType::CUDA_R_8F_E4M3,
         }
     }
 }
@@ -230,6 +233,7 @@ impl Gemm {
         stream: &CudaStream,
     ) -> Result<()> {
         debug_assert_eq!(scales.is_some(), shape.input == ElemType::Fp8E4m3);
+        debug_assert!(!(shape.bias && shape.input == ElemType::Fp8E4m3Raw));
         let mut plans = self.plans.borrow_mut();
         let plan = match plans.entry(shape) {
             Entry::Occupied(e) => e.into_mut(),

@@ -113,9 +113,15 @@ pub struct CudaKvCache {
     mem: DeviceMem,
     /// Bytes of one layer's keys (and of its values).
     plane_bytes: usize,
+    /// Each layer's `[k, v]` scales of an FP8 cache (a cached key is its code's value times
+    /// `k`); 1 for a cache of T, where the kernels ignore them.
+    scales: Vec<[f32; 2]>,
 }
 
 impl CudaKvCache {
+    fn scales(&self, layer: usize) -> [f32; 2] {
+        self.scales.get(layer).copied().unwrap_or([1.0, 1.0])
+    }
     fn k_ptr(&self, layer: usize) -> u64 {
         self.mem.ptr + (2 * layer * self.plane_bytes) as u64
     }
@@ -140,8 +146,8 @@ pub struct CudaBackend {
     /// (`Tuning::gemv_max_rows` can lower it, to measure one against the other).
     gemv_max_rows: usize,
     gemm: Gemm,
-    /// Whether FP8 GEMMs run on tensor cores (sm_89 and later).
-    fp8_gemm: bool,
+    /// How FP8 GEMMs run: on tensor cores from sm_89 on, in the way cuBLASLt offers.
+    fp8_gemm: fp8::Fp8Gemm,
     fp8_needs: fp8::Fp8Needs,
     fp8_scratch: fp8::Fp8Scratch,
     kernels: KernelSet,
@@ -156,6 +162,9 @@ pub struct CudaBackend {
     uploader: RefCell<Option<device_mem::Uploader>>,
     /// Free device memory when the backend started, before any of its allocations.
     free_at_start: usize,
+    /// Per-layer `[k, v]` scales of an FP8 KV cache from the checkpoint
+    /// ([`Backend::set_kv_cache_scales`]); layers without them use 1, as vLLM does.
+    kv_scales: RefCell<Vec<[f32; 2]>>,
     /// First failure of an enqueued operation; reported by the next wait.
     error: RefCell<Option<Error>>,
     /// Whether a graph was recorded: from then on the step description must not move.
@@ -174,16 +183,7 @@ fn check_model(model: &ModelConfig, dtype: KvDtype, layout: &KvLayout) -> Result
             ))
         }
     };
-    if layout.dtype == KvDtype::Fp8E4m3 {
-        // The cache write and both attention kernels read and write T; e4m3 tiles are not
-        // written yet.
-        return Err(Error::Unsupported(
-            "kv_cache_dtype=\"fp8\" is not supported by the CUDA attention kernels yet; use \
-             kv_cache_dtype=\"auto\""
-                .into(),
-        ));
-    }
-    if layout.dtype != dtype.kv_dtype() {
+    if layout.dtype != dtype.kv_dtype() && layout.dtype != KvDtype::Fp8E4m3 {
         return Err(Error::InvalidConfig(format!(
             "a KV cache of {} beside activations of {}: the cache holds the activations' \
              dtype or FP8",
@@ -263,13 +263,15 @@ impl CudaBackend {
             )
             .map_err(cuda_err)? as usize;
         let t = &opts.tuning;
+        // An FP8 cache: the cache write and the attention kernels are compiled for e4m3 codes.
+        let fp8_kv = (layout.dtype == KvDtype::Fp8E4m3).then(|| ("KV_FP8".to_string(), None));
         let kernels = KernelSet::compile_in_background(
             jit::arch_for(major, minor),
             dtype,
             shape,
             layout.block_size,
             opts.kernel_cache_dir.clone(),
-            t.kernel_defines.clone(),
+            t.kernel_defines.iter().cloned().chain(fp8_kv).collect(),
             !t.no_pdl,
         );
         let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
@@ -299,12 +301,17 @@ impl CudaBackend {
             name,
             sm_count,
             gemm,
-            fp8_gemm: (major, minor) >= (8, 9),
+            fp8_gemm: if (major, minor) >= (8, 9) {
+                fp8::Fp8Gemm::OuterVector
+            } else {
+                fp8::Fp8Gemm::Dequantized
+            },
             fp8_needs: Default::default(),
             fp8_scratch: Default::default(),
             kernels,
             inv_freq: RefCell::new(None),
             error: RefCell::new(None),
+            kv_scales: RefCell::new(Vec::new()),
             graphs_recorded: false,
         })
     }

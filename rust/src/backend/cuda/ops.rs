@@ -279,6 +279,7 @@ impl Ops for CudaBackend {
                 self.inv_freq_ptr(inv_freq)?,
                 cache.k_ptr(layer),
                 cache.v_ptr(layer),
+                cache.scales(layer),
                 shape,
             )
         });
@@ -297,8 +298,8 @@ impl Ops for CudaBackend {
             k.attention(
                 &self.stream,
                 qkv.mem.ptr,
-                cache.k_ptr(layer),
-                cache.v_ptr(layer),
+                (cache.k_ptr(layer), cache.v_ptr(layer)),
+                cache.scales(layer),
                 out.mem.ptr,
                 &self.meta,
                 shape,

@@ -29,16 +29,20 @@ impl Kernels {
         &self,
         stream: &Arc<CudaStream>,
         qkv: u64,
-        k_cache: u64,
-        v_cache: u64,
+        caches: (u64, u64),
+        kv_scales: [f32; 2],
         out: u64,
         meta: &StepMeta,
         shape: AttentionShape,
         split_buf: &SplitBuffers,
     ) -> Result<()> {
-        let caches = (k_cache, v_cache);
+        let ((k_cache, v_cache), [k_scale, v_scale]) = (caches, kv_scales);
+        let decode = |rows| {
+            let scales = kv_scales;
+            self.decode_attention(stream, qkv, caches, scales, out, meta, shape, split_buf, rows)
+        };
         if meta.max_query_len <= 1 {
-            return self.decode_attention(stream, qkv, caches, out, meta, shape, split_buf, None);
+            return decode(None);
         }
         if meta.num_prefill_tiles > 0 {
             let (width, scale) = attention_args(shape);
@@ -52,11 +56,10 @@ impl Kernels {
             let grid = (meta.num_prefill_tiles, shape.num_heads, 1);
             launch!(self, stream, &self.prefill_attention, grid, 128;
                 qkv, k_cache, v_cache, out, q_start, q_len, ctx_len, tables, max_blocks, width,
-                scale, tiles)?;
+                scale, tiles, k_scale, v_scale)?;
         }
         if meta.num_decode_rows > 0 {
-            let rows = Some((meta.decode_rows(), meta.num_decode_rows));
-            self.decode_attention(stream, qkv, caches, out, meta, shape, split_buf, rows)?;
+            decode(Some((meta.decode_rows(), meta.num_decode_rows)))?;
         }
         Ok(())
     }
@@ -69,6 +72,7 @@ impl Kernels {
         stream: &Arc<CudaStream>,
         qkv: u64,
         (k_cache, v_cache): (u64, u64),
+        [k_scale, v_scale]: [f32; 2],
         out: u64,
         meta: &StepMeta,
         shape: AttentionShape,
@@ -85,7 +89,7 @@ impl Kernels {
         let grid = (n, shape.num_kv_heads * decode_head_tiles(shape), splits);
         launch!(self, stream, &self.decode_attention, grid, 32;
             qkv, k_cache, v_cache, out, row_seq, row_pos, tables, table_width, width, scale,
-            p_out, p_lse, splits32, min_keys, row_list)?;
+            p_out, p_lse, splits32, min_keys, row_list, k_scale, v_scale)?;
         if splits == 1 {
             return Ok(());
         }

@@ -39,6 +39,7 @@ pub struct Kernels {
     gemv_fp8: Vec<GemvKernel>,
     fp8_quantize_rows: CudaFunction,
     fp8_dequantize: CudaFunction,
+    fp8_scale_out: CudaFunction,
     /// Whether launches use programmatic dependent launch (Hopper and later).
     pdl: bool,
 }
@@ -150,6 +151,7 @@ impl Kernels {
             gemv_fp8,
             fp8_quantize_rows: f("fp8", "fp8_quantize_rows")?,
             fp8_dequantize: f("fp8", "fp8_dequantize")?,
+            fp8_scale_out: f("fp8", "fp8_scale_out")?,
             embedding: f("embedding", "embedding")?,
             rms_norm: f("rms_norm", "rms_norm")?,
             add_rms_norm: f("rms_norm", "add_rms_norm")?,
@@ -237,12 +239,13 @@ impl Kernels {
         inv_freq: u64,
         k_cache: u64,
         v_cache: u64,
+        [k_scale, v_scale]: [f32; 2],
         shape: AttentionShape,
     ) -> Result<()> {
         let width = shape.qkv_width() as i32;
         let (positions, slots) = (meta.positions(), meta.slots());
         launch!(self, stream, &self.rope_cache_write, (meta.rows, 1, 1), 128;
-            qkv, positions, slots, inv_freq, k_cache, v_cache, width)
+            qkv, positions, slots, inv_freq, k_cache, v_cache, width, k_scale, v_scale)
     }
 
     pub fn silu_mul(
@@ -304,6 +307,24 @@ impl Kernels {
         let cols = cols as i32;
         launch!(self, stream, &self.fp8_dequantize, (rows, 1, 1), 256;
             q, scales, out, cols, row_shift, col_shift, ld)
+    }
+
+    /// `out [rows, n]` (activation dtype) times `a_scales [rows]` and `w_scales [n]` (f32),
+    /// plus `bias [n]` when given, in place; `n` a multiple of 8.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fp8_scale_out(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: u64,
+        a_scales: u64,
+        w_scales: u64,
+        bias: Option<u64>,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        let (bias, n) = (bias.unwrap_or(0), n as i32);
+        launch!(self, stream, &self.fp8_scale_out, (rows, 1, 1), 256;
+            out, a_scales, w_scales, bias, n)
     }
 
     /// `out[r] = argmax(logits[r])` over `vocab` f32 logits per row, as `i32`.
