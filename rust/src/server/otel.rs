@@ -185,7 +185,13 @@ impl RequestSpan {
 
     /// The model the request named.
     pub fn set_model(&self, model: &str) {
-        self.with(|t| set(&mut t.root, "gen_ai.request.model", Value::Str(model.into())));
+        self.with(|t| {
+            set(
+                &mut t.root,
+                "gen_ai.request.model",
+                Value::Str(model.into()),
+            )
+        });
     }
 
     /// What the request asks of the engine, and the model that serves it.
@@ -194,9 +200,21 @@ impl RequestSpan {
             let s = &mut t.root;
             let max = params.max_tokens.map_or(-1, |m| m as i64);
             set(s, "gen_ai.request.max_tokens", Value::Int(max));
-            set(s, "gen_ai.request.temperature", Value::Double(params.temperature as f64));
-            set(s, "gen_ai.request.top_p", Value::Double(params.top_p as f64));
-            set(s, "gen_ai.request.choice.count", Value::Int(params.n as i64));
+            set(
+                s,
+                "gen_ai.request.temperature",
+                Value::Double(params.temperature as f64),
+            );
+            set(
+                s,
+                "gen_ai.request.top_p",
+                Value::Double(params.top_p as f64),
+            );
+            set(
+                s,
+                "gen_ai.request.choice.count",
+                Value::Int(params.n as i64),
+            );
             set(s, "gen_ai.response.model", Value::Str(served_by.into()));
         });
     }
@@ -213,12 +231,24 @@ impl RequestSpan {
             let output: usize = o.outputs.iter().map(|c| c.token_ids.len()).sum();
             add(s, "gen_ai.usage.input_tokens", o.prompt_token_ids.len());
             add(s, "gen_ai.usage.output_tokens", output);
-            add(s, "gen_ai.usage.cache_read.input_tokens", o.num_cached_tokens);
-            set(s, "gen_ai.response.id", Value::Str(o.request_id.to_string()));
+            add(
+                s,
+                "gen_ai.usage.cache_read.input_tokens",
+                o.num_cached_tokens,
+            );
+            set(
+                s,
+                "gen_ai.response.id",
+                Value::Str(o.request_id.to_string()),
+            );
             let reasons = o.outputs.iter().filter_map(|c| c.finish_reason);
             let reasons = reasons.map(|r| r.as_str().to_string()).collect();
             set(s, "gen_ai.response.finish_reasons", Value::Strs(reasons));
-            if !s.attributes.iter().any(|(k, _)| k.starts_with("gen_ai.latency")) {
+            if !s
+                .attributes
+                .iter()
+                .any(|(k, _)| k.starts_with("gen_ai.latency"))
+            {
                 latencies(s, arrival, m);
             }
             let phases = [
@@ -259,8 +289,10 @@ impl RequestSpan {
             s.error = Some(format!("HTTP {status}"));
         }
         // GenAI's span name: "{operation} {model}".
-        if let Some((_, Value::Str(model))) =
-            s.attributes.iter().find(|(k, _)| *k == "gen_ai.request.model")
+        if let Some((_, Value::Str(model))) = s
+            .attributes
+            .iter()
+            .find(|(k, _)| *k == "gen_ai.request.model")
         {
             s.name = format!("{} {model}", s.name);
         }
@@ -279,11 +311,31 @@ fn latencies(s: &mut SpanRecord, arrival: f64, m: &RequestMetrics) {
             set(s, key, Value::Double((b - a).max(0.0)));
         }
     };
-    put("gen_ai.latency.time_in_queue", Some(arrival), m.scheduled_time);
-    put("gen_ai.latency.time_to_first_token", Some(arrival), m.first_token_time);
-    put("gen_ai.latency.time_in_model_prefill", m.scheduled_time, m.first_token_time);
-    put("gen_ai.latency.time_in_model_decode", m.first_token_time, m.finished_time);
-    put("gen_ai.latency.time_in_model_inference", m.scheduled_time, m.finished_time);
+    put(
+        "gen_ai.latency.time_in_queue",
+        Some(arrival),
+        m.scheduled_time,
+    );
+    put(
+        "gen_ai.latency.time_to_first_token",
+        Some(arrival),
+        m.first_token_time,
+    );
+    put(
+        "gen_ai.latency.time_in_model_prefill",
+        m.scheduled_time,
+        m.first_token_time,
+    );
+    put(
+        "gen_ai.latency.time_in_model_decode",
+        m.first_token_time,
+        m.finished_time,
+    );
+    put(
+        "gen_ai.latency.time_in_model_inference",
+        m.scheduled_time,
+        m.finished_time,
+    );
     put("gen_ai.latency.e2e", Some(arrival), m.finished_time);
 }
 

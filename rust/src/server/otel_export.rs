@@ -120,7 +120,10 @@ impl Exporter {
 
     /// Queues `span`; `false` when the queue is full and it was dropped.
     pub fn send(&self, span: SpanRecord) -> bool {
-        !matches!(self.tx.try_send(Message::Span(span)), Err(TrySendError::Full(_)))
+        !matches!(
+            self.tx.try_send(Message::Span(span)),
+            Err(TrySendError::Full(_))
+        )
     }
 
     /// Exports what is queued, waiting up to `timeout`.
@@ -292,8 +295,18 @@ pub fn encode_request(service: &str, spans: &[SpanRecord]) -> Vec<u8> {
     pb.message(1, |rs| {
         rs.message(1, |resource| {
             key_value(resource, 1, "service.name", &Value::Str(service.into()));
-            key_value(resource, 1, "telemetry.sdk.name", &Value::Str("infire".into()));
-            key_value(resource, 1, "telemetry.sdk.language", &Value::Str("rust".into()));
+            key_value(
+                resource,
+                1,
+                "telemetry.sdk.name",
+                &Value::Str("infire".into()),
+            );
+            key_value(
+                resource,
+                1,
+                "telemetry.sdk.language",
+                &Value::Str("rust".into()),
+            );
         });
         rs.message(2, |ss| {
             ss.message(1, |scope| {
@@ -329,9 +342,15 @@ mod tests {
     #[test]
     fn endpoints_are_http_urls_with_the_otlp_path_by_default() {
         let e = Endpoint::parse("http://collector:4318").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("collector", 4318, "/v1/traces"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("collector", 4318, "/v1/traces")
+        );
         let e = Endpoint::parse("http://[::1]:9/x/traces").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.path.as_str()), ("::1", 9, "/x/traces"));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.path.as_str()),
+            ("::1", 9, "/x/traces")
+        );
         assert_eq!(Endpoint::parse("http://h/").unwrap().port, 80);
         for bad in ["https://h:4318", "h:4318", "http://:4318", "http://h:99999"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
