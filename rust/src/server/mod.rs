@@ -47,6 +47,7 @@ mod state;
 mod structured_request;
 mod tool_calls;
 mod tools;
+mod traceparent;
 mod traffic;
 
 use std::net::SocketAddr;
