@@ -3,7 +3,14 @@ the cluster with prefix-affinity routing against Ray Serve's default power-of-tw
 router, and the ingress's and router's added latency against a direct `infire serve`.
 
 Workload: C conversations run at once, each T turns; every turn resends the conversation's
-whole history (as chat clients do) and streams its answer. Per router it reports the
+whole history (as chat clients do) and streams its answer. Each conversation has a system prompt
+of its own (a persona and a task, about 90 tokens) and its own questions, so nothing but the
+chat template's first tokens is shared between conversations; together they hold more tokens
+than one replica's KV cache (`--kv-cache-tokens`, per replica; the direct server gets all the
+replicas' worth). Between turns a user thinks (exponential, mean `--think-s`):
+without it every client sends its next turn the moment its answer ends, when the replica that
+answered it has just become the less loaded, and Ray's power of two follows conversations by
+load alone. Per router it reports the
 prefix-cache hit rate (the responses' `usage.prompt_tokens_details.cached_tokens` over their
 prompt tokens), TTFT p50/p90 (to the first content token) and the whole run's time. The added
 latency is TTFT p50 of single short requests, one at a time, through the cluster minus
@@ -19,6 +26,7 @@ import argparse
 import http.client
 import json
 import os
+import random
 import socket
 import statistics
 import subprocess
@@ -33,6 +41,32 @@ import infire
 from infire.cluster import from_dict, up
 
 TOPICS = ["rivers", "mountains", "bread", "trains", "owls", "glass", "tea", "maps", "bees"]
+NAMES = ["Ada", "Bruno", "Chiara", "Dmitri", "Elena", "Farid", "Greta", "Hiro", "Ines", "Jonas"]
+CITIES = ["Lisbon", "Oslo", "Kyoto", "Quito", "Nairobi", "Tallinn", "Perth", "Lyon", "Cusco"]
+JOBS = ["a baker", "a ferry pilot", "a beekeeper", "a cartographer", "a glassblower", "a nurse"]
+STYLES = ["short sentences", "a friendly tone", "plain words", "concrete examples", "humour"]
+FOLLOW_UPS = [
+    "Go on, tell me more.",
+    "What would {name} find surprising about that?",
+    "How does that work in {city}?",
+    "Give me one example a child would understand.",
+    "What is the most common mistake people make?",
+    "Summarise that in two sentences.",
+]
+
+
+def system_prompt(i: int) -> str:
+    """Conversation ``i``'s own persona and task (about 90 tokens)."""
+    r = random.Random(i)
+    name, city, job = r.choice(NAMES), r.choice(CITIES), r.choice(JOBS)
+    return (
+        f"You are the assistant of {name}, {job} in {city}, in conversation number {i}. "
+        f"{name} is curious about {TOPICS[i % len(TOPICS)]} and asks follow-up questions. "
+        f"Answer with {r.choice(STYLES)} and {r.choice(STYLES)}, mention {city} where it "
+        f"helps, never invent statistics, and keep each answer under {r.randint(40, 90)} "
+        f"words. Today {name} has {r.randint(2, 9)} free hours and a budget of "
+        f"{r.randint(10, 99)} euros."
+    )
 
 
 def free_port() -> int:
@@ -82,23 +116,29 @@ def stream_chat(port: int, model: str, messages: list, max_tokens: int) -> dict:
     }
 
 
-def conversations(port: int, model: str, n: int, turns: int, max_tokens: int) -> list[dict]:
+def conversations(
+    port: int, model: str, n: int, turns: int, max_tokens: int, think_s: float
+) -> list[dict]:
     results, lock = [], threading.Lock()
 
-    def run(topic: str) -> None:
-        history = [{"role": "user", "content": f"Tell me about {topic}, in detail."}]
+    def run(i: int) -> None:
+        r = random.Random(1000 + i)
+        fill = {"name": r.choice(NAMES), "city": r.choice(CITIES)}
+        history = [
+            {"role": "system", "content": system_prompt(i)},
+            {"role": "user", "content": f"Tell me about {TOPICS[i % len(TOPICS)]}, in detail."},
+        ]
         for _ in range(turns):
-            r = stream_chat(port, model, history, max_tokens)
+            reply = stream_chat(port, model, history, max_tokens)
             history += [
-                {"role": "assistant", "content": r["text"]},
-                {"role": "user", "content": "Go on, tell me more."},
+                {"role": "assistant", "content": reply["text"]},
+                {"role": "user", "content": r.choice(FOLLOW_UPS).format(**fill)},
             ]
             with lock:
-                results.append(r)
+                results.append(reply)
+            time.sleep(r.expovariate(1 / think_s) if think_s > 0 else 0)
 
-    threads = [
-        threading.Thread(target=run, args=(TOPICS[i % len(TOPICS)] + f" {i}",)) for i in range(n)
-    ]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
@@ -133,10 +173,11 @@ def run_cluster(args, router: str, model_path: str) -> tuple[dict, int]:
                 {
                     "name": "smol",
                     "path": model_path,
-                    "replicas": 2,
-                    "num_cpus": 1,
+                    "replicas": args.replicas,
+                    # One engine thread each; Ray's local cluster has as many CPUs as cores.
+                    "num_cpus": min(1.0, (os.cpu_count() or 1) / args.replicas),
                     "max_ongoing_requests": 16,
-                    "engine": {"max_model_len": 2048},
+                    "engine": {"max_model_len": 2048, "kv_cache_tokens": args.kv_cache_tokens},
                 }
             ],
         }
@@ -145,7 +186,9 @@ def run_cluster(args, router: str, model_path: str) -> tuple[dict, int]:
     results_warm = stream_chat(port, "smol", [{"role": "user", "content": "Hi"}], 4)
     assert results_warm["completion"] > 0
     j0, t0 = busy_jiffies(), time.perf_counter()
-    results = conversations(port, "smol", args.conversations, args.turns, args.max_tokens)
+    results = conversations(
+        port, "smol", args.conversations, args.turns, args.max_tokens, args.think_s
+    )
     s = summary(results, time.perf_counter() - t0, busy_jiffies() - j0)
     return s, port
 
@@ -158,7 +201,7 @@ def single_ttft(port: int, n: int) -> float:
     return 1000 * statistics.median(ttfts)
 
 
-def direct_server(model_path: str) -> tuple[subprocess.Popen, int]:
+def direct_server(model_path: str, kv_cache_tokens: int) -> tuple[subprocess.Popen, int]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -173,6 +216,8 @@ def direct_server(model_path: str) -> tuple[subprocess.Popen, int]:
         "smol",
         "--max-model-len",
         "2048",
+        "--kv-cache-tokens",
+        str(kv_cache_tokens),
     ]
     env = {**os.environ, "RAYON_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, env=env)
@@ -190,10 +235,14 @@ def direct_server(model_path: str) -> tuple[subprocess.Popen, int]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--conversations", type=int, default=6)
-    p.add_argument("--turns", type=int, default=4)
+    p.add_argument("--conversations", type=int, default=16)
+    p.add_argument("--turns", type=int, default=5)
+    p.add_argument("--replicas", type=int, default=2)
+    p.add_argument("--kv-cache-tokens", type=int, default=3072, help="per replica")
     p.add_argument("--max-tokens", type=int, default=24)
-    p.add_argument("--saturation", type=int, default=4)
+    p.add_argument("--think-s", type=float, default=2.0, help="mean pause between turns")
+    # A replica serves about conversations / replicas at once: below that, affinity yields.
+    p.add_argument("--saturation", type=int, default=12)
     p.add_argument("--single", type=int, default=10, help="single requests for added latency")
     p.add_argument("--machine", default="unnamed machine")
     p.add_argument("--out", default="bench/results/cluster_cpu.json")
@@ -206,11 +255,13 @@ def main() -> int:
             out["cluster_single_ttft_p50_ms"] = single_ttft(port, args.single)
         serve.shutdown()
         ray.shutdown()
-    proc, port = direct_server(model_path)
+    proc, port = direct_server(model_path, args.replicas * args.kv_cache_tokens)
     try:
         out["direct_single_ttft_p50_ms"] = single_ttft(port, args.single)
         j0, t0 = busy_jiffies(), time.perf_counter()
-        results = conversations(port, "smol", args.conversations, args.turns, args.max_tokens)
+        results = conversations(
+            port, "smol", args.conversations, args.turns, args.max_tokens, args.think_s
+        )
         out["direct"] = summary(results, time.perf_counter() - t0, busy_jiffies() - j0)
     finally:
         proc.terminate()

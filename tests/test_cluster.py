@@ -1,8 +1,9 @@
 """`infire.cluster` end to end on a local Ray cluster of two simulated nodes (regions "eu" and
 "us", via `ray.cluster_utils.Cluster`), one default-model replica on each, on the CPU: answers
 equal the single-node engine's, prefix and session affinity, region preference, fingerprint
-pinning, probes, a replica with other model files gets no traffic, and killing a node under load
-loses no accepted request. The node is killed last: the tests run in file order."""
+pinning, probes, a replica with other model files gets no traffic, one trace across ingress,
+router, replica and engine (into a real OTLP receiver), and killing a node under load loses no
+accepted request. The node is killed last: the tests run in file order."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import asyncio
 import http.client
 import json
 import os
+import secrets
 import shutil
 import socket
 import threading
@@ -25,6 +27,9 @@ from ray.cluster_utils import Cluster  # noqa: E402
 import infire  # noqa: E402
 from infire import _core  # noqa: E402
 from infire.cluster import from_dict  # noqa: E402
+
+pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is not installed")
+from otlp_receiver import OtlpReceiver  # noqa: E402
 
 MODEL = "smol"
 # Ray Serve's own pydantic models warn on import; they are not this project's to fix.
@@ -74,9 +79,15 @@ def cluster(default_model_path):
     worker = nodes.add_node(num_cpus=1, labels={"region": "us"})
     ray.init(address=nodes.address, log_to_driver=False)
     port = _free_port()
+    receiver = OtlpReceiver()
     config = from_dict(
         {
-            "cluster": {"address": nodes.address, "port": port, "first_token_timeout_s": 120},
+            "cluster": {
+                "address": nodes.address,
+                "port": port,
+                "first_token_timeout_s": 120,
+                "otlp_traces_endpoint": receiver.url,
+            },
             "models": [
                 {
                     "name": MODEL,
@@ -93,10 +104,11 @@ def cluster(default_model_path):
     from infire.cluster import up
 
     up(config)
-    yield {"port": port, "nodes": nodes, "worker": worker, "config": config}
+    yield {"port": port, "nodes": nodes, "worker": worker, "config": config, "receiver": receiver}
     serve.shutdown()
     ray.shutdown()
     nodes.shutdown()
+    receiver.close()
 
 
 def test_answers_equal_single_node(cluster, engine):
@@ -218,6 +230,118 @@ def test_replica_with_other_model_files_fails_its_checks(cluster, default_model_
         replica.stop()
     with pytest.raises(RuntimeError, match="fingerprint"):
         InfireReplica(spec)
+
+
+def test_one_trace_spans_ingress_router_replica_and_engine(cluster):
+    trace_id, client_span = secrets.token_hex(16), secrets.token_hex(8)
+    headers = {"traceparent": f"00-{trace_id}-{client_span}-01"}
+    messages = [{"role": "user", "content": "Trace me."}]
+    body = _chat(messages, stream=True)
+    status, hdrs, events = _post(cluster["port"], "/v1/chat/completions", body, headers)
+    assert status == 200 and events[-1] == "[DONE]"
+    # ingress, route, replica, the server's request span and its queue, prefill, decode
+    spans = cluster["receiver"].wait_for(trace_id, 7)
+    assert len(spans) == 7, spans
+
+    def child_of(parent: dict | None, name: str) -> dict:
+        parent_id = parent["span_id"] if parent else client_span
+        (span,) = [s for s in spans if s["parent"] == parent_id and s["name"] == name]
+        return span
+
+    ingress = child_of(None, f"chat {MODEL}")
+    assert ingress["service"] == "infire-ingress" and ingress["kind"] == 2
+    assert ingress["attributes"]["infire.replica"] == hdrs["x-infire-replica"]
+    route = child_of(ingress, "route")
+    assert route["attributes"]["infire.route.replica"] == hdrs["x-infire-replica"]
+    replica = child_of(route, f"replica {MODEL}")
+    assert replica["service"] == "infire-replica"
+    assert replica["attributes"]["infire.replica"] == hdrs["x-infire-replica"]
+    server = child_of(replica, f"chat {MODEL}")
+    assert server["service"] == "infire" and server["attributes"]["gen_ai.usage.output_tokens"] > 0
+    for phase in ("queue", "prefill", "decode"):
+        assert server["start"] <= child_of(server, phase)["end"] <= server["end"]
+    assert ingress["start"] <= route["start"] <= replica["start"] <= server["start"]
+    assert server["end"] <= replica["end"] <= ingress["end"]
+
+
+def _other_model(default_model_path: str, directory) -> str:
+    """A copy of the default model with another value in its last weight block's quants: same
+    shape, another model (another fingerprint)."""
+    other = directory / os.path.basename(default_model_path)
+    shutil.copyfile(default_model_path, other)
+    with open(other, "r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)[0]
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last ^ 0x11]))
+    return str(other)
+
+
+def test_a_rolling_update_never_sends_a_pinned_session_to_the_other_version(
+    cluster, default_model_path, tmp_path_factory
+):
+    """Serve's own rolling update from the default model to another version: while replicas
+    of both run, requests pinned to either version are answered by that version only (or
+    refused, or wait), never by the other."""
+    import dataclasses
+
+    from infire.cluster.app import build_app, pin_fingerprints
+
+    port, config = cluster["port"], cluster["config"]
+    old = _core.fingerprint(default_model_path)
+    spec = dataclasses.replace(
+        config.models[0],
+        path=_other_model(default_model_path, tmp_path_factory.mktemp("v2")),
+        fingerprint=None,
+    )
+    updated = pin_fingerprints(dataclasses.replace(config, models=[spec]))
+    new = updated.models[0].fingerprint
+    assert new != old
+    answers: dict[str, Counter] = {old: Counter(), new: Counter()}
+    done = threading.Event()
+
+    def pinned(pin: str) -> None:
+        body = {"model": MODEL, "prompt": "Which version?", "max_tokens": 1}
+        headers = {"x-infire-fingerprint": pin}
+        while not done.is_set():
+            try:
+                status, _, answer = _post(port, "/v1/completions", body, headers)
+            except OSError:
+                answers[pin]["no answer"] += 1
+                continue
+            served = answer.get("system_fingerprint") if status == 200 else status
+            answers[pin][served] += 1
+
+    threads = [threading.Thread(target=pinned, args=(pin,)) for pin in (old, new)]
+    for t in threads:
+        t.start()
+    time.sleep(2)
+    # `serve.run` returns once the update is done: in a thread, while the pins keep asking.
+    redeploy = threading.Thread(
+        target=serve.run, args=(build_app(updated),), kwargs={"name": config.app_name}
+    )
+    redeploy.start()
+    redeploy.join(timeout=240)
+    deadline = time.monotonic() + 60
+    while True:
+        assert time.monotonic() < deadline, answers
+        app = serve.status().applications[config.app_name]
+        replicas = app.deployments[f"model-{MODEL}"].replica_states
+        if app.status.value == "RUNNING" and replicas.get("RUNNING") == 2 and len(replicas) == 1:
+            break
+        time.sleep(1)
+    time.sleep(3)
+    done.set()
+    for t in threads:
+        t.join(timeout=300)
+    # Each pin was answered by its own version and never by the other; the old version
+    # answered before the update finished and the new one after it started.
+    assert answers[old][new] == 0 and answers[new][old] == 0, answers
+    assert answers[old][old] > 0 and answers[new][new] > 0, answers
+    body = {"model": MODEL, "prompt": "Which version?", "max_tokens": 1}
+    for _ in range(4):
+        status, _, answer = _post(port, "/v1/completions", body)
+        assert status == 200 and answer["system_fingerprint"] == new
 
 
 def test_killing_a_node_under_load_loses_no_request(cluster):

@@ -88,3 +88,29 @@ def test_cluster_cli_reports_a_bad_config(tmp_path):
             [sys.executable, "-m", "infire", "cluster", *args], capture_output=True, text=True
         )
         assert run.returncode == 2 and "infire: error:" in run.stderr, run.stderr
+
+
+def test_tracing_is_off_without_an_endpoint_and_urls_get_the_otlp_path(monkeypatch):
+    import sys
+
+    from infire.cluster import tracing
+
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    sdk_loaded = "opentelemetry.sdk.trace" in sys.modules
+    assert tracing.setup(None, "infire-test") is None
+    # No endpoint, no exporter: the SDK is not even imported.
+    assert ("opentelemetry.sdk.trace" in sys.modules) == sdk_loaded
+    assert tracing.endpoint_url("http://c:4318") == "http://c:4318/v1/traces"
+    assert tracing.endpoint_url("http://c:4318/x/traces") == "http://c:4318/x/traces"
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://env:4318/")
+    assert tracing.endpoint_url(None) == "http://env:4318/v1/traces"
+    assert tracing.client_carrier({"traceparent": "00-a-b-01", "x": "y"}) == {
+        "traceparent": "00-a-b-01"
+    }
+    config = from_dict(
+        {
+            "cluster": {"otlp_traces_endpoint": "http://c:4318"},
+            "models": [{"name": "m", "path": "/m.gguf"}],
+        }
+    )
+    assert config.otlp_traces_endpoint == "http://c:4318"

@@ -72,7 +72,8 @@ def build_app(config: ClusterConfig):
     handles = {}
     for spec in config.models:
         deployment = serve.deployment(_Replica).options(**_deployment_options(spec, config))
-        handles[spec.name] = deployment.bind(spec.to_dict())
+        replica_spec = dict(spec.to_dict(), otlp_traces_endpoint=config.otlp_traces_endpoint)
+        handles[spec.name] = deployment.bind(replica_spec)
     ingress = serve.deployment(OpenAIIngress)
     ingress = ingress.options(
         name="ingress",
@@ -81,7 +82,11 @@ def build_app(config: ClusterConfig):
         ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: 0.001}},
     )
     models = {m.name: m.to_dict() for m in config.models}
-    options = {"max_tries": config.max_tries, "first_token_timeout_s": config.first_token_timeout_s}
+    options = {
+        "max_tries": config.max_tries,
+        "first_token_timeout_s": config.first_token_timeout_s,
+        "otlp_traces_endpoint": config.otlp_traces_endpoint,
+    }
     return ingress.bind(models, handles, options)
 
 

@@ -8,6 +8,7 @@ router = "affinity"       # or "pow2" (Ray Serve's default power-of-two-choices 
 saturation = 8            # queued requests at which a replica's affinity yields to load
 max_tries = 3             # replicas a request may try before its first token
 first_token_timeout_s = 120
+otlp_traces_endpoint = "http://collector:4318"   # request traces (OTLP/HTTP); left out: none
 
 [[models]]
 name = "smollm2"
@@ -79,6 +80,8 @@ class ClusterConfig:
     max_tries: int = 3
     first_token_timeout_s: float = 120.0
     app_name: str = "infire"
+    # Where request traces go (else $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else nowhere).
+    otlp_traces_endpoint: str | None = None
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)

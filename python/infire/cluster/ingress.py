@@ -19,11 +19,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import _core
+from . import tracing
 from .streaming import first_token_seen
 
 logger = logging.getLogger("ray.serve")
 
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
+# OpenTelemetry's GenAI operation of each generation path.
+OPERATIONS = {"/v1/completions": "text_completion", "/v1/chat/completions": "chat"}
 # Blocks of the prompt the router keys on: enough for any shared head of a conversation.
 MAX_AFFINITY_BLOCKS = 256
 
@@ -43,8 +46,8 @@ def error_event(message: str) -> bytes:
 
 class OpenAIIngress:
     """The ingress deployment. ``models`` maps each model's name to its spec (a dict) and
-    ``handles`` to its deployment's handle; ``options`` holds ``max_tries`` and
-    ``first_token_timeout_s``."""
+    ``handles`` to its deployment's handle; ``options`` holds ``max_tries``,
+    ``first_token_timeout_s`` and ``otlp_traces_endpoint``."""
 
     def __init__(self, models: dict, handles: dict, options: dict) -> None:
         from .. import load_tokenizer
@@ -56,6 +59,7 @@ class OpenAIIngress:
         # Tokenizers for the routing keys only: the replicas tokenize again for themselves.
         self.tokenizers = {name: load_tokenizer(m["path"]) for name, m in models.items()}
         self.counts = {"accepted": 0, "completed": 0, "failed": 0, "retried": 0, "cut": 0}
+        self.tracer = tracing.setup(options.get("otlp_traces_endpoint"), "infire-ingress")
 
     async def __call__(self, request: Request) -> Response:
         path, method = request.url.path, request.method
@@ -75,7 +79,7 @@ class OpenAIIngress:
         if path in GENERATION_PATHS:
             if method != "POST":
                 return error(405, f"method {method} is not allowed on {path}")
-            return await self._generation(request, path)
+            return await self._traced_generation(request, path)
         return error(404, f"no route for {path}", "not_found_error")
 
     def _card(self, name: str) -> dict:
@@ -131,7 +135,33 @@ class OpenAIIngress:
             prompt = prompt[0]
         return tok.encode(prompt) if isinstance(prompt, str) else None
 
-    async def _generation(self, request: Request, path: str) -> Response:
+    async def _traced_generation(self, request: Request, path: str) -> Response:
+        """``_generation`` in a SERVER span (when tracing), ended once the answer was sent."""
+        trace = tracing.client_carrier(request.headers)
+        if self.tracer is None:
+            return await self._generation(request, path, trace, None)
+        from opentelemetry.trace import SpanKind, Status, StatusCode
+
+        span = self.tracer.start_span(
+            OPERATIONS[path],
+            context=tracing.context_of(trace),
+            kind=SpanKind.SERVER,
+            attributes={"gen_ai.operation.name": OPERATIONS[path], "url.path": path},
+        )
+        try:
+            response = await self._generation(request, path, tracing.carrier_of(span), span)
+        except BaseException as e:
+            span.set_status(Status(StatusCode.ERROR, repr(e)))
+            span.end()
+            raise
+        span.set_attribute("http.response.status_code", response.status_code)
+        if response.status_code >= 500:
+            span.set_status(Status(StatusCode.ERROR, f"HTTP {response.status_code}"))
+        if not isinstance(response, StreamingResponse):
+            span.end()  # else the relay ends it with the stream
+        return response
+
+    async def _generation(self, request: Request, path: str, trace: dict, span) -> Response:
         body = await request.body()
         try:
             req = json.loads(body)
@@ -142,12 +172,15 @@ class OpenAIIngress:
         name = req.get("model")
         if name not in self.handles:
             return error(404, f"The model `{name}` does not exist.", "not_found_error")
+        if span is not None:
+            span.update_name(f"{OPERATIONS[path]} {name}")
+            span.set_attribute("gen_ai.request.model", name)
         routing = self._routing(name, path, req, request.headers)
         pin, held = routing["fingerprint"], self.models[name].get("fingerprint") or ""
         if pin and not (pin == held or (len(pin) >= 15 and held.startswith(pin))):
             # No replica of this deployment holds it: say so now rather than wait.
             return error(400, f"no replica of {name!r} holds fingerprint {pin} (it serves {held})")
-        payload = {"path": path, "body": body, "routing": routing}
+        payload = {"path": path, "body": body, "routing": routing, "trace": trace}
         self.counts["accepted"] += 1
         opened = await self._open(name, payload, bool(req.get("stream")))
         if isinstance(opened, Response):
@@ -155,12 +188,14 @@ class OpenAIIngress:
             return opened
         head, held, rest = opened
         headers = {"x-infire-replica": head.get("replica", "")}
+        if span is not None:
+            span.set_attribute("infire.replica", head.get("replica", ""))
         if not req.get("stream") or head["status"] != 200:
             self.counts["completed" if head["status"] == 200 else "failed"] += 1
             return Response(
                 b"".join(held), head["status"], headers, media_type=head["content_type"]
             )
-        relay = self._relay(held, rest)
+        relay = self._relay(held, rest, span)
         return StreamingResponse(relay, headers=headers, media_type="text/event-stream")
 
     async def _open(self, name: str, payload: dict, stream: bool):
@@ -194,20 +229,26 @@ class OpenAIIngress:
             "server_error",
         )
 
-    async def _relay(self, held: list[bytes], rest):
+    async def _relay(self, held: list[bytes], rest, span):
         """The stream's chunks: those held until the first token, then the rest as they come;
-        an error event if the replica fails now."""
-        for chunk in held:
-            yield chunk
+        an error event if the replica fails now. Ends the request's span (when tracing)."""
         try:
-            async for chunk in rest:
+            for chunk in held:
                 yield chunk
-            self.counts["completed"] += 1
-        except Exception as e:  # noqa: BLE001 - the replica died mid-stream
-            self.counts["cut"] += 1
-            logger.warning("infire ingress: a stream was cut: %r", e)
-            yield error_event(f"the replica serving this stream failed: {e!r}")
-            yield b"data: [DONE]\n\n"
+            try:
+                async for chunk in rest:
+                    yield chunk
+                self.counts["completed"] += 1
+            except Exception as e:  # noqa: BLE001 - the replica died mid-stream
+                self.counts["cut"] += 1
+                logger.warning("infire ingress: a stream was cut: %r", e)
+                if span is not None:
+                    span.set_attribute("infire.stream_cut", repr(e))
+                yield error_event(f"the replica serving this stream failed: {e!r}")
+                yield b"data: [DONE]\n\n"
+        finally:
+            if span is not None:
+                span.end()
 
 
 async def _until_committed(gen, stream: bool) -> tuple[dict, list[bytes]]:

@@ -27,6 +27,7 @@ import aiohttp
 import ray
 
 from .. import _core
+from . import tracing
 
 # How long the child may take to load its model.
 STARTUP_TIMEOUT_S = 600.0
@@ -96,6 +97,8 @@ class InfireReplica:
         self.replica_id = _replica_id()
         self.path = spec["path"]
         self.port = _free_port()
+        self._trace_url = tracing.endpoint_url(spec.get("otlp_traces_endpoint"))
+        self._tracer = tracing.setup(self._trace_url, "infire-replica")
         self.base = f"http://127.0.0.1:{self.port}"
         self._log = tempfile.NamedTemporaryFile(prefix=f"infire-{self.name}-", suffix=".log")
         self._proc = self._start_child()
@@ -115,7 +118,10 @@ class InfireReplica:
         cmd = [sys.executable, "-m", "infire", "serve", "--model", self.path]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--served-model-name", self.name, *_engine_flags(self.spec.get("engine", {}))]
+        if self._trace_url:
+            cmd += ["--otlp-traces-endpoint", self._trace_url]
         env = dict(os.environ)
+        env.setdefault("OTEL_SERVICE_NAME", "infire")
         env["RAYON_NUM_THREADS"] = str(max(1, int(self.spec.get("num_cpus", 1))))
         env.pop("INFIRE_API_KEY", None)
 
@@ -185,14 +191,35 @@ class InfireReplica:
                 raise RuntimeError(f"the health generation failed: {r.status} {answer}")
 
     async def generate(self, payload: dict):
-        """Forwards one request (``payload``: ``path``, ``body``) to the server. Yields
-        ``{"status", "content_type"}`` first, then the body in chunks as they come (SSE events
-        for a stream). Raises ``ReplicaUnavailable`` when the server cannot be reached."""
+        """Forwards one request (``payload``: ``path``, ``body``, and its trace context) to the
+        server. Yields ``{"status", "content_type"}`` first, then the body in chunks as they
+        come (SSE events for a stream). Raises ``ReplicaUnavailable`` when the server cannot be
+        reached."""
+        trace = payload.get("route_trace") or payload.get("trace") or {}
+        span = None
+        if self._tracer is not None:
+            span = self._tracer.start_span(
+                f"replica {self.name}",
+                context=tracing.context_of(trace),
+                attributes={
+                    "infire.replica": self.replica_id,
+                    "infire.fingerprint": self.fingerprint,
+                },
+            )
+            trace = tracing.carrier_of(span)
+        try:
+            async for part in self._forward(payload, trace):
+                yield part
+        finally:
+            if span is not None:
+                span.end()
+
+    async def _forward(self, payload: dict, trace: dict):
         try:
             response = await self._http().post(
                 f"{self.base}{payload['path']}",
                 data=payload["body"],
-                headers={"content-type": "application/json"},
+                headers={"content-type": "application/json", **trace},
             )
         except aiohttp.ClientConnectionError as e:
             unreachable = f"the Infire server of {self.name!r} is unreachable: {e}"

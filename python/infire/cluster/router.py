@@ -16,7 +16,8 @@ ready (``record_replica_metadata``). For each request, in order of preference:
 4. the less loaded of two of any candidates (all saturated: Ray backs off and retries).
 
 The first choice then owns the request's prefixes and session in the router's table (and the
-replica Ray reports it routed to, where it reports one).
+replica Ray reports it routed to, where it reports one). When the cluster traces, each choice is
+a ``route`` span under the ingress's, and the parent of the replica's span (``tracing``).
 """
 
 from __future__ import annotations
@@ -26,17 +27,41 @@ import random
 
 from ray.serve.request_router import PendingRequest, ReplicaID, RequestRouter, RunningReplica
 
+from . import tracing
 from .affinity import AffinityTable, routing_keys
 
 logger = logging.getLogger("ray.serve")
 
 
-def request_routing(pending_request: PendingRequest | None) -> dict:
-    """The ``routing`` dict the ingress put in the request's payload (empty without one)."""
+def request_payload(pending_request: PendingRequest | None) -> dict:
+    """The payload the ingress sent (empty without one)."""
     if pending_request is None or not pending_request.args:
         return {}
     payload = pending_request.args[0]
-    return payload.get("routing", {}) if isinstance(payload, dict) else {}
+    return payload if isinstance(payload, dict) else {}
+
+
+def request_routing(pending_request: PendingRequest | None) -> dict:
+    """The ``routing`` dict the ingress put in the request's payload (empty without one)."""
+    return request_payload(pending_request).get("routing", {})
+
+
+def trace_choice(payload: dict, choice: RunningReplica, why: str, candidates: int) -> None:
+    """Records the router's choice as a ``route`` span under the ingress's span, and makes it
+    the parent of the replica's (``route_trace``, read when the payload reaches the replica)."""
+    tracer = tracing.current()
+    if tracer is None or "trace" not in payload:
+        return
+    span = tracer.start_span("route", context=tracing.context_of(payload["trace"]))
+    span.set_attributes(
+        {
+            "infire.route.replica": choice.replica_id.unique_id,
+            "infire.route.reason": why,
+            "infire.route.candidates": candidates,
+        }
+    )
+    span.end()
+    payload["route_trace"] = tracing.carrier_of(span)
 
 
 def holds_fingerprint(replica: RunningReplica, pin: str | None) -> bool:
@@ -87,10 +112,12 @@ class PrefixAffinityRouter(RequestRouter):
         local = [r for r in eligible if region and r.replica_metadata.get("region") == region]
         keys = routing_keys(routing.get("block_hashes", []), routing.get("session"))
         ranks: list[list[RunningReplica]] = []
+        why = "load"
         for pool in (local, eligible) if local else (eligible,):
             free = [r for r in pool if not self._saturated(r)]
             owner = self._table.lookup(keys, {r.replica_id for r in free}) if keys else None
             if owner is not None:
+                why = "affinity" if not ranks else why
                 ranks.append([self._replicas[owner]])
             if free:
                 # The less loaded of two, alone first: the choice is known here, so the table
@@ -101,6 +128,7 @@ class PrefixAffinityRouter(RequestRouter):
         ranks = [rank for rank in ranks if rank]
         if keys:
             self._table.record(keys, ranks[0][0].replica_id)
+        trace_choice(request_payload(pending_request), ranks[0][0], why, len(eligible))
         return ranks
 
     def on_request_routed(

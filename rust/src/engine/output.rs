@@ -21,6 +21,8 @@ pub struct CompletionOutput {
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct RequestMetrics {
     pub arrival_time: f64,
+    /// When the first of its sequences was admitted (queue time: from `arrival_time` to this).
+    pub scheduled_time: Option<f64>,
     pub first_token_time: Option<f64>,
     pub finished_time: Option<f64>,
 }
@@ -87,10 +89,12 @@ impl RequestOutput {
         } else {
             m.arrival_time.min(d.arrival_time)
         };
-        m.first_token_time = match (m.first_token_time, d.first_token_time) {
+        let earliest = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        m.scheduled_time = earliest(m.scheduled_time, d.scheduled_time);
+        m.first_token_time = earliest(m.first_token_time, d.first_token_time);
         if self.outputs.iter().all(|o| o.finish_reason.is_some()) {
             m.finished_time = d.finished_time.or(m.finished_time);
         }

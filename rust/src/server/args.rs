@@ -56,6 +56,10 @@ declare_options! {
         log_level: Option<String> = None,
         /// Log line format: "text" or "json".
         log_format: String = "text".into(),
+        /// OTLP/HTTP collector to send request traces to ("http://host:4318"; default:
+        /// $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else no tracing); $OTEL_SERVICE_NAME names
+        /// the service.
+        otlp_traces_endpoint: Option<String> = None,
     }
 }
 
@@ -107,6 +111,7 @@ impl ServerArgs {
             body_timeout: seconds("body_timeout", self.body_timeout)?,
             max_connections: self.max_connections,
             allow_unknown_fields: self.allow_unknown_fields,
+            otlp_traces_endpoint: self.otlp_traces_endpoint.clone(),
         })
     }
 }
@@ -192,6 +197,9 @@ pub struct ServerConfig {
     /// Ignore (and log) request fields this server does not know instead of answering 400
     /// (default false).
     pub allow_unknown_fields: bool,
+    /// Where request traces go (OTLP/HTTP; `None`: `$OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, else
+    /// nowhere).
+    pub otlp_traces_endpoint: Option<String>,
 }
 
 impl ServerConfig {

@@ -16,6 +16,7 @@ use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{chat_shape, token_logprobs};
 use super::openai_types::{ChatRequest, Message, MessageContent, Usage, CHAT_FIELDS};
+use super::otel::RequestSpan;
 use super::request::{parse_request, stop_reason_json, unix_time};
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
@@ -29,11 +30,13 @@ pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     Extension(log): Extension<RequestLog>,
     Extension(caller): Extension<Caller>,
+    Extension(span): Extension<RequestSpan>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let mut req: ChatRequest = parse_request(&state, body, CHAT_FIELDS)?;
     log.set_model(&req.model);
+    span.set_model(&req.model);
     let state = state
         .route(&req.model, req.sampling.priority, &caller)
         .await?;
@@ -89,7 +92,7 @@ pub async fn chat_completions(
     compile_structured(&state, &mut params)?;
     let tools = tools.map(|t| t.format);
     let n = params.n;
-    let generation = Generation::start(&state, prompt, params, arrival, &log)?;
+    let generation = Generation::start(&state, prompt, params, arrival, &log, &span)?;
     let id = format!("chatcmpl-{}", generation.output().request_id);
     let k = k.map(|k| k.max(0) as usize);
     if req.stream {

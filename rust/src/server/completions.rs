@@ -18,6 +18,7 @@ use super::errors::ApiError;
 use super::generation::Generation;
 use super::logprobs::{completion_shape, prompt_token_logprobs, token_logprobs};
 use super::openai_types::{CompletionRequest, PromptArg, Usage, COMPLETION_FIELDS};
+use super::otel::RequestSpan;
 use super::request::{parse_request, stop_reason_json, unix_time};
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
@@ -34,11 +35,13 @@ pub async fn completions(
     State(state): State<Arc<AppState>>,
     Extension(log): Extension<RequestLog>,
     Extension(caller): Extension<Caller>,
+    Extension(span): Extension<RequestSpan>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let arrival = Instant::now();
     let req: CompletionRequest = parse_request(&state, body, COMPLETION_FIELDS)?;
     log.set_model(&req.model);
+    span.set_model(&req.model);
     let state = state
         .route(&req.model, req.sampling.priority, &caller)
         .await?;
@@ -93,7 +96,7 @@ pub async fn completions(
     };
     let gens = prompts
         .into_iter()
-        .map(|p| Generation::start(&state, p, params.clone(), arrival, &log))
+        .map(|p| Generation::start(&state, p, params.clone(), arrival, &log, &span))
         .collect::<Result<Vec<_>, _>>()?;
     let id = format!("cmpl-{}", gens[0].output().request_id);
     let k = k.map(|k| k.max(0) as usize);

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::access_log::RequestLog;
 use super::errors::ApiError;
+use super::otel::RequestSpan;
 use super::traffic::QueuePlace;
 use super::AppState;
 use crate::engine::engine_loop::{EngineHandle, Submitted};
@@ -28,6 +29,8 @@ pub struct Generation {
     log: RequestLog,
     /// Its place in its class's queue until its first token.
     place: QueuePlace,
+    /// The request's trace span, given the engine's times when it finishes.
+    span: RequestSpan,
 }
 
 impl Generation {
@@ -41,6 +44,7 @@ impl Generation {
         params: SamplingParams,
         arrival: Instant,
         log: &RequestLog,
+        span: &RequestSpan,
     ) -> Result<Self, ApiError> {
         if state.shutting_down.load(Ordering::SeqCst) {
             return Err(ApiError::shutting_down());
@@ -53,6 +57,7 @@ impl Generation {
             .queues
             .enter(class, state.config.max_waiting_class[class.index()])
             .inspect_err(|_| state.metrics.class(class).count_rejected())?;
+        span.set_request(&params, &state.config.served_model_name);
         let submitted = state
             .handle
             .submit_bounded(prompt, params, state.priority, max_waiting)?
@@ -70,6 +75,7 @@ impl Generation {
             finished: false,
             log: log.clone(),
             place,
+            span: span.clone(),
         })
     }
 
@@ -118,6 +124,7 @@ impl Generation {
             let prompt = self.submitted.output.prompt_token_ids.len() as u64;
             metrics.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
             class.prompt_tokens.fetch_add(prompt, Ordering::Relaxed);
+            self.span.record_engine(&self.submitted.output);
         }
         Ok(Some(delta))
     }

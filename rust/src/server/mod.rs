@@ -10,7 +10,8 @@
 //! `POST /v1/chat/completions`, `POST /v1/admin/models/{name}/{sleep,wake,load,unload}`
 //! (bearer auth when an API key is set), `GET /health`, `GET /health/live`, `GET /health/ready`, `GET /metrics`; another method on a route is a 405 with an error body. Request fields the
 //! server does not know are a 400 naming them (see `openai_types`). Every request gets an
-//! access-log line (`access_log`); logs go through `tracing` (`logging`). On SIGTERM or SIGINT the server
+//! access-log line (`access_log`); logs go through `tracing` (`logging`); request traces go to
+//! an OTLP collector when one is configured (`otel`). On SIGTERM or SIGINT the server
 //! answers new requests 503, lets running requests finish up to
 //! [`ServerConfig::shutdown_grace`], cuts the streams still open with an error event, then
 //! returns (see `connections`). `/health` answers 503 while draining and once the engine loop
@@ -36,6 +37,8 @@ mod model_state;
 mod node;
 mod node_spec;
 mod openai_types;
+mod otel;
+mod otel_export;
 mod request;
 mod request_params;
 mod sse;
@@ -44,6 +47,7 @@ mod state;
 mod structured_request;
 mod tool_calls;
 mod tools;
+mod traceparent;
 mod traffic;
 
 use std::net::SocketAddr;
@@ -105,6 +109,7 @@ pub fn router(state: Arc<AppState>) -> Router {
             reject_oversized,
         ))
         .layer(middleware::from_fn_with_state(state.clone(), count_status))
+        .layer(middleware::from_fn(otel::trace_request))
         .layer(middleware::from_fn(access_log::access_log))
         .layer(DefaultBodyLimit::max(state.config.max_body_bytes))
         .with_state(state)
@@ -153,6 +158,7 @@ pub fn run(
     config: ServerConfig,
     load: impl FnOnce() -> Result<Arc<Node>> + Send + 'static,
 ) -> Result<()> {
+    otel::init(config.otlp_traces_endpoint.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("infire-http")
@@ -163,6 +169,7 @@ pub fn run(
         tracing::info!("listening on http://{addr}; loading the models");
     }));
     runtime.shutdown_timeout(Duration::from_secs(1));
+    otel::flush(Duration::from_secs(3));
     match &result {
         Ok(()) => tracing::info!("engines stopped; exiting"),
         Err(e) => tracing::error!("server failed: {e}"),
