@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
 use super::guard::guarded;
+use super::sleep::{sleep, wake};
 use super::{Command, RequestEvent, Route, Shared, MAX_COMMANDS_PER_STEP};
 use crate::backend::Backend;
 use crate::engine::{Engine, SeqDelta};
@@ -32,8 +33,10 @@ fn serve<B: Backend>(
     commands: &Receiver<Command>,
 ) {
     loop {
-        // Block while idle; otherwise take whatever arrived since the last step.
-        if !engine.has_work() {
+        // Block while idle (or asleep: requests wait for the wake); otherwise take whatever
+        // arrived since the last step.
+        let asleep = || shared.asleep.load(Ordering::SeqCst);
+        if !engine.has_work() || asleep() {
             let Ok(cmd) = commands.recv() else { return };
             if handle(engine, routes, shared, cmd).is_break() {
                 return;
@@ -42,7 +45,7 @@ fn serve<B: Backend>(
         if intake(engine, routes, shared, commands).is_break() {
             return;
         }
-        if !engine.has_work() {
+        if !engine.has_work() || asleep() {
             continue;
         }
         // The step's results (and the finished sequences' last deltas) first; then requests
@@ -127,6 +130,14 @@ fn handle<B: Backend>(
             publish(shared, engine);
             deliver(routes, deltas);
             routes.remove(&id);
+        }
+        Command::Sleep { reason, reply } => {
+            let r = sleep(engine, routes, shared, &reason);
+            publish(shared, engine);
+            let _ = reply.send(r);
+        }
+        Command::Wake { reply } => {
+            let _ = reply.send(wake(engine, shared));
         }
         Command::Shutdown => {
             let reason = shared
