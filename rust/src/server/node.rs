@@ -136,7 +136,8 @@ impl Node {
             Err(e) => {
                 tracing::warn!(model = %slot.spec.name, "the engine did not wake ({e}): loading the model anew");
                 slot.lock().loaded = None;
-                l.handle.shutdown_with(&format!("model {} could not wake", slot.spec.name));
+                l.handle
+                    .shutdown_with(&format!("model {} could not wake", slot.spec.name));
                 self.launch(slot)
             }
         }
@@ -241,7 +242,10 @@ impl Node {
                 Err(e) => {
                     tracing::warn!(model = %slot.spec.name, "the engine did not sleep ({e}): stopping it");
                     let mut i = slot.lock();
-                    if i.loaded.as_ref().is_some_and(|k| k.handle.same_engine(&l.handle)) {
+                    if i.loaded
+                        .as_ref()
+                        .is_some_and(|k| k.handle.same_engine(&l.handle))
+                    {
                         i.loaded = None;
                     }
                 }
@@ -329,8 +333,12 @@ impl Node {
             .iter()
             .filter_map(|s| {
                 let i = s.lock();
-                (i.state == ModelState::Failed)
-                    .then(|| (s.spec.name.clone(), i.last_error.clone().unwrap_or_default()))
+                (i.state == ModelState::Failed).then(|| {
+                    (
+                        s.spec.name.clone(),
+                        i.last_error.clone().unwrap_or_default(),
+                    )
+                })
             })
             .collect()
     }

@@ -287,11 +287,13 @@ impl CudaBackend {
             !t.no_pdl,
         );
         // Addresses for as many weights as the card holds; physical memory comes in chunks of
-        // 512 MiB as they load.
+        // 256 MiB as they load.
         let total = ctx.total_mem().map_err(cuda_err)?;
-        let weights = Arena::new(&ctx, "weights", total, 512 << 20, true)?;
+        let weights = Arena::new(&ctx, "weights", total, 256 << 20, true)?;
         let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
-        let ws = stream.alloc_zeros::<u8>(workspace_bytes).map_err(cuda_err)?;
+        let ws = stream
+            .alloc_zeros::<u8>(workspace_bytes)
+            .map_err(cuda_err)?;
         let ws_ptr = device_mem::slice_ptr(&stream, &ws);
         let gemm = Gemm::new(ws, ws_ptr)?;
         let plan = DecodePlan::new(

@@ -94,7 +94,10 @@ mod tests {
         let a = l.claim(0, 0.5).unwrap();
         l.claim(0, 0.3).unwrap();
         let err = l.claim(0, 0.3).unwrap_err().to_string();
-        assert!(err.contains("hold 0.800") && err.contains("at most 0.200"), "{err}");
+        assert!(
+            err.contains("hold 0.800") && err.contains("at most 0.200"),
+            "{err}"
+        );
         // Another card is its own.
         l.claim(1, 0.9).unwrap();
         // A failed claim changed nothing; a released one makes room.

@@ -122,6 +122,7 @@ impl EngineHandle {
         let can_sleep = engine.runner.backend().can_sleep();
         let grammars = engine.grammars().clone();
         let loop_shared = shared.clone();
+        let fail_after = crate::tuning::Tuning::from_env().fail_after_steps;
         let mut pool = rayon::ThreadPoolBuilder::new();
         if let Some(threads) = engine.config().num_threads {
             pool = pool.num_threads(threads);
@@ -132,7 +133,7 @@ impl EngineHandle {
             .map_err(|e| Error::Engine(format!("cannot start the engine's threads: {e}")))?;
         let thread = std::thread::Builder::new()
             .name("infire-engine".into())
-            .spawn(move || pool.install(|| run(engine, rx, &loop_shared)))
+            .spawn(move || pool.install(|| run(engine, rx, &loop_shared, fail_after)))
             .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
         Ok(EngineHandle {
             commands: tx,

@@ -14,10 +14,16 @@ use crate::backend::Backend;
 use crate::engine::{Engine, SeqDelta};
 use crate::error::Error;
 
-/// The loop thread's body: [`serve`] until shutdown, under [`guarded`].
-pub(super) fn run<B: Backend>(mut engine: Engine<B>, commands: Receiver<Command>, shared: &Shared) {
+/// The loop thread's body: [`serve`] until shutdown, under [`guarded`]. With `fail_after`
+/// (`INFIRE_FAIL_AFTER_STEPS`) the loop panics after that many steps.
+pub(super) fn run<B: Backend>(
+    mut engine: Engine<B>,
+    commands: Receiver<Command>,
+    shared: &Shared,
+    fail_after: Option<usize>,
+) {
     let panicked = guarded(&commands, shared, |routes| {
-        serve(&mut engine, routes, shared, &commands)
+        serve(&mut engine, routes, shared, &commands, fail_after)
     });
     if panicked {
         // Its destructor may meet the same inconsistency that made it panic: leak it instead.
@@ -31,7 +37,9 @@ fn serve<B: Backend>(
     routes: &mut HashMap<u64, Route>,
     shared: &Shared,
     commands: &Receiver<Command>,
+    fail_after: Option<usize>,
 ) {
+    let mut steps = 0usize;
     loop {
         // Block while idle (or asleep: requests wait for the wake); otherwise take whatever
         // arrived since the last step.
@@ -52,6 +60,10 @@ fn serve<B: Backend>(
         // that arrived while it ran join the next step, which starts (with async scheduling)
         // before the text and deltas of this one are made.
         let (deltas, errors) = engine.collect_step();
+        steps += 1;
+        if fail_after.is_some_and(|n| steps >= n) {
+            panic!("INFIRE_FAIL_AFTER_STEPS: the engine was told to fail after {steps} steps");
+        }
         dispatch(engine, routes, shared, deltas, errors);
         if intake(engine, routes, shared, commands).is_break() {
             return;

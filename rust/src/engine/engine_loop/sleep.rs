@@ -32,7 +32,9 @@ pub(super) fn sleep<B: Backend>(
         engine.abort_many(&ids);
     }
     for (_, r) in routes.drain() {
-        let _ = r.events.send(RequestEvent::Failed(Error::Engine(reason.into())));
+        let _ = r
+            .events
+            .send(RequestEvent::Failed(Error::Engine(reason.into())));
     }
     // The step in flight still writes its blocks: they come back once it is collected.
     if engine.in_flight.is_some() {
