@@ -104,6 +104,11 @@ class Engine:
     def is_sleeping(self) -> bool:
         return self._core.is_sleeping
 
+    def shutdown(self) -> None:
+        """Stops the engine and frees its memory (its share of the card included); requests
+        still running fail. The engine serves nothing after it."""
+        self._core.shutdown()
+
     def get_default_sampling_params(self) -> SamplingParams:
         """Sampling parameters used when none are given (from ``generation_config.json``)."""
         return self._core.default_sampling_params()

@@ -162,6 +162,7 @@ impl Arena {
                     a.what
                 )));
             }
+            a.ctx.bind_to_thread().map_err(cuda_err)?;
             let offset = a.place(size)?;
             (offset, a.base + offset as u64)
         };
@@ -399,6 +400,8 @@ impl Drop for Inner {
         // The last allocation is gone (each holds the arena): release the memory and the
         // addresses. Errors cannot be reported from a destructor; the process keeps running.
         if self.ctx.bind_to_thread().is_ok() {
+            // Work still enqueued may read the memory: it finishes first.
+            let _ = self.ctx.synchronize();
             let _ = self.unmap_all();
             // SAFETY: the range was reserved by `Arena::new` and nothing is mapped in it now.
             unsafe {

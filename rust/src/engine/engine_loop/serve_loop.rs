@@ -68,7 +68,10 @@ fn serve<B: Backend>(
         if intake(engine, routes, shared, commands).is_break() {
             return;
         }
-        engine.launch_next();
+        // A sleep taken in just now leaves requests that arrived after it waiting.
+        if !asleep() {
+            engine.launch_next();
+        }
         let (deltas, errors) = engine.emit();
         dispatch(engine, routes, shared, deltas, errors);
     }
