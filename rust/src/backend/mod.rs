@@ -176,6 +176,12 @@ pub trait Backend: Ops + Send {
     /// has the graph's shape); a failure surfaces at the wait.
     fn replay(&mut self, _graph: &Self::Graph) {}
 
+    /// After a step failed: `Some(why)` when the device can run nothing more (a sticky CUDA
+    /// error such as an illegal address poisons the whole context), so that the engine is
+    /// marked failed rather than failing every later request one by one.
+    fn device_failure(&mut self) -> Option<String> {
+        None
+    }
     /// Whether [`sleep`](Self::sleep) is supported.
     fn can_sleep(&self) -> bool {
         false

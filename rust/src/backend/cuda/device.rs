@@ -246,6 +246,15 @@ impl Backend for CudaBackend {
         true
     }
 
+    fn device_failure(&mut self) -> Option<String> {
+        // A sticky error fails every call on the context from then on; a step that failed for
+        // a passing reason (an allocation) leaves it usable.
+        self.ctx
+            .synchronize()
+            .err()
+            .map(|e| format!("the GPU context is unusable: {e:?}"))
+    }
+
     fn sleep(&mut self) -> Result<SleepReport> {
         if let Some(e) = self.error.get_mut().take() {
             return Err(e);

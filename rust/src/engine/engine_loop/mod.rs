@@ -5,11 +5,13 @@
 //! [`RequestEvent`]s. A caller that drops its receiver has its request aborted at the next
 //! step, freeing its blocks.
 //!
-//! A panic inside the loop (a bug, never a bad request) is caught: every request in flight
-//! gets `Failed`, the failure is published ([`EngineHandle::failure`], which the server's
-//! `/health` reports as 503), and the thread stays to answer every later request with an error
-//! at once. The engine is not restarted: its state (blocks, device buffers) is not known to be
-//! consistent after a panic, and restarting is the job of whatever supervises the process.
+//! A panic inside the loop (a bug, never a bad request; or a step that failed on a device that
+//! can run nothing more, [`Backend::device_failure`](crate::backend::Backend::device_failure))
+//! is caught: every request in flight gets `Failed`, the failure is published
+//! ([`EngineHandle::failure`]: a node marks the model `failed`, and is unhealthy only when no
+//! model can serve), and the thread stays to answer every later request with an error at once.
+//! The engine is not restarted: its state (blocks, device buffers) is not known to be
+//! consistent after a panic; a node's admin `load` starts a new one.
 //!
 //! A backend that can ([`Backend::sleep`](crate::backend::Backend::sleep): CUDA) puts its
 //! memory to sleep on [`EngineHandle::sleep`] with the loop alive: the requests running end

@@ -64,6 +64,12 @@ fn serve<B: Backend>(
         if fail_after.is_some_and(|n| steps >= n) {
             panic!("INFIRE_FAIL_AFTER_STEPS: the engine was told to fail after {steps} steps");
         }
+        if !errors.is_empty() {
+            // A device that can run nothing more ends the engine as a panic would.
+            if let Some(why) = engine.runner.backend_mut().device_failure() {
+                panic!("{why}");
+            }
+        }
         dispatch(engine, routes, shared, deltas, errors);
         if intake(engine, routes, shared, commands).is_break() {
             return;
