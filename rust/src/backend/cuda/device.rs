@@ -5,6 +5,9 @@
 
 use std::time::Instant;
 
+use half::{bf16, f16};
+use rayon::prelude::*;
+
 use super::arena::Arena;
 use super::device_mem::{self, DeviceMem};
 use super::gemm::ElemType;
@@ -292,5 +295,32 @@ impl Backend for CudaBackend {
             copied_bytes: w.copied_bytes,
             copy_seconds: w.copy_seconds,
         })
+    }
+}
+
+/// Where weights go: the weights' arena, which a sleep empties and a wake refills.
+impl CudaBackend {
+    /// Converts a weight to the activation dtype (in parallel) and copies it to the device.
+    pub(super) fn upload_weights(&self, t: &HostTensor) -> Result<DeviceMem> {
+        match self.dtype {
+            KernelDtype::F16 => {
+                let v: Vec<f16> = t.data.par_iter().map(|&x| f16::from_f32(x)).collect();
+                self.weight_from_host(bytemuck::cast_slice(&v))
+            }
+            KernelDtype::Bf16 => {
+                let v: Vec<bf16> = t.data.par_iter().map(|&x| bf16::from_f32(x)).collect();
+                self.weight_from_host(bytemuck::cast_slice(&v))
+            }
+        }
+    }
+
+    /// `bytes` zeroed bytes for a weight, in the weights' arena.
+    pub(super) fn weight_mem(&self, bytes: usize) -> Result<DeviceMem> {
+        DeviceMem::in_arena(&self.weights, &self.stream, bytes)
+    }
+
+    /// A copy of `bytes` for a weight, in the weights' arena.
+    pub(super) fn weight_from_host(&self, bytes: &[u8]) -> Result<DeviceMem> {
+        DeviceMem::from_host_in(&self.weights, &self.stream, bytes)
     }
 }

@@ -42,8 +42,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaStream};
-use half::{bf16, f16};
-use rayon::prelude::*;
 
 use self::arena::Arena;
 use self::clock::{StepClock, StepShape};
@@ -58,7 +56,6 @@ use super::{KvDtype, KvLayout};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::tuning::Tuning;
-use crate::weights::HostTensor;
 
 pub use self::graphs::CudaStepGraph;
 
@@ -374,30 +371,6 @@ impl CudaBackend {
             has_prompt_rows: self.meta.max_query_len > 1,
         };
         self.clock.wait(&self.stream, shape)
-    }
-
-    /// Converts a weight to the activation dtype (in parallel) and copies it to the device.
-    fn upload_weights(&self, t: &HostTensor) -> Result<DeviceMem> {
-        match self.dtype {
-            KernelDtype::F16 => {
-                let v: Vec<f16> = t.data.par_iter().map(|&x| f16::from_f32(x)).collect();
-                self.weight_from_host(bytemuck::cast_slice(&v))
-            }
-            KernelDtype::Bf16 => {
-                let v: Vec<bf16> = t.data.par_iter().map(|&x| bf16::from_f32(x)).collect();
-                self.weight_from_host(bytemuck::cast_slice(&v))
-            }
-        }
-    }
-
-    /// `bytes` zeroed bytes for a weight, in the weights' arena.
-    fn weight_mem(&self, bytes: usize) -> Result<DeviceMem> {
-        DeviceMem::in_arena(&self.weights, &self.stream, bytes)
-    }
-
-    /// A copy of `bytes` for a weight, in the weights' arena.
-    fn weight_from_host(&self, bytes: &[u8]) -> Result<DeviceMem> {
-        DeviceMem::from_host_in(&self.weights, &self.stream, bytes)
     }
 
     /// The RoPE table on the device, uploaded the first time (the model's table never
