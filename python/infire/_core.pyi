@@ -194,6 +194,13 @@ class Engine:
         self, prompt: str | list[int], params: SamplingParams, priority: int = 0
     ) -> Stream: ...
     def abort(self, request_id: str) -> None: ...
+    def sleep(self, level: int = 1) -> dict[str, float | int]:
+        """Frees the weights' and the KV pool's device memory with the engine alive (CUDA);
+        ``seconds``, ``device_bytes``, ``copied_bytes``, ``copy_seconds``."""
+    def wake(self) -> dict[str, float | int]:
+        """Brings the memory back after ``sleep``; the same keys."""
+    @property
+    def is_sleeping(self) -> bool: ...
     def shutdown(self) -> None: ...
 
 def fingerprint(path: str) -> str:

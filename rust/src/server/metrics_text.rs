@@ -36,7 +36,7 @@ pub fn render_node(server: &Metrics, models: &[ModelSeries]) -> String {
         }
     }
     type Value = fn(&ModelSeries) -> f64;
-    let per_model: [(&str, &str, &str, Value); 12] = [
+    let per_model: [(&str, &str, &str, Value); 13] = [
         (
             "infire_prompt_tokens_total",
             "Prompt tokens of finished requests.",
@@ -108,6 +108,12 @@ pub fn render_node(server: &Metrics, models: &[ModelSeries]) -> String {
             "1 while the model loads or wakes.",
             "gauge",
             |m| f64::from(u8::from(m.state == "loading")),
+        ),
+        (
+            "infire_model_failed",
+            "1 while the model's engine has failed (until a load starts it again).",
+            "gauge",
+            |m| f64::from(u8::from(m.state == "failed")),
         ),
     ];
     for (name, help, kind, value) in per_model {
