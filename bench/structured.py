@@ -5,7 +5,8 @@ second with a schema whose records are mostly forced text (long fixed keys, enum
 value), on an engine with `structured_jump_forward` on against one with it off, and the share
 of output tokens it appended without a forward step of their own (`structured_forced_tokens`).
 
-Both runs generate exactly --new-tokens tokens per request, so that they compare per token:
+Both runs generate exactly --new-tokens tokens per request, so that they compare per token
+(with jump-forward on, as engines run by default, unless --no-jump-forward):
 the unconstrained one with ignore_eos, the constrained one with a schema whose output cannot
 end sooner (a list of at least --new-tokens records), so the grammar is live at every step.
 Prints a table and writes JSON (bench/results/structured_<device>.json by default). The two
@@ -121,9 +122,7 @@ def jump_forward_compare(args, n_values) -> dict:
     params = SamplingParams(max_tokens=args.new_tokens, temperature=0, structured_outputs=forced)
     out = {}
     for on in (True, False):
-        engine = infire.Engine(
-            model=args.model_dir, device=args.device, structured_jump_forward=on
-        )
+        engine = infire.Engine(model=args.model_dir, device=args.device, structured_jump_forward=on)
         engine.generate(prompts(2), params, use_tqdm=False)  # warm-up
         out["on" if on else "off"] = jump_forward_rows(engine, n_values, params, args.repeats)
         del engine
@@ -143,9 +142,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--machine", default="", help="free text for the results")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--no-jump-forward",
+        action="store_true",
+        help="the schema-against-unconstrained runs without jump-forward (the masks' cost alone)",
+    )
     args = ap.parse_args()
 
-    engine = infire.Engine(model=args.model_dir, device=args.device)
+    jump_forward = not args.no_jump_forward
+    engine = infire.Engine(
+        model=args.model_dir, device=args.device, structured_jump_forward=jump_forward
+    )
     plain = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
     schema = StructuredOutputsParams(json=endless_schema(args.new_tokens))
     held = SamplingParams(max_tokens=args.new_tokens, temperature=0, structured_outputs=schema)
@@ -174,6 +181,7 @@ def main() -> None:
         "device": args.device,
         "model": str(args.model_dir or infire.default_model_path()),
         "new_tokens": args.new_tokens,
+        "jump_forward": jump_forward,
         "throughput": rows,
         "compile_ms": compile_ms(engine, args.repeats),
         "first_token_ms": {
@@ -192,8 +200,9 @@ def main() -> None:
     print(f"first token: {ft['unconstrained']:.1f} ms free, {ft['schema']:.1f} ms with a schema")
     del engine
     gc.collect()
-    jf = result["jump_forward"] = jump_forward_compare(args, list(rows))
-    print(f"{'concurrent':>10} {'forced':>7} {'jf on tok/s':>12} {'jf off tok/s':>13} {'speedup':>8}")
+    jf = result["jump_forward_compare"] = jump_forward_compare(args, list(rows))
+    head = ("concurrent", "forced", "jf on tok/s", "jf off tok/s", "speedup")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (10, 7, 12, 13, 8), strict=True)))
     for n in rows:
         on, off = jf["on"][n], jf["off"][n]
         print(

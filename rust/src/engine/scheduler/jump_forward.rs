@@ -12,7 +12,8 @@
 //! limit, stop token ids, the grammar's completion and, where the request has stop strings,
 //! its text; the run stops at the first that ends the sequence, so `max_tokens` and stops cut
 //! inside a run as they would token by token. A sequence that wants logprobs is left to
-//! sample every token (forced tokens would have none from a forward pass).
+//! sample every token (forced tokens would have none from a forward pass). Each forced token
+//! moves the sequence's random stream on by one key, as a pick would.
 
 use super::UpdateContext;
 use crate::engine::sequence::Sequence;
@@ -31,6 +32,10 @@ pub(super) fn jump_forward(seq: &mut Sequence, ctx: &UpdateContext<'_>) -> Resul
     let forced = grammar.forced_tokens();
     let mut taken = 0;
     for token in forced {
+        // The random key this position would have used, drawn and dropped: later picks keep
+        // the keys of their positions, so a seeded request picks as it would token by token
+        // wherever the forced tokens are the ones it would have picked.
+        seq.sampler.row(&seq.params, &mut Vec::new());
         seq.push_token(token, None, ctx.eos_token_ids);
         taken += 1;
         seq.advance_grammar()?;
