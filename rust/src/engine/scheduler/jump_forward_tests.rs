@@ -205,6 +205,7 @@ fn a_forced_run_longer_than_the_budget_is_split_and_counted() {
     let forced = h.s.num_forced_tokens;
     let pending = h.seq().num_tokens() - h.seq().num_computed;
     assert_eq!(pending as u64, 1 + forced);
+    assert!(pending > 3, "the run fits one step: {pending}");
     let seven = h.token("7");
     let mut steps = 0;
     while h.seq().num_computed + 3 < h.seq().num_tokens() {

@@ -69,8 +69,9 @@ pub struct Scheduler {
     pub num_batch_preemptions: u64,
     /// Tokens appended by jump-forward (forced by a grammar, no forward step of their own).
     pub num_forced_tokens: u64,
-    /// Steps in which a sequence computed output tokens without reaching its end (a forced run
-    /// split by the step's budget, or a recompute): each costs back one step jump-forward saved.
+    /// Steps in which a constrained sequence computed output tokens without reaching its end (a
+    /// forced run split by the step's budget, or a recompute after preemption): each costs back
+    /// one step jump-forward saved.
     pub num_split_output_steps: u64,
 }
 

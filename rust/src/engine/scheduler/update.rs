@@ -87,7 +87,8 @@ impl Scheduler {
             if gone {
                 continue;
             }
-            if !reached_end && seq.num_computed >= seq.prompt_len {
+            let constrained = ctx.jump_forward && seq.grammar.is_some();
+            if constrained && !reached_end && seq.num_computed >= seq.prompt_len {
                 // Output tokens split over steps: a forced run longer than the step's budget
                 // (or a recompute after preemption), a step that saved none.
                 self.num_split_output_steps += 1;
