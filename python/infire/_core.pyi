@@ -172,7 +172,8 @@ class Engine:
     def stats(self) -> dict[str, int | float | str | None]:
         """``num_running``, ``num_waiting``, ``kv_blocks_total``, ``kv_blocks_used``,
         ``prefix_cache_hit_rate``, ``num_preemptions``, ``kv_cache_tokens``,
-        ``kv_cache_dtype``, ``quantization``."""
+        ``kv_cache_dtype``, ``quantization``, ``structured_forced_tokens``,
+        ``structured_steps_saved``."""
     def default_sampling_params(self) -> SamplingParams:
         """The model's sampling defaults (``generation_config.json``)."""
     def apply_chat_template(

@@ -144,7 +144,8 @@ impl PyEngine {
 
     /// Load and KV-cache usage: `num_running`, `num_waiting`, `kv_blocks_total`,
     /// `kv_blocks_used`, `prefix_cache_hit_rate`, `num_preemptions`; the cache's capacity and
-    /// element type (`kv_cache_tokens`, `kv_cache_dtype`) and the weights' `quantization`.
+    /// element type (`kv_cache_tokens`, `kv_cache_dtype`) and the weights' `quantization`;
+    /// jump-forward's `structured_forced_tokens` and `structured_steps_saved`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.handle.stats();
         let d = PyDict::new(py);
@@ -157,6 +158,8 @@ impl PyEngine {
         d.set_item("kv_cache_tokens", s.kv_blocks_total * s.kv_block_size)?;
         d.set_item("kv_cache_dtype", s.kv_cache_dtype)?;
         d.set_item("quantization", s.quantization)?;
+        d.set_item("structured_forced_tokens", s.structured_forced_tokens)?;
+        d.set_item("structured_steps_saved", s.structured_steps_saved)?;
         Ok(d)
     }
 
