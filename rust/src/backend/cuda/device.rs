@@ -300,7 +300,7 @@ impl Backend for CudaBackend {
 
     fn wake(&mut self) -> Result<SleepReport> {
         let started = Instant::now();
-        if self.share.is_none() {
+        if self.share.is_none() && self.opts.claim_share {
             let claim = share::Claim::new(self.opts.device, self.opts.gpu_memory_utilization)?;
             self.share = Some(claim);
         }

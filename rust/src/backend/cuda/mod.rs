@@ -73,6 +73,10 @@ pub struct CudaOptions {
     pub quantize_fp8: bool,
     /// Fraction of the GPU's memory the engine may hold in all (weights, activations, KV).
     pub gpu_memory_utilization: f64,
+    /// Whether the engine claims `gpu_memory_utilization` of the card among the engines of
+    /// the process (`share.rs`): when it sizes its KV pool by that fraction. An engine given
+    /// `kv_cache_tokens` holds what that takes, bounded by the free memory, and claims nothing.
+    pub claim_share: bool,
     /// Where compiled kernels are cached; `None` compiles every time.
     pub kernel_cache_dir: Option<PathBuf>,
     /// Measurement knobs (read once from the environment by the caller).
@@ -255,7 +259,10 @@ impl CudaBackend {
         let cuda_err = device_mem::cuda_err;
         // Before anything is allocated: a share that does not fit beside the other engines of
         // this process is refused here.
-        let share = share::Claim::new(opts.device, opts.gpu_memory_utilization)?;
+        let share = match opts.claim_share {
+            true => Some(share::Claim::new(opts.device, opts.gpu_memory_utilization)?),
+            false => None,
+        };
         let ctx = CudaContext::new(opts.device).map_err(cuda_err)?;
         // The engine thread waits for each step's results; blocking (instead of spinning)
         // leaves its core free while the GPU works.
@@ -312,7 +319,7 @@ impl CudaBackend {
             free_at_start,
             weights,
             kv_arena: RefCell::new(None),
-            share: Some(share),
+            share,
             plan,
             ctx,
             stream,
