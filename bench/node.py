@@ -6,9 +6,10 @@ Three parts, each against a server this script starts (`python -m infire serve -
    per model: "50%" of the card on CUDA, bytes on the CPU), a closed loop of `--concurrency`
    requests split between the two names; against one name alone with the same load.
 2. wake: `POST /v1/admin/models/{name}/sleep` then `/wake`, timed (`--wakes` times), against
-   the copy ceiling measured in the same run: on the CPU, reading the weights file from the
-   page cache into memory; on CUDA the host-to-device copy is not measured here (the wake there
-   reloads from the file, see README "One node, many models").
+   the copy ceiling measured in the same run: on the CPU (where a wake starts a new engine),
+   reading the weights file from the page cache into memory; on CUDA (where a sleep keeps the
+   engine and its weights in pinned host memory), a plain pinned host-to-device copy of as many
+   bytes as the wake copied back (torch, in this process), beside the wake's own copy.
 3. classes: interactive requests at a fixed rate (`--rate`, streamed, TTFT measured) alone,
    then again while `--batch-concurrency` batch requests (a key bound to `batch`) keep every
    slot busy; batch throughput under that load against batch alone.
@@ -144,20 +145,56 @@ def closed_loop(port: int, models: list[str], args) -> float:
     return args.concurrency * args.per_client * args.tokens / (time.monotonic() - t0)
 
 
-def wake_times(port: int, args) -> tuple[list[float], float]:
-    times = []
+def wake_times(port: int, args) -> dict:
+    """Seconds of each sleep and wake, and the copy ceiling beside them."""
+    out: dict = {"sleep_s": [], "wake_s": []}
+    memory = {}
     for _ in range(args.wakes):
-        post(port, "/v1/admin/models/a/sleep", None, "root")
+        s, _, _, data = post(port, "/v1/admin/models/a/sleep", None, "root")
+        assert s == 200, data
+        out["sleep_s"].append(data["seconds"])
         s, _, _, data = post(port, "/v1/admin/models/a/wake", None, "root")
         assert s == 200, data
-        times.append(data["seconds"])
+        out["wake_s"].append(data["seconds"])
+        memory = data["memory"]
+    if args.device == "cuda":
+        copied = memory["wake_copied_bytes"]
+        out["sleep_freed_bytes"] = memory["sleep_freed_bytes"]
+        out["wake_copied_bytes"] = copied
+        out["wake_copy_bytes_per_s"] = copied / memory["wake_copy_s"]
+        out["copy_ceiling_bytes_per_s"] = pinned_copy_rate(copied)
+    else:
+        out["copy_ceiling_bytes_per_s"] = file_read_rate(args)
+    return out
+
+
+def pinned_copy_rate(nbytes: int) -> float:
+    """Bytes per second of the best of three pinned host-to-device copies of `nbytes`."""
+    import torch
+
+    host = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+    dev = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
+    best = float("inf")
+    for _ in range(3):
+        torch.cuda.synchronize()
+        t0 = time.monotonic()
+        dev.copy_(host, non_blocking=True)
+        torch.cuda.synchronize()
+        best = min(best, time.monotonic() - t0)
+    del host, dev
+    torch.cuda.empty_cache()
+    return nbytes / best
+
+
+def file_read_rate(args) -> float:
+    """Bytes per second reading the model's weights from the page cache."""
     model = Path(args.model_dir)
     files = [model] if model.is_file() else sorted(model.glob("*.safetensors"))
     t0 = time.monotonic()
     size = 0
     for f in files:
         size += len(f.read_bytes())
-    return times, size / (time.monotonic() - t0)
+    return size / (time.monotonic() - t0)
 
 
 def classes(port: int, args) -> dict:
@@ -251,7 +288,7 @@ def main() -> None:
     try:
         out["two_models_tokens_per_s"] = closed_loop(two.port, ["a", "b"], args)
         out["one_of_two_tokens_per_s"] = closed_loop(two.port, ["a"], args)
-        out["wake_s"], out["copy_ceiling_bytes_per_s"] = wake_times(two.port, args)
+        out.update(wake_times(two.port, args))
     finally:
         two.stop()
     one = Server(config(args, ["a"], args.alone_memory), keys)

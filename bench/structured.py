@@ -1,11 +1,16 @@
 """Structured outputs' cost: output tokens per second with a JSON schema against the same
 requests unconstrained, at 1 and 64 concurrent requests; the time to compile a typical
-schema; and the first-token latency with and without a schema.
+schema; the first-token latency with and without a schema; and jump-forward: output tokens per
+second with a schema whose records are mostly forced text (long fixed keys, enums with one
+value), on an engine with `structured_jump_forward` on against one with it off, and the share
+of output tokens it appended without a forward step of their own (`structured_forced_tokens`).
 
-Both runs generate exactly --new-tokens tokens per request, so that they compare per token:
+Both runs generate exactly --new-tokens tokens per request, so that they compare per token
+(with jump-forward on, as engines run by default, unless --no-jump-forward):
 the unconstrained one with ignore_eos, the constrained one with a schema whose output cannot
 end sooner (a list of at least --new-tokens records), so the grammar is live at every step.
-Prints a table and writes JSON (bench/results/structured_<device>.json by default).
+Prints a table and writes JSON (bench/results/structured_<device>.json by default). The two
+engines of the jump-forward comparison are loaded one after the other (a GPU holds one).
 
     python bench/structured.py --device cpu
     python bench/structured.py --device cuda --model-dir /models/Llama-3.1-8B-Instruct
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import statistics
 import time
@@ -35,10 +41,27 @@ RECORD = {
     "additionalProperties": False,
 }
 
+# A record that is mostly forced: long fixed keys, an enum with one value, one free number and
+# a choice of two (whose rest is forced once its first token is picked).
+FORCED_RECORD = {
+    "type": "object",
+    "properties": {
+        "customer_identification_number": {"type": "integer", "minimum": 0, "maximum": 999},
+        "account_status_description": {"enum": ["active_and_in_good_standing"]},
+        "preferred_contact_method": {"enum": ["electronic_mail_address", "telephone_number"]},
+    },
+    "required": [
+        "customer_identification_number",
+        "account_status_description",
+        "preferred_contact_method",
+    ],
+    "additionalProperties": False,
+}
 
-def endless_schema(new_tokens: int) -> dict:
+
+def endless_schema(new_tokens: int, record: dict = RECORD) -> dict:
     """Records until the token budget runs out: a record is fewer tokens than its count."""
-    return {"type": "array", "items": RECORD, "minItems": new_tokens}
+    return {"type": "array", "items": record, "minItems": new_tokens}
 
 
 def prompts(n: int) -> list[str]:
@@ -80,6 +103,36 @@ def compile_ms(engine, repeats: int) -> float:
     return statistics.median(f - c for f, c in zip(fresh, cached, strict=True))
 
 
+def jump_forward_rows(engine, n_values, params: SamplingParams, repeats: int) -> dict:
+    """Per concurrency: the best tok/s of `repeats` runs of the forced schema, and the share of
+    output tokens jump-forward appended (from the engine's counter)."""
+    rows = {}
+    for n in n_values:
+        forced_before = engine.stats()["structured_forced_tokens"]
+        runs = [throughput(engine, n, params) for _ in range(repeats)]
+        forced = engine.stats()["structured_forced_tokens"] - forced_before
+        tps, tokens = max(runs)
+        rows[n] = {"tok_s": tps, "tokens": tokens, "forced_share": forced / (tokens * repeats)}
+    return rows
+
+
+def jump_forward_compare(args, n_values) -> dict:
+    """The forced schema on an engine with jump-forward on, then on one with it off."""
+    forced = StructuredOutputsParams(json=endless_schema(args.new_tokens, FORCED_RECORD))
+    params = SamplingParams(max_tokens=args.new_tokens, temperature=0, structured_outputs=forced)
+    out = {}
+    for on in (True, False):
+        engine = infire.Engine(model=args.model_dir, device=args.device, structured_jump_forward=on)
+        engine.generate(prompts(2), params, use_tqdm=False)  # warm-up
+        out["on" if on else "off"] = jump_forward_rows(engine, n_values, params, args.repeats)
+        del engine
+        gc.collect()
+    for n in n_values:
+        on, off = out["on"][n], out["off"][n]
+        out.setdefault("speedup", {})[n] = on["tok_s"] / off["tok_s"]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-dir", default=None, help="model path (default: the default model)")
@@ -89,9 +142,17 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--machine", default="", help="free text for the results")
     ap.add_argument("--out", default=None)
+    ap.add_argument(
+        "--no-jump-forward",
+        action="store_true",
+        help="the schema-against-unconstrained runs without jump-forward (the masks' cost alone)",
+    )
     args = ap.parse_args()
 
-    engine = infire.Engine(model=args.model_dir, device=args.device)
+    jump_forward = not args.no_jump_forward
+    engine = infire.Engine(
+        model=args.model_dir, device=args.device, structured_jump_forward=jump_forward
+    )
     plain = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
     schema = StructuredOutputsParams(json=endless_schema(args.new_tokens))
     held = SamplingParams(max_tokens=args.new_tokens, temperature=0, structured_outputs=schema)
@@ -120,6 +181,7 @@ def main() -> None:
         "device": args.device,
         "model": str(args.model_dir or infire.default_model_path()),
         "new_tokens": args.new_tokens,
+        "jump_forward": jump_forward,
         "throughput": rows,
         "compile_ms": compile_ms(engine, args.repeats),
         "first_token_ms": {
@@ -136,6 +198,17 @@ def main() -> None:
     print(f"compile a typical schema: {result['compile_ms']:.1f} ms")
     ft = result["first_token_ms"]
     print(f"first token: {ft['unconstrained']:.1f} ms free, {ft['schema']:.1f} ms with a schema")
+    del engine
+    gc.collect()
+    jf = result["jump_forward_compare"] = jump_forward_compare(args, list(rows))
+    head = ("concurrent", "forced", "jf on tok/s", "jf off tok/s", "speedup")
+    print(" ".join(f"{h:>{w}}" for h, w in zip(head, (10, 7, 12, 13, 8), strict=True)))
+    for n in rows:
+        on, off = jf["on"][n], jf["off"][n]
+        print(
+            f"{n:>10} {100 * on['forced_share']:>6.1f}% {on['tok_s']:>12.1f} "
+            f"{off['tok_s']:>13.1f} {jf['speedup'][n]:>7.2f}x"
+        )
     out = Path(args.out or Path(__file__).parent / "results" / f"structured_{args.device}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

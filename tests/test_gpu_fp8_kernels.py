@@ -91,9 +91,12 @@ def test_fp8_scale_out(dtype, bias, rows, n):
     want = want.to(t)
     out = raw.clone()
     run("fp8", "fp8_scale_out", rows, 256, out, a, w, b if bias else NULL, i32(n), dtype=dtype)
-    ulp = torch.finfo(t).eps * want.float().abs()
+    # One ulp of the result, plus what the kernel's fused multiply-add may differ by from
+    # torch's rounded product before the bias is added (2^-24 of the product).
+    product = (raw.float() * a[:, None] * w[None, :]).abs()
+    bound = torch.finfo(t).eps * want.float().abs() + 2.0**-23 * product
     assert torch.isfinite(out).all()
-    assert ((out.float() - want.float()).abs() <= ulp + 1e-30).all()
+    assert ((out.float() - want.float()).abs() <= bound + 1e-30).all()
 
 
 def random_codes(rows: int, cols: int) -> torch.Tensor:

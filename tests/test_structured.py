@@ -15,7 +15,7 @@ import openai
 import pydantic
 import pytest
 from structured_schemas import schemas
-from test_server import API_KEY, MODEL, _request, _start_server, _stop
+from test_server import API_KEY, MODEL, _metrics, _request, _start_server, _stop
 
 import infire
 from infire import SamplingParams, StructuredOutputsParams
@@ -191,6 +191,34 @@ def test_regex_choice_grammar_and_json_object(client, server):
     )
     text = "".join(c.choices[0].text for c in stream)
     assert re.fullmatch("[1-9][0-9]{0,3}", text)
+
+
+def test_jump_forward_streams_and_counts(client, server):
+    """Fixed keys are forced (jump-forward): streamed deltas join to the whole output, and
+    /metrics counts the forced tokens and the steps they saved."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "customer_identification_number": {"type": "integer", "minimum": 0, "maximum": 99},
+            "account_status_description": {"enum": ["active_and_in_good_standing"]},
+        },
+        "required": ["customer_identification_number", "account_status_description"],
+        "additionalProperties": False,
+    }
+    kw = dict(
+        max_tokens=80,
+        temperature=0,
+        response_format={"type": "json_schema", "json_schema": {"name": "c", "schema": schema}},
+    )
+    before = _metrics(server)
+    whole = _ask(client, "A customer as JSON:", **kw)
+    stream = _ask(client, "A customer as JSON:", stream=True, **kw)
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == whole.choices[0].message.content
+    jsonschema.validate(json.loads(text), schema)
+    after = _metrics(server)
+    for name in ("infire_structured_forced_tokens_total", "infire_structured_steps_saved_total"):
+        assert after[name] - before[name] > 10, name
 
 
 @pytest.mark.parametrize(

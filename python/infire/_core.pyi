@@ -172,7 +172,8 @@ class Engine:
     def stats(self) -> dict[str, int | float | str | None]:
         """``num_running``, ``num_waiting``, ``kv_blocks_total``, ``kv_blocks_used``,
         ``prefix_cache_hit_rate``, ``num_preemptions``, ``kv_cache_tokens``,
-        ``kv_cache_dtype``, ``quantization``."""
+        ``kv_cache_dtype``, ``quantization``, ``structured_forced_tokens``,
+        ``structured_steps_saved``."""
     def default_sampling_params(self) -> SamplingParams:
         """The model's sampling defaults (``generation_config.json``)."""
     def apply_chat_template(
@@ -194,6 +195,13 @@ class Engine:
         self, prompt: str | list[int], params: SamplingParams, priority: int = 0
     ) -> Stream: ...
     def abort(self, request_id: str) -> None: ...
+    def sleep(self, level: int = 1) -> dict[str, float | int]:
+        """Frees the weights' and the KV pool's device memory with the engine alive (CUDA);
+        ``seconds``, ``device_bytes``, ``copied_bytes``, ``copy_seconds``."""
+    def wake(self) -> dict[str, float | int]:
+        """Brings the memory back after ``sleep``; the same keys."""
+    @property
+    def is_sleeping(self) -> bool: ...
     def shutdown(self) -> None: ...
 
 def fingerprint(path: str) -> str:

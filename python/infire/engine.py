@@ -74,13 +74,42 @@ class Engine:
         """Load and KV-cache usage: ``num_running``, ``num_waiting``, ``kv_blocks_total``,
         ``kv_blocks_used``, ``prefix_cache_hit_rate``, ``num_preemptions``; the cache's
         capacity ``kv_cache_tokens`` and element type ``kv_cache_dtype`` (``"bfloat16"``,
-        ``"fp8_e4m3"``, ...); the weights' ``quantization`` (``"fp8"`` or ``None``)."""
+        ``"fp8_e4m3"``, ...); the weights' ``quantization`` (``"fp8"`` or ``None``); the
+        tokens structured outputs' grammars forced (jump-forward) ``structured_forced_tokens``
+        and the forward steps that saved ``structured_steps_saved``."""
         return self._core.stats()
 
     def abort(self, request_id: str) -> None:
         """Aborts a request (from any thread); its stream ends with ``finish_reason="abort"``.
         Unknown or finished requests are ignored."""
         self._core.abort(str(request_id))
+
+    def sleep(self, level: int = 1) -> dict:
+        """Frees the model's GPU memory and keeps the engine (as vLLM's ``LLM.sleep(level=1)``):
+        the weights go to pinned host memory, the KV pool goes (the prefix cache is lost),
+        compiled kernels and CUDA graphs stay. Requests running end with an error; requests
+        made while asleep wait for :meth:`wake`. Returns ``seconds``, ``device_bytes`` (freed),
+        ``copied_bytes`` and ``copy_seconds``. CUDA only: on the CPU it raises
+        ``UnsupportedModelError`` and changes nothing."""
+        return self._core.sleep(level)
+
+    def wake(self) -> dict:
+        """Brings the memory back after :meth:`sleep`, at the same addresses (nothing is
+        recaptured); the same keys as :meth:`sleep`. A no-op when awake."""
+        return self._core.wake()
+
+    def wake_up(self) -> dict:
+        """:meth:`wake`, by vLLM's name."""
+        return self.wake()
+
+    @property
+    def is_sleeping(self) -> bool:
+        return self._core.is_sleeping
+
+    def shutdown(self) -> None:
+        """Stops the engine and frees its memory (its share of the card included); requests
+        still running fail. The engine serves nothing after it."""
+        self._core.shutdown()
 
     def get_default_sampling_params(self) -> SamplingParams:
         """Sampling parameters used when none are given (from ``generation_config.json``)."""

@@ -11,6 +11,7 @@
 //! | `INFIRE_DECODE_BATCH_SPLITS=N` | splits of decode attention in a large batch (1: none) |
 //! | `INFIRE_PDL=0` | no programmatic dependent launch |
 //! | `INFIRE_KERNEL_DEFINES=NAME=VALUE,...` | extra `-D` constants for every kernel |
+//! | `INFIRE_FAIL_AFTER_STEPS=N` | the engine loop panics after its N-th step (tests of failure handling) |
 
 use std::path::PathBuf;
 
@@ -30,6 +31,9 @@ pub struct Tuning {
     /// Extra compile-time constants of every kernel (`INFIRE_KERNEL_DEFINES`), part of the
     /// kernels' cache key.
     pub kernel_defines: Vec<(String, Option<String>)>,
+    /// The engine loop panics after this many steps (`INFIRE_FAIL_AFTER_STEPS`), as a bug in a
+    /// step would: how the tests drive a real engine into a real failure.
+    pub fail_after_steps: Option<usize>,
 }
 
 impl Tuning {
@@ -47,6 +51,7 @@ impl Tuning {
             no_pdl: var("INFIRE_PDL").is_some_and(|v| v == "0"),
             kernel_defines: var("INFIRE_KERNEL_DEFINES")
                 .map_or_else(Vec::new, |s| parse_defines(&s)),
+            fail_after_steps: count("INFIRE_FAIL_AFTER_STEPS"),
         }
     }
 }

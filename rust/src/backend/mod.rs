@@ -22,6 +22,19 @@ use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
 use crate::weights::{Fp8Tensor, HostTensor, RawTensor};
 
+/// What putting a backend's memory to sleep, or waking it, did.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SleepReport {
+    /// Seconds the whole sleep or wake took.
+    pub seconds: f64,
+    /// Device memory released (sleep) or taken again (wake): the weights' and the KV pool's.
+    pub device_bytes: usize,
+    /// Weight bytes copied to pinned host memory (sleep) or back (wake).
+    pub copied_bytes: usize,
+    /// Seconds the weights' copy took.
+    pub copy_seconds: f64,
+}
+
 /// The device side of a backend: memory and weights, the KV pool, a step's upload and
 /// lifecycle, sampling, timing, and recording steps as graphs. The forward pass's math is
 /// [`Ops`].
@@ -167,4 +180,31 @@ pub trait Backend: Ops + Send {
     /// Runs a recorded step in place of its operations (the step begun last, whose batch
     /// has the graph's shape); a failure surfaces at the wait.
     fn replay(&mut self, _graph: &Self::Graph) {}
+
+    /// After a step failed: `Some(why)` when the device can run nothing more (a sticky CUDA
+    /// error such as an illegal address poisons the whole context), so that the engine is
+    /// marked failed rather than failing every later request one by one.
+    fn device_failure(&mut self) -> Option<String> {
+        None
+    }
+    /// Whether [`sleep`](Self::sleep) is supported.
+    fn can_sleep(&self) -> bool {
+        false
+    }
+    /// Frees the device memory of the weights (kept in pinned host memory) and of the KV pool
+    /// (its contents are dropped), keeping every address: compiled kernels, step buffers and
+    /// recorded graphs stay as they are. Called only between steps, with no block of the pool
+    /// in use. `Unsupported` where the backend cannot (the CPU's memory is the host's).
+    fn sleep(&mut self) -> Result<SleepReport> {
+        Err(Error::Unsupported(
+            "this backend cannot sleep with its engine alive".into(),
+        ))
+    }
+    /// Brings the memory back after [`sleep`](Self::sleep): the weights as they were, the KV
+    /// pool empty, at the same addresses. A no-op when awake.
+    fn wake(&mut self) -> Result<SleepReport> {
+        Err(Error::Unsupported(
+            "this backend cannot sleep with its engine alive".into(),
+        ))
+    }
 }

@@ -88,6 +88,12 @@ declare_options! {
         /// on the CPU: the physical cores, or RAYON_NUM_THREADS where set; on CUDA the pool does
         /// only per-sequence host work and keeps rayon's default size).
         num_threads: Option<usize> = None,
+        /// Jump-forward for structured outputs: where a grammar allows one continuation, its
+        /// tokens are appended without a forward step each (computed with the next token's).
+        /// They are llguidance's canonical tokenization of the forced text, which may differ
+        /// from the tokens the model would have picked one by one (greedy outputs can change,
+        /// still valid); off: every token is sampled. Off for requests that want logprobs.
+        structured_jump_forward: bool = true,
     }
 }
 
@@ -179,6 +185,7 @@ impl EngineArgs {
             async_scheduling: self.async_scheduling,
             batch_min_share: self.batch_min_share,
             num_threads: self.num_threads,
+            structured_jump_forward: self.structured_jump_forward,
             step_trace: None,
             quantization: self.quantization.clone(),
         }
@@ -215,6 +222,9 @@ pub struct EngineConfig {
     /// Threads of the engine's pool; `None`: settled by `Engine::new` (the CPU backend:
     /// `RAYON_NUM_THREADS` where set, else the physical cores; CUDA: rayon's default).
     pub num_threads: Option<usize>,
+    /// Append the tokens a grammar forces without a forward step each
+    /// ([`EngineArgs::structured_jump_forward`]).
+    pub structured_jump_forward: bool,
     /// Where the step trace goes, if anywhere (a diagnostic: `Tuning::step_trace`).
     pub step_trace: Option<std::path::PathBuf>,
     /// Weights quantized at load ([`EngineArgs::quantization`]), reported by the stats.

@@ -161,6 +161,7 @@ fn launch_engine(files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
                     dtype,
                     quantize_fp8: opts.quantization.as_deref() == Some("fp8"),
                     gpu_memory_utilization: opts.gpu_memory_utilization,
+                    claim_share: opts.kv_cache_tokens.is_none(),
                     kernel_cache_dir: kernel_cache_dir(),
                     tuning: tuning.clone(),
                 },

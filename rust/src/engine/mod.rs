@@ -59,6 +59,11 @@ pub struct EngineStats {
     pub num_preemptions: u64,
     /// Batch sequences preempted for interactive ones (also in `num_preemptions`).
     pub num_batch_preemptions: u64,
+    /// Tokens of structured outputs appended by jump-forward (forced by their grammar).
+    pub structured_forced_tokens: u64,
+    /// Forward steps jump-forward saved (a sequence's step per forced token, less the steps
+    /// that computed output tokens without a sample: forced runs split by the step budget).
+    pub structured_steps_saved: u64,
     /// The KV cache's element type ([`crate::backend::KvDtype::name`]; empty in the default
     /// of an engine not loaded).
     pub kv_cache_dtype: &'static str,
@@ -236,6 +241,8 @@ impl<B: Backend> Engine<B> {
             prefix_cache_hit_rate: self.kv.hit_rate(),
             num_preemptions: self.scheduler.num_preemptions,
             num_batch_preemptions: self.scheduler.num_batch_preemptions,
+            structured_forced_tokens: self.scheduler.num_forced_tokens,
+            structured_steps_saved: self.scheduler.forced_steps_saved(),
             kv_cache_dtype: self.runner.backend().kv_layout().dtype.name(),
             quantization: self.quantization,
         }

@@ -70,6 +70,7 @@ impl<B: Backend> Engine<B> {
             tokenizer: &self.tokenizer,
             eos_token_ids: &self.eos_token_ids,
             defer_text: self.async_scheduling,
+            jump_forward: self.config.structured_jump_forward,
         };
         let mut errors = self.scheduler.update(&mut self.kv, out, &ctx);
         let mut deltas = Vec::new();

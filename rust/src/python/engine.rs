@@ -13,6 +13,7 @@ use super::engine_args;
 use super::sampling_params::PySamplingParams;
 use super::stream::PyStream;
 use super::tokenizer::{render_chat, PyTokenizer};
+use crate::backend::SleepReport;
 use crate::engine::engine_loop::{EngineHandle, Submitted};
 use crate::engine::launch::launch;
 use crate::engine::RequestOutput;
@@ -143,7 +144,8 @@ impl PyEngine {
 
     /// Load and KV-cache usage: `num_running`, `num_waiting`, `kv_blocks_total`,
     /// `kv_blocks_used`, `prefix_cache_hit_rate`, `num_preemptions`; the cache's capacity and
-    /// element type (`kv_cache_tokens`, `kv_cache_dtype`) and the weights' `quantization`.
+    /// element type (`kv_cache_tokens`, `kv_cache_dtype`) and the weights' `quantization`;
+    /// jump-forward's `structured_forced_tokens` and `structured_steps_saved`.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.handle.stats();
         let d = PyDict::new(py);
@@ -156,6 +158,8 @@ impl PyEngine {
         d.set_item("kv_cache_tokens", s.kv_blocks_total * s.kv_block_size)?;
         d.set_item("kv_cache_dtype", s.kv_cache_dtype)?;
         d.set_item("quantization", s.quantization)?;
+        d.set_item("structured_forced_tokens", s.structured_forced_tokens)?;
+        d.set_item("structured_steps_saved", s.structured_steps_saved)?;
         Ok(d)
     }
 
@@ -247,8 +251,48 @@ impl PyEngine {
         Ok(())
     }
 
+    /// Frees the weights' and the KV pool's device memory with the engine alive (CUDA): the
+    /// weights go to pinned host memory, the KV pool and its prefix cache are dropped, and
+    /// requests running end with an error. Requests submitted while asleep wait for `wake`.
+    /// Returns what it did (`seconds`, `device_bytes` freed, `copied_bytes`, `copy_seconds`).
+    #[pyo3(signature = (level=1))]
+    fn sleep<'py>(&self, py: Python<'py>, level: u8) -> PyResult<Bound<'py, PyDict>> {
+        if level != 1 {
+            return Err(invalid(format!(
+                "sleep level {level} is not supported: level 1 keeps the weights in host memory"
+            )));
+        }
+        let r = py
+            .detach(|| self.handle.sleep("the engine was put to sleep"))
+            .map_err(to_pyerr)?;
+        sleep_report(py, r)
+    }
+
+    /// Brings the memory back after `sleep` (the weights as they were, the KV pool empty, at
+    /// the same addresses: nothing is recaptured). Returns what it did, as `sleep` does.
+    fn wake<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let r = py.detach(|| self.handle.wake()).map_err(to_pyerr)?;
+        sleep_report(py, r)
+    }
+
+    /// Whether the engine's memory is asleep.
+    #[getter]
+    fn is_sleeping(&self) -> bool {
+        self.handle.is_asleep()
+    }
+
     /// Stops the engine loop (requests still running fail).
     fn shutdown(&self, py: Python<'_>) {
         py.detach(|| self.handle.shutdown());
     }
+}
+
+/// A sleep's or a wake's report as a dict.
+fn sleep_report(py: Python<'_>, r: SleepReport) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("seconds", r.seconds)?;
+    d.set_item("device_bytes", r.device_bytes)?;
+    d.set_item("copied_bytes", r.copied_bytes)?;
+    d.set_item("copy_seconds", r.copy_seconds)?;
+    Ok(d)
 }

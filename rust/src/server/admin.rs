@@ -1,12 +1,15 @@
 //! The admin API: `POST /v1/admin/models/{name}/{sleep,wake,load,unload}`, for a full API key
 //! (one bound to no traffic class; open when the server has no key).
 //!
-//! `sleep` and `unload` stop the model's engine (on the CPU its KV pool, prefix cache and
-//! weights are freed; requests still running end with an error saying so); a sleeping model
-//! wakes on its next request, an unloaded one only by `load` (or on a request, when it is
-//! `on_demand`). `wake` and `load` load the model now, putting least recently used idle models
-//! to sleep when it does not fit, and answer once it is ready. Each answer gives the model's
-//! state and the seconds the action took.
+//! `sleep` frees the model's memory: on CUDA its engine stays (weights in pinned host memory,
+//! the KV pool and prefix cache dropped, kernels and graphs kept), on the CPU the engine stops
+//! (weights, KV pool and prefix cache freed); `unload` stops the engine everywhere. Requests
+//! still running end with an error saying so. A sleeping model wakes on its next request, an
+//! unloaded one only by `load` (or on a request, when it is `on_demand`); a `failed` one (its
+//! engine died) only by `load`. `wake` and `load` make the model ready now, putting least
+//! recently used idle models to sleep when it does not fit, and answer once it is ready. Each
+//! answer gives the model's state, the seconds the action took and the model's memory status
+//! (a CUDA sleep's and wake's bytes and seconds included).
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -71,9 +71,12 @@ pub(super) async fn admit(
     if let Some(refusal) = refusal {
         // `/metrics` stays readable: it is how an operator sees why. A draining process is
         // alive: liveness stays 200, or the orchestrator would kill it mid-drain.
+        // The admin API stays open on a failed node: a `load` starts a failed model again.
         let path = request.uri().path();
-        let draining_live = path == "/health/live" && state.handle.failure().is_none();
-        if path != "/metrics" && !draining_live {
+        let failed = state.node.failure().is_some();
+        let draining_live = path == "/health/live" && !failed;
+        let admin = !state.shutting_down.load(Ordering::SeqCst) && path.starts_with("/v1/admin/");
+        if path != "/metrics" && !draining_live && !admin {
             let mut response = refusal.into_response();
             if state.shutting_down.load(Ordering::SeqCst) {
                 close_after(&mut response);

@@ -1,6 +1,6 @@
 //! The routes that describe the server: `GET /v1/models`, `GET /v1/models/{id}`, `GET /metrics`
-//! and the probes: `GET /health` (200 once the engine is loaded and while it serves; see
-//! `startup` for the 503 while it loads), `GET /health/live` (the process answers: 200 while it
+//! and the probes: `GET /health` (200 once the engine is loaded and while a model serves,
+//! naming the failed ones; see `startup` for the 503 while it loads), `GET /health/live` (the process answers: 200 while it
 //! drains too) and `GET /health/ready` (the engine serves and makes progress).
 
 use std::sync::atomic::Ordering;
@@ -60,16 +60,28 @@ pub(super) async fn model(
     Ok(Json(model_card(slot)))
 }
 
-/// 200 while the server serves; [`admission::admit`] answers 503 for it while draining or
-/// once the engine has failed.
-pub(super) async fn health() -> Response {
-    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
+/// 200 while the server serves, naming the models whose engine failed (`failed`: name →
+/// reason) while others serve on; [`admission::admit`] answers 503 for it while draining or
+/// once no model can serve (see `Node::failure`).
+pub(super) async fn health(State(state): State<Arc<AppState>>) -> Response {
+    let failed: serde_json::Map<String, serde_json::Value> = state
+        .node
+        .failed()
+        .into_iter()
+        .map(|(name, why)| (name, why.into()))
+        .collect();
+    let body = if failed.is_empty() {
+        json!({"status": "ok"})
+    } else {
+        json!({"status": "ok", "failed": failed})
+    };
+    (StatusCode::OK, Json(body)).into_response()
 }
 
 /// Liveness: 200 while the process answers, draining included ([`admission::admit`] lets it
-/// through then); 503 once the engine has failed, since only a restart helps.
+/// through then); 503 once no model can serve, since only a restart helps.
 pub(super) async fn live() -> Response {
-    health().await
+    (StatusCode::OK, Json(json!({"status": "ok"}))).into_response()
 }
 
 /// How long the engine may hold requests without a token coming out before readiness fails. A
@@ -81,7 +93,7 @@ const STALL: Duration = Duration::from_secs(120);
 /// are in an engine and no token came out of any for [`STALL`].
 pub(super) async fn ready(State(state): State<Arc<AppState>>) -> Response {
     match state.progress.stalled_for(&state) {
-        None => health().await,
+        None => health(State(state)).await,
         Some(stalled) => ApiError::with_status(
             StatusCode::SERVICE_UNAVAILABLE,
             format!(

@@ -36,7 +36,7 @@ pub fn render_node(server: &Metrics, models: &[ModelSeries]) -> String {
         }
     }
     type Value = fn(&ModelSeries) -> f64;
-    let per_model: [(&str, &str, &str, Value); 12] = [
+    let per_model: [(&str, &str, &str, Value); 15] = [
         (
             "infire_prompt_tokens_total",
             "Prompt tokens of finished requests.",
@@ -60,6 +60,18 @@ pub fn render_node(server: &Metrics, models: &[ModelSeries]) -> String {
             "Batch sequences preempted (recomputed later) for interactive ones.",
             "counter",
             |m| m.stats.num_batch_preemptions as f64,
+        ),
+        (
+            "infire_structured_forced_tokens_total",
+            "Structured-output tokens forced by their grammar and appended without a step.",
+            "counter",
+            |m| m.stats.structured_forced_tokens as f64,
+        ),
+        (
+            "infire_structured_steps_saved_total",
+            "Forward steps that jump-forward saved sequences.",
+            "counter",
+            |m| m.stats.structured_steps_saved as f64,
         ),
         (
             "infire_num_requests_running",
@@ -108,6 +120,12 @@ pub fn render_node(server: &Metrics, models: &[ModelSeries]) -> String {
             "1 while the model loads or wakes.",
             "gauge",
             |m| f64::from(u8::from(m.state == "loading")),
+        ),
+        (
+            "infire_model_failed",
+            "1 while the model's engine has failed (until a load starts it again).",
+            "gauge",
+            |m| f64::from(u8::from(m.state == "failed")),
         ),
     ];
     for (name, help, kind, value) in per_model {

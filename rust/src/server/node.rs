@@ -7,121 +7,27 @@
 //! fit together; a later load (`on_demand`, a wake, an admin `load`) puts the least recently
 //! used idle models to sleep until it fits, and fails naming them when it cannot.
 //!
-//! States: `ready` (engine running), `loading`, `sleeping` (no engine; a request wakes it and
-//! waits, within `wake_timeout`), `unloaded` (no engine; requests are refused unless the model
-//! is `on_demand`). On the CPU, sleep and unload both stop the model's engine: its KV pool
-//! (prefix cache included) and its weights are freed, and a wake loads the weights again from
-//! the model file (usually still in the page cache). Requests running when a model is put down
-//! end with an error that says so.
+//! States (`model_state.rs`): `ready` (engine running), `loading`, `sleeping` (a request wakes
+//! it and waits, within `wake_timeout`), `unloaded` (no engine; requests are refused unless the
+//! model is `on_demand`), `failed` (its engine died: requests get a 503 naming why, `load`
+//! starts a new one; the other models serve on). On CUDA a sleep keeps the engine, its kernels
+//! and its recorded graphs: the weights go to pinned host memory and the KV pool (prefix cache
+//! included) is dropped, and a wake copies the weights back to the same addresses. On the CPU,
+//! sleep and unload both stop the model's engine: its KV pool and its weights are freed, and a
+//! wake loads the weights again from the model file (usually still in the page cache). Requests
+//! running when a model is put down end with an error that says so.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
-
-use super::memory::{plan, MemoryPlan};
-use super::metrics::Metrics;
-pub use super::model_state::{ModelState, ModelStatus};
+use super::memory::plan;
+pub use super::model_state::{InFlight, Loaded, ModelSlot, ModelState};
 use super::node_spec::ModelSpec;
-use super::traffic::ClassQueues;
 use super::ApiError;
-use crate::engine::engine_loop::EngineHandle;
 use crate::engine::launch::launch_files;
 use crate::error::{Error, Result};
 use crate::loader::open_model;
-use crate::sampling::SamplingParams;
-use crate::tokenizer::Tokenizer;
-
-/// A loaded model's engine and what requests need of it.
-#[derive(Clone)]
-pub struct Loaded {
-    pub handle: EngineHandle,
-    pub tokenizer: Arc<Tokenizer>,
-    pub defaults: SamplingParams,
-    /// The model's content fingerprint (OpenAI's `system_fingerprint`).
-    pub fingerprint: String,
-}
-
-/// What changes as a model loads and sleeps.
-struct SlotInner {
-    state: ModelState,
-    loaded: Option<Loaded>,
-    /// Requests holding the engine now ([`InFlight`]); a model with any is never put to sleep
-    /// to make room.
-    in_flight: usize,
-    /// Why the last load failed.
-    last_error: Option<String>,
-    /// Seconds the last load or wake took, and the resident memory it added.
-    last_load_s: Option<f64>,
-    measured_bytes: Option<usize>,
-}
-
-/// One model of the node.
-pub struct ModelSlot {
-    pub spec: ModelSpec,
-    pub plan: MemoryPlan,
-    inner: Mutex<SlotInner>,
-    /// Bumped on every state change; waiters watch it.
-    changed: watch::Sender<u64>,
-    pub metrics: Arc<Metrics>,
-    /// Requests of each traffic class waiting for their first token.
-    pub queues: Arc<ClassQueues>,
-    /// Milliseconds since the node started at this model's last request (for LRU).
-    last_used: AtomicU64,
-}
-
-/// A request's hold on a model's engine, from routing to its last byte.
-pub struct InFlight(Arc<ModelSlot>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        if let Ok(mut i) = self.0.inner.lock() {
-            i.in_flight -= 1;
-        }
-    }
-}
-
-impl ModelSlot {
-    fn lock(&self) -> std::sync::MutexGuard<'_, SlotInner> {
-        // A poisoned lock means a panic elsewhere while holding it; the state is plain data.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn set(&self, inner: &mut SlotInner, state: ModelState) {
-        inner.state = state;
-        self.changed.send_modify(|v| *v += 1);
-    }
-
-    pub fn state(&self) -> ModelState {
-        self.lock().state
-    }
-
-    pub fn status(&self) -> ModelStatus {
-        let i = self.lock();
-        ModelStatus {
-            state: i.state.as_str(),
-            in_flight: i.in_flight,
-            budget_bytes: self.plan.budget_bytes,
-            share: self.plan.share,
-            kv_cache_tokens: self.plan.args.kv_cache_tokens,
-            last_load_s: i.last_load_s,
-            measured_bytes: i.measured_bytes,
-            last_error: i.last_error.clone(),
-        }
-    }
-
-    /// The engine's handle while loaded.
-    pub fn handle(&self) -> Option<EngineHandle> {
-        self.lock().loaded.as_ref().map(|l| l.handle.clone())
-    }
-
-    /// The fingerprint of the files last loaded (none before the first load).
-    pub fn fingerprint(&self) -> Option<String> {
-        let i = self.lock();
-        i.loaded.as_ref().map(|l| l.fingerprint.clone())
-    }
-}
 
 /// The models of one server.
 pub struct Node {
@@ -139,24 +45,7 @@ impl Node {
         let models = specs
             .into_iter()
             .zip(plans)
-            .map(|(spec, plan)| {
-                Arc::new(ModelSlot {
-                    spec,
-                    plan,
-                    inner: Mutex::new(SlotInner {
-                        state: ModelState::Unloaded,
-                        loaded: None,
-                        in_flight: 0,
-                        last_error: None,
-                        last_load_s: None,
-                        measured_bytes: None,
-                    }),
-                    changed: watch::channel(0).0,
-                    metrics: Arc::new(Metrics::default()),
-                    queues: Arc::new(ClassQueues::default()),
-                    last_used: AtomicU64::new(0),
-                })
-            })
+            .map(|(spec, plan)| Arc::new(ModelSlot::new(spec, plan)))
             .collect();
         let node = Arc::new(Node {
             models,
@@ -186,39 +75,39 @@ impl Node {
     /// not fit beside the loaded ones. Blocks until the engine is ready.
     pub fn load(&self, slot: &Arc<ModelSlot>) -> Result<()> {
         let _one_load = self.load_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let before = {
+        let (before, kept) = {
             let mut i = slot.lock();
             if i.state == ModelState::Ready {
                 return Ok(());
             }
             let before = i.state;
+            // A sleeping engine is woken; a dead one goes (its memory is not known to be
+            // consistent: the loop leaked it rather than free it) and a new one starts.
+            let kept = match before {
+                ModelState::Sleeping => i.loaded.clone(),
+                _ => i.loaded.take(),
+            };
             slot.set(&mut i, ModelState::Loading);
-            before
+            (before, kept)
         };
         let started = Instant::now();
-        let rss = super::memory::rss_bytes();
-        let result = self.make_room(slot).and_then(|()| {
-            tracing::info!(model = %slot.spec.name, "loading {}", slot.spec.path.display());
-            launch_files(
-                &slot.spec.path,
-                open_model(&slot.spec.path)?,
-                &slot.plan.args,
-            )
+        let result = self.make_room(slot).and_then(|()| match kept {
+            Some(l) if before == ModelState::Sleeping => self.wake(slot, l),
+            dead => {
+                if let Some(l) = dead {
+                    l.handle.shutdown();
+                }
+                self.launch(slot)
+            }
         });
         let mut i = slot.lock();
         match result {
-            Ok(l) => {
-                i.loaded = Some(Loaded {
-                    handle: l.handle,
-                    tokenizer: l.tokenizer,
-                    defaults: l.default_sampling,
-                    fingerprint: l.fingerprint,
-                });
+            Ok((loaded, measured_bytes)) => {
+                i.loaded = Some(loaded);
                 i.last_error = None;
                 i.last_load_s = Some(started.elapsed().as_secs_f64());
-                i.measured_bytes =
-                    rss.and_then(|r| Some(super::memory::rss_bytes()?.saturating_sub(r)));
-                tracing::info!(model = %slot.spec.name, seconds = i.last_load_s, kv_cache_tokens = l.kv_capacity_tokens, "model ready");
+                i.measured_bytes = measured_bytes.or(i.measured_bytes);
+                tracing::info!(model = %slot.spec.name, seconds = i.last_load_s, "model ready");
                 slot.set(&mut i, ModelState::Ready);
                 Ok(())
             }
@@ -230,13 +119,54 @@ impl Node {
         }
     }
 
+    /// Wakes `slot`'s sleeping engine; where it cannot wake, stops it and loads the model anew.
+    fn wake(&self, slot: &Arc<ModelSlot>, l: Loaded) -> Result<(Loaded, Option<usize>)> {
+        match l.handle.wake() {
+            Ok(report) => {
+                tracing::info!(
+                    model = %slot.spec.name,
+                    seconds = report.seconds,
+                    copied_bytes = report.copied_bytes,
+                    copy_seconds = report.copy_seconds,
+                    "woke the engine"
+                );
+                slot.lock().last_wake = Some(report);
+                Ok((l, None))
+            }
+            Err(e) => {
+                tracing::warn!(model = %slot.spec.name, "the engine did not wake ({e}): loading the model anew");
+                slot.lock().loaded = None;
+                l.handle
+                    .shutdown_with(&format!("model {} could not wake", slot.spec.name));
+                self.launch(slot)
+            }
+        }
+    }
+
+    /// Starts a new engine for `slot`; returns it and the resident memory it added.
+    fn launch(&self, slot: &Arc<ModelSlot>) -> Result<(Loaded, Option<usize>)> {
+        let rss = super::memory::rss_bytes();
+        tracing::info!(model = %slot.spec.name, "loading {}", slot.spec.path.display());
+        let files = open_model(&slot.spec.path)?;
+        let l = launch_files(&slot.spec.path, files, &slot.plan.args)?;
+        tracing::info!(model = %slot.spec.name, kv_cache_tokens = l.kv_capacity_tokens, "engine started");
+        let loaded = Loaded {
+            handle: l.handle,
+            tokenizer: l.tokenizer,
+            defaults: l.default_sampling,
+            fingerprint: l.fingerprint,
+        };
+        let added = rss.and_then(|r| Some(super::memory::rss_bytes()?.saturating_sub(r)));
+        Ok((loaded, added))
+    }
+
     /// Puts idle models to sleep, least recently used first, until `slot` fits.
     fn make_room(&self, slot: &Arc<ModelSlot>) -> Result<()> {
         loop {
             let loaded: Vec<&Arc<ModelSlot>> = self
                 .models
                 .iter()
-                .filter(|s| !Arc::ptr_eq(s, slot) && s.lock().loaded.is_some())
+                .filter(|s| !Arc::ptr_eq(s, slot) && s.lock().holds_memory())
                 .collect();
             let used: f64 = loaded.iter().map(|s| s.plan.share).sum();
             if used + slot.plan.share <= 1.0 + 1e-9 {
@@ -269,23 +199,61 @@ impl Node {
         }
     }
 
-    /// Stops `slot`'s engine (if loaded) and leaves it `to` (sleeping or unloaded); requests
-    /// still running end with `reason`. A model that is loading is left alone: `false`.
+    /// Puts `slot` down to `to` (sleeping or unloaded); requests still running end with
+    /// `reason`. A sleep keeps the engine where its backend can sleep (CUDA: its memory goes,
+    /// its kernels and graphs stay); otherwise, and for an unload, the engine stops. A model
+    /// that is loading is left alone: `false`.
     pub fn put_down(&self, slot: &Arc<ModelSlot>, to: ModelState, reason: &str) -> bool {
-        let loaded = {
+        let (keep, loaded) = {
             let mut i = slot.lock();
             if i.state == ModelState::Loading {
                 return false;
             }
-            let loaded = i.loaded.take();
+            let was = i.state;
+            if was == to {
+                return true;
+            }
+            // An engine that sleeps alive stays in the slot (a wake finds it there); any other
+            // leaves it now, so that no wake can find an engine that is stopping.
+            let keep = to == ModelState::Sleeping
+                && was == ModelState::Ready
+                && i.loaded.as_ref().is_some_and(|l| l.handle.can_sleep());
+            let loaded = if keep {
+                i.loaded.clone()
+            } else {
+                i.loaded.take()
+            };
             slot.set(&mut i, to);
-            loaded
+            (keep, loaded)
         };
-        if let Some(l) = loaded {
-            l.handle.shutdown_with(reason);
-            drop(l);
-            super::memory::release_freed_memory();
+        let Some(l) = loaded else { return true };
+        if keep {
+            match l.handle.sleep(reason) {
+                Ok(report) => {
+                    tracing::info!(
+                        model = %slot.spec.name,
+                        seconds = report.seconds,
+                        freed_bytes = report.device_bytes,
+                        "the engine sleeps"
+                    );
+                    slot.lock().last_sleep = Some(report);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(model = %slot.spec.name, "the engine did not sleep ({e}): stopping it");
+                    let mut i = slot.lock();
+                    if i.loaded
+                        .as_ref()
+                        .is_some_and(|k| k.handle.same_engine(&l.handle))
+                    {
+                        i.loaded = None;
+                    }
+                }
+            }
         }
+        l.handle.shutdown_with(reason);
+        drop(l);
+        super::memory::release_freed_memory();
         true
     }
 
@@ -311,6 +279,10 @@ impl Node {
                         return Ok((loaded, InFlight(slot.clone())));
                     }
                     ModelState::Loading => {}
+                    ModelState::Failed => {
+                        let why = i.last_error.clone().unwrap_or_default();
+                        return Err(failed(&slot.spec.name, &why));
+                    }
                     ModelState::Unloaded if !slot.spec.on_demand => {
                         return Err(unavailable(format!(
                             "model `{}` is unloaded; load it with POST /v1/admin/models/{}/load",
@@ -355,16 +327,51 @@ impl Node {
         }
     }
 
-    /// `Some(message)` once a loaded model's engine has died of a panic.
-    pub fn failure(&self) -> Option<String> {
+    /// The models whose engine died, with why.
+    pub fn failed(&self) -> Vec<(String, String)> {
         self.models
             .iter()
             .filter_map(|s| {
-                s.handle()?
-                    .failure()
-                    .map(|f| format!("{}: {f}", s.spec.name))
+                let i = s.lock();
+                (i.state == ModelState::Failed).then(|| {
+                    (
+                        s.spec.name.clone(),
+                        i.last_error.clone().unwrap_or_default(),
+                    )
+                })
             })
-            .next()
+            .collect()
+    }
+
+    /// `Some(message)` when a model's engine has died and no model can serve any more (none is
+    /// ready, loading, sleeping or loadable on demand): the node as a whole is then unhealthy.
+    /// While another model serves, a failed one is refused alone.
+    pub fn failure(&self) -> Option<String> {
+        let failed = self.failed();
+        if failed.is_empty() {
+            return None;
+        }
+        let serving = self.models.iter().any(|s| match s.state() {
+            ModelState::Ready | ModelState::Loading | ModelState::Sleeping => true,
+            ModelState::Unloaded => s.spec.on_demand,
+            ModelState::Failed => false,
+        });
+        let list: Vec<String> = failed.iter().map(|(n, f)| format!("{n}: {f}")).collect();
+        (!serving).then(|| list.join("; "))
+    }
+}
+
+/// 503 for a model whose engine died.
+fn failed(name: &str, why: &str) -> ApiError {
+    ApiError {
+        code: Some("model_failed"),
+        ..ApiError::with_status(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "model `{name}` failed and serves no requests: {why}; POST \
+                 /v1/admin/models/{name}/load starts it again"
+            ),
+        )
     }
 }
 

@@ -68,6 +68,23 @@ impl GrammarState {
             .map_err(|e| grammar_error(&e.to_string()))
     }
 
+    /// The tokens the grammar forces next (jump-forward), not yet taken: feed each to
+    /// [`accept`](Self::accept). They are llguidance's canonical tokenization of the forced
+    /// text, and it leaves out a tail that could tokenize differently once more text follows
+    /// (the model picks across that boundary itself). Empty when nothing is forced, when the
+    /// grammar is complete, or in an error state (which the next mask reports).
+    pub fn forced_tokens(&mut self) -> Vec<u32> {
+        if self.matcher.is_stopped() {
+            return Vec::new();
+        }
+        let mut forced = self.matcher.compute_ff_tokens();
+        // An end-of-sequence id ends the sequence as a sampled token would; never forced here.
+        if let Some(at) = forced.iter().position(|t| self.eos_token_ids.contains(t)) {
+            forced.truncate(at);
+        }
+        forced
+    }
+
     /// Whether the grammar is complete and allows nothing more: the sequence can stop now.
     pub fn is_complete(&self) -> bool {
         self.matcher.is_stopped() && !self.matcher.is_error()

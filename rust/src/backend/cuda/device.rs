@@ -1,12 +1,21 @@
 //! The CUDA backend's device side: weights and buffers in device memory, the KV pool, and a
-//! step's life on the stream (its batch's upload, the device sampler, the wait, graphs).
+//! step's life on the stream (its batch's upload, the device sampler, the wait, graphs), and
+//! sleep: the weights and the KV pool live in arenas (`arena.rs`) whose memory a sleep frees
+//! and a wake restores at the same addresses, so the recorded graphs stay valid.
 
+use std::time::Instant;
+
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use super::arena::Arena;
 use super::device_mem::{self, DeviceMem};
 use super::gemm::ElemType;
 use super::graphs::{self, CudaStepGraph};
 use super::jit::KernelDtype;
+use super::share;
 use super::{CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector, ELEM_BYTES};
-use crate::backend::{Backend, ForwardBatch, KvLayout, StepTiming};
+use crate::backend::{Backend, ForwardBatch, KvLayout, SleepReport, StepTiming};
 use crate::error::{Error, Result};
 use crate::sampling::StepSampling;
 use crate::weights::{Fp8Tensor, HostTensor, RawTensor};
@@ -47,7 +56,7 @@ impl Backend for CudaBackend {
         }
         let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
         Some((|| {
-            let mem = DeviceMem::zeroed(&self.stream, rows * cols * ELEM_BYTES)?;
+            let mem = self.weight_mem(rows * cols * ELEM_BYTES)?;
             let mut offset = 0u64;
             for p in parts {
                 self.upload_at(mem.ptr + offset, p.bytes)?;
@@ -125,8 +134,12 @@ impl Backend for CudaBackend {
                 _ => [1.0, 1.0],
             })
             .collect();
+        // Its own arena, one chunk: a sleep drops it whole and a wake maps it back empty.
+        let arena = Arena::new(&self.ctx, "KV pool", bytes, bytes, false)?;
+        let mem = DeviceMem::in_arena(&arena, &self.stream, bytes)?;
+        *self.kv_arena.borrow_mut() = Some(arena);
         Ok(CudaKvCache {
-            mem: DeviceMem::zeroed(&self.stream, bytes)?,
+            mem,
             plane_bytes,
             scales,
         })
@@ -250,5 +263,84 @@ impl Backend for CudaBackend {
             let r = graph.launch();
             self.record(r);
         }
+    }
+
+    fn can_sleep(&self) -> bool {
+        true
+    }
+
+    fn device_failure(&mut self) -> Option<String> {
+        // A sticky error fails every call on the context from then on; a step that failed for
+        // a passing reason (an allocation) leaves it usable.
+        self.ctx
+            .synchronize()
+            .err()
+            .map(|e| format!("the GPU context is unusable: {e:?}"))
+    }
+
+    fn sleep(&mut self) -> Result<SleepReport> {
+        if let Some(e) = self.error.get_mut().take() {
+            return Err(e);
+        }
+        let started = Instant::now();
+        let w = self.weights.sleep(&self.stream)?;
+        let kv = match self.kv_arena.get_mut() {
+            Some(a) => a.sleep(&self.stream)?,
+            None => Default::default(),
+        };
+        // The card's memory is free for others until the wake claims it again.
+        self.share = None;
+        Ok(SleepReport {
+            seconds: started.elapsed().as_secs_f64(),
+            device_bytes: w.device_bytes + kv.device_bytes,
+            copied_bytes: w.copied_bytes,
+            copy_seconds: w.copy_seconds,
+        })
+    }
+
+    fn wake(&mut self) -> Result<SleepReport> {
+        let started = Instant::now();
+        if self.share.is_none() && self.opts.claim_share {
+            let claim = share::Claim::new(self.opts.device, self.opts.gpu_memory_utilization)?;
+            self.share = Some(claim);
+        }
+        let w = self.weights.wake(&self.stream)?;
+        let kv = match self.kv_arena.get_mut() {
+            Some(a) => a.wake(&self.stream)?,
+            None => Default::default(),
+        };
+        Ok(SleepReport {
+            seconds: started.elapsed().as_secs_f64(),
+            device_bytes: w.device_bytes + kv.device_bytes,
+            copied_bytes: w.copied_bytes,
+            copy_seconds: w.copy_seconds,
+        })
+    }
+}
+
+/// Where weights go: the weights' arena, which a sleep empties and a wake refills.
+impl CudaBackend {
+    /// Converts a weight to the activation dtype (in parallel) and copies it to the device.
+    pub(super) fn upload_weights(&self, t: &HostTensor) -> Result<DeviceMem> {
+        match self.dtype {
+            KernelDtype::F16 => {
+                let v: Vec<f16> = t.data.par_iter().map(|&x| f16::from_f32(x)).collect();
+                self.weight_from_host(bytemuck::cast_slice(&v))
+            }
+            KernelDtype::Bf16 => {
+                let v: Vec<bf16> = t.data.par_iter().map(|&x| bf16::from_f32(x)).collect();
+                self.weight_from_host(bytemuck::cast_slice(&v))
+            }
+        }
+    }
+
+    /// `bytes` zeroed bytes for a weight, in the weights' arena.
+    pub(super) fn weight_mem(&self, bytes: usize) -> Result<DeviceMem> {
+        DeviceMem::in_arena(&self.weights, &self.stream, bytes)
+    }
+
+    /// A copy of `bytes` for a weight, in the weights' arena.
+    pub(super) fn weight_from_host(&self, bytes: &[u8]) -> Result<DeviceMem> {
+        DeviceMem::from_host_in(&self.weights, &self.stream, bytes)
     }
 }

@@ -1,7 +1,8 @@
 //! Device allocations addressed by raw pointer.
 //!
 //! Kernels and cuBLASLt take device addresses; keeping the address beside the owning
-//! `CudaSlice` saves a lookup (and cudarc's synchronization bookkeeping) on every launch.
+//! `CudaSlice` (or [`ArenaMem`]: weights and the KV pool, which can sleep) saves a lookup (and
+//! cudarc's synchronization bookkeeping) on every launch.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use cudarc::driver::{result, CudaSlice, CudaStream, DevicePtr};
 use half::{bf16, f16};
 use rayon::prelude::*;
 
+use super::arena::{Arena, ArenaMem};
 use super::gemm::ElemType;
 use crate::error::{Error, Result};
 
@@ -18,8 +20,21 @@ pub(super) fn cuda_err(e: cudarc::driver::DriverError) -> Error {
 
 /// An owned device allocation and its address.
 pub struct DeviceMem {
-    pub slice: CudaSlice<u8>,
     pub ptr: u64,
+    bytes: usize,
+    _owner: Owner,
+}
+
+/// What frees a [`DeviceMem`] when it goes (held only to be dropped).
+enum Owner {
+    Slice { _slice: CudaSlice<u8> },
+    Arena { _mem: ArenaMem },
+}
+
+/// The device address of `slice`.
+pub fn slice_ptr(stream: &Arc<CudaStream>, slice: &CudaSlice<u8>) -> u64 {
+    let (p, _sync) = slice.device_ptr(stream);
+    p
 }
 
 impl DeviceMem {
@@ -34,9 +49,27 @@ impl DeviceMem {
         Ok(Self::wrap(stream, slice))
     }
 
+    /// `bytes` zeroed bytes (at least one) in `arena`.
+    pub fn in_arena(arena: &Arena, stream: &Arc<CudaStream>, bytes: usize) -> Result<DeviceMem> {
+        let mem = arena.alloc(stream, bytes)?;
+        Ok(DeviceMem {
+            ptr: mem.ptr,
+            bytes: bytes.max(1),
+            _owner: Owner::Arena { _mem: mem },
+        })
+    }
+
     /// A copy of `bytes` on the device.
     pub fn from_host(stream: &Arc<CudaStream>, bytes: &[u8]) -> Result<DeviceMem> {
-        let mem = Self::zeroed(stream, bytes.len())?;
+        Self::from_host_into(Self::zeroed(stream, bytes.len())?, stream, bytes)
+    }
+
+    /// A copy of `bytes` in `arena`.
+    pub fn from_host_in(arena: &Arena, stream: &Arc<CudaStream>, bytes: &[u8]) -> Result<Self> {
+        Self::from_host_into(Self::in_arena(arena, stream, bytes.len())?, stream, bytes)
+    }
+
+    fn from_host_into(mem: DeviceMem, stream: &Arc<CudaStream>, bytes: &[u8]) -> Result<Self> {
         // SAFETY: the allocation holds at least `bytes.len()` bytes; `bytes` outlives the copy
         // because the stream is synchronized before returning.
         unsafe { result::memcpy_htod_async(mem.ptr, bytes, stream.cu_stream()) }
@@ -46,16 +79,16 @@ impl DeviceMem {
     }
 
     fn wrap(stream: &Arc<CudaStream>, slice: CudaSlice<u8>) -> DeviceMem {
-        let ptr = {
-            let (p, _sync) = slice.device_ptr(stream);
-            p
-        };
-        DeviceMem { slice, ptr }
+        DeviceMem {
+            ptr: slice_ptr(stream, &slice),
+            bytes: slice.len(),
+            _owner: Owner::Slice { _slice: slice },
+        }
     }
 
     /// Size in bytes.
     pub fn bytes(&self) -> usize {
-        self.slice.len()
+        self.bytes
     }
 
     /// Makes room for `bytes`: a new zeroed allocation of the next power of two when this one

@@ -143,13 +143,13 @@ impl CudaBackend {
         let (scales, row_shift, col_shift, ld) = stacked_scales(parts)?;
         let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
         Some((|| {
-            let mem = DeviceMem::zeroed(&self.stream, rows * cols)?;
+            let mem = self.weight_mem(rows * cols)?;
             let mut offset = 0u64;
             for p in parts {
                 self.upload_at(mem.ptr + offset, p.bytes)?;
                 offset += p.bytes.len() as u64;
             }
-            let scales = DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&scales))?;
+            let scales = self.weight_from_host(bytemuck::cast_slice(&scales))?;
             let w = Fp8Weights {
                 scales,
                 row_shift,
@@ -173,8 +173,8 @@ impl CudaBackend {
             return Ok(m);
         }
         let (rows, cols) = (m.rows, m.cols);
-        let q = DeviceMem::zeroed(&self.stream, rows * cols)?;
-        let scales = DeviceMem::zeroed(&self.stream, rows * 4)?;
+        let q = self.weight_mem(rows * cols)?;
+        let scales = self.weight_mem(rows * 4)?;
         self.kernels()?.fp8_quantize_rows(
             &self.stream,
             m.mem.ptr,

@@ -7,7 +7,9 @@
 //! | part | owns |
 //! | --- | --- |
 //! | `ops.rs` | the forward pass's operations ([`Ops`](crate::backend::Ops)): kernel and GEMM launches |
-//! | `device.rs` | the device side ([`Backend`](crate::backend::Backend)): memory, KV pool, a step's life |
+//! | `device.rs` | the device side ([`Backend`](crate::backend::Backend)): memory, KV pool, a step's life, sleep |
+//! | `arena.rs` | the weights' and the KV pool's memory, whose backing a sleep drops and a wake restores at the same addresses |
+//! | `share.rs` | the shares of a card (`gpu_memory_utilization`) held by the engines of one process |
 //! | `step_meta.rs` | the step's batch description on the device, uploaded once per step |
 //! | `decode_plan.rs` | how decode attention splits the keys (all of the split policy) |
 //! | `sampler.rs` | the device sampler and the tokens' copy to the host |
@@ -19,6 +21,7 @@
 //! cudarc loads libcuda, libnvrtc and libcublasLt at run time, so this module builds and the
 //! crate runs on machines without CUDA; [`CudaBackend::new`] fails cleanly there.
 
+mod arena;
 mod clock;
 mod decode_plan;
 mod device;
@@ -31,6 +34,7 @@ mod kernels;
 mod libs;
 mod ops;
 mod sampler;
+mod share;
 mod step_meta;
 
 use std::cell::RefCell;
@@ -38,9 +42,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaContext, CudaStream};
-use half::{bf16, f16};
-use rayon::prelude::*;
 
+use self::arena::Arena;
 use self::clock::{StepClock, StepShape};
 use self::decode_plan::DecodePlan;
 use self::device_mem::DeviceMem;
@@ -53,7 +56,6 @@ use super::{KvDtype, KvLayout};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::tuning::Tuning;
-use crate::weights::HostTensor;
 
 pub use self::graphs::CudaStepGraph;
 
@@ -71,6 +73,10 @@ pub struct CudaOptions {
     pub quantize_fp8: bool,
     /// Fraction of the GPU's memory the engine may hold in all (weights, activations, KV).
     pub gpu_memory_utilization: f64,
+    /// Whether the engine claims `gpu_memory_utilization` of the card among the engines of
+    /// the process (`share.rs`): when it sizes its KV pool by that fraction. An engine given
+    /// `kv_cache_tokens` holds what that takes, bounded by the free memory, and claims nothing.
+    pub claim_share: bool,
     /// Where compiled kernels are cached; `None` compiles every time.
     pub kernel_cache_dir: Option<PathBuf>,
     /// Measurement knobs (read once from the environment by the caller).
@@ -165,6 +171,12 @@ pub struct CudaBackend {
     /// Per-layer `[k, v]` scales of an FP8 KV cache from the checkpoint
     /// ([`Backend::set_kv_cache_scales`]); layers without them use 1, as vLLM does.
     kv_scales: RefCell<Vec<[f32; 2]>>,
+    /// Where the weights live (every matrix and vector; activations and scratch do not).
+    weights: Arena,
+    /// Where the KV pool lives, once it is made.
+    kv_arena: RefCell<Option<Arena>>,
+    /// This engine's share of the card, held while its memory is there (not while asleep).
+    share: Option<share::Claim>,
     /// First failure of an enqueued operation; reported by the next wait.
     error: RefCell<Option<Error>>,
     /// Whether a graph was recorded: from then on the step description must not move.
@@ -245,6 +257,12 @@ impl CudaBackend {
             ));
         }
         let cuda_err = device_mem::cuda_err;
+        // Before anything is allocated: a share that does not fit beside the other engines of
+        // this process is refused here.
+        let share = match opts.claim_share {
+            true => Some(share::Claim::new(opts.device, opts.gpu_memory_utilization)?),
+            false => None,
+        };
         let ctx = CudaContext::new(opts.device).map_err(cuda_err)?;
         // The engine thread waits for each step's results; blocking (instead of spinning)
         // leaves its core free while the GPU works.
@@ -274,9 +292,16 @@ impl CudaBackend {
             t.kernel_defines.iter().cloned().chain(fp8_kv).collect(),
             !t.no_pdl,
         );
+        // Addresses for as many weights as the card holds; physical memory comes in chunks of
+        // 256 MiB as they load.
+        let total = ctx.total_mem().map_err(cuda_err)?;
+        let weights = Arena::new(&ctx, "weights", total, 256 << 20, true)?;
         let workspace_bytes = if major >= 9 { 32 << 20 } else { 4 << 20 };
-        let ws = DeviceMem::zeroed(&stream, workspace_bytes)?;
-        let gemm = Gemm::new(ws.slice, ws.ptr)?;
+        let ws = stream
+            .alloc_zeros::<u8>(workspace_bytes)
+            .map_err(cuda_err)?;
+        let ws_ptr = device_mem::slice_ptr(&stream, &ws);
+        let gemm = Gemm::new(ws, ws_ptr)?;
         let plan = DecodePlan::new(
             &stream,
             shape,
@@ -292,6 +317,9 @@ impl CudaBackend {
             gemv_max_rows: t.gemv_max_rows.unwrap_or(GEMV_MAX_ROWS).min(GEMV_MAX_ROWS),
             uploader: RefCell::new(None),
             free_at_start,
+            weights,
+            kv_arena: RefCell::new(None),
+            share,
             plan,
             ctx,
             stream,
@@ -357,20 +385,6 @@ impl CudaBackend {
             has_prompt_rows: self.meta.max_query_len > 1,
         };
         self.clock.wait(&self.stream, shape)
-    }
-
-    /// Converts a weight to the activation dtype (in parallel) and copies it to the device.
-    fn upload_weights(&self, t: &HostTensor) -> Result<DeviceMem> {
-        match self.dtype {
-            KernelDtype::F16 => {
-                let v: Vec<f16> = t.data.par_iter().map(|&x| f16::from_f32(x)).collect();
-                DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&v))
-            }
-            KernelDtype::Bf16 => {
-                let v: Vec<bf16> = t.data.par_iter().map(|&x| bf16::from_f32(x)).collect();
-                DeviceMem::from_host(&self.stream, bytemuck::cast_slice(&v))
-            }
-        }
     }
 
     /// The RoPE table on the device, uploaded the first time (the model's table never

@@ -35,6 +35,9 @@ pub(super) fn guarded(
                 let _ = events.send(RequestEvent::Failed(dead_engine(&message)));
             }
             Command::Abort(_) => {}
+            Command::Sleep { reply, .. } | Command::Wake { reply } => {
+                let _ = reply.send(Err(dead_engine(&message)));
+            }
             Command::Shutdown => break,
         }
     }

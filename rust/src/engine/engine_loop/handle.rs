@@ -11,7 +11,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use super::guard::dead_engine;
 use super::serve_loop::run;
 use super::{Command, Shared};
-use crate::backend::Backend;
+use crate::backend::{Backend, SleepReport};
 use crate::engine::{Engine, EngineStats, RequestLimits, RequestOutput, SeqDelta};
 use crate::error::{Error, Result};
 use crate::sampling::SamplingParams;
@@ -35,6 +35,8 @@ pub struct EngineHandle {
     grammars: Arc<GrammarCompiler>,
     next_request_id: Arc<AtomicU64>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+    /// Whether the backend can sleep with the loop alive.
+    can_sleep: bool,
 }
 
 impl Clone for EngineHandle {
@@ -46,6 +48,7 @@ impl Clone for EngineHandle {
             grammars: self.grammars.clone(),
             next_request_id: self.next_request_id.clone(),
             thread: self.thread.clone(),
+            can_sleep: self.can_sleep,
         }
     }
 }
@@ -116,8 +119,10 @@ impl EngineHandle {
             .lock()
             .map_err(|_| Error::Engine("stats poisoned".into()))? = engine.stats();
         let limits = engine.limits();
+        let can_sleep = engine.runner.backend().can_sleep();
         let grammars = engine.grammars().clone();
         let loop_shared = shared.clone();
+        let fail_after = crate::tuning::Tuning::from_env().fail_after_steps;
         let mut pool = rayon::ThreadPoolBuilder::new();
         if let Some(threads) = engine.config().num_threads {
             pool = pool.num_threads(threads);
@@ -128,7 +133,7 @@ impl EngineHandle {
             .map_err(|e| Error::Engine(format!("cannot start the engine's threads: {e}")))?;
         let thread = std::thread::Builder::new()
             .name("infire-engine".into())
-            .spawn(move || pool.install(|| run(engine, rx, &loop_shared)))
+            .spawn(move || pool.install(|| run(engine, rx, &loop_shared, fail_after)))
             .map_err(|e| Error::Engine(format!("cannot start the engine thread: {e}")))?;
         Ok(EngineHandle {
             commands: tx,
@@ -137,6 +142,7 @@ impl EngineHandle {
             grammars,
             next_request_id: Arc::new(AtomicU64::new(0)),
             thread: Arc::new(Mutex::new(Some(thread))),
+            can_sleep,
         })
     }
 
@@ -226,6 +232,43 @@ impl EngineHandle {
     /// `Some(message)` once the engine loop has died of a panic; it then serves nothing.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Puts the backend's memory to sleep with the loop alive (see the module docs): requests
+    /// running end with `reason`, later ones wait for [`wake`](Self::wake). `Unsupported`,
+    /// with nothing changed, where the backend cannot sleep (the CPU).
+    pub fn sleep(&self, reason: &str) -> Result<SleepReport> {
+        let (reply, answer) = mpsc::channel();
+        let reason = reason.to_string();
+        self.ask(Command::Sleep { reason, reply }, answer)
+    }
+
+    /// Brings the memory back after [`sleep`](Self::sleep); requests that waited then run.
+    pub fn wake(&self) -> Result<SleepReport> {
+        let (reply, answer) = mpsc::channel();
+        self.ask(Command::Wake { reply }, answer)
+    }
+
+    /// Whether [`sleep`](Self::sleep) keeps this engine (its backend can sleep).
+    pub fn can_sleep(&self) -> bool {
+        self.can_sleep
+    }
+
+    /// Whether `other` is a handle on the same engine loop.
+    pub fn same_engine(&self, other: &EngineHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
+    /// Whether the backend's memory is asleep.
+    pub fn is_asleep(&self) -> bool {
+        self.shared.asleep.load(Ordering::SeqCst)
+    }
+
+    /// Sends `cmd` and waits for its answer.
+    fn ask<T>(&self, cmd: Command, answer: mpsc::Receiver<Result<T>>) -> Result<T> {
+        let stopped = || Error::Engine("the engine loop has stopped".into());
+        self.commands.send(cmd).map_err(|_| stopped())?;
+        answer.recv().map_err(|_| stopped())?
     }
 
     /// Stops the loop after the step in flight and waits for the thread. Requests still running

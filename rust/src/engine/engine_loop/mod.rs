@@ -5,14 +5,21 @@
 //! [`RequestEvent`]s. A caller that drops its receiver has its request aborted at the next
 //! step, freeing its blocks.
 //!
-//! A panic inside the loop (a bug, never a bad request) is caught: every request in flight
-//! gets `Failed`, the failure is published ([`EngineHandle::failure`], which the server's
-//! `/health` reports as 503), and the thread stays to answer every later request with an error
-//! at once. The engine is not restarted: its state (blocks, device buffers) is not known to be
-//! consistent after a panic, and restarting is the job of whatever supervises the process.
+//! A panic inside the loop (a bug, never a bad request; or a step that failed on a device that
+//! can run nothing more, [`Backend::device_failure`](crate::backend::Backend::device_failure))
+//! is caught: every request in flight gets `Failed`, the failure is published
+//! ([`EngineHandle::failure`]: a node marks the model `failed`, and is unhealthy only when no
+//! model can serve), and the thread stays to answer every later request with an error at once.
+//! The engine is not restarted: its state (blocks, device buffers) is not known to be
+//! consistent after a panic; a node's admin `load` starts a new one.
+//!
+//! A backend that can ([`Backend::sleep`](crate::backend::Backend::sleep): CUDA) puts its
+//! memory to sleep on [`EngineHandle::sleep`] with the loop alive: the requests running end
+//! with the reason given, the prefix cache is cleared, and requests that arrive while asleep
+//! wait, queued, until [`EngineHandle::wake`].
 //!
 //! The caller's side is `handle.rs` ([`EngineHandle`], [`Submitted`], [`RequestEvent`]); the
-//! loop thread's side is `serve_loop.rs`; `guard.rs` catches the loop's panic. They meet only
+//! loop thread's side is `serve_loop.rs` (and `sleep.rs`); `guard.rs` catches the loop's panic. They meet only
 //! through the `Command`s below and the `Shared` state the loop publishes.
 
 use std::sync::atomic::AtomicUsize;
@@ -21,11 +28,14 @@ use std::sync::Mutex;
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::EngineStats;
+use crate::backend::SleepReport;
+use crate::error::Result;
 use crate::sampling::SamplingParams;
 
 mod guard;
 mod handle;
 mod serve_loop;
+mod sleep;
 
 pub use handle::{EngineHandle, RequestEvent, Submitted};
 
@@ -39,6 +49,14 @@ enum Command {
         events: UnboundedSender<RequestEvent>,
     },
     Abort(u64),
+    /// Put the backend's memory to sleep; running requests end with `reason`.
+    Sleep {
+        reason: String,
+        reply: std::sync::mpsc::Sender<Result<SleepReport>>,
+    },
+    Wake {
+        reply: std::sync::mpsc::Sender<Result<SleepReport>>,
+    },
     Shutdown,
 }
 
@@ -56,6 +74,8 @@ struct Shared {
     queued: AtomicUsize,
     /// Set once, when the loop panicked: what the panic said.
     failure: Mutex<Option<String>>,
+    /// Whether the backend's memory is asleep.
+    asleep: std::sync::atomic::AtomicBool,
     /// Why the loop is being shut down, for the requests still running then
     /// ([`EngineHandle::shutdown_with`]).
     stop_reason: Mutex<Option<String>>,

@@ -8,15 +8,22 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
 use super::guard::guarded;
+use super::sleep::{sleep, wake};
 use super::{Command, RequestEvent, Route, Shared, MAX_COMMANDS_PER_STEP};
 use crate::backend::Backend;
 use crate::engine::{Engine, SeqDelta};
 use crate::error::Error;
 
-/// The loop thread's body: [`serve`] until shutdown, under [`guarded`].
-pub(super) fn run<B: Backend>(mut engine: Engine<B>, commands: Receiver<Command>, shared: &Shared) {
+/// The loop thread's body: [`serve`] until shutdown, under [`guarded`]. With `fail_after`
+/// (`INFIRE_FAIL_AFTER_STEPS`) the loop panics after that many steps.
+pub(super) fn run<B: Backend>(
+    mut engine: Engine<B>,
+    commands: Receiver<Command>,
+    shared: &Shared,
+    fail_after: Option<usize>,
+) {
     let panicked = guarded(&commands, shared, |routes| {
-        serve(&mut engine, routes, shared, &commands)
+        serve(&mut engine, routes, shared, &commands, fail_after)
     });
     if panicked {
         // Its destructor may meet the same inconsistency that made it panic: leak it instead.
@@ -30,10 +37,14 @@ fn serve<B: Backend>(
     routes: &mut HashMap<u64, Route>,
     shared: &Shared,
     commands: &Receiver<Command>,
+    fail_after: Option<usize>,
 ) {
+    let mut steps = 0usize;
     loop {
-        // Block while idle; otherwise take whatever arrived since the last step.
-        if !engine.has_work() {
+        // Block while idle (or asleep: requests wait for the wake); otherwise take whatever
+        // arrived since the last step.
+        let asleep = || shared.asleep.load(Ordering::SeqCst);
+        if !engine.has_work() || asleep() {
             let Ok(cmd) = commands.recv() else { return };
             if handle(engine, routes, shared, cmd).is_break() {
                 return;
@@ -42,18 +53,31 @@ fn serve<B: Backend>(
         if intake(engine, routes, shared, commands).is_break() {
             return;
         }
-        if !engine.has_work() {
+        if !engine.has_work() || asleep() {
             continue;
         }
         // The step's results (and the finished sequences' last deltas) first; then requests
         // that arrived while it ran join the next step, which starts (with async scheduling)
         // before the text and deltas of this one are made.
         let (deltas, errors) = engine.collect_step();
+        steps += 1;
+        if fail_after.is_some_and(|n| steps >= n) {
+            panic!("INFIRE_FAIL_AFTER_STEPS: the engine was told to fail after {steps} steps");
+        }
+        if !errors.is_empty() {
+            // A device that can run nothing more ends the engine as a panic would.
+            if let Some(why) = engine.runner.backend_mut().device_failure() {
+                panic!("{why}");
+            }
+        }
         dispatch(engine, routes, shared, deltas, errors);
         if intake(engine, routes, shared, commands).is_break() {
             return;
         }
-        engine.launch_next();
+        // A sleep taken in just now leaves requests that arrived after it waiting.
+        if !asleep() {
+            engine.launch_next();
+        }
         let (deltas, errors) = engine.emit();
         dispatch(engine, routes, shared, deltas, errors);
     }
@@ -127,6 +151,14 @@ fn handle<B: Backend>(
             publish(shared, engine);
             deliver(routes, deltas);
             routes.remove(&id);
+        }
+        Command::Sleep { reason, reply } => {
+            let r = sleep(engine, routes, shared, &reason);
+            publish(shared, engine);
+            let _ = reply.send(r);
+        }
+        Command::Wake { reply } => {
+            let _ = reply.send(wake(engine, shared));
         }
         Command::Shutdown => {
             let reason = shared

@@ -19,6 +19,7 @@
 //! (`step_budget.rs`, `admit.rs`).
 
 mod admit;
+mod jump_forward;
 mod step_budget;
 mod update;
 
@@ -66,6 +67,12 @@ pub struct Scheduler {
     /// Batch sequences preempted so that interactive ones could be admitted (also counted in
     /// `num_preemptions`).
     pub num_batch_preemptions: u64,
+    /// Tokens appended by jump-forward (forced by a grammar, no forward step of their own).
+    pub num_forced_tokens: u64,
+    /// Steps in which a constrained sequence computed output tokens without reaching its end (a
+    /// forced run split by the step's budget, or a recompute after preemption): each costs back
+    /// one step jump-forward saved.
+    pub num_split_output_steps: u64,
 }
 
 /// Tokens `seq` computes next within `budget` rows; a prefill chunk of a `prompt_logprobs`
@@ -102,6 +109,8 @@ impl Scheduler {
             pending_siblings: HashMap::new(),
             num_preemptions: 0,
             num_batch_preemptions: 0,
+            num_forced_tokens: 0,
+            num_split_output_steps: 0,
         }
     }
 
@@ -122,6 +131,13 @@ impl Scheduler {
         } else {
             rest.into_iter().for_each(|s| self.add(s));
         }
+    }
+
+    /// Forward steps jump-forward saved: a step per forced token, less the steps in which
+    /// output tokens were computed without a sample (see `num_split_output_steps`).
+    pub fn forced_steps_saved(&self) -> u64 {
+        self.num_forced_tokens
+            .saturating_sub(self.num_split_output_steps)
     }
 
     /// Lets the held sequences of `request_id` queue up.

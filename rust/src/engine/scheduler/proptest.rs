@@ -89,6 +89,7 @@ fn step(s: &mut Scheduler, kv: &mut BlockManager, tok: &Tokenizer) -> Result<(),
         tokenizer: tok,
         eos_token_ids: &[],
         defer_text: true,
+        jump_forward: true,
     };
     let errors = s.update(kv, out, &ctx);
     prop_assert!(errors.is_empty());

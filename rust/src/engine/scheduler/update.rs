@@ -3,11 +3,13 @@
 //! A step computed the rows [`Scheduler::schedule`] planned. For each planned sequence, in plan
 //! order: the prompt log-probabilities of its rows are recorded, its computed count advances,
 //! its newly full KV blocks are sealed into the prefix cache, and, where the step reached the
-//! end of its tokens, the sampled token is appended with the finish checks that need no text.
+//! end of its tokens, the sampled token is appended with the finish checks that need no text,
+//! followed by the tokens its grammar forces (`jump_forward.rs`).
 //! A request's other sequences (`n > 1`) start once its first one's prompt is cached.
 
 use rayon::prelude::*;
 
+use super::jump_forward::jump_forward;
 use super::{prompt_logprob_rows, Scheduled, Scheduler};
 use crate::engine::sequence::{FinishReason, Sequence};
 use crate::error::Error;
@@ -35,6 +37,8 @@ pub struct UpdateContext<'a> {
     /// tokens into text while the next step runs); with stop strings, text decides whether
     /// the sequence runs on, so it is made here.
     pub defer_text: bool,
+    /// Append the tokens a grammar forces after each sampled one (`jump_forward.rs`).
+    pub jump_forward: bool,
 }
 
 /// Where a sequence's next token comes from in this step.
@@ -83,6 +87,12 @@ impl Scheduler {
             if gone {
                 continue;
             }
+            let constrained = ctx.jump_forward && seq.grammar.is_some();
+            if constrained && !reached_end && seq.num_computed >= seq.prompt_len {
+                // Output tokens split over steps: a forced run longer than the step's budget
+                // (or a recompute after preemption), a step that saved none.
+                self.num_split_output_steps += 1;
+            }
             seq.num_computed += s.num_tokens;
             kv.cache_full_blocks(&seq.block_table, &seq.tokens, seq.num_computed);
             if let Some(sample) = sample {
@@ -92,6 +102,9 @@ impl Scheduler {
         let outcomes = self.append_tokens(samples, ctx);
         let mut errors = Vec::new();
         for (request_id, first, outcome) in outcomes {
+            if let Ok(forced) = outcome {
+                self.num_forced_tokens += forced as u64;
+            }
             if let Err(e) = outcome {
                 errors.push((request_id, e));
             } else if first {
@@ -102,15 +115,15 @@ impl Scheduler {
         errors
     }
 
-    /// Samples (on the host where the backend did not) and appends each sequence's token, in
-    /// parallel over the engine's threads in chunks of 64 sequences (4 where grammars mask).
-    /// Returns per sequence its request, whether it is the request's first sequence, and the
-    /// outcome.
+    /// Samples (on the host where the backend did not) and appends each sequence's token and
+    /// those its grammar forces after it, in parallel over the engine's threads in chunks of
+    /// 64 sequences (4 where grammars mask). Returns per sequence its request, whether it is
+    /// the request's first sequence, and the outcome: the number of forced tokens appended.
     fn append_tokens(
         &mut self,
         samples: Vec<(usize, Sample<'_>)>,
         ctx: &UpdateContext<'_>,
-    ) -> Vec<(u64, bool, crate::error::Result<()>)> {
+    ) -> Vec<(u64, bool, crate::error::Result<usize>)> {
         let mut work: Vec<(&mut Sequence, Sample)> = Vec::with_capacity(samples.len());
         let mut samples = samples.into_iter().peekable();
         for (i, seq) in self.running.iter_mut().enumerate() {
@@ -124,29 +137,39 @@ impl Scheduler {
         work.into_par_iter()
             .with_min_len(if constrained { 4 } else { 64 })
             .map(|(seq, sample)| {
-                let sampled = match sample {
-                    Sample::Token(token) => Ok(Sampled {
-                        token,
-                        logprobs: None,
-                    }),
-                    Sample::Logits(row) => seq.sample_host(row, ctx.eos_token_ids),
-                };
-                let mut r = sampled.map(|s| {
-                    seq.push_token(s.token, s.logprobs, ctx.eos_token_ids);
-                });
-                r = r.and_then(|()| seq.advance_grammar());
+                let r = append_one(seq, sample, ctx);
                 if r.is_err() {
                     seq.finish(Some(FinishReason::Abort));
-                    return (seq.request_id, seq.index == 0, r);
-                }
-                if !ctx.defer_text || seq.has_stop_strings() {
-                    r = seq.detokenize(ctx.tokenizer);
-                    if r.is_err() {
-                        seq.finish(Some(FinishReason::Abort));
-                    }
                 }
                 (seq.request_id, seq.index == 0, r)
             })
             .collect()
     }
+}
+
+/// Appends `seq`'s sampled token and the tokens its grammar forces after it, with their
+/// finish checks; the text too unless it is left to later. Returns the forced tokens' count.
+fn append_one(
+    seq: &mut Sequence,
+    sample: Sample<'_>,
+    ctx: &UpdateContext<'_>,
+) -> crate::error::Result<usize> {
+    let sampled = match sample {
+        Sample::Token(token) => Sampled {
+            token,
+            logprobs: None,
+        },
+        Sample::Logits(row) => seq.sample_host(row, ctx.eos_token_ids)?,
+    };
+    seq.push_token(sampled.token, sampled.logprobs, ctx.eos_token_ids);
+    seq.advance_grammar()?;
+    // A stop string in the sampled token's text ends the sequence before any forced token.
+    if seq.has_stop_strings() {
+        seq.detokenize(ctx.tokenizer)?;
+    }
+    let forced = jump_forward(seq, ctx)?;
+    if !ctx.defer_text {
+        seq.detokenize(ctx.tokenizer)?;
+    }
+    Ok(forced)
 }
