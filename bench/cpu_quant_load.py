@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from default_model_hf import bf16_bytes, read_default_model, write_hf_dir  # noqa: E402
 
 CHILD = """
-import json, resource, sys, time, infire
+import json, sys, time, infire
 model, quantization, threads, runs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 opts = {"quantization": quantization} if quantization != "none" else {}
 t0 = time.perf_counter()
@@ -46,7 +46,9 @@ for _ in range(runs):
         first = first or time.perf_counter()
     n = len(out.outputs[0].token_ids)
     best = max(best, (n - 1) / (time.perf_counter() - first))
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: that would carry this script's own peak across the exec.
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+rss = int(status["VmHWM"].split()[0]) / 1000
 print(json.dumps({"load_s": load_s, "decode_tok_s": best, "peak_rss_mb": rss}))
 """
 
