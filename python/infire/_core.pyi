@@ -226,6 +226,10 @@ def engine_args_schema() -> str:
 def server_args_schema() -> str:
     """Every server option (name, type, default, help) as a JSON list."""
 
+def quantize_rows(format: str, dtype: str, data: bytes, cols: int) -> bytes:
+    """The ggml blocks ``quantization=format`` ("q8_0", "q4_0") makes of rows of ``cols``
+    little-endian ``dtype`` ("BF16", "F16", "F32") values (for tests)."""
+
 def cuda_device_count() -> int:
     """CUDA devices this build can use (0 without a driver or GPU)."""
 

@@ -64,6 +64,18 @@ pub trait Backend: Ops + Send {
     fn matrix_fp8(&self, _parts: &[Fp8Tensor<'_>]) -> Option<Result<Self::Matrix>> {
         None
     }
+    /// A projection (or, with `lm_head`, the LM head) made of `parts` stacked along rows,
+    /// quantized at load straight from the file's dense bytes (the CPU with
+    /// `quantization="q8_0"` or `"q4_0"`). `None` when this backend does not quantize these
+    /// parts at load; the caller then loads them as [`matrix_raw`](Self::matrix_raw) or
+    /// [`matrix`](Self::matrix) do.
+    fn quantize_raw(
+        &self,
+        _parts: &[RawTensor<'_>],
+        _lm_head: bool,
+    ) -> Option<Result<Self::Matrix>> {
+        None
+    }
     /// Called on every projection matrix once it is loaded (not on the embeddings or the LM
     /// head): a backend that quantizes weights at load (CUDA, `quantization="fp8"`) converts
     /// it here. A matrix already in FP8 is returned as it is.

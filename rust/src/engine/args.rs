@@ -54,7 +54,10 @@ declare_options! {
         dtype: String = "auto".into(),
         /// Weights quantized at load: "fp8" (CUDA: every projection of a bf16/f16 checkpoint to
         /// e4m3 with one scale per output row; embeddings, norms and the LM head stay as they
-        /// are). An FP8 checkpoint needs no option: its `quantization_config` says so.
+        /// are), "q8_0" or "q4_0" (CPU: every projection of a bf16/f16/f32 checkpoint to ggml's
+        /// blocks, rounded as llama.cpp's reference quantizer rounds, and the LM head to Q8_0;
+        /// embeddings and norms stay f32; GGUF blocks stay as stored). An FP8 checkpoint needs
+        /// no option: its `quantization_config` says so.
         quantization: Option<String> = None,
         /// KV-cache element type: "auto" (the activations') or "fp8" / "fp8_e4m3" (CUDA: e4m3
         /// codes, a per-tensor scale for each layer's keys and values, from the checkpoint
@@ -97,6 +100,9 @@ declare_options! {
     }
 }
 
+/// The values of `quantization`, as the stats report them.
+pub const QUANTIZATIONS: [&str; 3] = ["fp8", "q8_0", "q4_0"];
+
 impl EngineArgs {
     /// Whether the KV cache holds FP8 codes (`kv_cache_dtype` "fp8" or "fp8_e4m3").
     pub fn fp8_kv_cache(&self) -> bool {
@@ -126,10 +132,13 @@ impl EngineArgs {
                 self.batch_min_share
             ));
         }
-        if let Some(q) = self.quantization.as_deref().filter(|&q| q != "fp8") {
-            return bad(format!(
-                "quantization must be \"fp8\" (or unset), got {q:?}"
-            ));
+        if let Some(q) = self.quantization.as_deref() {
+            if !QUANTIZATIONS.contains(&q) {
+                return bad(format!(
+                    "quantization must be \"fp8\" (CUDA), \"q8_0\" or \"q4_0\" (CPU), or unset; \
+                     got {q:?}"
+                ));
+            }
         }
         if !matches!(self.kv_cache_dtype.as_str(), "auto" | "fp8" | "fp8_e4m3") {
             return bad(format!(

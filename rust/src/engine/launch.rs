@@ -14,6 +14,7 @@ use crate::loader::{cache_root, open_model, ModelFiles};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 use crate::tuning::Tuning;
+use crate::weights::quantize::LoadQuant;
 
 /// A running engine and what its callers need to know about it.
 pub struct Launched {
@@ -118,16 +119,29 @@ fn launch_engine(files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
                     opts.dtype
                 )));
             }
-            if opts.quantization.is_some() || opts.fp8_kv_cache() {
+            if opts.quantization.as_deref() == Some("fp8") || opts.fp8_kv_cache() {
                 return Err(Error::InvalidConfig(
                     "quantization=\"fp8\" and kv_cache_dtype=\"fp8\" need a CUDA device (FP8 \
-                     checkpoints load on the CPU dequantized to float32)"
+                     checkpoints load on the CPU dequantized to float32; the CPU quantizes \
+                     with \"q8_0\" or \"q4_0\")"
                         .into(),
                 ));
             }
+            let quantize = opts
+                .quantization
+                .as_deref()
+                .and_then(LoadQuant::from_option);
+            if quantize.is_some() && opts.dtype != "auto" {
+                return Err(Error::InvalidConfig(format!(
+                    "quantization={:?} needs dtype \"auto\" (\"float32\" is the unquantized \
+                     reference path)",
+                    opts.quantization.as_deref().unwrap_or_default()
+                )));
+            }
             // "auto" keeps GGUF blocks quantized; "float32" is the f32 reference path.
             let backend = CpuBackend::for_model(&files.config, config.block_size)
-                .keep_quantized(opts.dtype == "auto");
+                .keep_quantized(opts.dtype == "auto")
+                .quantize_at_load(quantize);
             finish(Engine::new(backend, files, config)?, "cpu", "cpu".into())
         }
         #[cfg(feature = "cuda")]
@@ -137,6 +151,12 @@ fn launch_engine(files: ModelFiles, opts: &EngineArgs) -> Result<Launched> {
                 step_trace: tuning.step_trace.clone(),
                 ..opts.engine_config(DeviceKind::Cuda)
             };
+            if let Some(q) = opts.quantization.as_deref().filter(|&q| q != "fp8") {
+                return Err(Error::InvalidConfig(format!(
+                    "quantization={q:?} is for the CPU backend (CUDA quantizes at load with \
+                     \"fp8\")"
+                )));
+            }
             let dtype = match opts.dtype.as_str() {
                 "auto" | "bfloat16" => Some(KvDtype::Bf16),
                 "float16" => Some(KvDtype::F16),

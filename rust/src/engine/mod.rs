@@ -68,7 +68,8 @@ pub struct EngineStats {
     /// of an engine not loaded).
     pub kv_cache_dtype: &'static str,
     /// The weights' quantization: `Some("fp8")` for an FP8 checkpoint (on the CPU, its weights
-    /// dequantized to f32 at load) or with `quantization="fp8"`, else `None`.
+    /// dequantized to f32 at load), else the `quantization` option (`"fp8"`, `"q8_0"`,
+    /// `"q4_0"`), else `None`.
     pub quantization: Option<&'static str>,
 }
 
@@ -111,8 +112,12 @@ impl<B: Backend> Engine<B> {
     /// sets the block size), sizes the KV cache and captures the backend's decode graphs.
     pub fn new(backend: B, files: ModelFiles, mut config: EngineConfig) -> Result<Self> {
         let mc = files.config.clone();
-        let quantization =
-            (mc.quantization.is_some() || config.quantization.is_some()).then_some("fp8");
+        let quantization = if mc.quantization.is_some() {
+            Some("fp8")
+        } else {
+            let asked = config.quantization.as_deref();
+            args::QUANTIZATIONS.into_iter().find(|&q| Some(q) == asked)
+        };
         let max_model_len = match config.max_model_len {
             Some(0) => {
                 return Err(Error::InvalidConfig(

@@ -7,7 +7,7 @@ use crate::config::{Architecture, ModelConfig};
 use crate::error::Result;
 use crate::weights::{HostTensor, WeightSource};
 
-use super::{load_checked, load_matrix, load_projection};
+use super::{load_checked, load_matrix, load_projection, quantized_head};
 
 /// Weights of one decoder layer. QKV and gate/up are fused at load time so each is one GEMM.
 pub struct LayerWeights<B: Ops> {
@@ -30,7 +30,7 @@ pub struct LlamaModel<B: Ops> {
     pub embed_tokens: B::Matrix,
     pub layers: Vec<LayerWeights<B>>,
     pub norm: B::Vector,
-    /// `None` when the embeddings are tied.
+    /// `None` when the embeddings are tied and serve as the LM head as loaded.
     pub lm_head: Option<B::Matrix>,
     /// RoPE inverse frequencies (`head_dim / 2`), scaling applied.
     pub inv_freq: Vec<f32>,
@@ -175,14 +175,18 @@ impl<B: Backend> LlamaModel<B> {
             src,
             &[("model.embed_tokens.weight", c.vocab_size, h)],
         )?;
-        let lm_head = if c.tie_word_embeddings || !src.contains("lm_head.weight") {
-            None
+        let tied = c.tie_word_embeddings || !src.contains("lm_head.weight");
+        let head_name = if tied {
+            "model.embed_tokens.weight"
         } else {
-            Some(load_matrix(
-                backend,
-                src,
-                &[("lm_head.weight", c.vocab_size, h)],
-            )?)
+            "lm_head.weight"
+        };
+        // A backend that quantizes at load gets its own LM head, tied or not (the embedding
+        // rows stay as loaded).
+        let lm_head = match quantized_head(backend, src, (head_name, c.vocab_size, h)) {
+            Some(m) => Some(m?),
+            None if tied => None,
+            None => Some(load_matrix(backend, src, &[(head_name, c.vocab_size, h)])?),
         };
         Ok(LlamaModel {
             inv_freq: config.rope_inv_freq(),

@@ -39,11 +39,7 @@ pub(crate) fn load_matrix<B: Backend>(
     src: &dyn WeightSource,
     parts: &[(&str, usize, usize)],
 ) -> Result<B::Matrix> {
-    let raw: Option<Vec<RawTensor<'_>>> = parts
-        .iter()
-        .map(|&(name, rows, cols)| src.raw(name).filter(|r| r.shape == [rows, cols]))
-        .collect();
-    if let Some(m) = raw.and_then(|raw| backend.matrix_raw(&raw)) {
+    if let Some(m) = raw_parts(src, parts).and_then(|raw| backend.matrix_raw(&raw)) {
         return m;
     }
     let tensors = parts
@@ -53,8 +49,30 @@ pub(crate) fn load_matrix<B: Backend>(
     backend.matrix(concat_rows(tensors))
 }
 
+/// The parts' bytes as the file stores them, when it has every one in the expected shape.
+fn raw_parts<'a>(
+    src: &'a dyn WeightSource,
+    parts: &[(&str, usize, usize)],
+) -> Option<Vec<RawTensor<'a>>> {
+    parts
+        .iter()
+        .map(|&(name, rows, cols)| src.raw(name).filter(|r| r.shape == [rows, cols]))
+        .collect()
+}
+
+/// The LM head `(name, rows, cols)` quantized at load by the backend
+/// ([`Backend::quantize_raw`]), or `None` where it is loaded as stored.
+pub(crate) fn quantized_head<B: Backend>(
+    backend: &B,
+    src: &dyn WeightSource,
+    head: (&str, usize, usize),
+) -> Option<Result<B::Matrix>> {
+    backend.quantize_raw(&raw_parts(src, &[head])?, true)
+}
+
 /// Loads the projection made of `parts` (name, rows, cols), stacked along rows: kept in FP8
 /// where the checkpoint stores every part in FP8 and the backend computes with FP8 weights,
+/// quantized from the file's bytes where the backend does that ([`Backend::quantize_raw`]),
 /// else as [`load_matrix`] does, then handed to [`Backend::projection`] (which quantizes it
 /// where the engine quantizes at load).
 pub(crate) fn load_projection<B: Backend>(
@@ -74,6 +92,9 @@ pub(crate) fn load_projection<B: Backend>(
         if let Some(m) = backend.matrix_fp8(&fp8) {
             return m;
         }
+    }
+    if let Some(m) = raw_parts(src, parts).and_then(|raw| backend.quantize_raw(&raw, false)) {
+        return m;
     }
     backend.projection(load_matrix(backend, src, parts)?)
 }

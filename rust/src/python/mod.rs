@@ -10,6 +10,7 @@ mod convert;
 mod engine;
 #[cfg(feature = "cuda")]
 mod kernels;
+mod quant;
 mod sampling_params;
 mod serve;
 mod stream;
@@ -60,6 +61,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(cluster::prefix_block_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(engine_args_schema, m)?)?;
     m.add_function(wrap_pyfunction!(server_args_schema, m)?)?;
+    m.add_function(wrap_pyfunction!(quant::quantize_rows, m)?)?;
     #[cfg(feature = "cuda")]
     {
         m.add_function(wrap_pyfunction!(kernels::kernel_names, m)?)?;

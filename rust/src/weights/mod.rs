@@ -8,6 +8,7 @@ pub mod fp8;
 pub mod ggml_quants;
 pub mod gguf;
 pub mod gguf_value;
+pub mod quantize;
 pub mod safetensors;
 
 use crate::error::Result;

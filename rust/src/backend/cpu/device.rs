@@ -4,6 +4,7 @@
 use super::{zeros, CpuBackend, CpuKvCache, CpuMatrix, WeightBuf};
 use crate::backend::{Backend, KvLayout, NoGraph};
 use crate::error::{Error, Result};
+use crate::weights::quantize::LoadQuant;
 use crate::weights::{HostTensor, RawTensor};
 
 use super::quant::{QuantFormat, QuantMatrix};
@@ -43,6 +44,54 @@ impl Backend for CpuBackend {
         QuantMatrix::from_raw(parts).map(|q| Ok(CpuMatrix::Quant(q)))
     }
 
+    /// With quantization at load: the parts' dense bytes (BF16, F16, F32) quantized row by
+    /// row into the projections' format, or into Q8_0 for the LM head (a tied model gets
+    /// this copy beside its f32 embedding rows). `None` for any other dtype, a width that is
+    /// not a multiple of 32, or a value that is not finite: the model then loads the parts
+    /// through f32 (which names a bad value's tensor).
+    fn quantize_raw(&self, parts: &[RawTensor<'_>], lm_head: bool) -> Option<Result<CpuMatrix>> {
+        // The LM head turns activations straight into logits, with no norm after it to absorb
+        // error, and on a small model it is a quarter of a decode step: Q8_0 keeps its error
+        // small and runs on the fastest one-row kernel (llama.cpp keeps it at Q6_K or Q8_0 too).
+        let format = match (self.quantize?, lm_head) {
+            (_, true) => LoadQuant::Q8_0,
+            (format, false) => format,
+        };
+        let cols = *parts.first()?.shape.get(1)?;
+        let dense = |p: &RawTensor<'_>| matches!(p.dtype, "BF16" | "F16" | "F32");
+        if parts
+            .iter()
+            .any(|p| !dense(p) || p.shape.len() != 2 || p.shape[1] != cols)
+        {
+            return None;
+        }
+        let rows: usize = parts.iter().map(|p| p.shape[0]).sum();
+        let row_bytes = format.row_bytes(cols);
+        let mut out = vec![0u8; rows.checked_mul(row_bytes)?];
+        let mut at = 0;
+        for p in parts {
+            let part = &mut out[at..at + p.shape[0] * row_bytes];
+            if !format.quantize_bytes(p.dtype, p.bytes, cols, part) {
+                return None;
+            }
+            at += part.len();
+        }
+        Some(Ok(quant_matrix(format, rows, cols, &out)))
+    }
+
+    /// With quantization at load, an f32 projection (one the file does not store in a dense
+    /// dtype [`quantize_raw`](Backend::quantize_raw) reads) is quantized here; one whose width
+    /// is not a multiple of 32 stays f32, and blocks from the file stay as they are.
+    fn projection(&self, m: CpuMatrix) -> Result<CpuMatrix> {
+        let (Some(format), CpuMatrix::F32 { rows, cols, data }) = (self.quantize, &m) else {
+            return Ok(m);
+        };
+        Ok(match format.quantize_f32(data, *cols) {
+            Some(bytes) => quant_matrix(format, *rows, *cols, &bytes),
+            None => m,
+        })
+    }
+
     fn vector(&self, t: HostTensor) -> Result<Vec<f32>> {
         Ok(t.data)
     }
@@ -66,4 +115,14 @@ impl Backend for CpuBackend {
     fn to_host(&mut self, x: &Vec<f32>, len: usize) -> Result<Vec<f32>> {
         Ok(x[..len].to_vec())
     }
+}
+
+/// A matrix of `rows × cols` weights in `format`'s blocks (`bytes`, as quantized at load).
+fn quant_matrix(format: LoadQuant, rows: usize, cols: usize, bytes: &[u8]) -> CpuMatrix {
+    let raw = RawTensor {
+        dtype: format.ggml().name(),
+        shape: &[rows, cols],
+        bytes,
+    };
+    CpuMatrix::Quant(QuantMatrix::from_raw(&[raw]).expect("blocks sized by their format"))
 }

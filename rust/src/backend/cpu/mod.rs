@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use super::{AttentionShape, ForwardBatch, KvDtype, KvLayout, Ops, Residual};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
+use crate::weights::quantize::LoadQuant;
 
 /// Rows per rayon task for row-wise elementwise operations: small rows are cheap, so batch
 /// enough of them to amortize the task overhead.
@@ -72,6 +73,9 @@ pub struct CpuBackend {
     /// Whether [`crate::backend::Backend::matrix_raw`] keeps GGUF blocks of the
     /// [`quant::QuantFormat`]s as they are (else every weight is dequantized to f32).
     keep_quantized: bool,
+    /// The block format projections are quantized to at load (`quantization="q8_0"` or
+    /// `"q4_0"`), with the LM head in Q8_0 (`device.rs`); `None`: weights as stored.
+    quantize: Option<LoadQuant>,
 }
 
 impl CpuBackend {
@@ -81,6 +85,7 @@ impl CpuBackend {
         CpuBackend {
             layout,
             keep_quantized: false,
+            quantize: None,
         }
     }
 
@@ -89,6 +94,15 @@ impl CpuBackend {
     pub fn keep_quantized(self, keep: bool) -> CpuBackend {
         CpuBackend {
             keep_quantized: keep,
+            ..self
+        }
+    }
+
+    /// This backend, quantizing the dense projections of the checkpoint to `format` at load
+    /// (and its LM head to Q8_0), or keeping them as stored (`None`).
+    pub fn quantize_at_load(self, format: Option<LoadQuant>) -> CpuBackend {
+        CpuBackend {
+            quantize: format,
             ..self
         }
     }

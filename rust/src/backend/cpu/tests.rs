@@ -4,6 +4,7 @@ use crate::backend::Backend;
 /// A backend for the operations' tests (their KV layout is their own).
 const CPU: CpuBackend = CpuBackend {
     keep_quantized: false,
+    quantize: None,
     layout: KvLayout {
         num_layers: 1,
         block_size: 16,
@@ -105,4 +106,57 @@ fn silu_mul_and_gather() {
     let mut g = vec![f32::NAN; 2];
     CPU.gather_rows(&x, &[1], 2, &mut g);
     assert_eq!(g, vec![3.0, 4.0]);
+}
+
+/// The rows of a quantized matrix, dequantized, and its format.
+fn blocks(m: CpuMatrix) -> (quant::QuantFormat, Vec<f32>) {
+    let CpuMatrix::Quant(q) = m else {
+        panic!("expected a quantized matrix")
+    };
+    let mut rows = vec![0.0; q.rows() * q.cols()];
+    q.dequantize_rows(0, &mut rows);
+    (q.format(), rows)
+}
+
+#[test]
+fn quantizes_dense_projections_at_load() {
+    use crate::weights::{HostTensor, RawTensor};
+    let cpu = CPU.quantize_at_load(Some(LoadQuant::Q4_0));
+    let values: Vec<f32> = (0..5 * 64).map(|i| (i as f32 * 0.37).sin()).collect();
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let (a, b) = bytes.split_at(2 * 64 * 4);
+    let parts = [
+        RawTensor {
+            dtype: "F32",
+            shape: &[2, 64],
+            bytes: a,
+        },
+        RawTensor {
+            dtype: "F32",
+            shape: &[3, 64],
+            bytes: b,
+        },
+    ];
+    // Stacked parts from the bytes give the blocks of the f32 matrix's own quantization.
+    let from_bytes = blocks(cpu.quantize_raw(&parts, false).unwrap().unwrap());
+    let f32_matrix = cpu
+        .matrix(HostTensor {
+            shape: vec![5, 64],
+            data: values,
+        })
+        .unwrap();
+    let from_f32 = blocks(cpu.projection(f32_matrix).unwrap());
+    assert_eq!(from_bytes, from_f32);
+    assert_eq!(from_bytes.0, quant::QuantFormat::Q4_0);
+    // The LM head goes to Q8_0 whatever the projections' format.
+    let head = blocks(cpu.quantize_raw(&parts[..1], true).unwrap().unwrap());
+    assert_eq!(head.0, quant::QuantFormat::Q8_0);
+    // Blocks from a GGUF file, a backend that does not quantize: nothing to do here.
+    let q8 = [RawTensor {
+        dtype: "Q8_0",
+        shape: &[1, 32],
+        bytes: &[0; 34],
+    }];
+    assert!(cpu.quantize_raw(&q8, false).is_none());
+    assert!(CPU.quantize_raw(&parts, false).is_none());
 }
