@@ -75,8 +75,9 @@ class Engine:
         ``kv_blocks_used``, ``prefix_cache_hit_rate``, ``num_preemptions``; the cache's
         capacity ``kv_cache_tokens`` and element type ``kv_cache_dtype`` (``"bfloat16"``,
         ``"fp8_e4m3"``, ...); the weights' ``quantization`` (``"fp8"``, ``"q8_0"``,
-        ``"q4_0"`` or ``None``); the tokens structured outputs' grammars forced (jump-forward) ``structured_forced_tokens``
-        and the forward steps that saved ``structured_steps_saved``."""
+        ``"q4_0"`` or ``None``); the tokens structured outputs' grammars forced
+        (jump-forward) ``structured_forced_tokens`` and the forward steps that saved
+        ``structured_steps_saved``."""
         return self._core.stats()
 
     def abort(self, request_id: str) -> None:

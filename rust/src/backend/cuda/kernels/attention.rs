@@ -39,7 +39,9 @@ impl Kernels {
         let ((k_cache, v_cache), [k_scale, v_scale]) = (caches, kv_scales);
         let decode = |rows| {
             let scales = kv_scales;
-            self.decode_attention(stream, qkv, caches, scales, out, meta, shape, split_buf, rows)
+            self.decode_attention(
+                stream, qkv, caches, scales, out, meta, shape, split_buf, rows,
+            )
         };
         if meta.max_query_len <= 1 {
             return decode(None);
