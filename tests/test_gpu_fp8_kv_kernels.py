@@ -43,6 +43,7 @@ from test_gpu_kernels import (  # noqa: E402  (after the importorskips, as that 
     long_rows_checked,
     make_paged_cache,
     nan_like,
+    prefill_rows,
     rel_err,
     rope_reference,
     run,
@@ -191,16 +192,10 @@ def test_decode_attention_fp8(dtype, shape, num_splits, min_keys, scales):
 @pytest.mark.parametrize("scales", SCALES, ids=str)
 def test_prefill_attention_fp8(dtype, shape, scales):
     t = DTYPES[dtype]
-    query_lens = [q for q, _ in PREFILL_SEQS]
-    context_lens = [c for _, c in PREFILL_SEQS]
-    cache, ref_cache = fp8_cache(make_paged_cache(context_lens, shape, t), scales, t)
-    rows = sum(query_lens)
-    row_seq = torch.tensor(
-        [s for s, q in enumerate(query_lens) for _ in range(q)], dtype=torch.int32, device="cuda"
-    )
-    row_pos = torch.tensor(
-        [c - q + j for q, c in PREFILL_SEQS for j in range(q)], dtype=torch.int32, device="cuda"
-    )
+    cache_t = make_paged_cache([c for _, c in PREFILL_SEQS], shape, t)
+    cache, ref_cache = fp8_cache(cache_t, scales, t)
+    row_seq, row_pos = prefill_rows(PREFILL_SEQS)
+    rows = row_seq.numel()
     qkv = torch.randn(rows, shape.qkv_width, device="cuda").to(t)
     out = nan_like((rows, shape.num_heads * shape.head_dim), t)
     scale = shape.head_dim**-0.5

@@ -952,16 +952,9 @@ PREFILL_SEQS = [(1, 1), (17, 17), (64, 64), (65, 100), (100, 1000), (130, 130), 
 )
 def test_prefill_attention(dtype, shape):
     t = DTYPES[dtype]
-    query_lens = [q for q, _ in PREFILL_SEQS]
-    context_lens = [c for _, c in PREFILL_SEQS]
-    cache = make_paged_cache(context_lens, shape, t)
-    rows = sum(query_lens)
-    row_seq = torch.tensor(
-        [s for s, q in enumerate(query_lens) for _ in range(q)], dtype=torch.int32, device="cuda"
-    )
-    row_pos = torch.tensor(
-        [c - q + j for q, c in PREFILL_SEQS for j in range(q)], dtype=torch.int32, device="cuda"
-    )
+    cache = make_paged_cache([c for _, c in PREFILL_SEQS], shape, t)
+    row_seq, row_pos = prefill_rows(PREFILL_SEQS)
+    rows = row_seq.numel()
     qkv = torch.randn(rows, shape.qkv_width, device="cuda").to(t)
     out = nan_like((rows, shape.num_heads * shape.head_dim), t)
     scale = shape.head_dim**-0.5
@@ -969,6 +962,13 @@ def test_prefill_attention(dtype, shape):
     run_prefill_attention(qkv, cache, out, PREFILL_SEQS, scale, dtype, shape)
     ref = attention_reference(qkv, cache, row_seq, row_pos, shape, scale)
     assert rel_err(out, ref) < ATTENTION_TOL[dtype]
+
+
+def prefill_rows(seqs):
+    """(row_seq, row_pos) of the query rows of `seqs` ((query_len, context_len) each)."""
+    row_seq = [s for s, (q, _) in enumerate(seqs) for _ in range(q)]
+    row_pos = [c - q + j for q, c in seqs for j in range(q)]
+    return (torch.tensor(v, dtype=torch.int32, device="cuda") for v in (row_seq, row_pos))
 
 
 def run_prefill_attention(

@@ -66,14 +66,12 @@ def kernel_functions(name: str) -> list[str]:
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
 @pytest.mark.parametrize("name", sorted(kernels.names()))
 def test_kernel_compiles(name, arch, dtype, shape):
+    check_compiles(name, arch, dtype, shape_defines(shape))
+
+
+def shape_defines(shape) -> dict:
     head_dim, heads, kv_heads = shape
-    defines = {
-        "HEAD_DIM": head_dim,
-        "NUM_HEADS": heads,
-        "NUM_KV_HEADS": kv_heads,
-        "KV_BLOCK_SIZE": 16,
-    }
-    check_compiles(name, arch, dtype, defines)
+    return {"HEAD_DIM": head_dim, "NUM_HEADS": heads, "NUM_KV_HEADS": kv_heads, "KV_BLOCK_SIZE": 16}
 
 
 def check_compiles(name, arch, dtype, defines):
@@ -113,15 +111,7 @@ def check_compiles(name, arch, dtype, defines):
 @pytest.mark.parametrize("name", ["rope_cache_write", "decode_attention", "prefill_attention"])
 def test_fp8_kv_cache_kernels_compile(name, arch, dtype, shape):
     """The kernels that write and read the KV cache, for an e4m3 cache (KV_FP8)."""
-    head_dim, heads, kv_heads = shape
-    defines = {
-        "HEAD_DIM": head_dim,
-        "NUM_HEADS": heads,
-        "NUM_KV_HEADS": kv_heads,
-        "KV_BLOCK_SIZE": 16,
-        "KV_FP8": 1,
-    }
-    check_compiles(name, arch, dtype, defines)
+    check_compiles(name, arch, dtype, {**shape_defines(shape), "KV_FP8": 1})
 
 
 # Compile-time knobs the GPU tests and benches set: each must still compile.
