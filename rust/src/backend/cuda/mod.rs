@@ -1,4 +1,5 @@
-//! The CUDA backend: bf16 (or f16) weights, activations and KV cache on one GPU, our
+//! The CUDA backend: bf16 (or f16) weights, activations and KV cache (or FP8 weights and an FP8
+//! KV cache) on one GPU, our
 //! NVRTC-compiled kernels for everything but the GEMMs, cuBLASLt for the GEMMs.
 //!
 //! Everything is enqueued on one stream; the host waits only when it reads results. The
@@ -17,6 +18,7 @@
 //! | `graphs.rs` | recording a decode step as a CUDA graph and replaying it |
 //! | `kernels/` | the compiled kernels and their launch wrappers; `jit.rs` compiles them |
 //! | `gemm.rs` | cuBLASLt |
+//! | `fp8.rs`, `fp8_gemm.rs` | FP8 matrices (as stored, or quantized at load); their GEMM in steps of several rows |
 //!
 //! cudarc loads libcuda, libnvrtc and libcublasLt at run time, so this module builds and the
 //! crate runs on machines without CUDA; [`CudaBackend::new`] fails cleanly there.
@@ -27,6 +29,7 @@ mod decode_plan;
 mod device;
 mod device_mem;
 mod fp8;
+mod fp8_gemm;
 pub mod gemm;
 mod graphs;
 pub mod jit;
@@ -153,9 +156,9 @@ pub struct CudaBackend {
     gemv_max_rows: usize,
     gemm: Gemm,
     /// How FP8 GEMMs run: on tensor cores from sm_89 on, in the way cuBLASLt offers.
-    fp8_gemm: fp8::Fp8Gemm,
-    fp8_needs: fp8::Fp8Needs,
-    fp8_scratch: fp8::Fp8Scratch,
+    fp8_gemm: fp8_gemm::Fp8Gemm,
+    fp8_needs: fp8_gemm::Fp8Needs,
+    fp8_scratch: fp8_gemm::Fp8Scratch,
     kernels: KernelSet,
     meta: StepMeta,
     plan: DecodePlan,
@@ -330,9 +333,9 @@ impl CudaBackend {
             sm_count,
             gemm,
             fp8_gemm: if (major, minor) >= (8, 9) {
-                fp8::Fp8Gemm::OuterVector
+                fp8_gemm::Fp8Gemm::OuterVector
             } else {
-                fp8::Fp8Gemm::Dequantized
+                fp8_gemm::Fp8Gemm::Dequantized
             },
             fp8_needs: Default::default(),
             fp8_scratch: Default::default(),

@@ -1,0 +1,205 @@
+//! The GEMM of an FP8 matrix in a step of more rows than the GEMV takes, in the way this GPU
+//! offers ([`Fp8Gemm`], decided once when the steps are reserved):
+//!
+//! - on GPUs with FP8 tensor cores (sm_89+) and one scale per output row: the activations
+//!   quantized per token (`fp8.cu`), then cuBLASLt's FP8 GEMM with both scale vectors applied in
+//!   its epilogue (`gemm.rs`, outer-vector scaling) where cuBLASLt has it, else (Hopper) the GEMM
+//!   of the raw codes into the output and `fp8_scale_out` applying the scales and the bias there;
+//! - otherwise (Ampere, f16 models, or 128×128 block scales): the matrix dequantized into a
+//!   scratch buffer and the dense GEMM. Correct everywhere, and on Hopper slower than bf16 for
+//!   block-scaled checkpoints' prefill: cuBLASLt's 128×128 block mode is the next step there.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use cudarc::driver::CudaStream;
+
+use super::device_mem::DeviceMem;
+use super::fp8::Fp8Weights;
+use super::gemm::{ElemType, GemmShape};
+use super::{CudaBackend, CudaBuf, CudaMatrix, CudaVector};
+use crate::error::Result;
+
+/// How the GEMM of an FP8 matrix with one scale per row runs (decided once, when the steps are
+/// reserved: [`CudaBackend::reserve_fp8`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fp8Gemm {
+    /// cuBLASLt's FP8 GEMM with both scale vectors in its epilogue.
+    OuterVector,
+    /// cuBLASLt's FP8 GEMM of the raw codes (scales 1) into the bf16 output, then
+    /// `fp8_scale_out`: the per-token and per-channel scales and the bias, in place.
+    RawThenScale,
+    /// No FP8 tensor cores: a dequantized copy and the dense GEMM.
+    Dequantized,
+}
+
+/// What the FP8 GEMMs need of their scratch: the widest input, and the largest matrix read
+/// through a dequantized copy. Grown as FP8 matrices are made; the buffers are made once, when
+/// the steps are reserved.
+#[derive(Default)]
+pub struct Fp8Needs {
+    max_k: Cell<usize>,
+    max_dequantized: Cell<usize>,
+    /// The largest FP8 matrix (rows × cols) and one shape of a per-row one, for the check
+    /// that cuBLASLt takes FP8 with per-row scales on this GPU.
+    max_any: Cell<usize>,
+    per_row_shape: Cell<Option<(usize, usize)>>,
+}
+
+/// The scratch of the FP8 GEMMs (see [`Fp8Needs`]).
+#[derive(Default)]
+pub struct Fp8Scratch {
+    /// `[rows, max_k]` e4m3 activations and their `[rows]` f32 scales.
+    act: Option<(DeviceMem, DeviceMem)>,
+    /// A dequantized matrix, in the activation dtype.
+    dequantized: Option<DeviceMem>,
+}
+
+impl CudaBackend {
+    /// Whether the GEMM of `w` runs on FP8 tensor cores (else through a dequantized copy).
+    fn fp8_tensor_cores(&self, w: &Fp8Weights) -> bool {
+        self.fp8_gemm != Fp8Gemm::Dequantized && w.per_row()
+    }
+
+    /// Records what `w`'s GEMMs need of the scratch.
+    pub(super) fn note_fp8(&self, rows: usize, cols: usize, w: &Fp8Weights) {
+        let needs = &self.fp8_needs;
+        needs.max_k.set(needs.max_k.get().max(cols));
+        needs.max_any.set(needs.max_any.get().max(rows * cols));
+        if w.per_row() {
+            needs.per_row_shape.set(Some((rows, cols)));
+        }
+        if !self.fp8_tensor_cores(w) {
+            let n = needs.max_dequantized.get().max(rows * cols);
+            needs.max_dequantized.set(n);
+        }
+    }
+
+    /// Makes the FP8 GEMMs' scratch for steps of up to `rows` rows; first decides how
+    /// per-row-scaled matrices multiply on this GPU ([`Fp8Gemm`]).
+    pub(super) fn reserve_fp8(&mut self, rows: usize) -> Result<()> {
+        if let (Fp8Gemm::OuterVector, Some((n, k))) =
+            (self.fp8_gemm, self.fp8_needs.per_row_shape.get())
+        {
+            self.fp8_gemm = self.fp8_gemm_mode(rows.min(16), n, k);
+            if self.fp8_gemm == Fp8Gemm::Dequantized {
+                let all = self.fp8_needs.max_any.get();
+                self.fp8_needs.max_dequantized.set(all);
+            }
+        }
+        let (k, deq) = (
+            self.fp8_needs.max_k.get(),
+            self.fp8_needs.max_dequantized.get(),
+        );
+        let s = &mut self.fp8_scratch;
+        if k > 0 && self.fp8_gemm != Fp8Gemm::Dequantized {
+            let big_enough = s.act.as_ref().is_some_and(|(a, _)| a.bytes() >= rows * k);
+            if !big_enough {
+                let act = DeviceMem::zeroed(&self.stream, rows * k)?;
+                s.act = Some((act, DeviceMem::zeroed(&self.stream, rows * 4)?));
+            }
+        }
+        if deq > 0 && s.dequantized.as_ref().is_none_or(|d| d.bytes() < deq * 2) {
+            s.dequantized = Some(DeviceMem::zeroed(&self.stream, deq * 2)?);
+        }
+        Ok(())
+    }
+
+    /// The best FP8 GEMM cuBLASLt offers for an `[n, k]` matrix with per-row scales: with
+    /// outer-vector scales (refused on Hopper by the cuBLASLt of CUDA 13.0), else raw codes
+    /// into a bf16 output (an f16 output could overflow: |sum| reaches 448² · k), else none.
+    fn fp8_gemm_mode(&self, rows: usize, n: usize, k: usize) -> Fp8Gemm {
+        let shape = |input| GemmShape {
+            rows,
+            n,
+            k,
+            input,
+            output: self.elem_type(),
+            bias: false,
+        };
+        if self.gemm.supports(shape(ElemType::Fp8E4m3)) {
+            return Fp8Gemm::OuterVector;
+        }
+        if self.elem_type() == ElemType::Bf16 && self.gemm.supports(shape(ElemType::Fp8E4m3Raw)) {
+            tracing::info!(
+                "cuBLASLt has no FP8 GEMM with per-row scales on this GPU: FP8 GEMMs run on the \
+                 raw codes and a kernel applies the scales"
+            );
+            return Fp8Gemm::RawThenScale;
+        }
+        // Every FP8 matrix then goes through a dequantized copy (kernels/cuda/NOTES.md).
+        tracing::warn!(
+            "cuBLASLt has no FP8 GEMM for this GPU and dtype: FP8 matrices of more than one \
+             row run through a dequantized copy"
+        );
+        Fp8Gemm::Dequantized
+    }
+
+    /// Enqueues `out = x · wᵀ (+ bias)` for an FP8 matrix `w` of more rows than the GEMV takes.
+    pub(super) fn fp8_linear(
+        &self,
+        x: &CudaBuf,
+        rows: usize,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        out: &mut CudaBuf,
+    ) {
+        let (Some(f), Some(layout)) = (w.fp8.as_ref(), w.fp8_layout()) else {
+            return;
+        };
+        let stream: &Arc<CudaStream> = &self.stream;
+        let bias_ptr = bias.map(|b| b.mem.ptr);
+        let shape = |input, bias| GemmShape {
+            rows,
+            n: w.rows,
+            k: w.cols,
+            input,
+            output: out.dtype,
+            bias,
+        };
+        let r = self.kernels().and_then(|k| {
+            let scratch = &self.fp8_scratch;
+            if !self.fp8_tensor_cores(f) {
+                let deq = scratch.dequantized.as_ref().ok_or_else(scratch_missing)?;
+                k.fp8_dequantize(stream, w.mem.ptr, layout, deq.ptr, w.rows, w.cols)?;
+                let s = shape(self.elem_type(), bias.is_some());
+                return self
+                    .gemm
+                    .run(s, x.mem.ptr, deq.ptr, bias_ptr, out.mem.ptr, stream);
+            }
+            let (act, act_scales) = scratch.act.as_ref().ok_or_else(scratch_missing)?;
+            k.fp8_quantize_rows(stream, x.mem.ptr, act.ptr, act_scales.ptr, rows, w.cols)?;
+            if self.fp8_gemm == Fp8Gemm::OuterVector {
+                let s = shape(ElemType::Fp8E4m3, bias.is_some());
+                let scales = Some((layout.scales, act_scales.ptr));
+                return self.gemm.run_scaled(
+                    s,
+                    act.ptr,
+                    w.mem.ptr,
+                    bias_ptr,
+                    scales,
+                    out.mem.ptr,
+                    stream,
+                );
+            }
+            let s = shape(ElemType::Fp8E4m3Raw, false);
+            self.gemm
+                .run(s, act.ptr, w.mem.ptr, None, out.mem.ptr, stream)?;
+            let (a_scales, w_scales) = (act_scales.ptr, layout.scales);
+            k.fp8_scale_out(
+                stream,
+                out.mem.ptr,
+                a_scales,
+                w_scales,
+                bias_ptr,
+                rows,
+                w.rows,
+            )
+        });
+        self.record(r);
+    }
+}
+
+fn scratch_missing() -> crate::error::Error {
+    crate::error::Error::Engine("an FP8 GEMM ran before the steps were reserved".into())
+}
