@@ -38,10 +38,8 @@ impl Kernels {
     ) -> Result<()> {
         let ((k_cache, v_cache), [k_scale, v_scale]) = (caches, kv_scales);
         let decode = |rows| {
-            let scales = kv_scales;
-            self.decode_attention(
-                stream, qkv, caches, scales, out, meta, shape, split_buf, rows,
-            )
+            let args = (caches, kv_scales);
+            self.decode_attention(stream, qkv, args, out, meta, shape, split_buf, rows)
         };
         if meta.max_query_len <= 1 {
             return decode(None);
@@ -73,8 +71,7 @@ impl Kernels {
         &self,
         stream: &Arc<CudaStream>,
         qkv: u64,
-        (k_cache, v_cache): (u64, u64),
-        [k_scale, v_scale]: [f32; 2],
+        ((k_cache, v_cache), [k_scale, v_scale]): ((u64, u64), [f32; 2]),
         out: u64,
         meta: &StepMeta,
         shape: AttentionShape,
