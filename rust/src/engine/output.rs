@@ -1,8 +1,51 @@
 //! Request outputs as callers see them (vLLM's `RequestOutput`), built up from the
 //! [`SeqDelta`]s the engine loop sends.
 
-use super::sequence::{FinishReason, SeqDelta};
 use crate::sampling::StopReason;
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-sequence token, a stop token id or a stop string.
+    Stop,
+    /// `max_tokens` or `max_model_len` reached.
+    Length,
+    /// Aborted by the caller.
+    Abort,
+}
+
+impl FinishReason {
+    /// The OpenAI / vLLM spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::Abort => "abort",
+        }
+    }
+}
+
+/// New output of one sequence since the last report. `finish_reason` is set on the last one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeqDelta {
+    pub request_id: u64,
+    pub index: usize,
+    pub token_ids: Vec<u32>,
+    pub text: String,
+    /// `Some` (possibly empty) when the request asked for log-probabilities.
+    pub logprobs: Option<Vec<Vec<(u32, f32)>>>,
+    /// In the first delta of a request that asked for them: the prompt's log-probabilities.
+    pub prompt_logprobs: Option<Vec<Vec<(u32, f32)>>>,
+    pub finish_reason: Option<FinishReason>,
+    /// With the finish reason: the stop token id or stop string that ended the sequence.
+    pub stop_reason: Option<StopReason>,
+    pub num_cached_tokens: usize,
+    pub arrival_time: f64,
+    /// When the sequence was first admitted (queue time: from `arrival_time` to this).
+    pub scheduled_time: Option<f64>,
+    pub first_token_time: Option<f64>,
+    pub finished_time: Option<f64>,
+}
 
 /// One sequence of a request. Cumulative: `text` and `token_ids` hold everything so far.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -4,33 +4,12 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+pub use super::output::{FinishReason, SeqDelta};
 use crate::error::Result;
 use crate::kv::BlockTable;
 use crate::sampling::{log_softmax_top, Sampled, Sampler, SamplingParams, StopChecker, StopReason};
 use crate::structured::GrammarState;
 use crate::tokenizer::{IncrementalDetokenizer, Tokenizer};
-
-/// Why a sequence ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FinishReason {
-    /// An end-of-sequence token, a stop token id or a stop string.
-    Stop,
-    /// `max_tokens` or `max_model_len` reached.
-    Length,
-    /// Aborted by the caller.
-    Abort,
-}
-
-impl FinishReason {
-    /// The OpenAI / vLLM spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FinishReason::Stop => "stop",
-            FinishReason::Length => "length",
-            FinishReason::Abort => "abort",
-        }
-    }
-}
 
 /// Seconds since the Unix epoch, as vLLM's request metrics report times.
 pub fn now_s() -> f64 {
@@ -372,28 +351,6 @@ impl Sequence {
         self.reported = (out_len, text.len());
         Some(delta)
     }
-}
-
-/// New output of one sequence since the last report. `finish_reason` is set on the last one.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeqDelta {
-    pub request_id: u64,
-    pub index: usize,
-    pub token_ids: Vec<u32>,
-    pub text: String,
-    /// `Some` (possibly empty) when the request asked for log-probabilities.
-    pub logprobs: Option<Vec<Vec<(u32, f32)>>>,
-    /// In the first delta of a request that asked for them: the prompt's log-probabilities.
-    pub prompt_logprobs: Option<Vec<Vec<(u32, f32)>>>,
-    pub finish_reason: Option<FinishReason>,
-    /// With the finish reason: the stop token id or stop string that ended the sequence.
-    pub stop_reason: Option<StopReason>,
-    pub num_cached_tokens: usize,
-    pub arrival_time: f64,
-    /// When the sequence was first admitted (queue time: from `arrival_time` to this).
-    pub scheduled_time: Option<f64>,
-    pub first_token_time: Option<f64>,
-    pub finished_time: Option<f64>,
 }
 
 #[cfg(test)]

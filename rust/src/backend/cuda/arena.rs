@@ -19,6 +19,7 @@ use std::time::Instant;
 use cudarc::driver::sys::{self, CUmemGenericAllocationHandle};
 use cudarc::driver::{result, CudaContext, CudaStream, PinnedHostSlice};
 
+use super::arena_space::Space;
 use super::device_mem::cuda_err;
 use crate::error::{Error, Result};
 
@@ -45,10 +46,8 @@ struct Inner {
     /// The mapped chunks: chunk `i` backs `[base + i * chunk_bytes, ..)`. Empty while asleep.
     chunks: Vec<CUmemGenericAllocationHandle>,
     asleep: bool,
-    /// Bytes below this offset may be in use.
-    top: usize,
-    /// Freed ranges below `top` (offset, bytes), sorted and coalesced.
-    holes: Vec<(usize, usize)>,
+    /// Which offsets are in use: everything below `space.top` but its holes.
+    space: Space,
     /// Whether the contents survive a sleep (weights) or are dropped (the KV pool).
     keep: bool,
     /// The pinned copy of the contents; kept after a wake so that the next sleep does not pin
@@ -137,8 +136,7 @@ impl Arena {
                 chunk_bytes,
                 chunks: Vec::new(),
                 asleep: false,
-                top: 0,
-                holes: Vec::new(),
+                space: Space::default(),
                 keep,
                 host: None,
             })),
@@ -189,7 +187,7 @@ impl Arena {
         a.ctx.bind_to_thread().map_err(cuda_err)?;
         stream.synchronize().map_err(cuda_err)?;
         let mut moved = Moved::default();
-        if a.keep && a.top > 0 {
+        if a.keep && a.space.top > 0 {
             let started = Instant::now();
             moved.copied_bytes = a.copy_out(stream)?;
             moved.copy_seconds = started.elapsed().as_secs_f64();
@@ -208,7 +206,7 @@ impl Arena {
             return Ok(Moved::default());
         }
         a.ctx.bind_to_thread().map_err(cuda_err)?;
-        let top = a.top;
+        let top = a.space.top;
         a.map_to(top)?;
         a.asleep = false;
         let mut moved = Moved {
@@ -216,36 +214,17 @@ impl Arena {
             ..Moved::default()
         };
         let started = Instant::now();
-        if a.keep && a.top > 0 {
+        if a.keep && a.space.top > 0 {
             moved.copied_bytes = a.copy_in(stream)?;
         } else {
             // SAFETY: `[base, base + top)` was just mapped and nothing else uses it yet.
-            unsafe { sys::cuMemsetD8Async(a.base, 0, a.top, stream.cu_stream()) }
+            unsafe { sys::cuMemsetD8Async(a.base, 0, a.space.top, stream.cu_stream()) }
                 .result()
                 .map_err(cuda_err)?;
         }
         stream.synchronize().map_err(cuda_err)?;
         moved.copy_seconds = started.elapsed().as_secs_f64();
         Ok(moved)
-    }
-}
-
-/// Adds `[offset, offset + bytes)` to the sorted `holes`, coalescing it with its neighbours; a
-/// hole that reaches `top` lowers it instead (the chunks stay mapped for what comes next).
-fn free_into(holes: &mut Vec<(usize, usize)>, top: &mut usize, offset: usize, bytes: usize) {
-    let at = holes.partition_point(|&(o, _)| o < offset);
-    holes.insert(at, (offset, bytes));
-    if at + 1 < holes.len() && offset + bytes == holes[at + 1].0 {
-        holes[at].1 += holes.remove(at + 1).1;
-    }
-    if at > 0 && holes[at - 1].0 + holes[at - 1].1 == offset {
-        holes[at - 1].1 += holes.remove(at).1;
-    }
-    if let Some(&(o, len)) = holes.last() {
-        if o + len == *top {
-            *top = o;
-            holes.pop();
-        }
     }
 }
 
@@ -259,16 +238,10 @@ impl Inner {
     /// The offset of `size` free bytes: the first hole that holds them, else the top (mapping
     /// chunks up to it).
     fn place(&mut self, size: usize) -> Result<usize> {
-        if let Some(i) = self.holes.iter().position(|&(_, len)| len >= size) {
-            let (offset, len) = self.holes[i];
-            if len == size {
-                self.holes.remove(i);
-            } else {
-                self.holes[i] = (offset + size, len - size);
-            }
+        if let Some(offset) = self.space.take_hole(size) {
             return Ok(offset);
         }
-        let offset = self.top;
+        let offset = self.space.top;
         let top = offset + size;
         if top > self.reserved {
             return Err(Error::Engine(format!(
@@ -278,13 +251,13 @@ impl Inner {
             )));
         }
         self.map_to(top)?;
-        self.top = top;
+        self.space.top = top;
         Ok(offset)
     }
 
     /// Returns `[offset, offset + bytes)` to the arena.
     fn free(&mut self, offset: usize, bytes: usize) {
-        free_into(&mut self.holes, &mut self.top, offset, bytes);
+        self.space.free(offset, bytes);
     }
 
     /// Maps chunks until `[base, base + end)` is backed.
@@ -349,7 +322,7 @@ impl Inner {
     /// Copies `[base, base + top)` to the pinned host copy (made or grown here); returns the
     /// bytes copied once the copy is done.
     fn copy_out(&mut self, stream: &Arc<CudaStream>) -> Result<usize> {
-        let top = self.top;
+        let top = self.space.top;
         if self.host.as_ref().is_none_or(|h| h.len() < top) {
             self.host = None;
             // SAFETY: a plain page-locked allocation, written only by the copies below.
@@ -379,7 +352,7 @@ impl Inner {
     /// Enqueues the copy of the pinned host copy back to `[base, base + top)`; the caller
     /// waits for the stream.
     fn copy_in(&mut self, stream: &Arc<CudaStream>) -> Result<usize> {
-        let (base, top) = (self.base, self.top);
+        let (base, top) = (self.base, self.space.top);
         let host = self.host.as_ref().ok_or_else(|| {
             Error::Engine(format!("the sleeping {} have no host copy", self.what))
         })?;
@@ -410,7 +383,3 @@ impl Drop for Inner {
         }
     }
 }
-
-#[cfg(test)]
-#[path = "arena_tests.rs"]
-mod tests;

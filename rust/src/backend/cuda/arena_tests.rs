@@ -1,13 +1,17 @@
-//! The arena's hole bookkeeping alone (no device).
+//! The arena's address bookkeeping alone (no device).
 
-/// The hole bookkeeping alone (no device): first fit, coalescing, the top coming down.
+use super::Space;
+
+/// The holes and the top after `frees`, from everything below `top` in use.
 fn holes_after(frees: &[(usize, usize)], top: usize) -> (Vec<(usize, usize)>, usize) {
-    let mut holes: Vec<(usize, usize)> = Vec::new();
-    let mut top = top;
+    let mut space = Space {
+        top,
+        holes: Vec::new(),
+    };
     for &(offset, bytes) in frees {
-        super::free_into(&mut holes, &mut top, offset, bytes);
+        space.free(offset, bytes);
     }
-    (holes, top)
+    (space.holes, space.top)
 }
 
 #[test]
@@ -19,4 +23,18 @@ fn freed_ranges_coalesce_and_lower_the_top() {
     assert_eq!((holes, top), (vec![(256, 256)], 768));
     let (holes, top) = holes_after(&[(256, 256), (768, 256), (512, 256), (0, 256)], 1024);
     assert_eq!((holes, top), (vec![], 0));
+}
+
+#[test]
+fn allocations_take_the_first_hole_that_holds_them() {
+    let mut space = Space {
+        top: 1024,
+        holes: vec![(0, 128), (256, 512)],
+    };
+    assert_eq!(space.take_hole(256), Some(256));
+    assert_eq!(space.holes, vec![(0, 128), (512, 256)]);
+    assert_eq!(space.take_hole(128), Some(0));
+    assert_eq!(space.take_hole(512), None);
+    assert_eq!(space.take_hole(256), Some(512));
+    assert_eq!((space.holes, space.top), (vec![], 1024));
 }

@@ -9,7 +9,8 @@
 //! | --- | --- |
 //! | `ops.rs` | the forward pass's operations ([`Ops`](crate::backend::Ops)): kernel and GEMM launches |
 //! | `device.rs` | the device side ([`Backend`](crate::backend::Backend)): memory, KV pool, a step's life, sleep |
-//! | `arena.rs` | the weights' and the KV pool's memory, whose backing a sleep drops and a wake restores at the same addresses |
+//! | `supported.rs` | what the kernels support: dtypes, shapes, block sizes (checked before the GPU is opened) |
+//! | `arena.rs`, `arena_space.rs` | the weights' and the KV pool's memory, whose backing a sleep drops and a wake restores at the same addresses; which of its offsets are in use |
 //! | `share.rs` | the shares of a card (`gpu_memory_utilization`) held by the engines of one process |
 //! | `step_meta.rs` | the step's batch description on the device, uploaded once per step |
 //! | `decode_plan.rs` | how decode attention splits the keys (all of the split policy) |
@@ -24,6 +25,7 @@
 //! crate runs on machines without CUDA; [`CudaBackend::new`] fails cleanly there.
 
 mod arena;
+mod arena_space;
 mod clock;
 mod decode_plan;
 mod device;
@@ -39,6 +41,7 @@ mod ops;
 mod sampler;
 mod share;
 mod step_meta;
+mod supported;
 
 use std::cell::RefCell;
 use std::path::PathBuf;
@@ -186,55 +189,6 @@ pub struct CudaBackend {
     graphs_recorded: bool,
 }
 
-/// Checks that the kernels support `model`, the activations' `dtype` and `layout`; returns
-/// the kernels' dtype.
-fn check_model(model: &ModelConfig, dtype: KvDtype, layout: &KvLayout) -> Result<KernelDtype> {
-    let dtype = match dtype {
-        KvDtype::Bf16 => KernelDtype::Bf16,
-        KvDtype::F16 => KernelDtype::F16,
-        KvDtype::F32 | KvDtype::Fp8E4m3 => {
-            return Err(Error::InvalidConfig(
-                "the CUDA backend keeps weights and activations in bfloat16 or float16".into(),
-            ))
-        }
-    };
-    if layout.dtype != dtype.kv_dtype() && layout.dtype != KvDtype::Fp8E4m3 {
-        return Err(Error::InvalidConfig(format!(
-            "a KV cache of {} beside activations of {}: the cache holds the activations' \
-             dtype or FP8",
-            layout.dtype.name(),
-            dtype.kv_dtype().name()
-        )));
-    }
-    for (what, n) in [
-        ("hidden_size", model.hidden_size),
-        ("intermediate_size", model.intermediate_size),
-        ("head_dim", model.head_dim),
-    ] {
-        if n % 8 != 0 {
-            return Err(Error::Unsupported(format!(
-                "the CUDA backend needs {what} to be a multiple of 8, got {n}"
-            )));
-        }
-    }
-    // Limits of the kernels: rms_norm keeps a row in registers, prefill attention keeps
-    // a tile of K and V of HEAD_DIM ≤ 128 in static shared memory.
-    if model.hidden_size > 16384 || model.head_dim > 128 || model.head_dim % 16 != 0 {
-        return Err(Error::Unsupported(format!(
-            "the CUDA kernels support hidden_size ≤ 16384 and head_dim a multiple of 16 up \
-                 to 128; this model has {} and {}",
-            model.hidden_size, model.head_dim
-        )));
-    }
-    if layout.block_size % 16 != 0 {
-        return Err(Error::InvalidConfig(format!(
-            "the CUDA backend needs block_size to be a multiple of 16, got {}",
-            layout.block_size
-        )));
-    }
-    Ok(dtype)
-}
-
 // SAFETY: the backend is used by one thread at a time (the engine moves it into its loop
 // thread once); the CUDA handles inside may move between threads.
 unsafe impl Send for CudaBackend {}
@@ -249,7 +203,10 @@ impl CudaBackend {
                 "no CUDA device: the NVIDIA driver (libcuda.so) or a GPU is missing".into(),
             ));
         }
-        let (shape, dtype) = (layout.shape, check_model(model, opts.dtype, &layout)?);
+        let (shape, dtype) = (
+            layout.shape,
+            supported::check_model(model, opts.dtype, &layout)?,
+        );
         libs::preload();
         // SAFETY: only probes whether the library can be opened.
         if !unsafe { cudarc::cublaslt::sys::is_culib_present() } {
