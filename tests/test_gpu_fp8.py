@@ -27,10 +27,18 @@ Two questions, two tests:
   (2.6 % RMS over the projections; the best of 64 scales per row only takes 17 % off the squared
   error). Those cases are strict xfails naming the measurement, so a change that meets the
   bounds shows up;
-- what the CUDA path adds to the format's own error (`test_cuda_fp8_adds_little_to_the_format`):
-  each FP8 checkpoint on CUDA against its dequantized bf16 copy on CUDA (same weights, bf16
-  GEMMs): the difference is the FP8 kernels' (GEMV, GEMM of per-token e4m3 activations, the
-  scale kernel). Bound: MAX_KERNEL_KL.
+- what the CUDA path adds to the format's own arithmetic
+  (`test_cuda_fp8_adds_little_to_the_format`). The reference computes what the FP8 path is
+  meant to compute, with other code:
+  - where the card has FP8 tensor cores (sm_89+) and the weights have one scale per row or per
+    tensor, a prefill's projections multiply per-token e4m3 activations (scale amax / 448, the
+    W8A8 scheme of vLLM's dynamic FP8): the reference is transformers on the dequantized bf16
+    copy with every projection's input rounded the same way in torch (`torch_w8a8`);
+  - elsewhere (128x128 block scales, or no FP8 tensor cores) the FP8 path multiplies the
+    dequantized weights in bf16: the reference is that copy run by Infire in bf16.
+  Bound: MAX_KERNEL_KL. The per-token e4m3 activations alone cost this model KL 0.037-0.039
+  against the dequantized copy (H100, 2026-12-07), so a wrong scale or a lost activation
+  rounding fails the bound by far.
 
 Also: `stats()` reports the KV cache's dtype, and at the same `gpu_memory_utilization` an FP8
 cache holds about twice the tokens of a bf16 one (CAPACITY_RATIO).
@@ -56,10 +64,15 @@ MIN_TOKENS = 2000
 TOP = 20
 MAX_MEAN_KL = 0.02
 MIN_TOP1 = 0.95
-# The FP8 kernels against the same weights in bf16: per-token e4m3 activations in the GEMMs
-# are the only approximation they add.
-MAX_KERNEL_KL = 0.03
-MIN_KERNEL_TOP1 = 0.93
+# The FP8 path against the same arithmetic computed by other code (see the module's doc): what
+# is left is bf16 rounding in another order, and the few activations whose e4m3 rounding it
+# flips.
+MAX_KERNEL_KL = 0.012
+MIN_KERNEL_TOP1 = 0.95
+# The FP8 KV cache (scales 1) against bf16: the cache's own e4m3 rounding (KL 0.033, top-1 0.900
+# on an H100, 2026-12-07); its kernels are checked against fp64 in test_gpu_fp8_kv_kernels.py.
+MAX_KV_KL = 0.045
+MIN_KV_TOP1 = 0.88
 # The text and then some, so every configuration holds the same pool.
 KV_CACHE_TOKENS = 8192
 GPU_MEMORY_UTILIZATION = 0.3
@@ -162,13 +175,59 @@ def test_fp8_follows_bf16_over_english_text(checkpoints, bf16_reference, case):
     assert top1 >= MIN_TOP1, (case, top1)
 
 
+def fp8_activations(fmt: str) -> bool:
+    """Whether Infire's FP8 GEMM of `fmt` rounds the activations to e4m3 (see the module's doc):
+    FP8 tensor cores, and scales that cuBLASLt can apply (not 128x128 blocks)."""
+    import torch
+
+    return torch.cuda.get_device_capability() >= (8, 9) and FORMATS[fmt]["layout"] != "block"
+
+
+def torch_w8a8(path: Path, ids: list[int]) -> list[dict[int, float]]:
+    """transformers on the bf16 checkpoint at `path`, every projection's input rounded per token
+    to e4m3 (scale amax / 448, as fp8.cu's fp8_quantize_rows) and back to bf16; the LM head
+    unrounded. Each position's top-TOP log-probabilities, as `read_text`."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
+    def round_input(_module, args):
+        (x,) = args
+        xf = x.float()
+        amax = xf.abs().amax(dim=-1, keepdim=True)
+        scale = torch.where(amax > 0, amax / torch.full_like(amax, 448.0), torch.ones_like(amax))
+        codes = (xf / scale).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+        return ((codes.float() * scale).to(x.dtype),)
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    model = model.to("cuda").eval()
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name != "lm_head":
+            module.register_forward_pre_hook(round_input)
+    with torch.no_grad():
+        logits = model(torch.tensor([ids], device="cuda")).logits[0, :-1].float()
+    top = torch.log_softmax(logits, dim=-1).topk(TOP, dim=-1)
+    out = [
+        dict(zip(i, v, strict=True))
+        for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]
+    del model, logits, top
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_cuda_fp8_adds_little_to_the_format(checkpoints, fmt):
-    reference, _ = read_text(checkpoints[f"{fmt}_reference"])
     logprobs, stats = read_text(checkpoints[fmt])
     assert stats["quantization"] == "fp8"
+    copy = checkpoints[f"{fmt}_reference"]
+    if fp8_activations(fmt):
+        ids = infire.load_tokenizer(str(copy)).encode(TEXT.read_text())
+        reference, what = torch_w8a8(copy, ids), "torch W8A8 on its dequantized copy"
+    else:
+        reference, what = read_text(copy)[0], "its dequantized copy"
     mean_kl, top1 = mean_kl_and_top1(reference, logprobs)
-    print(f"{fmt} against its dequantized copy: mean KL {mean_kl:.4f}, top-1 {top1:.3f}")
+    print(f"{fmt} against {what}: mean KL {mean_kl:.4f}, top-1 {top1:.3f}")
     assert mean_kl <= MAX_KERNEL_KL, (fmt, mean_kl)
     assert top1 >= MIN_KERNEL_TOP1, (fmt, top1)
 
@@ -180,8 +239,8 @@ def test_fp8_kv_cache_alone_follows_bf16(checkpoints, bf16_reference):
     assert (stats["kv_cache_dtype"], stats["quantization"]) == ("fp8_e4m3", None)
     mean_kl, top1 = mean_kl_and_top1(bf16_reference, logprobs)
     print(f"bf16 weights, FP8 KV cache: mean KL {mean_kl:.4f}, top-1 {top1:.3f}")
-    assert mean_kl <= MAX_KERNEL_KL, mean_kl
-    assert top1 >= MIN_KERNEL_TOP1, top1
+    assert mean_kl <= MAX_KV_KL, mean_kl
+    assert top1 >= MIN_KV_TOP1, top1
 
 
 def test_fp8_kv_cache_holds_twice_the_tokens(checkpoints):
