@@ -13,7 +13,7 @@ from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from .. import _core
-from .config import ClusterConfig, ModelSpec
+from .config import ClusterConfig, ModelSpec, node_path
 from .ingress import OpenAIIngress
 from .replica import InfireReplica
 from .router import PrefixAffinityRouter
@@ -54,7 +54,9 @@ def pin_fingerprints(config: ClusterConfig) -> ClusterConfig:
     """``config`` with each model's fingerprint filled in from its files where it is left out
     (so every replica must load exactly the files seen here)."""
     models = [
-        m if m.fingerprint else dataclasses.replace(m, fingerprint=_core.fingerprint(m.path))
+        m
+        if m.fingerprint
+        else dataclasses.replace(m, fingerprint=_core.fingerprint(node_path(m.path)))
         for m in config.models
     ]
     return dataclasses.replace(config, models=models)
