@@ -1,28 +1,33 @@
 """Through Ray Serve: a replica given a different model file fails its health check and gets no
 traffic. A local Ray cluster of two simulated nodes (`ray.cluster_utils.Cluster`), one
 default-model replica on each; the model's path is `$INFIRE_TEST_MODELS/<file>`, and each
-node's environment points that at a store of its own. Under a steady load, the worker's file
-is replaced by another model (as when a node's store is updated behind the cluster's back):
+node's environment points that at a store of its own. Under a steady load:
 
-1. its running replica fails its health checks (its files changed); Serve marks it unhealthy
-   and stops routing to it, then starts another in its place;
-2. that replica loads the other file and fails its first health check (its fingerprint is not
-   the deployment's), so Serve never routes to it and starts it again, and again.
+1. The worker's store holds another model from the start. Its replica loads it and fails its
+   first health check (its fingerprint is not the deployment's): Serve never routes to it and
+   starts it again, and again; `cluster up` returns once the head's replica runs.
+2. The worker's store gets the deployment's file: its next start passes, both replicas run.
+3. The worker's file is replaced by another model again, under its running replica (as when a
+   node's store is updated behind the cluster's back). The replica fails its health checks
+   (its files changed); Serve marks it unhealthy, stops routing to it and starts another, which
+   loads the other file and fails its first health check, as in (1).
 
 Every request of the load is answered, by a replica serving the deployment's fingerprint.
 
-Why (2) is a failed start and not an unhealthy replica: Ray Serve 2.60 runs the replica's
+Why (1) is a failed start and not an unhealthy replica: Ray Serve 2.60 runs the replica's
 `check_health` once inside its initialization, after the constructor
-(`ray/serve/_private/replica.py`, `ReplicaBase._initialize` ... "A new replica should not be
-considered healthy until it passes an initial health check. If an initial health check fails,
-consider it an initialization failure." `await self.check_health()`). The controller then
-records "A replica failed to start" and stops it (`deployment_state.py`,
-`_check_startup_replicas`: `record_replica_startup_failure`, `_stop_replica`); as the
-deployment's other replica did start, failures stop counting toward DEPLOY_FAILED
-(`_replica_has_started`, `_terminally_failed`) and the replica is started again for as long as
-it fails. A replica that loaded the wrong file is thus never RUNNING; only one that was
-running when its files changed is marked unhealthy (`DeploymentReplica.check_health`,
-`REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD` = 3 failures in a row), as (1) shows.
+(`ray/serve/_private/replica.py`, `Replica.initialize`, called by
+`ReplicaActor.initialize_and_get_metadata`: "A new replica should not be considered healthy
+until it passes an initial health check. If an initial health check fails, consider it an
+initialization failure." `await self.check_health()`). The controller then records "A replica
+failed to start" and stops it (`deployment_state.py`, `_check_startup_replicas`:
+`record_replica_startup_failure`, `_stop_replica`); once another replica of the deployment ran,
+failures no longer count toward DEPLOY_FAILED (`check_curr_status` sets `_replica_has_started`;
+`_terminally_failed`), so Serve starts it again for as long as it fails, and `serve.run`, which
+waits for every replica, never returns (`infire.cluster.app._deploy` returns instead). A
+replica that loaded the wrong file is thus never RUNNING; only one that was running when its
+files changed is marked unhealthy (`DeploymentReplica.check_health`: 3 failures in a row,
+`REPLICA_HEALTH_CHECK_UNHEALTHY_THRESHOLD`), as (3) shows.
 """
 
 from __future__ import annotations
@@ -68,16 +73,18 @@ def _complete(port: int, prompt: str, headers: dict | None = None) -> tuple[int,
         conn.close()
 
 
-def _replace_with_other_model(path: str) -> None:
-    """Puts another model at `path` in one step (a rename): the same file with another value
-    in its last weight block's quants, so the same shape and another fingerprint."""
+def _put(path: str, source: str, other: bool) -> None:
+    """Puts the model at `source` at `path` in one step (a rename, as a store is updated), or
+    with `other` another model: the same file with another value in its last weight block's
+    quants, so the same shape and another fingerprint."""
     staged = path + ".new"
-    shutil.copyfile(path, staged)
-    with open(staged, "r+b") as f:
-        f.seek(-1, os.SEEK_END)
-        last = f.read(1)[0]
-        f.seek(-1, os.SEEK_END)
-        f.write(bytes([last ^ 0x11]))
+    shutil.copyfile(source, staged)
+    if other:
+        with open(staged, "r+b") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)[0]
+            f.seek(-1, os.SEEK_END)
+            f.write(bytes([last ^ 0x11]))
     os.replace(staged, path)
 
 
@@ -116,14 +123,14 @@ class Load:
 
 @pytest.fixture
 def stores(tmp_path, default_model_path):
-    """The head's and the worker's model stores, each holding the default model."""
+    """The head's model store, holding the default model, and the worker's, holding another."""
     head, worker = tmp_path / "head", tmp_path / "worker"
     head.mkdir()
     worker.mkdir()
     name = os.path.basename(default_model_path)
     os.symlink(default_model_path, head / name)
-    shutil.copyfile(default_model_path, worker / name)
-    return {"head": str(head), "worker": str(worker), "name": name}
+    _put(str(worker / name), default_model_path, other=True)
+    return {"head": str(head), "worker": str(worker), "name": name, "file": str(worker / name)}
 
 
 @pytest.fixture
@@ -162,7 +169,11 @@ def cluster(stores, default_model_path):
     )
     from infire.cluster import up
 
-    up(config)
+    # `up` must return although the worker's replica never starts (see the module docs).
+    deploying = threading.Thread(target=up, args=(config,), daemon=True)
+    deploying.start()
+    deploying.join(timeout=120)
+    assert not deploying.is_alive(), "cluster up did not return"
     yield {"port": port, "config": config}
     serve.shutdown()
     ray.shutdown()
@@ -181,9 +192,9 @@ def _watch(app_name: str, seen: list, until, timeout_s: float) -> None:
 
 
 def _follow_the_replacement(app_name: str) -> tuple[list, float, float]:
-    """Serve's status from the worker's file change on, until (1) it marked the replica
-    unhealthy, (2) a replacement failed to start on the deployment's fingerprint and the
-    unhealthy one is gone: (what was seen, when it was marked, when it was gone)."""
+    """Serve's status from the worker's file change on, until it marked the replica unhealthy,
+    a replacement failed to start on the deployment's fingerprint and the unhealthy one is
+    gone: (what was seen, when it was marked, when it was gone)."""
     seen: list = []
 
     def unhealthy(s):
@@ -193,11 +204,7 @@ def _follow_the_replacement(app_name: str) -> tuple[list, float, float]:
     marked = seen[-1][0]
 
     def failed_to_start(s):
-        return any(
-            "failed to start" in msg and "is not the deployment's" in msg
-            for t, _, msg, _ in s
-            if t >= marked
-        )
+        return any(t >= marked and _not_the_deployments(msg) for t, _, msg, _ in s)
 
     def gone(s):
         return [t for t, _, _, states in s if t > marked and "STOPPING" not in states]
@@ -207,40 +214,49 @@ def _follow_the_replacement(app_name: str) -> tuple[list, float, float]:
     return seen, marked, gone(seen)[0]
 
 
+def _not_the_deployments(message: str) -> bool:
+    """Serve's message of a replica that failed its first health check on the fingerprint."""
+    return "failed to start" in message and "is not the deployment's" in message
+
+
 def test_a_replica_given_another_model_file_fails_its_health_check_and_gets_no_traffic(
     cluster, stores, default_model_path
 ):
     port, app_name = cluster["port"], cluster["config"].app_name
     expected = _core.fingerprint(default_model_path)
-    replicas = {}
-    for region in ("head", "worker"):
-        status, replica, body = _complete(port, "Where?", {"x-infire-region": region})
-        assert status == 200 and body["system_fingerprint"] == expected
-        replicas[region] = replica
-    assert replicas["head"] != replicas["worker"]
-
+    # (1) `up` returned with the head's replica running and the worker's failing to start.
+    dep = serve.status().applications[app_name].deployments[DEPLOYMENT]
+    assert _not_the_deployments(dep.message) and dep.replica_states.get("RUNNING") == 1, dep
     load = Load(port)
     try:
-        time.sleep(1)
-        _replace_with_other_model(os.path.join(stores["worker"], stores["name"]))
+        time.sleep(4)
+        first = list(load.answers)
+        # (2) The deployment's file on the worker: its next start runs.
+        _put(stores["file"], default_model_path, other=False)
+        _watch(app_name, [], lambda s: s and s[-1][3] == {"RUNNING": 2}, timeout_s=45)
+        _, worker, _ = _complete(port, "Where?", {"x-infire-region": "worker"})
+        # (3) Another model under the worker's running replica.
+        _put(stores["file"], default_model_path, other=True)
         seen, marked, stopped = _follow_the_replacement(app_name)
         time.sleep(3)  # the load goes on while the replacement restarts
     finally:
         load.stop()
 
+    head = {r for _, _, r, _ in first}
+    assert len(head) == 1 and worker not in head, (head, worker)
     # Serve restarted it (a replica starting) and never ran the replacement: from the mark on,
     # the head's replica alone was running.
     after = [states for t, _, _, states in seen if t >= marked]
     assert any(s.get("STARTING", 0) == 1 for s in after), after
     assert all(s.get("RUNNING", 0) == 1 for s in after), after
     # Nothing lost: every request was answered, each by the deployment's version, and only by
-    # the two replicas that loaded it (never by a replacement that loaded the other file).
-    assert len(load.answers) == load.sent and load.sent > 0
+    # the two replicas that loaded it (never by one that loaded the other file).
+    assert len(load.answers) == load.sent and len(first) > 0
     assert all(status == 200 for _, status, _, _ in load.answers), load.answers
     assert {fp for *_, fp in load.answers} == {expected}
-    assert {r for _, _, r, _ in load.answers} <= set(replicas.values()), load.answers
+    assert {r for _, _, r, _ in load.answers} <= head | {worker}, load.answers
     # Once the unhealthy replica was gone, only the head's replica answered.
     late = [r for t, _, r, _ in load.answers if t > stopped]
-    assert late and set(late) == {replicas["head"]}, late
+    assert late and set(late) == head, late
     final = serve.status().applications[app_name].deployments[DEPLOYMENT]
     assert final.status.value == "UNHEALTHY" and final.replica_states.get("RUNNING") == 1
