@@ -61,7 +61,9 @@ class ModelSpec:
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 60.0
     startup_timeout_s: float = 600.0
-    # Starts of a replica that fails (other model files, a bad option) before Serve gives up.
+    # Failed starts (the constructor or the first health check: other model files, a bad
+    # option) before Serve gives up, while no replica of the model has run; after one has,
+    # Serve starts a failing replica again without end.
     max_constructor_retry_count: int = 3
 
     def to_dict(self) -> dict:
