@@ -1,13 +1,13 @@
 """`infire.cluster` end to end on a local Ray cluster of two simulated nodes (regions "eu" and
 "us", via `ray.cluster_utils.Cluster`), one default-model replica on each, on the CPU: answers
 equal the single-node engine's, prefix and session affinity, region preference, fingerprint
-pinning, probes, a replica with other model files gets no traffic, one trace across ingress,
-router, replica and engine (into a real OTLP receiver), and killing a node under load loses no
-accepted request. The node is killed last: the tests run in file order."""
+pinning, probes, one trace across ingress, router, replica and engine (into a real OTLP
+receiver), a rolling update, and killing a node under load loses no accepted request. The node
+is killed last: the tests run in file order. A replica given other model files:
+`test_cluster_health.py`."""
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import json
 import os
@@ -201,35 +201,6 @@ def test_pinned_fingerprints_route(cluster, default_model_path):
     other = "fp_" + "0" * 64
     status, _, answer = _post(port, "/v1/completions", body, {"x-infire-fingerprint": other})
     assert status == 400 and other in answer["error"]["message"]
-
-
-def test_replica_with_other_model_files_fails_its_checks(cluster, default_model_path, tmp_path):
-    """A replica whose files differ from the fingerprint it must serve fails when it starts
-    (Serve then never marks it running, so it takes no traffic), and a running replica whose
-    files change under it fails its health check. Run here as plain objects, in this process."""
-    from infire.cluster.replica import InfireReplica
-
-    other = tmp_path / os.path.basename(default_model_path)
-    shutil.copyfile(default_model_path, other)
-    expected = _core.fingerprint(default_model_path)
-    spec = {"name": "other", "path": str(other), "fingerprint": expected, "num_cpus": 1}
-    spec["engine"] = {"max_model_len": 256}
-    replica = InfireReplica(spec)
-    try:
-        assert replica.fingerprint == expected
-        asyncio.run(replica.check_health())
-        with open(other, "r+b") as f:
-            # Another value in the last weight block's quants: same shape, other model.
-            f.seek(-1, os.SEEK_END)
-            last = f.read(1)[0]
-            f.seek(-1, os.SEEK_END)
-            f.write(bytes([last ^ 0x11]))
-        with pytest.raises(RuntimeError, match="changed"):
-            asyncio.run(replica.check_health())
-    finally:
-        replica.stop()
-    with pytest.raises(RuntimeError, match="fingerprint"):
-        InfireReplica(spec)
 
 
 def test_one_trace_spans_ingress_router_replica_and_engine(cluster):

@@ -3,6 +3,8 @@ them, the affinity table, the first-token rule of the ingress, and the config fi
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from infire import InvalidConfigError, _core
@@ -75,6 +77,21 @@ def test_config_defaults_and_errors(default_model_path):
     for doc in bad:
         with pytest.raises(InvalidConfigError):
             from_dict(doc)
+
+
+def test_a_model_path_may_name_each_nodes_store(monkeypatch, tmp_path):
+    from infire.cluster.config import node_path
+
+    config = from_dict({"models": [{"name": "m", "path": "$STORE/m.gguf"}]})
+    # Kept as written: each node expands it with its own environment.
+    assert config.models[0].path == "$STORE/m.gguf"
+    monkeypatch.setenv("STORE", str(tmp_path))
+    assert node_path(config.models[0].path) == f"{tmp_path}/m.gguf"
+    monkeypatch.delenv("STORE")
+    with pytest.raises(InvalidConfigError, match="not set on this node"):
+        node_path(config.models[0].path)
+    relative = from_dict({"models": [{"name": "m", "path": "m.gguf"}]}).models[0].path
+    assert relative == os.path.abspath("m.gguf")
 
 
 def test_cluster_cli_reports_a_bad_config(tmp_path):

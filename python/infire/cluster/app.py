@@ -7,16 +7,20 @@ the head node so that losing a worker node loses no request in flight at the fro
 from __future__ import annotations
 
 import dataclasses
+import logging
+import threading
 
 import ray
 from ray import serve
 from ray.serve.config import RequestRouterConfig
 
 from .. import _core
-from .config import ClusterConfig, ModelSpec
+from .config import ClusterConfig, ModelSpec, node_path
 from .ingress import OpenAIIngress
 from .replica import InfireReplica
 from .router import PrefixAffinityRouter
+
+logger = logging.getLogger("infire.cluster")
 
 POW2_ROUTER = "ray.serve._private.request_router:PowerOfTwoChoicesRequestRouter"
 # Ray's own resource of the head node: a sliver of it pins the ingress there.
@@ -54,7 +58,9 @@ def pin_fingerprints(config: ClusterConfig) -> ClusterConfig:
     """``config`` with each model's fingerprint filled in from its files where it is left out
     (so every replica must load exactly the files seen here)."""
     models = [
-        m if m.fingerprint else dataclasses.replace(m, fingerprint=_core.fingerprint(m.path))
+        m
+        if m.fingerprint
+        else dataclasses.replace(m, fingerprint=_core.fingerprint(node_path(m.path)))
         for m in config.models
     ]
     return dataclasses.replace(config, models=models)
@@ -108,12 +114,56 @@ def connect(config: ClusterConfig) -> None:
 
 def up(config: ClusterConfig) -> str:
     """Connects to Ray (``config.address``; ``"local"`` starts a local cluster), deploys the
-    application and returns the ingress URL once every replica is ready."""
+    application and returns the ingress URL once every replica is ready, or once every model
+    has a ready replica while others fail to start (see ``_deploy``)."""
     connect(config)
     config = pin_fingerprints(config)
     serve.start(proxy_location="HeadOnly", http_options={"host": config.host, "port": config.port})
-    serve.run(build_app(config), name=config.app_name, route_prefix="/")
+    _deploy(config)
     return f"http://{config.host}:{config.port}"
+
+
+def _deploy(config: ClusterConfig) -> None:
+    """``serve.run`` of the application, which returns once every replica runs. A replica that
+    keeps failing to start (its node holds other model files) while another of its model runs
+    makes Serve start it again and again, and ``serve.run`` wait forever: the deployment is
+    then up, short of that replica, and ``_deploy`` says so and returns."""
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve.run(build_app(config), name=config.app_name, route_prefix="/")
+        except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name="infire-serve-run", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=1)
+        short = _failing_to_start(config)
+        if short:
+            for name, message in short.items():
+                logger.warning("infire cluster: %s runs short of replicas: %s", name, message)
+            return
+    if failed:
+        raise failed[0]
+
+
+def _failing_to_start(config: ClusterConfig) -> dict[str, str]:
+    """Each model whose replicas fail to start, with Serve's message, once every model and the
+    ingress have a running replica (else nothing: the deployment is not up yet)."""
+    app = serve.status().applications.get(config.app_name)
+    if app is None or "ingress" not in app.deployments:
+        return {}
+    deployments = [app.deployments["ingress"]]
+    deployments += [app.deployments.get(f"model-{m.name}") for m in config.models]
+    if any(d is None or d.replica_states.get("RUNNING", 0) < 1 for d in deployments):
+        return {}
+    return {
+        m.name: d.message
+        for m, d in zip(config.models, deployments[1:], strict=True)
+        if "failed to start" in d.message
+    }
 
 
 def status(config: ClusterConfig) -> dict:

@@ -12,7 +12,8 @@ otlp_traces_endpoint = "http://collector:4318"   # request traces (OTLP/HTTP); l
 
 [[models]]
 name = "smollm2"
-path = "/models/SmolLM2-135M-Instruct"   # left out: the default model
+path = "/models/SmolLM2-135M-Instruct"   # left out: the default model; "$MODELS/smollm2":
+                          # $MODELS as each node's environment sets it (nodes' own stores)
 fingerprint = "fp_..."    # left out: computed from `path` where `cluster up` runs
 num_cpus = 2              # the replica's share of the cores (engine threads)
 num_gpus = 0              # 1: one engine per GPU
@@ -60,7 +61,9 @@ class ModelSpec:
     health_check_period_s: float = 10.0
     health_check_timeout_s: float = 60.0
     startup_timeout_s: float = 600.0
-    # Starts of a replica that fails (other model files, a bad option) before Serve gives up.
+    # Failed starts (the constructor or the first health check: other model files, a bad
+    # option) before Serve gives up, while no replica of the model has run; after one has,
+    # Serve starts a failing replica again without end.
     max_constructor_retry_count: int = 3
 
     def to_dict(self) -> dict:
@@ -103,13 +106,25 @@ def _model(entry: dict, index: int) -> ModelSpec:
         from ..model_resolution import default_model_path
 
         entry["path"] = str(default_model_path())
-    entry["path"] = os.path.abspath(os.path.expanduser(entry["path"]))
+    entry["path"] = os.path.expanduser(entry["path"])
+    if not entry["path"].startswith("$"):
+        # One that starts with a variable is absolute once each node expands it.
+        entry["path"] = os.path.abspath(entry["path"])
     spec = ModelSpec(**entry)
     if spec.replicas < 1 and not spec.autoscaling:
         raise InvalidConfigError(f"{where}: replicas must be at least 1")
     if spec.num_cpus <= 0 and spec.num_gpus <= 0:
         raise InvalidConfigError(f"{where}: num_cpus or num_gpus must be positive")
     return spec
+
+
+def node_path(path: str) -> str:
+    """A model's ``path`` as this node sees it: its environment variables expanded, so that
+    nodes which keep their models in places of their own share one config."""
+    expanded = os.path.expandvars(path)
+    if "$" in expanded:
+        raise InvalidConfigError(f"model path {path}: a variable in it is not set on this node")
+    return expanded
 
 
 def from_dict(doc: dict) -> ClusterConfig:

@@ -20,6 +20,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from .. import _core
 from . import tracing
+from .config import node_path
 from .streaming import first_token_seen
 
 logger = logging.getLogger("ray.serve")
@@ -57,7 +58,7 @@ class OpenAIIngress:
         self.max_tries = int(options.get("max_tries", 3))
         self.first_token_timeout_s = float(options.get("first_token_timeout_s", 120.0))
         # Tokenizers for the routing keys only: the replicas tokenize again for themselves.
-        self.tokenizers = {name: load_tokenizer(m["path"]) for name, m in models.items()}
+        self.tokenizers = {name: load_tokenizer(node_path(m["path"])) for name, m in models.items()}
         self.counts = {"accepted": 0, "completed": 0, "failed": 0, "retried": 0, "cut": 0}
         self.tracer = tracing.setup(options.get("otlp_traces_endpoint"), "infire-ingress")
 

@@ -4,9 +4,11 @@ server's, byte for byte) as a child process on a local port, with ``RAYON_NUM_TH
 the replica's CPU share, and forwards the ingress's requests to it.
 
 Health: Ray calls ``check_health`` periodically; it fails when the child exited, when the model
-files on disk no longer have the expected fingerprint, or when a one-token generation does not
-complete in time (forward progress, not just a live process). A replica whose model has another
-fingerprint than the deployment expects fails in its constructor and never takes traffic.
+it loaded or the model files on disk have another fingerprint than the deployment's, or when a
+one-token generation does not complete in time (forward progress, not just a live process).
+Serve also calls it once after the constructor, before the replica takes any traffic, and counts
+a failure there as a failed start: a replica that loaded other files constructs, fails that
+first check, is stopped and started again, and never serves a request.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import ray
 
 from .. import _core
 from . import tracing
+from .config import node_path
 
 # How long the child may take to load its model.
 STARTUP_TIMEOUT_S = 600.0
@@ -95,7 +98,10 @@ class InfireReplica:
         self.name = spec["name"]
         self.region = node_region()
         self.replica_id = _replica_id()
-        self.path = spec["path"]
+        # The files this node holds under the model's path, and the fingerprint the deployment
+        # expects of them (pinned where `cluster up` ran).
+        self.path = node_path(spec["path"])
+        self.expected = spec.get("fingerprint")
         self.port = _free_port()
         self._trace_url = tracing.endpoint_url(spec.get("otlp_traces_endpoint"))
         self._tracer = tracing.setup(self._trace_url, "infire-replica")
@@ -105,13 +111,6 @@ class InfireReplica:
         self._wait_ready()
         status, models = _get_json(f"{self.base}/v1/models")
         self.fingerprint = models["data"][0]["fingerprint"]
-        expected = spec.get("fingerprint")
-        if expected and self.fingerprint != expected:
-            self.stop()
-            raise RuntimeError(
-                f"model {self.name!r} at {self.path}: fingerprint {self.fingerprint} is not "
-                f"the expected {expected}; this replica serves nothing"
-            )
         self._session: aiohttp.ClientSession | None = None
 
     def _start_child(self) -> subprocess.Popen:
@@ -171,10 +170,16 @@ class InfireReplica:
         return self._session
 
     async def check_health(self) -> None:
-        """Raises unless the server runs, the model files still have the fingerprint it
-        loaded, and a one-token generation completes."""
+        """Raises unless the server runs, the model it loaded is the deployment's, the files
+        still have the fingerprint it loaded (a restart would load them), and a one-token
+        generation completes."""
         if self._proc.poll() is not None:
             raise RuntimeError(f"the Infire server exited {self._proc.returncode}")
+        if self.expected and self.fingerprint != self.expected:
+            raise RuntimeError(
+                f"model {self.name!r} at {self.path}: fingerprint {self.fingerprint} is not "
+                f"the deployment's {self.expected}; this replica serves nothing"
+            )
         on_disk = await asyncio.to_thread(_core.fingerprint, self.path)
         if on_disk != self.fingerprint:
             raise RuntimeError(
