@@ -14,7 +14,8 @@ inputs, outputs poisoned with NaN first.
 - the tensor-core FP8 GEMVs (gemv_fp8_mma.cu, sm_89+), 1..8 rows: the same reference and bounds.
   Their products take the input rounded to f16, which is exact for every bf16 or f16 value in
   f16's normal range (bf16 has fewer significand bits), so only the summation order differs
-  again; an input beyond f16's range takes the f32 path for its chunk (tested on its own).
+  again; a chunk with an input beyond f16's range is scaled per row by a power of two (tested
+  on its own).
 """
 
 from __future__ import annotations
@@ -224,8 +225,9 @@ def expected_output(case, prologue, epilogue, rows, w):
 @pytest.mark.parametrize(("prologue", "epilogue"), GEMV_VARIANTS, ids="-".join)
 @pytest.mark.parametrize("rows", [1, 5])
 def test_gemv_fp8_mma_input_beyond_f16(layout, prologue, epilogue, rows):
-    """A bf16 input over 65504 in one chunk of one row: that chunk takes the f32 path (f16
-    would make it inf, and the output inf or NaN); the other chunks stay on the tensor cores."""
+    """A bf16 input over 65504 in one chunk of one row: that row's part of the chunk is scaled
+    down by a power of two and its sums back up (unscaled, f16 would make it inf and the output
+    inf or NaN); the other rows and chunks are unaffected."""
     needs_fp8_conversion()
     n, k, cols_per_cta = 1024, 4096, 32
     codes = random_codes(n, k)

@@ -9,37 +9,35 @@
 // 64 and scol_shift >= 6 (one scale per row, or 128-column blocks), so that a 64-wide chunk of
 // k never straddles a scale block; the host sends other matrices to gemv.cu.
 //
-// The product: mma.sync m16n8k16 (f16 inputs, f32 sums) with 16 rows of W as the A operand
-// and the (up to 8) activation rows as B's 8 columns, B's columns past `rows` zero. The codes
-// become f16 with one cvt.rn.f16x2.e4m3x2 per two (exact: every e4m3 value is an f16). k is
-// permuted inside each 64-wide chunk so that a thread's loads are 16-byte vectors: lane
-// (g = lane / 4, q = lane % 4) loads W[r + g, kb + 16q .. +16] and W[r + g + 8, ...]; its
-// A fragment for mma step j (0..3) is bytes 4j, 4j+1 (a0 a1: row g; a2 a3: row g+8) and bytes
-// 4j+2, 4j+3 (a4 a5, a6 a7) of those vectors, and its B fragment is elements 4j, 4j+1 (b0 b1)
-// and 4j+2, 4j+3 (b2 b3) of xin[g, kb + 16q .. +16]: the PTX ISA's fragment rows/columns
-// 2q, 2q+1 and 2q+8, 2q+9 of step j are physical k = kb + 16q + 4j + {0, 1} and {2, 3}, for A
-// and B alike. So a lane reads xin for one activation row (its B column g) over the same 16 k
-// as its weights, and the prologue (gemv.cu's load_input, same roundings) runs once per 16 k
-// per lane for MT x 16 rows of W.
+// The product: mma.sync m16n8k16 (f16 inputs, f32 sums), 16 rows of W as A and the (up to 8)
+// activation rows as B's 8 columns (zero past `rows`); the codes become f16 by one
+// cvt.rn.f16x2.e4m3x2 per two (exact). k is permuted inside each 64-wide chunk kb so that a
+// lane's operands are its own 16-byte loads: lane (g = lane / 4, q = lane % 4) loads W[r + g,
+// kb + 16q .. +16] and W[r + g + 8, ..]; for mma step j (0..3) its A fragment is bytes 4j, 4j+1
+// (a0 a1: row g; a2 a3: row g+8) and 4j+2, 4j+3 (a4 a5, a6 a7) of them, and its B fragment
+// elements 4j, 4j+1 (b0 b1) and 4j+2, 4j+3 (b2 b3) of xin[g, kb + 16q .. +16]: the PTX ISA's
+// fragment columns 2q, 2q+1 and 2q+8, 2q+9 of step j are k = kb + 16q + 4j + {0, 1} and
+// {2, 3}, for A and B alike. A lane thus runs the prologue (gemv.cu's, same roundings) for one
+// activation row over its own 16 k, once for MT x 16 rows of W.
 //
-// f16 range: xin is rounded to f16 for the mma (relative 2^-11, finer than bf16's 2^-8). A
-// bf16 input may exceed f16's 65504: a warp whose chunk holds such a value (checked after the
-// prologue, warp-uniform through __any_sync) takes that chunk through gemv.cu's f32 path
-// instead (e4m3_raw products with x in f32, summed across the 4 lanes of a row), so no input
-// overflows; f16 inputs fit by construction.
+// f16 range: xin is rounded to f16, exact for every bf16 or f16 value in f16's normal range.
+// A bf16 input may exceed 65504: when a lane's chunk does (warp-uniform, __any_sync), each
+// activation row's part of that chunk is taken times 2^-e (e >= 0, its chunk maximum then
+// under 2^15; a power of two: exact but for values 2^40 below that maximum, which fall into
+// f16's subnormals) and the row's sums times 2^e. f16 inputs fit by construction.
 //
-// Scales: each chunk's mma sums land in a fresh f32 fragment, added to the accumulator times
-// the scale of (row, chunk) (C fragment rows g, g+8; columns 2q, 2q+1 = activation rows).
+// Scales: each chunk's sums land in a fresh f32 fragment, added to the accumulator times the
+// (row, chunk) scale (C fragment rows g, g+8; columns 2q, 2q+1 are activation rows).
 //
-// Work split: a CTA owns `cols_per_cta` consecutive output columns (a multiple of TILE = 16 MT
-// rows of W; with silu each 16-row mma tile is 8 gate rows then the 8 matching up rows, so
-// C rows g and g + 8 are gate j and up j). For each TILE of rows, the K / 64 chunks are dealt
-// round-robin to the 8 warps (every warp takes the same number of steps, some empty, so the
-// CTA's barriers line up), the warps' fragments are summed in shared memory and one thread per
-// (row, activation row) applies the epilogue. Each warp keeps U chunks of W in flight (2 KB
-// each at MT = 2: 32 KB a CTA) and issues the next chunk's loads before it uses the current
-// one; the first loads go before pdl_begin(), as in gemv.cu (W and its scales are written once,
-// at load). The host sizes cols_per_cta for one wave.
+// Work split: a CTA owns `cols_per_cta` consecutive outputs, a multiple of TILE = 16 MT rows of
+// W (with silu each 16-row mma tile is 8 gate rows then the 8 matching up rows: C rows g and
+// g + 8 are gate j and up j). Each TILE's K / 64 chunks are dealt round-robin to the 8 warps
+// (each takes the same number of steps, some empty, so the CTA's barriers line up), then the
+// warps' fragments are summed in shared memory and one thread per (row, activation row) runs
+// the epilogue. A warp refills each of its U chunk slots (2 KB at MT = 2) as soon as it has
+// used it, the next tile's first chunks before a tile's reduction, so 16-32 KB a CTA are in
+// flight; the first loads go before pdl_begin(), as in gemv.cu (W and its scales are written
+// once, at load). The host sizes cols_per_cta for one wave.
 //
 // Launch: grid = ceil(N / cols_per_cta), block = GEMV_THREADS (256); 1 <= rows <= 8.
 // Numerics: exact products, f32 sums (the tensor cores' order within a chunk, then per chunk).
@@ -122,22 +120,23 @@ __device__ __forceinline__ int tile_row(int c0, int i, int n, int col_end) {
     return (i & 8) ? n / 2 + j : j;
 }
 
-// The B fragment source of lane (g, q) for the chunk at kb: xin[g, kb + 16q .. +16] as 8 f16x2
-// (zeros for g >= rows); returns whether some value is beyond f16's range.
+// The B fragment source of lane (g, q) for the chunk at kb: xin[g, kb + 16q .. +16] times
+// `mul` as 8 f16x2 (zeros for g >= rows). Returns the largest |xin| (before `mul`) with bf16
+// inputs, 0 with f16 ones (they are f16 values).
 template <int PRO>
-__device__ __forceinline__ bool load_b(const T* __restrict__ x, const T* __restrict__ nw,
-                                       int g, int rows, int k, int k0, float inv_rms,
-                                       unsigned (&b)[8]) {
+__device__ __forceinline__ float load_b(const T* __restrict__ x, const T* __restrict__ nw,
+                                        int g, int rows, int k, int k0, float inv_rms, float mul,
+                                        unsigned (&b)[8]) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) b[i] = 0u;
-    if (g >= rows) return false;
+    if (g >= rows) return 0.0f;
 #ifdef INFIRE_DTYPE_F16
     if (PRO == PRO_PLAIN) {  // already f16, bit for bit
         const T* xg = x + (long long)g * k + k0;
         const Vec lo = load_vec(xg), hi = load_vec(xg + VEC);
         b[0] = lo.x, b[1] = lo.y, b[2] = lo.z, b[3] = lo.w;
         b[4] = hi.x, b[5] = hi.y, b[6] = hi.z, b[7] = hi.w;
-        return false;
+        return 0.0f;
     }
 #endif
     float f[2][VEC];
@@ -148,45 +147,18 @@ __device__ __forceinline__ bool load_b(const T* __restrict__ x, const T* __restr
     for (int i = 0; i < 8; ++i) {
         const float lo = f[i / 4][(2 * i) % VEC], hi = f[i / 4][(2 * i + 1) % VEC];
         amax = fmaxf(amax, fmaxf(fabsf(lo), fabsf(hi)));
-        b[i] = f16x2(lo, hi);
+        b[i] = f16x2(lo * mul, hi * mul);
     }
 #ifdef INFIRE_DTYPE_F16
-    return false;  // T values are f16 values: the rounding above is exact, inf stays inf
+    return 0.0f;
 #else
-    return !(amax <= 65504.0f);  // NaN too: the f32 path then gives gemv.cu's NaN
+    return amax;
 #endif
 }
 
-// The chunk's sums in C-fragment layout, the f32 way (gemv.cu's e4m3_raw products): for a
-// chunk with an input beyond f16's range. Lane (g, q) sums its two rows of each mma tile over
-// its 16 k for every activation row, the 4 lanes of a row add theirs, and lane q keeps the
-// columns 2q, 2q+1 its fragment holds. Not inlined: its registers would otherwise count
-// against the main loop's (the inlined kernel spilled at 128 registers; the call, taken only
-// for such chunks, passes the weights through the stack).
-template <int PRO>
-__device__ __noinline__ void chunk_f32(const Vec (&w)[MT][2], const T* __restrict__ x,
-                                       const T* __restrict__ nw, int rows, int k, int k0,
-                                       const float* inv_rms, int q, float (&tmp)[MT][4]) {
-    for (int m = 0; m < MMA_ROWS && m < rows; ++m) {  // rows is uniform: no divergence
-        float f[2][VEC];
-        load_input<PRO>(x, nw, m, k, k0, inv_rms[m], f[0]);
-        load_input<PRO>(x, nw, m, k, k0 + VEC, inv_rms[m], f[1]);
-#pragma unroll
-        for (int t = 0; t < MT; ++t)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const unsigned words[4] = {w[t][h].x, w[t][h].y, w[t][h].z, w[t][h].w};
-                float s = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 16; ++i)
-                    s += e4m3_raw((words[i / 4] >> (8 * (i % 4))) & 0xffu) * f[i / 8][i % 8];
-                s += __shfl_xor_sync(0xffffffffu, s, 1);
-                s += __shfl_xor_sync(0xffffffffu, s, 2);
-                s *= E4M3_RAW_SCALE;
-                if (m == 2 * q) tmp[t][2 * h] = s;
-                if (m == 2 * q + 1) tmp[t][2 * h + 1] = s;
-            }
-    }
+// 2^e as a float, -126 <= e <= 127.
+__device__ __forceinline__ float exp2i(int e) {
+    return __uint_as_float((unsigned)(127 + e) << 23);
 }
 
 // The chunk's sums on the tensor cores: 4 mma steps per 16-row tile (see the header).
@@ -230,49 +202,12 @@ __device__ __forceinline__ void store_out(void* __restrict__ out, const T* __res
         static_cast<T*>(out)[o] = from_float(s);
 }
 
-template <int PRO, int EPI>
-__device__ __forceinline__ void gemv_fp8_mma(const unsigned char* __restrict__ W, WScales ws,
-                                             const T* __restrict__ x,
-                                             const T* __restrict__ nw,
-                                             const T* __restrict__ bias, void* __restrict__ out,
-                                             int rows, int n, int k, int cols_per_cta,
-                                             float eps) {
-    __shared__ float s_part[GEMV_WARPS][MMA_ROWS];
-    __shared__ float s_inv_rms[MMA_ROWS];
-    // [parity][warp][tile row][activation rows 2p, 2p + 1]: the warps' C fragments.
-    __shared__ float2 s_red[2][GEMV_WARPS][TILE][MMA_ROWS / 2];
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
-    const int col0 = blockIdx.x * cols_per_cta;
-    const int col_end = min(col0 + cols_per_cta, n);
-    if (col0 >= col_end) return;
-    const int chunks = k / CHUNK;
-    const int steps_per_tile = (chunks + GEMV_WARPS - 1) / GEMV_WARPS;
-    const int steps = (col_end - col0 + TILE - 1) / TILE * steps_per_tile;
-
-    // Chunk (step s) of this warp in slot u: rows g, g + 8 of each mma tile, and their scales.
-    Vec w[U][MT][2];
-    float sc[U][MT][2];
-    auto load_w = [&](int u, int s) {
-        const int c0 = col0 + s / steps_per_tile * TILE;
-        const int chunk = warp + GEMV_WARPS * (s % steps_per_tile);
-        const int kb = chunk * CHUNK;
-        const bool live = s < steps && chunk < chunks;
-#pragma unroll
-        for (int t = 0; t < MT; ++t)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = live ? tile_row<EPI>(c0, 16 * t + 8 * h + g, n, col_end) : -1;
-                w[u][t][h] = r >= 0 ? load_stream(W + (long long)r * k + kb + 16 * q)
-                                    : make_uint4(0, 0, 0, 0);
-                sc[u][t][h] = r >= 0 ? __ldg(ws.s + (r >> ws.srow_shift) * ws.s_ld +
-                                             (kb >> ws.scol_shift))
-                                     : 0.0f;
-            }
-    };
-#pragma unroll
-    for (int u = 0; u < U; ++u) load_w(u, u);  // they depend on no kernel: before the wait
-    pdl_begin();
-
+// 1 / rms of each activation row into s_inv_rms (1 without the norm prologue), as gemv.cu.
+template <int PRO>
+__device__ __forceinline__ void inv_rms_rows(const T* __restrict__ x, int rows, int k, float eps,
+                                             float (&s_part)[GEMV_WARPS][MMA_ROWS],
+                                             float* s_inv_rms) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     if (tid < MMA_ROWS) s_inv_rms[tid] = 1.0f;
     if (PRO == PRO_NORM) {
         float ss[MMA_ROWS];
@@ -303,6 +238,133 @@ __device__ __forceinline__ void gemv_fp8_mma(const unsigned char* __restrict__ W
         }
     }
     __syncthreads();
+}
+
+// The tile at c0 done: the warps' fragments summed in shared memory (s_red, this parity's
+// half), then one thread per (tile row, activation row) applies the epilogue; with silu, the
+// gate rows' threads, each with its up row.
+template <int EPI>
+__device__ __forceinline__ void finish_tile(float2 (&s_red)[GEMV_WARPS][TILE][MMA_ROWS / 2],
+                                            float (&acc)[MT][4], const T* __restrict__ bias,
+                                            void* __restrict__ out, int rows, int n, int c0,
+                                            int col_end) {
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, q = lane & 3;
+#pragma unroll
+    for (int t = 0; t < MT; ++t) {
+        s_red[warp][16 * t + g][q] = make_float2(acc[t][0], acc[t][1]);
+        s_red[warp][16 * t + g + 8][q] = make_float2(acc[t][2], acc[t][3]);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+    }
+    __syncthreads();
+    for (int e = tid; e < TILE * MMA_ROWS; e += GEMV_THREADS) {
+        const int i = e / MMA_ROWS, m = e % MMA_ROWS;
+        if (m >= rows || (EPI == EPI_SILU && (i & 8))) continue;
+        const int col = EPI == EPI_SILU ? c0 / 2 + (i / 16) * 8 + (i & 7) : c0 + i;
+        if ((EPI == EPI_SILU ? 2 * col : col) >= col_end) continue;
+        float sum = 0.0f, up = 0.0f;
+#pragma unroll
+        for (int v = 0; v < GEMV_WARPS; ++v) {
+            sum += reinterpret_cast<const float*>(s_red[v][i])[m];
+            if (EPI == EPI_SILU) up += reinterpret_cast<const float*>(s_red[v][i + 8])[m];
+        }
+        store_out<EPI>(out, bias, m, n, col, sum, up);
+    }
+}
+
+// The chunk's sums (fresh fragments) for lane (g, q): xin through the prologue as B, the
+// weights w as A; a chunk with an input beyond f16's range is scaled per row (see the header).
+template <int PRO>
+__device__ __forceinline__ void chunk_sums(const Vec (&w)[MT][2], const T* __restrict__ x,
+                                           const T* __restrict__ nw, int g, int q, int rows,
+                                           int k, int k0, float inv_rms, float (&tmp)[MT][4]) {
+#pragma unroll
+    for (int t = 0; t < MT; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) tmp[t][i] = 0.0f;
+    unsigned b[8];
+    const float amax = load_b<PRO>(x, nw, g, rows, k, k0, inv_rms, 1.0f, b);
+    const bool wide = __any_sync(0xffffffffu, !(amax <= 65504.0f));
+    int e = 0;  // this lane's row: its inputs times 2^-e
+    if (wide) {
+        float rmax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, 1));
+        rmax = fmaxf(rmax, __shfl_xor_sync(0xffffffffu, rmax, 2));
+        // rmax < 2^(E - 126) for its biased exponent E: e = E - 141 puts it under 2^15.
+        e = max(0, (int)((__float_as_uint(rmax) >> 23) & 0xffu) - 141);
+        load_b<PRO>(x, nw, g, rows, k, k0, inv_rms, exp2i(-e), b);
+    }
+    chunk_mma(w, b, tmp);
+    if (wide) {  // C columns 2q, 2q + 1 are the rows of lanes 8q and 8q + 4
+        const float e0 = exp2i(__shfl_sync(0xffffffffu, e, 8 * q));
+        const float e1 = exp2i(__shfl_sync(0xffffffffu, e, 8 * q + 4));
+#pragma unroll
+        for (int t = 0; t < MT; ++t) {
+            tmp[t][0] *= e0, tmp[t][2] *= e0;
+            tmp[t][1] *= e1, tmp[t][3] *= e1;
+        }
+    }
+}
+
+template <int PRO, int EPI>
+__device__ __forceinline__ void gemv_fp8_mma(const unsigned char* __restrict__ W, WScales ws,
+                                             const T* __restrict__ x,
+                                             const T* __restrict__ nw,
+                                             const T* __restrict__ bias, void* __restrict__ out,
+                                             int rows, int n, int k, int cols_per_cta,
+                                             float eps) {
+    __shared__ float s_part[GEMV_WARPS][MMA_ROWS];
+    __shared__ float s_inv_rms[MMA_ROWS];
+    // [parity][warp][tile row][activation rows 2p, 2p + 1]: the warps' C fragments.
+    __shared__ float2 s_red[2][GEMV_WARPS][TILE][MMA_ROWS / 2];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+    const int col0 = blockIdx.x * cols_per_cta;
+    const int col_end = min(col0 + cols_per_cta, n);
+    if (col0 >= col_end) return;
+    const int chunks = k / CHUNK;
+    const int steps_per_tile = (chunks + GEMV_WARPS - 1) / GEMV_WARPS;
+
+    // Loads run U steps ahead of the products: the load cursor is (tile lc0, step li), and the
+    // lane's rows of that tile start at wp (W) and sp (their scales). A row past the CTA's
+    // columns reads the CTA's first row instead: its sums are never stored, and a C row
+    // depends on its A row alone, so the loads need no predicate and no zeros.
+    Vec w[U][MT][2] = {};
+    float sc[U][MT][2] = {};
+    const unsigned char* wp[MT][2];
+    const float* sp[MT][2];
+    int lc0 = col0, li = 0;
+    auto set_rows = [&]() {
+#pragma unroll
+        for (int t = 0; t < MT; ++t)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                int r = tile_row<EPI>(lc0, 16 * t + 8 * h + g, n, col_end);
+                r = r >= 0 ? r : tile_row<EPI>(col0, 0, n, col_end);
+                wp[t][h] = W + (long long)r * k + 16 * q;
+                sp[t][h] = ws.s + (r >> ws.srow_shift) * ws.s_ld;
+            }
+    };
+    auto load_w = [&](int u) {  // the cursor's chunk into slot u, then the cursor one step on
+        const int chunk = warp + GEMV_WARPS * li, kb = chunk * CHUNK;
+        if (chunk < chunks && lc0 < col_end) {  // warp-uniform
+#pragma unroll
+            for (int t = 0; t < MT; ++t)
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                    w[u][t][h] = load_stream(wp[t][h] + kb);
+                    sc[u][t][h] = __ldg(sp[t][h] + (kb >> ws.scol_shift));
+                }
+        }
+        if (++li == steps_per_tile) {
+            li = 0;
+            lc0 += TILE;
+            set_rows();
+        }
+    };
+    set_rows();
+#pragma unroll
+    for (int u = 0; u < U; ++u) load_w(u);  // they depend on no kernel: before the wait
+    pdl_begin();
+    inv_rms_rows<PRO>(x, rows, k, eps, s_part, s_inv_rms);
     const float inv_rms = s_inv_rms[g < rows ? g : 0];
 
     float acc[MT][4];
@@ -310,58 +372,26 @@ __device__ __forceinline__ void gemv_fp8_mma(const unsigned char* __restrict__ W
     for (int t = 0; t < MT; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
-    int parity = 0;
-    for (int s0 = 0; s0 < steps; s0 += U) {
+    int c0 = col0, i = 0, parity = 0;  // the products' cursor
+    while (c0 < col_end) {
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            const int s = s0 + u;
-            if (s >= steps) break;  // the same for every thread of the CTA
-            const int chunk = warp + GEMV_WARPS * (s % steps_per_tile);
+            if (c0 >= col_end) break;  // the same for every thread of the CTA
+            const int chunk = warp + GEMV_WARPS * i;
             if (chunk < chunks) {  // warp-uniform
-                const int k0 = chunk * CHUNK + 16 * q;
                 float tmp[MT][4];
+                chunk_sums<PRO>(w[u], x, nw, g, q, rows, k, chunk * CHUNK + 16 * q, inv_rms,
+                                tmp);
 #pragma unroll
                 for (int t = 0; t < MT; ++t)
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) tmp[t][i] = 0.0f;
-                unsigned b[8];
-                const bool wide = load_b<PRO>(x, nw, g, rows, k, k0, inv_rms, b);
-                if (__any_sync(0xffffffffu, wide))
-                    chunk_f32<PRO>(w[u], x, nw, rows, k, k0, s_inv_rms, q, tmp);
-                else
-                    chunk_mma(w[u], b, tmp);
-#pragma unroll
-                for (int t = 0; t < MT; ++t)
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) acc[t][i] += tmp[t][i] * sc[u][t][i / 2];
+                    for (int j = 0; j < 4; ++j) acc[t][j] += tmp[t][j] * sc[u][t][j / 2];
             }
-            load_w(u, s + U);  // the chunk U steps on, before this tile's reduction
-            if (s % steps_per_tile == steps_per_tile - 1) {
-                const int c0 = col0 + s / steps_per_tile * TILE;
-#pragma unroll
-                for (int t = 0; t < MT; ++t) {
-                    s_red[parity][warp][16 * t + g][q] = make_float2(acc[t][0], acc[t][1]);
-                    s_red[parity][warp][16 * t + g + 8][q] = make_float2(acc[t][2], acc[t][3]);
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
-                }
-                __syncthreads();
-                // Thread (tile row i, activation row m); with silu, the gate rows' threads.
-                for (int e = tid; e < TILE * MMA_ROWS; e += GEMV_THREADS) {
-                    const int i = e / MMA_ROWS, m = e % MMA_ROWS;
-                    if (m >= rows || (EPI == EPI_SILU && (i & 8))) continue;
-                    const int col = EPI == EPI_SILU ? c0 / 2 + (i / 16) * 8 + (i & 7) : c0 + i;
-                    if ((EPI == EPI_SILU ? 2 * col : col) >= col_end) continue;
-                    float sum = 0.0f, up = 0.0f;
-#pragma unroll
-                    for (int v = 0; v < GEMV_WARPS; ++v) {
-                        const float* r = reinterpret_cast<const float*>(s_red[parity][v][i]);
-                        sum += r[m];
-                        if (EPI == EPI_SILU)
-                            up += reinterpret_cast<const float*>(s_red[parity][v][i + 8])[m];
-                    }
-                    store_out<EPI>(out, bias, m, n, col, sum, up);
-                }
+            load_w(u);  // U steps on, before this tile's reduction
+            if (++i == steps_per_tile) {
+                finish_tile<EPI>(s_red[parity], acc, bias, out, rows, n, c0, col_end);
+                i = 0;
+                c0 += TILE;
                 parity ^= 1;
             }
         }
