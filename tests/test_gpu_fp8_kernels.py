@@ -11,6 +11,11 @@ inputs, outputs poisoned with NaN first.
   fuse the last multiply and the add).
 - the FP8 GEMVs: against the fp64 product with the dequantized weights, within the dense GEMV's
   bounds (REL_TOL; the inputs and products are the same, only the summation order differs).
+- the tensor-core FP8 GEMVs (gemv_fp8_mma.cu, sm_89+), 1..8 rows: the same reference and bounds.
+  Their products take the input rounded to f16, which is exact for every bf16 or f16 value in
+  f16's normal range (bf16 has fewer significand bits), so only the summation order differs
+  again; a chunk with an input beyond f16's range is scaled per row by a power of two (tested
+  on its own).
 """
 
 from __future__ import annotations
@@ -31,9 +36,11 @@ from test_gpu_kernels import (  # noqa: E402  (after the importorskips, as that 
     GEMV_VARIANTS,
     NULL,
     gemv_case,
+    gemv_input_reference,
     i32,
     nan_like,
     run,
+    silu_mul_reference,
 )
 
 E4M3_MAX = 448.0
@@ -159,4 +166,81 @@ def test_gemv_fp8(dtype, layout, prologue, epilogue, n, k, cols_per_cta):
     func = f"gemv_{prologue}_{epilogue}_fp8_m1"
     args = (codes, s, i32(rs), i32(cs), i32(ld), *case.inputs(rows, n, k, cols_per_cta))
     run("gemv", func, grid, 256, *args, dtype=dtype)
+    case.check(rows)
+
+
+def needs_fp8_conversion():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("gemv_fp8_mma.cu needs sm_89+ (the engine uses gemv.cu's kernels there)")
+
+
+# The rows of W a CTA takes at a time (TILE in gemv_fp8_mma.cu): cols_per_cta is a multiple.
+MMA_TILE = 32
+
+
+def run_gemv_fp8_mma(dtype, prologue, epilogue, rows, codes, layout, case, cols_per_cta):
+    n, k = codes.shape
+    s, _, rs, cs, ld = layout
+    grid = math.ceil(n / cols_per_cta)
+    func = f"gemv_{prologue}_{epilogue}_fp8mma"
+    args = (codes, s, i32(rs), i32(cs), i32(ld), *case.inputs(rows, n, k, cols_per_cta))
+    run("gemv_fp8_mma", func, grid, 256, *args, dtype=dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["row", "block"])
+@pytest.mark.parametrize(("prologue", "epilogue"), GEMV_VARIANTS, ids="-".join)
+@pytest.mark.parametrize("rows", [1, 2, 5, 8])
+@pytest.mark.parametrize(
+    ("n", "k", "cols_per_cta"),
+    # test_gemv_fp8's shapes with k in whole 64-column chunks (2112: not a multiple of 128, a
+    # partial scale block; 64: one chunk, seven warps without work), n not a multiple of the
+    # tile, and Llama-3-8B's fused gate_up (28672 x 4096) with the engine's split (132 SMs x 2).
+    [(37, 64, 32), (1003, 2112, 64), (4096, 4096, 32), (520, 14336, 32), (28672, 4096, 128)],
+)
+def test_gemv_fp8_mma(dtype, layout, prologue, epilogue, rows, n, k, cols_per_cta):
+    needs_fp8_conversion()
+    if epilogue == "silu":
+        n -= n % 4
+    codes = random_codes(n, k)
+    scales = scale_layout(n, k, layout)
+    case = gemv_case(dtype, prologue, epilogue, rows, dequantize_reference(codes, scales[1]))
+    run_gemv_fp8_mma(dtype, prologue, epilogue, rows, codes, scales, case, cols_per_cta)
+    case.check(rows)
+
+
+def expected_output(case, prologue, epilogue, rows, w):
+    """gemv_case's expected output, for its inputs as they are now."""
+    t = DTYPES[case.dtype]
+    acc = gemv_input_reference(prologue, case.x[:rows], case.nw, case.eps).double()
+    acc = acc @ w.double().T
+    if epilogue == "add":
+        return (case.before[:rows].double() + acc.to(t).double()).to(t)
+    if epilogue == "silu":
+        return silu_mul_reference(acc.to(t))
+    return acc + case.bias.double()
+
+
+@pytest.mark.parametrize("layout", ["row", "block"])
+@pytest.mark.parametrize(("prologue", "epilogue"), GEMV_VARIANTS, ids="-".join)
+@pytest.mark.parametrize("rows", [1, 5])
+def test_gemv_fp8_mma_input_beyond_f16(layout, prologue, epilogue, rows):
+    """A bf16 input over 65504 in one chunk of one row: that row's part of the chunk is scaled
+    down by a power of two and its sums back up (unscaled, f16 would make it inf and the output
+    inf or NaN); the other rows and chunks are unaffected."""
+    needs_fp8_conversion()
+    n, k, cols_per_cta = 1024, 4096, 32
+    codes = random_codes(n, k)
+    scales = scale_layout(n, k, layout)
+    w = dequantize_reference(codes, scales[1])
+    case = gemv_case("bfloat16", prologue, epilogue, rows, w)
+    row, col = rows - 1, 1000
+    if prologue == "plain":
+        case.x[row, col] = 7e4
+    else:  # xin = round(round(x * r) * nw): about 50 / 2 * 3e5
+        case.x[row, col] = 50.0
+        case.nw[col] = 3e5
+    assert gemv_input_reference(prologue, case.x[:rows], case.nw, case.eps).abs().max() > 65504
+    case = case._replace(expected=expected_output(case, prologue, epilogue, rows, w))
+    run_gemv_fp8_mma("bfloat16", prologue, epilogue, rows, codes, scales, case, cols_per_cta)
     case.check(rows)

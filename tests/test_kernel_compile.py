@@ -1,6 +1,7 @@
 """Every CUDA kernel compiles with NVRTC, as the engine compiles it, for Hopper (sm_90a) and
-Ampere (sm_80), bf16 and f16, and several model shapes. Needs no GPU: NVRTC and the CUDA
-headers come from the `nvidia-cuda-nvrtc` and `nvidia-cuda-runtime` wheels."""
+Ampere (sm_80), bf16 and f16, and several model shapes; those that need a newer GPU
+(gemv_fp8_mma: sm_89) for it, and fail with a clear error for older ones. Needs no GPU: NVRTC
+and the CUDA headers come from the `nvidia-cuda-nvrtc` and `nvidia-cuda-runtime` wheels."""
 
 import re
 
@@ -19,6 +20,7 @@ KERNEL_FILES = {
     "decode_attention",
     "prefill_attention",
     "gemv",
+    "gemv_fp8_mma",
 }
 
 # gemv.cu's entry points come from a macro: gemv_<input>_<output>_m<rows>.
@@ -34,17 +36,24 @@ GEMV_ENTRIES = [
     )
 ]
 
+# gemv_fp8_mma.cu's: gemv_<input>_<output>_fp8mma, the same variants.
+GEMV_FP8_MMA_ENTRIES = [e.replace("_m1", "_fp8mma") for e in GEMV_ENTRIES]
+
+# Kernel files that need a newer GPU than sm_80, and the oldest arch they compile for.
+MIN_ARCH = {"gemv_fp8_mma": "sm_89"}
+
 # (HEAD_DIM, NUM_HEADS, NUM_KV_HEADS): Llama-3-8B (GQA 4), SmolLM2-135M (head_dim 64, GQA 3),
 # MHA, GQA 8 with head_dim 64, GQA 16, and GQA 32 (decode attention's two head tiles).
 SHAPES = [(128, 32, 8), (64, 9, 3), (128, 32, 32), (64, 32, 4), (128, 64, 4), (64, 32, 1)]
 
 # Kernels that read global memory before their wait: decode attention gathers the K/V that
-# earlier steps wrote while the RoPE kernel before it runs (decode_attention.cu).
-EARLY_READERS = {"decode_attention"} | {
-    f"gemv_{p}_{e}_fp8_m1"
-    for p, e in [("plain", "store"), ("plain", "f32"), ("plain", "add")]
-    + [("norm", "store"), ("norm", "f32"), ("norm", "silu")]
-}
+# earlier steps wrote while the RoPE kernel before it runs (decode_attention.cu); the FP8 GEMVs
+# read their weights' scales, written once at load.
+EARLY_READERS = (
+    {"decode_attention"}
+    | {e.replace("_m1", "_fp8_m1") for e in GEMV_ENTRIES}
+    | set(GEMV_FP8_MMA_ENTRIES)
+)
 
 ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)')
 
@@ -56,6 +65,8 @@ def test_every_kernel_file_is_embedded():
 def kernel_functions(name: str) -> list[str]:
     if name == "gemv":
         return GEMV_ENTRIES
+    if name == "gemv_fp8_mma":
+        return GEMV_FP8_MMA_ENTRIES
     functions = ENTRY.findall(kernels.source(name))
     assert functions, f'no extern "C" __global__ function in {name}'
     return functions
@@ -66,7 +77,23 @@ def kernel_functions(name: str) -> list[str]:
 @pytest.mark.parametrize("arch", ["sm_90a", "sm_80"])
 @pytest.mark.parametrize("name", sorted(kernels.names()))
 def test_kernel_compiles(name, arch, dtype, shape):
+    if name in MIN_ARCH and arch == "sm_80":
+        with pytest.raises(Exception, match=f"needs {MIN_ARCH[name]} or later"):
+            kernels.compile(name, arch=arch, defines=shape_defines(shape), dtype=dtype)
+        return
     check_compiles(name, arch, dtype, shape_defines(shape))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("arch", ["sm_89", "sm_86"])
+def test_fp8_mma_gemv_compiles_from_sm_89_on(arch, dtype):
+    """The e4m3 conversion exists from sm_89 (Ada) on; Ampere gets the file's own error."""
+    defines = shape_defines(SHAPES[0])
+    if arch == "sm_86":
+        with pytest.raises(Exception, match="needs sm_89 or later"):
+            kernels.compile("gemv_fp8_mma", arch=arch, defines=defines, dtype=dtype)
+        return
+    check_compiles("gemv_fp8_mma", arch, dtype, defines)
 
 
 def shape_defines(shape) -> dict:

@@ -1,8 +1,9 @@
 //! FP8 (e4m3fn) weights on the GPU: matrices kept as a checkpoint stores them or quantized at
 //! load (`quantization="fp8"`), and the two ways a projection reads them:
 //!
-//! - one-row steps: the FP8 GEMV (`kernels/cuda/gemv.cu`, `*_fp8_m1`), which streams half the
-//!   bytes of the bf16 one;
+//! - steps of 1-8 rows on sm_89+ (k a multiple of 64): the tensor-core FP8 GEMV
+//!   (`kernels/cuda/gemv_fp8_mma.cu`); elsewhere one-row steps on the FP8 GEMV of
+//!   `kernels/cuda/gemv.cu` (`*_fp8_m1`); either streams half the bytes of the bf16 one;
 //! - larger steps: a GEMM (`fp8_gemm.rs`).
 
 use super::device_mem::{self, DeviceMem};

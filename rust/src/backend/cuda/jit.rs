@@ -35,6 +35,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("fp8", include_str!("../../../../kernels/cuda/fp8.cu")),
     ("gemv", include_str!("../../../../kernels/cuda/gemv.cu")),
     (
+        "gemv_fp8_mma",
+        include_str!("../../../../kernels/cuda/gemv_fp8_mma.cu"),
+    ),
+    (
         "gather_rows",
         include_str!("../../../../kernels/cuda/gather_rows.cu"),
     ),
@@ -63,6 +67,11 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../../kernels/cuda/silu_mul.cu"),
     ),
 ];
+
+/// Kernel files that need a newer GPU than the rest (sm_80), with the oldest compute capability
+/// (major * 10 + minor) they compile for: `gemv_fp8_mma` converts e4m3 codes with an sm_89
+/// instruction. Elsewhere the engine does without them (`kernels/mod.rs`).
+const MIN_CAPABILITY: &[(&str, u32)] = &[("gemv_fp8_mma", 89)];
 
 /// What NVRTC produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +130,19 @@ pub struct KernelSpec {
 /// The kernel file stems, sorted.
 pub fn names() -> Vec<&'static str> {
     SOURCES.iter().map(|(n, _)| *n).collect()
+}
+
+/// Whether kernel file `name` compiles for `arch` (`sm_90a`, `sm_80`, ...; see
+/// [`arch_for`]).
+pub fn compiles_for(name: &str, arch: &str) -> bool {
+    let capability = arch
+        .strip_prefix("sm_")
+        .map(|a| a.trim_end_matches(|c: char| c.is_ascii_alphabetic()))
+        .and_then(|a| a.parse::<u32>().ok())
+        .unwrap_or(0);
+    MIN_CAPABILITY
+        .iter()
+        .all(|&(file, min)| file != name || capability >= min)
 }
 
 /// The full source NVRTC compiles for `name`: `common.cuh` then the file.
@@ -331,6 +353,18 @@ mod tests {
         assert_eq!(arch_for(9, 0), "sm_90a");
         assert_eq!(arch_for(8, 0), "sm_80");
         assert_eq!(arch_for(8, 9), "sm_89");
+    }
+
+    #[test]
+    fn the_fp8_mma_gemv_compiles_from_sm_89_on() {
+        for arch in ["sm_89", "sm_90a", "sm_100", "sm_120a"] {
+            assert!(compiles_for("gemv_fp8_mma", arch), "{arch}");
+        }
+        for arch in ["sm_80", "sm_86", "sm_87"] {
+            assert!(!compiles_for("gemv_fp8_mma", arch), "{arch}");
+            assert!(compiles_for("gemv", arch), "{arch}");
+        }
+        assert!(MIN_CAPABILITY.iter().all(|(n, _)| names().contains(n)));
     }
 
     #[test]

@@ -55,7 +55,7 @@ use self::decode_plan::DecodePlan;
 use self::device_mem::DeviceMem;
 use self::gemm::{ElemType, Gemm};
 use self::jit::KernelDtype;
-use self::kernels::{KernelSet, Kernels, GEMV_MAX_ROWS};
+use self::kernels::{KernelSet, Kernels, FP8_MMA_MAX_ROWS, GEMV_MAX_ROWS};
 use self::sampler::DeviceSampler;
 use self::step_meta::StepMeta;
 use super::{KvDtype, KvLayout};
@@ -157,6 +157,9 @@ pub struct CudaBackend {
     /// the norms, SwiGLU and residual adds fused in; larger steps on cuBLASLt
     /// (`Tuning::gemv_max_rows` can lower it, to measure one against the other).
     gemv_max_rows: usize,
+    /// The same for FP8 matrices the tensor-core FP8 GEMV takes (`kernels::fp8_mma_fits`):
+    /// up to [`FP8_MMA_MAX_ROWS`] rows on sm_89+ (the same tuning lowers it), else as above.
+    fp8_gemv_max_rows: usize,
     gemm: Gemm,
     /// How FP8 GEMMs run: on tensor cores from sm_89 on, in the way cuBLASLt offers.
     fp8_gemm: fp8_gemm::Fp8Gemm,
@@ -270,11 +273,18 @@ impl CudaBackend {
             t.decode_min_split_keys,
             t.decode_batch_splits,
         )?;
+        // The tensor-core FP8 GEMV, where it is compiled, takes up to 8 rows.
+        let fp8_rows = if jit::compiles_for("gemv_fp8_mma", &jit::arch_for(major, minor)) {
+            FP8_MMA_MAX_ROWS
+        } else {
+            GEMV_MAX_ROWS
+        };
         Ok(CudaBackend {
             meta: StepMeta::new(&stream)?,
             sampler: DeviceSampler::new(&ctx, &stream)?,
             clock: StepClock::new(&ctx)?,
             gemv_max_rows: t.gemv_max_rows.unwrap_or(GEMV_MAX_ROWS).min(GEMV_MAX_ROWS),
+            fp8_gemv_max_rows: t.gemv_max_rows.unwrap_or(fp8_rows).min(fp8_rows),
             uploader: RefCell::new(None),
             free_at_start,
             weights,

@@ -3,15 +3,20 @@
 //! read the step's batch from its device copy (`StepMeta`), uploaded when the step began.
 
 use super::gemm::GemmShape;
-use super::kernels::{GemvArgs, GemvInput, GemvOutput};
+use super::kernels::{fp8_mma_fits, GemvArgs, GemvInput, GemvOutput};
 use super::{CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector};
 use crate::backend::cuda::gemm::ElemType;
 use crate::backend::{AttentionShape, ForwardBatch, Ops, Residual};
 
 impl CudaBackend {
-    /// Whether a projection of `rows` rows through `w` runs on the GEMV kernels.
+    /// Whether a projection of `rows` rows through `w` runs on the GEMV kernels: one row, or
+    /// up to 8 for an FP8 matrix the tensor-core FP8 GEMV takes (sm_89+).
     fn use_gemv(&self, rows: usize, w: &CudaMatrix) -> bool {
-        (1..=self.gemv_max_rows).contains(&rows) && w.cols % 8 == 0
+        let max_rows = match w.fp8_layout() {
+            Some(l) if fp8_mma_fits(w.cols, &l) => self.fp8_gemv_max_rows,
+            _ => self.gemv_max_rows,
+        };
+        (1..=max_rows).contains(&rows) && w.cols % 8 == 0
     }
 
     /// The GEMV output kind that writes `out`'s dtype.

@@ -24,9 +24,10 @@ pub struct KernelSet {
 }
 
 impl KernelSet {
-    /// Starts compiling every kernel file for `arch`, specialized for `shape` and
-    /// `block_size` (and `extra_defines`, `Tuning::kernel_defines`), in parallel; with `pdl`
-    /// they launch under programmatic dependent launch where the GPU has it.
+    /// Starts compiling every kernel file that `arch` runs (`jit::compiles_for`) for it,
+    /// specialized for `shape` and `block_size` (and `extra_defines`,
+    /// `Tuning::kernel_defines`), in parallel; with `pdl` they launch under programmatic
+    /// dependent launch where the GPU has it.
     pub fn compile_in_background(
         arch: String,
         dtype: KernelDtype,
@@ -48,6 +49,9 @@ impl KernelSet {
         .collect();
         let handle = std::thread::spawn(move || {
             jit::names()
+                .into_iter()
+                .filter(|name| jit::compiles_for(name, &arch))
+                .collect::<Vec<_>>()
                 .par_iter()
                 .map(|name| {
                     let spec = KernelSpec {

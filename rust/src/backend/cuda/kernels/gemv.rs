@@ -20,6 +20,12 @@ pub const GEMV_MAX_ROWS: usize = 1;
 /// multiple of this.
 const GEMV_GROUP: usize = 4;
 
+/// Most rows the tensor-core FP8 GEMV (`kernels/cuda/gemv_fp8_mma.cu`, sm_89+) takes: the 8
+/// columns of its mma's B operand.
+pub const FP8_MMA_MAX_ROWS: usize = 8;
+/// Rows of W a CTA of the tensor-core FP8 GEMV takes at a time (`TILE` in gemv_fp8_mma.cu).
+const FP8_MMA_TILE: usize = 32;
+
 /// How a GEMV reads its input (see `kernels/cuda/gemv.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemvInput {
@@ -79,11 +85,26 @@ pub(super) fn gemv_name(input: GemvInput, output: GemvOutput, fp8: bool) -> Stri
     format!("gemv_{i}_{o}{w}_m{GEMV_MAX_ROWS}")
 }
 
-/// Columns per CTA of an `n`-column GEMV: a multiple of [`GEMV_GROUP`], as few as let the
-/// whole grid be resident at once (`ctas_per_sm` on each of `sm_count` SMs), so that it runs
-/// in one wave with every CTA streaming the same number of weight bytes.
-fn gemv_cols_per_cta(n: usize, sm_count: usize, ctas_per_sm: usize) -> usize {
-    GEMV_GROUP * n.div_ceil(GEMV_GROUP * sm_count * ctas_per_sm).max(1)
+/// The tensor-core FP8 GEMV's entry point of `(input, output)`.
+pub(super) fn gemv_fp8_mma_name(input: GemvInput, output: GemvOutput) -> String {
+    let name = gemv_name(input, output, false);
+    let (stem, _) = name.rsplit_once("_m").expect("gemv_name ends in _m<rows>");
+    format!("{stem}_fp8mma")
+}
+
+/// Whether the tensor-core FP8 GEMV takes a matrix of `k` columns with scales `layout`: k in
+/// whole 64-column chunks, none straddling a scale block (gemv_fp8_mma.cu). Others run on
+/// gemv.cu's `*_fp8_m1` (one row) or the FP8 GEMM (more).
+pub fn fp8_mma_fits(k: usize, layout: &Fp8Layout) -> bool {
+    k % 64 == 0 && layout.col_shift >= 6
+}
+
+/// Columns per CTA of an `n`-column GEMV: a multiple of `group` (the columns a CTA takes at a
+/// time), as few as let the whole grid be resident at once (`ctas_per_sm` on each of
+/// `sm_count` SMs), so that it runs in one wave with every CTA streaming the same number of
+/// weight bytes.
+fn gemv_cols_per_cta(n: usize, group: usize, sm_count: usize, ctas_per_sm: usize) -> usize {
+    group * n.div_ceil(group * sm_count * ctas_per_sm).max(1)
 }
 
 /// A GEMV entry point and how many of its CTAs an SM holds.
@@ -101,9 +122,10 @@ impl GemvKernel {
         Ok(GemvKernel { func, ctas_per_sm })
     }
 
-    /// Grid and columns per CTA for the launch `a`: as many CTAs as the GPU holds at once.
-    fn grid(&self, a: &GemvArgs, sm_count: usize) -> ((usize, usize, usize), i32) {
-        let cols = gemv_cols_per_cta(a.n, sm_count, self.ctas_per_sm);
+    /// Grid and columns per CTA for the launch `a`, `group` columns at a time: as many CTAs
+    /// as the GPU holds at once.
+    fn grid(&self, a: &GemvArgs, group: usize, sm_count: usize) -> ((usize, usize, usize), i32) {
+        let cols = gemv_cols_per_cta(a.n, group, sm_count, self.ctas_per_sm);
         ((a.n.div_ceil(cols), 1, 1), cols as i32)
     }
 }
@@ -127,14 +149,25 @@ pub struct GemvArgs {
 }
 
 impl Kernels {
-    /// One projection of at most [`GEMV_MAX_ROWS`] rows on the GEMV kernels; `a.k` is a
-    /// multiple of 8 (16-byte vectors) and the buffers hold `a.rows` rows.
+    /// One projection on the GEMV kernels: at most [`GEMV_MAX_ROWS`] rows, or with an FP8
+    /// matrix that [`fp8_mma_fits`] on a GPU that has the tensor-core FP8 GEMV, at most
+    /// [`FP8_MMA_MAX_ROWS`]; `a.k` is a multiple of 8 (16-byte vectors) and the buffers hold
+    /// `a.rows` rows.
     pub fn gemv(&self, stream: &Arc<CudaStream>, a: &GemvArgs, sm_count: usize) -> Result<()> {
         let variant = GEMV_VARIANTS
             .iter()
             .position(|&v| v == (a.input, a.output))
             .expect("every (input, output) pair the backend asks for is compiled");
-        if a.rows > GEMV_MAX_ROWS {
+        let mma = match (&self.gemv_fp8_mma, &a.fp8) {
+            (Some(kernels), Some(l)) if fp8_mma_fits(a.k, l) => Some(&kernels[variant]),
+            _ => None,
+        };
+        let max_rows = if mma.is_some() {
+            FP8_MMA_MAX_ROWS
+        } else {
+            GEMV_MAX_ROWS
+        };
+        if a.rows > max_rows {
             return Err(Error::Engine(format!("GEMV of {} rows", a.rows)));
         }
         let (w, x, norm_w, bias, out, eps) = (a.w, a.x, a.norm_w, a.bias, a.out, a.eps);
@@ -142,13 +175,16 @@ impl Kernels {
         match a.fp8 {
             None => {
                 let kernel = &self.gemv[variant];
-                let (grid, cols) = kernel.grid(a, sm_count);
+                let (grid, cols) = kernel.grid(a, GEMV_GROUP, sm_count);
                 launch!(self, stream, &kernel.func, grid, GEMV_THREADS;
                     w, x, norm_w, bias, out, rows, n, k, cols, eps)
             }
             Some(l) => {
-                let kernel = &self.gemv_fp8[variant];
-                let (grid, cols) = kernel.grid(a, sm_count);
+                let (kernel, group) = match mma {
+                    Some(kernel) => (kernel, FP8_MMA_TILE),
+                    None => (&self.gemv_fp8[variant], GEMV_GROUP),
+                };
+                let (grid, cols) = kernel.grid(a, group, sm_count);
                 let (scales, row_shift, col_shift, ld) = (l.scales, l.row_shift, l.col_shift, l.ld);
                 launch!(self, stream, &kernel.func, grid, GEMV_THREADS;
                     w, scales, row_shift, col_shift, ld, x, norm_w, bias, out, rows, n, k, cols,
@@ -191,20 +227,55 @@ mod tests {
     }
 
     #[test]
-    fn gemv_grids_fit_the_gpu_in_one_wave() {
-        // 132 SMs x 4 CTAs = 528 resident CTAs.
-        for n in [37, 4096, 6144, 28672, 128256] {
-            let cols = gemv_cols_per_cta(n, 132, 4);
-            assert_eq!(cols % GEMV_GROUP, 0);
+    fn the_fp8_mma_entry_points_are_named_as_gemv_fp8_mma_cu_defines_them() {
+        let source = crate::backend::cuda::jit::source("gemv_fp8_mma").unwrap();
+        assert!(source.contains("NAME##_fp8mma("));
+        for &(i, o) in &GEMV_VARIANTS {
+            let name = gemv_fp8_mma_name(i, o);
+            let stem = name.strip_suffix("_fp8mma").unwrap();
             assert!(
-                n.div_ceil(cols) <= 528,
-                "n = {n}: {} CTAs",
-                n.div_ceil(cols)
+                source.contains(&format!("GEMV_FP8_MMA_ENTRY({stem},")),
+                "{name}"
             );
-            // And no fewer columns per CTA would do.
-            assert!(cols == GEMV_GROUP || n.div_ceil(cols - GEMV_GROUP) > 528);
         }
-        assert_eq!(gemv_cols_per_cta(4096, 132, 4), 8);
-        assert_eq!(gemv_cols_per_cta(37, 132, 4), 4);
+        let (i, o) = GEMV_VARIANTS[5];
+        assert_eq!(gemv_fp8_mma_name(i, o), "gemv_norm_silu_fp8mma");
+        assert!(source.contains(&format!("constexpr int MMA_ROWS = {FP8_MMA_MAX_ROWS};")));
+        assert!(source.contains("constexpr int TILE = 16 * MT;"));
+        assert!(source.contains(&format!("constexpr int MT = {};", FP8_MMA_TILE / 16)));
+    }
+
+    #[test]
+    fn the_fp8_mma_gemv_takes_whole_chunks_inside_scale_blocks() {
+        let layout = |col_shift| Fp8Layout {
+            scales: 0,
+            row_shift: 0,
+            col_shift,
+            ld: 1,
+        };
+        assert!(fp8_mma_fits(4096, &layout(31)));
+        assert!(fp8_mma_fits(14336, &layout(7)));
+        assert!(fp8_mma_fits(64, &layout(6)));
+        assert!(!fp8_mma_fits(2064, &layout(31)));
+        assert!(!fp8_mma_fits(4096, &layout(5)));
+    }
+
+    #[test]
+    fn gemv_grids_fit_the_gpu_in_one_wave() {
+        // 132 SMs x 4 CTAs = 528 resident CTAs (the FP8 mma GEMV: 2 a SM, 264).
+        for (group, ctas_per_sm) in [(GEMV_GROUP, 4), (FP8_MMA_TILE, 2)] {
+            let resident = 132 * ctas_per_sm;
+            for n in [37, 4096, 6144, 28672, 128256] {
+                let cols = gemv_cols_per_cta(n, group, 132, ctas_per_sm);
+                assert_eq!(cols % group, 0);
+                let ctas = n.div_ceil(cols);
+                assert!(ctas <= resident, "n = {n}: {ctas} CTAs");
+                // And no fewer columns per CTA would do.
+                assert!(cols == group || n.div_ceil(cols - group) > resident);
+            }
+        }
+        assert_eq!(gemv_cols_per_cta(4096, GEMV_GROUP, 132, 4), 8);
+        assert_eq!(gemv_cols_per_cta(37, GEMV_GROUP, 132, 4), 4);
+        assert_eq!(gemv_cols_per_cta(28672, FP8_MMA_TILE, 132, 2), 128);
     }
 }

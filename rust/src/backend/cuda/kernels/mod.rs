@@ -2,8 +2,8 @@
 //!
 //! Each wrapper states the grid and block shape its kernel was written for (see the header
 //! comment of each file in `kernels/cuda/`); the argument order matches the kernel signature.
-//! Compilation in the background is `compile.rs`; the GEMV family `gemv.rs`; the attention
-//! kernels `attention.rs`.
+//! Compilation in the background is `compile.rs`; the GEMV family (`gemv.cu`, and
+//! `gemv_fp8_mma.cu` on sm_89+) `gemv.rs`; the attention kernels `attention.rs`.
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -17,8 +17,10 @@ use crate::backend::AttentionShape;
 use crate::error::{Error, Result};
 
 pub use self::compile::KernelSet;
-use self::gemv::{gemv_name, GemvKernel, GEMV_VARIANTS};
-pub use self::gemv::{Fp8Layout, GemvArgs, GemvInput, GemvOutput, GEMV_MAX_ROWS};
+pub use self::gemv::{
+    fp8_mma_fits, Fp8Layout, GemvArgs, GemvInput, GemvOutput, FP8_MMA_MAX_ROWS, GEMV_MAX_ROWS,
+};
+use self::gemv::{gemv_fp8_mma_name, gemv_name, GemvKernel, GEMV_VARIANTS};
 
 /// The loaded kernel functions.
 pub struct Kernels {
@@ -37,6 +39,9 @@ pub struct Kernels {
     /// The entry points of `GEMV_VARIANTS`, in its order, for bf16/f16 and for FP8 weights.
     gemv: Vec<GemvKernel>,
     gemv_fp8: Vec<GemvKernel>,
+    /// The tensor-core FP8 GEMV's entry points, in the same order, where the GPU has them
+    /// (sm_89+, `jit::compiles_for`).
+    gemv_fp8_mma: Option<Vec<GemvKernel>>,
     fp8_quantize_rows: CudaFunction,
     fp8_dequantize: CudaFunction,
     fp8_scale_out: CudaFunction,
@@ -142,6 +147,16 @@ impl Kernels {
                 .collect::<Result<Vec<_>>>()
         };
         let (gemv, gemv_fp8) = (gemv_of(false)?, gemv_of(true)?);
+        // Compiled where the GPU has its conversion instruction (`jit::compiles_for`).
+        let gemv_fp8_mma = modules
+            .contains_key("gemv_fp8_mma")
+            .then(|| {
+                GEMV_VARIANTS
+                    .iter()
+                    .map(|&(i, o)| GemvKernel::new(f("gemv_fp8_mma", &gemv_fp8_mma_name(i, o))?))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
         // Programmatic dependent launch needs sm_90.
         let (major, _) = ctx.compute_capability().map_err(cuda_err)?;
         let pdl = pdl && major >= 9;
@@ -149,6 +164,7 @@ impl Kernels {
             pdl,
             gemv,
             gemv_fp8,
+            gemv_fp8_mma,
             fp8_quantize_rows: f("fp8", "fp8_quantize_rows")?,
             fp8_dequantize: f("fp8", "fp8_dequantize")?,
             fp8_scale_out: f("fp8", "fp8_scale_out")?,
