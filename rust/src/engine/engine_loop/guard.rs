@@ -38,7 +38,12 @@ pub(super) fn guarded(
 /// the engine's memory is published as `Kept`.
 pub(super) fn release(shared: &Shared, free: impl FnOnce()) {
     let outcome = match catch_unwind(AssertUnwindSafe(free)) {
-        Ok(()) => FailedMemory::Freed,
+        Ok(()) => {
+            // The allocator keeps what the engine's threads freed in its arenas; a node reads
+            // the resident size to see the memory come back.
+            crate::server::memory::release_freed_memory();
+            FailedMemory::Freed
+        }
         Err(panic) => {
             let message = panic_message(panic.as_ref());
             eprintln!("infire: the failed engine's memory could not all be freed ({message})");
