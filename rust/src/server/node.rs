@@ -10,9 +10,10 @@
 //! States (`model_state.rs`): `ready` (engine running), `loading`, `sleeping` (a request wakes
 //! it and waits, within `wake_timeout`), `unloaded` (no engine; requests are refused unless the
 //! model is `on_demand`), `failed` (its engine died: requests get a 503 naming why, its loop
-//! frees its memory and its share, `load` starts a new one; the other models serve on). On CUDA a sleep keeps the engine, its kernels
-//! and its recorded graphs: the weights go to pinned host memory and the KV pool (prefix cache
-//! included) is dropped, and a wake copies the weights back to the same addresses. On the CPU,
+//! frees its memory and its share, `load` starts a new one; the other models serve on). On
+//! CUDA a sleep keeps the engine, its kernels and its recorded graphs: the weights go to
+//! pinned host memory and the KV pool (prefix cache included) is dropped, and a wake copies
+//! the weights back to the same addresses. On the CPU,
 //! sleep and unload both stop the model's engine: its KV pool and its weights are freed, and a
 //! wake loads the weights again from the model file (usually still in the page cache). Requests
 //! running when a model is put down end with an error that says so.

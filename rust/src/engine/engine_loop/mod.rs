@@ -29,8 +29,8 @@
 //!
 //! The caller's side is `handle.rs` ([`EngineHandle`], [`Submitted`], [`RequestEvent`]); the
 //! loop thread's side is `serve_loop.rs` (and `sleep.rs`); `guard.rs` catches the loop's panic
-//! and frees the failed engine. They meet only
-//! through the `Command`s below and the `Shared` state the loop publishes.
+//! and frees the failed engine. They meet only through the `Command`s below and the `Shared`
+//! state the loop publishes.
 
 use std::sync::atomic::{AtomicU8, AtomicUsize};
 use std::sync::Mutex;
