@@ -13,10 +13,10 @@
 //! frees its memory and its share, `load` starts a new one; the other models serve on). On
 //! CUDA a sleep keeps the engine, its kernels and its recorded graphs: the weights go to
 //! pinned host memory and the KV pool (prefix cache included) is dropped, and a wake copies
-//! the weights back to the same addresses. On the CPU,
-//! sleep and unload both stop the model's engine: its KV pool and its weights are freed, and a
-//! wake loads the weights again from the model file (usually still in the page cache). Requests
-//! running when a model is put down end with an error that says so.
+//! the weights back to the same addresses. On the CPU, sleep and unload both stop the model's
+//! engine: its KV pool and its weights are freed, and a wake loads the weights again from the
+//! model file (usually still in the page cache). Requests running when a model is put down end
+//! with an error that says so.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
