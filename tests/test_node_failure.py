@@ -4,9 +4,14 @@ other model is given fewer steps than that), and then the model is `failed` (wit
 in `/v1/models` and the metrics, its requests get a 503 naming the failure, the other model
 serves on, `/health` and `/health/ready` stay 200 naming the failed model, and an admin `load`
 starts it again. A node whose only model fails is unhealthy as a whole (503) until an admin
-`load` starts it again."""
+`load` starts it again. A failed engine frees its memory on its own thread once its requests
+have their error: the resident size falls, another model loads in the share it gave back, and
+an admin `load` serves the same greedy outputs as before the failure."""
 
 from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from node_server import Node, admin, complete, request, write_config
@@ -104,5 +109,61 @@ def test_a_node_whose_only_model_failed_is_unhealthy(failing_env, default_model_
         r = admin(node.base, "a", "load", key=ROOT)
         assert r.status == 200 and r.json()["state"] == "ready", r.text
         assert request(node.base, "GET", "/health").status == 200
+    finally:
+        node.stop()
+
+
+def _text(r) -> str:
+    assert r.status == 200, r.text
+    return r.json()["choices"][0]["text"]
+
+
+def _freed(node: Node, model: str, seconds: float = 30) -> str:
+    """The failed model's memory once its loop is done freeing it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        state = node.models()[model]["memory"]["failed_memory"]
+        if state != "releasing":
+            return state
+        time.sleep(0.05)
+    return "releasing"
+
+
+def test_a_failed_engine_frees_its_memory_for_the_next_load(failing_env, default_model_path):
+    # The node holds one model: `b` (on demand) fits only in what the failed `a` gives back.
+    server = f'[server]\napi_key = "{ROOT}"\nnode_memory = {800 * MiB}\n'
+    models = _model(default_model_path, "a") + _model(default_model_path, "b")
+    node = Node("--config", write_config(server + models + "on_demand = true\n"))
+    node.key = ROOT
+    try:
+        before = _text(complete(node.base, "a", PROMPT, max_tokens=SHORT, key=ROOT))
+        rss = node.rss()
+        # Every request in flight at the panic ends with an error naming it; none hangs.
+        with ThreadPoolExecutor(3) as pool:
+            runs = pool.map(
+                lambda i: complete(
+                    node.base, "a", f"{PROMPT} {i}", max_tokens=LONG, key=ROOT, ignore_eos=True
+                ),
+                range(3),
+            )
+            for r in runs:
+                assert r.status >= 500 and "INFIRE_FAIL_AFTER_STEPS" in r.text, r.text
+        assert node.models()["a"]["state"] == "failed"
+        assert _freed(node, "a") == "freed"
+        freed = rss - node.rss()
+        assert freed > 50 * MiB, f"the failed engine gave back {freed / MiB:.0f} MiB"
+
+        # Its share is free: `b` loads without putting anything to sleep; `a` stays failed.
+        assert _text(complete(node.base, "b", PROMPT, max_tokens=SHORT, key=ROOT)) == before
+        states = {m: v["state"] for m, v in node.models().items()}
+        assert states == {"a": "failed", "b": "ready"}, states
+
+        # A load starts `a` again within the same budget (`b`, idle, goes to sleep for it).
+        r = admin(node.base, "a", "load", key=ROOT)
+        assert r.status == 200 and r.json()["state"] == "ready", r.text
+        assert _text(complete(node.base, "a", PROMPT, max_tokens=SHORT, key=ROOT)) == before
+        states = {m: v["state"] for m, v in node.models().items()}
+        assert states == {"a": "ready", "b": "sleeping"}, states
+        assert node.models()["a"]["memory"]["failed_memory"] is None
     finally:
         node.stop()

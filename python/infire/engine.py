@@ -109,7 +109,10 @@ class Engine:
 
     def shutdown(self) -> None:
         """Stops the engine and frees its memory (its share of the card included); requests
-        still running fail. The engine serves nothing after it."""
+        still running fail. The engine serves nothing after it. An engine that failed (its
+        requests raise ``EngineError`` naming why) has freed its memory already, on its own
+        thread right after failing its requests; ``shutdown`` then waits for that and ends
+        the thread."""
         self._core.shutdown()
 
     def get_default_sampling_params(self) -> SamplingParams:

@@ -30,7 +30,7 @@ mod generation;
 mod info;
 mod logging;
 mod logprobs;
-mod memory;
+pub(crate) mod memory;
 mod metrics;
 mod metrics_text;
 mod model_state;

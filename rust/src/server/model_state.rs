@@ -12,7 +12,7 @@ use super::metrics::Metrics;
 use super::node_spec::ModelSpec;
 use super::traffic::ClassQueues;
 use crate::backend::SleepReport;
-use crate::engine::engine_loop::EngineHandle;
+use crate::engine::engine_loop::{EngineHandle, FailedMemory};
 use crate::sampling::SamplingParams;
 use crate::tokenizer::Tokenizer;
 
@@ -25,7 +25,8 @@ pub enum ModelState {
     /// elsewhere the engine is stopped.
     Sleeping,
     Unloaded,
-    /// Its engine died (a panic, a device error); `load` starts a new one.
+    /// Its engine died (a panic, a device error) and frees its memory on its own thread;
+    /// `load` starts a new one.
     Failed,
 }
 
@@ -54,6 +55,9 @@ pub struct ModelStatus {
     pub measured_bytes: Option<usize>,
     /// Why the last load failed, or why the engine died (state `failed`).
     pub last_error: Option<String>,
+    /// A failed engine's memory: `releasing`, `freed` (its share is free for a load) or
+    /// `kept` (its drop failed: held until the process ends).
+    pub failed_memory: Option<&'static str>,
     /// The last sleep that kept the engine (CUDA): its seconds and the device bytes it freed.
     pub last_sleep_s: Option<f64>,
     pub sleep_freed_bytes: Option<usize>,
@@ -91,9 +95,15 @@ pub(super) struct SlotInner {
 
 impl SlotInner {
     /// Whether the model's memory is on the device (or in the host's, on the CPU) now: a
-    /// ready, loading or failed engine's is; a sleeping one's is not.
+    /// ready or loading engine's is; a sleeping one's is not; a failed one's until its loop
+    /// has freed it.
     pub fn holds_memory(&self) -> bool {
-        self.loaded.is_some() && self.state != ModelState::Sleeping
+        let Some(l) = &self.loaded else { return false };
+        match self.state {
+            ModelState::Sleeping => false,
+            ModelState::Failed => l.handle.failed_memory() != Some(FailedMemory::Freed),
+            _ => true,
+        }
     }
 }
 
@@ -177,6 +187,10 @@ impl ModelSlot {
             last_load_s: i.last_load_s,
             measured_bytes: i.measured_bytes,
             last_error: i.last_error.clone(),
+            failed_memory: (i.state == ModelState::Failed)
+                .then(|| i.loaded.as_ref()?.handle.failed_memory())
+                .flatten()
+                .map(FailedMemory::as_str),
             last_sleep_s: i.last_sleep.map(|r| r.seconds),
             sleep_freed_bytes: i.last_sleep.map(|r| r.device_bytes),
             wake_copied_bytes: i.last_wake.map(|r| r.copied_bytes),

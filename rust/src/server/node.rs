@@ -9,13 +9,14 @@
 //!
 //! States (`model_state.rs`): `ready` (engine running), `loading`, `sleeping` (a request wakes
 //! it and waits, within `wake_timeout`), `unloaded` (no engine; requests are refused unless the
-//! model is `on_demand`), `failed` (its engine died: requests get a 503 naming why, `load`
-//! starts a new one; the other models serve on). On CUDA a sleep keeps the engine, its kernels
-//! and its recorded graphs: the weights go to pinned host memory and the KV pool (prefix cache
-//! included) is dropped, and a wake copies the weights back to the same addresses. On the CPU,
-//! sleep and unload both stop the model's engine: its KV pool and its weights are freed, and a
-//! wake loads the weights again from the model file (usually still in the page cache). Requests
-//! running when a model is put down end with an error that says so.
+//! model is `on_demand`), `failed` (its engine died: requests get a 503 naming why, its loop
+//! frees its memory and its share, `load` starts a new one; the other models serve on). On
+//! CUDA a sleep keeps the engine, its kernels and its recorded graphs: the weights go to
+//! pinned host memory and the KV pool (prefix cache included) is dropped, and a wake copies
+//! the weights back to the same addresses. On the CPU, sleep and unload both stop the model's
+//! engine: its KV pool and its weights are freed, and a wake loads the weights again from the
+//! model file (usually still in the page cache). Requests running when a model is put down end
+//! with an error that says so.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -28,6 +29,10 @@ use super::ApiError;
 use crate::engine::launch::launch_files;
 use crate::error::{Error, Result};
 use crate::loader::open_model;
+
+/// The longest a load waits for a failed engine's loop to free its memory (its drop waits
+/// for the device, then frees: well under a second on a live device).
+const RELEASE_WAIT: Duration = Duration::from_secs(30);
 
 /// The models of one server.
 pub struct Node {
@@ -81,8 +86,8 @@ impl Node {
                 return Ok(());
             }
             let before = i.state;
-            // A sleeping engine is woken; a dead one goes (its memory is not known to be
-            // consistent: the loop leaked it rather than free it) and a new one starts.
+            // A sleeping engine is woken; a dead one goes (its loop has freed its memory, or
+            // is freeing it: the shutdown below waits for that) and a new one starts.
             let kept = match before {
                 ModelState::Sleeping => i.loaded.clone(),
                 _ => i.loaded.take(),
@@ -160,8 +165,15 @@ impl Node {
         Ok((loaded, added))
     }
 
-    /// Puts idle models to sleep, least recently used first, until `slot` fits.
+    /// Puts idle models to sleep, least recently used first, until `slot` fits. A failed
+    /// model is never put to sleep: its memory counts until its loop has freed it, which is
+    /// waited for.
     fn make_room(&self, slot: &Arc<ModelSlot>) -> Result<()> {
+        for other in self.models.iter().filter(|s| !Arc::ptr_eq(s, slot)) {
+            if let Some(h) = other.handle().filter(|h| h.failure().is_some()) {
+                h.wait_released(RELEASE_WAIT);
+            }
+        }
         loop {
             let loaded: Vec<&Arc<ModelSlot>> = self
                 .models
@@ -174,7 +186,10 @@ impl Node {
             }
             let victim = loaded
                 .iter()
-                .filter(|s| s.lock().in_flight == 0)
+                .filter(|s| {
+                    let i = s.lock();
+                    i.in_flight == 0 && i.state != ModelState::Failed
+                })
                 .min_by_key(|s| s.last_used.load(Ordering::Relaxed));
             let Some(victim) = victim else {
                 let busy: Vec<String> = loaded
@@ -183,7 +198,8 @@ impl Node {
                     .collect();
                 return Err(Error::InvalidConfig(format!(
                     "model {} needs {:.0}% of the node's memory and the models loaded hold \
-                     {:.0}% ({}), each with requests in flight: none can be put to sleep",
+                     {:.0}% ({}), each with requests in flight or failed with its memory kept: \
+                     none can be put to sleep",
                     slot.spec.name,
                     slot.plan.share * 100.0,
                     used * 100.0,

@@ -10,7 +10,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::guard::dead_engine;
 use super::serve_loop::run;
-use super::{Command, Shared};
+use super::{Command, FailedMemory, Shared};
 use crate::backend::{Backend, SleepReport};
 use crate::engine::{Engine, EngineStats, RequestLimits, RequestOutput, SeqDelta};
 use crate::error::{Error, Result};
@@ -232,6 +232,28 @@ impl EngineHandle {
     /// `Some(message)` once the engine loop has died of a panic; it then serves nothing.
     pub fn failure(&self) -> Option<String> {
         self.shared.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// `None` while the engine serves; after its loop died, what became of its memory
+    /// (freed on the loop's thread right after its requests got their error).
+    pub fn failed_memory(&self) -> Option<FailedMemory> {
+        self.failure()?;
+        Some(FailedMemory::from_u8(
+            self.shared.release.load(Ordering::SeqCst),
+        ))
+    }
+
+    /// Waits, at most `timeout`, while a failed engine's memory is being freed; returns
+    /// [`failed_memory`](Self::failed_memory) then.
+    pub fn wait_released(&self, timeout: std::time::Duration) -> Option<FailedMemory> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let m = self.failed_memory();
+            if m != Some(FailedMemory::Releasing) || std::time::Instant::now() >= deadline {
+                return m;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 
     /// Puts the backend's memory to sleep with the loop alive (see the module docs): requests

@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::Receiver;
 
-use super::guard::guarded;
+use super::guard::{guarded, refuse_until_shutdown, release};
 use super::sleep::{sleep, wake};
 use super::{Command, RequestEvent, Route, Shared, MAX_COMMANDS_PER_STEP};
 use crate::backend::Backend;
@@ -15,20 +15,32 @@ use crate::engine::{Engine, SeqDelta};
 use crate::error::Error;
 
 /// The loop thread's body: [`serve`] until shutdown, under [`guarded`]. With `fail_after`
-/// (`INFIRE_FAIL_AFTER_STEPS`) the loop panics after that many steps.
+/// (`INFIRE_FAIL_AFTER_STEPS`) the loop panics after that many steps. After a panic the
+/// engine is freed here, once its requests have their error, and later commands are refused.
 pub(super) fn run<B: Backend>(
     mut engine: Engine<B>,
     commands: Receiver<Command>,
     shared: &Shared,
     fail_after: Option<usize>,
 ) {
-    let panicked = guarded(&commands, shared, |routes| {
+    let failed = guarded(shared, |routes| {
         serve(&mut engine, routes, shared, &commands, fail_after)
     });
-    if panicked {
-        // Its destructor may meet the same inconsistency that made it panic: leak it instead.
-        std::mem::forget(engine);
+    if let Some(message) = failed {
+        release(shared, || wind_down(engine));
+        refuse_until_shutdown(&commands, &message);
     }
+}
+
+/// Drops a panicked engine: the device finishes what was enqueued first (a step may still be
+/// running and reading the buffers about to be freed). The step in flight is dropped, not
+/// collected: its collection may be what panicked.
+fn wind_down<B: Backend>(mut engine: Engine<B>) {
+    if let Some(why) = engine.runner.backend_mut().device_failure() {
+        eprintln!("infire: freeing the failed engine on a failed device ({why})");
+    }
+    drop(engine.in_flight.take());
+    drop(engine);
 }
 
 /// Steps `engine` while there is work and handles commands between steps, until shutdown.
