@@ -1,11 +1,10 @@
 //! A node: the models one server serves, each with its own engine thread while it is loaded,
 //! and the memory they share.
 //!
-//! Every model has a cost: its share of the node's memory (on the CPU its budget, or without
-//! one what its weights, step buffers and KV pool take, over the node's memory; on CUDA the
-//! share of the card it is given as `gpu_memory_utilization`). The models loaded at start must
-//! fit together; a later load (`on_demand`, a wake, an admin `load`) puts the least recently
-//! used idle models to sleep until it fits, and fails naming them when it cannot.
+//! Every model costs a share of the node's memory: on the CPU its budget (else its weights,
+//! step buffers and KV pool), on CUDA its `gpu_memory_utilization`. The models loaded at start
+//! must fit together; a later load (`on_demand`, a wake, an admin `load`) puts the least
+//! recently used idle models to sleep until it fits, and fails naming them when it cannot.
 //!
 //! States (`model_state.rs`): `ready` (engine running), `loading`, `sleeping` (a request wakes
 //! it and waits, within `wake_timeout`), `unloaded` (no engine; requests are refused unless the
