@@ -8,6 +8,7 @@ pub mod matmul;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+pub mod spin_pool;
 mod threads;
 mod weight_buf;
 
