@@ -139,7 +139,8 @@ impl QuantMatrix {
         self.cols / self.format.block_elems() * self.format.block_bytes()
     }
 
-    /// Rows `r..r + count`'s blocks.
+    /// Rows `r..r + count`'s blocks (the tile reads two rows at once).
+    #[cfg(target_arch = "x86_64")]
     fn rows_bytes(&self, r: usize, count: usize) -> &[u8] {
         let rb = self.row_bytes();
         &self.data[r * rb..(r + count) * rb]
