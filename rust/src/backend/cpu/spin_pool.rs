@@ -81,7 +81,7 @@ struct Shared {
     job: AtomicPtr<Job<'static>>,
     /// Tasks of the latest region finished (claimed and returned or panicked).
     done: AtomicUsize,
-    /// The first panic of a helper's task in the latest region.
+    /// The first panic of a task of the latest region.
     panic: Mutex<Option<Box<dyn Any + Send>>>,
     /// Helpers parked or about to park: the caller unparks them only when this is not 0.
     sleepers: AtomicUsize,
@@ -124,8 +124,9 @@ impl Shared {
         }
     }
 
-    /// Runs task `i` of the region whose task it claimed, counting it done even if it panics.
-    fn run_claimed(&self, i: usize) -> Option<Box<dyn Any + Send>> {
+    /// Runs task `i` of the region whose task it claimed, counting it done even if it panics
+    /// (the first panic is kept in `panic` before the count, so the caller finds it there).
+    fn run_claimed(&self, i: usize) {
         // SAFETY: task `i` was claimed, so its region has not returned (it waits for `done` to
         // reach its task count), so the caller's `Job` is alive; `job` was stored before the
         // state word that announced the region (release/acquire through `state`).
@@ -136,8 +137,11 @@ impl Shared {
             t.set(false);
             r
         });
+        if let Err(p) = result {
+            let mut first = self.panic.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert(p);
+        }
         self.done.fetch_add(1, Ordering::AcqRel);
-        result.err()
     }
 }
 
@@ -185,10 +189,7 @@ fn helper(shared: Arc<Shared>) {
             return;
         }
         while let Some(i) = shared.claim(s) {
-            if let Some(p) = shared.run_claimed(i) {
-                let mut first = shared.panic.lock().unwrap_or_else(|e| e.into_inner());
-                first.get_or_insert(p);
-            }
+            shared.run_claimed(i);
             s = shared.state.load(Ordering::Acquire);
         }
     }
@@ -244,16 +245,15 @@ impl Pool {
         if sh.sleepers.load(Ordering::SeqCst) > 0 {
             self.helpers.iter().for_each(Thread::unpark);
         }
-        let mut own_panic = None;
         while let Some(i) = sh.claim(sh.state.load(Ordering::Acquire)) {
-            own_panic = own_panic.or(sh.run_claimed(i));
+            sh.run_claimed(i);
         }
         // Only tasks a helper has started are left; wait for them however long they take.
         while !spin_until(Duration::from_secs(1), || {
             sh.done.load(Ordering::Acquire) == tasks
         }) {}
-        let helper_panic = sh.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(p) = own_panic.or(helper_panic) {
+        let panic = sh.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(p) = panic {
             resume_unwind(p);
         }
     }

@@ -110,6 +110,28 @@ fn a_panicking_task_panics_the_caller_after_the_others_finish() {
 }
 
 #[test]
+fn each_panic_is_reported_by_its_own_region() {
+    // A helper's panic must be on record before its task counts as done: else the caller may
+    // return normally and the panic surface in a later, clean region. (`resume_unwind` skips
+    // the panic hook, so the loop prints nothing.)
+    in_pool(2, || {
+        for round in 0..300usize {
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                run(2, |i| {
+                    if i == round % 2 {
+                        resume_unwind(Box::new(round));
+                    }
+                })
+            }));
+            let payload = r.expect_err("a region's panic was lost");
+            assert_eq!(payload.downcast_ref::<usize>(), Some(&round));
+            let clean = catch_unwind(AssertUnwindSafe(|| run(2, |_| {})));
+            assert!(clean.is_ok(), "round {round}: a clean region panicked");
+        }
+    });
+}
+
+#[test]
 fn a_region_inside_a_task_runs_serially() {
     in_pool(2, || {
         let sum = AtomicUsize::new(0);
