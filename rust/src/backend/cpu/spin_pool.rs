@@ -3,8 +3,9 @@
 //!
 //! A decode step runs ~150 short parallel regions (20–1,200 µs each) separated by serial
 //! stretches (norms, RoPE, the activations' quantization). Rayon's idle workers go to sleep
-//! within tens of µs, so the region after a serial stretch pays a wake-up of 7–10 µs before the
-//! second thread starts (`NOTES.md`, "Decode step"). Here each calling thread owns
+//! within tens of µs, so a region after a longer serial stretch pays a wake-up of 7–10 µs
+//! before the second thread starts (`NOTES.md`, "The spin pool", for where that matters and
+//! where it does not). Here each calling thread owns
 //! `threads − 1` helpers that, after a region, spin for [`SPIN`] on the pool's state word
 //! before they park, and the caller takes tasks itself, so nothing waits for a helper that has
 //! not started.
@@ -17,7 +18,7 @@
 //!
 //! On a busy machine a helper may be off its core: tasks are claimed dynamically, so the caller
 //! runs whatever the helper has not claimed, and waits only for tasks already started. Spinning
-//! yields the core after its first µs ([`PURE_SPIN`]), and parks after [`SPIN`], so a
+//! yields the core after its first 2 µs ([`PURE_SPIN`]), and parks after [`SPIN`], so a
 //! descheduled partner never makes the other spin for long. With one thread there are no
 //! helpers and nothing spins.
 
