@@ -7,7 +7,11 @@ the time after the first, best of ``--runs`` in the process. Rounds alternate be
 builds so that a change in the machine's load hits both.
 
     python bench/cpu_decode_ab.py --before OLD/python --after NEW/python \
-        [--threads 2] [--rounds 4] [--runs 3] [--model FILE]
+        [--threads 2] [--rounds 4] [--runs 3] [--model FILE] \
+        [--before-env NAME=VALUE] [--after-env NAME=VALUE]
+
+One build against itself with a setting changed: the same directory for both sides and
+``--before-env`` (e.g. ``INFIRE_CPU_SPIN_US=0``: the CPU backend's regions on rayon).
 """
 
 from __future__ import annotations
@@ -40,8 +44,9 @@ print(json.dumps({"module": infire.__file__, "tg128": best}))
 """
 
 
-def measure(python_dir: str, model: str, threads: int, runs: int) -> float:
+def measure(python_dir: str, model: str, threads: int, runs: int, extra_env: list[str]) -> float:
     env = dict(os.environ, PYTHONPATH=python_dir)
+    env.update(kv.split("=", 1) for kv in extra_env)
     cmd = [sys.executable, "-c", CHILD, model, str(threads), str(runs)]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env).stdout
     row = json.loads(out.strip().splitlines()[-1])
@@ -58,6 +63,15 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument(
+        "--before-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an environment variable for the before side only (repeatable), e.g. "
+        "INFIRE_CPU_SPIN_US=0 to compare one build with its spin pool off",
+    )
+    ap.add_argument("--after-env", action="append", default=[], metavar="NAME=VALUE")
     args = ap.parse_args()
     if args.model is None:
         from infire.model_resolution import default_model_path
@@ -68,7 +82,8 @@ def main() -> None:
         # Alternate which build goes first, so that neither always follows the other.
         order = ["before", "after"] if r % 2 == 0 else ["after", "before"]
         for name in order:
-            tg = measure(getattr(args, name), args.model, args.threads, args.runs)
+            env = getattr(args, f"{name}_env")
+            tg = measure(getattr(args, name), args.model, args.threads, args.runs, env)
             results[name].append(tg)
             print(f"round {r} {name}: tg128 {tg:.1f} tok/s (load {load_average()})", flush=True)
     for name, xs in results.items():

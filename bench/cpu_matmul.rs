@@ -415,6 +415,8 @@ impl Model {
 /// compiled with AVX2+FMA enabled and `mul_add`, same tiling and parallel split, to measure what
 /// the auto-vectorizer makes of it next to the product's intrinsics.
 mod autovec {
+    // Elsewhere than x86-64 the version falls back to the product's portable tile.
+    #![cfg_attr(not(target_arch = "x86_64"), allow(dead_code, unused_imports))]
     use rayon::prelude::*;
 
     /// Weight rows and `x` rows per tile, as in the product.

@@ -1,6 +1,7 @@
-//! The CPU backend: f32 activations, rayon for threads. Weights are f32 (the reference every
-//! other backend is checked against), or, when the backend is made to keep them, GGUF blocks
-//! as the file stores them, multiplied with integer dot products (`quant/`).
+//! The CPU backend: f32 activations, rayon for threads (`spin_pool` for the quantized matrix
+//! products and attention, a decode step's parallel regions). Weights are f32 (the reference
+//! every other backend is checked against), or, when the backend is made to keep them, GGUF
+//! blocks as the file stores them, multiplied with integer dot products (`quant/`).
 
 mod attention;
 mod device;
@@ -8,6 +9,7 @@ pub mod matmul;
 pub mod quant;
 #[cfg(target_arch = "x86_64")]
 mod simd;
+pub mod spin_pool;
 mod threads;
 mod weight_buf;
 

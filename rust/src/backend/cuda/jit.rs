@@ -317,7 +317,8 @@ unsafe fn get_cubin(
 fn c_chars_to_string(chars: &[c_char]) -> String {
     let bytes: Vec<u8> = chars
         .iter()
-        .map(|&c| c as u8)
+        // `c_char` is i8 on x86-64 and u8 on aarch64: its byte either way.
+        .map(|&c| c.to_ne_bytes()[0])
         .take_while(|&b| b != 0)
         .collect();
     String::from_utf8_lossy(&bytes).into_owned()

@@ -8,9 +8,9 @@
 //! product, and folds them into an output tile with an online softmax (running max and sum
 //! per query vector), so the output is written once per task rather than once per key.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
-use super::CpuKvCache;
+use super::{spin_pool, CpuKvCache};
 use crate::backend::{AttentionShape, ForwardBatch};
 
 #[cfg(target_arch = "x86_64")]
@@ -119,13 +119,16 @@ fn attention_with<K: Kernels>(
     };
     // Tasks own disjoint, non-contiguous parts of `out` (a row block × a head group), so
     // each returns its tile and the copy into `out` (linear in the rows) happens after.
-    let tiles: Vec<Vec<f32>> = tasks
-        .par_iter()
-        .map(|t| attend_block(kernels, &inputs, t))
-        .collect();
+    let tiles: Vec<Mutex<Vec<f32>>> = tasks.iter().map(|_| Mutex::default()).collect();
+    spin_pool::run(tasks.len(), |i| {
+        *tiles[i].lock().expect("a task panicked") = attend_block(kernels, &inputs, &tasks[i]);
+    });
+    let tiles = tiles
+        .into_iter()
+        .map(|t| t.into_inner().expect("a task panicked"));
     let span = shape.num_heads / shape.num_kv_heads * shape.head_dim;
     let q_size = shape.q_size();
-    for (t, tile) in tasks.iter().zip(&tiles) {
+    for (t, tile) in tasks.iter().zip(tiles) {
         for (r, src) in tile.chunks_exact(span).enumerate() {
             out[(t.row0 + r) * q_size + t.kvh * span..][..span].copy_from_slice(src);
         }

@@ -11,7 +11,7 @@
 //! - **Integer dot products** for decode and short chunks (`m <` [`DEQUANT_MIN_M`]): memory
 //!   bound, so the point is to read each weight block once. The `n` weight rows are split
 //!   into contiguous blocks (at least [`MIN_TASK_WEIGHT_BYTES`] of weights, about
-//!   [`TASKS_PER_THREAD`] per pool thread), one rayon task each. A task runs the AVX2
+//!   [`TASKS_PER_THREAD`] per pool thread), one task each of a `spin_pool` region. A task runs the AVX2
 //!   16-bit register tile (`tile.rs`: 2 weight rows × 4 activation rows, each weight block
 //!   widened once per 4 rows, each activation block loaded once per 2 weight rows); Q8_0
 //!   matrices below [`TILE_Q8_0_MIN_M`] rows run the `maddubs` kernel (`avx2.rs`: one weight
@@ -24,12 +24,16 @@
 //! Files: the activation blocks (`q8.rs`), the formats and their scalar reference dot product
 //! (`format.rs`, `kquant.rs`), the AVX2 dot products (`tile.rs` for every format, with each
 //! format's unpacking in `unpack.rs` and `unpack_k.rs`; `avx2.rs` for Q4_0, Q4_1 and Q8_0), the
-//! panel path (`panels.rs`); this file holds the matrix, the dispatch and the split.
+//! aarch64 dot products (`neon.rs`: Q4_0, Q4_1 and Q8_0 with `sdot`; the other formats run the
+//! scalar reference there), the panel path (`panels.rs`); this file holds the matrix, the
+//! dispatch and the split (`split.rs`).
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
 mod format;
 mod kquant;
+#[cfg(target_arch = "aarch64")]
+mod neon;
 mod panels;
 mod q8;
 mod split;
@@ -59,7 +63,7 @@ pub const BLOCK: usize = 32;
 /// Activation rows per dot-product call of a task.
 const ROWS_PER_DOT: usize = 4;
 
-/// Smallest block of weights one rayon task reads (as in `matmul`).
+/// Smallest block of weights one task reads (as in `matmul`).
 const MIN_TASK_WEIGHT_BYTES: usize = 64 * 1024;
 
 /// Tasks per pool thread (as in `matmul`).
@@ -135,7 +139,8 @@ impl QuantMatrix {
         self.cols / self.format.block_elems() * self.format.block_bytes()
     }
 
-    /// Rows `r..r + count`'s blocks.
+    /// Rows `r..r + count`'s blocks (the tile reads two rows at once).
+    #[cfg(target_arch = "x86_64")]
     fn rows_bytes(&self, r: usize, count: usize) -> &[u8] {
         let rb = self.row_bytes();
         &self.data[r * rb..(r + count) * rb]
@@ -248,6 +253,8 @@ enum Dot {
     Avx2(avx2::Avx2),
     #[cfg(target_arch = "x86_64")]
     Tile(tile::Tile),
+    #[cfg(target_arch = "aarch64")]
+    Neon(neon::Neon),
 }
 
 impl Dot {
@@ -260,6 +267,13 @@ impl Dot {
             #[cfg(target_arch = "x86_64")]
             DotKernel::Maddubs if avx2::Avx2::has_kernel(format) => {
                 avx2::Avx2::detect().map_or(Dot::Scalar, Dot::Avx2)
+            }
+            // One kernel on aarch64 (Q4_0, Q4_1, Q8_0), whichever integer kernel is asked for.
+            #[cfg(target_arch = "aarch64")]
+            DotKernel::Auto | DotKernel::Integer | DotKernel::Maddubs
+                if neon::Neon::has_kernel(format) =>
+            {
+                neon::Neon::detect().map_or(Dot::Scalar, Dot::Neon)
             }
             _ => Dot::Scalar,
         }
@@ -351,6 +365,13 @@ fn dot_group(
         },
         #[cfg(target_arch = "x86_64")]
         Dot::Tile(_) => unreachable!("the tile runs through run_tile"),
+        #[cfg(target_arch = "aarch64")]
+        Dot::Neon(neon) => match group {
+            1 => dots[..1].copy_from_slice(&neon.dot_rows::<1>(format, row, a)),
+            2 => dots[..2].copy_from_slice(&neon.dot_rows::<2>(format, row, a)),
+            3 => dots[..3].copy_from_slice(&neon.dot_rows::<3>(format, row, a)),
+            _ => *dots = neon.dot_rows::<ROWS_PER_DOT>(format, row, a),
+        },
         Dot::Scalar => {
             let nb = a.len() / group;
             for (d, a) in dots.iter_mut().zip(a.chunks_exact(nb)) {

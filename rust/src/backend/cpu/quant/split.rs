@@ -1,10 +1,11 @@
-//! The split of a quantized linear layer's output columns into rayon tasks.
+//! The split of a quantized linear layer's output columns into the tasks of a parallel region.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 use super::{QuantMatrix, MIN_TASK_WEIGHT_BYTES, TASKS_PER_THREAD};
+use crate::backend::cpu::spin_pool;
 
-/// Splits the output columns into rayon tasks, each `block(j0, pieces)` for columns
+/// Splits the output columns into tasks of the caller's [`spin_pool`], each `block(j0, pieces)` for columns
 /// `j0..j0 + pieces[i].len()` of every row `i`, plus the bias.
 pub(super) fn split(
     m: usize,
@@ -23,28 +24,23 @@ pub(super) fn split(
             }
         }
     };
-    if m == 1 {
-        out.par_chunks_mut(cols)
-            .enumerate()
-            .for_each(|(t, piece)| task(t * cols, &mut [piece]));
-        return;
-    }
     // Each task owns columns [j0, j0 + cols) of every output row: gather those row pieces.
-    let mut per_task: Vec<Vec<&mut [f32]>> = (0..n.div_ceil(cols))
-        .map(|_| Vec::with_capacity(m))
+    // (The locks are never contended: one task takes each, once.)
+    let mut per_task: Vec<Mutex<Vec<&mut [f32]>>> = (0..n.div_ceil(cols))
+        .map(|_| Mutex::new(Vec::with_capacity(m)))
         .collect();
     for row in out.chunks_exact_mut(n) {
         for (t, piece) in row.chunks_mut(cols).enumerate() {
-            per_task[t].push(piece);
+            per_task[t].get_mut().expect("not shared yet").push(piece);
         }
     }
-    per_task
-        .into_par_iter()
-        .enumerate()
-        .for_each(|(t, mut pieces)| task(t * cols, &mut pieces));
+    spin_pool::run(per_task.len(), |t| {
+        let mut pieces = per_task[t].lock().expect("a task panicked");
+        task(t * cols, &mut pieces)
+    });
 }
 
-/// Weight rows per rayon task: tasks of at least [`MIN_TASK_WEIGHT_BYTES`] of weights, at
+/// Weight rows per task: tasks of at least [`MIN_TASK_WEIGHT_BYTES`] of weights, at
 /// most [`TASKS_PER_THREAD`] per pool thread, and a whole number of them per thread, all of
 /// one size but the last, so that every thread gets the same rows. (Rows rounded up from the
 /// smallest task size left remainders: SmolLM2's 576-row `o_proj` in Q4_1 went as 3 × 183 + 27

@@ -1,5 +1,5 @@
 //! Checks of the quantized linear layer against the dequantize-then-f64 reference, and of the
-//! AVX2 dot products against the scalar ones, on random blocks.
+//! SIMD dot products (AVX2, NEON) against the scalar ones, on random blocks.
 
 use half::f16;
 use rand::rngs::StdRng;
@@ -184,19 +184,16 @@ fn activation_blocks_round_in_two_levels() {
     assert_eq!(quantized(&[0.0; BLOCK])[0], Q8Block::default());
 }
 
-/// The AVX2 dot products against the scalar ones on the same inputs, 1 to 4 activation rows
-/// at once: equal up to the order of f32 additions, `|err| ≤ 1e-5 · Σ|terms|` (the integer
-/// block sums are exact in both). Requires AVX2, FMA and F16C on x86-64 (every x86-64 CPU
-/// this project is tested on has them).
-#[cfg(target_arch = "x86_64")]
-#[test]
-fn avx2_dot_matches_scalar() {
-    let avx2 = avx2::Avx2::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
+/// A SIMD kernel's dot products against the scalar ones on the same inputs, for every format
+/// it has: `dot(format, row, acts)` gives the row's products with 1, 2, 3 and 4 activation rows
+/// at once, concatenated (10 values). Equal up to the order of f32 additions, `|err| ≤ 1e-5 ·
+/// Σ|terms|` (the integer block sums are exact in every kernel).
+fn dot_rows_match_scalar(
+    has_kernel: impl Fn(QuantFormat) -> bool,
+    dot: impl Fn(QuantFormat, &[u8], &[Q8Block]) -> Vec<f32>,
+) {
     let mut rng = StdRng::seed_from_u64(5);
-    let formats = QuantFormat::ALL
-        .into_iter()
-        .filter(|&f| avx2::Avx2::has_kernel(f));
-    for format in formats {
+    for format in QuantFormat::ALL.into_iter().filter(|&f| has_kernel(f)) {
         for nb in [1, 5, 18, 48] {
             let row = random_blocks(&mut rng, format, 1, nb);
             let x = random_x(&mut rng, 4 * nb * BLOCK);
@@ -205,14 +202,9 @@ fn avx2_dot_matches_scalar() {
                 .chunks_exact(nb)
                 .map(|a| format.dot_scalar(&row, a))
                 .collect();
-            let got: Vec<f32> = [
-                &avx2.dot_rows::<1>(format, &row, &a)[..],
-                &avx2.dot_rows::<2>(format, &row, &a)[..],
-                &avx2.dot_rows::<3>(format, &row, &a)[..],
-                &avx2.dot_rows::<4>(format, &row, &a)[..],
-            ]
-            .concat();
+            let got = dot(format, &row, &a);
             let want_at = [0, 0, 1, 0, 1, 2, 0, 1, 2, 3];
+            assert_eq!(got.len(), want_at.len());
             let xq = dequantized_acts(&a);
             for (g, &r) in got.iter().zip(&want_at) {
                 let mag = term_magnitude(format, &row, &xq[r * nb * BLOCK..(r + 1) * nb * BLOCK]);
@@ -225,6 +217,41 @@ fn avx2_dot_matches_scalar() {
             }
         }
     }
+}
+
+/// The AVX2 `maddubs` dot products against the scalar ones ([`dot_rows_match_scalar`]).
+/// Requires AVX2, FMA and F16C on x86-64 (every x86-64 CPU this project is tested on has them).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_dot_matches_scalar() {
+    let avx2 = avx2::Avx2::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
+    dot_rows_match_scalar(avx2::Avx2::has_kernel, |format, row, a| {
+        [
+            &avx2.dot_rows::<1>(format, row, a)[..],
+            &avx2.dot_rows::<2>(format, row, a)[..],
+            &avx2.dot_rows::<3>(format, row, a)[..],
+            &avx2.dot_rows::<4>(format, row, a)[..],
+        ]
+        .concat()
+    });
+}
+
+/// The NEON dot products against the scalar ones ([`dot_rows_match_scalar`]). Requires the
+/// dot-product extension (Armv8.4, and most Armv8.2 cores: Graviton 2+, Apple M1+, Neoverse;
+/// `qemu-aarch64`'s default CPU has it).
+#[cfg(target_arch = "aarch64")]
+#[test]
+fn neon_dot_matches_scalar() {
+    let neon = neon::Neon::detect().expect("this aarch64 CPU lacks the dot-product extension");
+    dot_rows_match_scalar(neon::Neon::has_kernel, |format, row, a| {
+        [
+            &neon.dot_rows::<1>(format, row, a)[..],
+            &neon.dot_rows::<2>(format, row, a)[..],
+            &neon.dot_rows::<3>(format, row, a)[..],
+            &neon.dot_rows::<4>(format, row, a)[..],
+        ]
+        .concat()
+    });
 }
 
 /// The AVX2 16-bit tile against the scalar dot products on the same inputs, every format,
