@@ -6,12 +6,13 @@
 //! | variable | effect |
 //! | --- | --- |
 //! | `INFIRE_STEP_TRACE=PATH` | a JSON line per step (shape, host and device times) |
-//! | `INFIRE_GEMV_MAX_ROWS=0` | one-row projections on cuBLASLt instead of the GEMV kernels |
+//! | `INFIRE_GEMV_MAX_ROWS=N` | most rows of a step on the GEMV kernels (0: cuBLASLt for all; FP8 matrices take up to 8 on sm_89+, others 1) |
 //! | `INFIRE_DECODE_MIN_SPLIT_KEYS=N` | fewest keys per split of decode attention at a few rows |
 //! | `INFIRE_DECODE_BATCH_SPLITS=N` | splits of decode attention in a large batch (1: none) |
 //! | `INFIRE_PDL=0` | no programmatic dependent launch |
 //! | `INFIRE_KERNEL_DEFINES=NAME=VALUE,...` | extra `-D` constants for every kernel |
 //! | `INFIRE_FAIL_AFTER_STEPS=N` | the engine loop panics after its N-th step (tests of failure handling) |
+//! | `INFIRE_CPU_SPIN_US=N` | how long the CPU backend's spin-pool helpers wait for work before parking (0: rayon runs every region) |
 
 use std::path::PathBuf;
 
@@ -34,6 +35,10 @@ pub struct Tuning {
     /// The engine loop panics after this many steps (`INFIRE_FAIL_AFTER_STEPS`), as a bug in a
     /// step would: how the tests drive a real engine into a real failure.
     pub fail_after_steps: Option<usize>,
+    /// Microseconds the CPU spin pool's helpers spin before they park (`INFIRE_CPU_SPIN_US`;
+    /// 0: rayon). Read by the pool itself, once per process (`backend/cpu/spin_pool.rs`): its
+    /// helpers are shared by every CPU engine of the process.
+    pub cpu_spin_us: Option<u64>,
 }
 
 impl Tuning {
@@ -52,6 +57,7 @@ impl Tuning {
             kernel_defines: var("INFIRE_KERNEL_DEFINES")
                 .map_or_else(Vec::new, |s| parse_defines(&s)),
             fail_after_steps: count("INFIRE_FAIL_AFTER_STEPS"),
+            cpu_spin_us: count("INFIRE_CPU_SPIN_US").map(|n: usize| n as u64),
         }
     }
 }

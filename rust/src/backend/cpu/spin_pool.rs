@@ -47,9 +47,8 @@ pub const MAX_TASKS: usize = u16::MAX as usize;
 fn spin_time() -> Duration {
     static SPIN_TIME: OnceLock<Duration> = OnceLock::new();
     *SPIN_TIME.get_or_init(|| {
-        std::env::var("INFIRE_CPU_SPIN_US")
-            .ok()
-            .and_then(|v| v.parse().ok())
+        crate::tuning::Tuning::from_env()
+            .cpu_spin_us
             .map_or(SPIN, Duration::from_micros)
     })
 }
