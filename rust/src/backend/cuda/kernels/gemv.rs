@@ -69,8 +69,8 @@ pub struct Fp8Layout {
     pub ld: i32,
 }
 
-/// The GEMV entry point of `(input, output)`, for bf16/f16 weights or (`fp8`) FP8 weights.
-pub(super) fn gemv_name(input: GemvInput, output: GemvOutput, fp8: bool) -> String {
+/// `gemv_<input>_<output>`: the part every GEMV entry point's name starts with.
+fn gemv_stem(input: GemvInput, output: GemvOutput) -> String {
     let i = match input {
         GemvInput::Plain => "plain",
         GemvInput::Norm => "norm",
@@ -81,15 +81,18 @@ pub(super) fn gemv_name(input: GemvInput, output: GemvOutput, fp8: bool) -> Stri
         GemvOutput::Add => "add",
         GemvOutput::Silu => "silu",
     };
+    format!("gemv_{i}_{o}")
+}
+
+/// The GEMV entry point of `(input, output)`, for bf16/f16 weights or (`fp8`) FP8 weights.
+pub(super) fn gemv_name(input: GemvInput, output: GemvOutput, fp8: bool) -> String {
     let w = if fp8 { "_fp8" } else { "" };
-    format!("gemv_{i}_{o}{w}_m{GEMV_MAX_ROWS}")
+    format!("{}{w}_m{GEMV_MAX_ROWS}", gemv_stem(input, output))
 }
 
 /// The tensor-core FP8 GEMV's entry point of `(input, output)`.
 pub(super) fn gemv_fp8_mma_name(input: GemvInput, output: GemvOutput) -> String {
-    let name = gemv_name(input, output, false);
-    let (stem, _) = name.rsplit_once("_m").expect("gemv_name ends in _m<rows>");
-    format!("{stem}_fp8mma")
+    format!("{}_fp8mma", gemv_stem(input, output))
 }
 
 /// Whether the tensor-core FP8 GEMV takes a matrix of `k` columns with scales `layout`: k in
