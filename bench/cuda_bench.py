@@ -258,24 +258,48 @@ def write_checkpoint(model_dir: Path, config_kwargs: dict, device: str = "cuda")
     return True
 
 
-def weight_bytes(model_dir: Path, fp8: bool = False) -> int:
-    """Bytes of all tensors in the checkpoint's safetensors files (from their headers); with
-    `fp8`, as the engine holds them with `quantization="fp8"`: each projection (`*_proj.weight`)
-    one byte a weight plus an f32 scale per row, the rest as stored."""
-    total = 0
+def tensor_bytes(model_dir: Path) -> dict[str, tuple[int, list[int]]]:
+    """Each tensor's bytes and shape in the checkpoint's safetensors files (from their headers)."""
+    out = {}
     for path in sorted(model_dir.glob("*.safetensors")):
         with open(path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(header_len))
         for name, t in header.items():
-            if name == "__metadata__":
-                continue
-            start, end = t["data_offsets"]
-            if fp8 and name.endswith("_proj.weight"):
-                total += (end - start) // BF16_BYTES + 4 * t["shape"][0]
-            else:
-                total += end - start
+            if name != "__metadata__":
+                start, end = t["data_offsets"]
+                out[name] = (end - start, t["shape"])
+    return out
+
+
+def weight_bytes(model_dir: Path, fp8: bool = False) -> int:
+    """Bytes of weights a decode step reads: every tensor of the checkpoint but the embedding
+    table, of which a step reads one row per token (with tied embeddings the LM head is that
+    table, and it is counted once). With `fp8`, as the engine holds them with
+    `quantization="fp8"`: each projection (`*_proj.weight`) one byte a weight plus an f32 scale
+    per row, the rest as stored.
+
+    (Until 2026-12-07 the whole checkpoint was counted, the 1.05 GB embedding table of the
+    Llama-3.1-8B shape included: 16.06 GB a token in bf16 instead of 15.01, 9.08 GB in FP8
+    instead of 8.03, so rooflines were 7 % (bf16) and 13 % (FP8) low; bench/RESULTS.md.)"""
+    tensors = tensor_bytes(model_dir)
+    tied = "lm_head.weight" not in tensors
+    total = 0
+    for name, (nbytes, shape) in tensors.items():
+        if name == "model.embed_tokens.weight" and not tied:
+            continue
+        if fp8 and name.endswith("_proj.weight"):
+            total += nbytes // BF16_BYTES + 4 * shape[0]
+        else:
+            total += nbytes
     return total
+
+
+def projection_params(model_dir: Path) -> int:
+    """Parameters of the projections (`*_proj.weight`), which a prefill applies to every prompt
+    token (the LM head runs on each prompt's last token only)."""
+    tensors = tensor_bytes(model_dir)
+    return sum(n for name, (n, _) in tensors.items() if name.endswith("_proj.weight")) // BF16_BYTES
 
 
 def read_into_page_cache(model_dir: Path) -> None:
@@ -317,11 +341,14 @@ def workload_limit(
       prefill); step s (1-based) reads the KV of prompt + s tokens of each request still
       generating, KV bytes per token = 2 (K, V) x layers x kv_heads x head_dim x
       `kv_elem_bytes` (2; 1 for an FP8 cache);
-    - prefill FLOPs = 2 x params x prompt tokens + causal attention, 4 x layers x heads x
-      head_dim x n(n+1)/2 for a prompt of n tokens.
+    - prefill FLOPs = 2 x params x prompt tokens + the LM head on each prompt's last token
+      (2 x vocab x hidden) + causal attention, 4 x layers x heads x head_dim x n(n+1)/2 for a
+      prompt of n tokens.
 
     `weights` are the bytes a decode step reads (FP8 projections: about half), `params` the
-    parameter count (default: bf16 bytes / 2), `gemm_flops` the rate of the GEMMs' dtype.
+    projections' parameter count (default: bf16 bytes / 2), `gemm_flops` the rate of the GEMMs'
+    dtype. (Until 2026-12-07 `params` was the whole checkpoint's, embedding table and LM head
+    included, on every prompt token: prefill FLOPs 15 % high, so the limit was low.)
     """
     p = np.asarray(prompt_lens, dtype=np.float64)
     o = np.asarray(output_lens, dtype=np.float64)
@@ -332,7 +359,8 @@ def workload_limit(
     decode_steps = int(o.max()) - 1
     kv_tokens_read = float(np.sum((o - 1) * p + (o - 1) * o / 2))
     params = params or weights / BF16_BYTES
-    linear_flops = 2 * params * float(p.sum())
+    lm_head_flops = 2 * config["vocab_size"] * config["hidden_size"] * len(p)
+    linear_flops = 2 * params * float(p.sum()) + lm_head_flops
     attention_flops = 4 * layers * heads * head_dim * float(np.sum(p * (p + 1) / 2))
     parts = {
         "decode_steps": decode_steps,
@@ -608,7 +636,7 @@ def run_engine_benches(report: Report, run: set[str], args, ceil, weights) -> No
             weights,
             ceil["copy_bytes_per_s"],
             ceil["fp8_gemm_flop_per_s" if args.quantization else "bf16_gemm_flop_per_s"],
-            weight_bytes(args.model_dir) / BF16_BYTES,
+            projection_params(args.model_dir),
             1 if args.kv_cache_dtype == "fp8" else BF16_BYTES,
         )
         if limit:
