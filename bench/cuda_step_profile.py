@@ -26,7 +26,8 @@ the checkpoint that bench/cuda_bench.py writes and decodes one sequence, so that
 steady stream of decode steps after the first few thousand kernels.
 
 `timeline` decodes under torch's profiler (CUPTI kernel records, which also see the engine's
-launches and its CUDA graphs' kernels, since both share the device's primary context), and
+launches and its CUDA graphs' kernels, since both share the device's primary context: written
+without a GPU at hand, so its first run is also the check of that), and
 splits the record into steps at each `embedding` launch. Unlike ncu, which replays every kernel
 alone with cold caches, these are the durations in the running step, overlap from programmatic
 dependent launch included; the step's period minus the union of its kernels' intervals is the
@@ -231,7 +232,11 @@ def timeline(model_dir: Path, args) -> None:
     tok_s = (len(outs[0].outputs[0].token_ids) - 1) / (m.finished_time - m.first_token_time)
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
         prof.export_chrome_trace(f.name)
-        steps = split_steps(kernel_records(f.name))
+        kernels = kernel_records(f.name)
+    steps = split_steps(kernels)
+    if len(steps) < 4:
+        names = collections.Counter(short_name(n) for _, _, n in kernels).most_common(8)
+        sys.exit(f"{len(kernels)} kernel records, {len(steps)} steps; most frequent: {names}")
     # The first steps prefill (and warm); the decode steps after them are alike.
     decode_steps = steps[len(steps) // 4 :]
     periods = [b[0][0] - a[0][0] for a, b in zip(decode_steps, decode_steps[1:], strict=False)]
