@@ -6,13 +6,18 @@
 # stdout. Installs each wheel with pip (--no-deps) before its run, so run it where replacing the
 # installed infire is fine.
 #
-#   bash bench/cuda_ab.sh A.whl B.whl OUT_DIR [ROUNDS]
+#   bash bench/cuda_ab.sh A.whl B.whl OUT_DIR [ROUNDS [CUDA_BENCH_ARGS...]]
+#
+# Arguments after ROUNDS go to every `cuda_bench.py all` run (e.g. `--quantization fp8
+# --kv-cache-dtype fp8` for an A/B of the FP8 path).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 A=${1:?usage: bash bench/cuda_ab.sh A.whl B.whl OUT_DIR [ROUNDS]}
 B=${2:?usage}
 OUT=${3:?usage}
 ROUNDS=${4:-2}
+shift $(($# < 4 ? $# : 4))
+EXTRA=("$@")
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 summary() { grep -E "^\| (decode\w*|ttft|throughput|startup\w*|cpu\w*) " ; }
@@ -20,7 +25,7 @@ run() { # label wheel round
     python3 -m pip install --no-deps --force-reinstall -q "$2" || return 1
     echo "== $1 (round $3, $(date -u +%T))"
     python3 bench/cuda_bench.py all --max-num-seqs 256 --max-num-batched-tokens 8192 \
-        --out "$OUT/$1_$3.json" > "$OUT/$1_$3.log" 2>&1
+        "${EXTRA[@]}" --out "$OUT/$1_$3.json" > "$OUT/$1_$3.log" 2>&1
     summary < "$OUT/$1_$3.log"
 }
 status=0
