@@ -36,6 +36,8 @@ mod kquant;
 mod neon;
 mod panels;
 mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2;
 mod split;
 #[cfg(target_arch = "x86_64")]
 mod tile;
