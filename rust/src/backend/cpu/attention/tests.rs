@@ -200,7 +200,9 @@ fn avx2_reads_the_paged_cache_as_the_gathered_copy() {
     };
     let mut rng = StdRng::seed_from_u64(18);
     let (hd, slots) = (64, 300);
-    let cache: Vec<f32> = (0..slots * hd).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let cache: Vec<f32> = (0..slots * hd)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
     for kb in [1usize, 7, 8, 9, 31, 64] {
         let rows: Vec<usize> = (0..kb).map(|_| rng.random_range(0..slots) * hd).collect();
         let (mut a, mut b) = (vec![0.5f32; hd * KEY_BLOCK], vec![0.5f32; hd * KEY_BLOCK]);
@@ -211,7 +213,10 @@ fn avx2_reads_the_paged_cache_as_the_gathered_copy() {
         let m = 5;
         let p: Vec<f32> = (0..m * KEY_BLOCK).map(|_| rng.random()).collect();
         let n: Vec<usize> = (0..m).map(|i| kb.saturating_sub(i % 3)).collect();
-        let gathered: Vec<f32> = rows.iter().flat_map(|&at| cache[at..at + hd].to_vec()).collect();
+        let gathered: Vec<f32> = rows
+            .iter()
+            .flat_map(|&at| cache[at..at + hd].to_vec())
+            .collect();
         let dense: Vec<usize> = (0..kb).map(|t| t * hd).collect();
         let acc0: Vec<f32> = (0..m * hd).map(|_| rng.random()).collect();
         let (mut a, mut b) = (acc0.clone(), acc0);

@@ -78,6 +78,7 @@ const TILE_Q8_0_MIN_M: usize = 16;
 /// Columns from which [`DotKernel::Auto`] runs a one-row product on the `maddubs` kernel
 /// where it has one (Q4_0, Q4_1): SmolLM2's Q4_1 `down` (k = 1,536) took 46 µs there against
 /// 58 µs in the tile, while at k = 576 the tile is the faster by 8–13 % (`NOTES.md`).
+#[cfg(target_arch = "x86_64")]
 const MADDUBS_M1_MIN_COLS: usize = 1024;
 
 /// Smallest `m` that [`DotKernel::Auto`] sends to the dequantized-panel path.
