@@ -38,12 +38,22 @@ impl Kernels for Avx2Fma {
         unsafe { softmax_step(row, n, max, sum, acc) }
     }
 
-    fn pv(&self, p: &[f32], v: &[f32], hd: usize, n: &[usize], acc: &mut [f32]) {
+    fn pv(&self, p: &[f32], v: &[f32], rows: &[usize], hd: usize, n: &[usize], acc: &mut [f32]) {
         let m = n.len();
-        assert!(hd % 8 == 0 && p.len() >= m * KEY_BLOCK && v.len() >= KEY_BLOCK * hd);
-        assert!(acc.len() >= m * hd && n.iter().all(|&x| x <= KEY_BLOCK));
-        // SAFETY: `self` exists, so the CPU has AVX2 and FMA; sizes checked above.
-        unsafe { pv(p, v, hd, n, acc) }
+        let most = n.iter().copied().max().unwrap_or(0);
+        assert!(hd % 8 == 0 && p.len() >= m * KEY_BLOCK && acc.len() >= m * hd);
+        assert!(most <= KEY_BLOCK && most <= rows.len());
+        assert!(rows[..most].iter().all(|&at| at + hd <= v.len()));
+        // SAFETY: the CPU has AVX2 and FMA (`self` exists); every value row read is in `v`,
+        // the other lengths are checked above.
+        unsafe { pv(p, v, rows, hd, n, acc) }
+    }
+
+    fn transpose_keys(&self, k: &[f32], rows: &[usize], hd: usize, kt: &mut [f32]) {
+        assert!(hd % 8 == 0 && rows.len() <= KEY_BLOCK && kt.len() >= hd * KEY_BLOCK);
+        assert!(rows.iter().all(|&at| at + hd <= k.len()));
+        // SAFETY: as for `pv`: AVX2, and every key row read is in `k`.
+        unsafe { transpose_keys(k, rows, hd, kt) }
     }
 }
 
@@ -194,15 +204,15 @@ unsafe fn exp(x: __m256) -> __m256 {
 ///
 /// AVX2 and FMA; sizes as asserted by the caller.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn pv(p: &[f32], v: &[f32], hd: usize, n: &[usize], acc: &mut [f32]) {
+unsafe fn pv(p: &[f32], v: &[f32], rows: &[usize], hd: usize, n: &[usize], acc: &mut [f32]) {
     let m = n.len();
     let mut i = 0;
     while i + 2 <= m {
-        pv_rows::<2>(p, v, hd, i, n[i].max(n[i + 1]), acc);
+        pv_rows::<2>(p, v, rows, hd, i, n[i].max(n[i + 1]), acc);
         i += 2;
     }
     if i < m {
-        pv_rows::<1>(p, v, hd, i, n[i], acc);
+        pv_rows::<1>(p, v, rows, hd, i, n[i], acc);
     }
 }
 
@@ -217,6 +227,7 @@ unsafe fn pv(p: &[f32], v: &[f32], hd: usize, n: &[usize], acc: &mut [f32]) {
 unsafe fn pv_rows<const R: usize>(
     p: &[f32],
     v: &[f32],
+    rows: &[usize],
     hd: usize,
     i: usize,
     n: usize,
@@ -224,11 +235,11 @@ unsafe fn pv_rows<const R: usize>(
 ) {
     let mut d = 0;
     while d + 32 <= hd {
-        pv_cols::<R, 4>(p, v, hd, i, n, d, acc);
+        pv_cols::<R, 4>(p, v, rows, hd, i, n, d, acc);
         d += 32;
     }
     while d < hd {
-        pv_cols::<R, 1>(p, v, hd, i, n, d, acc);
+        pv_cols::<R, 1>(p, v, rows, hd, i, n, d, acc);
         d += 8;
     }
 }
@@ -238,9 +249,11 @@ unsafe fn pv_rows<const R: usize>(
 /// As [`pv_rows`], with `d + 8W <= hd`.
 #[inline]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn pv_cols<const R: usize, const W: usize>(
     p: &[f32],
     v: &[f32],
+    rows: &[usize],
     hd: usize,
     i: usize,
     n: usize,
@@ -258,7 +271,7 @@ unsafe fn pv_cols<const R: usize, const W: usize>(
     for t in 0..n {
         let mut vt = [_mm256_setzero_ps(); W];
         for (w, x) in vt.iter_mut().enumerate() {
-            *x = _mm256_loadu_ps(vp.add(t * hd + 8 * w));
+            *x = _mm256_loadu_ps(vp.add(*rows.get_unchecked(t) + 8 * w));
         }
         for (r, ar) in a.iter_mut().enumerate() {
             let w8 = _mm256_broadcast_ss(&*pp.add(r * KEY_BLOCK + t));
@@ -295,4 +308,62 @@ pub(super) fn exp8(x: [f32; 8]) -> Option<[f32; 8]> {
     // SAFETY: the CPU has AVX2 and FMA (checked above).
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), exp(_mm256_loadu_ps(x.as_ptr()))) };
     Some(out)
+}
+
+/// [`Kernels::transpose_keys`]: 8 keys × 8 dimensions at a time through registers (an 8 × 8
+/// transpose), the keys past the last multiple of 8 one value at a time.
+///
+/// # Safety
+///
+/// The CPU has AVX2; `hd % 8 == 0`, every `rows[t] + hd ≤ k.len()`, `rows.len() ≤
+/// KEY_BLOCK` and `kt.len() ≥ hd · KEY_BLOCK`.
+#[target_feature(enable = "avx2")]
+unsafe fn transpose_keys(k: &[f32], rows: &[usize], hd: usize, kt: &mut [f32]) {
+    let (kp, tp) = (k.as_ptr(), kt.as_mut_ptr());
+    let full = rows.len() / 8 * 8;
+    for t0 in (0..full).step_by(8) {
+        for d in (0..hd).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(kp.add(rows[t0 + j] + d)));
+            for (dd, c) in transpose8(r).into_iter().enumerate() {
+                _mm256_storeu_ps(tp.add((d + dd) * KEY_BLOCK + t0), c);
+            }
+        }
+    }
+    for (t, &at) in rows.iter().enumerate().skip(full) {
+        for d in 0..hd {
+            *tp.add(d * KEY_BLOCK + t) = *kp.add(at + d);
+        }
+    }
+}
+
+/// The 8 × 8 transpose of `r` (row `j` of the result is lane `j` of every input).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ]
 }

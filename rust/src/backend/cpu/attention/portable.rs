@@ -38,13 +38,14 @@ impl Kernels for Portable {
         row[n..].fill(0.0);
     }
 
-    fn pv(&self, p: &[f32], v: &[f32], hd: usize, n: &[usize], acc: &mut [f32]) {
+    fn pv(&self, p: &[f32], v: &[f32], rows: &[usize], hd: usize, n: &[usize], acc: &mut [f32]) {
         for ((pm, am), &nm) in p
             .chunks_exact(KEY_BLOCK)
             .zip(acc.chunks_exact_mut(hd))
             .zip(n)
         {
-            for (&w, vt) in pm[..nm].iter().zip(v.chunks_exact(hd)) {
+            for (&w, &at) in pm[..nm].iter().zip(rows) {
+                let vt = &v[at..at + hd];
                 am.iter_mut().zip(vt).for_each(|(a, v)| *a += w * v);
             }
         }

@@ -188,3 +188,40 @@ fn vectorized_exp_relative_error() {
     .unwrap();
     assert_eq!(&y[..5], &[0.0, 0.0, 0.0, 1.0, 1.0]);
 }
+
+/// The AVX2 key transpose is the scalar one, and its value product reads rows in place to the
+/// same bits as from a gathered copy, for blocks of every length (tails past 8 included).
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn avx2_reads_the_paged_cache_as_the_gathered_copy() {
+    let Some(k) = avx2::Avx2Fma::detect() else {
+        eprintln!("no AVX2+FMA: nothing to compare");
+        return;
+    };
+    let mut rng = StdRng::seed_from_u64(18);
+    let (hd, slots) = (64, 300);
+    let cache: Vec<f32> = (0..slots * hd)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    for kb in [1usize, 7, 8, 9, 31, 64] {
+        let rows: Vec<usize> = (0..kb).map(|_| rng.random_range(0..slots) * hd).collect();
+        let (mut a, mut b) = (vec![0.5f32; hd * KEY_BLOCK], vec![0.5f32; hd * KEY_BLOCK]);
+        portable::Portable.transpose_keys(&cache, &rows, hd, &mut a);
+        k.transpose_keys(&cache, &rows, hd, &mut b);
+        assert_eq!(a, b, "{kb} keys");
+
+        let m = 5;
+        let p: Vec<f32> = (0..m * KEY_BLOCK).map(|_| rng.random()).collect();
+        let n: Vec<usize> = (0..m).map(|i| kb.saturating_sub(i % 3)).collect();
+        let gathered: Vec<f32> = rows
+            .iter()
+            .flat_map(|&at| cache[at..at + hd].to_vec())
+            .collect();
+        let dense: Vec<usize> = (0..kb).map(|t| t * hd).collect();
+        let acc0: Vec<f32> = (0..m * hd).map(|_| rng.random()).collect();
+        let (mut a, mut b) = (acc0.clone(), acc0);
+        k.pv(&p, &gathered, &dense, hd, &n, &mut a);
+        k.pv(&p, &cache, &rows, hd, &n, &mut b);
+        assert_eq!(a, b, "{kb} keys");
+    }
+}

@@ -36,6 +36,8 @@ mod kquant;
 mod neon;
 mod panels;
 mod q8;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2;
 mod split;
 #[cfg(target_arch = "x86_64")]
 mod tile;
@@ -72,6 +74,12 @@ const TASKS_PER_THREAD: usize = 4;
 /// Smallest `m` from which [`DotKernel::Auto`] runs Q8_0 matrices with the 16-bit tile
 /// rather than the `maddubs` kernel.
 const TILE_Q8_0_MIN_M: usize = 16;
+
+/// Columns from which [`DotKernel::Auto`] runs a one-row product on the `maddubs` kernel
+/// where it has one (Q4_0, Q4_1): SmolLM2's Q4_1 `down` (k = 1,536) took 46 µs there against
+/// 58 µs in the tile, while at k = 576 the tile is the faster by 8–13 % (`NOTES.md`).
+#[cfg(target_arch = "x86_64")]
+const MADDUBS_M1_MIN_COLS: usize = 1024;
 
 /// Smallest `m` that [`DotKernel::Auto`] sends to the dequantized-panel path.
 pub const DEQUANT_MIN_M: usize = 32;
@@ -171,7 +179,8 @@ impl QuantMatrix {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DotKernel {
     /// [`DotKernel::Integer`] for `m <` [`DEQUANT_MIN_M`] ([`DotKernel::Maddubs`] for Q8_0
-    /// below [`TILE_Q8_0_MIN_M`]), [`DotKernel::Dequant`] above.
+    /// below [`TILE_Q8_0_MIN_M`], and for one row of [`MADDUBS_M1_MIN_COLS`] columns or more),
+    /// [`DotKernel::Dequant`] above.
     Auto,
     /// Integer dot products, the AVX2 16-bit tile where the CPU has it (with FMA and F16C),
     /// else scalar.
@@ -228,6 +237,12 @@ pub fn linear_with(
         // Q8_0 codes are already bytes, which `maddubs` takes as they are; widening them to
         // 16 bits costs more than the tile saves until 16 rows (LM head, cpu_quant bench).
         DotKernel::Auto if w.format == QuantFormat::Q8_0 && m < TILE_Q8_0_MIN_M => {
+            DotKernel::Maddubs
+        }
+        #[cfg(target_arch = "x86_64")]
+        DotKernel::Auto
+            if m == 1 && w.cols >= MADDUBS_M1_MIN_COLS && avx2::Avx2::has_kernel(w.format) =>
+        {
             DotKernel::Maddubs
         }
         DotKernel::Auto => DotKernel::Integer,

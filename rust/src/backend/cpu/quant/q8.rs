@@ -69,14 +69,78 @@ impl Q8Block {
     }
 }
 
-/// Quantizes `x` (a whole number of blocks) into `out`, one block per 32 values.
+/// Quantizes `x` (a whole number of blocks) into `out`, one block per 32 values: with AVX2
+/// where the CPU has it (`q8_avx2.rs`, the same bits), else [`quantize_row_scalar`].
 ///
 /// # Panics
 ///
 /// When `x.len() != out.len() · 32`.
 pub fn quantize_row(x: &[f32], out: &mut [Q8Block]) {
     assert_eq!(x.len(), out.len() * BLOCK, "quantize_row: length mismatch");
+    #[cfg(target_arch = "x86_64")]
+    if let Some(k) = super::q8_avx2::Q8Avx2::detect() {
+        return k.quantize_row(x, out);
+    }
+    quantize_row_scalar(x, out);
+}
+
+/// [`quantize_row`] one value at a time: the reference the SIMD version is checked against.
+pub fn quantize_row_scalar(x: &[f32], out: &mut [Q8Block]) {
+    assert_eq!(x.len(), out.len() * BLOCK, "quantize_row: length mismatch");
     for (o, x) in out.iter_mut().zip(x.chunks_exact(BLOCK)) {
         *o = Q8Block::quantize(x.try_into().expect("chunks_exact gives whole blocks"));
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    /// The blocks' bits (NaN scales compare equal to themselves).
+    fn bits(b: &[Q8Block]) -> Vec<(u32, u32, [i8; BLOCK], [i8; BLOCK])> {
+        b.iter()
+            .map(|b| (b.d.to_bits(), b.s.to_bits(), b.qs, b.qs2))
+            .collect()
+    }
+
+    /// One block of a kind that stresses a different step of the rounding.
+    fn block(rng: &mut StdRng, kind: usize) -> Vec<f32> {
+        let special = [0.0, -0.0, f32::NAN, f32::INFINITY, f32::NEG_INFINITY, 1e-40];
+        (0..BLOCK)
+            .map(|i| match kind {
+                // Half-integers under a maximum of 127: codes land on or next to ties.
+                0 => rng.random_range(-254i32..=254) as f32 * 0.5,
+                1 => rng.random_range(-1.0f32..1.0) * 10f32.powi(rng.random_range(-30..30)),
+                2 => 0.0,
+                3 if i % 5 == 0 => special[rng.random_range(0..special.len())],
+                4 => rng.random_range(-1.7e38f32..1.7e38),
+                5 => rng.random_range(-1e-38f32..1e-38),
+                _ => rng.random_range(-1.0f32..1.0) * if i % 37 == 5 { 10.0 } else { 1.0 },
+            })
+            .collect()
+    }
+
+    #[test]
+    fn avx2_quantize_row_is_bit_exact() {
+        let Some(k) = crate::backend::cpu::quant::q8_avx2::Q8Avx2::detect() else {
+            eprintln!("no AVX2: nothing to compare");
+            return;
+        };
+        let mut rng = StdRng::seed_from_u64(18);
+        for round in 0..2000 {
+            let nb = 1 + round % 7;
+            let mut x = Vec::new();
+            for _ in 0..nb {
+                let kind = rng.random_range(0..8);
+                x.extend(block(&mut rng, kind));
+            }
+            let (mut a, mut b) = (vec![Q8Block::default(); nb], vec![Q8Block::default(); nb]);
+            quantize_row_scalar(&x, &mut a);
+            k.quantize_row(&x, &mut b);
+            assert_eq!(bits(&a), bits(&b), "round {round}: {x:?}");
+        }
     }
 }
