@@ -102,7 +102,7 @@ pub fn pack_token_mask(vob: &SimpleVob, width: usize, eos_token_ids: &[u32]) -> 
     let src = vob.as_slice();
     let full = known / 32;
     words[..full].copy_from_slice(&src[..full]);
-    if known % 32 != 0 {
+    if !known.is_multiple_of(32) {
         words[full] = src[full] & ((1u32 << (known % 32)) - 1);
     }
     let in_vob = |t: u32| (t as usize) < vob.len() && vob.is_allowed(t);

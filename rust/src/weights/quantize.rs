@@ -72,7 +72,7 @@ impl LoadQuant {
             "F32" => 4,
             _ => return false,
         };
-        if cols == 0 || cols % QK != 0 || bytes.len() % (cols * size) != 0 {
+        if cols == 0 || !cols.is_multiple_of(QK) || !bytes.len().is_multiple_of(cols * size) {
             return false;
         }
         let row_bytes = self.row_bytes(cols);
@@ -99,7 +99,7 @@ impl LoadQuant {
     /// `rows × cols` f32 values (row-major) quantized, in parallel; `None` when a value is
     /// not finite or `cols` is not a multiple of 32.
     pub fn quantize_f32(self, data: &[f32], cols: usize) -> Option<Vec<u8>> {
-        if cols == 0 || cols % QK != 0 || data.len() % cols != 0 {
+        if cols == 0 || !cols.is_multiple_of(QK) || !data.len().is_multiple_of(cols) {
             return None;
         }
         if !data.iter().all(|v| v.is_finite()) {

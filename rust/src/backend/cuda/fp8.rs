@@ -122,7 +122,7 @@ impl CudaBackend {
     /// `m` quantized to FP8 on the device, one scale per row (`quantization="fp8"`); `m` as it
     /// is when the option is off, it is FP8 already, or its columns are not a multiple of 16.
     pub(super) fn quantize_matrix(&self, m: CudaMatrix) -> Result<CudaMatrix> {
-        if !self.opts.quantize_fp8 || m.fp8.is_some() || m.cols % 16 != 0 {
+        if !self.opts.quantize_fp8 || m.fp8.is_some() || !m.cols.is_multiple_of(16) {
             return Ok(m);
         }
         let (rows, cols) = (m.rows, m.cols);

@@ -16,7 +16,7 @@ impl CudaBackend {
             Some(l) if fp8_mma_fits(w.cols, &l) => self.fp8_gemv_max_rows,
             _ => self.gemv_max_rows,
         };
-        (1..=max_rows).contains(&rows) && w.cols % 8 == 0
+        (1..=max_rows).contains(&rows) && w.cols.is_multiple_of(8)
     }
 
     /// The GEMV output kind that writes `out`'s dtype.
@@ -236,7 +236,7 @@ impl Ops for CudaBackend {
         gate_up: &mut CudaBuf,
         act: &mut CudaBuf,
     ) {
-        if add.is_some() || !self.use_gemv(rows, w) || w.rows % 4 != 0 {
+        if add.is_some() || !self.use_gemv(rows, w) || !w.rows.is_multiple_of(4) {
             self.norm_linear(residual, add, norm_w, eps, rows, w, None, normed, gate_up);
             return self.silu_mul(gate_up, rows, n, act);
         }

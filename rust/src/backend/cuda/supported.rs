@@ -43,14 +43,14 @@ pub(super) fn check_model(
     }
     // Limits of the kernels: rms_norm keeps a row in registers, prefill attention keeps
     // a tile of K and V of HEAD_DIM ≤ 128 in static shared memory.
-    if model.hidden_size > 16384 || model.head_dim > 128 || model.head_dim % 16 != 0 {
+    if model.hidden_size > 16384 || model.head_dim > 128 || !model.head_dim.is_multiple_of(16) {
         return Err(Error::Unsupported(format!(
             "the CUDA kernels support hidden_size ≤ 16384 and head_dim a multiple of 16 up \
                  to 128; this model has {} and {}",
             model.hidden_size, model.head_dim
         )));
     }
-    if layout.block_size % 16 != 0 {
+    if !layout.block_size.is_multiple_of(16) {
         return Err(Error::InvalidConfig(format!(
             "the CUDA backend needs block_size to be a multiple of 16, got {}",
             layout.block_size

@@ -126,7 +126,7 @@ pub fn block_scales_finite(ty: GgmlType, bytes: &[u8]) -> bool {
         return false;
     };
     let size = ty.type_size();
-    bytes.len() % size == 0
+    bytes.len().is_multiple_of(size)
         && bytes
             .chunks_exact(size)
             .all(|b| offsets.iter().all(|&at| f16_at(b, at).is_finite()))

@@ -33,7 +33,7 @@ impl Kernels for Avx2Fma {
         sum: &mut f32,
         acc: &mut [f32],
     ) {
-        assert!(row.len() == KEY_BLOCK && n <= KEY_BLOCK && acc.len() % 8 == 0);
+        assert!(row.len() == KEY_BLOCK && n <= KEY_BLOCK && acc.len().is_multiple_of(8));
         // SAFETY: `self` exists, so the CPU has AVX2 and FMA; sizes checked above.
         unsafe { softmax_step(row, n, max, sum, acc) }
     }
@@ -41,7 +41,7 @@ impl Kernels for Avx2Fma {
     fn pv(&self, p: &[f32], v: &[f32], rows: &[usize], hd: usize, n: &[usize], acc: &mut [f32]) {
         let m = n.len();
         let most = n.iter().copied().max().unwrap_or(0);
-        assert!(hd % 8 == 0 && p.len() >= m * KEY_BLOCK && acc.len() >= m * hd);
+        assert!(hd.is_multiple_of(8) && p.len() >= m * KEY_BLOCK && acc.len() >= m * hd);
         assert!(most <= KEY_BLOCK && most <= rows.len());
         assert!(rows[..most].iter().all(|&at| at + hd <= v.len()));
         // SAFETY: the CPU has AVX2 and FMA (`self` exists); every value row read is in `v`,
@@ -50,7 +50,7 @@ impl Kernels for Avx2Fma {
     }
 
     fn transpose_keys(&self, k: &[f32], rows: &[usize], hd: usize, kt: &mut [f32]) {
-        assert!(hd % 8 == 0 && rows.len() <= KEY_BLOCK && kt.len() >= hd * KEY_BLOCK);
+        assert!(hd.is_multiple_of(8) && rows.len() <= KEY_BLOCK && kt.len() >= hd * KEY_BLOCK);
         assert!(rows.iter().all(|&at| at + hd <= k.len()));
         // SAFETY: as for `pv`: AVX2, and every key row read is in `k`.
         unsafe { transpose_keys(k, rows, hd, kt) }

@@ -69,7 +69,7 @@ pub(super) fn paged_attention(
     out: &mut [f32],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if let Some(k) = avx2::Avx2Fma::detect().filter(|_| shape.head_dim % 8 == 0) {
+    if let Some(k) = avx2::Avx2Fma::detect().filter(|_| shape.head_dim.is_multiple_of(8)) {
         return attention_with(&k, qkv, batch, shape, cache, layer, out);
     }
     attention_with(&portable::Portable, qkv, batch, shape, cache, layer, out)

@@ -99,7 +99,7 @@ pub(super) fn gemv_fp8_mma_name(input: GemvInput, output: GemvOutput) -> String 
 /// whole 64-column chunks, none straddling a scale block (gemv_fp8_mma.cu). Others run on
 /// gemv.cu's `*_fp8_m1` (one row) or the FP8 GEMM (more).
 pub fn fp8_mma_fits(k: usize, layout: &Fp8Layout) -> bool {
-    k % 64 == 0 && layout.col_shift >= 6
+    k.is_multiple_of(64) && layout.col_shift >= 6
 }
 
 /// Columns per CTA of an `n`-column GEMV: a multiple of `group` (the columns a CTA takes at a
