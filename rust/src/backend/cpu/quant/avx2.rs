@@ -10,6 +10,12 @@
 //! by FMA. Signed codes (Q4_0, Q8_0) go through the sign trick:
 //! `maddubs(|w|, sign(a, w))`. The minimum of Q4_1 adds `m_w·s_a` per block in a scalar.
 //! Same value as [`super::QuantFormat::dot_scalar`] up to the order of f32 additions.
+//!
+//! Where the CPU has AVX-512 VNNI (with AVX-512VL, for its 256-bit form), each level's
+//! `maddubs` + `madd` pair is one `vpdpbusd` (`_mm256_dpbusd_epi32`: four u8·i8 products
+//! summed into each i32 lane), and the levels meet as `254·l₁ + l₂`: the same i32 lanes as the
+//! `maddubs` path (no i16 step saturates there: |pair| ≤ 2·128·127), so the same results bit
+//! for bit. Chosen at run time ([`Avx2::detect`]); `INFIRE_CPU_VNNI=0` keeps `maddubs`.
 
 use std::arch::x86_64::*;
 
@@ -17,18 +23,39 @@ use super::q8::{Q8Block, RESIDUAL_STEPS};
 use super::QuantFormat;
 use crate::backend::cpu::simd::hsum;
 
-/// Proof that this CPU has AVX2, FMA and F16C: the only way to get one is [`Avx2::detect`],
-/// which is what makes calling the `target_feature` functions below sound.
+/// Proof that this CPU has AVX2, FMA and F16C (and, with `vnni`, AVX-512 VNNI and VL): the only
+/// way to get one is [`Avx2::detect`], which is what makes calling the `target_feature`
+/// functions below sound.
 #[derive(Clone, Copy, Debug)]
-pub struct Avx2(());
+pub struct Avx2 {
+    vnni: bool,
+}
 
 impl Avx2 {
-    /// `Some` when the CPU reports AVX2, FMA and F16C (`std` caches the CPUID answer).
+    /// `Some` when the CPU reports AVX2, FMA and F16C (`std` caches the CPUID answer), with the
+    /// VNNI kernel where the CPU has it and `INFIRE_CPU_VNNI` is not `0`.
     pub fn detect() -> Option<Avx2> {
+        // Read once: detection runs on every product call.
+        static VNNI_ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let allowed = *VNNI_ALLOWED
+            .get_or_init(|| std::env::var("INFIRE_CPU_VNNI").map_or(true, |v| v != "0"));
+        Self::detect_with(allowed)
+    }
+
+    /// [`Avx2::detect`], with the VNNI kernel only when `vnni` allows it (tests compare both).
+    pub fn detect_with(vnni: bool) -> Option<Avx2> {
         let ok = is_x86_feature_detected!("avx2")
             && is_x86_feature_detected!("fma")
             && is_x86_feature_detected!("f16c");
-        ok.then_some(Avx2(()))
+        let vnni =
+            vnni && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+        ok.then_some(Avx2 { vnni })
+    }
+
+    /// Whether the dot products run on `vpdpbusd`.
+    #[cfg(test)]
+    pub fn vnni(self) -> bool {
+        self.vnni
     }
 
     /// Whether `fmt` has this kernel (the 32-element formats that need no fifth bit: the
@@ -55,13 +82,17 @@ impl Avx2 {
     ) -> [f32; R] {
         let nb = w.len() / fmt.block_bytes();
         assert!(nb * fmt.block_bytes() == w.len() && acts.len() >= R * nb);
-        // SAFETY: `self` exists, so the CPU has AVX2, FMA and F16C; the lengths are checked.
+        // SAFETY: `self` exists, so the CPU has AVX2, FMA and F16C, and AVX-512 VNNI and VL
+        // when `self.vnni`; the lengths are checked.
         unsafe {
-            match fmt {
-                QuantFormat::Q4_0 => dot_rows::<Q4_0, R>(w, acts, nb),
-                QuantFormat::Q4_1 => dot_rows::<Q4_1, R>(w, acts, nb),
-                QuantFormat::Q8_0 => dot_rows::<Q8_0, R>(w, acts, nb),
-                other => panic!("{other:?} has no maddubs kernel (Avx2::has_kernel)"),
+            match (fmt, self.vnni) {
+                (QuantFormat::Q4_0, false) => dot_rows::<Q4_0, R>(w, acts, nb),
+                (QuantFormat::Q4_1, false) => dot_rows::<Q4_1, R>(w, acts, nb),
+                (QuantFormat::Q8_0, false) => dot_rows::<Q8_0, R>(w, acts, nb),
+                (QuantFormat::Q4_0, true) => dot_rows_vnni::<Q4_0, R>(w, acts, nb),
+                (QuantFormat::Q4_1, true) => dot_rows_vnni::<Q4_1, R>(w, acts, nb),
+                (QuantFormat::Q8_0, true) => dot_rows_vnni::<Q8_0, R>(w, acts, nb),
+                (other, _) => panic!("{other:?} has no maddubs kernel (Avx2::has_kernel)"),
             }
         }
     }
@@ -147,8 +178,38 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 /// The CPU has AVX2, FMA and F16C; `w` holds `nb` blocks of `B`, `acts` at least `R·nb`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn dot_rows<B: Block, const R: usize>(w: &[u8], acts: &[Q8Block], nb: usize) -> [f32; R] {
+    dot_rows_body::<B, R, false>(w, acts, nb)
+}
+
+/// [`dot_rows`] on `vpdpbusd`.
+///
+/// # Safety
+///
+/// As [`dot_rows`], and the CPU has AVX-512 VNNI and VL.
+#[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+unsafe fn dot_rows_vnni<B: Block, const R: usize>(
+    w: &[u8],
+    acts: &[Q8Block],
+    nb: usize,
+) -> [f32; R] {
+    dot_rows_body::<B, R, true>(w, acts, nb)
+}
+
+/// The loop of [`dot_rows`] (`VNNI`: of [`dot_rows_vnni`]), inlined into each so that it is
+/// compiled with their target features.
+///
+/// # Safety
+///
+/// As the caller's.
+#[inline(always)]
+unsafe fn dot_rows_body<B: Block, const R: usize, const VNNI: bool>(
+    w: &[u8],
+    acts: &[Q8Block],
+    nb: usize,
+) -> [f32; R] {
     let ones = _mm256_set1_epi16(1);
     let steps = _mm256_set1_epi16(RESIDUAL_STEPS as i16);
+    let steps32 = _mm256_set1_epi32(RESIDUAL_STEPS);
     let mut acc = [_mm256_setzero_ps(); R];
     let mut mins = [0.0f32; R];
     for b in 0..nb {
@@ -161,23 +222,29 @@ unsafe fn dot_rows<B: Block, const R: usize>(w: &[u8], acts: &[Q8Block], nb: usi
         } else {
             codes
         };
-        // `maddubs` of the codes with one level's activation codes: 16 i16 pair sums.
-        let pairs = |qs: &[i8; 32]| {
+        // One level's activation codes, with the weights' signs moved onto them.
+        let signed = |qs: &[i8; 32]| {
             let q = _mm256_loadu_si256(qs.as_ptr().cast());
-            let q = if B::SIGNED {
+            if B::SIGNED {
                 _mm256_sign_epi8(q, codes)
             } else {
                 q
-            };
-            _mm256_maddubs_epi16(abs, q)
+            }
         };
         for r in 0..R {
             let a = acts.get_unchecked(r * nb + b);
             // 8 i32 lanes of Σ codes·(254·qs + qs2): |lane| ≤ 4·128·(254 + 1)·127 < 2²⁴.
-            let lanes = _mm256_add_epi32(
-                _mm256_madd_epi16(pairs(&a.qs), steps),
-                _mm256_madd_epi16(pairs(&a.qs2), ones),
-            );
+            let lanes = if VNNI {
+                let zero = _mm256_setzero_si256();
+                let l1 = _mm256_dpbusd_epi32(zero, abs, signed(&a.qs));
+                let l2 = _mm256_dpbusd_epi32(zero, abs, signed(&a.qs2));
+                _mm256_add_epi32(_mm256_mullo_epi32(l1, steps32), l2)
+            } else {
+                _mm256_add_epi32(
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(abs, signed(&a.qs)), steps),
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(abs, signed(&a.qs2)), ones),
+                )
+            };
             acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dw * a.d), _mm256_cvtepi32_ps(lanes), acc[r]);
             if !B::SIGNED {
                 mins[r] += f16_at(wp.add(2)) * a.s;

@@ -224,15 +224,49 @@ fn dot_rows_match_scalar(
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn avx2_dot_matches_scalar() {
-    let avx2 = avx2::Avx2::detect().expect("this x86-64 CPU lacks AVX2, FMA or F16C");
+    let avx2 = avx2::Avx2::detect_with(false).expect("this x86-64 CPU lacks AVX2, FMA or F16C");
+    assert!(!avx2.vnni());
     dot_rows_match_scalar(avx2::Avx2::has_kernel, |format, row, a| {
-        [
-            &avx2.dot_rows::<1>(format, row, a)[..],
-            &avx2.dot_rows::<2>(format, row, a)[..],
-            &avx2.dot_rows::<3>(format, row, a)[..],
-            &avx2.dot_rows::<4>(format, row, a)[..],
-        ]
-        .concat()
+        avx2_rows(avx2, format, row, a)
+    });
+}
+
+#[cfg(target_arch = "x86_64")]
+fn avx2_rows(k: avx2::Avx2, format: QuantFormat, row: &[u8], a: &[Q8Block]) -> Vec<f32> {
+    [
+        &k.dot_rows::<1>(format, row, a)[..],
+        &k.dot_rows::<2>(format, row, a)[..],
+        &k.dot_rows::<3>(format, row, a)[..],
+        &k.dot_rows::<4>(format, row, a)[..],
+    ]
+    .concat()
+}
+
+/// The AVX-512 VNNI dot products (`vpdpbusd`) against the scalar ones, and bit for bit against
+/// the `maddubs` path on the same inputs (their integer lanes are equal by construction). Runs
+/// where the CPU has AVX-512 VNNI and VL (the build machine and CI do: AMD EPYC with
+/// `avx512_vnni`); elsewhere it says so and checks that no VNNI kernel was picked.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vnni_dot_matches_scalar_and_maddubs() {
+    let vnni = avx2::Avx2::detect_with(true).expect("this x86-64 CPU lacks AVX2, FMA or F16C");
+    let has = is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl");
+    assert_eq!(vnni.vnni(), has);
+    if !has {
+        eprintln!("this CPU has no AVX-512 VNNI: its kernel was not run");
+        return;
+    }
+    let maddubs = avx2::Avx2::detect_with(false).expect("AVX2");
+    dot_rows_match_scalar(avx2::Avx2::has_kernel, |format, row, a| {
+        let got = avx2_rows(vnni, format, row, a);
+        let want = avx2_rows(maddubs, format, row, a);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&got),
+            bits(&want),
+            "{format:?}: VNNI and maddubs differ"
+        );
+        got
     });
 }
 
