@@ -9,6 +9,18 @@ the decode roofline, file bytes per token ÷ bandwidth, with each side's share o
 Writes bench/results/cpu_vs_llamacpp.json.
 
     python bench/cpu_vs_llamacpp.py [--model PATH] [--threads 1,2] [--prompts 128,512,4096]
+        [--rounds N]
+
+Each side runs each test once a round (llama-bench ``-r 1``; Infire in a fresh process), the
+two sides in alternating order from round to round; with several rounds the table gives each
+side's median at its best thread count, and the ratio's median and range over the rounds
+(single runs on a shared 2-core VM vary by ±10 %).
+
+Infire's tg128 is timed as llama-bench times its own: the engine's timestamps of the first and
+the last token of a `generate` call (``RequestOutput.metrics``), with nothing consuming tokens
+as they come. The same 128 tokens streamed through a Python loop (``Engine.stream``: the
+Python thread woken for each token, competing for the two cores) are reported beside it as
+``tg128_stream``; until 2026-12-07 that was the tg128 figure.
 
 Needs ``cmake`` and ``ninja`` on PATH (``pip install cmake ninja``) and a C/C++ compiler for the
 first run; ``cargo`` for the bandwidth figure (``--no-ceiling`` skips it).
@@ -20,6 +32,7 @@ import argparse
 import datetime
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -91,11 +104,14 @@ for n in prompts:
     t = time.perf_counter()
     engine.generate(ids[:n], infire.SamplingParams(max_tokens=1, **greedy))
     rows.append({"test": f"pp{n}", "tok_s": n / (time.perf_counter() - t)})
+(out,) = engine.generate(ids[:1], infire.SamplingParams(max_tokens=129, **greedy))
+m = out.metrics
+rows.append({"test": "tg128", "tok_s": 128 / (m.finished_time - m.first_token_time)})
 first = end = None
 for out in engine.stream(ids[:1], infire.SamplingParams(max_tokens=129, **greedy)):
     end = time.perf_counter()
     first = first or end
-rows.append({"test": "tg128", "tok_s": 128 / (end - first)})
+rows.append({"test": "tg128_stream", "tok_s": 128 / (end - first)})
 print(json.dumps(rows))
 """
 
@@ -106,6 +122,24 @@ def run_infire(model: str, threads: int, prompts: list[int]) -> list:
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = json.loads(out.strip().splitlines()[-1])
     return [dict(r, threads=threads) for r in rows]
+
+
+def run_round(binary: Path, args, threads, prompts, infire_first: bool):
+    """One round: llama-bench and Infire (every thread count), in the order given."""
+
+    def llama():
+        return run_llama_bench(binary, args.model, threads, prompts)
+
+    def infire():
+        return [r for t in threads for r in run_infire(args.model, t, prompts)]
+
+    if infire_first:
+        infire_rows = infire()
+        llama_rows, llama_cmd = llama()
+    else:
+        llama_rows, llama_cmd = llama()
+        infire_rows = infire()
+    return llama_rows, infire_rows, llama_cmd
 
 
 def read_bandwidth_gb_s(threads: int) -> float | None:
@@ -132,6 +166,7 @@ def main() -> None:
     ap.add_argument("--threads", default="1,2")
     ap.add_argument("--prompts", default="128,512,4096")
     ap.add_argument("--no-ceiling", action="store_true")
+    ap.add_argument("--rounds", type=int, default=1, help="rounds, the sides' order alternating")
     ap.add_argument("--out", default=str(REPO / "bench" / "results" / "cpu_vs_llamacpp.json"))
     args = ap.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -144,47 +179,85 @@ def main() -> None:
     binary = llama_bench_binary()
     load_before = load_average()
     started = time.time()
-    llama, llama_cmd = run_llama_bench(binary, args.model, threads, prompts)
-    infire_rows = [r for t in threads for r in run_infire(args.model, t, prompts)]
+    llama, infire_rows = [], []
+    for rnd in range(args.rounds):
+        ll, inf, llama_cmd = run_round(binary, args, threads, prompts, infire_first=rnd % 2 == 1)
+        llama += [dict(r, round=rnd) for r in ll]
+        infire_rows += [dict(r, round=rnd) for r in inf]
+        print(f"round {rnd + 1}/{args.rounds} done, load average {load_average()}", flush=True)
     ceiling = {} if args.no_ceiling else {t: read_bandwidth_gb_s(t) for t in threads}
     report(args, threads, prompts, llama, infire_rows, ceiling, llama_cmd, load_before, started)
+
+
+def best(rows, test, rnd):
+    """The row of ``test`` in round ``rnd`` at its best thread count."""
+    hits = [r for r in rows if r["test"] == test and r["round"] == rnd]
+    return max(hits, key=lambda r: r["tok_s"]) if hits else None
+
+
+def summarize(infire_rows, llama, test, rounds) -> dict:
+    """Per round, each side at its best thread count and their ratio; medians over rounds."""
+    per_round = []
+    for rnd in range(rounds):
+        i, ll = best(infire_rows, test, rnd), best(llama, test, rnd)
+        per_round.append(
+            {"infire": i, "llama_cpp": ll, "ratio": round(i["tok_s"] / ll["tok_s"], 3)}
+        )
+    ratios = [r["ratio"] for r in per_round]
+    return {
+        "test": test,
+        "rounds": per_round,
+        "infire_median": statistics.median(r["infire"]["tok_s"] for r in per_round),
+        "llama_cpp_median": statistics.median(r["llama_cpp"]["tok_s"] for r in per_round),
+        "ratio_median": statistics.median(ratios),
+        "ratio_range": [min(ratios), max(ratios)],
+        "rounds_at_least_1": sum(r >= 1.0 for r in ratios),
+    }
 
 
 def report(args, threads, prompts, llama, infire_rows, ceiling, llama_cmd, load_before, started):
     """Prints the comparison (each side at its best thread count) and writes the JSON."""
     tests = ["tg128"] + [f"pp{n}" for n in prompts]
-
-    def best(rows, test):
-        hits = [r for r in rows if r["test"] == test]
-        return max(hits, key=lambda r: r["tok_s"]) if hits else None
+    rounds = args.rounds
 
     from cpu_decode import cpu_name  # imports infire, which the build step does not need
 
     file_bytes = os.path.getsize(args.model)
     print(f"machine: {cpu_name()}, {os.cpu_count()} cores; load average before {load_before}")
-    print(f"model: {os.path.basename(args.model)} ({file_bytes / 1e6:.1f} MB)")
-    print("| test | Infire tok/s (threads) | llama.cpp tok/s (threads) | ratio |")
-    print("| --- | --- | --- | --- |")
+    print(f"model: {os.path.basename(args.model)} ({file_bytes / 1e6:.1f} MB); {rounds} round(s)")
+    print("| test | Infire tok/s | llama.cpp tok/s | ratio | rounds >= 1.0 |")
+    print("| --- | --- | --- | --- | --- |")
     table = []
     for test in tests:
-        i, ll = best(infire_rows, test), best(llama, test)
-        ratio = i["tok_s"] / ll["tok_s"]
-        table.append({"test": test, "infire": i, "llama_cpp": ll, "ratio": round(ratio, 3)})
+        t = summarize(infire_rows, llama, test, rounds)
+        table.append(t)
+        lo, hi = t["ratio_range"]
         print(
-            f"| {test} | {i['tok_s']:.1f} ({i['threads']}) | {ll['tok_s']:.1f} "
-            f"({ll['threads']}) | {ratio:.2f} |"
+            f"| {test} | {t['infire_median']:.1f} | {t['llama_cpp_median']:.1f} | "
+            f"{t['ratio_median']:.2f} ({lo:.2f}–{hi:.2f}) | {t['rounds_at_least_1']} of {rounds} |"
         )
+    for t in threads:
+        stream = [
+            r["tok_s"] for r in infire_rows if r["test"] == "tg128_stream" and r["threads"] == t
+        ]
+        if stream:
+            median = statistics.median(stream)
+            print(f"Infire tg128 streamed through Python, {t} thread(s), median: {median:.1f}")
     roofline = {}
     for t, gbs in ceiling.items():
         if gbs is None:
             continue
         top = gbs * 1e9 / file_bytes
-        i = next(r for r in infire_rows if r["test"] == "tg128" and r["threads"] == t)
-        ll = next(r for r in llama if r["test"] == "tg128" and r["threads"] == t)
+        i = statistics.median(
+            r["tok_s"] for r in infire_rows if r["test"] == "tg128" and r["threads"] == t
+        )
+        ll = statistics.median(
+            r["tok_s"] for r in llama if r["test"] == "tg128" and r["threads"] == t
+        )
         roofline[t] = {"gb_s": gbs, "tok_s": round(top, 1)}
         print(
             f"roofline, {t} thread(s): {gbs:.1f} GB/s / {file_bytes / 1e6:.1f} MB per token = "
-            f"{top:.0f} tok/s; Infire {i['tok_s'] / top:.0%}, llama.cpp {ll['tok_s'] / top:.0%}"
+            f"{top:.0f} tok/s; Infire {i / top:.0%}, llama.cpp {ll / top:.0%}"
         )
     result = {
         "bench": "cpu_vs_llamacpp",
@@ -197,6 +270,7 @@ def report(args, threads, prompts, llama, infire_rows, ceiling, llama_cmd, load_
         "model": os.path.basename(args.model),
         "llama_cpp": LLAMA_CPP_PYTHON + " (vendored llama.cpp)",
         "llama_bench_command": llama_cmd,
+        "rounds": rounds,
         "rows": {"infire": infire_rows, "llama_cpp": llama},
         "best": table,
         "roofline": roofline,
