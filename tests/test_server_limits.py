@@ -117,10 +117,32 @@ def test_half_closed_client_gets_its_answer(limited):
     assert json.loads(body)["choices"][0]["text"] is not None
 
 
+def _hold_slots(port: int, n: int) -> list[socket.socket]:
+    """`n` connections the server has accepted into its slots and that wait for a request.
+    A connection refused for want of a slot gets its 503 at once, so one that stays silent has
+    a slot; a refused one (a slot still held by an earlier test's connection as it closes) is
+    replaced until `n` are held."""
+    held: list[socket.socket] = []
+    deadline = time.monotonic() + 10
+    while len(held) < n:
+        assert time.monotonic() < deadline, "the server never had its slots free"
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(0.3)
+        try:
+            s.recv(65536)
+        except TimeoutError:
+            held.append(s)
+            continue
+        except ConnectionResetError:
+            pass
+        s.close()
+        time.sleep(0.1)
+    return held
+
+
 def test_connections_over_the_limit_get_503_until_one_frees(limited):
-    held = [socket.create_connection(("127.0.0.1", limited)) for _ in range(4)]
+    held = _hold_slots(limited, 4)
     try:
-        time.sleep(0.2)
         status, headers, body = _exchange(limited, b"GET /health HTTP/1.1\r\nhost: x\r\n\r\n")
         assert status == 503, body
         assert headers["retry-after"].isdigit()
