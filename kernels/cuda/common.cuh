@@ -103,6 +103,44 @@ __device__ __forceinline__ float block_max(float v) {
     return warp_max(v);
 }
 
+// --- The GEMV family (gemv.cu, gemv_fp8_mma.cu) ----------------------------------------------
+
+// The projection's prologue (what it reads as input) and epilogue (what it does with a sum).
+enum { PRO_PLAIN = 0, PRO_NORM = 1 };
+enum { EPI_STORE = 0, EPI_F32 = 1, EPI_ADD = 2, EPI_SILU = 3 };
+
+// The scale layout of an FP8 matrix: scales[(row >> srow_shift) * s_ld + (col >> scol_shift)].
+struct WScales {
+    const float* __restrict__ s;
+    int srow_shift, scol_shift, s_ld;
+};
+
+// A 16-byte load of weights read once: not kept in L1.
+__device__ __forceinline__ Vec load_stream(const void* p) {
+    Vec v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ float round_t(float v) { return to_float(from_float(v)); }
+
+// xin(m, k0 .. k0 + 7) of the prologue, as floats: row m of x, or its RMSNorm rounded where
+// the unfused kernels round (inv_rms of the row given).
+template <int PRO>
+__device__ __forceinline__ void load_input(const T* __restrict__ x, const T* __restrict__ nw,
+                                           int m, int k, int k0, float inv_rms,
+                                           float (&f)[VEC]) {
+    vec_to_float(load_vec(x + (long long)m * k + k0), f);
+    if (PRO == PRO_NORM) {
+        float w[VEC];
+        vec_to_float(load_vec(nw + k0), w);
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) f[i] = round_t(round_t(f[i] * inv_rms) * w[i]);
+    }
+}
+
 // --- FP8 (e4m3fn) codes (fp8.cu) ---------------------------------------------------------------
 
 // The value of e4m3 code `b` times 2^-120, exactly: the code's exponent and mantissa bits placed

@@ -51,39 +51,9 @@ constexpr int GEMV_THREADS = 256;
 constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 constexpr int GROUP = 4;
 
-enum { PRO_PLAIN = 0, PRO_NORM = 1 };
 enum { WF_DENSE = 0, WF_FP8 = 1 };
 
-// The scale layout of an FP8 matrix (see above); unused for dense weights.
-struct WScales {
-    const float* __restrict__ s;
-    int srow_shift, scol_shift, s_ld;
-};
-enum { EPI_STORE = 0, EPI_F32 = 1, EPI_ADD = 2, EPI_SILU = 3 };
-
-__device__ __forceinline__ Vec load_stream(const void* p) {
-    Vec v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ float round_t(float v) { return to_float(from_float(v)); }
-
-// xin(m, k0 .. k0 + 7) of the prologue, as floats.
-template <int PRO>
-__device__ __forceinline__ void load_input(const T* __restrict__ x, const T* __restrict__ nw,
-                                           int m, int k, int k0, float inv_rms,
-                                           float (&f)[VEC]) {
-    vec_to_float(load_vec(x + (long long)m * k + k0), f);
-    if (PRO == PRO_NORM) {
-        float w[VEC];
-        vec_to_float(load_vec(nw + k0), w);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) f[i] = round_t(round_t(f[i] * inv_rms) * w[i]);
-    }
-}
+// PRO_*, EPI_*, WScales, load_stream, round_t and load_input: common.cuh.
 
 // The row of W behind output column c: c itself, or with silu the c-th of the sequence
 // gate 0, gate 1, up 0, up 1, gate 2, gate 3, up 2, up 3, ... (up j is row n / 2 + j).

@@ -54,23 +54,7 @@ constexpr int TILE = 16 * MT;
 constexpr int U = 2;      // chunks of W in flight per warp
 constexpr int CHUNK = 64;  // k per chunk: 4 mma steps
 
-enum { PRO_PLAIN = 0, PRO_NORM = 1 };
-enum { EPI_STORE = 0, EPI_F32 = 1, EPI_ADD = 2, EPI_SILU = 3 };
-
-struct WScales {
-    const float* __restrict__ s;
-    int srow_shift, scol_shift, s_ld;
-};
-
-__device__ __forceinline__ Vec load_stream(const void* p) {
-    Vec v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
-
-__device__ __forceinline__ float round_t(float v) { return to_float(from_float(v)); }
+// PRO_*, EPI_*, WScales, load_stream, round_t and load_input: common.cuh.
 
 // Codes (bytes 0, 1) and (bytes 2, 3) of `w` as two f16x2, the lower byte in the lower half.
 __device__ __forceinline__ void e4m3x4_to_f16x2(unsigned w, unsigned& lo, unsigned& hi) {
@@ -93,20 +77,6 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], const unsigned (&a)[4], u
         "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// xin(m, k0 .. k0 + 7) of the prologue, as floats (gemv.cu's load_input).
-template <int PRO>
-__device__ __forceinline__ void load_input(const T* __restrict__ x, const T* __restrict__ nw,
-                                           int m, int k, int k0, float inv_rms,
-                                           float (&f)[VEC]) {
-    vec_to_float(load_vec(x + (long long)m * k + k0), f);
-    if (PRO == PRO_NORM) {
-        float w[VEC];
-        vec_to_float(load_vec(nw + k0), w);
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) f[i] = round_t(round_t(f[i] * inv_rms) * w[i]);
-    }
 }
 
 // The W row of row i of the tile at sequence position c0 (a multiple of TILE), or -1 past the
