@@ -75,7 +75,8 @@ def card() -> tuple[int, float, str]:
     return sm_count, copy_bw, gpu
 
 
-def load(name: str, func: str, **extra_defines):
+def load(name: str, func: str | None, **extra_defines):
+    """`func` of kernel file `name` compiled for this GPU (its module where `func` is None)."""
     major, minor = torch.cuda.get_device_capability()
     arch = "sm_90a" if (major, minor) == (9, 0) else f"sm_{major}{minor}"
     defines = {
@@ -86,7 +87,8 @@ def load(name: str, func: str, **extra_defines):
         **extra_defines,
     }
     cubin = kernels.compile(name, arch=arch, defines=defines, dtype="bfloat16", target="cubin")
-    return ObjectCode.from_cubin(cubin).get_kernel(func)
+    module = ObjectCode.from_cubin(cubin)
+    return module if func is None else module.get_kernel(func)
 
 
 def engine_splits(lens: list[int], max_context: int, sm_count: int, batch_splits: int):

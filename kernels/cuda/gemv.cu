@@ -245,6 +245,14 @@ __device__ __forceinline__ void gemv(const void* __restrict__ W, WScales ws,
 // registers). The kernel is written for M <= 8 rows, but at 2-8 rows it lost to cuBLASLt
 // (kernels/cuda/NOTES.md: each 4-column group re-reads x and redoes the prologue, which makes
 // it instruction-bound), so only M = 1 is compiled.
+// FP8_M1_UNROLL and FP8_M1_CTAS override the FP8 kernels' unroll and CTAs per SM with -D for
+// bench/gemv_fp8_bench.py's variants; the engine compiles the defaults.
+#ifndef FP8_M1_UNROLL
+#define FP8_M1_UNROLL 1
+#endif
+#ifndef FP8_M1_CTAS
+#define FP8_M1_CTAS 4
+#endif
 #define GEMV_ENTRY(NAME, PRO, EPI)                                                           \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4)                            \
         NAME##_m1(const T* __restrict__ W, const T* __restrict__ x, const T* __restrict__ nw, \
@@ -253,13 +261,15 @@ __device__ __forceinline__ void gemv(const void* __restrict__ W, WScales ws,
         gemv<1, PRO, EPI, 2, WF_DENSE>(W, WScales{nullptr, 0, 0, 0}, x, nw, bias, out, rows, \
                                        n, k, cols_per_cta, eps);                             \
     }                                                                                        \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 4) NAME##_fp8_m1(                \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, FP8_M1_CTAS)                  \
+        NAME##_fp8_m1(                                                                        \
         const unsigned char* __restrict__ W, const float* __restrict__ ws, int srow_shift,    \
         int scol_shift, int s_ld, const T* __restrict__ x, const T* __restrict__ nw,          \
         const T* __restrict__ bias, void* __restrict__ out, int rows, int n, int k,           \
         int cols_per_cta, float eps) {                                                        \
-        gemv<1, PRO, EPI, 1, WF_FP8>(W, WScales{ws, srow_shift, scol_shift, s_ld}, x, nw,     \
-                                     bias, out, rows, n, k, cols_per_cta, eps);               \
+        gemv<1, PRO, EPI, FP8_M1_UNROLL, WF_FP8>(W, WScales{ws, srow_shift, scol_shift, s_ld}, \
+                                                 x, nw, bias, out, rows, n, k, cols_per_cta,   \
+                                                 eps);                                         \
     }
 
 GEMV_ENTRY(gemv_plain_store, PRO_PLAIN, EPI_STORE)

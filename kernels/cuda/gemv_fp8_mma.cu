@@ -49,9 +49,23 @@
 constexpr int GEMV_THREADS = 256;
 constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 constexpr int MMA_ROWS = 8;  // activation rows: B's 8 columns
-constexpr int MT = 2;        // 16-row mma tiles per warp step: xin's work is shared by 32 rows
+// The shape constants can be overridden with -D for bench/gemv_fp8_bench.py's variants; the
+// engine compiles the defaults (backend/cuda/kernels/gemv.rs's FP8_MMA_TILE is TILE).
+#ifndef FP8_MMA_MT
+#define FP8_MMA_MT 2
+#endif
+#ifndef FP8_MMA_U
+#define FP8_MMA_U 2
+#endif
+#ifndef FP8_MMA_CTAS
+#define FP8_MMA_CTAS 2
+#endif
+#ifndef FP8_MMA_PF  // > 0: each load also prefetches into L2 the lane's bytes PF steps on
+#define FP8_MMA_PF 0
+#endif
+constexpr int MT = FP8_MMA_MT;  // 16-row mma tiles per warp step: xin's work is shared by 32 rows
 constexpr int TILE = 16 * MT;
-constexpr int U = 2;      // chunks of W in flight per warp
+constexpr int U = FP8_MMA_U;  // chunks of W in flight per warp
 constexpr int CHUNK = 64;  // k per chunk: 4 mma steps
 
 // PRO_*, EPI_*, WScales, load_stream, round_t and load_input: common.cuh.
@@ -323,6 +337,16 @@ __device__ __forceinline__ void gemv_fp8_mma(const unsigned char* __restrict__ W
                     w[u][t][h] = load_stream(wp[t][h] + kb);
                     sc[u][t][h] = __ldg(sp[t][h] + (kb >> ws.scol_shift));
                 }
+#if FP8_MMA_PF > 0
+            const int pk = kb + FP8_MMA_PF * GEMV_WARPS * CHUNK;
+            if (pk < k) {
+#pragma unroll
+                for (int t = 0; t < MT; ++t)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+                        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(wp[t][h] + pk));
+            }
+#endif
         }
         if (++li == steps_per_tile) {
             li = 0;
@@ -371,7 +395,8 @@ __device__ __forceinline__ void gemv_fp8_mma(const unsigned char* __restrict__ W
 // One entry point per (prologue, epilogue), as gemv.cu's: gemv_<prologue>_<epilogue>_fp8mma,
 // for 1..8 rows; 2 CTAs per SM (<= 128 registers: U x MT x 2 16-byte vectors in flight).
 #define GEMV_FP8_MMA_ENTRY(NAME, PRO, EPI)                                                    \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) NAME##_fp8mma(              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, FP8_MMA_CTAS)                  \
+        NAME##_fp8mma(                                                                        \
         const unsigned char* __restrict__ W, const float* __restrict__ ws, int srow_shift,    \
         int scol_shift, int s_ld, const T* __restrict__ x, const T* __restrict__ nw,          \
         const T* __restrict__ bias, void* __restrict__ out, int rows, int n, int k,           \

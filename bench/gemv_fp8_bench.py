@@ -1,0 +1,203 @@
+"""The one-row FP8 GEMVs against the bf16 one, kernel by kernel, and variants of their shape.
+
+    python bench/gemv_fp8_bench.py [--out bench/results/gemv_fp8_h100.json]
+
+Why: single-stream FP8 decode of the Llama-3.1-8B shape ran at ~68 % of its roofline where bf16
+runs at ~89 %, with either FP8 GEMV (`*_fp8_m1` of gemv.cu, `*_fp8mma` of gemv_fp8_mma.cu),
+although the tensor-core one issues half the instructions a weight (kernels/cuda/NOTES.md). One
+reading: both FP8 kernels hold half the bytes of W in flight that the bf16 one holds (bf16:
+4 rows x 2 vectors x 16 B a thread at 4 CTAs an SM, 128 KB an SM; `*_fp8_m1`: one vector a row,
+64 KB; `*_fp8mma`: U x MT x 2 vectors a lane, 32 KB a CTA, and o_proj and down have 128 CTAs
+for 132 SMs), so at the latency of a loaded HBM they stream at a lower rate. This times each
+kernel alone, per projection of the model, as gemv_bench.py does (a CUDA graph of launches over
+enough weight copies that every launch reads HBM), with the engine's entry points and variants
+compiled with the -D overrides the two files take:
+
+- `FP8_M1_UNROLL`, `FP8_M1_CTAS`: vectors of W in flight per row and thread, CTAs an SM;
+- `FP8_MMA_MT`, `FP8_MMA_U`, `FP8_MMA_CTAS`: 16-row mma tiles per warp step, chunks in flight per
+  warp, CTAs an SM; `FP8_MMA_PF`: an L2 prefetch of the lane's bytes that many steps on.
+
+Each row prints the kernel's time, its weight bytes over that time, and that against the card's
+copy bandwidth measured in the same run. Variants that fail to compile or launch are reported
+and skipped. The engine runs the defaults; a variant that wins is a change to the kernel file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+try:  # cuda.core >= 0.4 exports the API at the top level; older releases under .experimental
+    from cuda.core import LaunchConfig, launch
+except ImportError:
+    from cuda.core.experimental import LaunchConfig, launch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from attention_bench import card, load, torch_stream  # noqa: E402
+from cuda_bench import time_graph  # noqa: E402
+from gemv_bench import MIN_BYTES, PROJECTIONS  # noqa: E402
+
+EPS = 1e-5
+# (label, kernel file, defines, CTAs an SM the launch assumes, columns a CTA takes at a time)
+MT1 = {"FP8_MMA_MT": 1}
+VARIANTS = [
+    ("bf16 m1", "gemv", {}, 4, 4),
+    ("fp8 m1 (U1, 4/SM)", "gemv", {}, 4, 4),
+    ("fp8 m1 U2 2/SM", "gemv", {"FP8_M1_UNROLL": 2, "FP8_M1_CTAS": 2}, 2, 4),
+    ("fp8 m1 U4 2/SM", "gemv", {"FP8_M1_UNROLL": 4, "FP8_M1_CTAS": 2}, 2, 4),
+    ("fp8 mma (MT2 U2, 2/SM)", "gemv_fp8_mma", {}, 2, 32),
+    ("fp8 mma MT1 U4", "gemv_fp8_mma", {**MT1, "FP8_MMA_U": 4}, 2, 16),
+    ("fp8 mma MT2 U3", "gemv_fp8_mma", {"FP8_MMA_U": 3}, 2, 32),
+    ("fp8 mma MT2 U4 1/SM", "gemv_fp8_mma", {"FP8_MMA_U": 4, "FP8_MMA_CTAS": 1}, 1, 32),
+    (
+        "fp8 mma MT1 U8 1/SM",
+        "gemv_fp8_mma",
+        {**MT1, "FP8_MMA_U": 8, "FP8_MMA_CTAS": 1},
+        1,
+        16,
+    ),
+    ("fp8 mma PF4", "gemv_fp8_mma", {"FP8_MMA_PF": 4}, 2, 32),
+    ("fp8 mma PF8", "gemv_fp8_mma", {"FP8_MMA_PF": 8}, 2, 32),
+    (
+        "fp8 mma MT1 U4 PF8",
+        "gemv_fp8_mma",
+        {**MT1, "FP8_MMA_U": 4, "FP8_MMA_PF": 8},
+        2,
+        16,
+    ),
+]
+
+
+def occupancy(kernel, fallback: int) -> int:
+    """CTAs of 256 threads an SM holds for `kernel` (cuda.core's occupancy query where it has
+    one; else the launch bound the variant was compiled with)."""
+    try:
+        return int(kernel.occupancy.max_active_blocks_per_multiprocessor(256, 0))
+    except Exception:  # noqa: BLE001 (older cuda.core: no occupancy API)
+        return fallback
+
+
+_MODULES: dict = {}
+
+
+def kernel_of(file: str, func: str, defines: dict):
+    """`func` of `file` compiled with `defines`, one compile per (file, defines)."""
+    key = (file, tuple(sorted(defines.items())))
+    if key not in _MODULES:
+        _MODULES[key] = load(file, None, **defines)
+    return _MODULES[key].get_kernel(func)
+
+
+def entry(file: str, label: str, variant: str) -> str:
+    if file == "gemv_fp8_mma":
+        return f"gemv_{variant}_fp8mma"
+    return f"gemv_{variant}_m1" if label.startswith("bf16") else f"gemv_{variant}_fp8_m1"
+
+
+def bench(label, file, defines, ctas, group, sm_count, copy_bw) -> list[dict]:
+    rows = []
+    for name, n, k, variant in PROJECTIONS[:4]:
+        try:
+            kernel = kernel_of(file, entry(file, label, variant), defines)
+        except Exception as e:  # noqa: BLE001 (a variant that does not compile is reported)
+            print(f"| {label} | {name} | does not compile: {str(e).splitlines()[0][:120]} |")
+            return rows
+        per_sm = occupancy(kernel, ctas)
+        cols = group * math.ceil(n / (group * sm_count * per_sm))
+        grid = math.ceil(n / cols)
+        dense = label.startswith("bf16")
+        nbytes = n * k * (2 if dense else 1) + (0 if dense else n * 4)
+        copies = max(2, math.ceil(MIN_BYTES / nbytes))
+        if dense:
+            ws = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / math.sqrt(k)]
+            ws += [torch.empty_like(ws[0]).copy_(ws[0]) for _ in range(copies - 1)]
+        else:
+            codes = torch.randint(0, 0x7E, (n, k), dtype=torch.uint8, device="cuda")
+            ws = [codes] + [codes.clone() for _ in range(copies - 1)]
+        scales = torch.rand(n, device="cuda") * 1e-3 + 1e-4  # unused by bf16
+        x = torch.randn(1, k, device="cuda", dtype=torch.bfloat16)
+        nw = torch.ones(k, device="cuda", dtype=torch.bfloat16)
+        out_n = n // 2 if variant.endswith("silu") else n
+        out = torch.zeros(1, out_n, device="cuda", dtype=torch.bfloat16)
+        tail = (x.data_ptr(), nw.data_ptr(), 0, out.data_ptr(), np.int32(1), np.int32(n))
+        tail += (np.int32(k), np.int32(cols), np.float32(EPS))
+        cfg = LaunchConfig(grid=grid, block=256)
+
+        def chain(ws=ws, tail=tail, cfg=cfg, kernel=kernel, dense=dense, scales=scales):
+            for _ in range(4):
+                for w in ws:
+                    if dense:
+                        launch(torch_stream(), cfg, kernel, w.data_ptr(), *tail)
+                    else:
+                        head = (w.data_ptr(), scales.data_ptr(), np.int32(0), np.int32(31))
+                        launch(torch_stream(), cfg, kernel, *head, np.int32(1), *tail)
+
+        try:
+            t = time_graph(chain, 4 * copies)
+        except Exception as e:  # noqa: BLE001
+            print(f"| {label} | {name} | launch failed: {str(e).splitlines()[0][:120]} |")
+            torch.cuda.synchronize()
+            return rows
+        floor = nbytes / copy_bw
+        print(
+            f"| {label} | {name} [{n}x{k}] | {per_sm}/SM, {grid} CTAs | {nbytes / 1e6:.1f} "
+            f"| {t * 1e6:.1f} | {nbytes / t / 1e12:.2f} | {100 * floor / t:.1f} % |",
+            flush=True,
+        )
+        rows.append(
+            {
+                "variant": label,
+                "defines": defines,
+                "projection": name,
+                "n": n,
+                "k": k,
+                "ctas_per_sm": per_sm,
+                "grid": grid,
+                "bytes": nbytes,
+                "seconds": t,
+                "of_copy": floor / t,
+            }
+        )
+        del ws
+        torch.cuda.empty_cache()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only", default=None, help="variants whose label contains this")
+    args = parser.parse_args()
+    sm_count, copy_bw, gpu = card()
+    result = {"gpu": gpu, "date": str(date.today()), "copy_bandwidth": copy_bw, "rows": []}
+    print("\n| variant | projection | occupancy | weight MB | µs | TB/s | of copy |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for label, file, defines, ctas, group in VARIANTS:
+        if args.only and args.only not in label:
+            continue
+        result["rows"] += bench(label, file, defines, ctas, group, sm_count, copy_bw)
+    totals = {}
+    for r in result["rows"]:
+        s = totals.setdefault(r["variant"], [0.0, 0.0, 0])
+        s[0] += r["seconds"]
+        s[1] += r["bytes"] / copy_bw
+        s[2] += 1
+    print("\n| variant | one layer's 4 projections, µs | of copy |")
+    print("| --- | --- | --- |")
+    for label, (t, floor, count) in totals.items():
+        if count == 4:
+            print(f"| {label} | {t * 1e6:.1f} | {100 * floor / t:.1f} % |")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
