@@ -26,6 +26,40 @@ pub const FP8_MMA_MAX_ROWS: usize = 8;
 /// Rows of W a CTA of the tensor-core FP8 GEMV takes at a time (`TILE` in gemv_fp8_mma.cu).
 const FP8_MMA_TILE: usize = 32;
 
+/// Which FP8 GEMV a one-row step runs where both take the matrix: `INFIRE_FP8_GEMV=mma` or
+/// `=plain` forces one (for same-run comparisons), anything else is [`Fp8OneRow::Auto`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fp8OneRow {
+    /// The tensor-core GEMV where its grid fills every SM's CTA slots, else gemv.cu's
+    /// `*_fp8_m1`. Each kernel alone on an H100 (bench/gemv_fp8_bench.py, kernels/cuda/NOTES.md):
+    /// with 128 or 192 tiles of 32 rows for 264 slots (o_proj, down, qkv of Llama-3-8B) the
+    /// tensor-core one leaves SMs with one CTA of 8 warps and streams 53-63 % of the copy rate,
+    /// `*_fp8_m1` (512 CTAs) 56-83 %; with 896 tiles (gate_up) it streams 83 % against 70 %.
+    Auto,
+    Mma,
+    Plain,
+}
+
+impl Fp8OneRow {
+    pub(super) fn from_env() -> Fp8OneRow {
+        match std::env::var("INFIRE_FP8_GEMV").as_deref() {
+            Ok("mma") => Fp8OneRow::Mma,
+            Ok("plain") => Fp8OneRow::Plain,
+            _ => Fp8OneRow::Auto,
+        }
+    }
+
+    /// Whether one row through `n` rows of W runs on the tensor-core GEMV, which holds
+    /// `ctas_per_sm` CTAs on each of `sm_count` SMs.
+    fn mma(self, n: usize, ctas_per_sm: usize, sm_count: usize) -> bool {
+        match self {
+            Fp8OneRow::Mma => true,
+            Fp8OneRow::Plain => false,
+            Fp8OneRow::Auto => n.div_ceil(FP8_MMA_TILE) >= sm_count * ctas_per_sm,
+        }
+    }
+}
+
 /// How a GEMV reads its input (see `kernels/cuda/gemv.cu`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum GemvInput {
@@ -162,7 +196,11 @@ impl Kernels {
             .position(|&v| v == (a.input, a.output))
             .expect("every (input, output) pair the backend asks for is compiled");
         let mma = match (&self.gemv_fp8_mma, &a.fp8) {
-            (Some(kernels), Some(l)) if fp8_mma_fits(a.k, l) => Some(&kernels[variant]),
+            (Some(kernels), Some(l)) if fp8_mma_fits(a.k, l) => {
+                let kernel = &kernels[variant];
+                let plain = a.rows == 1 && !self.fp8_one_row.mma(a.n, kernel.ctas_per_sm, sm_count);
+                (!plain).then_some(kernel)
+            }
             _ => None,
         };
         let max_rows = if mma.is_some() {
@@ -246,6 +284,19 @@ mod tests {
         assert!(source.contains(&format!("constexpr int MMA_ROWS = {FP8_MMA_MAX_ROWS};")));
         assert!(source.contains("constexpr int TILE = 16 * MT;"));
         assert!(source.contains(&format!("constexpr int MT = {};", FP8_MMA_TILE / 16)));
+    }
+
+    #[test]
+    fn one_row_takes_the_tensor_core_fp8_gemv_where_its_grid_fills_the_gpu() {
+        // Llama-3-8B on 132 SMs at 2 CTAs an SM: 264 slots.
+        let auto = Fp8OneRow::Auto;
+        assert!(!auto.mma(6144, 2, 132)); // qkv: 192 tiles
+        assert!(!auto.mma(4096, 2, 132)); // o_proj, down: 128
+        assert!(auto.mma(28672, 2, 132)); // gate_up: 896
+        assert!(auto.mma(8448, 2, 132)); // exactly 264
+        assert!(!auto.mma(8416, 1, 264)); // 263
+        assert!(Fp8OneRow::Mma.mma(4096, 2, 132));
+        assert!(!Fp8OneRow::Plain.mma(28672, 2, 132));
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use self::compile::KernelSet;
 pub use self::gemv::{
     fp8_mma_fits, Fp8Layout, GemvArgs, GemvInput, GemvOutput, FP8_MMA_MAX_ROWS, GEMV_MAX_ROWS,
 };
-use self::gemv::{gemv_fp8_mma_name, gemv_name, GemvKernel, GEMV_VARIANTS};
+use self::gemv::{gemv_fp8_mma_name, gemv_name, Fp8OneRow, GemvKernel, GEMV_VARIANTS};
 
 /// The loaded kernel functions.
 pub struct Kernels {
@@ -42,6 +42,8 @@ pub struct Kernels {
     /// The tensor-core FP8 GEMV's entry points, in the same order, where the GPU has them
     /// (sm_89+, `jit::compiles_for`).
     gemv_fp8_mma: Option<Vec<GemvKernel>>,
+    /// Which FP8 GEMV one-row steps run where both take the matrix.
+    fp8_one_row: Fp8OneRow,
     fp8_quantize_rows: CudaFunction,
     fp8_dequantize: CudaFunction,
     fp8_scale_out: CudaFunction,
@@ -165,6 +167,7 @@ impl Kernels {
             gemv,
             gemv_fp8,
             gemv_fp8_mma,
+            fp8_one_row: Fp8OneRow::from_env(),
             fp8_quantize_rows: f("fp8", "fp8_quantize_rows")?,
             fp8_dequantize: f("fp8", "fp8_dequantize")?,
             fp8_scale_out: f("fp8", "fp8_scale_out")?,
