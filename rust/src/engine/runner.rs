@@ -80,12 +80,17 @@ pub struct LaunchedStep {
 
 /// The model on its backend, with its KV cache, step buffers and decode graphs.
 pub struct ModelRunner<B: Backend> {
-    backend: B,
     model: LlamaModel<B>,
     cache: B::KvCache,
     bufs: StepBuffers<B>,
     num_blocks: usize,
     graphs: HashMap<GraphKey, B::Graph>,
+    /// Dropped last (fields drop in order): what the fields above hold is freed before the
+    /// backend gives its share of the card back, so an engine that claims it next finds the
+    /// memory free. (With this order, and the context released with the last engine, an
+    /// engine made after another's whole teardown failed its first cuBLASLt GEMM on an H100;
+    /// the context is now kept for the process, `backend/cuda/share.rs`.)
+    backend: B,
 }
 
 impl<B: Backend> ModelRunner<B> {

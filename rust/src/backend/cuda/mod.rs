@@ -226,14 +226,7 @@ impl CudaBackend {
             true => Some(share::Claim::new(opts.device, opts.gpu_memory_utilization)?),
             false => None,
         };
-        let ctx = CudaContext::new(opts.device).map_err(cuda_err)?;
-        // The engine thread waits for each step's results; blocking (instead of spinning)
-        // leaves its core free while the GPU works.
-        ctx.set_blocking_synchronize().map_err(cuda_err)?;
-        // One stream, and every buffer used only on it: cudarc's per-buffer event tracking
-        // (for multi-stream safety) would only add two event records per use.
-        // SAFETY: no buffer exists yet.
-        unsafe { ctx.disable_event_tracking() };
+        let ctx = share::context(opts.device)?;
         let stream = ctx.new_stream().map_err(cuda_err)?;
         let (free_at_start, _) = ctx.mem_get_info().map_err(cuda_err)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda_err)?;

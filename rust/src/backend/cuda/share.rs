@@ -1,4 +1,13 @@
-//! The shares of a card held by the engines of one process.
+//! What the engines of one process share on a card: its CUDA context, and the shares of its
+//! memory they hold.
+//!
+//! The context is the device's primary context, retained once per process and kept (as the
+//! CUDA runtime, and so PyTorch, keeps it) unless a sticky error poisons it: otherwise the last
+//! engine's drop releases it, the driver destroys it, and the next engine makes a new one,
+//! paying its creation again, while libraries with per-context state (cuBLASLt) may still
+//! hold state of the context that is gone. (An engine made after another's whole teardown
+//! failed its first cuBLASLt GEMM on an H100 with `CUBLAS_STATUS_EXECUTION_FAILED`; that this
+//! was the cause is a reading of the code, not yet checked on a GPU.)
 //!
 //! `gpu_memory_utilization` is the fraction of the card's whole memory an engine may hold (as in
 //! vLLM), so engines that share a card must be given fractions that sum to at most 1. Each
@@ -7,8 +16,11 @@
 //! rather than an engine that finds no memory left for its KV pool.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
+use cudarc::driver::CudaContext;
+
+use super::device_mem::cuda_err;
 use crate::error::{Error, Result};
 
 /// Slack for fractions written in decimal (0.7 + 0.3 is 1.0000000000000002).
@@ -62,6 +74,41 @@ static LEDGER: Mutex<Ledger> = Mutex::new(Ledger {
 fn ledger() -> std::sync::MutexGuard<'static, Ledger> {
     // The ledger is plain data, consistent between any two statements.
     LEDGER.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The primary context of `device`, made on first use with this process's settings and kept
+/// for the process's life, unless it is found poisoned.
+pub fn context(device: usize) -> Result<Arc<CudaContext>> {
+    static CONTEXTS: Mutex<BTreeMap<usize, Arc<CudaContext>>> = Mutex::new(BTreeMap::new());
+    let mut contexts = CONTEXTS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(ctx) = contexts.remove(&device) {
+        if usable(&ctx).is_ok() {
+            contexts.insert(device, ctx.clone());
+            return Ok(ctx);
+        }
+        // A sticky error (an illegal address, a device-side assert) poisons a context for
+        // good. Let go of it: once the engines still holding it have dropped it too, the
+        // driver destroys it, and the context made below is a new one (engine_loop/mod.rs).
+    }
+    let ctx = CudaContext::new(device).map_err(cuda_err)?;
+    usable(&ctx)?;
+    // The engine threads wait for each step's results; blocking (instead of spinning) leaves
+    // their cores free while the GPU works.
+    ctx.set_blocking_synchronize().map_err(cuda_err)?;
+    // One stream per engine, and every buffer used only on it: cudarc's per-buffer event
+    // tracking (for multi-stream safety) would only add two event records per use.
+    // SAFETY: no buffer exists yet in this context object (it is made here, once).
+    unsafe { ctx.disable_event_tracking() };
+    contexts.insert(device, ctx.clone());
+    Ok(ctx)
+}
+
+/// Whether `ctx` takes work: a context poisoned by a sticky error fails every call, this
+/// synchronization (which waits for the work other engines have queued) included.
+fn usable(ctx: &CudaContext) -> Result<()> {
+    ctx.bind_to_thread()
+        .and_then(|()| ctx.synchronize())
+        .map_err(|e| Error::Engine(format!("the GPU context is unusable: {e:?}")))
 }
 
 /// An engine's share of a card, given back on drop.
