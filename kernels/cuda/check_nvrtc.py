@@ -88,6 +88,13 @@ class Nvrtc:
 
     def compile(self, source: str, name: str, options: list[str]) -> tuple[bool, str, bytes]:
         """Returns (ok, log, ptx) for one program."""
+        ok, log, ptx, _ = self.compile_both(source, name, options)
+        return ok, log, ptx
+
+    def compile_both(
+        self, source: str, name: str, options: list[str]
+    ) -> tuple[bool, str, bytes, bytes]:
+        """Returns (ok, log, ptx, cubin) for one program."""
         prog = ctypes.c_void_p()
         self._check(
             self.lib.nvrtcCreateProgram(
@@ -102,14 +109,20 @@ class Nvrtc:
             log = self._get(prog, self.lib.nvrtcGetProgramLogSize, self.lib.nvrtcGetProgramLog)
             log = log.rstrip(b"\0").decode(errors="replace")
             if status != 0:
-                return False, log, b""
+                return False, log, b"", b""
             ptx = self._get(prog, self.lib.nvrtcGetPTXSize, self.lib.nvrtcGetPTX)
             cubin = self._get(prog, self.lib.nvrtcGetCUBINSize, self.lib.nvrtcGetCUBIN)
             if not cubin.startswith(b"\x7fELF"):
-                return False, log + "\ncubin is not an ELF image", b""
-            return True, log, ptx
+                return False, log + "\ncubin is not an ELF image", b"", b""
+            return True, log, ptx, cubin
         finally:
             self.lib.nvrtcDestroyProgram(ctypes.byref(prog))
+
+
+def wheel_nvrtc() -> Nvrtc:
+    """NVRTC and the CUDA headers of the pip wheels (site-packages/nvidia/cu13)."""
+    base = cu13_dir()
+    return Nvrtc(base / "lib" / "libnvrtc.so.13", base / "include")
 
 
 def options(nvrtc: Nvrtc, arch: str, dtype: str, shape: tuple[int, int, int]) -> list[str]:
@@ -170,8 +183,7 @@ def main() -> int:
     if args.cuda_home:
         nvrtc = Nvrtc(args.cuda_home / "lib64" / "libnvrtc.so", args.cuda_home / "include")
     else:
-        base = cu13_dir()
-        nvrtc = Nvrtc(base / "lib" / "libnvrtc.so.13", base / "include")
+        nvrtc = wheel_nvrtc()
     common = (KERNEL_DIR / "common.cuh").read_text()
     names = args.names or sorted(p.stem for p in KERNEL_DIR.glob("*.cu"))
     archs, dtypes, shapes = ARCHS, list(DTYPES), SHAPES

@@ -1,6 +1,6 @@
 """Whether two revisions' CUDA kernels compile to the same machine code.
 
-    python kernels/cubin_diff.py BASE [HEAD]      # HEAD: a revision, or the working tree
+    python kernels/cuda/cubin_diff.py BASE [HEAD]      # HEAD: a revision, or the working tree
 
 Compiles every kernel file of both (`common.cuh` first, as the engine embeds them) with NVRTC
 and the engine's options, for sm_80, sm_89 and sm_90a, bf16 and f16, and two model shapes, and
@@ -9,50 +9,28 @@ changing it (helpers moved between files, a constant turned into a -D default), 
 are the proof that needs no GPU; where they differ, the change needs the GPU tests. Files
 present on one side only are listed. Exits 1 where any cubin differs.
 
-NVRTC and the CUDA headers come from the `nvidia-cuda-nvrtc` and `nvidia-cuda-runtime` wheels
-(as for tests/test_kernel_compile.py).
+NVRTC and the CUDA headers come from the `nvidia-cuda-nvrtc` and `nvidia-cuda-runtime` wheels,
+through check_nvrtc.py's binding and options (without its ptxas report).
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import hashlib
 import subprocess
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import nvidia
+from check_nvrtc import Nvrtc, options, wheel_nvrtc
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARCHS = ["sm_80", "sm_89", "sm_90a"]
-DTYPES = ["INFIRE_DTYPE_BF16", "INFIRE_DTYPE_F16"]
+DTYPES = ["bfloat16", "float16"]
 # (HEAD_DIM, NUM_HEADS, NUM_KV_HEADS): Llama-3-8B and SmolLM2-135M.
 SHAPES = [(128, 32, 8), (64, 9, 3)]
 MIN_ARCH = {"gemv_fp8_mma": "sm_89"}
-
-
-def _cu13() -> Path:
-    for base in nvidia.__path__:
-        for sub in ("cu13", "cuda_nvrtc"):
-            if (Path(base) / sub / "lib").is_dir():
-                return Path(base) / sub
-    sys.exit("libnvrtc not found: pip install nvidia-cuda-nvrtc nvidia-cuda-runtime")
-
-
-def _nvrtc():
-    lib_dir = _cu13() / "lib"
-    # NVRTC opens its builtins library by name at compile time: load it first, globally.
-    ctypes.CDLL(str(next(lib_dir.glob("libnvrtc-builtins.so*"))), mode=ctypes.RTLD_GLOBAL)
-    return ctypes.CDLL(str(next(lib_dir.glob("libnvrtc.so*"))))
-
-
-def _include_dir() -> Path:
-    for base in nvidia.__path__:
-        for header in Path(base).glob("*/include/cuda_bf16.h"):
-            return header.parent
-    sys.exit("cuda_bf16.h not found: pip install nvidia-cuda-runtime")
+_NVRTC: Nvrtc | None = None  # one per worker process
 
 
 def sources(rev: str | None) -> dict[str, str]:
@@ -81,38 +59,17 @@ def sources(rev: str | None) -> dict[str, str]:
 
 
 def compile_cubin(job: tuple[str, str, str, str, tuple[int, int, int]]) -> tuple[str, str]:
-    """(key, sha256 of the cubin, or 'error: ...')."""
-    name, src, arch, dtype, (hd, nh, nkv) = job
-    lib = _nvrtc()
-    opts = [
-        f"--gpu-architecture={arch}",
-        "-std=c++17",
-        "-default-device",
-        f"-D{dtype}",
-        f"-DHEAD_DIM={hd}",
-        "-DKV_BLOCK_SIZE=16",
-        f"-DNUM_HEADS={nh}",
-        f"-DNUM_KV_HEADS={nkv}",
-        f"-I{_include_dir()}",
-    ]
-    prog = ctypes.c_void_p()
-    lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), f"{name}.cu".encode(), 0, None, None)
-    argv = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
-    rc = lib.nvrtcCompileProgram(prog, len(opts), argv)
-    if rc != 0:
-        size = ctypes.c_size_t()
-        lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
-        log = ctypes.create_string_buffer(size.value)
-        lib.nvrtcGetProgramLog(prog, log)
-        lib.nvrtcDestroyProgram(ctypes.byref(prog))
-        first = log.value.decode(errors="replace").strip().splitlines()[:1]
-        return name, f"error: {first[0] if first else rc}"
-    size = ctypes.c_size_t()
-    lib.nvrtcGetCUBINSize(prog, ctypes.byref(size))
-    cubin = ctypes.create_string_buffer(size.value)
-    lib.nvrtcGetCUBIN(prog, cubin)
-    lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    return name, hashlib.sha256(cubin.raw).hexdigest()
+    """(file, sha256 of the cubin, or 'error: ...')."""
+    global _NVRTC
+    name, src, arch, dtype, shape = job
+    if _NVRTC is None:
+        _NVRTC = wheel_nvrtc()
+    opts = [o for o in options(_NVRTC, arch, dtype, shape) if not o.startswith("--ptxas")]
+    ok, log, _, cubin = _NVRTC.compile_both(src, name, opts)
+    if not ok:
+        first = log.strip().splitlines()[:1]
+        return name, f"error: {first[0] if first else 'compile failed'}"
+    return name, hashlib.sha256(cubin).hexdigest()
 
 
 def jobs(srcs: dict[str, str]) -> list[tuple]:
