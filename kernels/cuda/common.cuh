@@ -173,7 +173,7 @@ typedef unsigned char KV;
 #else
 typedef T KV;
 #endif
-constexpr int KV_VEC = 16 / (int)sizeof(KV);  // KV elements per 16-byte copy
+[[maybe_unused]] constexpr int KV_VEC = 16 / (int)sizeof(KV);  // KV elements per 16-byte copy
 
 // 16 e4m3 codes as two vectors of T, exactly.
 __device__ __forceinline__ void e4m3x16_to_vecs(uint4 codes, Vec& lo, Vec& hi) {
