@@ -283,7 +283,8 @@ mod tests {
         assert_eq!(gemv_fp8_mma_name(i, o), "gemv_norm_silu_fp8mma");
         assert!(source.contains(&format!("constexpr int MMA_ROWS = {FP8_MMA_MAX_ROWS};")));
         assert!(source.contains("constexpr int TILE = 16 * MT;"));
-        assert!(source.contains(&format!("constexpr int MT = {};", FP8_MMA_TILE / 16)));
+        assert!(source.contains("constexpr int MT = FP8_MMA_MT;"));
+        assert!(source.contains(&format!("#define FP8_MMA_MT {}\n", FP8_MMA_TILE / 16)));
     }
 
     #[test]
