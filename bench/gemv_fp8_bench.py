@@ -20,6 +20,10 @@ compiled with the -D overrides the two files take:
 Each row prints the kernel's time, its weight bytes over that time, and that against the card's
 copy bandwidth measured in the same run. Variants that fail to compile or launch are reported
 and skipped. The engine runs the defaults; a variant that wins is a change to the kernel file.
+
+Its first run (H100, 2026-12-08; bench/RESULTS.md, FP8 run 5) refuted that reading: every
+variant with more bytes in flight lost, and the table led to the one-row dispatch by shape
+(`Fp8OneRow`, backend/cuda/kernels/gemv.rs).
 """
 
 from __future__ import annotations
