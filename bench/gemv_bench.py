@@ -61,10 +61,10 @@ WHAT_IF = [
 MIN_BYTES = 400e6
 
 
-def cols_per_cta(n: int, sm_count: int, ctas_per_sm: int = 4) -> int:
-    """The engine's split (`gemv_cols_per_cta`): a multiple of 4 columns, so that the grid fits
-    the GPU at once."""
-    return 4 * math.ceil(n / (sm_count * ctas_per_sm * 4))
+def cols_per_cta(n: int, sm_count: int, ctas_per_sm: int = 4, group: int = 4) -> int:
+    """The engine's split (`gemv_cols_per_cta`): a multiple of `group` columns (4; the
+    tensor-core FP8 GEMV's 32-row tiles), so that the grid fits the GPU at once."""
+    return group * math.ceil(n / (sm_count * ctas_per_sm * group))
 
 
 class Gemv:

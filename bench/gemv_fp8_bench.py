@@ -15,14 +15,15 @@ compiled with the -D overrides the two files take:
 
 - `FP8_M1_UNROLL`, `FP8_M1_CTAS`: vectors of W in flight per row and thread, CTAs an SM;
 - `FP8_MMA_MT`, `FP8_MMA_U`, `FP8_MMA_CTAS`: 16-row mma tiles per warp step, chunks in flight per
-  warp, CTAs an SM; `FP8_MMA_PF`: an L2 prefetch of the lane's bytes that many steps on.
+  warp, CTAs an SM.
 
 Each row prints the kernel's time, its weight bytes over that time, and that against the card's
 copy bandwidth measured in the same run. Variants that fail to compile or launch are reported
 and skipped. The engine runs the defaults; a variant that wins is a change to the kernel file.
 
 Its first run (H100, 2026-12-08; bench/RESULTS.md, FP8 run 5) refuted that reading: every
-variant with more bytes in flight lost, and the table led to the one-row dispatch by shape
+variant with more bytes in flight lost (an L2 prefetch variant too, since removed from the
+kernel), and the table led to the one-row dispatch by shape
 (`Fp8OneRow`, backend/cuda/kernels/gemv.rs).
 """
 
@@ -46,7 +47,7 @@ except ImportError:
 sys.path.insert(0, str(Path(__file__).parent))
 from attention_bench import card, load, torch_stream  # noqa: E402
 from cuda_bench import time_graph  # noqa: E402
-from gemv_bench import MIN_BYTES, PROJECTIONS  # noqa: E402
+from gemv_bench import MIN_BYTES, PROJECTIONS, cols_per_cta  # noqa: E402
 
 EPS = 1e-5
 # (label, kernel file, defines, CTAs an SM the launch assumes, columns a CTA takes at a time)
@@ -65,15 +66,6 @@ VARIANTS = [
         "gemv_fp8_mma",
         {**MT1, "FP8_MMA_U": 8, "FP8_MMA_CTAS": 1},
         1,
-        16,
-    ),
-    ("fp8 mma PF4", "gemv_fp8_mma", {"FP8_MMA_PF": 4}, 2, 32),
-    ("fp8 mma PF8", "gemv_fp8_mma", {"FP8_MMA_PF": 8}, 2, 32),
-    (
-        "fp8 mma MT1 U4 PF8",
-        "gemv_fp8_mma",
-        {**MT1, "FP8_MMA_U": 4, "FP8_MMA_PF": 8},
-        2,
         16,
     ),
 ]
@@ -114,7 +106,7 @@ def bench(label, file, defines, ctas, group, sm_count, copy_bw) -> list[dict]:
             print(f"| {label} | {name} | does not compile: {str(e).splitlines()[0][:120]} |")
             return rows
         per_sm = occupancy(kernel, ctas)
-        cols = group * math.ceil(n / (group * sm_count * per_sm))
+        cols = cols_per_cta(n, sm_count, per_sm, group)
         grid = math.ceil(n / cols)
         dense = label.startswith("bf16")
         nbytes = n * k * (2 if dense else 1) + (0 if dense else n * 4)

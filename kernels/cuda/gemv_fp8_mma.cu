@@ -60,9 +60,6 @@ constexpr int MMA_ROWS = 8;  // activation rows: B's 8 columns
 #ifndef FP8_MMA_CTAS
 #define FP8_MMA_CTAS 2
 #endif
-#ifndef FP8_MMA_PF  // > 0: each load also prefetches into L2 the lane's bytes PF steps on
-#define FP8_MMA_PF 0
-#endif
 constexpr int MT = FP8_MMA_MT;  // 16-row mma tiles per warp step: xin's work is shared by 32 rows
 constexpr int TILE = 16 * MT;
 constexpr int U = FP8_MMA_U;  // chunks of W in flight per warp
@@ -337,16 +334,6 @@ __device__ __forceinline__ void gemv_fp8_mma(const unsigned char* __restrict__ W
                     w[u][t][h] = load_stream(wp[t][h] + kb);
                     sc[u][t][h] = __ldg(sp[t][h] + (kb >> ws.scol_shift));
                 }
-#if FP8_MMA_PF > 0
-            const int pk = kb + FP8_MMA_PF * GEMV_WARPS * CHUNK;
-            if (pk < k) {
-#pragma unroll
-                for (int t = 0; t < MT; ++t)
-#pragma unroll
-                    for (int h = 0; h < 2; ++h)
-                        asm volatile("prefetch.global.L2 [%0];\n" ::"l"(wp[t][h] + pk));
-            }
-#endif
         }
         if (++li == steps_per_tile) {
             li = 0;
