@@ -45,6 +45,8 @@ QUICK_SHAPES = [(128, 32, 8)]
 # kernels keep Q and O in registers and K/V tiles in static shared memory, up to 128.
 UNSUPPORTED_HEAD_DIMS = {"prefill_attention": {256}, "decode_attention": {256}}
 ARCHS = ["sm_90a", "sm_80"]
+# Kernel files that need a newer GPU than sm_80 (they #error below it), and the oldest arch.
+MIN_ARCH = {"gemv_fp8_mma": "sm_89"}
 DTYPES = {"bfloat16": "INFIRE_DTYPE_BF16", "float16": "INFIRE_DTYPE_F16"}
 KV_BLOCK_SIZE = 16
 
@@ -195,7 +197,7 @@ def main() -> int:
     for name in names:
         source = common + "\n" + (KERNEL_DIR / f"{name}.cu").read_text()
         for arch, dtype, shape in itertools.product(archs, dtypes, shapes):
-            if shape[0] in UNSUPPORTED_HEAD_DIMS.get(name, ()):
+            if shape[0] in UNSUPPORTED_HEAD_DIMS.get(name, ()) or arch < MIN_ARCH.get(name, arch):
                 continue
             tag = f"{name:<18} {arch:<6} {dtype:<8} hd={shape[0]:<3} heads={shape[1]}/{shape[2]}"
             ok, log, ptx = nvrtc.compile(source, name, options(nvrtc, arch, dtype, shape))

@@ -22,14 +22,12 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from check_nvrtc import Nvrtc, options, wheel_nvrtc
+from check_nvrtc import DTYPES, MIN_ARCH, QUICK_SHAPES, Nvrtc, options, wheel_nvrtc
 
 ROOT = Path(__file__).resolve().parents[2]
 ARCHS = ["sm_80", "sm_89", "sm_90a"]
-DTYPES = ["bfloat16", "float16"]
 # (HEAD_DIM, NUM_HEADS, NUM_KV_HEADS): Llama-3-8B and SmolLM2-135M.
-SHAPES = [(128, 32, 8), (64, 9, 3)]
-MIN_ARCH = {"gemv_fp8_mma": "sm_89"}
+SHAPES = [*QUICK_SHAPES, (64, 9, 3)]
 _NVRTC: Nvrtc | None = None  # one per worker process
 
 
@@ -58,8 +56,8 @@ def sources(rev: str | None) -> dict[str, str]:
     return {n: f'{common}\n#line 1 "{n}.cu"\n{read(f"kernels/cuda/{n}.cu")}' for n in names}
 
 
-def compile_cubin(job: tuple[str, str, str, str, tuple[int, int, int]]) -> tuple[str, str]:
-    """(file, sha256 of the cubin, or 'error: ...')."""
+def compile_cubin(job: tuple[str, str, str, str, tuple[int, int, int]]) -> str:
+    """The sha256 of the cubin, or 'error: ...'."""
     global _NVRTC
     name, src, arch, dtype, shape = job
     if _NVRTC is None:
@@ -68,15 +66,15 @@ def compile_cubin(job: tuple[str, str, str, str, tuple[int, int, int]]) -> tuple
     ok, log, _, cubin = _NVRTC.compile_both(src, name, opts)
     if not ok:
         first = log.strip().splitlines()[:1]
-        return name, f"error: {first[0] if first else 'compile failed'}"
-    return name, hashlib.sha256(cubin).hexdigest()
+        return f"error: {first[0] if first else 'compile failed'}"
+    return hashlib.sha256(cubin).hexdigest()
 
 
 def jobs(srcs: dict[str, str]) -> list[tuple]:
     out = []
     for name, src in srcs.items():
         for arch in ARCHS:
-            if arch < MIN_ARCH.get(name, "sm_80"):
+            if arch < MIN_ARCH.get(name, arch):
                 continue
             for dtype in DTYPES:
                 for shape in SHAPES:
@@ -100,7 +98,7 @@ def main() -> None:
         ha = list(pool.map(compile_cubin, ja))
         hb = list(pool.map(compile_cubin, jb))
     differ = 0
-    for job, (_, x), (_, y) in zip(ja, ha, hb, strict=True):
+    for job, x, y in zip(ja, ha, hb, strict=True):
         name, _, arch, dtype, shape = job
         same = x == y and not x.startswith("error")
         differ += not same
