@@ -3,6 +3,20 @@
 
 use super::*;
 
+/// `$k.dot_rows::<R>($format, $row, $a)` for R = 1, 2, 3, 4, concatenated (10 values), for
+/// [`dot_rows_match_scalar`]: the AVX2 and NEON kernels have the same method but no trait.
+macro_rules! dot_rows_1_to_4 {
+    ($k:expr, $format:expr, $row:expr, $a:expr) => {
+        [
+            &$k.dot_rows::<1>($format, $row, $a)[..],
+            &$k.dot_rows::<2>($format, $row, $a)[..],
+            &$k.dot_rows::<3>($format, $row, $a)[..],
+            &$k.dot_rows::<4>($format, $row, $a)[..],
+        ]
+        .concat()
+    };
+}
+
 /// A SIMD kernel's dot products against the scalar ones on the same inputs, for every format
 /// it has: `dot(format, row, acts)` gives the row's products with 1, 2, 3 and 4 activation rows
 /// at once, concatenated (10 values). Equal up to the order of f32 additions, `|err| ≤ 1e-5 ·
@@ -52,13 +66,7 @@ fn avx2_dot_matches_scalar() {
 
 #[cfg(target_arch = "x86_64")]
 fn avx2_rows(k: avx2::Avx2, format: QuantFormat, row: &[u8], a: &[Q8Block]) -> Vec<f32> {
-    [
-        &k.dot_rows::<1>(format, row, a)[..],
-        &k.dot_rows::<2>(format, row, a)[..],
-        &k.dot_rows::<3>(format, row, a)[..],
-        &k.dot_rows::<4>(format, row, a)[..],
-    ]
-    .concat()
+    dot_rows_1_to_4!(k, format, row, a)
 }
 
 /// The AVX-512 VNNI dot products (`vpdpbusd`) against the scalar ones, and bit for bit against
@@ -97,13 +105,7 @@ fn vnni_dot_matches_scalar_and_maddubs() {
 fn neon_dot_matches_scalar() {
     let neon = neon::Neon::detect().expect("this aarch64 CPU lacks the dot-product extension");
     dot_rows_match_scalar(neon::Neon::has_kernel, |format, row, a| {
-        [
-            &neon.dot_rows::<1>(format, row, a)[..],
-            &neon.dot_rows::<2>(format, row, a)[..],
-            &neon.dot_rows::<3>(format, row, a)[..],
-            &neon.dot_rows::<4>(format, row, a)[..],
-        ]
-        .concat()
+        dot_rows_1_to_4!(neon, format, row, a)
     });
 }
 
@@ -124,32 +126,22 @@ fn tile_matches_scalar() {
             let rows = random_blocks(&mut rng, format, 2, nblk);
             let a = quantized(&random_x(&mut rng, 4 * nb * BLOCK));
             let a16: Vec<tile::A16Block> = a.iter().map(tile::A16Block::from).collect();
-            let got: [Vec<Vec<f32>>; 8] = [
-                t.dot::<1, 1>(format, &rows, rb, &a16)
-                    .map(Vec::from)
-                    .to_vec(),
-                t.dot::<1, 2>(format, &rows, rb, &a16)
-                    .map(Vec::from)
-                    .to_vec(),
-                t.dot::<1, 3>(format, &rows, rb, &a16)
-                    .map(Vec::from)
-                    .to_vec(),
-                t.dot::<1, 4>(format, &rows, rb, &a16)
-                    .map(Vec::from)
-                    .to_vec(),
-                t.dot::<2, 1>(format, &rows, rb, &a16)
-                    .map(Vec::from)
-                    .to_vec(),
-                t.dot::<2, 2>(format, &rows, rb, &a16)
-                    .map(Vec::from)
-                    .to_vec(),
-                t.dot::<2, 3>(format, &rows, rb, &a16)
-                    .map(Vec::from)
-                    .to_vec(),
-                t.dot::<2, 4>(format, &rows, rb, &a16)
-                    .map(Vec::from)
-                    .to_vec(),
-            ];
+            // Every tile shape: (weight rows, activation rows).
+            macro_rules! tiles {
+                ($(($w:literal, $r:literal)),*) => {
+                    [$(t.dot::<$w, $r>(format, &rows, rb, &a16).map(Vec::from).to_vec()),*]
+                };
+            }
+            let got: [Vec<Vec<f32>>; 8] = tiles!(
+                (1, 1),
+                (1, 2),
+                (1, 3),
+                (1, 4),
+                (2, 1),
+                (2, 2),
+                (2, 3),
+                (2, 4)
+            );
             let xq = dequantized_acts(&a);
             for tile in &got {
                 for (wr, dots) in tile.iter().enumerate() {
