@@ -18,7 +18,7 @@ is known; one missing from fp8's top 20 is given fp8's 20th, the most it can be)
 of the probability mass of this model's next-token distributions on English text sits in its
 top 20, which is where quantization error would show.
 
-Two questions, two tests:
+Two questions about prompts, two tests:
 - the issue's bounds against bf16 (`test_fp8_follows_bf16_over_english_text`). On this model they
   are not met by the e4m3 format itself: its FP8 checkpoints run on the CPU, which dequantizes
   them exactly and computes in f32, give KL 0.059 nats/token and top-1 0.883 (ct_channel_dynamic,
@@ -39,6 +39,10 @@ Two questions, two tests:
   Bound: MAX_KERNEL_KL. The per-token e4m3 activations alone cost this model KL 0.037-0.039
   against the dequantized copy (H100, 2026-12-07), so a wrong scale or a lost activation
   rounding fails the bound by far.
+
+And decode, which the tests above never run (they read prompts): DECODE_STEPS greedy one-row
+steps through each FP8 GEMV the engine can choose (`INFIRE_FP8_GEMV`), against the dequantized
+copy reading the same tokens (`test_fp8_decode_follows_its_dequantized_copy`), MAX_KERNEL_KL.
 
 Also: `stats()` reports the KV cache's dtype, and at the same `gpu_memory_utilization` an FP8
 cache holds about twice the tokens of a bf16 one (CAPACITY_RATIO).
@@ -230,6 +234,48 @@ def test_cuda_fp8_adds_little_to_the_format(checkpoints, fmt):
     print(f"{fmt} against {what}: mean KL {mean_kl:.4f}, top-1 {top1:.3f}")
     assert mean_kl <= MAX_KERNEL_KL, (fmt, mean_kl)
     assert top1 >= MIN_KERNEL_TOP1, (fmt, top1)
+
+
+# Decode: the one-row FP8 GEMVs (INFIRE_FP8_GEMV: gemv.cu's *_fp8_m1 as "plain", the tensor-core
+# gemv_fp8_mma.cu as "mma", the reworked gemv_fp8.cu as "v2"), DECODE_STEPS of them after the
+# first DECODE_PROMPT tokens of TEXT: a short prompt, so that nearly every position's K and V
+# come from one-row steps too (a per-channel checkpoint's prefill rounds the activations to
+# e4m3, which the copy does not).
+DECODE_PROMPT = 32
+DECODE_STEPS = 2048
+
+
+@pytest.mark.parametrize("gemv", ["plain", "mma", "v2"])
+@pytest.mark.parametrize("fmt", ["ct_channel_dynamic", "fp8_block"])
+def test_fp8_decode_follows_its_dequantized_copy(checkpoints, fmt, gemv, monkeypatch):
+    """DECODE_STEPS greedy one-row steps of an FP8 checkpoint, each step's top log-probabilities
+    against its dequantized bf16 copy reading the prompt and those tokens (prefill, teacher-
+    forced). A one-row step multiplies bf16 activations by the exact e4m3 weights, so what is
+    left is the copy's bf16 rounding of each dequantized weight and the summation order: the
+    prefill bounds of test_cuda_fp8_adds_little_to_the_format (MAX_KERNEL_KL, MIN_KERNEL_TOP1)
+    apply, and a wrong scale, row or epilogue in a GEMV fails them by far. The FP8 GEMVs are
+    otherwise checked alone (test_gpu_fp8_kernels.py); the other tests here read prompts, which
+    run the FP8 GEMM instead."""
+    monkeypatch.setenv("INFIRE_FP8_GEMV", gemv)
+    eng = engine(checkpoints[fmt])
+    ids = eng.get_tokenizer().encode(TEXT.read_text())[:DECODE_PROMPT]
+    params = infire.SamplingParams(
+        max_tokens=DECODE_STEPS, temperature=0.0, ignore_eos=True, logprobs=TOP
+    )
+    out = eng.generate([ids], params)[0].outputs[0]
+    assert eng.stats()["quantization"] == "fp8"
+    del eng
+    gc.collect()
+    assert len(out.token_ids) == DECODE_STEPS
+    copy = engine(checkpoints[f"{fmt}_reference"])
+    forced = infire.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=TOP)
+    reference = copy.generate([ids + out.token_ids], forced)[0].prompt_logprobs[len(ids) :]
+    del copy
+    gc.collect()
+    mean_kl, top1 = mean_kl_and_top1(reference, out.logprobs)
+    print(f"{fmt}, {gemv}: decode against the dequantized copy: KL {mean_kl:.4f}, top-1 {top1:.3f}")
+    assert mean_kl <= MAX_KERNEL_KL, (fmt, gemv, mean_kl)
+    assert top1 >= MIN_KERNEL_TOP1, (fmt, gemv, top1)
 
 
 def test_fp8_kv_cache_alone_follows_bf16(checkpoints, bf16_reference):
