@@ -1,6 +1,6 @@
-"""The FP8 kernels (kernels/cuda/fp8.cu, the *_fp8_m1 GEMVs of gemv.cu) against torch, on the
-GPU (`pytest -m gpu`), launched as test_gpu_kernels.py launches the others: fresh random
-inputs, outputs poisoned with NaN first.
+"""The FP8 kernels (kernels/cuda/fp8.cu, the FP8 GEMVs of gemv.cu, gemv_fp8.cu and
+gemv_fp8_mma.cu) against torch, on the GPU (`pytest -m gpu`), launched as test_gpu_kernels.py
+launches the others: fresh random inputs, outputs poisoned with NaN first.
 
 - fp8_quantize_rows: codes and scales equal torch's `(x / scale).clamp(±448).to(float8_e4m3fn)`
   with scale = amax / 448 bit for bit (both divide in fp32 and round to nearest even).
@@ -9,8 +9,9 @@ inputs, outputs poisoned with NaN first.
 - fp8_scale_out: the raw FP8 GEMM's output times the per-token and per-channel scales plus the
   bias, in place, against torch in f32 rounded once to the dtype (within one ulp: the kernel may
   fuse the last multiply and the add).
-- the FP8 GEMVs: against the fp64 product with the dequantized weights, within the dense GEMV's
-  bounds (REL_TOL; the inputs and products are the same, only the summation order differs).
+- the FP8 GEMVs (gemv.cu's *_fp8_m1, gemv_fp8.cu's *_fp8v2_m1 and its variants): against the
+  fp64 product with the dequantized weights, within the dense GEMV's bounds (REL_TOL; the
+  inputs and products are the same, only the summation order differs).
 - the tensor-core FP8 GEMVs (gemv_fp8_mma.cu, sm_89+), 1..8 rows: the same reference and bounds.
   Their products take the input rounded to f16, which is exact for every bf16 or f16 value in
   f16's normal range (bf16 has fewer significand bits), so only the summation order differs
@@ -172,6 +173,49 @@ def test_gemv_fp8(dtype, layout, prologue, epilogue, n, k, cols_per_cta):
     func = f"gemv_{prologue}_{epilogue}_fp8_m1"
     args = (codes, s, i32(rs), i32(cs), i32(ld), *case.inputs(rows, n, k, cols_per_cta))
     run("gemv", func, grid, 256, *args, dtype=dtype)
+    case.check(rows)
+
+
+# gemv_fp8.cu's variants: its defaults (8 rows a group, xin kept in registers) and the -D
+# overrides bench/gemv_fp8_bench.py times.
+V2_DEFINES = {
+    "default": (),
+    "group4": (("FP8_GEMV_GROUP", 4),),
+    "no-xcache": (("FP8_GEMV_XCACHE", 0),),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["row", "block"])
+@pytest.mark.parametrize(("prologue", "epilogue"), GEMV_VARIANTS, ids="-".join)
+@pytest.mark.parametrize("variant", list(V2_DEFINES))
+@pytest.mark.parametrize(
+    ("n", "k", "cols_per_cta"),
+    # test_gemv_fp8's shapes with cols_per_cta a multiple of 8 (the group), and two more:
+    # Llama-3-8B's fused gate_up (28672 x 4096) with the engine's split at 3 CTAs an SM on 132
+    # SMs, and k = 8192, two vectors a thread (xin not kept: read for each group). With silu
+    # n is only made even: 36 and 1002 leave a last group of 2 and of 1 output (of 4).
+    [
+        (37, 64, 8),
+        (1003, 2064, 16),
+        (4096, 4096, 8),
+        (520, 14336, 8),
+        (28672, 4096, 80),
+        (1000, 8192, 8),
+    ],
+)
+def test_gemv_fp8_v2(dtype, layout, prologue, epilogue, variant, n, k, cols_per_cta):
+    """gemv_fp8.cu's one-row FP8 GEMVs: the reference and bounds of test_gemv_fp8."""
+    rows = 1
+    if epilogue == "silu":
+        n -= n % 2
+    codes = random_codes(n, k)
+    s, full, rs, cs, ld = scale_layout(n, k, layout)
+    case = gemv_case(dtype, prologue, epilogue, rows, dequantize_reference(codes, full))
+    grid = math.ceil(n / cols_per_cta)
+    func = f"gemv_{prologue}_{epilogue}_fp8v2_m1"
+    args = (codes, s, i32(rs), i32(cs), i32(ld), *case.inputs(rows, n, k, cols_per_cta))
+    run("gemv_fp8", func, grid, 256, *args, dtype=dtype, defines=V2_DEFINES[variant])
     case.check(rows)
 
 

@@ -20,6 +20,7 @@ KERNEL_FILES = {
     "decode_attention",
     "prefill_attention",
     "gemv",
+    "gemv_fp8",
     "gemv_fp8_mma",
 }
 
@@ -39,6 +40,9 @@ GEMV_ENTRIES = [
 # gemv_fp8_mma.cu's: gemv_<input>_<output>_fp8mma, the same variants.
 GEMV_FP8_MMA_ENTRIES = [e.replace("_m1", "_fp8mma") for e in GEMV_ENTRIES]
 
+# gemv_fp8.cu's: gemv_<input>_<output>_fp8v2_m1.
+GEMV_FP8_V2_ENTRIES = [e.replace("_m1", "_fp8v2_m1") for e in GEMV_ENTRIES]
+
 # Kernel files that need a newer GPU than sm_80, and the oldest arch they compile for.
 MIN_ARCH = {"gemv_fp8_mma": "sm_89"}
 
@@ -53,6 +57,7 @@ EARLY_READERS = (
     {"decode_attention"}
     | {e.replace("_m1", "_fp8_m1") for e in GEMV_ENTRIES}
     | set(GEMV_FP8_MMA_ENTRIES)
+    | set(GEMV_FP8_V2_ENTRIES)
 )
 
 ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)')
@@ -67,6 +72,8 @@ def kernel_functions(name: str) -> list[str]:
         return GEMV_ENTRIES
     if name == "gemv_fp8_mma":
         return GEMV_FP8_MMA_ENTRIES
+    if name == "gemv_fp8":
+        return GEMV_FP8_V2_ENTRIES
     functions = ENTRY.findall(kernels.source(name))
     assert functions, f'no extern "C" __global__ function in {name}'
     return functions

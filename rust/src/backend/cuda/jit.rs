@@ -35,6 +35,10 @@ const SOURCES: &[(&str, &str)] = &[
     ("fp8", include_str!("../../../../kernels/cuda/fp8.cu")),
     ("gemv", include_str!("../../../../kernels/cuda/gemv.cu")),
     (
+        "gemv_fp8",
+        include_str!("../../../../kernels/cuda/gemv_fp8.cu"),
+    ),
+    (
         "gemv_fp8_mma",
         include_str!("../../../../kernels/cuda/gemv_fp8_mma.cu"),
     ),

@@ -26,8 +26,13 @@ pub const FP8_MMA_MAX_ROWS: usize = 8;
 /// Rows of W a CTA of the tensor-core FP8 GEMV takes at a time (`TILE` in gemv_fp8_mma.cu).
 const FP8_MMA_TILE: usize = 32;
 
-/// Which FP8 GEMV a one-row step runs where both take the matrix: `INFIRE_FP8_GEMV=mma` or
-/// `=plain` forces one (for same-run comparisons), anything else is [`Fp8OneRow::Auto`].
+/// Rows of W the reworked one-row FP8 GEMV (`kernels/cuda/gemv_fp8.cu`) takes at a time
+/// (`FP8_GEMV_GROUP` there): its columns per CTA are a multiple of this.
+const FP8_GEMV_GROUP: usize = 8;
+
+/// Which FP8 GEMV a one-row step runs where both take the matrix: `INFIRE_FP8_GEMV=mma`,
+/// `=plain` or `=v2` forces one (for same-run comparisons), anything else is
+/// [`Fp8OneRow::Auto`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fp8OneRow {
     /// The tensor-core GEMV where its grid fills every SM's CTA slots, else gemv.cu's
@@ -38,6 +43,10 @@ pub(super) enum Fp8OneRow {
     Auto,
     Mma,
     Plain,
+    /// `kernels/cuda/gemv_fp8.cu` (`*_fp8v2_m1`) for every one-row FP8 projection: gemv.cu's
+    /// sums, bit for bit, in ~40 % fewer instructions a weight byte (its header). Not the
+    /// default until timed and tested on a GPU (bench/gemv_fp8_bench.py).
+    V2,
 }
 
 impl Fp8OneRow {
@@ -45,6 +54,7 @@ impl Fp8OneRow {
         match std::env::var("INFIRE_FP8_GEMV").as_deref() {
             Ok("mma") => Fp8OneRow::Mma,
             Ok("plain") => Fp8OneRow::Plain,
+            Ok("v2") => Fp8OneRow::V2,
             _ => Fp8OneRow::Auto,
         }
     }
@@ -54,7 +64,7 @@ impl Fp8OneRow {
     fn mma(self, n: usize, ctas_per_sm: usize, sm_count: usize) -> bool {
         match self {
             Fp8OneRow::Mma => true,
-            Fp8OneRow::Plain => false,
+            Fp8OneRow::Plain | Fp8OneRow::V2 => false,
             Fp8OneRow::Auto => n.div_ceil(FP8_MMA_TILE) >= sm_count * ctas_per_sm,
         }
     }
@@ -122,6 +132,11 @@ fn gemv_stem(input: GemvInput, output: GemvOutput) -> String {
 pub(super) fn gemv_name(input: GemvInput, output: GemvOutput, fp8: bool) -> String {
     let w = if fp8 { "_fp8" } else { "" };
     format!("{}{w}_m{GEMV_MAX_ROWS}", gemv_stem(input, output))
+}
+
+/// The reworked one-row FP8 GEMV's entry point of `(input, output)` (`gemv_fp8.cu`).
+pub(super) fn gemv_fp8_v2_name(input: GemvInput, output: GemvOutput) -> String {
+    format!("{}_fp8v2_m1", gemv_stem(input, output))
 }
 
 /// The tensor-core FP8 GEMV's entry point of `(input, output)`.
@@ -221,9 +236,10 @@ impl Kernels {
                     w, x, norm_w, bias, out, rows, n, k, cols, eps)
             }
             Some(l) => {
-                let (kernel, group) = match mma {
-                    Some(kernel) => (kernel, FP8_MMA_TILE),
-                    None => (&self.gemv_fp8[variant], GEMV_GROUP),
+                let (kernel, group) = match (mma, &self.gemv_fp8_v2) {
+                    (Some(kernel), _) => (kernel, FP8_MMA_TILE),
+                    (None, Some(v2)) if a.rows == 1 => (&v2[variant], FP8_GEMV_GROUP),
+                    (None, _) => (&self.gemv_fp8[variant], GEMV_GROUP),
                 };
                 let (grid, cols) = kernel.grid(a, group, sm_count);
                 let (scales, row_shift, col_shift, ld) = (l.scales, l.row_shift, l.col_shift, l.ld);
@@ -288,6 +304,24 @@ mod tests {
     }
 
     #[test]
+    fn the_fp8_v2_entry_points_are_named_as_gemv_fp8_cu_defines_them() {
+        let source = crate::backend::cuda::jit::source("gemv_fp8").unwrap();
+        assert!(source.contains("NAME##_fp8v2_m1("));
+        for &(i, o) in &GEMV_VARIANTS {
+            let name = gemv_fp8_v2_name(i, o);
+            let stem = name.strip_suffix("_fp8v2_m1").unwrap();
+            assert!(
+                source.contains(&format!("GEMV_FP8_ENTRY({stem},")),
+                "{name}"
+            );
+        }
+        let (i, o) = GEMV_VARIANTS[5];
+        assert_eq!(gemv_fp8_v2_name(i, o), "gemv_norm_silu_fp8v2_m1");
+        assert!(source.contains(&format!("#define FP8_GEMV_GROUP {FP8_GEMV_GROUP}\n")));
+        assert!(source.contains("constexpr int FG = FP8_GEMV_GROUP;"));
+    }
+
+    #[test]
     fn one_row_takes_the_tensor_core_fp8_gemv_where_its_grid_fills_the_gpu() {
         // Llama-3-8B on 132 SMs at 2 CTAs an SM: 264 slots.
         let auto = Fp8OneRow::Auto;
@@ -298,6 +332,7 @@ mod tests {
         assert!(!auto.mma(8416, 1, 264)); // 263
         assert!(Fp8OneRow::Mma.mma(4096, 2, 132));
         assert!(!Fp8OneRow::Plain.mma(28672, 2, 132));
+        assert!(!Fp8OneRow::V2.mma(28672, 2, 132));
     }
 
     #[test]
@@ -318,7 +353,7 @@ mod tests {
     #[test]
     fn gemv_grids_fit_the_gpu_in_one_wave() {
         // 132 SMs x 4 CTAs = 528 resident CTAs (the FP8 mma GEMV: 2 a SM, 264).
-        for (group, ctas_per_sm) in [(GEMV_GROUP, 4), (FP8_MMA_TILE, 2)] {
+        for (group, ctas_per_sm) in [(GEMV_GROUP, 4), (FP8_MMA_TILE, 2), (FP8_GEMV_GROUP, 3)] {
             let resident = 132 * ctas_per_sm;
             for n in [37, 4096, 6144, 28672, 128256] {
                 let cols = gemv_cols_per_cta(n, group, 132, ctas_per_sm);

@@ -20,7 +20,9 @@ pub use self::compile::KernelSet;
 pub use self::gemv::{
     fp8_mma_fits, Fp8Layout, GemvArgs, GemvInput, GemvOutput, FP8_MMA_MAX_ROWS, GEMV_MAX_ROWS,
 };
-use self::gemv::{gemv_fp8_mma_name, gemv_name, Fp8OneRow, GemvKernel, GEMV_VARIANTS};
+use self::gemv::{
+    gemv_fp8_mma_name, gemv_fp8_v2_name, gemv_name, Fp8OneRow, GemvKernel, GEMV_VARIANTS,
+};
 
 /// The loaded kernel functions.
 pub struct Kernels {
@@ -44,6 +46,9 @@ pub struct Kernels {
     gemv_fp8_mma: Option<Vec<GemvKernel>>,
     /// Which FP8 GEMV one-row steps run where both take the matrix.
     fp8_one_row: Fp8OneRow,
+    /// `gemv_fp8.cu`'s entry points, in the same order, loaded where [`Fp8OneRow::V2`] asks for
+    /// them (every one-row FP8 projection then runs on them).
+    gemv_fp8_v2: Option<Vec<GemvKernel>>,
     fp8_quantize_rows: CudaFunction,
     fp8_dequantize: CudaFunction,
     fp8_scale_out: CudaFunction,
@@ -159,6 +164,15 @@ impl Kernels {
                     .collect::<Result<Vec<_>>>()
             })
             .transpose()?;
+        let fp8_one_row = Fp8OneRow::from_env();
+        let gemv_fp8_v2 = (fp8_one_row == Fp8OneRow::V2)
+            .then(|| {
+                GEMV_VARIANTS
+                    .iter()
+                    .map(|&(i, o)| GemvKernel::new(f("gemv_fp8", &gemv_fp8_v2_name(i, o))?))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .transpose()?;
         // Programmatic dependent launch needs sm_90.
         let (major, _) = ctx.compute_capability().map_err(cuda_err)?;
         let pdl = pdl && major >= 9;
@@ -167,7 +181,8 @@ impl Kernels {
             gemv,
             gemv_fp8,
             gemv_fp8_mma,
-            fp8_one_row: Fp8OneRow::from_env(),
+            fp8_one_row,
+            gemv_fp8_v2,
             fp8_quantize_rows: f("fp8", "fp8_quantize_rows")?,
             fp8_dequantize: f("fp8", "fp8_dequantize")?,
             fp8_scale_out: f("fp8", "fp8_scale_out")?,
