@@ -11,20 +11,27 @@ reading: both FP8 kernels hold half the bytes of W in flight that the bf16 one h
 for 132 SMs), so at the latency of a loaded HBM they stream at a lower rate. This times each
 kernel alone, per projection of the model, as gemv_bench.py does (a CUDA graph of launches over
 enough weight copies that every launch reads HBM), with the engine's entry points and variants
-compiled with the -D overrides the two files take:
+compiled with the -D overrides the files take:
 
-- `FP8_M1_UNROLL`, `FP8_M1_CTAS`: vectors of W in flight per row and thread, CTAs an SM;
-- `FP8_MMA_MT`, `FP8_MMA_U`, `FP8_MMA_CTAS`: 16-row mma tiles per warp step, chunks in flight per
-  warp, CTAs an SM.
+- `FP8_M1_UNROLL`, `FP8_M1_CTAS` (gemv.cu): vectors of W in flight per row and thread, CTAs an SM;
+- `FP8_MMA_MT`, `FP8_MMA_U`, `FP8_MMA_CTAS` (gemv_fp8_mma.cu): 16-row mma tiles per warp step,
+  chunks in flight per warp, CTAs an SM;
+- `FP8_GEMV_GROUP`, `FP8_GEMV_CTAS`, `FP8_GEMV_XCACHE` (gemv_fp8.cu, the reworked one-row
+  kernel): rows a group, CTAs an SM, xin kept in registers.
 
-Each row prints the kernel's time, its weight bytes over that time, and that against the card's
-copy bandwidth measured in the same run. Variants that fail to compile or launch are reported
-and skipped. The engine runs the defaults; a variant that wins is a change to the kernel file.
+Each row prints the kernel's time, its weight bytes over that time, that against the card's
+copy bandwidth measured in the same run, and how its output compares with `*_fp8_m1`'s on the
+same inputs (gemv_fp8.cu's: bitwise equal but for rare last-bit differences its header
+explains; the tensor-core one sums in another order).
+Variants that fail to compile or launch are reported and skipped. The engine runs the
+defaults; a variant that wins is a change to the kernel file.
 
 Its first run (H100, 2026-12-08; bench/RESULTS.md, FP8 run 5) refuted that reading: every
 variant with more bytes in flight lost (an L2 prefetch variant too, since removed from the
 kernel), and the table led to the one-row dispatch by shape
-(`Fp8OneRow`, backend/cuda/kernels/gemv.rs).
+(`Fp8OneRow`, backend/cuda/kernels/gemv.rs). Its SASS then showed `*_fp8_m1` bound by
+instruction issue (8.7 instructions a byte of W against the bf16 GEMV's 3.3), which gemv_fp8.cu
+answers; `INFIRE_FP8_GEMV=v2` runs it in the engine.
 """
 
 from __future__ import annotations
@@ -33,7 +40,9 @@ import argparse
 import json
 import math
 import sys
+import zlib
 from datetime import date
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -50,25 +59,20 @@ from cuda_bench import time_graph  # noqa: E402
 from gemv_bench import MIN_BYTES, PROJECTIONS, cols_per_cta  # noqa: E402
 
 EPS = 1e-5
-# (label, kernel file, defines, CTAs an SM the launch assumes, columns a CTA takes at a time)
-MT1 = {"FP8_MMA_MT": 1}
+# (label, kernel file, defines, CTAs an SM the launch assumes, columns a CTA takes at a time).
+# The variants of run 5 that lost (more bytes in flight: FP8_M1_UNROLL 2 and 4, FP8_MMA_U 3 and
+# 4, 16-row mma tiles, one CTA an SM) are in bench/results/gemv_fp8_h100.json, not rerun.
 VARIANTS = [
     ("bf16 m1", "gemv", {}, 4, 4),
     ("fp8 m1 (U1, 4/SM)", "gemv", {}, 4, 4),
-    ("fp8 m1 U2 2/SM", "gemv", {"FP8_M1_UNROLL": 2, "FP8_M1_CTAS": 2}, 2, 4),
-    ("fp8 m1 U4 2/SM", "gemv", {"FP8_M1_UNROLL": 4, "FP8_M1_CTAS": 2}, 2, 4),
     ("fp8 mma (MT2 U2, 2/SM)", "gemv_fp8_mma", {}, 2, 32),
-    ("fp8 mma MT1 U4", "gemv_fp8_mma", {**MT1, "FP8_MMA_U": 4}, 2, 16),
-    ("fp8 mma MT2 U3", "gemv_fp8_mma", {"FP8_MMA_U": 3}, 2, 32),
-    ("fp8 mma MT2 U4 1/SM", "gemv_fp8_mma", {"FP8_MMA_U": 4, "FP8_MMA_CTAS": 1}, 1, 32),
-    (
-        "fp8 mma MT1 U8 1/SM",
-        "gemv_fp8_mma",
-        {**MT1, "FP8_MMA_U": 8, "FP8_MMA_CTAS": 1},
-        1,
-        16,
-    ),
+    ("fp8 v2 (G8, 3/SM)", "gemv_fp8", {}, 3, 8),
+    ("fp8 v2 G8 2/SM", "gemv_fp8", {"FP8_GEMV_CTAS": 2}, 2, 8),
+    ("fp8 v2 G4 4/SM", "gemv_fp8", {"FP8_GEMV_GROUP": 4, "FP8_GEMV_CTAS": 4}, 4, 4),
+    ("fp8 v2 G8 without xin kept", "gemv_fp8", {"FP8_GEMV_XCACHE": 0}, 3, 8),
 ]
+# The FP8 variant every other FP8 variant's output is compared with (same codes, scales, x).
+BASELINE = "fp8 m1 (U1, 4/SM)"
 
 
 def occupancy(kernel, fallback: int) -> int:
@@ -94,12 +98,17 @@ def kernel_of(file: str, func: str, defines: dict):
 def entry(file: str, label: str, variant: str) -> str:
     if file == "gemv_fp8_mma":
         return f"gemv_{variant}_fp8mma"
+    if file == "gemv_fp8":
+        return f"gemv_{variant}_fp8v2_m1"
     return f"gemv_{variant}_m1" if label.startswith("bf16") else f"gemv_{variant}_fp8_m1"
 
 
-def bench(label, file, defines, ctas, group, sm_count, copy_bw) -> list[dict]:
+def bench(label, file, defines, ctas, group, sm_count, copy_bw, outputs) -> list[dict]:
+    """Times `label` on each projection, and compares its output with the baseline's in
+    `outputs` (projection -> output of BASELINE on the same inputs; filled by the baseline)."""
     rows = []
     for name, n, k, variant in PROJECTIONS[:4]:
+        torch.manual_seed(zlib.crc32(name.encode()))  # the same inputs for every variant
         try:
             kernel = kernel_of(file, entry(file, label, variant), defines)
         except Exception as e:  # noqa: BLE001 (a variant that does not compile is reported)
@@ -126,14 +135,17 @@ def bench(label, file, defines, ctas, group, sm_count, copy_bw) -> list[dict]:
         tail += (np.int32(k), np.int32(cols), np.float32(EPS))
         cfg = LaunchConfig(grid=grid, block=256)
 
-        def chain(ws=ws, tail=tail, cfg=cfg, kernel=kernel, dense=dense, scales=scales):
+        def launch_one(w, tail=tail, cfg=cfg, kernel=kernel, dense=dense, scales=scales):
+            if dense:
+                launch(torch_stream(), cfg, kernel, w.data_ptr(), *tail)
+            else:
+                head = (w.data_ptr(), scales.data_ptr(), np.int32(0), np.int32(31))
+                launch(torch_stream(), cfg, kernel, *head, np.int32(1), *tail)
+
+        def chain(ws=ws, launch_one=launch_one):
             for _ in range(4):
                 for w in ws:
-                    if dense:
-                        launch(torch_stream(), cfg, kernel, w.data_ptr(), *tail)
-                    else:
-                        head = (w.data_ptr(), scales.data_ptr(), np.int32(0), np.int32(31))
-                        launch(torch_stream(), cfg, kernel, *head, np.int32(1), *tail)
+                    launch_one(w)
 
         try:
             t = time_graph(chain, 4 * copies)
@@ -142,9 +154,10 @@ def bench(label, file, defines, ctas, group, sm_count, copy_bw) -> list[dict]:
             torch.cuda.synchronize()
             return rows
         floor = nbytes / copy_bw
+        check = "" if dense else compare(label, name, outputs, out, partial(launch_one, ws[0]))
         print(
             f"| {label} | {name} [{n}x{k}] | {per_sm}/SM, {grid} CTAs | {nbytes / 1e6:.1f} "
-            f"| {t * 1e6:.1f} | {nbytes / t / 1e12:.2f} | {100 * floor / t:.1f} % |",
+            f"| {t * 1e6:.1f} | {nbytes / t / 1e12:.2f} | {100 * floor / t:.1f} % | {check} |",
             flush=True,
         )
         rows.append(
@@ -159,11 +172,30 @@ def bench(label, file, defines, ctas, group, sm_count, copy_bw) -> list[dict]:
                 "bytes": nbytes,
                 "seconds": t,
                 "of_copy": floor / t,
+                "check": check,
             }
         )
         del ws
         torch.cuda.empty_cache()
     return rows
+
+
+def compare(label, name, outputs, out, launch_once) -> str:
+    """One launch into a zeroed `out` (the add epilogue accumulates), against the baseline's:
+    'bitwise equal', or the largest difference over the largest baseline value."""
+    out.zero_()
+    launch_once()
+    torch.cuda.synchronize()
+    if label == BASELINE:
+        outputs[name] = out.clone()
+        return "baseline"
+    ref = outputs.get(name)
+    if ref is None:
+        return "no baseline"
+    if torch.equal(out, ref):
+        return "bitwise equal"
+    diff = (out.float() - ref.float()).abs().max() / ref.float().abs().max()
+    return f"max diff {diff.item():.2e} of max"
 
 
 def main() -> None:
@@ -173,12 +205,14 @@ def main() -> None:
     args = parser.parse_args()
     sm_count, copy_bw, gpu = card()
     result = {"gpu": gpu, "date": str(date.today()), "copy_bandwidth": copy_bw, "rows": []}
-    print("\n| variant | projection | occupancy | weight MB | µs | TB/s | of copy |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| variant | projection | occupancy | weight MB | µs | TB/s | of copy | against m1 |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    outputs: dict = {}
     for label, file, defines, ctas, group in VARIANTS:
-        if args.only and args.only not in label:
+        if args.only and args.only not in label and label != BASELINE:
             continue
-        result["rows"] += bench(label, file, defines, ctas, group, sm_count, copy_bw)
+        rows = bench(label, file, defines, ctas, group, sm_count, copy_bw, outputs)
+        result["rows"] += rows
     totals = {}
     for r in result["rows"]:
         s = totals.setdefault(r["variant"], [0.0, 0.0, 0])
