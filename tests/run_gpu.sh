@@ -11,7 +11,7 @@ mkdir -p "$LOG_DIR"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv |
     tee "$LOG_DIR/gpu.txt"
 status=0
-for suite in kernels fp8_kernels fp8_kv_kernels models long_context engine fp8 sleep node structured; do
+for suite in kernels fp8_kernels fp8_fused fp8_kv_kernels models long_context engine fp8 sleep node structured; do
     echo "== tests/test_gpu_$suite.py"
     python3 -m pytest -m gpu -q -p no:cacheprovider "tests/test_gpu_$suite.py" 2>&1 |
         tee "$LOG_DIR/$suite.log" | tail -25

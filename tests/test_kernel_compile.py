@@ -19,6 +19,7 @@ KERNEL_FILES = {
     "sampling",
     "decode_attention",
     "prefill_attention",
+    "fp8_fused",
     "gemv",
     "gemv_fp8",
     "gemv_fp8_mma",

@@ -11,6 +11,7 @@
 //! | `INFIRE_DECODE_BATCH_SPLITS=N` | splits of decode attention in a large batch (1: none) |
 //! | `INFIRE_PDL=0` | no programmatic dependent launch |
 //! | `INFIRE_KERNEL_DEFINES=NAME=VALUE,...` | extra `-D` constants for every kernel |
+//! | `INFIRE_FP8_FUSED=1` | the norms before an FP8 GEMM of several rows write its FP8 input, and the gate/up scales go into silu·mul (`kernels/cuda/fp8_fused.cu`; the same bits, fewer passes; off until timed on a GPU) |
 //! | `INFIRE_FAIL_AFTER_STEPS=N` | the engine loop panics after its N-th step (tests of failure handling) |
 //! | `INFIRE_CPU_SPIN_US=N` | how long the CPU backend's spin-pool helpers wait for work before parking (0: rayon runs every region) |
 
@@ -32,6 +33,8 @@ pub struct Tuning {
     /// Extra compile-time constants of every kernel (`INFIRE_KERNEL_DEFINES`), part of the
     /// kernels' cache key.
     pub kernel_defines: Vec<(String, Option<String>)>,
+    /// The fused kernels around FP8 GEMMs of several rows (`INFIRE_FP8_FUSED=1`).
+    pub fp8_fused: bool,
     /// The engine loop panics after this many steps (`INFIRE_FAIL_AFTER_STEPS`), as a bug in a
     /// step would: how the tests drive a real engine into a real failure.
     pub fail_after_steps: Option<usize>,
@@ -56,6 +59,7 @@ impl Tuning {
             no_pdl: var("INFIRE_PDL").is_some_and(|v| v == "0"),
             kernel_defines: var("INFIRE_KERNEL_DEFINES")
                 .map_or_else(Vec::new, |s| parse_defines(&s)),
+            fp8_fused: var("INFIRE_FP8_FUSED").is_some_and(|v| v == "1"),
             fail_after_steps: count("INFIRE_FAIL_AFTER_STEPS"),
             cpu_spin_us: count("INFIRE_CPU_SPIN_US").map(|n: usize| n as u64),
         }

@@ -17,6 +17,7 @@ use cudarc::driver::CudaStream;
 use super::device_mem::DeviceMem;
 use super::fp8::Fp8Weights;
 use super::gemm::{ElemType, GemmShape};
+use super::kernels::Kernels;
 use super::{CudaBackend, CudaBuf, CudaMatrix, CudaVector};
 use crate::error::Result;
 
@@ -148,56 +149,182 @@ impl CudaBackend {
             return;
         };
         let stream: &Arc<CudaStream> = &self.stream;
-        let bias_ptr = bias.map(|b| b.mem.ptr);
-        let shape = |input, bias| GemmShape {
-            rows,
-            n: w.rows,
-            k: w.cols,
-            input,
-            output: out.dtype,
-            bias,
-        };
         let r = self.kernels().and_then(|k| {
             let scratch = &self.fp8_scratch;
             if !self.fp8_tensor_cores(f) {
                 let deq = scratch.dequantized.as_ref().ok_or_else(scratch_missing)?;
                 k.fp8_dequantize(stream, w.mem.ptr, layout, deq.ptr, w.rows, w.cols)?;
-                let s = shape(self.elem_type(), bias.is_some());
+                let s = GemmShape {
+                    rows,
+                    n: w.rows,
+                    k: w.cols,
+                    input: self.elem_type(),
+                    output: out.dtype,
+                    bias: bias.is_some(),
+                };
+                let bias_ptr = bias.map(|b| b.mem.ptr);
                 return self
                     .gemm
                     .run(s, x.mem.ptr, deq.ptr, bias_ptr, out.mem.ptr, stream);
             }
             let (act, act_scales) = scratch.act.as_ref().ok_or_else(scratch_missing)?;
             k.fp8_quantize_rows(stream, x.mem.ptr, act.ptr, act_scales.ptr, rows, w.cols)?;
-            if self.fp8_gemm == Fp8Gemm::OuterVector {
-                let s = shape(ElemType::Fp8E4m3, bias.is_some());
-                let scales = Some((layout.scales, act_scales.ptr));
-                return self.gemm.run_scaled(
-                    s,
-                    act.ptr,
-                    w.mem.ptr,
-                    bias_ptr,
-                    scales,
-                    out.mem.ptr,
-                    stream,
-                );
-            }
-            let s = shape(ElemType::Fp8E4m3Raw, false);
-            self.gemm
-                .run(s, act.ptr, w.mem.ptr, None, out.mem.ptr, stream)?;
-            let (a_scales, w_scales) = (act_scales.ptr, layout.scales);
-            k.fp8_scale_out(
-                stream,
-                out.mem.ptr,
-                a_scales,
-                w_scales,
-                bias_ptr,
-                rows,
-                w.rows,
-            )
+            self.fp8_gemm_quantized(k, rows, w, bias, out, true)
         });
         self.record(r);
     }
+
+    /// The GEMM of the FP8 matrix `w` (per-row scales, on tensor cores) of the activations in
+    /// the scratch (codes and per-row scales, already written): `out = x · wᵀ (+ bias)`; with
+    /// the raw codes' GEMM and `!scale`, the raw product is left in `out` for the caller's
+    /// kernel to scale (no bias then).
+    fn fp8_gemm_quantized(
+        &self,
+        k: &Kernels,
+        rows: usize,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        out: &mut CudaBuf,
+        scale: bool,
+    ) -> Result<()> {
+        let layout = w.fp8_layout().ok_or_else(not_fp8)?;
+        let (act, act_scales) = self.fp8_scratch.act.as_ref().ok_or_else(scratch_missing)?;
+        let bias_ptr = bias.map(|b| b.mem.ptr);
+        let output = out.dtype;
+        let shape = |input, bias| GemmShape {
+            rows,
+            n: w.rows,
+            k: w.cols,
+            input,
+            output,
+            bias,
+        };
+        if self.fp8_gemm == Fp8Gemm::OuterVector {
+            let s = shape(ElemType::Fp8E4m3, bias.is_some());
+            let scales = Some((layout.scales, act_scales.ptr));
+            return self.gemm.run_scaled(
+                s,
+                act.ptr,
+                w.mem.ptr,
+                bias_ptr,
+                scales,
+                out.mem.ptr,
+                &self.stream,
+            );
+        }
+        let s = shape(ElemType::Fp8E4m3Raw, false);
+        self.gemm
+            .run(s, act.ptr, w.mem.ptr, None, out.mem.ptr, &self.stream)?;
+        if !scale {
+            return Ok(());
+        }
+        let (a_scales, w_scales) = (act_scales.ptr, layout.scales);
+        k.fp8_scale_out(
+            &self.stream,
+            out.mem.ptr,
+            a_scales,
+            w_scales,
+            bias_ptr,
+            rows,
+            w.rows,
+        )
+    }
+
+    /// Whether a norm before `w` in a step of `rows` rows writes `w`'s FP8 GEMM input itself
+    /// (`fp8_fused.cu`, `Tuning::fp8_fused`): `w` FP8 with per-row scales on tensor cores, in a
+    /// step of more rows than the GEMV takes.
+    pub(super) fn fp8_fuses_norm(&self, rows: usize, w: &CudaMatrix) -> bool {
+        self.fp8_fused
+            && !self.use_gemv(rows, w)
+            && w.fp8.as_ref().is_some_and(|f| self.fp8_tensor_cores(f))
+    }
+
+    /// The norm of `residual` (after `residual += add`, stored, when `add` is given) straight
+    /// into the FP8 GEMM's scratch, as codes and per-row scales: bit for bit what the norm and
+    /// `fp8_quantize_rows` of its output write.
+    fn fp8_norm_into_scratch(
+        &self,
+        k: &Kernels,
+        residual: &mut CudaBuf,
+        add: Option<&CudaBuf>,
+        norm_w: &CudaVector,
+        eps: f32,
+        rows: usize,
+    ) -> Result<()> {
+        let (act, act_scales) = self.fp8_scratch.act.as_ref().ok_or_else(scratch_missing)?;
+        let (res, x) = match add {
+            Some(add) => (Some(residual.mem.ptr), add.mem.ptr),
+            None => (None, residual.mem.ptr),
+        };
+        let q = (act.ptr, act_scales.ptr);
+        k.rms_norm_fp8(
+            &self.stream,
+            res,
+            x,
+            norm_w.mem.ptr,
+            q,
+            rows,
+            norm_w.len,
+            eps,
+        )
+    }
+
+    /// `norm_linear` where [`fp8_fuses_norm`](Self::fp8_fuses_norm): the norm writes the FP8
+    /// input, then the GEMM.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fp8_norm_linear(
+        &self,
+        residual: &mut CudaBuf,
+        add: Option<&CudaBuf>,
+        norm_w: &CudaVector,
+        eps: f32,
+        rows: usize,
+        w: &CudaMatrix,
+        bias: Option<&CudaVector>,
+        out: &mut CudaBuf,
+    ) {
+        let r = self.kernels().and_then(|k| {
+            self.fp8_norm_into_scratch(k, residual, add, norm_w, eps, rows)?;
+            self.fp8_gemm_quantized(k, rows, w, bias, out, true)
+        });
+        self.record(r);
+    }
+
+    /// `norm_linear_silu_mul` where [`fp8_fuses_norm`](Self::fp8_fuses_norm): the norm writes
+    /// the FP8 input, the GEMM writes `gate_up` (`rows × 2n`), and with the raw codes' GEMM
+    /// `fp8_scale_silu_mul` scales it as it computes `act` (else it is scaled already, and
+    /// `silu_mul` runs).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn fp8_norm_linear_silu_mul(
+        &self,
+        residual: &mut CudaBuf,
+        add: Option<&CudaBuf>,
+        norm_w: &CudaVector,
+        eps: f32,
+        rows: usize,
+        n: usize,
+        w: &CudaMatrix,
+        gate_up: &mut CudaBuf,
+        act: &mut CudaBuf,
+    ) {
+        let raw = self.fp8_gemm == Fp8Gemm::RawThenScale;
+        let r = self.kernels().and_then(|k| {
+            self.fp8_norm_into_scratch(k, residual, add, norm_w, eps, rows)?;
+            self.fp8_gemm_quantized(k, rows, w, None, gate_up, !raw)?;
+            if !raw {
+                return k.silu_mul(&self.stream, gate_up.mem.ptr, act.mem.ptr, rows, n);
+            }
+            let layout = w.fp8_layout().ok_or_else(not_fp8)?;
+            let (_, a_scales) = self.fp8_scratch.act.as_ref().ok_or_else(scratch_missing)?;
+            let (g, o) = (gate_up.mem.ptr, act.mem.ptr);
+            k.fp8_scale_silu_mul(&self.stream, g, a_scales.ptr, layout.scales, o, rows, n)
+        });
+        self.record(r);
+    }
+}
+
+fn not_fp8() -> crate::error::Error {
+    crate::error::Error::Engine("an FP8 GEMM of a matrix that is not FP8".into())
 }
 
 fn scratch_missing() -> crate::error::Error {

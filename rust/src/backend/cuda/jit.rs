@@ -33,6 +33,10 @@ const SOURCES: &[(&str, &str)] = &[
         include_str!("../../../../kernels/cuda/embedding.cu"),
     ),
     ("fp8", include_str!("../../../../kernels/cuda/fp8.cu")),
+    (
+        "fp8_fused",
+        include_str!("../../../../kernels/cuda/fp8_fused.cu"),
+    ),
     ("gemv", include_str!("../../../../kernels/cuda/gemv.cu")),
     (
         "gemv_fp8",

@@ -11,7 +11,7 @@ use crate::backend::{AttentionShape, ForwardBatch, Ops, Residual};
 impl CudaBackend {
     /// Whether a projection of `rows` rows through `w` runs on the GEMV kernels: one row, or
     /// up to 8 for an FP8 matrix the tensor-core FP8 GEMV takes (sm_89+).
-    fn use_gemv(&self, rows: usize, w: &CudaMatrix) -> bool {
+    pub(super) fn use_gemv(&self, rows: usize, w: &CudaMatrix) -> bool {
         let max_rows = match w.fp8_layout() {
             Some(l) if fp8_mma_fits(w.cols, &l) => self.fp8_gemv_max_rows,
             _ => self.gemv_max_rows,
@@ -176,6 +176,9 @@ impl Ops for CudaBackend {
         out: &mut CudaBuf,
     ) {
         if add.is_some() || !self.use_gemv(rows, w) {
+            if self.fp8_fuses_norm(rows, w) {
+                return self.fp8_norm_linear(residual, add, norm_w, eps, rows, w, bias, out);
+            }
             match add {
                 Some(x) => self.add_rms_norm(residual, x, norm_w, eps, rows, normed),
                 None => self.rms_norm(residual, norm_w, eps, rows, normed),
@@ -237,6 +240,12 @@ impl Ops for CudaBackend {
         act: &mut CudaBuf,
     ) {
         if add.is_some() || !self.use_gemv(rows, w) || !w.rows.is_multiple_of(4) {
+            if self.fp8_fuses_norm(rows, w) {
+                let (scratch, out) = (gate_up, act);
+                return self.fp8_norm_linear_silu_mul(
+                    residual, add, norm_w, eps, rows, n, w, scratch, out,
+                );
+            }
             self.norm_linear(residual, add, norm_w, eps, rows, w, None, normed, gate_up);
             return self.silu_mul(gate_up, rows, n, act);
         }

@@ -52,6 +52,10 @@ pub struct Kernels {
     fp8_quantize_rows: CudaFunction,
     fp8_dequantize: CudaFunction,
     fp8_scale_out: CudaFunction,
+    /// `fp8_fused.cu`: the norms writing FP8 codes, and the gate/up scales with silu·mul.
+    rms_norm_fp8: CudaFunction,
+    add_rms_norm_fp8: CudaFunction,
+    fp8_scale_silu_mul: CudaFunction,
     /// Whether launches use programmatic dependent launch (Hopper and later).
     pdl: bool,
 }
@@ -186,6 +190,9 @@ impl Kernels {
             fp8_quantize_rows: f("fp8", "fp8_quantize_rows")?,
             fp8_dequantize: f("fp8", "fp8_dequantize")?,
             fp8_scale_out: f("fp8", "fp8_scale_out")?,
+            rms_norm_fp8: f("fp8_fused", "rms_norm_fp8")?,
+            add_rms_norm_fp8: f("fp8_fused", "add_rms_norm_fp8")?,
+            fp8_scale_silu_mul: f("fp8_fused", "fp8_scale_silu_mul")?,
             embedding: f("embedding", "embedding")?,
             rms_norm: f("rms_norm", "rms_norm")?,
             add_rms_norm: f("rms_norm", "add_rms_norm")?,
@@ -359,6 +366,52 @@ impl Kernels {
         let (bias, n) = (bias.unwrap_or(0), n as i32);
         launch!(self, stream, &self.fp8_scale_out, (rows, 1, 1), 256;
             out, a_scales, w_scales, bias, n)
+    }
+
+    /// [`rms_norm`](Self::rms_norm) of `x`, or with `residual` [`add_rms_norm`](Self::add_rms_norm)
+    /// (`residual += x` stored, then the norm of it), its output quantized as
+    /// [`fp8_quantize_rows`](Self::fp8_quantize_rows) quantizes it: `q [rows, hidden]` codes and
+    /// `scales [rows]` (`kernels/cuda/fp8_fused.cu`, bit for bit the unfused pair).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_fp8(
+        &self,
+        stream: &Arc<CudaStream>,
+        residual: Option<u64>,
+        x: u64,
+        w: u64,
+        (q, scales): (u64, u64),
+        rows: usize,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let hidden = hidden as i32;
+        let grid = (rows, 1, 1);
+        match residual {
+            Some(residual) => launch!(self, stream, &self.add_rms_norm_fp8, grid, 256;
+                residual, x, w, q, scales, hidden, eps),
+            None => launch!(self, stream, &self.rms_norm_fp8, grid, 256;
+                x, w, q, scales, hidden, eps),
+        }
+    }
+
+    /// [`fp8_scale_out`](Self::fp8_scale_out) of a fused gate/up projection's raw-code output
+    /// `raw [rows, 2n]` (no bias) followed by [`silu_mul`](Self::silu_mul) into `out [rows, n]`,
+    /// in one pass (`kernels/cuda/fp8_fused.cu`, bit for bit the unfused pair).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fp8_scale_silu_mul(
+        &self,
+        stream: &Arc<CudaStream>,
+        raw: u64,
+        a_scales: u64,
+        w_scales: u64,
+        out: u64,
+        rows: usize,
+        n: usize,
+    ) -> Result<()> {
+        let grid = (n.div_ceil(8 * 256), rows, 1);
+        let n = n as i32;
+        launch!(self, stream, &self.fp8_scale_silu_mul, grid, 256;
+            raw, a_scales, w_scales, out, n)
     }
 
     /// `out[r] = argmax(logits[r])` over `vocab` f32 logits per row, as `i32`.
