@@ -4,7 +4,8 @@
 # time. For a machine with an NVIDIA H100/H200 where infire is installed (the abi3 wheel) beside
 # torch and cuda-python.
 #   1. tests/test_gpu_fp8_kernels.py (gemv.cu's, gemv_fp8.cu's and gemv_fp8_mma.cu's FP8 GEMVs
-#      against fp64);
+#      against fp64) and tests/test_gpu_fp8_fused.py (fp8_fused.cu against the unfused kernels,
+#      and through the engine);
 #   2. bench/gemv_fp8_bench.py: each kernel and variant alone per projection of Llama-3.1-8B,
 #      with the copy rate of the same run and a check of each output against *_fp8_m1's;
 #   3. `bench/cuda_bench.py decode --quantization fp8` ROUNDS times for each of CHOICES
@@ -14,8 +15,10 @@
 #      infire's cache on the machine (`python -m infire download`), else a line saying it did not
 #      run.
 # Writes OUT_DIR/{gpu.txt,fp8_kernels.log,gemv_fp8.json,decode_<choice>_<round>.json,
-# startup_fp8.json,fp8_decode.log}; the summary goes to stdout. About 6 minutes on an H100, a
-# third of it writing the 16 GB checkpoint the first time.
+# startup_fp8.json,fp8_decode.log}; the summary goes to stdout. About 7 minutes on an H100, a
+# fifth of it writing the 16 GB checkpoint the first time. The fused kernels' throughput A/B
+# (`INFIRE_FP8_FUSED=1`, kernels/cuda/NOTES.md) is another call: `bench/cuda_bench.py throughput
+# --quantization fp8 --kv-cache-dtype fp8` with and without it.
 #
 #   bash bench/cuda_fp8_check.sh OUT_DIR [ROUNDS [CHOICES...]]   # CHOICES: auto v2 plain mma
 set -uo pipefail
@@ -30,9 +33,9 @@ status=0
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv |
     tee "$OUT/gpu.txt"
 
-echo "== tests/test_gpu_fp8_kernels.py"
+echo "== tests/test_gpu_fp8_kernels.py tests/test_gpu_fp8_fused.py"
 python3 -m pytest -m gpu -q -p no:cacheprovider tests/test_gpu_fp8_kernels.py \
-    >"$OUT/fp8_kernels.log" 2>&1 || status=1
+    tests/test_gpu_fp8_fused.py >"$OUT/fp8_kernels.log" 2>&1 || status=1
 tail -3 "$OUT/fp8_kernels.log"
 
 echo "== bench/gemv_fp8_bench.py"
