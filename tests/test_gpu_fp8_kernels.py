@@ -162,17 +162,21 @@ def test_fp8_dequantize(dtype, layout, rows, cols):
     [(37, 64, 4), (1003, 2064, 12), (4096, 4096, 8), (520, 14336, 8)],
 )
 def test_gemv_fp8(dtype, layout, prologue, epilogue, n, k, cols_per_cta):
-    rows = 1
     if epilogue == "silu":
         n -= n % 4
+    func = f"gemv_{prologue}_{epilogue}_fp8_m1"
+    check_one_row_fp8_gemv("gemv", func, (), dtype, layout, prologue, epilogue, n, k, cols_per_cta)
+
+
+def check_one_row_fp8_gemv(file, func, defines, dtype, layout, prologue, epilogue, n, k, cols):
+    """Runs one-row FP8 GEMV `func` of `file` on fresh random codes and scales of `layout` and
+    checks it against the fp64 product with the exact f32 weights the codes stand for."""
+    rows = 1
     codes = random_codes(n, k)
     s, full, rs, cs, ld = scale_layout(n, k, layout)
-    # The exact f32 weights the codes stand for.
     case = gemv_case(dtype, prologue, epilogue, rows, dequantize_reference(codes, full))
-    grid = math.ceil(n / cols_per_cta)
-    func = f"gemv_{prologue}_{epilogue}_fp8_m1"
-    args = (codes, s, i32(rs), i32(cs), i32(ld), *case.inputs(rows, n, k, cols_per_cta))
-    run("gemv", func, grid, 256, *args, dtype=dtype)
+    args = (codes, s, i32(rs), i32(cs), i32(ld), *case.inputs(rows, n, k, cols))
+    run(file, func, math.ceil(n / cols), 256, *args, dtype=dtype, defines=defines)
     case.check(rows)
 
 
@@ -206,17 +210,13 @@ V2_DEFINES = {
 )
 def test_gemv_fp8_v2(dtype, layout, prologue, epilogue, variant, n, k, cols_per_cta):
     """gemv_fp8.cu's one-row FP8 GEMVs: the reference and bounds of test_gemv_fp8."""
-    rows = 1
     if epilogue == "silu":
         n -= n % 2
-    codes = random_codes(n, k)
-    s, full, rs, cs, ld = scale_layout(n, k, layout)
-    case = gemv_case(dtype, prologue, epilogue, rows, dequantize_reference(codes, full))
-    grid = math.ceil(n / cols_per_cta)
     func = f"gemv_{prologue}_{epilogue}_fp8v2_m1"
-    args = (codes, s, i32(rs), i32(cs), i32(ld), *case.inputs(rows, n, k, cols_per_cta))
-    run("gemv_fp8", func, grid, 256, *args, dtype=dtype, defines=V2_DEFINES[variant])
-    case.check(rows)
+    defines = V2_DEFINES[variant]
+    check_one_row_fp8_gemv(
+        "gemv_fp8", func, defines, dtype, layout, prologue, epilogue, n, k, cols_per_cta
+    )
 
 
 def needs_fp8_conversion():

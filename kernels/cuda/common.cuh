@@ -103,6 +103,49 @@ __device__ __forceinline__ float block_max(float v) {
     return warp_max(v);
 }
 
+// --- Rows held in registers (rms_norm.cu, fp8_fused.cu) --------------------------------------
+
+// Row `x` (hidden elements of T) into v: vector i of this thread is columns
+// (i * THREADS + threadIdx.x) * 8 ..; returns this thread's share of the row's sum of squares.
+template <int VECS, int THREADS>
+__device__ __forceinline__ float load_row(const T* __restrict__ x, float (&v)[VECS][VEC],
+                                          int hidden) {
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VECS; ++i) {
+        const int c = (i * THREADS + threadIdx.x) * VEC;
+        if (c >= hidden) break;
+        vec_to_float(load_vec(x + c), v[i]);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) sum_sq += v[i][j] * v[i][j];
+    }
+    return sum_sq;
+}
+
+// residual = round(residual + x), stored, and the stored row into v as load_row reads it.
+template <int VECS, int THREADS>
+__device__ __forceinline__ float add_load_row(T* __restrict__ residual, const T* __restrict__ x,
+                                              float (&v)[VECS][VEC], int hidden) {
+    float sum_sq = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VECS; ++i) {
+        const int c = (i * THREADS + threadIdx.x) * VEC;
+        if (c >= hidden) break;
+        float a[VEC], b[VEC];
+        vec_to_float(load_vec(residual + c), a);
+        vec_to_float(load_vec(x + c), b);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) a[j] += b[j];
+        const Vec sum = float_to_vec(a);
+        store_vec(residual + c, sum);
+        // The stored (rounded) sum, so that the next layer's residual and the norm agree.
+        vec_to_float(sum, v[i]);
+#pragma unroll
+        for (int j = 0; j < VEC; ++j) sum_sq += v[i][j] * v[i][j];
+    }
+    return sum_sq;
+}
+
 // --- The GEMV family (gemv.cu, gemv_fp8_mma.cu) ----------------------------------------------
 
 // The projection's prologue (what it reads as input) and epilogue (what it does with a sum).

@@ -69,15 +69,7 @@ rms_norm_fp8(const T* __restrict__ x, const T* __restrict__ w, unsigned char* __
     pdl_begin();
     const long long row = (long long)blockIdx.x * hidden;
     float v[NORM_VECS][VEC];
-    float sum_sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NORM_VECS; ++i) {
-        const int c = (i * NORM_THREADS + threadIdx.x) * VEC;
-        if (c >= hidden) break;
-        vec_to_float(load_vec(x + row + c), v[i]);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) sum_sq += v[i][j] * v[i][j];
-    }
+    const float sum_sq = load_row<NORM_VECS, NORM_THREADS>(x + row, v, hidden);
     normalize_quantize(v, sum_sq, w, q + row, scales + blockIdx.x, hidden, eps);
 }
 
@@ -88,22 +80,8 @@ add_rms_norm_fp8(T* __restrict__ residual, const T* __restrict__ x, const T* __r
     pdl_begin();
     const long long row = (long long)blockIdx.x * hidden;
     float v[NORM_VECS][VEC];
-    float sum_sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < NORM_VECS; ++i) {
-        const int c = (i * NORM_THREADS + threadIdx.x) * VEC;
-        if (c >= hidden) break;
-        float a[VEC], b[VEC];
-        vec_to_float(load_vec(residual + row + c), a);
-        vec_to_float(load_vec(x + row + c), b);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) a[j] += b[j];
-        const Vec sum = float_to_vec(a);
-        store_vec(residual + row + c, sum);
-        vec_to_float(sum, v[i]);  // the stored (rounded) residual, as add_rms_norm
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) sum_sq += v[i][j] * v[i][j];
-    }
+    const float sum_sq =
+        add_load_row<NORM_VECS, NORM_THREADS>(residual + row, x + row, v, hidden);
     normalize_quantize(v, sum_sq, w, q + row, scales + blockIdx.x, hidden, eps);
 }
 

@@ -37,15 +37,7 @@ rms_norm(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ out, 
     pdl_begin();
     const long long row = (long long)blockIdx.x * hidden;
     float v[MAX_VECS_PER_THREAD][VEC];
-    float sum_sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < MAX_VECS_PER_THREAD; ++i) {
-        const int c = (i * RMS_THREADS + threadIdx.x) * VEC;
-        if (c >= hidden) break;
-        vec_to_float(load_vec(x + row + c), v[i]);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) sum_sq += v[i][j] * v[i][j];
-    }
+    const float sum_sq = load_row<MAX_VECS_PER_THREAD, RMS_THREADS>(x + row, v, hidden);
     normalize_store(v, sum_sq, w, out + row, hidden, eps);
 }
 
@@ -55,22 +47,7 @@ add_rms_norm(T* __restrict__ residual, const T* __restrict__ x, const T* __restr
     pdl_begin();
     const long long row = (long long)blockIdx.x * hidden;
     float v[MAX_VECS_PER_THREAD][VEC];
-    float sum_sq = 0.0f;
-#pragma unroll
-    for (int i = 0; i < MAX_VECS_PER_THREAD; ++i) {
-        const int c = (i * RMS_THREADS + threadIdx.x) * VEC;
-        if (c >= hidden) break;
-        float a[VEC], b[VEC];
-        vec_to_float(load_vec(residual + row + c), a);
-        vec_to_float(load_vec(x + row + c), b);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) a[j] += b[j];
-        const Vec sum = float_to_vec(a);
-        store_vec(residual + row + c, sum);
-        // Normalize what was stored, so the next layer's residual and this norm agree.
-        vec_to_float(sum, v[i]);
-#pragma unroll
-        for (int j = 0; j < VEC; ++j) sum_sq += v[i][j] * v[i][j];
-    }
+    const float sum_sq =
+        add_load_row<MAX_VECS_PER_THREAD, RMS_THREADS>(residual + row, x + row, v, hidden);
     normalize_store(v, sum_sq, w, out + row, hidden, eps);
 }

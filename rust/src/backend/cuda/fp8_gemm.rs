@@ -154,14 +154,8 @@ impl CudaBackend {
             if !self.fp8_tensor_cores(f) {
                 let deq = scratch.dequantized.as_ref().ok_or_else(scratch_missing)?;
                 k.fp8_dequantize(stream, w.mem.ptr, layout, deq.ptr, w.rows, w.cols)?;
-                let s = GemmShape {
-                    rows,
-                    n: w.rows,
-                    k: w.cols,
-                    input: self.elem_type(),
-                    output: out.dtype,
-                    bias: bias.is_some(),
-                };
+                let types = (self.elem_type(), out.dtype);
+                let s = GemmShape::of(rows, (w.rows, w.cols), types, bias.is_some());
                 let bias_ptr = bias.map(|b| b.mem.ptr);
                 return self
                     .gemm
@@ -191,14 +185,7 @@ impl CudaBackend {
         let (act, act_scales) = self.fp8_scratch.act.as_ref().ok_or_else(scratch_missing)?;
         let bias_ptr = bias.map(|b| b.mem.ptr);
         let output = out.dtype;
-        let shape = |input, bias| GemmShape {
-            rows,
-            n: w.rows,
-            k: w.cols,
-            input,
-            output,
-            bias,
-        };
+        let shape = |input, bias| GemmShape::of(rows, (w.rows, w.cols), (input, output), bias);
         if self.fp8_gemm == Fp8Gemm::OuterVector {
             let s = shape(ElemType::Fp8E4m3, bias.is_some());
             let scales = Some((layout.scales, act_scales.ptr));
@@ -239,52 +226,30 @@ impl CudaBackend {
             && w.fp8.as_ref().is_some_and(|f| self.fp8_tensor_cores(f))
     }
 
-    /// The norm of `residual` (after `residual += add`, stored, when `add` is given) straight
-    /// into the FP8 GEMM's scratch, as codes and per-row scales: bit for bit what the norm and
-    /// `fp8_quantize_rows` of its output write.
-    fn fp8_norm_into_scratch(
-        &self,
-        k: &Kernels,
-        residual: &mut CudaBuf,
-        add: Option<&CudaBuf>,
-        norm_w: &CudaVector,
-        eps: f32,
-        rows: usize,
-    ) -> Result<()> {
+    /// The norm of `n` straight into the FP8 GEMM's scratch, as codes and per-row scales: bit
+    /// for bit what the norm and `fp8_quantize_rows` of its output write.
+    fn fp8_norm_into_scratch(&self, k: &Kernels, n: NormInput<'_>, rows: usize) -> Result<()> {
         let (act, act_scales) = self.fp8_scratch.act.as_ref().ok_or_else(scratch_missing)?;
-        let (res, x) = match add {
-            Some(add) => (Some(residual.mem.ptr), add.mem.ptr),
-            None => (None, residual.mem.ptr),
+        let (res, x) = match n.add {
+            Some(add) => (Some(n.residual.mem.ptr), add.mem.ptr),
+            None => (None, n.residual.mem.ptr),
         };
         let q = (act.ptr, act_scales.ptr);
-        k.rms_norm_fp8(
-            &self.stream,
-            res,
-            x,
-            norm_w.mem.ptr,
-            q,
-            rows,
-            norm_w.len,
-            eps,
-        )
+        k.rms_norm_fp8(&self.stream, res, x, n.w.mem.ptr, q, rows, n.w.len, n.eps)
     }
 
     /// `norm_linear` where [`fp8_fuses_norm`](Self::fp8_fuses_norm): the norm writes the FP8
     /// input, then the GEMM.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn fp8_norm_linear(
         &self,
-        residual: &mut CudaBuf,
-        add: Option<&CudaBuf>,
-        norm_w: &CudaVector,
-        eps: f32,
+        norm: NormInput<'_>,
         rows: usize,
         w: &CudaMatrix,
         bias: Option<&CudaVector>,
         out: &mut CudaBuf,
     ) {
         let r = self.kernels().and_then(|k| {
-            self.fp8_norm_into_scratch(k, residual, add, norm_w, eps, rows)?;
+            self.fp8_norm_into_scratch(k, norm, rows)?;
             self.fp8_gemm_quantized(k, rows, w, bias, out, true)
         });
         self.record(r);
@@ -294,22 +259,17 @@ impl CudaBackend {
     /// the FP8 input, the GEMM writes `gate_up` (`rows × 2n`), and with the raw codes' GEMM
     /// `fp8_scale_silu_mul` scales it as it computes `act` (else it is scaled already, and
     /// `silu_mul` runs).
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn fp8_norm_linear_silu_mul(
         &self,
-        residual: &mut CudaBuf,
-        add: Option<&CudaBuf>,
-        norm_w: &CudaVector,
-        eps: f32,
-        rows: usize,
-        n: usize,
+        norm: NormInput<'_>,
+        (rows, n): (usize, usize),
         w: &CudaMatrix,
         gate_up: &mut CudaBuf,
         act: &mut CudaBuf,
     ) {
         let raw = self.fp8_gemm == Fp8Gemm::RawThenScale;
         let r = self.kernels().and_then(|k| {
-            self.fp8_norm_into_scratch(k, residual, add, norm_w, eps, rows)?;
+            self.fp8_norm_into_scratch(k, norm, rows)?;
             self.fp8_gemm_quantized(k, rows, w, None, gate_up, !raw)?;
             if !raw {
                 return k.silu_mul(&self.stream, gate_up.mem.ptr, act.mem.ptr, rows, n);
@@ -320,6 +280,31 @@ impl CudaBackend {
             k.fp8_scale_silu_mul(&self.stream, g, a_scales.ptr, layout.scales, o, rows, n)
         });
         self.record(r);
+    }
+}
+
+/// The norm in front of a projection (`Ops::norm_linear`): RMSNorm of `residual` with weight
+/// `w`, after `residual += add` (stored) when `add` is given.
+pub(super) struct NormInput<'a> {
+    residual: &'a mut CudaBuf,
+    add: Option<&'a CudaBuf>,
+    w: &'a CudaVector,
+    eps: f32,
+}
+
+impl<'a> NormInput<'a> {
+    pub(super) fn new(
+        residual: &'a mut CudaBuf,
+        add: Option<&'a CudaBuf>,
+        w: &'a CudaVector,
+        eps: f32,
+    ) -> NormInput<'a> {
+        NormInput {
+            residual,
+            add,
+            w,
+            eps,
+        }
     }
 }
 

@@ -56,6 +56,26 @@ pub struct GemmShape {
     pub bias: bool,
 }
 
+impl GemmShape {
+    /// `rows` rows of `input` through an `[n, k]` matrix into `output` (plus a bias vector when
+    /// `bias`).
+    pub fn of(
+        rows: usize,
+        (n, k): (usize, usize),
+        (input, output): (ElemType, ElemType),
+        bias: bool,
+    ) -> GemmShape {
+        GemmShape {
+            rows,
+            n,
+            k,
+            input,
+            output,
+            bias,
+        }
+    }
+}
+
 /// Descriptors and algorithm for one [`GemmShape`].
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,

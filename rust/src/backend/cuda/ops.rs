@@ -2,6 +2,7 @@
 //! backend's stream and returns at once; failures are kept for the next wait. The operations
 //! read the step's batch from its device copy (`StepMeta`), uploaded when the step began.
 
+use super::fp8_gemm::NormInput;
 use super::gemm::GemmShape;
 use super::kernels::{fp8_mma_fits, GemvArgs, GemvInput, GemvOutput};
 use super::{CudaBackend, CudaBuf, CudaKvCache, CudaMatrix, CudaVector};
@@ -143,14 +144,8 @@ impl Ops for CudaBackend {
         if w.fp8.is_some() {
             return self.fp8_linear(x, rows, w, bias, out);
         }
-        let shape = GemmShape {
-            rows,
-            n: w.rows,
-            k: w.cols,
-            input: self.elem_type(),
-            output: out.dtype,
-            bias: bias.is_some(),
-        };
+        let types = (self.elem_type(), out.dtype);
+        let shape = GemmShape::of(rows, (w.rows, w.cols), types, bias.is_some());
         self.enqueue(|_| {
             self.gemm.run(
                 shape,
@@ -177,7 +172,8 @@ impl Ops for CudaBackend {
     ) {
         if add.is_some() || !self.use_gemv(rows, w) {
             if self.fp8_fuses_norm(rows, w) {
-                return self.fp8_norm_linear(residual, add, norm_w, eps, rows, w, bias, out);
+                let norm = NormInput::new(residual, add, norm_w, eps);
+                return self.fp8_norm_linear(norm, rows, w, bias, out);
             }
             match add {
                 Some(x) => self.add_rms_norm(residual, x, norm_w, eps, rows, normed),
@@ -241,10 +237,8 @@ impl Ops for CudaBackend {
     ) {
         if add.is_some() || !self.use_gemv(rows, w) || !w.rows.is_multiple_of(4) {
             if self.fp8_fuses_norm(rows, w) {
-                let (scratch, out) = (gate_up, act);
-                return self.fp8_norm_linear_silu_mul(
-                    residual, add, norm_w, eps, rows, n, w, scratch, out,
-                );
+                let norm = NormInput::new(residual, add, norm_w, eps);
+                return self.fp8_norm_linear_silu_mul(norm, (rows, n), w, gate_up, act);
             }
             self.norm_linear(residual, add, norm_w, eps, rows, w, None, normed, gate_up);
             return self.silu_mul(gate_up, rows, n, act);
