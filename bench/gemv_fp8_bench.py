@@ -16,8 +16,9 @@ compiled with the -D overrides the files take:
 - `FP8_M1_UNROLL`, `FP8_M1_CTAS` (gemv.cu): vectors of W in flight per row and thread, CTAs an SM;
 - `FP8_MMA_MT`, `FP8_MMA_U`, `FP8_MMA_CTAS` (gemv_fp8_mma.cu): 16-row mma tiles per warp step,
   chunks in flight per warp, CTAs an SM;
-- `FP8_GEMV_GROUP`, `FP8_GEMV_CTAS`, `FP8_GEMV_XCACHE` (gemv_fp8.cu, the reworked one-row
-  kernel): rows a group, CTAs an SM, xin kept in registers.
+- `FP8_GEMV_GROUP`, `FP8_GEMV_CTAS`, `FP8_GEMV_XCACHE`, `FP8_GEMV_ROWSCALE` (gemv_fp8.cu, the
+  reworked one-row kernel): rows a group, CTAs an SM, xin kept in registers, a per-row matrix's
+  scales applied once per output (not bitwise `*_fp8_m1`'s then).
 
 Each row prints the kernel's time, its weight bytes over that time, that against the card's
 copy bandwidth measured in the same run, and how its output compares with `*_fp8_m1`'s on the
@@ -70,6 +71,7 @@ VARIANTS = [
     ("fp8 v2 G8 2/SM", "gemv_fp8", {"FP8_GEMV_CTAS": 2}, 2, 8),
     ("fp8 v2 G4 4/SM", "gemv_fp8", {"FP8_GEMV_GROUP": 4, "FP8_GEMV_CTAS": 4}, 4, 4),
     ("fp8 v2 G8 without xin kept", "gemv_fp8", {"FP8_GEMV_XCACHE": 0}, 3, 8),
+    ("fp8 v2 G8 scales per output", "gemv_fp8", {"FP8_GEMV_ROWSCALE": 1}, 3, 8),
 ]
 # The FP8 variant every other FP8 variant's output is compared with (same codes, scales, x).
 BASELINE = "fp8 m1 (U1, 4/SM)"

@@ -186,6 +186,7 @@ V2_DEFINES = {
     "default": (),
     "group4": (("FP8_GEMV_GROUP", 4),),
     "no-xcache": (("FP8_GEMV_XCACHE", 0),),
+    "rowscale": (("FP8_GEMV_ROWSCALE", 1),),  # the "row" layout's scales applied per output
 }
 
 

@@ -31,6 +31,11 @@
 // those of *_fp8_m1 bit for bit, but where e4m3_raw's 2^-120 put a vector's first product among
 // the f32 subnormals (rounded there, exact here). 5.2-6.0 instructions a byte (NOTES.md).
 //
+// Variants for bench/gemv_fp8_bench.py (-D; the engine compiles the defaults): FP8_GEMV_GROUP 4,
+// FP8_GEMV_CTAS, FP8_GEMV_XCACHE 0, and FP8_GEMV_ROWSCALE 1: with one scale per row, the scale
+// multiplies each output's whole sum, so a group's loads carry no scales (565 instructions a
+// group for plain_add, 566 for norm_store, against 668 and 670; not bitwise *_fp8_m1's sums).
+//
 // Launch: grid = ceil(N / cols_per_cta), block = GEMV_THREADS; cols_per_cta a multiple of
 // FP8_GEMV_GROUP (backend/cuda/kernels/gemv.rs); K a multiple of 16; rows = 1. With silu, N a
 // multiple of 2. Scales as in gemv.cu (WScales); they and W are read before pdl_begin().
@@ -47,6 +52,9 @@ constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 #endif
 #ifndef FP8_GEMV_XCACHE
 #define FP8_GEMV_XCACHE 1
+#endif
+#ifndef FP8_GEMV_ROWSCALE
+#define FP8_GEMV_ROWSCALE 0
 #endif
 constexpr int FG = FP8_GEMV_GROUP;  // rows of W a group: 4 or 8
 static_assert(FG == 4 || FG == 8, "FP8_GEMV_GROUP is 4 or 8");
@@ -122,7 +130,10 @@ __device__ __forceinline__ float warp_reduce_scatter(float (&v)[FG], int lane) {
 }
 constexpr int SCATTER_LANES = 32 / FG;  // lanes that end with the same sum
 
-template <int PRO, int EPI>
+// RS (FP8_GEMV_ROWSCALE's variant, for matrices with one scale per row): the scale is applied
+// once to each output's whole sum instead of to each vector's, so the group's loads carry no
+// scales (the sums then differ from *_fp8_m1's in the last bits).
+template <int PRO, int EPI, bool RS = false>
 __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WScales ws,
                                          const T* __restrict__ x, const T* __restrict__ nw,
                                          const T* __restrict__ bias, void* __restrict__ out,
@@ -145,9 +156,10 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
             const bool in = row >= 0 && v < kv;
             w[g] = in ? load_stream(W + (long long)row * k + (long long)v * EPV)
                       : make_uint4(0, 0, 0, 0);
-            wsc[g] = in ? __ldg(ws.s + (row >> ws.srow_shift) * ws.s_ld +
-                                ((v * EPV) >> ws.scol_shift))
-                        : 0.0f;
+            if (!RS)
+                wsc[g] = in ? __ldg(ws.s + (row >> ws.srow_shift) * ws.s_ld +
+                                    ((v * EPV) >> ws.scol_shift))
+                            : 0.0f;
         }
     };
     int c0 = col0, v = tid;
@@ -216,7 +228,12 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
                 }
             }
 #pragma unroll
-            for (int g = 0; g < FG; ++g) acc[g] += code_sum(part[g]) * wsc[g];
+            for (int g = 0; g < FG; ++g) {
+                if (RS)
+                    acc[g] += code_sum(part[g]);
+                else
+                    acc[g] += code_sum(part[g]) * wsc[g];
+            }
         }
         // Next vectors of W: the rest of this group's rows, or the next group's.
         v += GEMV_THREADS;
@@ -239,6 +256,10 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
                         sg += s_red[parity][i][tid];
                         su += s_red[parity][i][tid + FG / 2];
                     }
+                    if (RS) {
+                        sg *= __ldg(ws.s + fp8_row<EPI>(c0 + tid, n, col_end));
+                        su *= __ldg(ws.s + fp8_row<EPI>(c0 + tid + FG / 2, n, col_end));
+                    }
                     const float gate = round_t(sg), up = round_t(su);
                     const int o = c0 / 2 + tid;
                     static_cast<T*>(out)[o] = from_float(gate / (1.0f + expf(-gate)) * up);
@@ -248,6 +269,7 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
                 float s = 0.0f;
 #pragma unroll
                 for (int i = 0; i < GEMV_WARPS; ++i) s += s_red[parity][i][tid];
+                if (RS) s *= __ldg(ws.s + col);
                 if (EPI == EPI_ADD) {
                     T* y = static_cast<T*>(out);
                     y[col] = from_float(to_float(y[col]) + round_t(s));
@@ -274,8 +296,11 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
                         void* __restrict__ out, int rows, int n, int k, int cols_per_cta,       \
                         float eps) {                                                            \
         (void)rows;                                                                             \
-        gemv_fp8<PRO, EPI>(W, WScales{ws, srow_shift, scol_shift, s_ld}, x, nw, bias, out, n, k, \
-                           cols_per_cta, eps);                                                  \
+        const WScales s{ws, srow_shift, scol_shift, s_ld};                                      \
+        if (FP8_GEMV_ROWSCALE && srow_shift == 0 && scol_shift >= 31 && s_ld == 1)              \
+            gemv_fp8<PRO, EPI, true>(W, s, x, nw, bias, out, n, k, cols_per_cta, eps);          \
+        else                                                                                    \
+            gemv_fp8<PRO, EPI>(W, s, x, nw, bias, out, n, k, cols_per_cta, eps);                \
     }
 
 GEMV_FP8_ENTRY(gemv_plain_store, PRO_PLAIN, EPI_STORE)
