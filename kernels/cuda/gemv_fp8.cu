@@ -33,8 +33,8 @@
 //
 // Variants for bench/gemv_fp8_bench.py (-D; the engine compiles the defaults): FP8_GEMV_GROUP 4,
 // FP8_GEMV_CTAS, FP8_GEMV_XCACHE 0, and FP8_GEMV_ROWSCALE 1: with one scale per row, the scale
-// multiplies each output's whole sum, so a group's loads carry no scales (565 instructions a
-// group for plain_add, 566 for norm_store, against 668 and 670; not bitwise *_fp8_m1's sums).
+// multiplies each output's whole sum, so a group's loads carry no scales (568 instructions a
+// group for plain_add and for norm_store, against 669 and 670; not bitwise *_fp8_m1's sums).
 //
 // Launch: grid = ceil(N / cols_per_cta), block = GEMV_THREADS; cols_per_cta a multiple of
 // FP8_GEMV_GROUP (backend/cuda/kernels/gemv.rs); K a multiple of 16; rows = 1. With silu, N a
@@ -162,8 +162,10 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
                             : 0.0f;
         }
     };
-    int c0 = col0, v = tid;
-    load_w(c0, v);  // the weights depend on no kernel: load them before waiting for one
+    // v0: the group's first vector this step, the same in every thread (so that every thread
+    // ends a group at the same step and meets the same barriers); a thread's is v0 + tid.
+    int c0 = col0, v0 = 0;
+    load_w(c0, tid);  // the weights depend on no kernel: load them before waiting for one
     pdl_begin();
 
     float inv_rms = 1.0f;
@@ -204,12 +206,12 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
     for (int g = 0; g < FG; ++g) acc[g] = 0.0f;
     int parity = 0;
     while (c0 < col_end) {
-        if (v < kv) {
+        if (v0 + tid < kv) {
             Vec xv[2];
             if (cached) {
                 xv[0] = xc[0], xv[1] = xc[1];
             } else {
-                load_x(v, xv);
+                load_x(v0 + tid, xv);
             }
             // Word by word (4 k), every row: the rows' sums run in k order, as gemv.cu's, with
             // 4 values of x live rather than 16.
@@ -223,7 +225,10 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
                                      to_float(xe[3])};
 #pragma unroll
                 for (int g = 0; g < FG; ++g) {
-                    const unsigned word = j == 0 ? w[g].x : j == 1 ? w[g].y : j == 2 ? w[g].z : w[g].w;
+                    const unsigned word = j == 0   ? w[g].x
+                                          : j == 1 ? w[g].y
+                                          : j == 2 ? w[g].z
+                                                   : w[g].w;
                     dot4(word, xf, part[g]);
                 }
             }
@@ -236,11 +241,11 @@ __device__ __forceinline__ void gemv_fp8(const unsigned char* __restrict__ W, WS
             }
         }
         // Next vectors of W: the rest of this group's rows, or the next group's.
-        v += GEMV_THREADS;
-        const bool group_done = v >= kv;
+        v0 += GEMV_THREADS;
+        const bool group_done = v0 >= kv;
         const int next_c0 = group_done ? c0 + FG : c0;
-        if (group_done) v = tid;
-        if (next_c0 < col_end) load_w(next_c0, v);
+        if (group_done) v0 = 0;
+        if (next_c0 < col_end) load_w(next_c0, v0 + tid);
         if (group_done) {
             const float s = warp_reduce_scatter(acc, lane);
             if (lane % SCATTER_LANES == 0) s_red[parity][warp][lane / SCATTER_LANES] = s;
