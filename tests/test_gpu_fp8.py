@@ -256,13 +256,26 @@ def test_fp8_decode_follows_its_dequantized_copy(checkpoints, fmt, gemv, monkeyp
     apply, and a wrong scale, row or epilogue in a GEMV fails them by far. The FP8 GEMVs are
     otherwise checked alone (test_gpu_fp8_kernels.py); the other tests here read prompts, which
     run the FP8 GEMM instead."""
+    from cuda_kernel_names import launched_kernels
+
     monkeypatch.setenv("INFIRE_FP8_GEMV", gemv)
     eng = engine(checkpoints[fmt])
     ids = eng.get_tokenizer().encode(TEXT.read_text())[:DECODE_PROMPT]
     params = infire.SamplingParams(
         max_tokens=DECODE_STEPS, temperature=0.0, ignore_eos=True, logprobs=TOP
     )
-    out = eng.generate([ids], params)[0].outputs[0]
+    outs = []
+    names = launched_kernels(lambda eng=eng: outs.extend(eng.generate([ids], params)))
+    out = outs[0].outputs[0]
+    # The steps ran the GEMV asked for (so that the bounds below are about it); without the
+    # tensor-core one (before sm_89) "mma" runs gemv.cu's.
+    import torch
+
+    if gemv == "mma" and torch.cuda.get_device_capability() < (8, 9):
+        gemv = "plain"
+    suffixes = {"plain": "_fp8_m1", "mma": "_fp8mma", "v2": "_fp8v2_m1"}
+    ran = {g for g, s in suffixes.items() if any(n.endswith(s) for n in names)}
+    assert ran == {gemv}, (ran, sorted(names))
     assert eng.stats()["quantization"] == "fp8"
     del eng
     gc.collect()

@@ -29,6 +29,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("cuda.core")
 pytest.importorskip("infire.kernels")
 
+from cuda_kernel_names import launched_kernels  # noqa: E402
 from test_gpu_kernels import DTYPES, NULL, f32, i32, nan_like, run  # noqa: E402
 
 EPS = 1e-5
@@ -123,23 +124,6 @@ def test_scale_silu_mul_equals_scale_out_then_silu_mul(dtype, rows, n):
 FUSED_KERNELS = {"rms_norm_fp8", "add_rms_norm_fp8", "fp8_scale_silu_mul"}
 
 
-def launched_kernels(run_it) -> set[str]:
-    """The names of the kernels `run_it()` launches (torch's profiler: CUPTI kernel records,
-    which see the engine's launches too)."""
-    import json
-    import tempfile
-
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        run_it()
-        torch.cuda.synchronize()
-    with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        prof.export_chrome_trace(f.name)
-        events = json.load(open(f.name))["traceEvents"]
-    return {e["name"].split("(")[0].strip() for e in events if e.get("cat") == "kernel"}
-
-
 def test_engine_with_fused_fp8_kernels_computes_the_same(tmp_path, monkeypatch):
     from test_gpu_engine import (
         KV_CACHE_TOKENS,
@@ -157,7 +141,7 @@ def test_engine_with_fused_fp8_kernels_computes_the_same(tmp_path, monkeypatch):
     forced = infire.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=5)
     greedy = infire.SamplingParams(max_tokens=32, temperature=0.0, ignore_eos=True, logprobs=5)
     torch.cuda.init()
-    results = {}
+    results, launched = {}, {}
     for fused in ("0", "1"):
         monkeypatch.setenv("INFIRE_FP8_FUSED", fused)
         eng = infire.Engine(
@@ -174,15 +158,17 @@ def test_engine_with_fused_fp8_kernels_computes_the_same(tmp_path, monkeypatch):
                 eng.generate([p], forced)[0].prompt_logprobs for p in PROMPTS
             )
         )
-        # The switch takes the path it names (so that equal outputs mean something): the norms
-        # always; fp8_scale_silu_mul where cuBLASLt leaves the scales to a kernel (Hopper).
-        if fused == "1":
-            assert {"rms_norm_fp8", "add_rms_norm_fp8"} <= names, names
-        else:
-            assert not (FUSED_KERNELS & names), names
+        launched[fused] = names
         batch = completions(eng.generate(PROMPTS, greedy))
         results[fused] = (alone, batch)
         del eng
+    # The switch takes the path it names (so that equal outputs mean something): the fused
+    # norms always, fp8_scale_silu_mul where the unfused path scales the raw GEMM in a kernel
+    # (Hopper), none of them unfused.
+    assert {"rms_norm_fp8", "add_rms_norm_fp8"} <= launched["1"], launched["1"]
+    assert not (FUSED_KERNELS & launched["0"]), launched["0"]
+    raw_gemm = "fp8_scale_out" in launched["0"]
+    assert ("fp8_scale_silu_mul" in launched["1"]) == raw_gemm, launched
     (alone0, batch0), (alone1, batch1) = results["0"], results["1"]
     for i, (a, b) in enumerate(zip(alone0, alone1, strict=True)):
         assert a == b, f"prompt {i}: prompt log-probabilities differ with the fused kernels"

@@ -28,11 +28,16 @@
 //     the warp's sum of row (l >> 2) & 7. Each butterfly step adds a lane's own value to its
 //     partner's as warp_sum does, so the sums are the same, bit for bit.
 // Every product, partial sum and reduction is gemv.cu's in the same order, so the outputs are
-// those of *_fp8_m1 bit for bit, but where e4m3_raw's 2^-120 put a vector's first product among
-// the f32 subnormals (rounded there, exact here). 5.2-6.0 instructions a byte (NOTES.md).
+// those of *_fp8_m1 bit for bit, except where e4m3_raw's 2^-120 scaling bites there: a partial
+// sum of a vector below 2^-6 that needs bits the f32 subnormals lack (rounded there, exact here;
+// a last-bit difference that a later, larger sum mostly absorbs), NaN codes (0x7f, 0xff: NaN
+// here, +-480 there; no checkpoint the loader accepts has them), and partial sums past f32's
+// range (bf16 inputs near 1e35: they overflow here, 2^120 later there). 5.2-6.0 instructions a
+// byte (NOTES.md).
 //
-// Variants for bench/gemv_fp8_bench.py (-D; the engine compiles the defaults): FP8_GEMV_GROUP 4,
-// FP8_GEMV_CTAS, FP8_GEMV_XCACHE 0, and FP8_GEMV_ROWSCALE 1: with one scale per row, the scale
+// Variants for bench/gemv_fp8_bench.py and the tests (-D; the engine compiles the defaults):
+// FP8_GEMV_GROUP 4, FP8_GEMV_CTAS, FP8_GEMV_XCACHE 0, FP8_GEMV_CVT 0 (e4m3_raw's decoding, as
+// before sm_89), and FP8_GEMV_ROWSCALE 1: with one scale per row, the scale
 // multiplies each output's whole sum, so a group's loads carry no scales (568 instructions a
 // group for plain_add and for norm_store, against 669 and 670; not bitwise *_fp8_m1's sums).
 //
@@ -55,6 +60,15 @@ constexpr int GEMV_WARPS = GEMV_THREADS / 32;
 #endif
 #ifndef FP8_GEMV_ROWSCALE
 #define FP8_GEMV_ROWSCALE 0
+#endif
+// 0: decode with e4m3_raw on every GPU (the path of GPUs before sm_89, testable on any).
+#ifndef FP8_GEMV_CVT
+#define FP8_GEMV_CVT 1
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890 && FP8_GEMV_CVT
+#define FP8_GEMV_DECODE_CVT 1
+#else
+#define FP8_GEMV_DECODE_CVT 0
 #endif
 constexpr int FG = FP8_GEMV_GROUP;  // rows of W a group: 4 or 8
 static_assert(FG == 4 || FG == 8, "FP8_GEMV_GROUP is 4 or 8");
@@ -80,7 +94,7 @@ __device__ __forceinline__ int fp8_row(int c, int n, int col_end) {
 // with sm_89's conversion instruction the decoded values are the codes' own, else e4m3_raw's
 // (2^-120 of them).
 __device__ __forceinline__ void dot4(unsigned word, const float (&x)[4], float& p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#if FP8_GEMV_DECODE_CVT
     unsigned lo, hi;
     asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\t"
         "cvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
@@ -102,7 +116,7 @@ __device__ __forceinline__ void dot4(unsigned word, const float (&x)[4], float& 
 // exactly, else times 2^120 (exact; then times the scale, as gemv.cu does, so that a scale
 // times 2^120 never overflows).
 __device__ __forceinline__ float code_sum(float p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#if FP8_GEMV_DECODE_CVT
     return p;
 #else
     return p * E4M3_RAW_SCALE;
