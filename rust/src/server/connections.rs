@@ -5,7 +5,11 @@
 //! more is answered a canned 503 and closed, so a flood of idle sockets cannot take the last
 //! descriptor); a request head must arrive within `header_timeout` of the connection becoming
 //! ready for one, which also closes idle keep-alive connections; bodies are timed by
-//! [`super::admission`]. A client that half-closes its side after sending still gets its answer.
+//! [`super::admission`]. A client gone while its request runs is seen at once: hyper reads the
+//! connection while the answer is pending, and the end of its input closes the connection and
+//! drops the handler, whose `Generation` then aborts the request (streamed or not, as vLLM's
+//! `with_cancellation` does). TCP cannot tell a client that shut down only its sending side from
+//! one that left, so a half-closed request is aborted too, as in vLLM.
 //!
 //! Drain: on the signal, connections with no request in flight close, the listener keeps
 //! accepting so that new clients get 503 with `Retry-After` (not a refused connection), and the
@@ -46,7 +50,7 @@ pub(super) async fn serve_connections(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout)
-        .half_close(true)
+        .half_close(false)
         .keep_alive(true);
     // Connections watch their own receivers; `stop` is the loop's.
     let conn_stop = stop.clone();
