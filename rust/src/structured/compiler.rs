@@ -95,12 +95,21 @@ impl GrammarCompiler {
         let grammar = spec.to_grammar()?;
         let parser = self.factory()?.create_parser(grammar);
         let start = Matcher::new(parser);
-        if let Some(e) = start.get_error() {
-            return Err(Error::InvalidRequest(format!(
+        let invalid = |e: &str| {
+            Error::InvalidRequest(format!(
                 "invalid {} for structured outputs: {}",
                 spec.kind(),
-                first_line(&e)
-            )));
+                first_line(e)
+            ))
+        };
+        if let Some(e) = start.get_error() {
+            return Err(invalid(&e));
+        }
+        // The first mask, on a copy: a grammar that allows no first token (a regex no text
+        // matches, such as `[^\s\S]`) fails here, as the request's 400, rather than at the
+        // request's first step.
+        if let Err(e) = start.deep_clone().compute_mask_or_eos() {
+            return Err(invalid(&e.to_string()));
         }
         let compiled = CompiledGrammar(Arc::new(Compiled {
             key: key.clone(),

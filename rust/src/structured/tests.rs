@@ -116,6 +116,8 @@ fn bad_specs_name_the_problem_and_the_cache_keeps_good_ones() {
             StructuredOutputs::Grammar("start: missing_rule".into()),
             "missing_rule",
         ),
+        // Valid, but no text matches it: refused when compiled (a 400), not at the first step.
+        (StructuredOutputs::Regex(r"[^\s\S]".into()), "regex"),
     ];
     for (spec, word) in bad {
         let e = c.compile(&spec).unwrap_err();
