@@ -417,6 +417,130 @@ def test_disconnect_mid_stream_frees_blocks(server):
     assert m["infire_num_requests_running"] == 0
 
 
+def _wait_idle(server: str, seconds: float = 10) -> dict[str, float]:
+    """The server's metrics once no request runs and no KV block is used (or at the deadline)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        m = _metrics(server)
+        if m["infire_kv_cache_blocks_used"] == 0 and m["infire_num_requests_running"] == 0:
+            break
+        time.sleep(0.1)
+    return _metrics(server)
+
+
+def test_disconnect_before_a_whole_answer_aborts_it(server):
+    """A non-streamed request whose client leaves is aborted too (vLLM's with_cancellation), not
+    run to its max_tokens for nobody."""
+    body = {"model": MODEL, "prompt": "Write a long story.", "max_tokens": 800}
+    body["ignore_eos"] = True
+    host, port = server.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"}
+    conn.request("POST", "/v1/completions", body=json.dumps(body), headers=headers)
+    deadline = time.monotonic() + 30
+    while _metrics(server)["infire_num_requests_running"] == 0:
+        assert time.monotonic() < deadline, "the request never started"
+        time.sleep(0.05)
+    started = time.monotonic()
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    m = _wait_idle(server)
+    assert m["infire_num_requests_running"] == 0 and m["infire_kv_cache_blocks_used"] == 0
+    # 800 tokens take this model several seconds on the CPU; the abort takes a step or two.
+    assert time.monotonic() - started < 5
+
+
+def test_completion_top_logprobs_hold_the_sampled_token_and_offsets_count_characters(client):
+    """As vLLM's completions: each position's top_logprobs has the top k and the token itself
+    (k + 1 entries where it is not among them); text_offset counts characters, not bytes."""
+    r = client.completions.create(
+        model=MODEL, prompt="Once", max_tokens=24, temperature=1.5, seed=7, logprobs=0
+    )
+    lp = r.choices[0].logprobs
+    assert all(list(top) == [tok] for tok, top in zip(lp.tokens, lp.top_logprobs, strict=True))
+    for tok, chosen, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs, strict=True):
+        assert top[tok] == pytest.approx(chosen)
+    prompt = "Café, élève, naïve: déjà vu"
+    r = client.completions.create(
+        model=MODEL, prompt=prompt, max_tokens=1, temperature=0, logprobs=0, echo=True
+    )
+    lp = r.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert lp.text_offset == [len("".join(lp.tokens[:i])) for i in range(len(lp.tokens))]
+
+
+def test_stream_options_need_stream(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(
+            model=MODEL, prompt="Hi", max_tokens=2, stream_options={"include_usage": True}
+        )
+    assert e.value.body["param"] == "stream_options"
+
+
+def test_tool_choice_auto_without_tools_is_400(client):
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=2, tool_choice="auto")
+    assert e.value.body["param"] == "tool_choice"
+    ok = client.chat.completions.create(
+        model=MODEL, messages=CHAT, max_tokens=2, tool_choice="none"
+    )
+    assert ok.choices[0].message.content is not None
+
+
+def test_response_ids_are_random(client):
+    ids = [client.completions.create(model=MODEL, prompt="Hi", max_tokens=1).id for _ in range(3)]
+    ids.append(client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=1).id)
+    assert len(set(ids)) == 4
+    for i in ids:
+        prefix, _, suffix = i.rpartition("-")
+        assert prefix in ("cmpl", "chatcmpl") and len(suffix) == 32, i
+        int(suffix, 16)
+
+
+def test_streamed_chunks_carry_usage_null_until_the_last(server):
+    """With include_usage, every chunk but the last has "usage": null (OpenAI's stream), and no
+    chunk is empty (held-back text sends nothing)."""
+    for path, body in [
+        ("/v1/completions", {"prompt": "Count: one, two,", "stop": [" five"]}),
+        ("/v1/chat/completions", {"messages": CHAT, "stop": ["blue"]}),
+    ]:
+        body = {"model": MODEL, "max_tokens": 24, "temperature": 0, "stream": True, **body}
+        body["stream_options"] = {"include_usage": True}
+        text = _request(server, "POST", path, body, key=API_KEY).text
+        events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+        *chunks, last = events
+        assert last["usage"]["completion_tokens"] > 0 and last["choices"] == []
+        assert chunks and all("usage" in c and c["usage"] is None for c in chunks), path
+        for c in chunks[1:] if path.endswith("chat/completions") else chunks:
+            (choice,) = c["choices"]
+            delta = choice.get("delta", choice)
+            assert delta.get("content") or delta.get("text") or choice["finish_reason"], c
+
+
+def test_text_parts_are_joined_by_newlines(client):
+    """As vLLM joins a message's text parts."""
+    parts = [{"type": "text", "text": "Name three"}, {"type": "text", "text": "colors."}]
+    a = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": parts}], max_tokens=8, temperature=0
+    )
+    joined = [{"role": "user", "content": "Name three\ncolors."}]
+    b = client.chat.completions.create(model=MODEL, messages=joined, max_tokens=8, temperature=0)
+    assert a.choices[0].message.content == b.choices[0].message.content
+    assert a.usage.prompt_tokens == b.usage.prompt_tokens
+
+
+def test_unsatisfiable_regex_is_400(client):
+    """A valid regex that no text matches is refused when the request arrives (not a 500 at
+    its first step)."""
+    with pytest.raises(openai.BadRequestError, match="regex"):
+        client.chat.completions.create(
+            model=MODEL,
+            messages=CHAT,
+            max_tokens=4,
+            extra_body={"guided_regex": "[^\\s\\S]"},
+        )
+
+
 def test_metrics_parse(server, client):
     client.completions.create(model=MODEL, prompt="Hi", max_tokens=2)
     text = _get(server, "/metrics").text

@@ -17,7 +17,9 @@ use super::generation::Generation;
 use super::logprobs::{chat_shape, token_logprobs};
 use super::openai_types::{ChatRequest, Message, MessageContent, Usage, CHAT_FIELDS};
 use super::otel::RequestSpan;
-use super::request::{parse_request, stop_reason_json, unix_time};
+use super::request::{
+    check_stream_options, parse_request, response_id, stop_reason_json, unix_time,
+};
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
 use super::tool_calls::{assistant_message, ToolStream};
@@ -93,7 +95,7 @@ pub async fn chat_completions(
     let tools = tools.map(|t| t.format);
     let n = params.n;
     let generation = Generation::start(&state, prompt, params, arrival, &log, &span)?;
-    let id = format!("chatcmpl-{}", generation.output().request_id);
+    let id = response_id("chatcmpl");
     let k = k.map(|k| k.max(0) as usize);
     if req.stream {
         let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
@@ -171,6 +173,7 @@ fn finish_reason(reason: Option<FinishReason>, called: bool) -> Option<&'static 
 
 /// Fields this server does not implement: a 400 naming them, never silence.
 fn reject_unsupported(req: &ChatRequest) -> Result<(), ApiError> {
+    check_stream_options(req.stream, req.stream_options.as_ref())?;
     for (name, v) in [
         ("functions", &req.functions),
         ("function_call", &req.function_call),
@@ -217,7 +220,13 @@ fn to_template_message(m: Message, format: ToolFormat) -> Result<ChatMessage, Ap
             let mut text = String::new();
             for p in parts {
                 match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    (Some("text"), Some(Value::String(t))) => text.push_str(t),
+                    // Parts joined by newlines, as vLLM joins them.
+                    (Some("text"), Some(Value::String(t))) => {
+                        if !text.is_empty() {
+                            text.push('\n');
+                        }
+                        text.push_str(t)
+                    }
                     (kind, _) => {
                         return Err(ApiError::bad_request(
                             format!(
@@ -258,14 +267,18 @@ async fn stream_chunks(
 ) {
     let created = unix_time();
     let chunk = |choices: Value| {
-        json!({
+        let mut c = json!({
             "id": id,
             "object": "chat.completion.chunk",
             "created": created,
             "model": state.config.served_model_name,
             "system_fingerprint": state.fingerprint,
             "choices": choices,
-        })
+        });
+        if include_usage {
+            c["usage"] = Value::Null; // every chunk but the last, as OpenAI sends them
+        }
+        c
     };
     for i in 0..n {
         let c = json!([{"index": i, "delta": {"role": "assistant", "content": ""},
@@ -315,6 +328,12 @@ async fn stream_chunks(
                 .map(|(i, c)| c.to_json(Some(i)))
                 .collect();
             delta["tool_calls"] = json!(calls);
+        }
+        if delta.as_object().is_some_and(|d| d.is_empty())
+            && logprobs.is_none()
+            && d.finish_reason.is_none()
+        {
+            continue; // text held back (a possible stop string or tool call): nothing to send
         }
         let c = json!([{
             "index": d.index,

@@ -19,7 +19,9 @@ use super::generation::Generation;
 use super::logprobs::{completion_shape, prompt_token_logprobs, token_logprobs};
 use super::openai_types::{CompletionRequest, PromptArg, Usage, COMPLETION_FIELDS};
 use super::otel::RequestSpan;
-use super::request::{parse_request, stop_reason_json, unix_time};
+use super::request::{
+    check_stream_options, parse_request, response_id, stop_reason_json, unix_time,
+};
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
 use super::{AppState, Caller};
@@ -98,7 +100,7 @@ pub async fn completions(
         .into_iter()
         .map(|p| Generation::start(&state, p, params.clone(), arrival, &log, &span))
         .collect::<Result<Vec<_>, _>>()?;
-    let id = format!("cmpl-{}", gens[0].output().request_id);
+    let id = response_id("cmpl");
     let k = k.map(|k| k.max(0) as usize);
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     if req.stream {
@@ -112,6 +114,7 @@ pub async fn completions(
 
 /// Fields this server does not implement: a 400 naming them, never silence.
 fn reject_unsupported(req: &CompletionRequest) -> Result<(), ApiError> {
+    check_stream_options(req.stream, req.stream_options.as_ref())?;
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::bad_request(
             "suffix is not supported by this server",
@@ -245,14 +248,18 @@ async fn stream_chunks(
 ) {
     let created = unix_time();
     let chunk = |choices: Value| {
-        json!({
+        let mut c = json!({
             "id": id,
             "object": "text_completion",
             "created": created,
             "model": state.config.served_model_name,
             "system_fingerprint": state.fingerprint,
             "choices": choices,
-        })
+        });
+        if include_usage {
+            c["usage"] = Value::Null; // every chunk but the last, as OpenAI sends them
+        }
+        c
     };
     // An echoed prompt goes first; with logprobs it waits for the sequence's first delta,
     // which carries the prompt's log-probabilities.
@@ -313,6 +320,9 @@ async fn stream_chunks(
             if !out.send(&chunk(c)) {
                 return;
             }
+        }
+        if d.text.is_empty() && k.is_none() && d.finish_reason.is_none() {
+            continue; // text held back (a possible stop string): nothing to send
         }
         if !out.send(&chunk(delta_choice(&state, index, &d, k, choice))) {
             return;

@@ -67,22 +67,29 @@ fn num(lp: Option<f32>) -> Value {
 }
 
 /// The completions shape; `offset` is the text offset of the first token, advanced past the
-/// last.
+/// last. Offsets count characters (Unicode scalar values), as OpenAI's and vLLM's (Python's
+/// `len`) do, not bytes. Each position's `top_logprobs` holds the top `k` and the token itself
+/// (so `k + 1` entries where it is not among them), as vLLM's completions give them.
 pub fn completion_shape(items: &[TokenLogprob], offset: &mut usize) -> Value {
     let mut text_offset = Vec::with_capacity(items.len());
     for it in items {
         text_offset.push(*offset);
-        *offset += it.token.len();
+        *offset += it.token.chars().count();
     }
     let top: Vec<Value> = items
         .iter()
         .map(|it| match &it.top {
             None => Value::Null,
-            Some(top) => Value::Object(
-                top.iter()
+            Some(top) => {
+                let mut m: Map<String, Value> = top
+                    .iter()
                     .map(|(t, lp)| (t.clone(), num(Some(*lp))))
-                    .collect::<Map<String, Value>>(),
-            ),
+                    .collect();
+                if !m.contains_key(&it.token) {
+                    m.insert(it.token.clone(), num(it.logprob));
+                }
+                Value::Object(m)
+            }
         })
         .collect();
     json!({

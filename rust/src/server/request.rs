@@ -60,3 +60,24 @@ pub(super) fn unix_time() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+/// vLLM's check: `stream_options` belongs to streamed requests only.
+pub(super) fn check_stream_options(
+    stream: bool,
+    options: Option<&openai_types::StreamOptions>,
+) -> Result<(), ApiError> {
+    if options.is_some() && !stream {
+        return Err(ApiError::bad_request(
+            "stream_options can only be set when stream is true",
+            Some("stream_options"),
+        ));
+    }
+    Ok(())
+}
+
+/// A response id: `prefix` and 32 random hex digits (as vLLM's random UUIDs), so that ids do
+/// not repeat across restarts and replicas (the engine's request ids count from 0 in each
+/// process).
+pub(super) fn response_id(prefix: &str) -> String {
+    format!("{prefix}-{:032x}", rand::random::<u128>())
+}

@@ -155,8 +155,14 @@ pub fn parse(
     };
     let choice = parse_choice(tool_choice, &names)?;
     if list.is_empty() {
+        // An explicit "auto" without tools is refused too, as OpenAI and vLLM refuse it ("none"
+        // is accepted: it asks for no call).
+        let explicit = matches!(tool_choice, Some(Value::String(_) | Value::Object(_)));
         return match choice {
             Some(ToolChoice::Required | ToolChoice::Named(_)) => {
+                Err(bad("tool_choice needs tools", "tool_choice"))
+            }
+            Some(ToolChoice::Auto) if explicit => {
                 Err(bad("tool_choice needs tools", "tool_choice"))
             }
             _ => Ok(None),
