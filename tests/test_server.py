@@ -288,6 +288,35 @@ def test_completion_echo_with_logprobs_covers_the_prompt(client, tokenizer, engi
     assert "".join(c.choices[0].text for c in chunks) == r.choices[0].text
 
 
+def test_echo_with_max_tokens_0_scores_the_prompt(client, tokenizer, engine):
+    """echo + max_tokens 0 (vLLM's prompt scoring, as lm-evaluation-harness asks for
+    log-likelihoods): the prompt with its log-probabilities, no generated token, streamed or
+    not."""
+    prompt = "The capital of France is Paris"
+    ids = tokenizer.encode(prompt)
+    kw = dict(model=MODEL, prompt=prompt, max_tokens=0, temperature=0, logprobs=1, echo=True)
+    r = client.completions.create(**kw)
+    (c,) = r.choices
+    assert c.text.startswith(prompt) and c.finish_reason == "length"
+    assert r.usage.completion_tokens == 0 and r.usage.prompt_tokens == len(ids)
+    lp = c.logprobs
+    assert len(lp.tokens) == len(ids) and "".join(lp.tokens) == c.text
+    assert lp.token_logprobs[0] is None
+    want = engine.generate(
+        ids, infire.SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=1)
+    )[0].prompt_logprobs
+    for pos in range(1, len(ids)):
+        assert abs(lp.token_logprobs[pos] - want[pos][ids[pos]]) < 1e-4, pos
+        assert ids[pos] in want[pos] and len(lp.top_logprobs[pos]) in (1, 2)
+    chunks = list(client.completions.create(stream=True, **kw))
+    assert "".join(ch.choices[0].text for ch in chunks) == c.text
+    tokens = [t for ch in chunks if ch.choices[0].logprobs for t in ch.choices[0].logprobs.tokens]
+    assert tokens == lp.tokens
+    assert chunks[-1].choices[0].finish_reason == "length"
+    with pytest.raises(openai.BadRequestError, match="max_tokens"):
+        client.completions.create(model=MODEL, prompt=prompt, max_tokens=0)
+
+
 def test_chat_logprobs(client):
     r = client.chat.completions.create(
         model=MODEL, messages=CHAT, max_tokens=4, temperature=0, logprobs=True, top_logprobs=2

@@ -25,7 +25,7 @@ use super::request::{
 use super::request_params::{compile_structured, sampling_params};
 use super::sse::{spawn_sse, Emitter};
 use super::{AppState, Caller};
-use crate::engine::{RequestOutput, SeqDelta};
+use crate::engine::{CompletionOutput, FinishReason, RequestOutput, SeqDelta};
 
 /// Per-choice state of a response being built.
 #[derive(Default, Clone)]
@@ -63,12 +63,16 @@ pub async fn completions(
         ));
     }
     let k = req.logprobs;
-    let mut params = sampling_params(
-        req.sampling,
-        Some(req.max_tokens.unwrap_or(16)),
-        k,
-        &state.defaults,
-    )?;
+    // echo with max_tokens 0 scores the prompt (vLLM's, and what lm-evaluation-harness sends
+    // for log-likelihoods): the engine runs one step for the prompt's log-probabilities, and
+    // the answer leaves its token out.
+    let prompt_only = req.echo && req.max_tokens == Some(0);
+    let max_tokens = if prompt_only {
+        1
+    } else {
+        req.max_tokens.unwrap_or(16)
+    };
+    let mut params = sampling_params(req.sampling, Some(max_tokens), k, &state.defaults)?;
     compile_structured(&state, &mut params)?;
     // Echo with logprobs covers the prompt's tokens too: the engine's prompt logprobs.
     if req.echo {
@@ -104,11 +108,17 @@ pub async fn completions(
     let k = k.map(|k| k.max(0) as usize);
     let include_usage = req.stream_options.is_some_and(|o| o.include_usage);
     if req.stream {
+        let shape = (n, k, prompt_only, include_usage);
         return Ok(spawn_sse(state.cut.subscribe(), move |out| {
-            stream_chunks(state, gens, out, id, n, k, echoes, include_usage)
+            stream_chunks(state, gens, out, id, shape, echoes)
         }));
     }
-    let outputs = try_join_all(gens.into_iter().map(Generation::finish)).await?;
+    let mut outputs = try_join_all(gens.into_iter().map(Generation::finish)).await?;
+    if prompt_only {
+        for c in outputs.iter_mut().flat_map(|o| o.outputs.iter_mut()) {
+            *c = prompt_only_output(c);
+        }
+    }
     Ok(Json(response(&state, &id, &outputs, n, k, &echoes)).into_response())
 }
 
@@ -131,6 +141,17 @@ fn reject_unsupported(req: &CompletionRequest) -> Result<(), ApiError> {
         ));
     }
     Ok(())
+}
+
+/// A sequence of a prompt-only request (echo, max_tokens 0) as answered: its one generated
+/// token left out, finished by length.
+fn prompt_only_output(c: &CompletionOutput) -> CompletionOutput {
+    CompletionOutput {
+        index: c.index,
+        logprobs: c.logprobs.as_ref().map(|_| Vec::new()),
+        finish_reason: c.finish_reason.map(|_| FinishReason::Length),
+        ..Default::default()
+    }
 }
 
 /// The whole (non-streamed) response.
@@ -235,16 +256,15 @@ fn delta_choice(
 }
 
 /// Produces the chunks of a streamed response, all prompts' sequences interleaved.
-#[allow(clippy::too_many_arguments)]
+/// `(n, k, prompt_only, include_usage)`: sequences a prompt, top logprobs per token, whether
+/// the generated tokens are left out (echo with max_tokens 0), the usage chunk.
 async fn stream_chunks(
     state: Arc<AppState>,
     gens: Vec<Generation>,
     out: Emitter,
     id: String,
-    n: usize,
-    k: Option<usize>,
+    (n, k, prompt_only, include_usage): (usize, Option<usize>, bool, bool),
     echoes: Vec<Option<String>>,
-    include_usage: bool,
 ) {
     let created = unix_time();
     let chunk = |choices: Value| {
@@ -292,7 +312,7 @@ async fn stream_chunks(
             item = merged.next() => item,
             () = out.closed() => return,
         };
-        let (i, d): (usize, SeqDelta) = match item {
+        let (i, mut d): (usize, SeqDelta) = match item {
             None => break,
             Some(Ok(x)) => x,
             Some(Err(e)) => {
@@ -300,6 +320,15 @@ async fn stream_chunks(
                 return;
             }
         };
+        if prompt_only {
+            let kept = prompt_only_output(&CompletionOutput {
+                logprobs: d.logprobs.take(),
+                finish_reason: d.finish_reason,
+                ..Default::default()
+            });
+            (d.token_ids, d.text, d.logprobs) = (Vec::new(), String::new(), kept.logprobs);
+            (d.finish_reason, d.stop_reason) = (kept.finish_reason, None);
+        }
         usage.add(0, d.token_ids.len());
         if d.index == 0 {
             cached[i] = d.num_cached_tokens;
