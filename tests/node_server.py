@@ -27,10 +27,12 @@ class Response:
         return json.loads(self.text)
 
 
-def request(base: str, method: str, path: str, body=None, key=None, timeout=300) -> Response:
+def request(
+    base: str, method: str, path: str, body=None, key=None, timeout=300, headers=None
+) -> Response:
     host, port = base.removeprefix("http://").split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
-    headers = {"Content-Type": "application/json"}
+    headers = {"Content-Type": "application/json", **(headers or {})}
     if key is not None:
         headers["Authorization"] = f"Bearer {key}"
     try:
@@ -48,8 +50,8 @@ def complete(base: str, model: str, prompt: str, max_tokens=8, key=None, **extra
     return request(base, "POST", "/v1/completions", {**body, **extra}, key=key)
 
 
-def admin(base: str, model: str, action: str, key=None) -> Response:
-    return request(base, "POST", f"/v1/admin/models/{model}/{action}", key=key)
+def admin(base: str, model: str, action: str, key=None, headers=None) -> Response:
+    return request(base, "POST", f"/v1/admin/models/{model}/{action}", key=key, headers=headers)
 
 
 def write_config(text: str) -> str:

@@ -121,6 +121,10 @@ def test_classes_keys_and_priority_are_checked(node):
     assert admin(node.base, "a", "sleep").status == 401
     assert admin(node.base, "a", "nap", key=ROOT).status == 404
     assert admin(node.base, "zz", "sleep", key=ROOT).status == 404
+    # A browser's request (cross-site form posts need no preflight) is refused, key or not.
+    r = admin(node.base, "a", "unload", key=ROOT, headers={"Origin": "https://example.com"})
+    assert r.status == 403 and "browsers" in r.json()["error"]["message"]
+    assert node.models()["a"]["state"] != "unloaded"
     r = complete(node.base, "a", PROMPT, key=ROOT, priority=1 << 40)
     assert r.status == 400 and r.json()["error"]["param"] == "priority"
     assert _text(complete(node.base, "a", PROMPT, key=ROOT, priority=-3))

@@ -1,5 +1,6 @@
 //! The admin API: `POST /v1/admin/models/{name}/{sleep,wake,load,unload}`, for a full API key
-//! (one bound to no traffic class; open when the server has no key).
+//! (one bound to no traffic class; open when the server has no key), and never from a browser
+//! (a request with an `Origin` header is refused: cross-site form posts need no preflight).
 //!
 //! `sleep` frees the model's memory: on CUDA its engine stays (weights in pinned host memory,
 //! the KV pool and prefix cache dropped, kernels and graphs kept), on the CPU the engine stops
@@ -15,7 +16,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Extension, Path, State};
-use axum::http::StatusCode;
+use axum::http::header::ORIGIN;
+use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde_json::json;
 
@@ -27,7 +29,17 @@ pub(super) async fn admin(
     State(state): State<Arc<AppState>>,
     Extension(caller): Extension<Caller>,
     Path((name, action)): Path<(String, String)>,
+    headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // Browsers send Origin with every cross-site POST, and a form POST needs no CORS preflight:
+    // without this, a page could unload a model of a server that has no API key. The server
+    // has no page of its own, so no browser request is the admin's.
+    if headers.contains_key(ORIGIN) {
+        return Err(ApiError::with_status(
+            StatusCode::FORBIDDEN,
+            "the admin API does not take requests from browsers (they carry an Origin header)",
+        ));
+    }
     if !caller.admin {
         return Err(ApiError::with_status(
             StatusCode::FORBIDDEN,
