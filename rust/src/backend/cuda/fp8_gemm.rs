@@ -221,7 +221,7 @@ impl CudaBackend {
     /// (`fp8_fused.cu`, `Tuning::fp8_fused`): `w` FP8 with per-row scales on tensor cores, in a
     /// step of more rows than the GEMV takes.
     pub(super) fn fp8_fuses_norm(&self, rows: usize, w: &CudaMatrix) -> bool {
-        self.fp8_fused
+        self.opts.tuning.fp8_fused
             && !self.use_gemv(rows, w)
             && w.fp8.as_ref().is_some_and(|f| self.fp8_tensor_cores(f))
     }

@@ -165,8 +165,6 @@ pub struct CudaBackend {
     fp8_gemm: fp8_gemm::Fp8Gemm,
     fp8_needs: fp8_gemm::Fp8Needs,
     fp8_scratch: fp8_gemm::Fp8Scratch,
-    /// The fused kernels around FP8 GEMMs of several rows (`Tuning::fp8_fused`).
-    fp8_fused: bool,
     kernels: KernelSet,
     meta: StepMeta,
     plan: DecodePlan,
@@ -239,7 +237,6 @@ impl CudaBackend {
             )
             .map_err(cuda_err)? as usize;
         let t = &opts.tuning;
-        let fp8_fused = t.fp8_fused;
         // An FP8 cache: the cache write and the attention kernels are compiled for e4m3 codes.
         let fp8_kv = (layout.dtype == KvDtype::Fp8E4m3).then(|| ("KV_FP8".to_string(), None));
         let kernels = KernelSet::compile_in_background(
@@ -301,7 +298,6 @@ impl CudaBackend {
                 fp8_gemm::Fp8Gemm::Dequantized
             },
             fp8_needs: Default::default(),
-            fp8_fused,
             fp8_scratch: Default::default(),
             kernels,
             inv_freq: RefCell::new(None),
