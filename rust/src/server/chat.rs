@@ -217,28 +217,22 @@ fn to_template_message(m: Message, format: ToolFormat) -> Result<ChatMessage, Ap
         None => String::new(),
         Some(MessageContent::Text(t)) => t,
         Some(MessageContent::Parts(parts)) => {
-            let mut text = String::new();
-            for p in parts {
-                match (p.get("type").and_then(Value::as_str), p.get("text")) {
-                    // Parts joined by newlines, as vLLM joins them.
-                    (Some("text"), Some(Value::String(t))) => {
-                        if !text.is_empty() {
-                            text.push('\n');
-                        }
-                        text.push_str(t)
-                    }
-                    (kind, _) => {
-                        return Err(ApiError::bad_request(
+            let texts = parts
+                .iter()
+                .map(
+                    |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                        (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
+                        (kind, _) => Err(ApiError::bad_request(
                             format!(
                                 "content part of type {} is not supported: only text parts are",
                                 kind.unwrap_or("(none)")
                             ),
                             Some("messages"),
-                        ))
-                    }
-                }
-            }
-            text
+                        )),
+                    },
+                )
+                .collect::<Result<Vec<_>, _>>()?;
+            texts.join("\n") // as vLLM joins a message's text parts
         }
     };
     if let Some(calls) = calls {

@@ -321,13 +321,12 @@ async fn stream_chunks(
             }
         };
         if prompt_only {
-            let kept = prompt_only_output(&CompletionOutput {
-                logprobs: d.logprobs.take(),
-                finish_reason: d.finish_reason,
-                ..Default::default()
-            });
-            (d.token_ids, d.text, d.logprobs) = (Vec::new(), String::new(), kept.logprobs);
-            (d.finish_reason, d.stop_reason) = (kept.finish_reason, None);
+            // As prompt_only_output: the generated token left out, finished by length.
+            d.token_ids.clear();
+            d.text.clear();
+            d.logprobs.iter_mut().for_each(Vec::clear);
+            d.finish_reason = d.finish_reason.map(|_| FinishReason::Length);
+            d.stop_reason = None;
         }
         usage.add(0, d.token_ids.len());
         if d.index == 0 {
