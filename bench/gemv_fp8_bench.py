@@ -31,8 +31,8 @@ Its first run (H100, 2026-12-08; bench/RESULTS.md, FP8 run 5) refuted that readi
 variant with more bytes in flight lost (an L2 prefetch variant too, since removed from the
 kernel), and the table led to the one-row dispatch by shape
 (`Fp8OneRow`, backend/cuda/kernels/gemv.rs). Its SASS then showed `*_fp8_m1` bound by
-instruction issue (8.7 instructions a byte of W against the bf16 GEMV's 3.3), which gemv_fp8.cu
-answers; `INFIRE_FP8_GEMV=v2` runs it in the engine.
+instruction issue (7.9-10.7 instructions a byte of W against the bf16 GEMV's 2.8-4.3,
+kernels/cuda/NOTES.md), which gemv_fp8.cu answers; `INFIRE_FP8_GEMV=v2` runs it in the engine.
 """
 
 from __future__ import annotations
