@@ -195,6 +195,17 @@ __device__ __forceinline__ float e4m3_raw(unsigned b) {
 constexpr float E4M3_RAW_SCALE = 1.329227995784916e36f;  // 2^120
 __device__ __forceinline__ float e4m3_to_float(unsigned b) { return e4m3_raw(b) * E4M3_RAW_SCALE; }
 
+// Codes (bytes 0, 1) and (bytes 2, 3) of `w` as two f16x2, the lower byte in the lower half,
+// exactly (sm_89+: the conversion instruction; the FP8 GEMVs).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 890
+__device__ __forceinline__ void e4m3x4_to_f16x2(unsigned w, unsigned& lo, unsigned& hi) {
+    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\t"
+        "cvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(lo), "=r"(hi)
+        : "r"(w));
+}
+#endif
+
 // Rounds |f| <= 448 (larger magnitudes saturate) to the nearest e4m3 code, ties to even.
 __device__ __forceinline__ unsigned float_to_e4m3(float f) {
     const unsigned sign = (__float_as_uint(f) >> 24) & 0x80u;

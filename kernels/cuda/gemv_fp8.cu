@@ -74,7 +74,8 @@ constexpr int FG = FP8_GEMV_GROUP;  // rows of W a group: 4 or 8
 static_assert(FG == 4 || FG == 8, "FP8_GEMV_GROUP is 4 or 8");
 constexpr int EPV = 16;  // e4m3 weights a 16-byte vector
 
-// PRO_*, EPI_*, WScales, load_stream, round_t, load_input, e4m3_raw: common.cuh.
+// PRO_*, EPI_*, WScales, load_stream, round_t, load_input, e4m3_raw, e4m3x4_to_f16x2:
+// common.cuh.
 
 // The row of W at position c of the CTA's sequence, or -1 where there is none. Without silu c
 // itself, below col_end. With silu a group of FG positions is gate rows j .. j + FG/2 - 1 then
@@ -96,10 +97,7 @@ __device__ __forceinline__ int fp8_row(int c, int n, int col_end) {
 __device__ __forceinline__ void dot4(unsigned word, const float (&x)[4], float& p) {
 #if FP8_GEMV_DECODE_CVT
     unsigned lo, hi;
-    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\t"
-        "cvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
-        : "=r"(lo), "=r"(hi)
-        : "r"(word));
+    e4m3x4_to_f16x2(word, lo, hi);
     const float2 a = __half22float2(*reinterpret_cast<const __half2*>(&lo));
     const float2 b = __half22float2(*reinterpret_cast<const __half2*>(&hi));
     p += a.x * x[0];

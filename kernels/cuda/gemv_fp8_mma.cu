@@ -65,15 +65,7 @@ constexpr int TILE = 16 * MT;
 constexpr int U = FP8_MMA_U;  // chunks of W in flight per warp
 constexpr int CHUNK = 64;  // k per chunk: 4 mma steps
 
-// PRO_*, EPI_*, WScales, load_stream, round_t and load_input: common.cuh.
-
-// Codes (bytes 0, 1) and (bytes 2, 3) of `w` as two f16x2, the lower byte in the lower half.
-__device__ __forceinline__ void e4m3x4_to_f16x2(unsigned w, unsigned& lo, unsigned& hi) {
-    asm("{\n\t.reg .b16 l, h;\n\tmov.b32 {l, h}, %2;\n\t"
-        "cvt.rn.f16x2.e4m3x2 %0, l;\n\tcvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
-        : "=r"(lo), "=r"(hi)
-        : "r"(w));
-}
+// PRO_*, EPI_*, WScales, load_stream, round_t, load_input and e4m3x4_to_f16x2: common.cuh.
 
 __device__ __forceinline__ unsigned f16x2(float lo, float hi) {
     __half2 h = __floats2half2_rn(lo, hi);
